@@ -1,0 +1,338 @@
+/* sgllm.h - an embeddable LLM inference engine in C: GGUF models on the CPU (and NVIDIA GPUs).
+
+   QUICK START
+
+       #include "sgllm.h"
+       #include <stdio.h>
+
+       static int print_piece(void *user, const char *piece, size_t len) {
+           (void)user; fwrite(piece, 1, len, stdout); fflush(stdout);
+           return 0;                                   // nonzero stops the generation
+       }
+
+       int main(void) {
+           sgllm_model_params mp; sgllm_model_default_params(&mp);
+           mp.path = "gemma-3-270m-q4_k_m.gguf";
+           sgllm_model *model; char err[256];
+           if (sgllm_model_load(&mp, &model, err, sizeof err) != SGLLM_OK) { puts(err); return 1; }
+           sgllm_context_params cp; sgllm_context_default_params(&cp);
+           sgllm_context *ctx;
+           if (sgllm_context_create(model, &cp, &ctx) != SGLLM_OK) return 1;
+           sgllm_generate_params gp; sgllm_generate_default_params(&gp);
+           gp.max_tokens = 64; gp.on_piece = print_piece;
+           sgllm_generate(ctx, "The capital of France is", &gp, NULL);
+           sgllm_context_free(ctx);
+           sgllm_model_free(model);
+           return 0;
+       }
+
+   Build: compile sgllm_impl.c (and, with CUDA, sgllm_cuda.cu) into your program, link with
+   -lpthread -lm. The Makefile builds libsgllm.a and the examples.
+
+   CONTENTS
+       1. Conventions: status codes, errors, ownership, threads, logging
+       2. Models: load, free, getters
+       3. Tokenizer
+       4. Contexts and the low-level evaluate call
+       5. Sampler
+       6. Generate
+       7. Chat templates
+
+   THREADING AND OWNERSHIP
+       A model is immutable after sgllm_model_load and may be shared by any number of contexts
+       on any threads. A context (and a sampler) must be driven by one thread at a time.
+       Free every context of a model before the model. Every _free accepts NULL.
+       Strings the library returns are borrowed: they stay valid as long as the handle they
+       came from, unless a prototype says otherwise.
+
+   ERRORS
+       Every fallible call returns an sgllm_status. The library never prints, exits or aborts:
+       calls that fail on a context leave a message readable with sgllm_context_errmsg();
+       sgllm_model_load writes its message into the caller's buffer; both also go to the log
+       callback given in the params (if any).
+
+   COMPILE-TIME OPTIONS (when building sgllm_impl.c)
+       SGLLM_MALLOC / SGLLM_REALLOC / SGLLM_FREE   replace the allocator (define all three)
+       SGLLM_ASSERT(x)                             internal invariant check (default: none)
+       SGLLM_CUDA                                  build with the CUDA backend (sgllm_cuda.cu)
+*/
+#ifndef SGLLM_H
+#define SGLLM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SGLLM_VERSION_MAJOR 0
+#define SGLLM_VERSION_MINOR 1
+#define SGLLM_VERSION_PATCH 0
+#define SGLLM_VERSION_STRING "0.1.0"
+
+#ifndef SGLLM_API
+#if defined(_WIN32) && defined(SGLLM_SHARED)
+#define SGLLM_API __declspec(dllexport)
+#else
+#define SGLLM_API
+#endif
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------------
+   1. Conventions
+   --------------------------------------------------------------------------------------- */
+
+typedef enum sgllm_status {
+    SGLLM_OK = 0,
+    SGLLM_ERR_INVALID_ARGUMENT = 1, // a NULL handle, a bad parameter value, a token out of range
+    SGLLM_ERR_IO = 2,               // the file cannot be opened, read or mapped
+    SGLLM_ERR_FORMAT = 3,           // the file is malformed: truncated, bad magic, out of bounds...
+    SGLLM_ERR_UNSUPPORTED = 4,      // well-formed, but a feature sgllm lacks (version, type, arch)
+    SGLLM_ERR_OUT_OF_MEMORY = 5,    // an allocation failed; the handle is unchanged
+    SGLLM_ERR_CANCELLED = 6,        // a progress callback asked to stop
+    SGLLM_ERR_BUFFER_TOO_SMALL = 7, // the output did not fit; the needed size was still reported
+    SGLLM_ERR_CONTEXT_FULL = 8,     // the tokens do not fit in the context's remaining length
+    SGLLM_ERR_NO_TEMPLATE = 9,      // the model's chat template is missing or not one sgllm knows
+    SGLLM_ERR_BACKEND = 10          // the requested backend is not built in or has no device
+} sgllm_status;
+
+SGLLM_API const char *sgllm_status_string(sgllm_status status); // static text, never NULL
+SGLLM_API const char *sgllm_version(void);                      // SGLLM_VERSION_STRING
+
+typedef enum sgllm_log_level {
+    SGLLM_LOG_ERROR = 0,
+    SGLLM_LOG_WARN = 1,
+    SGLLM_LOG_INFO = 2,
+    SGLLM_LOG_DEBUG = 3
+} sgllm_log_level;
+
+// Receives every message the library emits. msg is one line without '\n', valid only during
+// the call. Called on the thread that made the library call.
+typedef void (*sgllm_log_fn)(void *user_data, sgllm_log_level level, const char *msg);
+
+// Load progress in [0, 1]; return nonzero to cancel the load (it then fails with
+// SGLLM_ERR_CANCELLED and frees everything it made).
+typedef int (*sgllm_progress_fn)(void *user_data, float progress);
+
+typedef int32_t sgllm_token;
+
+/* ---------------------------------------------------------------------------------------
+   2. Models
+   --------------------------------------------------------------------------------------- */
+
+typedef struct sgllm_model sgllm_model; // opaque; immutable after load
+
+typedef enum sgllm_backend {
+    SGLLM_BACKEND_AUTO = 0, // CUDA when built in and a device exists, else the CPU
+    SGLLM_BACKEND_CPU = 1,
+    SGLLM_BACKEND_CUDA = 2
+} sgllm_backend;
+
+typedef struct sgllm_model_params {
+    size_t struct_size;          // set by sgllm_model_default_params; lets the struct grow
+    const char *path;            // GGUF file; borrowed for the duration of the load call
+    sgllm_backend backend;       // default SGLLM_BACKEND_AUTO
+    int n_threads;               // threads for load-time work; 0 = all cores
+    sgllm_progress_fn progress;  // optional
+    void *progress_user_data;
+    sgllm_log_fn log;            // optional; also used by the model's contexts unless they set one
+    void *log_user_data;
+    sgllm_log_level log_level;   // messages above this level are not emitted (default INFO)
+} sgllm_model_params;
+
+SGLLM_API void sgllm_model_default_params(sgllm_model_params *params);
+
+// Loads a model. On success *out_model owns the model: free it with sgllm_model_free.
+// On failure *out_model is NULL, nothing stays allocated, and when err_msg is not NULL a
+// NUL-terminated message naming the problem is written to it (at most err_size bytes).
+SGLLM_API sgllm_status sgllm_model_load(const sgllm_model_params *params, sgllm_model **out_model,
+                                        char *err_msg, size_t err_size);
+SGLLM_API void sgllm_model_free(sgllm_model *model); // NULL is a no-op
+
+SGLLM_API const char *sgllm_model_architecture(const sgllm_model *model); // "llama", "gemma3"...
+SGLLM_API const char *sgllm_model_name(const sgllm_model *model);  // general.name, or ""
+SGLLM_API int32_t sgllm_model_n_vocab(const sgllm_model *model);
+SGLLM_API int32_t sgllm_model_n_ctx_train(const sgllm_model *model); // training context length
+SGLLM_API int32_t sgllm_model_n_layer(const sgllm_model *model);
+SGLLM_API int32_t sgllm_model_n_embd(const sgllm_model *model);
+SGLLM_API const char *sgllm_model_chat_template(const sgllm_model *model); // Jinja text, or NULL
+SGLLM_API sgllm_backend sgllm_model_backend(const sgllm_model *model);     // CPU or CUDA
+
+/* ---------------------------------------------------------------------------------------
+   3. Tokenizer
+   --------------------------------------------------------------------------------------- */
+
+enum {
+    SGLLM_TOKENIZE_ADD_BOS = 1,       // prepend BOS when the model's vocabulary asks for it
+    SGLLM_TOKENIZE_PARSE_SPECIAL = 2  // recognize control tokens such as "<start_of_turn>"
+};
+
+// Tokenizes text_len bytes of text (any bytes: invalid UTF-8 is tokenized, never rejected).
+// *n_tokens always receives the full count. Writes min(count, capacity) tokens; returns
+// SGLLM_ERR_BUFFER_TOO_SMALL when count > capacity (call again with a larger buffer).
+SGLLM_API sgllm_status sgllm_tokenize(const sgllm_model *model, const char *text, size_t text_len,
+                                      int flags, sgllm_token *tokens, int32_t capacity,
+                                      int32_t *n_tokens);
+
+// The bytes a token stands for (byte-fallback and byte-level tokens decoded; control tokens
+// give their text). Borrowed, valid as long as the model; *len receives the byte count; not
+// NUL-terminated in general. NULL for a token out of range.
+SGLLM_API const char *sgllm_token_piece(const sgllm_model *model, sgllm_token token, size_t *len);
+
+// Concatenates the pieces of n tokens into buf. *text_len always receives the full length;
+// writes min(length, capacity) bytes plus, if room, a NUL; returns SGLLM_ERR_BUFFER_TOO_SMALL
+// when length + 1 > capacity. Control tokens are rendered only when render_special is set.
+SGLLM_API sgllm_status sgllm_detokenize(const sgllm_model *model, const sgllm_token *tokens,
+                                        int32_t n, int render_special, char *buf, size_t capacity,
+                                        size_t *text_len);
+
+SGLLM_API sgllm_token sgllm_token_bos(const sgllm_model *model); // -1 when the model has none
+SGLLM_API sgllm_token sgllm_token_eos(const sgllm_model *model); // -1 when the model has none
+SGLLM_API int sgllm_token_is_eog(const sgllm_model *model, sgllm_token token); // ends a turn?
+SGLLM_API int sgllm_token_is_control(const sgllm_model *model, sgllm_token token);
+
+/* ---------------------------------------------------------------------------------------
+   4. Contexts
+   A context holds one sequence: its KV cache, scratch memory and a thread pool. Tokens are
+   appended at the end of the sequence; sgllm_context_rewind drops tokens from the end.
+   --------------------------------------------------------------------------------------- */
+
+typedef struct sgllm_context sgllm_context; // opaque; one thread at a time
+
+typedef struct sgllm_context_params {
+    size_t struct_size;
+    int32_t n_ctx;         // maximum sequence length; 0 = min(training context, 4096)
+    int32_t n_batch;       // tokens per forward pass; longer inputs are split (default 256)
+    int n_threads;         // worker threads; 0 = all cores
+    sgllm_log_fn log;      // optional; NULL = the model's log callback
+    void *log_user_data;
+} sgllm_context_params;
+
+SGLLM_API void sgllm_context_default_params(sgllm_context_params *params);
+
+// Creates a context on model (borrowed: it must outlive the context). On success
+// *out_ctx owns the context: free it with sgllm_context_free. On failure *out_ctx is NULL.
+SGLLM_API sgllm_status sgllm_context_create(const sgllm_model *model,
+                                            const sgllm_context_params *params,
+                                            sgllm_context **out_ctx);
+SGLLM_API void sgllm_context_free(sgllm_context *ctx); // NULL is a no-op
+
+// The message of the last failed call on ctx ("" if none). Borrowed until the next call.
+SGLLM_API const char *sgllm_context_errmsg(const sgllm_context *ctx);
+SGLLM_API int32_t sgllm_context_n_ctx(const sgllm_context *ctx);
+SGLLM_API int32_t sgllm_context_length(const sgllm_context *ctx); // tokens in the sequence
+
+// Keeps the first n_keep tokens of the sequence and forgets the rest (0 = clear).
+SGLLM_API sgllm_status sgllm_context_rewind(sgllm_context *ctx, int32_t n_keep);
+
+// Appends n_tokens tokens to the sequence and runs the model over them.
+// want_logits: NULL = logits of the last token only; otherwise want_logits[i] != 0 selects
+// token i. logits receives one row of n_vocab floats per selected token, in order (it may be
+// NULL when nothing is selected). On error the sequence is left as it was before the call.
+// Returns SGLLM_ERR_CONTEXT_FULL when the tokens do not fit.
+SGLLM_API sgllm_status sgllm_evaluate(sgllm_context *ctx, const sgllm_token *tokens,
+                                      int32_t n_tokens, const uint8_t *want_logits,
+                                      float *logits);
+
+/* ---------------------------------------------------------------------------------------
+   5. Sampler
+   Order of operations: penalties over the last penalty_last_n accepted tokens, then
+   top-k, temperature, top-p, min-p, then a draw from the sampler's own RNG.
+   temperature <= 0 is greedy (argmax after penalties).
+   --------------------------------------------------------------------------------------- */
+
+typedef struct sgllm_sampler sgllm_sampler; // opaque; one thread at a time
+
+typedef struct sgllm_sampler_params {
+    size_t struct_size;
+    float temperature;       // default 0.8; <= 0 = greedy
+    int32_t top_k;           // default 40; <= 0 = off
+    float top_p;             // default 0.95; >= 1 = off
+    float min_p;             // default 0.05; <= 0 = off
+    float repeat_penalty;    // default 1.0 (off); divides positive logits, multiplies negative
+    float frequency_penalty; // default 0; subtracts count * value
+    float presence_penalty;  // default 0; subtracts value once per present token
+    int32_t penalty_last_n;  // default 64; window of accepted tokens the penalties look at
+    uint64_t seed;           // default 0x5eed
+} sgllm_sampler_params;
+
+SGLLM_API void sgllm_sampler_default_params(sgllm_sampler_params *params);
+
+// Creates a sampler for a vocabulary of n_vocab tokens. Caller owns *out: sgllm_sampler_free.
+SGLLM_API sgllm_status sgllm_sampler_init(const sgllm_sampler_params *params, int32_t n_vocab,
+                                          sgllm_sampler **out);
+SGLLM_API void sgllm_sampler_free(sgllm_sampler *sampler); // NULL is a no-op
+// Picks a token from n_vocab logits (read only). Returns -1 on bad arguments.
+SGLLM_API sgllm_token sgllm_sampler_sample(sgllm_sampler *sampler, const float *logits);
+// Records a token in the penalty window (generate does this for prompt and output tokens).
+SGLLM_API void sgllm_sampler_accept(sgllm_sampler *sampler, sgllm_token token);
+// Clears the penalty window and reseeds the RNG with the params' seed.
+SGLLM_API void sgllm_sampler_reset(sgllm_sampler *sampler);
+
+/* ---------------------------------------------------------------------------------------
+   6. Generate
+   --------------------------------------------------------------------------------------- */
+
+// Receives each generated piece (bytes; a UTF-8 character split over tokens arrives whole
+// once complete). Return nonzero to stop the generation.
+typedef int (*sgllm_piece_fn)(void *user_data, const char *piece, size_t len);
+
+typedef enum sgllm_stop_reason {
+    SGLLM_STOP_EOG = 0,        // the model ended its turn
+    SGLLM_STOP_MAX_TOKENS = 1, // max_tokens reached
+    SGLLM_STOP_CALLBACK = 2,   // on_piece returned nonzero
+    SGLLM_STOP_CONTEXT_FULL = 3
+} sgllm_stop_reason;
+
+typedef struct sgllm_generate_params {
+    size_t struct_size;
+    int32_t max_tokens;           // default 256
+    int flags;                    // SGLLM_TOKENIZE_* for the prompt (default ADD_BOS|PARSE_SPECIAL)
+    sgllm_sampler_params sampler; // sgllm_sampler_default_params
+    sgllm_piece_fn on_piece;      // optional
+    void *user_data;
+} sgllm_generate_params;
+
+typedef struct sgllm_generate_stats {
+    int32_t n_prompt;       // prompt tokens
+    int32_t n_reused;       // prompt tokens already in the context's cache (not re-evaluated)
+    int32_t n_generated;    // tokens sampled
+    double prompt_seconds;  // wall time evaluating the prompt
+    double gen_seconds;     // wall time of the generation loop
+    sgllm_stop_reason stop_reason;
+} sgllm_generate_stats;
+
+SGLLM_API void sgllm_generate_default_params(sgllm_generate_params *params);
+
+// Tokenizes prompt, evaluates it (reusing the longest common prefix already in ctx) and
+// samples up to max_tokens tokens, streaming their pieces to on_piece. The generated tokens
+// stay in the context, so a later call can continue the conversation. stats may be NULL.
+SGLLM_API sgllm_status sgllm_generate(sgllm_context *ctx, const char *prompt,
+                                      const sgllm_generate_params *params,
+                                      sgllm_generate_stats *stats);
+
+/* ---------------------------------------------------------------------------------------
+   7. Chat templates
+   Known formats: Gemma (<start_of_turn>) and ChatML (<|im_start|>), recognized from the
+   model's tokenizer.chat_template (Gemma models without a template use Gemma's format).
+   Anything else is SGLLM_ERR_NO_TEMPLATE: sgllm does not run Jinja and does not guess.
+   --------------------------------------------------------------------------------------- */
+
+typedef struct sgllm_chat_message {
+    const char *role;    // "system", "user" or "assistant"
+    const char *content; // NUL-terminated UTF-8
+} sgllm_chat_message;
+
+// Renders messages into buf as the model expects them, ending with the assistant prompt
+// when add_assistant is set. *text_len always receives the full length; writes a NUL when
+// there is room; SGLLM_ERR_BUFFER_TOO_SMALL when length + 1 > capacity.
+SGLLM_API sgllm_status sgllm_chat_apply(const sgllm_model *model,
+                                        const sgllm_chat_message *messages, size_t n_messages,
+                                        int add_assistant, char *buf, size_t capacity,
+                                        size_t *text_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif // SGLLM_H
