@@ -741,7 +741,836 @@ static bool sgllm__gguf_string(const sgllm__gguf *g, const char *key, sgllm__str
 // --- 6. Sampler ----------------------------------------------------------------------------
 
 // --- 7. Model description ------------------------------------------------------------------
+// A family is data: at load, GGUF metadata becomes one sgllm__layer descriptor per block
+// (attention shape, window, RoPE, which norms and biases exist, activation) plus the weights
+// it uses. The forward pass (section 8) walks the descriptors; adding a family touches only
+// sgllm__families[] and sgllm__model_describe.
+
+typedef enum sgllm__act { SGLLM__ACT_SILU, SGLLM__ACT_GELU_TANH } sgllm__act;
+
+typedef struct sgllm__family {
+    const char *arch;      // general.architecture
+    bool rope_neox;        // rotate halves (i, i + d/2) instead of adjacent pairs (2i, 2i+1)
+    bool qk_norm;          // per-head RMSNorm on q and k before RoPE
+    bool qkv_bias;         // optional biases on q, k, v
+    bool sandwich_norms;   // post-attention and post-FFN norms (Gemma 2/3)
+    bool embd_scale;       // embeddings multiplied by sqrt(n_embd)
+    int swa_period;        // every swa_period-th layer is full attention, others sliding (0: none)
+    double swa_rope_theta; // RoPE base of sliding layers (0: same as full layers)
+    sgllm__act act;
+} sgllm__family;
+
+static const sgllm__family sgllm__families[] = {
+    {"llama", false, false, false, false, false, 0, 0, SGLLM__ACT_SILU},
+    {"qwen2", true, false, true, false, false, 0, 0, SGLLM__ACT_SILU},
+    {"qwen3", true, true, false, false, false, 0, 0, SGLLM__ACT_SILU},
+    {"gemma3", true, true, false, true, true, 6, 10000.0, SGLLM__ACT_GELU_TANH},
+};
+
+typedef struct sgllm__layer {
+    int32_t n_head, n_head_kv; // query heads, key/value heads (GQA: n_head % n_head_kv == 0)
+    int32_t head_dim;          // key and value head width
+    int32_t n_ff;              // MLP hidden width
+    int32_t window;            // sliding window in tokens; 0 = full attention
+    float rope_theta;
+    float rope_scale;          // positions are multiplied by this (linear RoPE scaling)
+    int32_t n_rot;             // rotated dims per head (<= head_dim)
+    float attn_scale;          // multiplies q.k
+    sgllm__mat wq;             // (n_head * head_dim, n_embd)
+    sgllm__mat wk, wv;         // (n_head_kv * head_dim, n_embd)
+    sgllm__mat wo;             // (n_embd, n_head * head_dim)
+    sgllm__mat w_gate, w_up;   // (n_ff, n_embd)
+    sgllm__mat w_down;         // (n_embd, n_ff)
+    const float *attn_norm;    // (n_embd)
+    const float *ffn_norm;     // (n_embd)
+    const float *post_attn_norm, *post_ffn_norm; // (n_embd) or NULL
+    const float *q_norm, *k_norm;                // (head_dim) or NULL
+    const float *bq, *bk, *bv;                   // biases or NULL
+} sgllm__layer;
+
+struct sgllm_model {
+    sgllm__diag diag;            // log settings; msg unused after load
+    sgllm__gguf gguf;            // keeps the file mapped: weights point into it
+    sgllm__vocab vocab;
+    const sgllm__family *family;
+    char arch[32];
+    char *name;                  // general.name (owned)
+    char *chat_template;         // tokenizer.chat_template (owned) or NULL
+    int32_t n_embd, n_layer, n_vocab, n_ctx_train;
+    float eps;                   // RMSNorm epsilon
+    float embd_scale;            // 1 or sqrt(n_embd)
+    float final_softcap;         // 0 = none
+    sgllm__act act;
+    bool rope_neox;
+    sgllm__mat tok_embd;         // (n_vocab, n_embd)
+    sgllm__mat output;           // (n_vocab, n_embd); tied to tok_embd when the file has none
+    const float *output_norm;    // (n_embd)
+    sgllm__layer *layers;        // (n_layer)
+    float **owned;               // stb_ds array of float buffers converted at load
+};
+
+// A weight matrix from the file: checks presence, rank and shape (cols, rows).
+static sgllm_status sgllm__model_mat(sgllm_model *m, const char *name, int64_t cols, int64_t rows,
+                                     bool optional, sgllm__mat *out) {
+    memset(out, 0, sizeof *out);
+    const sgllm__tensor *t = sgllm__gguf_tensor(&m->gguf, name);
+    if (!t) return optional ? SGLLM_OK : sgllm__fail(&m->diag, SGLLM_ERR_FORMAT, "missing tensor '%s'", name);
+    if (t->n_dims != 2 || t->ne[0] != cols || (rows > 0 && t->ne[1] != rows))
+        return sgllm__fail(&m->diag, SGLLM_ERR_FORMAT,
+                           "tensor '%s' has the wrong shape: {%lld, %lld, %lld} where {%lld, %lld} was expected",
+                           name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)cols,
+                           (long long)rows);
+    switch (t->type) {
+    case SGLLM__T_F32: case SGLLM__T_F16: case SGLLM__T_BF16: case SGLLM__T_Q4_0: case SGLLM__T_Q4_1:
+    case SGLLM__T_Q5_0: case SGLLM__T_Q5_1: case SGLLM__T_Q8_0: case SGLLM__T_Q4_K: case SGLLM__T_Q5_K:
+    case SGLLM__T_Q6_K: break;
+    default:
+        return sgllm__fail(&m->diag, SGLLM_ERR_UNSUPPORTED, "tensor '%s' has type %s, which sgllm cannot compute with",
+                           name, sgllm__type_name(t->type));
+    }
+    out->type = t->type;
+    out->cols = t->ne[0];
+    out->rows = t->ne[1];
+    out->data = t->data;
+    out->row_bytes = (size_t)sgllm__row_bytes(t->type, (uint64_t)t->ne[0]);
+    return SGLLM_OK;
+}
+
+// A 1-D vector (norm weight, bias) of length n as owned float32.
+static sgllm_status sgllm__model_vec(sgllm_model *m, const char *name, int64_t n, bool optional, const float **out) {
+    *out = NULL;
+    const sgllm__tensor *t = sgllm__gguf_tensor(&m->gguf, name);
+    if (!t) return optional ? SGLLM_OK : sgllm__fail(&m->diag, SGLLM_ERR_FORMAT, "missing tensor '%s'", name);
+    if (t->n_dims != 1 || t->ne[0] != n)
+        return sgllm__fail(&m->diag, SGLLM_ERR_FORMAT, "tensor '%s' has the wrong shape: {%lld} where {%lld} was expected",
+                           name, (long long)t->ne[0], (long long)n);
+    if (t->type != SGLLM__T_F32 && t->type != SGLLM__T_F16 && t->type != SGLLM__T_BF16)
+        return sgllm__fail(&m->diag, SGLLM_ERR_UNSUPPORTED, "tensor '%s': type %s is not supported for a vector",
+                           name, sgllm__type_name(t->type));
+    float *v = (float *)sgllm__calloc((size_t)n, sizeof(float));
+    if (!v) return sgllm__fail(&m->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory loading '%s'", name);
+    sgllm__dequant_row_ref(t->type, t->data, v, n);
+    arrput(m->owned, v);
+    *out = v;
+    return SGLLM_OK;
+}
+
+// Reads `{arch}.key` as an integer, scalar or (for per-layer values) the array element il.
+static bool sgllm__model_hp_int(const sgllm_model *m, const char *key, int32_t il, int64_t *out) {
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", m->arch, key);
+    const sgllm__gguf_kv *kv = sgllm__gguf_find(&m->gguf, full);
+    if (kv && kv->type == SGLLM__GGUF_ARRAY) {
+        if (il < 0 || (uint64_t)il >= kv->arr_n) return false;
+        if (kv->arr_type == SGLLM__GGUF_I32 || kv->arr_type == SGLLM__GGUF_U32) {
+            uint32_t u;
+            memcpy(&u, kv->data + 4 * (size_t)il, 4);
+            *out = kv->arr_type == SGLLM__GGUF_I32 ? (int64_t)(int32_t)u : (int64_t)u;
+            return true;
+        }
+        return false;
+    }
+    return sgllm__gguf_int(&m->gguf, full, out);
+}
+
+static bool sgllm__model_hp_float(const sgllm_model *m, const char *key, double *out) {
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", m->arch, key);
+    return sgllm__gguf_float(&m->gguf, full, out);
+}
+
+// Checks an integer hyperparameter is present and in [lo, hi].
+static sgllm_status sgllm__model_hp_req(sgllm_model *m, const char *key, int32_t il, int64_t lo, int64_t hi,
+                                        int32_t *out) {
+    int64_t v;
+    if (!sgllm__model_hp_int(m, key, il, &v))
+        return sgllm__fail(&m->diag, SGLLM_ERR_FORMAT, "missing or non-integer metadata '%s.%s'", m->arch, key);
+    if (v < lo || v > hi)
+        return sgllm__fail(&m->diag, SGLLM_ERR_FORMAT, "metadata '%s.%s' = %lld is out of range [%lld, %lld]", m->arch,
+                           key, (long long)v, (long long)lo, (long long)hi);
+    *out = (int32_t)v;
+    return SGLLM_OK;
+}
+
+// Fills the hyperparameters and per-layer descriptors from the GGUF metadata and tensors.
+static sgllm_status sgllm__model_describe(sgllm_model *m, sgllm_progress_fn progress, void *progress_user) {
+    sgllm_status s;
+    const sgllm__family *f = m->family;
+    if ((s = sgllm__model_hp_req(m, "embedding_length", -1, 1, 1 << 16, &m->n_embd)) ||
+        (s = sgllm__model_hp_req(m, "block_count", -1, 1, 1024, &m->n_layer)) ||
+        (s = sgllm__model_hp_req(m, "context_length", -1, 1, INT32_MAX, &m->n_ctx_train)))
+        return s;
+    double eps = 1e-6, theta = 10000.0, softcap = 0, rope_factor = 1.0;
+    if (!sgllm__model_hp_float(m, "attention.layer_norm_rms_epsilon", &eps) || !(eps > 0 && eps < 1))
+        return sgllm__fail(&m->diag, SGLLM_ERR_FORMAT, "missing or bad '%s.attention.layer_norm_rms_epsilon'", m->arch);
+    sgllm__model_hp_float(m, "rope.freq_base", &theta);
+    sgllm__model_hp_float(m, "final_logit_softcapping", &softcap);
+    sgllm__str rope_type;
+    char key[96];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", m->arch);
+    if (sgllm__gguf_string(&m->gguf, key, &rope_type) && !sgllm__str_eq(rope_type, "none")) {
+        if (!sgllm__str_eq(rope_type, "linear"))
+            return sgllm__fail(&m->diag, SGLLM_ERR_UNSUPPORTED, "RoPE scaling '%.*s' is not supported",
+                               (int)rope_type.len, rope_type.ptr);
+        sgllm__model_hp_float(m, "rope.scaling.factor", &rope_factor);
+    }
+    if (!(theta > 0) || !(softcap >= 0) || !(rope_factor >= 1))
+        return sgllm__fail(&m->diag, SGLLM_ERR_FORMAT, "bad RoPE base or logit softcap in metadata");
+    m->eps = (float)eps;
+    m->final_softcap = (float)softcap;
+    m->embd_scale = f->embd_scale ? sqrtf((float)m->n_embd) : 1.0f;
+    m->act = f->act;
+    m->rope_neox = f->rope_neox;
+
+    if ((s = sgllm__model_mat(m, "token_embd.weight", m->n_embd, -1, false, &m->tok_embd))) return s;
+    if (m->tok_embd.rows != m->vocab.n_tokens)
+        return sgllm__fail(&m->diag, SGLLM_ERR_FORMAT, "token_embd.weight has %lld rows but the vocabulary has %d tokens",
+                           (long long)m->tok_embd.rows, m->vocab.n_tokens);
+    m->n_vocab = m->vocab.n_tokens;
+    if ((s = sgllm__model_mat(m, "output.weight", m->n_embd, m->n_vocab, true, &m->output))) return s;
+    if (!m->output.data) m->output = m->tok_embd;
+    if ((s = sgllm__model_vec(m, "output_norm.weight", m->n_embd, false, &m->output_norm))) return s;
+
+    int32_t window = 0;
+    if (f->swa_period && (s = sgllm__model_hp_req(m, "attention.sliding_window", -1, 1, INT32_MAX, &window))) return s;
+    m->layers = (sgllm__layer *)sgllm__calloc((size_t)m->n_layer, sizeof(sgllm__layer));
+    if (!m->layers) return sgllm__fail(&m->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int32_t il = 0; il < m->n_layer; il++) {
+        sgllm__layer *L = &m->layers[il];
+        char nm[96];
+#define SGLLM__NAME(suffix) (snprintf(nm, sizeof nm, "blk.%d." suffix, (int)il), nm)
+        if ((s = sgllm__model_hp_req(m, "attention.head_count", il, 1, 4096, &L->n_head)) ||
+            (s = sgllm__model_hp_req(m, "attention.head_count_kv", il, 1, L->n_head, &L->n_head_kv)) ||
+            (s = sgllm__model_hp_req(m, "feed_forward_length", il, 1, 1 << 20, &L->n_ff)))
+            return s;
+        if (L->n_head % L->n_head_kv)
+            return sgllm__fail(&m->diag, SGLLM_ERR_FORMAT, "layer %d: %d heads is not a multiple of %d kv heads", (int)il,
+                               L->n_head, L->n_head_kv);
+        int64_t hd = m->n_embd / L->n_head, hdv = hd, n_rot;
+        if (sgllm__model_hp_int(m, "attention.key_length", -1, &hd)) sgllm__model_hp_int(m, "attention.value_length", -1, &hdv);
+        if (hd != hdv || hd < 2 || hd > 1024 || (hd & 1))
+            return sgllm__fail(&m->diag, SGLLM_ERR_UNSUPPORTED, "head dims key %lld / value %lld are not supported",
+                               (long long)hd, (long long)hdv);
+        L->head_dim = (int32_t)hd;
+        n_rot = hd;
+        sgllm__model_hp_int(m, "rope.dimension_count", -1, &n_rot);
+        if (n_rot < 2 || n_rot > hd || (n_rot & 1))
+            return sgllm__fail(&m->diag, SGLLM_ERR_FORMAT, "rope.dimension_count %lld does not fit head dim %lld",
+                               (long long)n_rot, (long long)hd);
+        L->n_rot = (int32_t)n_rot;
+        bool sliding = f->swa_period && (il + 1) % f->swa_period != 0;
+        L->window = sliding ? window : 0;
+        L->rope_theta = (float)(sliding && f->swa_rope_theta > 0 ? f->swa_rope_theta : theta);
+        L->rope_scale = sliding ? 1.0f : (float)(1.0 / rope_factor); // sliding layers are never scaled
+        L->attn_scale = 1.0f / sqrtf((float)hd);
+        int64_t qd = (int64_t)L->n_head * hd, kvd = (int64_t)L->n_head_kv * hd;
+        if ((s = sgllm__model_vec(m, SGLLM__NAME("attn_norm.weight"), m->n_embd, false, &L->attn_norm)) ||
+            (s = sgllm__model_mat(m, SGLLM__NAME("attn_q.weight"), m->n_embd, qd, false, &L->wq)) ||
+            (s = sgllm__model_mat(m, SGLLM__NAME("attn_k.weight"), m->n_embd, kvd, false, &L->wk)) ||
+            (s = sgllm__model_mat(m, SGLLM__NAME("attn_v.weight"), m->n_embd, kvd, false, &L->wv)) ||
+            (s = sgllm__model_mat(m, SGLLM__NAME("attn_output.weight"), qd, m->n_embd, false, &L->wo)) ||
+            (s = sgllm__model_vec(m, SGLLM__NAME("ffn_norm.weight"), m->n_embd, false, &L->ffn_norm)) ||
+            (s = sgllm__model_mat(m, SGLLM__NAME("ffn_gate.weight"), m->n_embd, L->n_ff, false, &L->w_gate)) ||
+            (s = sgllm__model_mat(m, SGLLM__NAME("ffn_up.weight"), m->n_embd, L->n_ff, false, &L->w_up)) ||
+            (s = sgllm__model_mat(m, SGLLM__NAME("ffn_down.weight"), L->n_ff, m->n_embd, false, &L->w_down)))
+            return s;
+        if (f->qk_norm && ((s = sgllm__model_vec(m, SGLLM__NAME("attn_q_norm.weight"), hd, false, &L->q_norm)) ||
+                           (s = sgllm__model_vec(m, SGLLM__NAME("attn_k_norm.weight"), hd, false, &L->k_norm))))
+            return s;
+        if (f->sandwich_norms &&
+            ((s = sgllm__model_vec(m, SGLLM__NAME("post_attention_norm.weight"), m->n_embd, false, &L->post_attn_norm)) ||
+             (s = sgllm__model_vec(m, SGLLM__NAME("post_ffw_norm.weight"), m->n_embd, false, &L->post_ffn_norm))))
+            return s;
+        if (f->qkv_bias && ((s = sgllm__model_vec(m, SGLLM__NAME("attn_q.bias"), qd, true, &L->bq)) ||
+                            (s = sgllm__model_vec(m, SGLLM__NAME("attn_k.bias"), kvd, true, &L->bk)) ||
+                            (s = sgllm__model_vec(m, SGLLM__NAME("attn_v.bias"), kvd, true, &L->bv))))
+            return s;
+#undef SGLLM__NAME
+        if (progress && progress(progress_user, 0.2f + 0.8f * (float)(il + 1) / (float)m->n_layer))
+            return sgllm__fail(&m->diag, SGLLM_ERR_CANCELLED, "load cancelled by the progress callback");
+    }
+    return SGLLM_OK;
+}
+
 
 // --- 8. CPU backend ------------------------------------------------------------------------
+// The reference forward pass. One call runs n tokens of one sequence at positions
+// pos0..pos0+n-1 through every layer descriptor: matrix products go through sgllm__matmul
+// (section 3) on the context's thread pool, attention runs one task per (token, head) over
+// a KV cache stored as fp16 (as llama.cpp does by default), the rest is plain loops.
+
+typedef struct sgllm__cpu {
+    const sgllm_model *m;
+    sgllm__pool *pool;
+    int32_t n_ctx, n_batch;
+    uint16_t **k_cache, **v_cache; // (n_layer) x (n_ctx, n_head_kv * head_dim) fp16
+    float *x;                      // (n_batch, n_embd) residual stream
+    float *h;                      // (n_batch, n_embd) normalized input of a block
+    float *q;                      // (n_batch, max n_head * head_dim)
+    float *k, *v;                  // (n_batch, max n_head_kv * head_dim)
+    float *att;                    // (n_batch, max n_head * head_dim) attention output
+    float *o;                      // (n_batch, n_embd) block output
+    float *g, *u;                  // (n_batch, max n_ff)
+    float *att_work;               // (n_threads, n_ctx + 2 * max head_dim) per-thread scores and rows
+    void *mm_scratch;              // quantized activations for sgllm__matmul
+} sgllm__cpu;
+
+static void sgllm__cpu_free(sgllm__cpu *c) {
+    if (!c) return;
+    if (c->k_cache)
+        for (int32_t il = 0; il < c->m->n_layer; il++) {
+            sgllm__free(c->k_cache[il]);
+            sgllm__free(c->v_cache[il]);
+        }
+    sgllm__free(c->k_cache);
+    sgllm__free(c->v_cache);
+    float *bufs[] = {c->x, c->h, c->q, c->k, c->v, c->att, c->o, c->g, c->u, c->att_work};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__free(bufs[i]);
+    sgllm__free(c->mm_scratch);
+    sgllm__pool_free(c->pool);
+    memset(c, 0, sizeof *c);
+}
+
+static sgllm_status sgllm__cpu_init(sgllm__cpu *c, const sgllm_model *m, int32_t n_ctx, int32_t n_batch,
+                                    int n_threads, sgllm__diag *d) {
+    memset(c, 0, sizeof *c);
+    c->m = m;
+    c->n_ctx = n_ctx;
+    c->n_batch = n_batch;
+    int64_t qd = 0, kvd = 0, ff = 0, hd = 0;
+    size_t mm = sgllm__matmul_scratch_bytes(&m->output, n_batch);
+    for (int32_t il = 0; il < m->n_layer; il++) {
+        const sgllm__layer *L = &m->layers[il];
+        qd = qd > (int64_t)L->n_head * L->head_dim ? qd : (int64_t)L->n_head * L->head_dim;
+        kvd = kvd > (int64_t)L->n_head_kv * L->head_dim ? kvd : (int64_t)L->n_head_kv * L->head_dim;
+        ff = ff > L->n_ff ? ff : L->n_ff;
+        hd = hd > L->head_dim ? hd : L->head_dim;
+        const sgllm__mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < 7; i++) {
+            size_t b = sgllm__matmul_scratch_bytes(mats[i], n_batch);
+            mm = mm > b ? mm : b;
+        }
+    }
+    c->pool = sgllm__pool_create(n_threads);
+    c->k_cache = (uint16_t **)sgllm__calloc((size_t)m->n_layer, sizeof(uint16_t *));
+    c->v_cache = (uint16_t **)sgllm__calloc((size_t)m->n_layer, sizeof(uint16_t *));
+    bool ok = c->pool && c->k_cache && c->v_cache;
+    for (int32_t il = 0; ok && il < m->n_layer; il++) {
+        size_t row = (size_t)m->layers[il].n_head_kv * (size_t)m->layers[il].head_dim;
+        ok = (c->k_cache[il] = (uint16_t *)sgllm__calloc((size_t)n_ctx * row, 2)) &&
+             (c->v_cache[il] = (uint16_t *)sgllm__calloc((size_t)n_ctx * row, 2));
+    }
+    size_t B = (size_t)n_batch;
+    ok = ok && (c->x = (float *)sgllm__calloc(B * (size_t)m->n_embd, 4)) &&
+         (c->h = (float *)sgllm__calloc(B * (size_t)m->n_embd, 4)) && (c->q = (float *)sgllm__calloc(B * (size_t)qd, 4)) &&
+         (c->k = (float *)sgllm__calloc(B * (size_t)kvd, 4)) && (c->v = (float *)sgllm__calloc(B * (size_t)kvd, 4)) &&
+         (c->att = (float *)sgllm__calloc(B * (size_t)qd, 4)) &&
+         (c->o = (float *)sgllm__calloc(B * (size_t)m->n_embd, 4)) &&
+         (c->g = (float *)sgllm__calloc(B * (size_t)ff, 4)) && (c->u = (float *)sgllm__calloc(B * (size_t)ff, 4)) &&
+         (c->att_work = (float *)sgllm__calloc((size_t)c->pool->n_threads * ((size_t)n_ctx + 2 * (size_t)hd), 4)) &&
+         (c->mm_scratch = sgllm__malloc(mm));
+    if (!ok) {
+        sgllm__cpu_free(c);
+        return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory creating a context of %d tokens", (int)n_ctx);
+    }
+    return SGLLM_OK;
+}
+
+// y = x / sqrt(mean(x^2) + eps) * w, for n rows of width dim (w may be NULL: no weight).
+static void sgllm__rmsnorm(float *y, const float *x, const float *w, int64_t rows, int64_t dim, float eps) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * dim;
+        float *yr = y + r * dim;
+        double ss = 0;
+        for (int64_t i = 0; i < dim; i++) ss += (double)xr[i] * xr[i];
+        float scale = (float)(1.0 / sqrt(ss / (double)dim + eps));
+        for (int64_t i = 0; i < dim; i++) yr[i] = xr[i] * scale * (w ? w[i] : 1.0f);
+    }
+}
+
+// Rotates the first n_rot dims of each head of one token at position pos.
+static void sgllm__rope(float *x, int32_t n_heads, int32_t head_dim, int32_t n_rot, float pos, float theta_base,
+                        bool neox) {
+    int32_t half = n_rot / 2;
+    for (int32_t i = 0; i < half; i++) {
+        float theta = pos * powf(theta_base, -2.0f * (float)i / (float)n_rot);
+        float cs = cosf(theta), sn = sinf(theta);
+        for (int32_t hh = 0; hh < n_heads; hh++) {
+            float *p = x + (int64_t)hh * head_dim;
+            int32_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+            float x0 = p[a], x1 = p[b];
+            p[a] = x0 * cs - x1 * sn;
+            p[b] = x0 * sn + x1 * cs;
+        }
+    }
+}
+
+static float sgllm__gelu_tanh(float x) {
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+static float sgllm__silu(float x) { return x / (1.0f + expf(-x)); }
+
+// One attention task: query token i, head h. Scores over the visible keys of the cache,
+// softmax in float32, weighted sum of values.
+typedef struct sgllm__att_job {
+    sgllm__cpu *c;
+    const sgllm__layer *L;
+    int32_t il, pos0;
+} sgllm__att_job;
+
+static void sgllm__att_task(void *arg, int64_t task, int thread) {
+    const sgllm__att_job *j = (const sgllm__att_job *)arg;
+    sgllm__cpu *c = j->c;
+    const sgllm__layer *L = j->L;
+    int32_t hd = L->head_dim, i = (int32_t)(task / L->n_head), h = (int32_t)(task % L->n_head);
+    int32_t kvh = h / (L->n_head / L->n_head_kv), pos = j->pos0 + i;
+    int64_t kv_stride = (int64_t)L->n_head_kv * hd;
+    int32_t lo = L->window ? (pos - L->window + 1 > 0 ? pos - L->window + 1 : 0) : 0;
+    float *scores = c->att_work + (size_t)thread * ((size_t)c->n_ctx + 2 * (size_t)hd);
+    float *row = scores + c->n_ctx;
+    float *out = row + hd;
+    const float *q = c->q + (int64_t)i * L->n_head * hd + (int64_t)h * hd;
+    const uint16_t *K = c->k_cache[j->il] + (int64_t)kvh * hd, *V = c->v_cache[j->il] + (int64_t)kvh * hd;
+    float mx = -INFINITY;
+    for (int32_t p = lo; p <= pos; p++) {
+        sgllm__dequant_row(SGLLM__T_F16, K + (int64_t)p * kv_stride, row, hd);
+        float s = 0;
+        for (int32_t e = 0; e < hd; e++) s += q[e] * row[e];
+        s *= L->attn_scale;
+        scores[p - lo] = s;
+        mx = s > mx ? s : mx;
+    }
+    float sum = 0;
+    for (int32_t p = lo; p <= pos; p++) sum += (scores[p - lo] = expf(scores[p - lo] - mx));
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int32_t p = lo; p <= pos; p++) {
+        sgllm__dequant_row(SGLLM__T_F16, V + (int64_t)p * kv_stride, row, hd);
+        float w = scores[p - lo] / sum;
+        for (int32_t e = 0; e < hd; e++) out[e] += w * row[e];
+    }
+    memcpy(c->att + (int64_t)i * L->n_head * hd + (int64_t)h * hd, out, (size_t)hd * sizeof(float));
+}
+
+// Runs n tokens (n <= n_batch) at positions pos0.. (pos0 + n <= n_ctx). For every token i with
+// want[i] set (want NULL: the last token), writes a row of n_vocab logits to logits, in order.
+static void sgllm__cpu_forward(sgllm__cpu *c, const int32_t *tokens, int32_t n, int32_t pos0, const uint8_t *want,
+                               float *logits) {
+    const sgllm_model *m = c->m;
+    int64_t E = m->n_embd;
+    for (int32_t i = 0; i < n; i++) {
+        const sgllm__mat *te = &m->tok_embd;
+        sgllm__dequant_row(te->type, te->data + (size_t)tokens[i] * te->row_bytes, c->x + i * E, E);
+        if (m->embd_scale != 1.0f)
+            for (int64_t e = 0; e < E; e++) c->x[i * E + e] *= m->embd_scale;
+    }
+    for (int32_t il = 0; il < m->n_layer; il++) {
+        const sgllm__layer *L = &m->layers[il];
+        int32_t hd = L->head_dim;
+        int64_t qd = (int64_t)L->n_head * hd, kvd = (int64_t)L->n_head_kv * hd;
+        // attention block: projections, optional biases and q/k norms, RoPE, cache write
+        sgllm__rmsnorm(c->h, c->x, L->attn_norm, n, E, m->eps);
+        sgllm__matmul(c->pool, &L->wq, c->h, n, c->q, c->mm_scratch);
+        sgllm__matmul(c->pool, &L->wk, c->h, n, c->k, c->mm_scratch);
+        sgllm__matmul(c->pool, &L->wv, c->h, n, c->v, c->mm_scratch);
+        for (int32_t i = 0; i < n; i++) {
+            float *q = c->q + i * qd, *k = c->k + i * kvd, *v = c->v + i * kvd;
+            if (L->bq)
+                for (int64_t e = 0; e < qd; e++) q[e] += L->bq[e];
+            if (L->bk)
+                for (int64_t e = 0; e < kvd; e++) k[e] += L->bk[e];
+            if (L->bv)
+                for (int64_t e = 0; e < kvd; e++) v[e] += L->bv[e];
+            if (L->q_norm) sgllm__rmsnorm(q, q, L->q_norm, L->n_head, hd, m->eps);
+            if (L->k_norm) sgllm__rmsnorm(k, k, L->k_norm, L->n_head_kv, hd, m->eps);
+            float p = (float)(pos0 + i) * L->rope_scale;
+            sgllm__rope(q, L->n_head, hd, L->n_rot, p, L->rope_theta, m->rope_neox);
+            sgllm__rope(k, L->n_head_kv, hd, L->n_rot, p, L->rope_theta, m->rope_neox);
+            uint16_t *kc = c->k_cache[il] + (int64_t)(pos0 + i) * kvd, *vc = c->v_cache[il] + (int64_t)(pos0 + i) * kvd;
+            for (int64_t e = 0; e < kvd; e++) {
+                kc[e] = sgllm__f32_to_fp16(k[e]);
+                vc[e] = sgllm__f32_to_fp16(v[e]);
+            }
+        }
+        sgllm__att_job job = {c, L, il, pos0};
+        sgllm__pool_run(c->pool, (int64_t)n * L->n_head, sgllm__att_task, &job);
+        sgllm__matmul(c->pool, &L->wo, c->att, n, c->o, c->mm_scratch);
+        if (L->post_attn_norm) sgllm__rmsnorm(c->o, c->o, L->post_attn_norm, n, E, m->eps);
+        for (int64_t e = 0; e < n * E; e++) c->x[e] += c->o[e];
+        // MLP block: down(act(gate(h)) * up(h))
+        sgllm__rmsnorm(c->h, c->x, L->ffn_norm, n, E, m->eps);
+        sgllm__matmul(c->pool, &L->w_gate, c->h, n, c->g, c->mm_scratch);
+        sgllm__matmul(c->pool, &L->w_up, c->h, n, c->u, c->mm_scratch);
+        int64_t nf = (int64_t)n * L->n_ff;
+        if (m->act == SGLLM__ACT_GELU_TANH)
+            for (int64_t e = 0; e < nf; e++) c->g[e] = sgllm__gelu_tanh(c->g[e]) * c->u[e];
+        else
+            for (int64_t e = 0; e < nf; e++) c->g[e] = sgllm__silu(c->g[e]) * c->u[e];
+        sgllm__matmul(c->pool, &L->w_down, c->g, n, c->o, c->mm_scratch);
+        if (L->post_ffn_norm) sgllm__rmsnorm(c->o, c->o, L->post_ffn_norm, n, E, m->eps);
+        for (int64_t e = 0; e < n * E; e++) c->x[e] += c->o[e];
+    }
+    // final norm of the selected rows only, then the vocabulary projection
+    int32_t n_out = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (want ? want[i] : i == n - 1) sgllm__rmsnorm(c->h + (int64_t)n_out++ * E, c->x + i * E, m->output_norm, 1, E, m->eps);
+    if (!n_out) return;
+    sgllm__matmul(c->pool, &m->output, c->h, n_out, logits, c->mm_scratch);
+    if (m->final_softcap > 0) {
+        float cap = m->final_softcap;
+        for (int64_t e = 0; e < (int64_t)n_out * m->n_vocab; e++) logits[e] = cap * tanhf(logits[e] / cap);
+    }
+}
+
 
 // --- 9. Public API -------------------------------------------------------------------------
+// Handles and the calls of sgllm.h: argument checks, error messages and the generate loop.
+
+static sgllm__diag sgllm__diag_from(sgllm_log_fn log, void *user, sgllm_log_level level) {
+    sgllm__diag d;
+    memset(&d, 0, sizeof d);
+    d.log = log;
+    d.log_user = user;
+    d.level = level;
+    return d;
+}
+
+void sgllm_model_default_params(sgllm_model_params *p) {
+    if (!p) return;
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->backend = SGLLM_BACKEND_AUTO;
+    p->log_level = SGLLM_LOG_INFO;
+}
+
+void sgllm_model_free(sgllm_model *m) {
+    if (!m) return;
+    for (ptrdiff_t i = 0; i < arrlen(m->owned); i++) sgllm__free(m->owned[i]);
+    arrfree(m->owned);
+    sgllm__free(m->layers);
+    sgllm__free(m->name);
+    sgllm__free(m->chat_template);
+    sgllm__vocab_free(&m->vocab);
+    sgllm__gguf_close(&m->gguf);
+    sgllm__free(m);
+}
+
+sgllm_status sgllm_model_load(const sgllm_model_params *p, sgllm_model **out, char *err, size_t err_size) {
+    if (err && err_size) err[0] = 0;
+    if (out) *out = NULL;
+    sgllm__diag d = sgllm__diag_from(p ? p->log : NULL, p ? p->log_user_data : NULL, p ? p->log_level : SGLLM_LOG_ERROR);
+    sgllm_status s = SGLLM_OK;
+    sgllm_model *m = NULL;
+    if (!p || !out || !p->path || p->struct_size < sizeof *p) {
+        s = sgllm__fail(&d, SGLLM_ERR_INVALID_ARGUMENT, "sgllm_model_load: params, path and out_model are required "
+                        "(initialize params with sgllm_model_default_params)");
+        goto done;
+    }
+    if (p->backend == SGLLM_BACKEND_CUDA) {
+        s = sgllm__fail(&d, SGLLM_ERR_BACKEND, "this build of sgllm has no CUDA backend");
+        goto done;
+    }
+    if (!(m = (sgllm_model *)sgllm__calloc(1, sizeof *m))) {
+        s = sgllm__fail(&d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
+    m->diag = d;
+    double t0 = sgllm__now();
+    if ((s = sgllm__gguf_open(&m->gguf, p->path, &m->diag))) goto done;
+    sgllm__str arch, str;
+    if (!sgllm__gguf_string(&m->gguf, "general.architecture", &arch)) {
+        s = sgllm__fail(&m->diag, SGLLM_ERR_FORMAT, "missing metadata 'general.architecture'");
+        goto done;
+    }
+    for (size_t i = 0; i < sizeof sgllm__families / sizeof sgllm__families[0]; i++)
+        if (sgllm__str_eq(arch, sgllm__families[i].arch)) m->family = &sgllm__families[i];
+    if (!m->family) {
+        s = sgllm__fail(&m->diag, SGLLM_ERR_UNSUPPORTED, "architecture '%.*s' is not supported (sgllm runs llama, qwen2, "
+                        "qwen3, gemma3)", (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+        goto done;
+    }
+    snprintf(m->arch, sizeof m->arch, "%s", m->family->arch);
+    m->name = sgllm__gguf_string(&m->gguf, "general.name", &str) ? sgllm__strndup(str.ptr, (size_t)str.len)
+                                                                  : sgllm__strndup("", 0);
+    if (sgllm__gguf_string(&m->gguf, "tokenizer.chat_template", &str))
+        m->chat_template = sgllm__strndup(str.ptr, (size_t)str.len);
+    if (!m->name) {
+        s = sgllm__fail(&m->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
+    if (p->progress && p->progress(p->progress_user_data, 0.05f)) {
+        s = sgllm__fail(&m->diag, SGLLM_ERR_CANCELLED, "load cancelled by the progress callback");
+        goto done;
+    }
+    if ((s = sgllm__vocab_load(&m->vocab, &m->gguf, &m->diag))) goto done;
+    if (p->progress && p->progress(p->progress_user_data, 0.2f)) {
+        s = sgllm__fail(&m->diag, SGLLM_ERR_CANCELLED, "load cancelled by the progress callback");
+        goto done;
+    }
+    if ((s = sgllm__model_describe(m, p->progress, p->progress_user_data))) goto done;
+    sgllm__log(&m->diag, SGLLM_LOG_INFO, "loaded %s (%s): %d layers, %d embd, %d vocab, backend cpu, %.2f s", p->path,
+               m->arch, m->n_layer, m->n_embd, m->n_vocab, sgllm__now() - t0);
+done:
+    if (s != SGLLM_OK) {
+        if (err && err_size) snprintf(err, err_size, "%s", m ? m->diag.msg : d.msg);
+        sgllm_model_free(m);
+        return s;
+    }
+    *out = m;
+    return SGLLM_OK;
+}
+
+const char *sgllm_model_architecture(const sgllm_model *m) { return m ? m->arch : ""; }
+const char *sgllm_model_name(const sgllm_model *m) { return m ? m->name : ""; }
+int32_t sgllm_model_n_vocab(const sgllm_model *m) { return m ? m->n_vocab : 0; }
+int32_t sgllm_model_n_ctx_train(const sgllm_model *m) { return m ? m->n_ctx_train : 0; }
+int32_t sgllm_model_n_layer(const sgllm_model *m) { return m ? m->n_layer : 0; }
+int32_t sgllm_model_n_embd(const sgllm_model *m) { return m ? m->n_embd : 0; }
+const char *sgllm_model_chat_template(const sgllm_model *m) { return m ? m->chat_template : NULL; }
+sgllm_backend sgllm_model_backend(const sgllm_model *m) { return m ? SGLLM_BACKEND_CPU : SGLLM_BACKEND_AUTO; }
+
+sgllm_status sgllm_tokenize(const sgllm_model *m, const char *text, size_t len, int flags, sgllm_token *tokens,
+                            int32_t capacity, int32_t *n_tokens) {
+    if (n_tokens) *n_tokens = 0;
+    if (!m || (!text && len) || capacity < 0 || (capacity && !tokens) || !n_tokens) return SGLLM_ERR_INVALID_ARGUMENT;
+    int64_t n = sgllm__tokenize(&m->vocab, text ? text : "", len, (flags & SGLLM_TOKENIZE_ADD_BOS) != 0,
+                                (flags & SGLLM_TOKENIZE_PARSE_SPECIAL) != 0, tokens, capacity);
+    if (n < 0) return SGLLM_ERR_OUT_OF_MEMORY;
+    if (n > INT32_MAX) return SGLLM_ERR_INVALID_ARGUMENT;
+    *n_tokens = (int32_t)n;
+    return n > capacity ? SGLLM_ERR_BUFFER_TOO_SMALL : SGLLM_OK;
+}
+
+const char *sgllm_token_piece(const sgllm_model *m, sgllm_token t, size_t *len) {
+    size_t dummy;
+    if (!len) len = &dummy;
+    *len = 0;
+    return m ? sgllm__vocab_piece(&m->vocab, t, len) : NULL;
+}
+
+sgllm_status sgllm_detokenize(const sgllm_model *m, const sgllm_token *tokens, int32_t n, int render_special, char *buf,
+                              size_t capacity, size_t *text_len) {
+    if (text_len) *text_len = 0;
+    if (!m || n < 0 || (n && !tokens) || (capacity && !buf) || !text_len) return SGLLM_ERR_INVALID_ARGUMENT;
+    size_t total = 0;
+    for (int32_t i = 0; i < n; i++) {
+        size_t len;
+        const char *piece = sgllm__vocab_piece(&m->vocab, tokens[i], &len);
+        if (!piece) return SGLLM_ERR_INVALID_ARGUMENT;
+        if (!render_special && sgllm__vocab_is_control(&m->vocab, tokens[i])) continue;
+        if (total < capacity) memcpy(buf + total, piece, len < capacity - total ? len : capacity - total);
+        total += len;
+    }
+    *text_len = total;
+    if (total < capacity) buf[total] = 0;
+    return total + 1 > capacity ? SGLLM_ERR_BUFFER_TOO_SMALL : SGLLM_OK;
+}
+
+sgllm_token sgllm_token_bos(const sgllm_model *m) { return m ? m->vocab.bos : -1; }
+sgllm_token sgllm_token_eos(const sgllm_model *m) { return m ? m->vocab.eos : -1; }
+int sgllm_token_is_eog(const sgllm_model *m, sgllm_token t) { return m && sgllm__vocab_is_eog(&m->vocab, t); }
+int sgllm_token_is_control(const sgllm_model *m, sgllm_token t) { return m && sgllm__vocab_is_control(&m->vocab, t); }
+
+struct sgllm_context {
+    const sgllm_model *model;
+    sgllm__diag diag;
+    sgllm__cpu cpu;
+    int32_t n_ctx, n_batch;
+    sgllm_token *history; // (n_ctx) the tokens of the sequence, in order
+    int32_t n_past;       // tokens in the sequence (and in the KV cache)
+    float *logits;        // (n_vocab) last-token logits for generate
+    uint8_t *mask;        // (n_batch) which tokens of a chunk produce logits
+};
+
+void sgllm_context_default_params(sgllm_context_params *p) {
+    if (!p) return;
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->n_batch = 256;
+}
+
+void sgllm_context_free(sgllm_context *ctx) {
+    if (!ctx) return;
+    sgllm__cpu_free(&ctx->cpu);
+    sgllm__free(ctx->history);
+    sgllm__free(ctx->logits);
+    sgllm__free(ctx->mask);
+    sgllm__free(ctx);
+}
+
+sgllm_status sgllm_context_create(const sgllm_model *m, const sgllm_context_params *p, sgllm_context **out) {
+    if (out) *out = NULL;
+    if (!m || !p || !out || p->struct_size < sizeof *p || p->n_ctx < 0 || p->n_batch < 0 || p->n_threads < 0)
+        return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm_context *ctx = (sgllm_context *)sgllm__calloc(1, sizeof *ctx);
+    if (!ctx) return SGLLM_ERR_OUT_OF_MEMORY;
+    ctx->model = m;
+    ctx->diag = m->diag;
+    if (p->log) {
+        ctx->diag.log = p->log;
+        ctx->diag.log_user = p->log_user_data;
+    }
+    ctx->n_ctx = p->n_ctx ? p->n_ctx : (m->n_ctx_train < 4096 ? m->n_ctx_train : 4096);
+    ctx->n_batch = p->n_batch ? p->n_batch : 256;
+    if (ctx->n_batch > ctx->n_ctx) ctx->n_batch = ctx->n_ctx;
+    int threads = p->n_threads ? p->n_threads : sgllm__n_cpus();
+    sgllm_status s = sgllm__cpu_init(&ctx->cpu, m, ctx->n_ctx, ctx->n_batch, threads, &ctx->diag);
+    if (s == SGLLM_OK && (!(ctx->history = (sgllm_token *)sgllm__calloc((size_t)ctx->n_ctx, sizeof(sgllm_token))) ||
+                          !(ctx->logits = (float *)sgllm__calloc((size_t)m->n_vocab, sizeof(float))) ||
+                          !(ctx->mask = (uint8_t *)sgllm__calloc((size_t)ctx->n_batch, 1))))
+        s = SGLLM_ERR_OUT_OF_MEMORY;
+    if (s != SGLLM_OK) {
+        sgllm_context_free(ctx);
+        return s;
+    }
+    sgllm__log(&ctx->diag, SGLLM_LOG_INFO, "context: %d tokens, batch %d, %d threads", ctx->n_ctx, ctx->n_batch,
+               ctx->cpu.pool->n_threads);
+    *out = ctx;
+    return SGLLM_OK;
+}
+
+const char *sgllm_context_errmsg(const sgllm_context *ctx) { return ctx ? ctx->diag.msg : "no context"; }
+int32_t sgllm_context_n_ctx(const sgllm_context *ctx) { return ctx ? ctx->n_ctx : 0; }
+int32_t sgllm_context_length(const sgllm_context *ctx) { return ctx ? ctx->n_past : 0; }
+
+sgllm_status sgllm_context_rewind(sgllm_context *ctx, int32_t n_keep) {
+    if (!ctx) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (n_keep < 0 || n_keep > ctx->n_past)
+        return sgllm__fail(&ctx->diag, SGLLM_ERR_INVALID_ARGUMENT, "rewind to %d: the sequence has %d tokens", (int)n_keep,
+                           (int)ctx->n_past);
+    ctx->n_past = n_keep;
+    return SGLLM_OK;
+}
+
+sgllm_status sgllm_evaluate(sgllm_context *ctx, const sgllm_token *tokens, int32_t n, const uint8_t *want, float *logits) {
+    if (!ctx) return SGLLM_ERR_INVALID_ARGUMENT;
+    ctx->diag.msg[0] = 0;
+    if (n < 0 || (n && !tokens))
+        return sgllm__fail(&ctx->diag, SGLLM_ERR_INVALID_ARGUMENT, "sgllm_evaluate: bad token array");
+    if (n > ctx->n_ctx - ctx->n_past)
+        return sgllm__fail(&ctx->diag, SGLLM_ERR_CONTEXT_FULL, "%d tokens do not fit: the context holds %d of %d",
+                           (int)n, (int)ctx->n_past, (int)ctx->n_ctx);
+    int32_t n_want = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= ctx->model->n_vocab)
+            return sgllm__fail(&ctx->diag, SGLLM_ERR_INVALID_ARGUMENT, "token %d at index %d is out of range [0, %d)",
+                               (int)tokens[i], (int)i, (int)ctx->model->n_vocab);
+        n_want += want ? want[i] != 0 : i == n - 1;
+    }
+    if (n_want && !logits) return sgllm__fail(&ctx->diag, SGLLM_ERR_INVALID_ARGUMENT, "sgllm_evaluate: logits is NULL");
+    float *out = logits;
+    for (int32_t b = 0; b < n; b += ctx->n_batch) {
+        int32_t nb = n - b < ctx->n_batch ? n - b : ctx->n_batch, rows = 0;
+        for (int32_t i = 0; i < nb; i++) rows += (ctx->mask[i] = want ? want[b + i] != 0 : b + i == n - 1);
+        sgllm__cpu_forward(&ctx->cpu, tokens + b, nb, ctx->n_past + b, ctx->mask, rows ? out : NULL);
+        out += (size_t)rows * (size_t)ctx->model->n_vocab;
+    }
+    memcpy(ctx->history + ctx->n_past, tokens, (size_t)n * sizeof(sgllm_token));
+    ctx->n_past += n;
+    return SGLLM_OK;
+}
+
+void sgllm_generate_default_params(sgllm_generate_params *p) {
+    if (!p) return;
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->max_tokens = 256;
+    p->flags = SGLLM_TOKENIZE_ADD_BOS | SGLLM_TOKENIZE_PARSE_SPECIAL;
+    sgllm_sampler_default_params(&p->sampler);
+}
+
+// Length of the prefix of s[0..n) that does not end inside a UTF-8 sequence, so streamed
+// pieces never split a character.
+static size_t sgllm__utf8_complete(const char *s, size_t n) {
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
+        unsigned char c = (unsigned char)s[n - k];
+        if ((c & 0xC0) == 0x80) continue;
+        size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        return need > k ? n - k : n;
+    }
+    return n;
+}
+
+sgllm_status sgllm_generate(sgllm_context *ctx, const char *prompt, const sgllm_generate_params *p,
+                            sgllm_generate_stats *stats) {
+    if (stats) memset(stats, 0, sizeof *stats);
+    if (!ctx) return SGLLM_ERR_INVALID_ARGUMENT;
+    ctx->diag.msg[0] = 0;
+    if (!prompt || !p || p->struct_size < sizeof *p || p->max_tokens < 0)
+        return sgllm__fail(&ctx->diag, SGLLM_ERR_INVALID_ARGUMENT,
+                           "sgllm_generate: prompt and params are required (sgllm_generate_default_params)");
+    const sgllm_model *m = ctx->model;
+    int32_t n_prompt = 0;
+    sgllm_status s = sgllm_tokenize(m, prompt, strlen(prompt), p->flags, NULL, 0, &n_prompt);
+    if (s != SGLLM_OK && s != SGLLM_ERR_BUFFER_TOO_SMALL) return sgllm__fail(&ctx->diag, s, "tokenizing the prompt failed");
+    if (n_prompt == 0) return sgllm__fail(&ctx->diag, SGLLM_ERR_INVALID_ARGUMENT, "the prompt has no tokens");
+    if (n_prompt > ctx->n_ctx)
+        return sgllm__fail(&ctx->diag, SGLLM_ERR_CONTEXT_FULL, "the prompt has %d tokens; the context holds %d",
+                           (int)n_prompt, (int)ctx->n_ctx);
+    sgllm_token *toks = (sgllm_token *)sgllm__calloc((size_t)n_prompt, sizeof *toks);
+    sgllm_sampler *smp = NULL;
+    char *pending = NULL; // stb_ds array: bytes not yet streamed (an incomplete UTF-8 sequence)
+    if (!toks) return sgllm__fail(&ctx->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+    sgllm_tokenize(m, prompt, strlen(prompt), p->flags, toks, n_prompt, &n_prompt);
+    if ((s = sgllm_sampler_init(&p->sampler, m->n_vocab, &smp)) != SGLLM_OK) {
+        sgllm__free(toks);
+        return sgllm__fail(&ctx->diag, s, "bad sampler parameters");
+    }
+    // reuse the longest common prefix of the cached sequence; the last prompt token is always
+    // evaluated again because its logits are needed
+    int32_t reuse = 0;
+    while (reuse < ctx->n_past && reuse < n_prompt - 1 && ctx->history[reuse] == toks[reuse]) reuse++;
+    ctx->n_past = reuse;
+    double t0 = sgllm__now();
+    s = sgllm_evaluate(ctx, toks + reuse, n_prompt - reuse, NULL, ctx->logits);
+    double t1 = sgllm__now();
+    for (int32_t i = 0; i < n_prompt; i++) sgllm_sampler_accept(smp, toks[i]);
+    sgllm__free(toks);
+    sgllm_stop_reason why = SGLLM_STOP_MAX_TOKENS;
+    int32_t n_gen = 0;
+    while (s == SGLLM_OK && n_gen < p->max_tokens) {
+        sgllm_token t = sgllm_sampler_sample(smp, ctx->logits);
+        sgllm_sampler_accept(smp, t);
+        n_gen++;
+        if (sgllm__vocab_is_eog(&m->vocab, t)) {
+            why = SGLLM_STOP_EOG;
+            break;
+        }
+        size_t len = 0;
+        const char *piece = sgllm__vocab_piece(&m->vocab, t, &len);
+        if (piece && !sgllm__vocab_is_control(&m->vocab, t)) {
+            memcpy(arraddnptr(pending, len), piece, len);
+            size_t cut = sgllm__utf8_complete(pending, (size_t)arrlen(pending));
+            if (cut && p->on_piece && p->on_piece(p->user_data, pending, cut)) {
+                why = SGLLM_STOP_CALLBACK;
+                arrdeln(pending, 0, cut);
+                break;
+            }
+            arrdeln(pending, 0, cut);
+        }
+        if (n_gen == p->max_tokens) break;
+        if (ctx->n_past >= ctx->n_ctx) {
+            why = SGLLM_STOP_CONTEXT_FULL;
+            break;
+        }
+        s = sgllm_evaluate(ctx, &t, 1, NULL, ctx->logits);
+    }
+    if (s == SGLLM_OK && arrlen(pending) && p->on_piece) p->on_piece(p->user_data, pending, (size_t)arrlen(pending));
+    arrfree(pending);
+    sgllm_sampler_free(smp);
+    if (stats) {
+        stats->n_prompt = n_prompt;
+        stats->n_reused = reuse;
+        stats->n_generated = n_gen;
+        stats->prompt_seconds = t1 - t0;
+        stats->gen_seconds = sgllm__now() - t1;
+        stats->stop_reason = why;
+    }
+    return s;
+}
+
+sgllm_status sgllm_chat_apply(const sgllm_model *m, const sgllm_chat_message *msgs, size_t n, int add_assistant,
+                              char *buf, size_t capacity, size_t *text_len) {
+    if (text_len) *text_len = 0;
+    if (!m || (n && !msgs) || (capacity && !buf) || !text_len) return SGLLM_ERR_INVALID_ARGUMENT;
+    return sgllm__chat_render(m->chat_template, m->arch, msgs, n, add_assistant, buf, capacity, text_len);
+}
