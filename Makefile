@@ -1,5 +1,6 @@
 # sgllm - build, test, run. `make help` lists the targets.
 CC      ?= cc
+CXX     ?= c++
 CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Wpedantic -Wshadow -Wno-unused-function -Werror
 STB_INC ?= /usr/include/stb
@@ -11,9 +12,9 @@ GEMMA   := $(MODELS)/gemma-3-270m-q4_k_m.gguf
 SMOLLM  := $(MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
 
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/%,$(wildcard examples/*.c))
-TESTS    := $(patsubst tests/%.c,$(BUILD)/%,$(wildcard tests/test_*.c))
+TESTS    := $(patsubst tests/%.c,$(BUILD)/%,$(filter-out tests/test_golden.c,$(wildcard tests/test_*.c)))
 
-.PHONY: all lib examples test test-unit test-golden test-asan run models fuzz format clean help
+.PHONY: all lib examples test test-header test-unit test-golden test-asan run models fuzz fuzz-smoke format clean help
 all: lib examples
 
 help:
@@ -41,8 +42,16 @@ $(BUILD)/test_%: tests/test_%.c sgllm_impl.c sgllm.h tests/test.h
 models:
 	@tests/fetch_models.sh all
 
-test: test-unit test-golden test-asan
+test: test-header test-unit test-golden test-asan fuzz-smoke
 	@echo "all tests passed"
+
+# The public header must compile as C99, C11 and C++.
+test-header:
+	@mkdir -p $(BUILD)
+	printf '#include "sgllm.h"\nint main(void) { return sgllm_status_string(SGLLM_OK) == 0; }\n' > $(BUILD)/header.c
+	$(CC) -I. -std=c99 -Wall -Wextra -Wpedantic -Werror -fsyntax-only $(BUILD)/header.c
+	$(CC) -I. -std=c11 -Wall -Wextra -Wpedantic -Werror -fsyntax-only $(BUILD)/header.c
+	$(CXX) -I. -std=c++11 -Wall -Wextra -Wpedantic -Werror -fsyntax-only -x c++ $(BUILD)/header.c
 
 test-unit: $(TESTS) models
 	@set -e; for t in $(TESTS); do echo "== $$t"; SGLLM_MODELS=$(MODELS) $$t; done
@@ -55,6 +64,13 @@ test-asan: models
 
 run: models examples
 	$(BUILD)/sgllm-generate -m $(GEMMA) -p "Write a short poem about the sea." -n 96 --chat
+
+# A short run of every fuzz target over its seed corpus (the long runs are done by hand).
+fuzz-smoke: fuzz models
+	@for f in tests/fuzz/fuzz_*.c; do n=$$(basename $$f .c); c=tests/fuzz/corpus_$${n#fuzz_}; \
+	  echo "== $$n (30 s)"; mkdir -p $(BUILD)/fuzz/$$n.corpus; \
+	  SGLLM_MODELS=$(MODELS) $(BUILD)/fuzz/$$n -max_total_time=30 -artifact_prefix=$(BUILD)/fuzz/ $(BUILD)/fuzz/$$n.corpus $$c > $(BUILD)/fuzz/$$n.log 2>&1 \
+	    || { tail -40 $(BUILD)/fuzz/$$n.log; exit 1; }; grep -E "^#[0-9]+ +DONE" $(BUILD)/fuzz/$$n.log || tail -2 $(BUILD)/fuzz/$$n.log; done
 
 fuzz:
 	@mkdir -p $(BUILD)/fuzz

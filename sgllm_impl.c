@@ -287,6 +287,7 @@ static void sgllm__pool_run(sgllm__pool *p, int64_t n_tasks, sgllm__task_fn fn, 
 typedef struct sgllm__map {
     const uint8_t *data;
     uint64_t size;
+    bool mapped; // false: data is a caller's buffer (tests, fuzzing), not ours to unmap
 } sgllm__map;
 
 static sgllm_status sgllm__map_open(sgllm__diag *d, const char *path, sgllm__map *m) {
@@ -307,11 +308,12 @@ static sgllm_status sgllm__map_open(sgllm__diag *d, const char *path, sgllm__map
     if (p == MAP_FAILED) return sgllm__fail(d, SGLLM_ERR_IO, "cannot map '%s': %s", path, strerror(errno));
     m->data = (const uint8_t *)p;
     m->size = (uint64_t)st.st_size;
+    m->mapped = true;
     return SGLLM_OK;
 }
 
 static void sgllm__map_close(sgllm__map *m) {
-    if (m->data) munmap((void *)m->data, (size_t)m->size);
+    if (m->mapped) munmap((void *)m->data, (size_t)m->size);
     memset(m, 0, sizeof *m);
 }
 
@@ -662,6 +664,17 @@ static sgllm_status sgllm__gguf_open(sgllm__gguf *g, const char *path, sgllm__di
     memset(g, 0, sizeof *g);
     sgllm_status s = sgllm__map_open(d, path, &g->map);
     if (s == SGLLM_OK) s = sgllm__gguf_parse(g, d);
+    if (s != SGLLM_OK) sgllm__gguf_close(g);
+    return s;
+}
+
+// Parses a GGUF image held in memory (borrowed: it must outlive g).
+static sgllm_status sgllm__gguf_open_memory(sgllm__gguf *g, const void *data, size_t size, sgllm__diag *d) {
+    memset(g, 0, sizeof *g);
+    if (size == 0) return sgllm__fail(d, SGLLM_ERR_FORMAT, "empty buffer (truncated file)");
+    g->map.data = (const uint8_t *)data;
+    g->map.size = size;
+    sgllm_status s = sgllm__gguf_parse(g, d);
     if (s != SGLLM_OK) sgllm__gguf_close(g);
     return s;
 }
