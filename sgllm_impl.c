@@ -790,6 +790,7 @@ static bool sgllm__quant_supported(uint32_t t) {
 }
 
 // Plain reference dequantization of n values (n a multiple of the type's block) of type t.
+// Unsupported types give zeros (the loader rejects them before any row is read).
 static void sgllm__dequant_row_ref(uint32_t t, const void *src, float *dst, int64_t n) {
     switch (t) {
     case SGLLM__T_F32: memcpy(dst, src, (size_t)n * 4); return;
@@ -911,7 +912,7 @@ static void sgllm__dequant_row_ref(uint32_t t, const void *src, float *dst, int6
             }
         }
         return;
-    default: return;
+    default: memset(dst, 0, (size_t)n * sizeof(float)); return;
     }
 }
 
@@ -1121,9 +1122,8 @@ static float sgllm__vec_dot_c(uint32_t t, int64_t n, const void *w, const void *
 #define SGLLM__AVX2 __attribute__((target("avx2,fma,f16c")))
 #define SGLLM__AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
 
-static bool sgllm__use_avx2(void) {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-}
+// F16C is not queried: every CPU with AVX2 and FMA has it, and clang 14 cannot ask for it.
+static bool sgllm__use_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 static SGLLM__AVX2_INLINE float sgllm__hx(uint16_t h) { return _cvtsh_ss(h); }
 
@@ -1136,9 +1136,10 @@ static SGLLM__AVX2_INLINE float sgllm__hsum8(__m256 v) {
 
 // 16 packed bytes -> 32 values: the low nibbles (values 0..15), then the high nibbles.
 static SGLLM__AVX2_INLINE __m256i sgllm__nib32(const uint8_t *p) {
-    __m128i x = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(15);
-    __m128i lo = _mm_and_si128(x, m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    // both lanes hold the 16 bytes; the upper lane is shifted down a nibble
+    __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    x = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(x, _mm256_set1_epi8(15));
 }
 
 // Byte j is 16 where bit j of the little-endian 32-bit word at p is set (the fifth bit of Q5).
@@ -1578,6 +1579,10 @@ static void sgllm__quantize_act(uint32_t t, const float *x, void *dst, int64_t n
 // out[k] = dot(weight row w, activation row x + k*xs) for k < nt (nt <= 4).
 static void sgllm__dot_tile(uint32_t t, int64_t n, const uint8_t *w, const uint8_t *x, size_t xs, int nt,
                             float *out, bool avx2) {
+    if (!sgllm__quant_supported(t)) { // the loader rejects these; never read them as another type
+        for (int k = 0; k < nt; k++) out[k] = 0;
+        return;
+    }
 #if SGLLM__X86
     if (avx2) {
         sgllm__dot_tile_avx2(t, n, w, x, xs, nt, out);

@@ -369,6 +369,16 @@ static void test_traits(void) {
     CHECK(sgllm__act_row_bytes(SGLLM__T_Q4_1, 64) == 2 * 36);
     CHECK(sgllm__act_row_bytes(SGLLM__T_F16, 10) == 40);
     CHECK(sgllm__quant_supported(SGLLM__T_Q6_K) && !sgllm__quant_supported(SGLLM__T_Q2_K));
+    // an unsupported type reads nothing (ASan would see a read past these 84 bytes) and gives 0
+    uint8_t *q2k = malloc(84);
+    float *act = malloc(256 * 4), y[256];
+    memset(q2k, 0x11, 84);
+    for (int i = 0; i < 256; i++) act[i] = 1;
+    CHECK(sgllm__vec_dot_impl(SGLLM__T_Q2_K, 256, q2k, act, false) == 0);
+    CHECK(sgllm__vec_dot_impl(SGLLM__T_Q2_K, 256, q2k, act, sgllm__use_avx2()) == 0);
+    sgllm__dequant_row(SGLLM__T_Q2_K, q2k, y, 256);
+    CHECK(y[0] == 0 && y[255] == 0);
+    free(q2k), free(act);
 }
 
 int main(void) {
