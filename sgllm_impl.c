@@ -746,6 +746,959 @@ static bool sgllm__gguf_string(const sgllm__gguf *g, const char *key, sgllm__str
 }
 
 // --- 3. Weight formats ---------------------------------------------------------------------
+// Block layouts of the weight types, their reference dequantization (written straight from the
+// format description), and the CPU dot products. A matmul quantizes its activations once into
+// the type llama.cpp pairs with the weight type (Q8_0, Q8_1 or Q8_K; F32 for float weights),
+// so that integer dot products run on int8 and our numerics track llama.cpp's. Every fast
+// (AVX2+FMA+F16C) routine has a portable twin; the choice is made per call from a cheap CPU
+// query, and the *_impl functions take it as a parameter so tests can run both.
+
+enum { SGLLM__QK = 32, SGLLM__QKK = 256 };
+
+typedef struct sgllm__bq4_0 { uint16_t d; uint8_t qs[16]; } sgllm__bq4_0;
+typedef struct sgllm__bq4_1 { uint16_t d, m; uint8_t qs[16]; } sgllm__bq4_1;
+typedef struct sgllm__bq5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } sgllm__bq5_0;
+typedef struct sgllm__bq5_1 { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } sgllm__bq5_1;
+typedef struct sgllm__bq8_0 { uint16_t d; int8_t qs[32]; } sgllm__bq8_0;
+typedef struct sgllm__bq8_1 { uint16_t d, s; int8_t qs[32]; } sgllm__bq8_1; // s = d * sum(qs)
+typedef struct sgllm__bq4_k { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } sgllm__bq4_k;
+typedef struct sgllm__bq5_k { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } sgllm__bq5_k;
+typedef struct sgllm__bq6_k { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } sgllm__bq6_k;
+typedef struct sgllm__bq8_k { float d; int8_t qs[256]; int16_t bsums[16]; } sgllm__bq8_k; // bsums: 16-value sums
+
+_Static_assert(sizeof(sgllm__bq4_0) == 18 && sizeof(sgllm__bq4_1) == 20 && sizeof(sgllm__bq5_0) == 22 &&
+                   sizeof(sgllm__bq5_1) == 24 && sizeof(sgllm__bq8_0) == 34 && sizeof(sgllm__bq8_1) == 36 &&
+                   sizeof(sgllm__bq4_k) == 144 && sizeof(sgllm__bq5_k) == 176 && sizeof(sgllm__bq6_k) == 210 &&
+                   sizeof(sgllm__bq8_k) == 292,
+               "block layouts must match ggml's");
+
+static float sgllm__h(uint16_t h) { return sgllm__fp16_to_f32(h); }
+
+// Round half to even (the default FP rounding, independent of the current mode), |f| < 2^22.
+static int sgllm__nearest_int(float f) {
+    float v = f + 12582912.f;
+    int32_t i;
+    memcpy(&i, &v, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block.
+static void sgllm__k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 15) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+static bool sgllm__quant_supported(uint32_t t) {
+    switch (t) {
+    case SGLLM__T_F32: case SGLLM__T_F16: case SGLLM__T_BF16: case SGLLM__T_Q4_0: case SGLLM__T_Q4_1:
+    case SGLLM__T_Q5_0: case SGLLM__T_Q5_1: case SGLLM__T_Q8_0: case SGLLM__T_Q4_K: case SGLLM__T_Q5_K:
+    case SGLLM__T_Q6_K: return true;
+    default: return false;
+    }
+}
+
+// Plain reference dequantization of n values (n a multiple of the type's block) of type t.
+// Unsupported types give zeros (the loader rejects them before any row is read).
+static void sgllm__dequant_row_ref(uint32_t t, const void *src, float *dst, int64_t n) {
+    switch (t) {
+    case SGLLM__T_F32: memcpy(dst, src, (size_t)n * 4); return;
+    case SGLLM__T_F16:
+        for (int64_t i = 0; i < n; i++) dst[i] = sgllm__h(((const uint16_t *)src)[i]);
+        return;
+    case SGLLM__T_BF16:
+        for (int64_t i = 0; i < n; i++) dst[i] = sgllm__bf16_to_f32(((const uint16_t *)src)[i]);
+        return;
+    case SGLLM__T_Q4_0:
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, dst += 32) {
+            const sgllm__bq4_0 *x = (const sgllm__bq4_0 *)src + b;
+            float d = sgllm__h(x->d);
+            for (int j = 0; j < 16; j++) {
+                dst[j] = (float)((x->qs[j] & 15) - 8) * d;
+                dst[j + 16] = (float)((x->qs[j] >> 4) - 8) * d;
+            }
+        }
+        return;
+    case SGLLM__T_Q4_1:
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, dst += 32) {
+            const sgllm__bq4_1 *x = (const sgllm__bq4_1 *)src + b;
+            float d = sgllm__h(x->d), m = sgllm__h(x->m);
+            for (int j = 0; j < 16; j++) {
+                dst[j] = (float)(x->qs[j] & 15) * d + m;
+                dst[j + 16] = (float)(x->qs[j] >> 4) * d + m;
+            }
+        }
+        return;
+    case SGLLM__T_Q5_0:
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, dst += 32) {
+            const sgllm__bq5_0 *x = (const sgllm__bq5_0 *)src + b;
+            float d = sgllm__h(x->d);
+            uint32_t qh;
+            memcpy(&qh, x->qh, 4);
+            for (int j = 0; j < 16; j++) {
+                int lo = (x->qs[j] & 15) | (int)(((qh >> j) & 1) << 4);
+                int hi = (x->qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+                dst[j] = (float)(lo - 16) * d;
+                dst[j + 16] = (float)(hi - 16) * d;
+            }
+        }
+        return;
+    case SGLLM__T_Q5_1:
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, dst += 32) {
+            const sgllm__bq5_1 *x = (const sgllm__bq5_1 *)src + b;
+            float d = sgllm__h(x->d), m = sgllm__h(x->m);
+            uint32_t qh;
+            memcpy(&qh, x->qh, 4);
+            for (int j = 0; j < 16; j++) {
+                int lo = (x->qs[j] & 15) | (int)(((qh >> j) & 1) << 4);
+                int hi = (x->qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+                dst[j] = (float)lo * d + m;
+                dst[j + 16] = (float)hi * d + m;
+            }
+        }
+        return;
+    case SGLLM__T_Q8_0:
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, dst += 32) {
+            const sgllm__bq8_0 *x = (const sgllm__bq8_0 *)src + b;
+            float d = sgllm__h(x->d);
+            for (int j = 0; j < 32; j++) dst[j] = (float)x->qs[j] * d;
+        }
+        return;
+    case SGLLM__T_Q4_K:
+        for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+            const sgllm__bq4_k *x = (const sgllm__bq4_k *)src + b;
+            float d = sgllm__h(x->d), dmin = sgllm__h(x->dmin);
+            for (int c = 0; c < 4; c++, dst += 64) {
+                uint8_t sc0, m0, sc1, m1;
+                sgllm__k_scale_min(2 * c, x->scales, &sc0, &m0);
+                sgllm__k_scale_min(2 * c + 1, x->scales, &sc1, &m1);
+                float d0 = d * sc0, mm0 = dmin * m0, d1 = d * sc1, mm1 = dmin * m1;
+                const uint8_t *q = x->qs + 32 * c;
+                for (int l = 0; l < 32; l++) {
+                    dst[l] = d0 * (float)(q[l] & 15) - mm0;
+                    dst[l + 32] = d1 * (float)(q[l] >> 4) - mm1;
+                }
+            }
+        }
+        return;
+    case SGLLM__T_Q5_K:
+        for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+            const sgllm__bq5_k *x = (const sgllm__bq5_k *)src + b;
+            float d = sgllm__h(x->d), dmin = sgllm__h(x->dmin);
+            for (int c = 0; c < 4; c++, dst += 64) {
+                uint8_t sc0, m0, sc1, m1;
+                sgllm__k_scale_min(2 * c, x->scales, &sc0, &m0);
+                sgllm__k_scale_min(2 * c + 1, x->scales, &sc1, &m1);
+                float d0 = d * sc0, mm0 = dmin * m0, d1 = d * sc1, mm1 = dmin * m1;
+                const uint8_t *q = x->qs + 32 * c;
+                for (int l = 0; l < 32; l++) {
+                    int lo = (q[l] & 15) + ((x->qh[l] >> (2 * c)) & 1) * 16;
+                    int hi = (q[l] >> 4) + ((x->qh[l] >> (2 * c + 1)) & 1) * 16;
+                    dst[l] = d0 * (float)lo - mm0;
+                    dst[l + 32] = d1 * (float)hi - mm1;
+                }
+            }
+        }
+        return;
+    case SGLLM__T_Q6_K:
+        for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+            const sgllm__bq6_k *x = (const sgllm__bq6_k *)src + b;
+            float d = sgllm__h(x->d);
+            for (int h = 0; h < 2; h++, dst += 128) {
+                const uint8_t *ql = x->ql + 64 * h, *qh = x->qh + 32 * h;
+                const int8_t *sc = x->scales + 8 * h;
+                for (int l = 0; l < 32; l++) {
+                    int is = l / 16;
+                    int q1 = ((ql[l] & 15) | ((qh[l] & 3) << 4)) - 32;
+                    int q2 = ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                    int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                    int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                    dst[l] = d * (float)sc[is] * (float)q1;
+                    dst[l + 32] = d * (float)sc[is + 2] * (float)q2;
+                    dst[l + 64] = d * (float)sc[is + 4] * (float)q3;
+                    dst[l + 96] = d * (float)sc[is + 6] * (float)q4;
+                }
+            }
+        }
+        return;
+    default: memset(dst, 0, (size_t)n * sizeof(float)); return;
+    }
+}
+
+// The activation format for dot products with weights of type t (llama.cpp's pairing).
+static uint32_t sgllm__vec_dot_type(uint32_t t) {
+    switch (t) {
+    case SGLLM__T_Q4_0: case SGLLM__T_Q5_0: case SGLLM__T_Q8_0: return SGLLM__T_Q8_0;
+    case SGLLM__T_Q4_1: case SGLLM__T_Q5_1: return SGLLM__T_Q8_1;
+    case SGLLM__T_Q4_K: case SGLLM__T_Q5_K: case SGLLM__T_Q6_K: return SGLLM__T_Q8_K;
+    default: return SGLLM__T_F32;
+    }
+}
+
+// Bytes of one activation row of n values in vec_dot_type(t).
+static size_t sgllm__act_row_bytes(uint32_t t, int64_t n) {
+    return (size_t)sgllm__row_bytes(sgllm__vec_dot_type(t), (uint64_t)n);
+}
+
+// --- portable kernels
+
+// Activation quantization. Scale d = amax/127 and q = round-half-even(x * 127/amax): the
+// rounding llama.cpp's x86 build uses, so both paths give identical bytes.
+static void sgllm__quant_q8_0_c(const float *x, void *dst, int64_t n, bool with_sum) {
+    for (int64_t b = 0; b < n / SGLLM__QK; b++, x += 32) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+        int8_t *qs;
+        if (with_sum) {
+            sgllm__bq8_1 *y = (sgllm__bq8_1 *)dst + b;
+            qs = y->qs;
+            y->d = sgllm__f32_to_fp16(d);
+        } else {
+            sgllm__bq8_0 *y = (sgllm__bq8_0 *)dst + b;
+            qs = y->qs;
+            y->d = sgllm__f32_to_fp16(d);
+        }
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            qs[j] = (int8_t)sgllm__nearest_int(x[j] * id);
+            sum += qs[j];
+        }
+        if (with_sum) ((sgllm__bq8_1 *)dst)[b].s = sgllm__f32_to_fp16(d * (float)sum);
+    }
+}
+
+// Q8_K: the value of largest magnitude (the first such, keeping its sign) maps to -127.
+static float sgllm__q8k_iscale(const float *x) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < SGLLM__QKK; j++)
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    return amax != 0 ? -127.f / max : 0.f;
+}
+
+static void sgllm__q8k_finish(sgllm__bq8_k *y, float iscale) {
+    y->d = iscale != 0 ? 1 / iscale : 0.f;
+    for (int g = 0; g < 16; g++) {
+        int s = 0;
+        for (int j = 0; j < 16; j++) s += y->qs[16 * g + j];
+        y->bsums[g] = (int16_t)s;
+    }
+}
+
+static void sgllm__quant_q8_k_c(const float *x, void *dst, int64_t n) {
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++, x += SGLLM__QKK) {
+        sgllm__bq8_k *y = (sgllm__bq8_k *)dst + b;
+        float iscale = sgllm__q8k_iscale(x);
+        for (int j = 0; j < SGLLM__QKK; j++) {
+            int v = sgllm__nearest_int(iscale * x[j]);
+            y->qs[j] = (int8_t)(v > 127 ? 127 : v);
+        }
+        sgllm__q8k_finish(y, iscale);
+    }
+}
+
+// Unpacks the 32 quant values of one small block as integers (offset removed for Q4_0/Q5_0).
+static void sgllm__unpack32(uint32_t t, const void *blk, int q[32]) {
+    const uint8_t *qs;
+    uint32_t qh = 0;
+    int off = 0;
+    switch (t) {
+    case SGLLM__T_Q4_0: qs = ((const sgllm__bq4_0 *)blk)->qs; off = 8; break;
+    case SGLLM__T_Q4_1: qs = ((const sgllm__bq4_1 *)blk)->qs; break;
+    case SGLLM__T_Q5_0: qs = ((const sgllm__bq5_0 *)blk)->qs; memcpy(&qh, ((const sgllm__bq5_0 *)blk)->qh, 4); off = 16; break;
+    case SGLLM__T_Q5_1: qs = ((const sgllm__bq5_1 *)blk)->qs; memcpy(&qh, ((const sgllm__bq5_1 *)blk)->qh, 4); break;
+    default:
+        for (int j = 0; j < 32; j++) q[j] = ((const sgllm__bq8_0 *)blk)->qs[j];
+        return;
+    }
+    for (int j = 0; j < 16; j++) {
+        q[j] = ((qs[j] & 15) | (int)(((qh >> j) & 1) << 4)) - off;
+        q[j + 16] = ((qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4)) - off;
+    }
+}
+
+// dot of a row of 32-blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) with Q8_0/Q8_1 activations.
+static float sgllm__dot_q32_c(uint32_t t, int64_t n, const void *w, const void *xq) {
+    size_t wb = (size_t)sgllm__types[t].bytes;
+    bool has_min = t == SGLLM__T_Q4_1 || t == SGLLM__T_Q5_1;
+    float sum = 0;
+    for (int64_t b = 0; b < n / SGLLM__QK; b++) {
+        const uint8_t *blk = (const uint8_t *)w + (size_t)b * wb;
+        int q[32], isum = 0;
+        sgllm__unpack32(t, blk, q);
+        uint16_t dw;
+        memcpy(&dw, blk, 2);
+        if (has_min) {
+            const sgllm__bq8_1 *y = (const sgllm__bq8_1 *)xq + b;
+            uint16_t m;
+            memcpy(&m, blk + 2, 2);
+            for (int j = 0; j < 32; j++) isum += q[j] * y->qs[j];
+            sum += sgllm__h(dw) * sgllm__h(y->d) * (float)isum + sgllm__h(m) * sgllm__h(y->s);
+        } else {
+            const sgllm__bq8_0 *y = (const sgllm__bq8_0 *)xq + b;
+            for (int j = 0; j < 32; j++) isum += q[j] * y->qs[j];
+            sum += sgllm__h(dw) * sgllm__h(y->d) * (float)isum;
+        }
+    }
+    return sum;
+}
+
+// dot of Q4_K/Q5_K with Q8_K: d*dy*sum_j sc_j*(q.y)_j - dmin*dy*sum_j m_j*(sum of y in j).
+static float sgllm__dot_q45k_c(uint32_t t, int64_t n, const void *w, const void *xq) {
+    float sum = 0;
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+        const sgllm__bq8_k *y = (const sgllm__bq8_k *)xq + b;
+        const uint8_t *scales, *qs, *qh = NULL;
+        uint16_t d, dmin;
+        if (t == SGLLM__T_Q4_K) {
+            const sgllm__bq4_k *x = (const sgllm__bq4_k *)w + b;
+            scales = x->scales, qs = x->qs, d = x->d, dmin = x->dmin;
+        } else {
+            const sgllm__bq5_k *x = (const sgllm__bq5_k *)w + b;
+            scales = x->scales, qs = x->qs, qh = x->qh, d = x->d, dmin = x->dmin;
+        }
+        int32_t isum = 0, msum = 0;
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            sgllm__k_scale_min(j, scales, &sc, &m);
+            const uint8_t *q = qs + 32 * (j / 2);
+            const int8_t *yq = y->qs + 32 * j;
+            int s = 0;
+            for (int l = 0; l < 32; l++) {
+                int v = (j & 1) ? q[l] >> 4 : q[l] & 15;
+                if (qh) v += ((qh[l] >> j) & 1) << 4;
+                s += v * yq[l];
+            }
+            isum += sc * s;
+            msum += m * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
+        }
+        sum += sgllm__h(d) * y->d * (float)isum - sgllm__h(dmin) * y->d * (float)msum;
+    }
+    return sum;
+}
+
+// dot of Q6_K with Q8_K, values kept unsigned (0..63); the -32 comes back through bsums.
+static float sgllm__dot_q6k_c(int64_t n, const void *w, const void *xq) {
+    float sum = 0;
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+        const sgllm__bq6_k *x = (const sgllm__bq6_k *)w + b;
+        const sgllm__bq8_k *y = (const sgllm__bq8_k *)xq + b;
+        int32_t isum = 0;
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x->ql + 64 * h, *qh = x->qh + 32 * h;
+            const int8_t *yq = y->qs + 128 * h;
+            int s[8] = {0};
+            for (int l = 0; l < 32; l++) {
+                int is = l / 16;
+                s[is] += ((ql[l] & 15) | ((qh[l] & 3) << 4)) * yq[l];
+                s[is + 2] += ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) * yq[l + 32];
+                s[is + 4] += ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) * yq[l + 64];
+                s[is + 6] += ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) * yq[l + 96];
+            }
+            for (int g = 0; g < 8; g++) isum += x->scales[8 * h + g] * (s[g] - 32 * y->bsums[8 * h + g]);
+        }
+        sum += sgllm__h(x->d) * y->d * (float)isum;
+    }
+    return sum;
+}
+
+static float sgllm__dot_float_c(uint32_t t, int64_t n, const void *w, const float *x) {
+    float sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = t == SGLLM__T_F32   ? ((const float *)w)[i]
+                  : t == SGLLM__T_F16 ? sgllm__h(((const uint16_t *)w)[i])
+                                      : sgllm__bf16_to_f32(((const uint16_t *)w)[i]);
+        sum += v * x[i];
+    }
+    return sum;
+}
+
+static float sgllm__vec_dot_c(uint32_t t, int64_t n, const void *w, const void *xq) {
+    switch (t) {
+    case SGLLM__T_Q4_0: case SGLLM__T_Q4_1: case SGLLM__T_Q5_0: case SGLLM__T_Q5_1: case SGLLM__T_Q8_0:
+        return sgllm__dot_q32_c(t, n, w, xq);
+    case SGLLM__T_Q4_K: case SGLLM__T_Q5_K: return sgllm__dot_q45k_c(t, n, w, xq);
+    case SGLLM__T_Q6_K: return sgllm__dot_q6k_c(n, w, xq);
+    default: return sgllm__dot_float_c(t, n, w, (const float *)xq);
+    }
+}
+
+// --- AVX2 kernels (x86 only; compiled for the target whatever the build flags)
+#if SGLLM__X86
+#define SGLLM__AVX2 __attribute__((target("avx2,fma,f16c")))
+#define SGLLM__AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
+
+// F16C is not queried: every CPU with AVX2 and FMA has it, and clang 14 cannot ask for it.
+static bool sgllm__use_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+static SGLLM__AVX2_INLINE float sgllm__hx(uint16_t h) { return _cvtsh_ss(h); }
+
+static SGLLM__AVX2_INLINE float sgllm__hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// 16 packed bytes -> 32 values: the low nibbles (values 0..15), then the high nibbles.
+static SGLLM__AVX2_INLINE __m256i sgllm__nib32(const uint8_t *p) {
+    // both lanes hold the 16 bytes; the upper lane is shifted down a nibble
+    __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    x = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(x, _mm256_set1_epi8(15));
+}
+
+// Byte j is 16 where bit j of the little-endian 32-bit word at p is set (the fifth bit of Q5).
+static SGLLM__AVX2_INLINE __m256i sgllm__bit5_32(const uint8_t *p) {
+    uint32_t qh;
+    memcpy(&qh, p, 4);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)qh),
+                                    _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                                      0x0101010101010101, 0));
+    __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    return _mm256_and_si256(v, _mm256_set1_epi8(16));
+}
+
+// Sums of 4 adjacent products of unsigned u (<= 127) by signed s bytes, as 8 int32. With
+// u <= 127 the pairwise int16 step cannot saturate.
+static SGLLM__AVX2_INLINE __m256i sgllm__mul_us8(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+// Broadcast of int16 element e of a 128-bit vector (repeated in both lanes) to a lane.
+#define SGLLM__SEL16(e) _mm_set1_epi16((short)(0x0100 + 0x0202 * (e)))
+
+// The 8 scales and 8 mins of a Q4_K/Q5_K super-block, unpacked as bytes sc[0..7], m[0..7].
+static SGLLM__AVX2_INLINE void sgllm__k_scales8(const uint8_t *q, uint8_t sc[8], uint8_t m[8]) {
+    uint32_t a, b, c;
+    memcpy(&a, q, 4);
+    memcpy(&b, q + 4, 4);
+    memcpy(&c, q + 8, 4);
+    uint32_t s_lo = a & 0x3f3f3f3f, m_lo = b & 0x3f3f3f3f;
+    uint32_t s_hi = (c & 0x0f0f0f0f) | ((a >> 2) & 0x30303030);
+    uint32_t m_hi = ((c >> 4) & 0x0f0f0f0f) | ((b >> 2) & 0x30303030);
+    memcpy(sc, &s_lo, 4);
+    memcpy(sc + 4, &s_hi, 4);
+    memcpy(m, &m_lo, 4);
+    memcpy(m + 4, &m_hi, 4);
+}
+
+// out[k] = dot(row w, activation row x + k*xs) for k < NT. The body is written once and
+// instantiated for NT = 1 and 4, with each token's accumulation in the same order, so a
+// 4-token tile gives exactly the single-token results.
+static SGLLM__AVX2_INLINE void sgllm__dot_q32_avx2(uint32_t t, int NT, int64_t n, const uint8_t *w,
+                                                   const uint8_t *x, size_t xs, float *out) {
+    bool has_min = t == SGLLM__T_Q4_1 || t == SGLLM__T_Q5_1;
+    bool is_signed = !has_min;
+    size_t wb = (size_t)sgllm__types[t].bytes, ab = has_min ? sizeof(sgllm__bq8_1) : sizeof(sgllm__bq8_0);
+    __m256 acc[4];
+    float macc[4];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), macc[k] = 0;
+    for (int64_t b = 0; b < n / SGLLM__QK; b++) {
+        const uint8_t *blk = w + (size_t)b * wb;
+        __m256i q;
+        switch (t) {
+        case SGLLM__T_Q4_0: q = _mm256_sub_epi8(sgllm__nib32(blk + 2), _mm256_set1_epi8(8)); break;
+        case SGLLM__T_Q4_1: q = sgllm__nib32(blk + 4); break;
+        case SGLLM__T_Q5_0:
+            q = _mm256_sub_epi8(_mm256_or_si256(sgllm__nib32(blk + 6), sgllm__bit5_32(blk + 2)), _mm256_set1_epi8(16));
+            break;
+        case SGLLM__T_Q5_1: q = _mm256_or_si256(sgllm__nib32(blk + 8), sgllm__bit5_32(blk + 4)); break;
+        default: q = _mm256_loadu_si256((const __m256i *)(blk + 2)); break;
+        }
+        uint16_t dh, mh = 0;
+        memcpy(&dh, blk, 2);
+        if (has_min) memcpy(&mh, blk + 2, 2);
+        float dw = sgllm__hx(dh), mw = sgllm__hx(mh);
+        __m256i aq = is_signed ? _mm256_sign_epi8(q, q) : q;
+        for (int k = 0; k < NT; k++) {
+            const uint8_t *yb = x + (size_t)k * xs + (size_t)b * ab;
+            uint16_t yd, ys;
+            memcpy(&yd, yb, 2);
+            __m256i yq = _mm256_loadu_si256((const __m256i *)(yb + (has_min ? 4 : 2)));
+            __m256i p = sgllm__mul_us8(aq, is_signed ? _mm256_sign_epi8(yq, q) : yq);
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * sgllm__hx(yd)), _mm256_cvtepi32_ps(p), acc[k]);
+            if (has_min) {
+                memcpy(&ys, yb + 2, 2);
+                macc[k] += mw * sgllm__hx(ys);
+            }
+        }
+    }
+    for (int k = 0; k < NT; k++) out[k] = sgllm__hsum8(acc[k]) + macc[k];
+}
+
+static SGLLM__AVX2_INLINE void sgllm__dot_q45k_avx2(bool q5, int NT, int64_t n, const uint8_t *w,
+                                                    const uint8_t *x, size_t xs, float *out) {
+    size_t wb = q5 ? sizeof(sgllm__bq5_k) : sizeof(sgllm__bq4_k);
+    __m256 acc[4];
+    float macc[4];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), macc[k] = 0;
+    const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+        const uint8_t *blk = w + (size_t)b * wb;
+        const uint8_t *qs = blk + (q5 ? 48 : 16);
+        uint16_t dh, dminh;
+        memcpy(&dh, blk, 2);
+        memcpy(&dminh, blk + 2, 2);
+        float d = sgllm__hx(dh), dmin = sgllm__hx(dminh);
+        uint8_t sc[8], mn[8];
+        sgllm__k_scales8(blk + 4, sc, mn);
+        __m128i sc16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc));
+        __m128i mn16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
+        __m256i scv = _mm256_broadcastsi128_si256(sc16);
+        __m256i isum[4];
+        for (int k = 0; k < NT; k++) isum[k] = _mm256_setzero_si256();
+        __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if (q5) {
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
+                qh = _mm256_srli_epi16(qh, 2);
+            }
+            __m256i s0 = _mm256_shuffle_epi8(scv, _mm256_broadcastsi128_si256(SGLLM__SEL16(2 * c)));
+            __m256i s1 = _mm256_shuffle_epi8(scv, _mm256_broadcastsi128_si256(SGLLM__SEL16(2 * c + 1)));
+            for (int k = 0; k < NT; k++) {
+                const int8_t *yq = ((const sgllm__bq8_k *)(x + (size_t)k * xs) + b)->qs + 64 * c;
+                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)yq)), s0);
+                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(yq + 32))), s1);
+                isum[k] = _mm256_add_epi32(isum[k], _mm256_add_epi32(p0, p1));
+            }
+        }
+        for (int k = 0; k < NT; k++) {
+            const sgllm__bq8_k *y = (const sgllm__bq8_k *)(x + (size_t)k * xs) + b;
+            // sums of y over each 32-value sub-block, times the sub-block mins
+            __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums),
+                                        _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
+            __m128i pm = _mm_madd_epi16(bs, mn16);
+            pm = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, 0x4e));
+            pm = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, 0xb1));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(isum[k]), acc[k]);
+            macc[k] += dmin * y->d * (float)_mm_cvtsi128_si32(pm);
+        }
+    }
+    for (int k = 0; k < NT; k++) out[k] = sgllm__hsum8(acc[k]) - macc[k];
+}
+
+static SGLLM__AVX2_INLINE void sgllm__dot_q6k_avx2(int NT, int64_t n, const uint8_t *w, const uint8_t *x,
+                                                   size_t xs, float *out) {
+    __m256 acc[4];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+        const sgllm__bq6_k *bw = (const sgllm__bq6_k *)w + b;
+        __m256i isum[4];
+        for (int k = 0; k < NT; k++) isum[k] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i ql0 = _mm256_loadu_si256((const __m256i *)(bw->ql + 64 * h));
+            __m256i ql1 = _mm256_loadu_si256((const __m256i *)(bw->ql + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(bw->qh + 32 * h));
+            __m256i scv = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(bw->scales + 8 * h))));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(12)), 2));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, _mm256_set1_epi8(48)));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                   _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)0xc0)), 2));
+            for (int j = 0; j < 4; j++) {
+                // values 0..15 of this 32 use scale 2j, values 16..31 scale 2j+1
+                __m256i s = _mm256_shuffle_epi8(scv, _mm256_set_m128i(SGLLM__SEL16(2 * j + 1), SGLLM__SEL16(2 * j)));
+                for (int k = 0; k < NT; k++) {
+                    const int8_t *yq = ((const sgllm__bq8_k *)(x + (size_t)k * xs) + b)->qs + 128 * h + 32 * j;
+                    __m256i p = _mm256_maddubs_epi16(q[j], _mm256_loadu_si256((const __m256i *)yq));
+                    isum[k] = _mm256_add_epi32(isum[k], _mm256_madd_epi16(p, s));
+                }
+            }
+        }
+        __m256i sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bw->scales));
+        float d = sgllm__hx(bw->d);
+        for (int k = 0; k < NT; k++) {
+            const sgllm__bq8_k *y = (const sgllm__bq8_k *)(x + (size_t)k * xs) + b;
+            // the stored values are q + 32: take 32 * scale * (sum of y) back out
+            __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), sc_all);
+            __m256i s = _mm256_sub_epi32(isum[k], _mm256_slli_epi32(corr, 5));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(s), acc[k]);
+        }
+    }
+    for (int k = 0; k < NT; k++) out[k] = sgllm__hsum8(acc[k]);
+}
+
+static SGLLM__AVX2 float sgllm__dot_float_avx2(uint32_t t, int64_t n, const void *w, const float *x) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int u = 0; u < 4; u++) {
+            int64_t o = i + 8 * u;
+            __m256 wv;
+            if (t == SGLLM__T_F32) wv = _mm256_loadu_ps((const float *)w + o);
+            else if (t == SGLLM__T_F16) wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + o)));
+            else
+                wv = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + o))), 16));
+            acc[u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + o), acc[u]);
+        }
+    float sum = sgllm__hsum8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) {
+        float v = t == SGLLM__T_F32   ? ((const float *)w)[i]
+                  : t == SGLLM__T_F16 ? sgllm__hx(((const uint16_t *)w)[i])
+                                      : sgllm__bf16_to_f32(((const uint16_t *)w)[i]);
+        sum += v * x[i];
+    }
+    return sum;
+}
+
+// out[k] = dot(w, x + k*xs) for k < nt (nt <= 4).
+static SGLLM__AVX2 void sgllm__dot_tile_avx2(uint32_t t, int64_t n, const uint8_t *w, const uint8_t *x, size_t xs,
+                                            int nt, float *out) {
+#define SGLLM__TILE(call1, call4)                                                                  \
+    do {                                                                                           \
+        if (nt == 4) {                                                                             \
+            call4;                                                                                 \
+        } else {                                                                                   \
+            for (int k = 0; k < nt; k++, x += xs, out++) call1;                                    \
+        }                                                                                          \
+    } while (0)
+    switch (t) {
+    case SGLLM__T_Q4_0: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q4_0, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q4_0, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q4_1: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q4_1, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q4_1, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q5_0: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q5_0, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q5_0, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q5_1: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q5_1, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q5_1, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q8_0: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q8_0, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q8_0, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q4_K: SGLLM__TILE(sgllm__dot_q45k_avx2(false, 1, n, w, x, xs, out), sgllm__dot_q45k_avx2(false, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q5_K: SGLLM__TILE(sgllm__dot_q45k_avx2(true, 1, n, w, x, xs, out), sgllm__dot_q45k_avx2(true, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q6_K: SGLLM__TILE(sgllm__dot_q6k_avx2(1, n, w, x, xs, out), sgllm__dot_q6k_avx2(4, n, w, x, xs, out)); return;
+    default:
+        for (int k = 0; k < nt; k++) out[k] = sgllm__dot_float_avx2(t, n, w, (const float *)(x + (size_t)k * xs));
+        return;
+    }
+#undef SGLLM__TILE
+}
+
+// Rounds 32 floats (already scaled to [-127, 127]) half to even and stores them as int8.
+static SGLLM__AVX2_INLINE void sgllm__round_store32(const float *x, __m256 scale, int8_t *dst) {
+    __m256i v[4];
+    for (int k = 0; k < 4; k++)
+        v[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), scale),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    // packs interleave 128-bit lanes; the permute puts the 8 groups of 4 back in order
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)dst, p);
+}
+
+static SGLLM__AVX2_INLINE float sgllm__amax32(const float *x) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)));
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static SGLLM__AVX2 void sgllm__quant_q8_0_avx2(const float *x, void *dst, int64_t n, bool with_sum) {
+    for (int64_t b = 0; b < n / SGLLM__QK; b++, x += 32) {
+        float amax = sgllm__amax32(x);
+        float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+        int8_t *qs = with_sum ? ((sgllm__bq8_1 *)dst)[b].qs : ((sgllm__bq8_0 *)dst)[b].qs;
+        uint16_t dh = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        sgllm__round_store32(x, _mm256_set1_ps(id), qs);
+        if (with_sum) {
+            sgllm__bq8_1 *y = (sgllm__bq8_1 *)dst + b;
+            __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)qs));
+            __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+            __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+            y->d = dh;
+            y->s = _cvtss_sh(d * (float)_mm_cvtsi128_si32(s), _MM_FROUND_TO_NEAREST_INT);
+        } else {
+            ((sgllm__bq8_0 *)dst)[b].d = dh;
+        }
+    }
+}
+
+static SGLLM__AVX2 void sgllm__quant_q8_k_avx2(const float *x, void *dst, int64_t n) {
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++, x += SGLLM__QKK) {
+        sgllm__bq8_k *y = (sgllm__bq8_k *)dst + b;
+        float amax = 0;
+        for (int k = 0; k < SGLLM__QKK; k += 32) amax = fmaxf(amax, sgllm__amax32(x + k));
+        float iscale = 0;
+        if (amax != 0) {
+            int j = 0; // the first value of largest magnitude decides the sign, as in llama.cpp
+            while (fabsf(x[j]) != amax) j++;
+            iscale = -127.f / x[j];
+        }
+        for (int k = 0; k < SGLLM__QKK; k += 32) sgllm__round_store32(x + k, _mm256_set1_ps(iscale), y->qs + k);
+        sgllm__q8k_finish(y, iscale);
+    }
+}
+
+// Dequantization: the reference's arithmetic, operation for operation, 8 values at a time.
+// op: 0 y = q*s, 1 y = q*s + bias, 2 y = q*s - bias.
+static SGLLM__AVX2_INLINE void sgllm__put8(float *dst, __m128i q8, float s, int op, float bias) {
+    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), _mm256_set1_ps(s));
+    if (op == 1) f = _mm256_add_ps(f, _mm256_set1_ps(bias));
+    if (op == 2) f = _mm256_sub_ps(f, _mm256_set1_ps(bias));
+    _mm256_storeu_ps(dst, f);
+}
+
+// 32 signed byte values; the first 16 scaled by s0 (and bias b0), the last 16 by s1 (b1).
+static SGLLM__AVX2_INLINE void sgllm__put32(float *dst, __m256i q, float s0, float s1, int op, float b0, float b1) {
+    __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    sgllm__put8(dst, lo, s0, op, b0);
+    sgllm__put8(dst + 8, _mm_srli_si128(lo, 8), s0, op, b0);
+    sgllm__put8(dst + 16, hi, s1, op, b1);
+    sgllm__put8(dst + 24, _mm_srli_si128(hi, 8), s1, op, b1);
+}
+
+// Returns false for types it leaves to the reference.
+static SGLLM__AVX2 bool sgllm__dequant_avx2(uint32_t t, const void *src, float *dst, int64_t n) {
+    const uint8_t *p = (const uint8_t *)src;
+    switch (t) {
+    case SGLLM__T_F16: {
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)src + i))));
+        for (; i < n; i++) dst[i] = sgllm__h(((const uint16_t *)src)[i]);
+        return true;
+    }
+    case SGLLM__T_Q4_0: case SGLLM__T_Q4_1: case SGLLM__T_Q5_0: case SGLLM__T_Q5_1: case SGLLM__T_Q8_0: {
+        size_t wb = (size_t)sgllm__types[t].bytes;
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, p += wb, dst += 32) {
+            uint16_t dh, mh = 0;
+            memcpy(&dh, p, 2);
+            float d = sgllm__hx(dh);
+            switch (t) {
+            case SGLLM__T_Q4_0: sgllm__put32(dst, _mm256_sub_epi8(sgllm__nib32(p + 2), _mm256_set1_epi8(8)), d, d, 0, 0, 0); break;
+            case SGLLM__T_Q4_1:
+                memcpy(&mh, p + 2, 2);
+                sgllm__put32(dst, sgllm__nib32(p + 4), d, d, 1, sgllm__hx(mh), sgllm__hx(mh));
+                break;
+            case SGLLM__T_Q5_0:
+                sgllm__put32(dst, _mm256_sub_epi8(_mm256_or_si256(sgllm__nib32(p + 6), sgllm__bit5_32(p + 2)), _mm256_set1_epi8(16)),
+                             d, d, 0, 0, 0);
+                break;
+            case SGLLM__T_Q5_1:
+                memcpy(&mh, p + 2, 2);
+                sgllm__put32(dst, _mm256_or_si256(sgllm__nib32(p + 8), sgllm__bit5_32(p + 4)), d, d, 1, sgllm__hx(mh), sgllm__hx(mh));
+                break;
+            default: sgllm__put32(dst, _mm256_loadu_si256((const __m256i *)(p + 2)), d, d, 0, 0, 0); break;
+            }
+        }
+        return true;
+    }
+    case SGLLM__T_Q4_K: case SGLLM__T_Q5_K: {
+        bool q5 = t == SGLLM__T_Q5_K;
+        const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+        for (int64_t b = 0; b < n / SGLLM__QKK; b++, p += q5 ? sizeof(sgllm__bq5_k) : sizeof(sgllm__bq4_k)) {
+            uint16_t dh, dminh;
+            memcpy(&dh, p, 2);
+            memcpy(&dminh, p + 2, 2);
+            float d = sgllm__hx(dh), dmin = sgllm__hx(dminh);
+            uint8_t sc[8], mn[8];
+            sgllm__k_scales8(p + 4, sc, mn);
+            __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+            const uint8_t *qs = p + (q5 ? 48 : 16);
+            for (int c = 0; c < 4; c++, dst += 64) {
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                if (q5) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
+                    qh = _mm256_srli_epi16(qh, 2);
+                }
+                float d0 = d * sc[2 * c], mm0 = dmin * mn[2 * c], d1 = d * sc[2 * c + 1], mm1 = dmin * mn[2 * c + 1];
+                sgllm__put32(dst, lo, d0, d0, 2, mm0, mm0);
+                sgllm__put32(dst + 32, hi, d1, d1, 2, mm1, mm1);
+            }
+        }
+        return true;
+    }
+    case SGLLM__T_Q6_K: {
+        const __m256i m4 = _mm256_set1_epi8(15), m32 = _mm256_set1_epi8(32);
+        for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+            const sgllm__bq6_k *x = (const sgllm__bq6_k *)src + b;
+            float d = sgllm__hx(x->d);
+            for (int h = 0; h < 2; h++, dst += 128) {
+                __m256i ql0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
+                __m256i ql1 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
+                __m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4));
+                q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(12)), 2));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, _mm256_set1_epi8(48)));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                       _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)0xc0)), 2));
+                const int8_t *sc = x->scales + 8 * h;
+                for (int j = 0; j < 4; j++)
+                    sgllm__put32(dst + 32 * j, _mm256_sub_epi8(q[j], m32), d * (float)sc[2 * j], d * (float)sc[2 * j + 1], 0, 0, 0);
+            }
+        }
+        return true;
+    }
+    default: return false;
+    }
+}
+#else
+static bool sgllm__use_avx2(void) { return false; }
+#endif
+
+// --- dispatch
+
+// Fast dequantization (AVX2 where available), bit for bit the reference's result.
+static void sgllm__dequant_row_impl(uint32_t t, const void *src, float *dst, int64_t n, bool avx2) {
+#if SGLLM__X86
+    if (avx2 && sgllm__dequant_avx2(t, src, dst, n)) return;
+#else
+    (void)avx2;
+#endif
+    sgllm__dequant_row_ref(t, src, dst, n);
+}
+static void sgllm__dequant_row(uint32_t t, const void *src, float *dst, int64_t n) {
+    sgllm__dequant_row_impl(t, src, dst, n, sgllm__use_avx2());
+}
+
+// x (n floats) -> one activation row in vec_dot_type(t) (for float weights a plain copy).
+static void sgllm__quantize_act_impl(uint32_t t, const float *x, void *dst, int64_t n, bool avx2) {
+    uint32_t vt = sgllm__vec_dot_type(t);
+#if SGLLM__X86
+    if (avx2) {
+        if (vt == SGLLM__T_Q8_K) sgllm__quant_q8_k_avx2(x, dst, n);
+        else if (vt != SGLLM__T_F32) sgllm__quant_q8_0_avx2(x, dst, n, vt == SGLLM__T_Q8_1);
+        else memcpy(dst, x, (size_t)n * sizeof(float));
+        return;
+    }
+#else
+    (void)avx2;
+#endif
+    if (vt == SGLLM__T_Q8_K) sgllm__quant_q8_k_c(x, dst, n);
+    else if (vt != SGLLM__T_F32) sgllm__quant_q8_0_c(x, dst, n, vt == SGLLM__T_Q8_1);
+    else memcpy(dst, x, (size_t)n * sizeof(float));
+}
+static void sgllm__quantize_act(uint32_t t, const float *x, void *dst, int64_t n) {
+    sgllm__quantize_act_impl(t, x, dst, n, sgllm__use_avx2());
+}
+
+// out[k] = dot(weight row w, activation row x + k*xs) for k < nt (nt <= 4).
+static void sgllm__dot_tile(uint32_t t, int64_t n, const uint8_t *w, const uint8_t *x, size_t xs, int nt,
+                            float *out, bool avx2) {
+    if (!sgllm__quant_supported(t)) { // the loader rejects these; never read them as another type
+        for (int k = 0; k < nt; k++) out[k] = 0;
+        return;
+    }
+#if SGLLM__X86
+    if (avx2) {
+        sgllm__dot_tile_avx2(t, n, w, x, xs, nt, out);
+        return;
+    }
+#else
+    (void)avx2;
+#endif
+    for (int k = 0; k < nt; k++) out[k] = sgllm__vec_dot_c(t, n, w, x + (size_t)k * xs);
+}
+
+static float sgllm__vec_dot_impl(uint32_t t, int64_t n, const void *w, const void *xq, bool avx2) {
+    float r;
+    sgllm__dot_tile(t, n, (const uint8_t *)w, (const uint8_t *)xq, 0, 1, &r, avx2);
+    return r;
+}
+// dot(weight row of type t, activation row already in vec_dot_type(t)), n values.
+static float sgllm__vec_dot(uint32_t t, int64_t n, const void *w, const void *xq) {
+    return sgllm__vec_dot_impl(t, n, w, xq, sgllm__use_avx2());
+}
+
+typedef struct sgllm__mat {
+    uint32_t type;       // sgllm__type
+    int64_t rows, cols;  // rows = ne[1] (outputs), cols = ne[0] (inputs, contiguous)
+    const uint8_t *data; // (rows, row_bytes)
+    size_t row_bytes;
+} sgllm__mat;
+
+// Scratch for sgllm__matmul: the quantized activations (n_tok, act_row_bytes); 0 for float
+// weights, which read x directly.
+static size_t sgllm__matmul_scratch_bytes(const sgllm__mat *w, int64_t n_tok) {
+    if (sgllm__vec_dot_type(w->type) == SGLLM__T_F32 || n_tok <= 0) return 0;
+    return (size_t)n_tok * sgllm__act_row_bytes(w->type, w->cols);
+}
+
+typedef struct sgllm__mm_job {
+    const sgllm__mat *w;
+    const float *x;       // (n_tok, cols)
+    uint8_t *xq;          // (n_tok, x_stride) activations in vec_dot_type
+    size_t x_stride;      // bytes
+    float *y;             // (n_tok, rows)
+    int64_t n_tok, rows_per_task;
+    bool avx2;
+} sgllm__mm_job;
+
+static void sgllm__mm_quant_task(void *arg, int64_t tok, int thread) {
+    (void)thread;
+    const sgllm__mm_job *j = (const sgllm__mm_job *)arg;
+    sgllm__quantize_act_impl(j->w->type, j->x + tok * j->w->cols, j->xq + (size_t)tok * j->x_stride, j->w->cols, j->avx2);
+}
+
+// Rows are walked in blocks of 16 (their bytes stay in L1/L2) against tiles of 4 tokens, so a
+// weight block is unpacked once per 4 tokens and read from memory once per task.
+enum { SGLLM__MM_ROW_BLOCK = 16, SGLLM__MM_TOK_TILE = 4 };
+
+static void sgllm__mm_task(void *arg, int64_t task, int thread) {
+    (void)thread;
+    const sgllm__mm_job *j = (const sgllm__mm_job *)arg;
+    const sgllm__mat *w = j->w;
+    int64_t r0 = task * j->rows_per_task, r1 = r0 + j->rows_per_task < w->rows ? r0 + j->rows_per_task : w->rows;
+    for (int64_t rb = r0; rb < r1; rb += SGLLM__MM_ROW_BLOCK) {
+        int64_t re = rb + SGLLM__MM_ROW_BLOCK < r1 ? rb + SGLLM__MM_ROW_BLOCK : r1;
+        for (int64_t t0 = 0; t0 < j->n_tok; t0 += SGLLM__MM_TOK_TILE) {
+            int nt = (int)(j->n_tok - t0 < SGLLM__MM_TOK_TILE ? j->n_tok - t0 : SGLLM__MM_TOK_TILE);
+            const uint8_t *xt = j->xq + (size_t)t0 * j->x_stride;
+            for (int64_t r = rb; r < re; r++) {
+                float out[SGLLM__MM_TOK_TILE];
+                sgllm__dot_tile(w->type, w->cols, w->data + (size_t)r * w->row_bytes, xt, j->x_stride, nt, out, j->avx2);
+                for (int k = 0; k < nt; k++) j->y[(t0 + k) * w->rows + r] = out[k];
+            }
+        }
+    }
+}
+
+static void sgllm__matmul_impl(sgllm__pool *pool, const sgllm__mat *w, const float *x, int64_t n_tok, float *y,
+                               void *scratch, bool avx2) {
+    if (n_tok <= 0 || w->rows <= 0) return;
+    sgllm__mm_job j = {w, x, (uint8_t *)scratch, 0, y, n_tok, 0, avx2};
+    if (sgllm__vec_dot_type(w->type) == SGLLM__T_F32) {
+        j.xq = (uint8_t *)(uintptr_t)x;
+        j.x_stride = (size_t)w->cols * sizeof(float);
+    } else {
+        j.x_stride = sgllm__act_row_bytes(w->type, w->cols);
+        // for a few tokens waking the pool costs more than quantizing
+        if (n_tok >= 8) sgllm__pool_run(pool, n_tok, sgllm__mm_quant_task, &j);
+        else
+            for (int64_t t = 0; t < n_tok; t++) sgllm__mm_quant_task(&j, t, 0);
+    }
+    int64_t n_threads = pool ? pool->n_threads : 1;
+    // about 4 tasks per thread so that a slow or late thread does not hold the others up
+    int64_t rpt = (w->rows + 4 * n_threads - 1) / (4 * n_threads);
+    rpt = (rpt + 3) / 4 * 4;
+    j.rows_per_task = rpt < SGLLM__MM_ROW_BLOCK && n_tok > 1 ? SGLLM__MM_ROW_BLOCK : rpt;
+    sgllm__pool_run(pool, (w->rows + j.rows_per_task - 1) / j.rows_per_task, sgllm__mm_task, &j);
+}
+
+// y (n_tok, w->rows) = x (n_tok, w->cols) @ w^T on the pool's threads; scratch holds
+// sgllm__matmul_scratch_bytes(w, n_tok) bytes (the quantized x).
+static void sgllm__matmul(sgllm__pool *pool, const sgllm__mat *w, const float *x, int64_t n_tok, float *y,
+                          void *scratch) {
+    sgllm__matmul_impl(pool, w, x, n_tok, y, scratch, sgllm__use_avx2());
+}
+
 
 // --- 4. Tokenizers -------------------------------------------------------------------------
 
