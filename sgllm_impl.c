@@ -1139,7 +1139,11 @@ static int64_t sgllm__sampler_candidates(sgllm_sampler *s, const float *logits,
         for (int64_t i = 0; i < n; i++) max = fmaxf(max, s->cand[i].logit);
     } else {
         max = x[sgllm__argmax(x, s->n_vocab)];
-        const float cut = max - SGLLM__SAMPLER_CUT * temp;
+        // Without top-p no mass total is needed, so min-p can cut first, a little loosely:
+        // its exact test on the weights below decides.
+        float depth = SGLLM__SAMPLER_CUT;
+        if (p->top_p >= 1 && p->min_p > 0) depth = fminf(depth, 0.01f - logf(fminf(p->min_p, 1)));
+        const float cut = max - depth * temp;
         for (int64_t i = 0; i < s->n_vocab; i++)
             if (x[i] >= cut) s->cand[n++] = (sgllm__cand){(int32_t)i, x[i], 0};
     }
