@@ -133,7 +133,7 @@ int main(int argc, char **argv) {
                 count++;
             }
             int32_t done_text = start + b + m - has_bos; // text tokens evaluated so far
-            fprintf(stderr, "\r[%3d%%] perplexity %.4f", (int)(100.0 * done_text / n_scored_text), exp(sum / count));
+            if (count) fprintf(stderr, "\r[%3d%%] perplexity %.4f", (int)(100.0 * done_text / n_scored_text), exp(sum / count));
         }
     }
     if (count == 0) {
