@@ -2984,8 +2984,556 @@ static int64_t sgllm__tokenize(const sgllm__vocab *v, const char *text, size_t l
 
 
 // --- 5. Chat templates ---------------------------------------------------------------------
+// sgllm runs no Jinja. It recognizes two template families by their markers and renders
+// them in C, byte for byte as the reference templates render them under jinja2 (checked
+// in tests/test_chat.c): Gemma (<start_of_turn>; also Gemma-architecture models that ship
+// no template) and ChatML (<|im_start|>). Data a template carries as a plain literal, the
+// system-prompt separator of Gemma and a default system prompt in ChatML, is read from it.
+// Anything else is SGLLM_ERR_NO_TEMPLATE rather than a guess.
+
+// Appends to a caller buffer; len counts every byte, written or not.
+typedef struct sgllm__chat_out {
+    char *buf;
+    size_t cap;
+    size_t len;
+    bool overflow; // the length no longer fits in size_t
+} sgllm__chat_out;
+
+static void sgllm__chat_put(sgllm__chat_out *o, const char *s, size_t n) {
+    if (n > SIZE_MAX - o->len) {
+        o->overflow = true;
+        return;
+    }
+    if (o->len < o->cap) memcpy(o->buf + o->len, s, n < o->cap - o->len ? n : o->cap - o->len);
+    o->len += n;
+}
+
+static void sgllm__chat_puts(sgllm__chat_out *o, const char *s) { sgllm__chat_put(o, s, strlen(s)); }
+
+// Decodes one UTF-8 code point from s (n bytes available); 0 bytes for an invalid sequence.
+static size_t sgllm__utf8_decode(const unsigned char *s, size_t n, uint32_t *cp) {
+    if (n == 0) return 0;
+    if (s[0] < 0x80) {
+        *cp = s[0];
+        return 1;
+    }
+    size_t len = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc0 ? 2 : 0;
+    if (len == 0 || len > n || s[0] > 0xf4) return 0;
+    uint32_t c = s[0] & (0x7f >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        c = (c << 6) | (s[i] & 0x3f);
+    }
+    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (c < min_cp[len] || c > 0x10ffff || (c >= 0xd800 && c < 0xe000)) return 0;
+    *cp = c;
+    return len;
+}
+
+// Python's str.isspace(), which Jinja's trim filter (str.strip) uses.
+static bool sgllm__is_py_space(uint32_t c) {
+    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 ||
+           c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 ||
+           c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+// Jinja's `| trim` on UTF-8 text: *s and *n shrink past leading and trailing whitespace.
+// Invalid UTF-8 is never whitespace.
+static void sgllm__chat_trim(const char **s, size_t *n) {
+    const unsigned char *p = (const unsigned char *)*s;
+    size_t len = *n, k;
+    uint32_t c;
+    while ((k = sgllm__utf8_decode(p, len, &c)) > 0 && sgllm__is_py_space(c)) {
+        p += k;
+        len -= k;
+    }
+    while (len > 0) {
+        size_t start = len - 1; // back up to the lead byte of the last character
+        while (start > 0 && len - start < 4 && (p[start] & 0xc0) == 0x80) start--;
+        k = sgllm__utf8_decode(p + start, len - start, &c);
+        if (k != len - start || !sgllm__is_py_space(c)) break;
+        len = start;
+    }
+    *s = (const char *)p;
+    *n = len;
+}
+
+// Reads the Jinja string literal that starts at s (a quote) into out (cap bytes): true
+// when it is complete, fits and holds only escapes Jinja spells \n, \t, \\, \' or \".
+static bool sgllm__chat_literal(const char *s, char *out, size_t cap, size_t *len) {
+    const char q = *s++;
+    if (q != '\'' && q != '"') return false;
+    size_t n = 0;
+    for (; *s && *s != q; s++) {
+        char c = *s;
+        if (c == '\\') {
+            c = *++s;
+            if (c == 'n') c = '\n';
+            else if (c == 't') c = '\t';
+            else if (c != '\\' && c != '\'' && c != '"') return false;
+        }
+        if (n + 1 >= cap) return false;
+        out[n++] = c;
+    }
+    if (*s != q) return false;
+    out[n] = 0;
+    *len = n;
+    return true;
+}
+
+// Gemma joins a system message to the first user turn with the literal its template adds
+// to messages[0]['content'] ("\n\n" in Gemma 3's, which is also the default).
+static void sgllm__chat_gemma_separator(const char *tmpl, char *sep, size_t cap, size_t *len) {
+    static const char key[] = "messages[0]['content'] + ";
+    const char *at = tmpl ? strstr(tmpl, key) : NULL;
+    if (at && sgllm__chat_literal(at + sizeof key - 1, sep, cap, len)) return;
+    memcpy(sep, "\n\n", 3);
+    *len = 2;
+}
+
+// A ChatML template's default system prompt: the first `<|im_start|>system` turn written
+// entirely as a literal (SmolLM2's "You are a helpful AI assistant named SmolLM, ...").
+// Returns its length (0 when there is none) and the text in out.
+static size_t sgllm__chat_chatml_default_system(const char *tmpl, char *out, size_t cap) {
+    static const char open[] = "<|im_start|>system", close[] = "<|im_end|>";
+    for (const char *at = strstr(tmpl, open); at; at = strstr(at + 1, open)) {
+        const char *s = at + sizeof open - 1;
+        if (*s == '\n') s += 1;
+        else if (s[0] == '\\' && s[1] == 'n') s += 2;
+        else continue;
+        const char *end = strstr(s, close);
+        if (!end) return 0;
+        size_t n = 0;
+        bool literal = true;
+        for (const char *c = s; c < end && literal; c++) {
+            if (strchr("'\"{}+", *c) || n + 1 >= cap) literal = false;
+            else if (c[0] == '\\' && c + 1 < end && c[1] == 'n') out[n++] = '\n', c++;
+            else if (*c == '\\') literal = false;
+            else out[n++] = *c;
+        }
+        if (literal && n > 0) {
+            out[n] = 0;
+            return n;
+        }
+    }
+    return 0;
+}
+
+typedef enum { SGLLM__CHAT_SYSTEM, SGLLM__CHAT_USER, SGLLM__CHAT_ASSISTANT, SGLLM__CHAT_BAD } sgllm__chat_role;
+
+static sgllm__chat_role sgllm__chat_role_of(const sgllm_chat_message *m) {
+    if (!m->role || !m->content) return SGLLM__CHAT_BAD;
+    if (!strcmp(m->role, "system")) return SGLLM__CHAT_SYSTEM;
+    if (!strcmp(m->role, "user")) return SGLLM__CHAT_USER;
+    if (!strcmp(m->role, "assistant")) return SGLLM__CHAT_ASSISTANT;
+    return SGLLM__CHAT_BAD;
+}
+
+// Gemma 3: an optional leading system message becomes a prefix of the first turn; then
+// turns alternate user, assistant, user... (the template raises an error otherwise, so
+// this is SGLLM_ERR_INVALID_ARGUMENT); assistant turns are called "model"; contents are
+// trimmed; the BOS the template writes first is left to the tokenizer.
+static sgllm_status sgllm__chat_gemma(const char *tmpl, const sgllm_chat_message *msgs, size_t n,
+                                      int add_assistant, sgllm__chat_out *o) {
+    char sep[32];
+    size_t sep_len;
+    sgllm__chat_gemma_separator(tmpl, sep, sizeof sep, &sep_len);
+    size_t first = n > 0 && sgllm__chat_role_of(&msgs[0]) == SGLLM__CHAT_SYSTEM ? 1 : 0;
+    for (size_t i = first; i < n; i++) {
+        sgllm__chat_role want = (i - first) % 2 == 0 ? SGLLM__CHAT_USER : SGLLM__CHAT_ASSISTANT;
+        if (sgllm__chat_role_of(&msgs[i]) != want) return SGLLM_ERR_INVALID_ARGUMENT;
+        sgllm__chat_puts(o, want == SGLLM__CHAT_USER ? "<start_of_turn>user\n" : "<start_of_turn>model\n");
+        if (i == first && first == 1) {
+            sgllm__chat_puts(o, msgs[0].content);
+            sgllm__chat_put(o, sep, sep_len);
+        }
+        const char *c = msgs[i].content;
+        size_t c_len = strlen(c);
+        sgllm__chat_trim(&c, &c_len);
+        sgllm__chat_put(o, c, c_len);
+        sgllm__chat_puts(o, "<end_of_turn>\n");
+    }
+    if (add_assistant) sgllm__chat_puts(o, "<start_of_turn>model\n");
+    return SGLLM_OK;
+}
+
+// ChatML: every message as <|im_start|>role\ncontent<|im_end|>\n, untrimmed, preceded by
+// the template's default system prompt when the first message is not a system message.
+static sgllm_status sgllm__chat_chatml(const char *tmpl, const sgllm_chat_message *msgs, size_t n,
+                                       int add_assistant, sgllm__chat_out *o) {
+    char dflt[1024];
+    size_t dflt_len = sgllm__chat_chatml_default_system(tmpl, dflt, sizeof dflt);
+    if (n > 0 && dflt_len > 0 && sgllm__chat_role_of(&msgs[0]) != SGLLM__CHAT_SYSTEM) {
+        sgllm__chat_puts(o, "<|im_start|>system\n");
+        sgllm__chat_put(o, dflt, dflt_len);
+        sgllm__chat_puts(o, "<|im_end|>\n");
+    }
+    for (size_t i = 0; i < n; i++) {
+        sgllm__chat_puts(o, "<|im_start|>");
+        sgllm__chat_puts(o, msgs[i].role);
+        sgllm__chat_puts(o, "\n");
+        sgllm__chat_puts(o, msgs[i].content);
+        sgllm__chat_puts(o, "<|im_end|>\n");
+    }
+    if (add_assistant) sgllm__chat_puts(o, "<|im_start|>assistant\n");
+    return SGLLM_OK;
+}
+
+// tmpl: the model's tokenizer.chat_template (may be NULL); arch: general.architecture
+// (may be NULL). Writes min(length, cap) bytes of the prompt to buf and a NUL when there is
+// room; *len gets the full length (0 on errors other than SGLLM_ERR_BUFFER_TOO_SMALL).
+static sgllm_status sgllm__chat_render(const char *tmpl, const char *arch, const sgllm_chat_message *msgs,
+                                       size_t n, int add_assistant, char *buf, size_t cap, size_t *len) {
+    if (!len) return SGLLM_ERR_INVALID_ARGUMENT;
+    *len = 0;
+    if ((n > 0 && !msgs) || (cap > 0 && !buf)) return SGLLM_ERR_INVALID_ARGUMENT;
+    for (size_t i = 0; i < n; i++)
+        if (sgllm__chat_role_of(&msgs[i]) == SGLLM__CHAT_BAD) return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm__chat_out o = {buf, cap, 0, false};
+    sgllm_status st;
+    if (tmpl ? strstr(tmpl, "<start_of_turn>") != NULL : (arch && !strncmp(arch, "gemma", 5)))
+        st = sgllm__chat_gemma(tmpl, msgs, n, add_assistant, &o);
+    else if (tmpl && strstr(tmpl, "<|im_start|>"))
+        st = sgllm__chat_chatml(tmpl, msgs, n, add_assistant, &o);
+    else
+        return SGLLM_ERR_NO_TEMPLATE;
+    if (st != SGLLM_OK) return st;
+    if (o.overflow || o.len == SIZE_MAX) return SGLLM_ERR_OUT_OF_MEMORY;
+    *len = o.len;
+    if (o.len + 1 > cap) return SGLLM_ERR_BUFFER_TOO_SMALL;
+    buf[o.len] = 0;
+    return SGLLM_OK;
+}
 
 // --- 6. Sampler ----------------------------------------------------------------------------
+// Turns one row of logits into a token: penalties over a window of accepted tokens, then
+// top-k, temperature, top-p, min-p and a draw from the sampler's own xoshiro256** stream
+// (no global state: the same seed gives the same tokens). Nothing sorts the vocabulary:
+// top-k keeps a bounded heap during one scan; without top-k, tokens whose weight is below
+// e^-SGLLM__SAMPLER_CUT of the top token's are dropped first (for 262144 tokens they hold
+// under 2e-12 of the mass), and top-p pops a heap only as far as its kept prefix reaches.
+// Ties are broken by the lower token id everywhere, so results never depend on scan order.
+
+// Index of the largest value, the lowest index among ties; NaN loses to any number (all
+// NaN gives 0). -1 when n <= 0.
+static int32_t sgllm__argmax(const float *x, int64_t n) {
+    if (n <= 0) return -1;
+    int64_t best = 0;
+    while (best < n && isnan(x[best])) best++;
+    if (best == n) return 0;
+    float bv = x[best];
+    for (int64_t i = best + 1; i < n; i++)
+        if (x[i] > bv) {
+            bv = x[i];
+            best = i;
+        }
+    return (int32_t)best;
+}
+
+// xoshiro256** seeded through splitmix64 (which never leaves the state all zero).
+typedef struct sgllm__rng {
+    uint64_t s[4];
+} sgllm__rng;
+
+static void sgllm__rng_seed(sgllm__rng *r, uint64_t seed) {
+    for (int i = 0; i < 4; i++) {
+        uint64_t z = (seed += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        r->s[i] = z ^ (z >> 31);
+    }
+}
+
+static uint64_t sgllm__rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t sgllm__rng_next(sgllm__rng *r) {
+    uint64_t *s = r->s, out = sgllm__rotl64(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = sgllm__rotl64(s[3], 45);
+    return out;
+}
+
+static double sgllm__rng_uniform(sgllm__rng *r) { // [0, 1) with 53 random bits
+    return (double)(sgllm__rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+// Weights below e^-CUT of the top token's are never drawn when top-k is off.
+#define SGLLM__SAMPLER_CUT 40.0f
+
+typedef struct sgllm__cand {
+    int32_t id;
+    float logit; // after penalties, before temperature
+    float p;     // exp((logit - max) / temperature): 1 for the top token
+} sgllm__cand;
+
+struct sgllm_sampler {
+    sgllm_sampler_params params;
+    int32_t n_vocab;
+    sgllm__rng rng;
+    sgllm_token *window;       // (penalty_last_n) ring of accepted tokens
+    int32_t window_len;        // tokens in the ring
+    int32_t window_head;       // slot of the oldest token
+    int32_t *counts;           // (n_vocab) occurrences of each token in the ring
+    sgllm_token *pen_tokens;   // (penalty_last_n) scratch: distinct tokens of the ring
+    int32_t *pen_counts;       // (penalty_last_n) scratch: their counts
+    float *work;               // (n_vocab) logits after penalties
+    sgllm__cand *cand;         // (n_vocab) candidates
+};
+
+// Penalizes n distinct tokens (each once) that occurred counts[i] times in the window:
+// repeat divides a positive logit and multiplies a negative one, then frequency subtracts
+// counts[i] * frequency and presence subtracts presence. The CUDA backend mirrors this.
+static void sgllm__sampler_apply_penalties(float *logits, const sgllm_token *tokens,
+                                           const int32_t *counts, int64_t n, float repeat,
+                                           float frequency, float presence) {
+    for (int64_t i = 0; i < n; i++) {
+        float l = logits[tokens[i]];
+        l = l > 0 ? l / repeat : l * repeat;
+        logits[tokens[i]] = l - (float)counts[i] * frequency - presence;
+    }
+}
+
+static bool sgllm__sampler_has_penalties(const sgllm_sampler *s) {
+    const sgllm_sampler_params *p = &s->params;
+    return s->window_len > 0 &&
+           (p->repeat_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f);
+}
+
+// The logits the rest of the pipeline reads: the caller's row, or a penalized copy in work.
+static const float *sgllm__sampler_penalized(sgllm_sampler *s, const float *logits) {
+    if (!sgllm__sampler_has_penalties(s)) return logits;
+    int32_t cap = s->params.penalty_last_n, n = 0;
+    // Collect each token once: a listed token's count is negated until the list is done.
+    for (int32_t i = 0; i < s->window_len; i++) {
+        sgllm_token t = s->window[(s->window_head + i) % cap];
+        if (s->counts[t] > 0) {
+            s->pen_tokens[n] = t;
+            s->pen_counts[n++] = s->counts[t];
+            s->counts[t] = -s->counts[t];
+        }
+    }
+    for (int32_t i = 0; i < n; i++) s->counts[s->pen_tokens[i]] = s->pen_counts[i];
+    memcpy(s->work, logits, (size_t)s->n_vocab * sizeof(float));
+    sgllm__sampler_apply_penalties(s->work, s->pen_tokens, s->pen_counts, n, s->params.repeat_penalty,
+                                   s->params.frequency_penalty, s->params.presence_penalty);
+    return s->work;
+}
+
+// Heap order: a is above b when it comes first (first_on_top) or last in the ranking
+// (higher logit first, then lower id).
+static bool sgllm__cand_above(const sgllm__cand *a, const sgllm__cand *b, bool first_on_top) {
+    bool a_first = a->logit > b->logit || (a->logit == b->logit && a->id < b->id);
+    return first_on_top ? a_first : !a_first;
+}
+
+static void sgllm__cand_sift_down(sgllm__cand *h, int64_t n, int64_t i, bool first_on_top) {
+    for (;;) {
+        int64_t l = 2 * i + 1, r = l + 1, top = i;
+        if (l < n && sgllm__cand_above(&h[l], &h[top], first_on_top)) top = l;
+        if (r < n && sgllm__cand_above(&h[r], &h[top], first_on_top)) top = r;
+        if (top == i) return;
+        sgllm__cand t = h[i];
+        h[i] = h[top];
+        h[top] = t;
+        i = top;
+    }
+}
+
+static void sgllm__cand_sift_up(sgllm__cand *h, int64_t i, bool first_on_top) {
+    while (i > 0) {
+        int64_t parent = (i - 1) / 2;
+        if (!sgllm__cand_above(&h[i], &h[parent], first_on_top)) return;
+        sgllm__cand t = h[i];
+        h[i] = h[parent];
+        h[parent] = t;
+        i = parent;
+    }
+}
+
+// The k best tokens of x (n), in heap order. NaN logits are never candidates.
+static int64_t sgllm__sampler_top_k(const float *x, int64_t n, int64_t k, sgllm__cand *out) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        if (isnan(v)) continue;
+        if (m < k) {
+            out[m] = (sgllm__cand){(int32_t)i, v, 0};
+            sgllm__cand_sift_up(out, m++, false);
+        } else if (v > out[0].logit) { // equal logits lose: a later scan index has a higher id
+            out[0] = (sgllm__cand){(int32_t)i, v, 0};
+            sgllm__cand_sift_down(out, m, 0, false);
+        }
+    }
+    return m;
+}
+
+// The tokens a draw chooses from, after every filter, with their weights. *out points into
+// the sampler's candidate buffer. 0 when no logit is a finite number or +inf.
+static int64_t sgllm__sampler_candidates(sgllm_sampler *s, const float *logits,
+                                         const sgllm__cand **out) {
+    const sgllm_sampler_params *p = &s->params;
+    const float *x = sgllm__sampler_penalized(s, logits);
+    const float temp = p->temperature;
+    int64_t n = 0;
+    float max;
+    if (p->top_k > 0 && p->top_k < s->n_vocab) {
+        n = sgllm__sampler_top_k(x, s->n_vocab, p->top_k, s->cand);
+        max = -INFINITY;
+        for (int64_t i = 0; i < n; i++) max = fmaxf(max, s->cand[i].logit);
+    } else {
+        max = x[sgllm__argmax(x, s->n_vocab)];
+        // Without top-p no mass total is needed, so min-p can cut first, a little loosely:
+        // its exact test on the weights below decides.
+        float depth = SGLLM__SAMPLER_CUT;
+        if (p->top_p >= 1 && p->min_p > 0) depth = fminf(depth, 0.01f - logf(fminf(p->min_p, 1)));
+        const float cut = max - depth * temp;
+        for (int64_t i = 0; i < s->n_vocab; i++)
+            if (x[i] >= cut) s->cand[n++] = (sgllm__cand){(int32_t)i, x[i], 0};
+    }
+    *out = s->cand;
+    if (n == 0 || !(max > -INFINITY)) return 0;
+
+    double total = 0; // over every candidate: top-p's fraction is of this mass
+    for (int64_t i = 0; i < n; i++) {
+        sgllm__cand *c = &s->cand[i];
+        c->p = c->logit >= max ? 1.0f : expf((c->logit - max) / temp);
+        total += c->p;
+    }
+    if (p->min_p > 0) { // the top token always stays: its weight is exactly 1
+        const float thr = p->min_p < 1 ? p->min_p : 1;
+        int64_t kept = 0;
+        for (int64_t i = 0; i < n; i++)
+            if (s->cand[i].p >= thr) s->cand[kept++] = s->cand[i];
+        n = kept;
+    }
+    if (p->top_p < 1) {
+        // Heap-sort from the top only until the prefix holds top_p of the mass; the popped
+        // tokens collect at the end of the array, best last.
+        for (int64_t i = n / 2 - 1; i >= 0; i--) sgllm__cand_sift_down(s->cand, n, i, true);
+        const double goal = (double)p->top_p * total;
+        double cum = 0;
+        int64_t heap = n;
+        while (heap > 0) {
+            sgllm__cand top = s->cand[0];
+            s->cand[0] = s->cand[--heap];
+            s->cand[heap] = top;
+            sgllm__cand_sift_down(s->cand, heap, 0, true);
+            cum += top.p;
+            if (cum >= goal) break;
+        }
+        *out = s->cand + heap;
+        n -= heap;
+    }
+    return n;
+}
+
+static sgllm_token sgllm__sampler_draw(sgllm__rng *rng, const sgllm__cand *c, int64_t n) {
+    double total = 0;
+    for (int64_t i = 0; i < n; i++) total += c[i].p;
+    const double u = sgllm__rng_uniform(rng) * total;
+    double cum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        cum += c[i].p;
+        if (u < cum) return c[i].id;
+    }
+    return c[n - 1].id; // u within rounding of the total
+}
+
+void sgllm_sampler_default_params(sgllm_sampler_params *params) {
+    if (!params) return;
+    memset(params, 0, sizeof *params);
+    params->struct_size = sizeof *params;
+    params->temperature = 0.8f;
+    params->top_k = 40;
+    params->top_p = 0.95f;
+    params->min_p = 0.05f;
+    params->repeat_penalty = 1.0f;
+    params->frequency_penalty = 0.0f;
+    params->presence_penalty = 0.0f;
+    params->penalty_last_n = 64;
+    params->seed = 0x5eed;
+}
+
+void sgllm_sampler_free(sgllm_sampler *s) {
+    if (!s) return;
+    sgllm__free(s->window);
+    sgllm__free(s->counts);
+    sgllm__free(s->pen_tokens);
+    sgllm__free(s->pen_counts);
+    sgllm__free(s->work);
+    sgllm__free(s->cand);
+    sgllm__free(s);
+}
+
+sgllm_status sgllm_sampler_init(const sgllm_sampler_params *params, int32_t n_vocab, sgllm_sampler **out) {
+    if (!out) return SGLLM_ERR_INVALID_ARGUMENT;
+    *out = NULL;
+    if (!params || params->struct_size < sizeof *params || n_vocab <= 0) return SGLLM_ERR_INVALID_ARGUMENT;
+    const sgllm_sampler_params *p = params;
+    if (!isfinite(p->temperature) || isnan(p->top_p) || isnan(p->min_p) || !isfinite(p->repeat_penalty) ||
+        p->repeat_penalty <= 0 || !isfinite(p->frequency_penalty) || !isfinite(p->presence_penalty) ||
+        p->penalty_last_n < 0)
+        return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm_sampler *s = (sgllm_sampler *)sgllm__calloc(1, sizeof *s);
+    if (!s) return SGLLM_ERR_OUT_OF_MEMORY;
+    s->params = *p;
+    s->params.struct_size = sizeof s->params;
+    s->n_vocab = n_vocab;
+    size_t w = (size_t)p->penalty_last_n;
+    s->window = (sgllm_token *)sgllm__calloc(w, sizeof(sgllm_token));
+    s->pen_tokens = (sgllm_token *)sgllm__calloc(w, sizeof(sgllm_token));
+    s->pen_counts = (int32_t *)sgllm__calloc(w, sizeof(int32_t));
+    s->counts = (int32_t *)sgllm__calloc((size_t)n_vocab, sizeof(int32_t));
+    s->work = (float *)sgllm__calloc((size_t)n_vocab, sizeof(float));
+    s->cand = (sgllm__cand *)sgllm__calloc((size_t)n_vocab, sizeof(sgllm__cand));
+    if (!s->window || !s->pen_tokens || !s->pen_counts || !s->counts || !s->work || !s->cand) {
+        sgllm_sampler_free(s);
+        return SGLLM_ERR_OUT_OF_MEMORY;
+    }
+    sgllm__rng_seed(&s->rng, p->seed);
+    *out = s;
+    return SGLLM_OK;
+}
+
+sgllm_token sgllm_sampler_sample(sgllm_sampler *s, const float *logits) {
+    if (!s || !logits) return -1;
+    if (s->params.temperature <= 0) return sgllm__argmax(sgllm__sampler_penalized(s, logits), s->n_vocab);
+    const sgllm__cand *c;
+    int64_t n = sgllm__sampler_candidates(s, logits, &c);
+    // One uniform per non-greedy sample, even a forced one, keeps the stream aligned.
+    if (n == 0) {
+        (void)sgllm__rng_next(&s->rng);
+        return sgllm__argmax(sgllm__sampler_penalized(s, logits), s->n_vocab);
+    }
+    return sgllm__sampler_draw(&s->rng, c, n);
+}
+
+void sgllm_sampler_accept(sgllm_sampler *s, sgllm_token token) {
+    if (!s || token < 0 || token >= s->n_vocab) return;
+    const int32_t cap = s->params.penalty_last_n;
+    if (cap == 0) return;
+    if (s->window_len == cap) { // evict the oldest
+        s->counts[s->window[s->window_head]]--;
+        s->window[s->window_head] = token;
+        s->window_head = (s->window_head + 1) % cap;
+    } else {
+        s->window[(s->window_head + s->window_len++) % cap] = token;
+    }
+    s->counts[token]++;
+}
+
+void sgllm_sampler_reset(sgllm_sampler *s) {
+    if (!s) return;
+    for (int32_t i = 0; i < s->window_len; i++)
+        s->counts[s->window[(s->window_head + i) % s->params.penalty_last_n]] = 0;
+    s->window_len = 0;
+    s->window_head = 0;
+    sgllm__rng_seed(&s->rng, s->params.seed);
+}
 
 // --- 7. Model description ------------------------------------------------------------------
 // A family is data: at load, GGUF metadata becomes one sgllm__layer descriptor per block
