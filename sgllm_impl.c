@@ -65,7 +65,6 @@
 #define STBDS_REALLOC(ctx, p, sz) SGLLM_REALLOC(p, sz)
 #define STBDS_FREE(ctx, p) SGLLM_FREE(p)
 #define STB_DS_IMPLEMENTATION
-#define STBDS_SIPHASH_2_4
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wsign-compare"
@@ -249,14 +248,16 @@ static sgllm__pool *sgllm__pool_create(int n_threads) {
     }
     for (int i = 0; i < p->n_threads - 1; i++) {
         sgllm__worker_arg *wa = (sgllm__worker_arg *)sgllm__malloc(sizeof *wa);
+        if (wa) {
+            wa->pool = p;
+            wa->index = i + 1;
+        }
         if (!wa || pthread_create(&p->workers[i], NULL, sgllm__worker_main, wa) != 0) {
             sgllm__free(wa);
             p->n_threads = i + 1; // join only the workers that exist
             sgllm__pool_free(p);
             return NULL;
         }
-        wa->pool = p;
-        wa->index = i + 1;
     }
     return p;
 }
@@ -478,20 +479,20 @@ static sgllm_status sgllm__rd_bytes(sgllm__rd *r, uint64_t n, const uint8_t **ou
     return SGLLM_OK;
 }
 static sgllm_status sgllm__rd_u32(sgllm__rd *r, uint32_t *v) {
-    const uint8_t *b;
+    const uint8_t *b = NULL;
     sgllm_status s = sgllm__rd_bytes(r, 4, &b);
     if (s == SGLLM_OK) memcpy(v, b, 4);
     return s;
 }
 static sgllm_status sgllm__rd_u64(sgllm__rd *r, uint64_t *v) {
-    const uint8_t *b;
+    const uint8_t *b = NULL;
     sgllm_status s = sgllm__rd_bytes(r, 8, &b);
     if (s == SGLLM_OK) memcpy(v, b, 8);
     return s;
 }
 static sgllm_status sgllm__rd_str(sgllm__rd *r, sgllm__str *str) {
     uint64_t len;
-    const uint8_t *b;
+    const uint8_t *b = NULL;
     sgllm_status s = sgllm__rd_u64(r, &len);
     if (s == SGLLM_OK) s = sgllm__rd_bytes(r, len, &b);
     if (s == SGLLM_OK) {
@@ -3011,7 +3012,7 @@ static void sgllm__chat_put(sgllm__chat_out *o, const char *s, size_t n) {
 static void sgllm__chat_puts(sgllm__chat_out *o, const char *s) { sgllm__chat_put(o, s, strlen(s)); }
 
 // Decodes one UTF-8 code point from s (n bytes available); 0 bytes for an invalid sequence.
-static size_t sgllm__utf8_decode(const unsigned char *s, size_t n, uint32_t *cp) {
+static size_t sgllm__chat_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp) {
     if (n == 0) return 0;
     if (s[0] < 0x80) {
         *cp = s[0];
@@ -3043,14 +3044,14 @@ static void sgllm__chat_trim(const char **s, size_t *n) {
     const unsigned char *p = (const unsigned char *)*s;
     size_t len = *n, k;
     uint32_t c;
-    while ((k = sgllm__utf8_decode(p, len, &c)) > 0 && sgllm__is_py_space(c)) {
+    while ((k = sgllm__chat_utf8_decode(p, len, &c)) > 0 && sgllm__is_py_space(c)) {
         p += k;
         len -= k;
     }
     while (len > 0) {
         size_t start = len - 1; // back up to the lead byte of the last character
         while (start > 0 && len - start < 4 && (p[start] & 0xc0) == 0x80) start--;
-        k = sgllm__utf8_decode(p + start, len - start, &c);
+        k = sgllm__chat_utf8_decode(p + start, len - start, &c);
         if (k != len - start || !sgllm__is_py_space(c)) break;
         len = start;
     }
