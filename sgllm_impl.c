@@ -27,6 +27,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -168,26 +169,42 @@ static int sgllm__n_cpus(void) {
 
 // Thread pool: n_threads - 1 workers plus the calling thread. sgllm__pool_run hands out
 // task indices [0, n_tasks) dynamically and returns when all are done. Owned by a context.
+// A decode step makes hundreds of short parallel calls, so waking must be cheap: workers
+// spin on the job counter for up to ~1 ms after a job before sleeping on the condition
+// variable, and the caller spins until the workers are done.
 typedef void (*sgllm__task_fn)(void *arg, int64_t task, int thread);
 
 typedef struct sgllm__pool {
     int n_threads;
     pthread_t *workers;       // (n_threads - 1)
     pthread_mutex_t mu;
-    pthread_cond_t wake, done;
-    uint64_t generation;      // bumped per job; workers wait for a change
-    int n_busy;               // workers still inside the current job
-    bool quit;
+    pthread_cond_t wake;
+    uint64_t generation;      // atomic; bumped per job, workers watch it
+    int n_busy;               // atomic; workers still inside the current job
+    int n_sleeping;           // workers waiting on `wake` (under mu)
+    int quit;                 // atomic
     sgllm__task_fn fn;
     void *arg;
     int64_t n_tasks;
-    int64_t next_task;        // atomically advanced
+    int64_t next_task;        // atomic
 } sgllm__pool;
 
 typedef struct sgllm__worker_arg {
     sgllm__pool *pool;
     int index;
 } sgllm__worker_arg;
+
+// A spin-wait step: a pause for the first iterations, then a yield, so an oversubscribed
+// machine still runs the thread being waited for.
+static void sgllm__cpu_relax(uint32_t iteration) {
+    if (iteration > 64) {
+        sched_yield();
+        return;
+    }
+#if SGLLM__X86
+    _mm_pause();
+#endif
+}
 
 static void sgllm__pool_work(sgllm__pool *p, int thread) {
     for (;;) {
@@ -203,32 +220,38 @@ static void *sgllm__worker_main(void *varg) {
     sgllm__free(varg);
     uint64_t seen = 0;
     for (;;) {
-        pthread_mutex_lock(&p->mu);
-        while (!p->quit && p->generation == seen) pthread_cond_wait(&p->wake, &p->mu);
-        if (p->quit) {
-            pthread_mutex_unlock(&p->mu);
-            return NULL;
+        double spin_until = sgllm__now() + 1e-3;
+        for (uint32_t i = 1; __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen &&
+                             !__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE);
+             i++) {
+            sgllm__cpu_relax(i);
+            if ((i & 63) == 0 && sgllm__now() > spin_until) {
+                pthread_mutex_lock(&p->mu);
+                p->n_sleeping++;
+                while (__atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen &&
+                       !__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE))
+                    pthread_cond_wait(&p->wake, &p->mu);
+                p->n_sleeping--;
+                pthread_mutex_unlock(&p->mu);
+            }
         }
-        seen = p->generation;
-        pthread_mutex_unlock(&p->mu);
+        if (__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE)) return NULL;
+        seen = __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE);
         sgllm__pool_work(p, index);
-        pthread_mutex_lock(&p->mu);
-        if (--p->n_busy == 0) pthread_cond_signal(&p->done);
-        pthread_mutex_unlock(&p->mu);
+        __atomic_fetch_sub(&p->n_busy, 1, __ATOMIC_RELEASE);
     }
 }
 
 static void sgllm__pool_free(sgllm__pool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->quit = true;
+    __atomic_store_n(&p->quit, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->n_threads - 1; i++)
         if (p->workers[i]) pthread_join(p->workers[i], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->wake);
-    pthread_cond_destroy(&p->done);
     sgllm__free(p->workers);
     sgllm__free(p);
 }
@@ -240,7 +263,6 @@ static sgllm__pool *sgllm__pool_create(int n_threads) {
     p->workers = (pthread_t *)sgllm__calloc((size_t)p->n_threads, sizeof(pthread_t));
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
-    pthread_cond_init(&p->done, NULL);
     if (!p->workers) {
         p->n_threads = 1;
         sgllm__pool_free(p);
@@ -269,19 +291,17 @@ static void sgllm__pool_run(sgllm__pool *p, int64_t n_tasks, sgllm__task_fn fn, 
         for (int64_t t = 0; t < n_tasks; t++) fn(arg, t, 0);
         return;
     }
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->arg = arg;
     p->n_tasks = n_tasks;
-    p->next_task = 0;
-    p->n_busy = p->n_threads - 1;
-    p->generation++;
-    pthread_cond_broadcast(&p->wake);
+    __atomic_store_n(&p->next_task, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->n_busy, p->n_threads - 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&p->generation, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&p->mu);
+    if (p->n_sleeping) pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     sgllm__pool_work(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->n_busy > 0) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    for (uint32_t i = 0; __atomic_load_n(&p->n_busy, __ATOMIC_ACQUIRE) > 0; i++) sgllm__cpu_relax(i);
 }
 
 // A read-only mapping of a whole file.
