@@ -3418,10 +3418,12 @@ static int64_t sgllm__sampler_candidates(sgllm_sampler *s, const float *logits,
     *out = s->cand;
     if (n == 0 || !(max > -INFINITY)) return 0;
 
+    // Weights in double before rounding to float: a float exponent would carry |z| float
+    // roundings into every weight, enough to move top-p's cut on flat distributions.
     double total = 0; // over every candidate: top-p's fraction is of this mass
     for (int64_t i = 0; i < n; i++) {
         sgllm__cand *c = &s->cand[i];
-        c->p = c->logit >= max ? 1.0f : expf((c->logit - max) / temp);
+        c->p = c->logit >= max ? 1.0f : (float)exp(((double)c->logit - max) / temp);
         total += c->p;
     }
     if (p->min_p > 0) { // the top token always stays: its weight is exactly 1
