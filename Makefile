@@ -35,7 +35,7 @@ $(BUILD)/sgllm-%: examples/sgllm-%.c $(BUILD)/libsgllm.a
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/libsgllm.a $(LDLIBS) -o $@
 
 # Unit tests include sgllm_impl.c (white-box) and build on their own.
-$(BUILD)/test_%: tests/test_%.c sgllm_impl.c sgllm.h tests/test.h
+$(BUILD)/test_%: tests/test_%.c sgllm_impl.c sgllm.h $(wildcard tests/*.h)
 	@mkdir -p $(BUILD)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(LDLIBS) -o $@
 
