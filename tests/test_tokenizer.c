@@ -247,27 +247,31 @@ typedef struct frag {
     int32_t id; // -1: raw text
 } frag;
 
-// llama.cpp's algorithm as written: special tokens longest first (ties by id), each splitting
-// every raw fragment at all its non-overlapping occurrences, left to right.
-static int64_t ref_partition(const sgllm__vocab *v, const uint8_t *s, int64_t n, bool parse_special, frag *f) {
+// Special ids longest first, then lowest id: the order llama.cpp tries them in.
+static int32_t *sorted_specials(const sgllm__vocab *v, int32_t *ns) {
+    int32_t *ids = (int32_t *)malloc((size_t)v->n_tokens * 4);
+    *ns = 0;
+    uint64_t max_len = 0;
+    for (int32_t i = 0; i < v->n_tokens; i++)
+        if (sgllm__vocab_is_special_text(v, i) && v->text[i].len > max_len) max_len = v->text[i].len;
+    for (uint64_t len = max_len; len >= 1; len--)
+        for (int32_t i = 0; i < v->n_tokens; i++)
+            if (sgllm__vocab_is_special_text(v, i) && v->text[i].len == len) ids[(*ns)++] = i;
+    return ids;
+}
+
+// llama.cpp's algorithm as written: special tokens in order, each splitting every raw fragment
+// at all its non-overlapping occurrences, left to right. Tokens absent from s are skipped
+// first, which cannot change the result.
+static int64_t ref_partition(const sgllm__vocab *v, const int32_t *ids, int32_t ns, const uint8_t *s, int64_t n,
+                             bool parse_special, frag *f) {
     int64_t nf = 0;
     if (n) f[nf++] = (frag){0, n, -1};
-    int32_t *ids = (int32_t *)malloc((size_t)v->n_tokens * 4);
-    int32_t ns = 0;
-    for (int32_t i = 0; i < v->n_tokens; i++)
-        if (sgllm__vocab_is_special_text(v, i)) ids[ns++] = i;
-    for (int32_t a = 1; a < ns; a++) // insertion sort: longest first, then lowest id
-        for (int32_t b = a; b > 0 && (v->text[ids[b]].len > v->text[ids[b - 1]].len ||
-                                      (v->text[ids[b]].len == v->text[ids[b - 1]].len && ids[b] < ids[b - 1]));
-             b--) {
-            int32_t t = ids[b];
-            ids[b] = ids[b - 1];
-            ids[b - 1] = t;
-        }
     for (int32_t k = 0; k < ns; k++) {
         int32_t id = ids[k];
         if (!parse_special && (v->attr[id] & (SGLLM__ATTR_CONTROL | SGLLM__ATTR_UNKNOWN))) continue;
         int64_t tl = (int64_t)v->text[id].len;
+        if (!memmem(s, (size_t)n, v->text[id].ptr, (size_t)tl)) continue;
         for (int64_t i = 0; i < nf; i++) {
             if (f[i].id >= 0) continue;
             for (int64_t p = f[i].off; p + tl <= f[i].off + f[i].len; p++) {
@@ -285,7 +289,6 @@ static int64_t ref_partition(const sgllm__vocab *v, const uint8_t *s, int64_t n,
             }
         }
     }
-    free(ids);
     return nf;
 }
 
@@ -295,9 +298,11 @@ static void check_partition(const sgllm__vocab *v, const char *name) {
     int ns = 0;
     for (int32_t i = 0; i < v->n_tokens && ns < 64; i++)
         if (sgllm__vocab_is_special_text(v, i) && (i < 300 || test_u64() % 64 == 0)) specials[ns++] = i;
-    const char *words[] = {"a", " ", "\n", "<", ">", "|", "x", "  ", "\t", "im_", "end", "turn"};
+    const char *words[] = {"a", " ", "\n", "<", ">", "|", "x", "  ", "\t", "im_", "end", "turn", "b", "ab", "<a"};
+    int32_t n_sorted;
+    int32_t *sorted = sorted_specials(v, &n_sorted);
     int64_t bad = 0;
-    for (int iter = 0; iter < 3000; iter++) {
+    for (int iter = 0; iter < 1000; iter++) {
         uint8_t s[512];
         int64_t n = 0;
         int parts = (int)(test_u64() % 12);
@@ -320,7 +325,7 @@ static void check_partition(const sgllm__vocab *v, const char *name) {
         }
         bool ps = test_u64() & 1;
         frag ref[1024];
-        int64_t nr = ref_partition(v, s, n, ps, ref);
+        int64_t nr = ref_partition(v, sorted, n_sorted, s, n, ps, ref);
         sgllm__tmatch *m;
         int64_t nm;
         CHECK(sgllm__tok_partition(v, s, n, ps, &m, &nm));
@@ -335,6 +340,7 @@ static void check_partition(const sgllm__vocab *v, const char *name) {
         if (!same && bad++ < 3) fprintf(stderr, "  %s: partition differs from the reference (iteration %d)\n", name, iter);
         sgllm__free(m);
     }
+    free(sorted);
     CHECKF(bad == 0, "%s: %lld partitions differ from llama.cpp's algorithm", name, (long long)bad);
 }
 
@@ -556,6 +562,46 @@ static void check_tiny(void) {
     }
 }
 
+
+// Overlapping special texts of equal and different lengths (real vocabularies have few): the
+// partition must still agree with llama.cpp's algorithm.
+static void check_partition_overlaps(void) {
+    for (int round = 0; round < 20; round++) {
+        static char texts[40][8];
+        const char *tok[40];
+        int32_t type[40];
+        int nt = 0;
+        tok[nt] = "a", type[nt++] = 1;
+        tok[nt] = "b", type[nt++] = 1;
+        tok[nt] = "<", type[nt++] = 1;
+        while (nt < 40) {
+            int len = 1 + (int)(test_u64() % 5);
+            for (int k = 0; k < len; k++) texts[nt][k] = "ab<"[test_u64() % 3];
+            texts[nt][len] = 0;
+            bool dup = false;
+            for (int j = 0; j < nt; j++) dup |= !strcmp(tok[j], texts[nt]);
+            if (dup) continue;
+            tok[nt] = texts[nt];
+            type[nt] = test_u64() & 1 ? 3 : 4;
+            nt++;
+        }
+        gw w;
+        memset(&w, 0, sizeof w);
+        gw_kv_str(&w, "tokenizer.ggml.model", "llama");
+        gw_kv_strs(&w, "tokenizer.ggml.tokens", tok, 40);
+        gw_kv_arr(&w, "tokenizer.ggml.token_type", SGLLM__GGUF_I32, type, 40);
+        gw_kv_bool(&w, "tokenizer.ggml.add_bos_token", false);
+        sgllm__vocab v;
+        sgllm__diag d;
+        sgllm__gguf g;
+        if (gw_load(&w, &v, &d, &g) == SGLLM_OK) check_partition(&v, "synthetic");
+        else CHECKF(0, "synthetic vocabulary: %s", d.msg);
+        sgllm__vocab_free(&v);
+        sgllm__gguf_close(&g);
+        free(w.b);
+    }
+}
+
 int main(void) {
     test_seed();
     sgllm__gguf g;
@@ -583,5 +629,6 @@ int main(void) {
     }
     check_pre_split();
     check_tiny();
+    check_partition_overlaps();
     return test_finish("test_tokenizer");
 }
