@@ -3829,7 +3829,7 @@ typedef struct sgllm__cpu {
     float *att;                    // (n_batch, max n_head * head_dim) attention output
     float *o;                      // (n_batch, n_embd) block output
     float *g, *u;                  // (n_batch, max n_ff)
-    float *att_work;               // (n_threads, n_ctx + 2 * max head_dim) per-thread scores and rows
+    float *att_work;               // (n_threads, n_ctx + 3 * max head_dim) per-thread scores, rows, q
     void *mm_scratch;              // quantized activations for sgllm__matmul
 } sgllm__cpu;
 
@@ -3885,7 +3885,7 @@ static sgllm_status sgllm__cpu_init(sgllm__cpu *c, const sgllm_model *m, int32_t
          (c->att = (float *)sgllm__calloc(B * (size_t)qd, 4)) &&
          (c->o = (float *)sgllm__calloc(B * (size_t)m->n_embd, 4)) &&
          (c->g = (float *)sgllm__calloc(B * (size_t)ff, 4)) && (c->u = (float *)sgllm__calloc(B * (size_t)ff, 4)) &&
-         (c->att_work = (float *)sgllm__calloc((size_t)c->pool->n_threads * ((size_t)n_ctx + 2 * (size_t)hd), 4)) &&
+         (c->att_work = (float *)sgllm__calloc((size_t)c->pool->n_threads * ((size_t)n_ctx + 3 * (size_t)hd), 4)) &&
          (c->mm_scratch = sgllm__malloc(mm));
     if (!ok) {
         sgllm__cpu_free(c);
@@ -3923,13 +3923,24 @@ static void sgllm__rope(float *x, int32_t n_heads, int32_t head_dim, int32_t n_r
     }
 }
 
+// Rounds through fp16 and back.
+static float sgllm__fp16_round(float x) { return sgllm__fp16_to_f32(sgllm__f32_to_fp16(x)); }
+
+// GELU with the tanh approximation, evaluated as llama.cpp's CPU backend does (its golden
+// outputs are our reference): the input and the result pass through fp16 (ggml looks the
+// value up in an fp16 table), and |x| >= 10 short-cuts to 0 or x.
 static float sgllm__gelu_tanh(float x) {
-    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    float h = sgllm__fp16_round(x);
+    return sgllm__fp16_round(0.5f * h * (1.0f + tanhf(0.7978845608028654f * h * (1.0f + 0.044715f * h * h))));
 }
 static float sgllm__silu(float x) { return x / (1.0f + expf(-x)); }
 
 // One attention task: query token i, head h. Scores over the visible keys of the cache,
-// softmax in float32, weighted sum of values.
+// softmax in float32, weighted sum of values. The rounding follows llama.cpp's default CPU
+// attention (our reference): q meets the fp16 keys as fp16, and the probabilities meet the
+// fp16 values as fp16, with float accumulation.
 typedef struct sgllm__att_job {
     sgllm__cpu *c;
     const sgllm__layer *L;
@@ -3944,10 +3955,10 @@ static void sgllm__att_task(void *arg, int64_t task, int thread) {
     int32_t kvh = h / (L->n_head / L->n_head_kv), pos = j->pos0 + i;
     int64_t kv_stride = (int64_t)L->n_head_kv * hd;
     int32_t lo = L->window ? (pos - L->window + 1 > 0 ? pos - L->window + 1 : 0) : 0;
-    float *scores = c->att_work + (size_t)thread * ((size_t)c->n_ctx + 2 * (size_t)hd);
-    float *row = scores + c->n_ctx;
-    float *out = row + hd;
-    const float *q = c->q + (int64_t)i * L->n_head * hd + (int64_t)h * hd;
+    float *scores = c->att_work + (size_t)thread * ((size_t)c->n_ctx + 3 * (size_t)hd);
+    float *row = scores + c->n_ctx, *out = row + hd, *q = out + hd;
+    const float *qsrc = c->q + (int64_t)i * L->n_head * hd + (int64_t)h * hd;
+    for (int32_t e = 0; e < hd; e++) q[e] = sgllm__fp16_round(qsrc[e]);
     const uint16_t *K = c->k_cache[j->il] + (int64_t)kvh * hd, *V = c->v_cache[j->il] + (int64_t)kvh * hd;
     float mx = -INFINITY;
     for (int32_t p = lo; p <= pos; p++) {
@@ -3958,12 +3969,13 @@ static void sgllm__att_task(void *arg, int64_t task, int thread) {
         scores[p - lo] = s;
         mx = s > mx ? s : mx;
     }
-    float sum = 0;
+    double sum = 0;
     for (int32_t p = lo; p <= pos; p++) sum += (scores[p - lo] = expf(scores[p - lo] - mx));
+    float inv = (float)(1.0 / sum);
     memset(out, 0, (size_t)hd * sizeof(float));
     for (int32_t p = lo; p <= pos; p++) {
         sgllm__dequant_row(SGLLM__T_F16, V + (int64_t)p * kv_stride, row, hd);
-        float w = scores[p - lo] / sum;
+        float w = sgllm__fp16_round(scores[p - lo] * inv);
         for (int32_t e = 0; e < hd; e++) out[e] += w * row[e];
     }
     memcpy(c->att + (int64_t)i * L->n_head * hd + (int64_t)h * hd, out, (size_t)hd * sizeof(float));

@@ -127,13 +127,15 @@ static sgllm_context *make_ctx(sgllm_model *m, int n_ctx, int n_batch, int threa
     return c;
 }
 
-static double max_rel_diff(const float *a, const double *b, size_t n) {
+// max |a - b| / max |b| (rms = false) or ||a - b|| / ||b|| (rms = true)
+static double rel_diff(const float *a, const double *b, size_t n, bool rms) {
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
-        num = fmax(num, fabs(a[i] - b[i]));
-        den = fmax(den, fabs(b[i]));
+        double d = fabs(a[i] - b[i]);
+        num = rms ? num + d * d : fmax(num, d);
+        den = rms ? den + b[i] * b[i] : fmax(den, fabs(b[i]));
     }
-    return num / (den > 0 ? den : 1);
+    return rms ? sqrt(num / (den > 0 ? den : 1)) : num / (den > 0 ? den : 1);
 }
 
 static void test_family(const tiny *cfg, double tol) {
@@ -159,9 +161,11 @@ static void test_family(const tiny *cfg, double tol) {
     // all positions in one call (two chunks of 16 and 8) against the reference
     sgllm_context *c = make_ctx(m, 64, 16, 2);
     CHECK(sgllm_evaluate(c, toks, N, all, got) == SGLLM_OK && sgllm_context_length(c) == N);
-    double d = max_rel_diff(got, ref, N * V);
+    bool rms = cfg->wtype != SGLLM__T_F32;
+    double d = rel_diff(got, ref, N * V, rms);
     CHECKF(d < tol, "%s: batched logits differ from the reference by %.3g (tolerance %.3g)", cfg->arch, d, tol);
-    printf("%-7s wtype %-4s: max |diff| / max |ref| = %.2e\n", cfg->arch, sgllm__type_name((uint32_t)cfg->wtype), d);
+    printf("%-7s wtype %-4s: %s = %.2e (tolerance %.0e)\n", cfg->arch, sgllm__type_name((uint32_t)cfg->wtype),
+           rms ? "||diff|| / ||ref||" : "max |diff| / max |ref|", d, tol);
 
     // one token at a time, single thread: the same logits up to float summation order
     sgllm_context *c1 = make_ctx(m, 64, 1, 1);
@@ -253,8 +257,11 @@ static void test_progress_cancel(void) {
 
 int main(void) {
     test_seed();
-    // F32 weights: only the fp16 KV cache separates engine and reference (relative error ~1e-3)
-    // Q8_0 weights: activations are also quantized to 8 bits per block of 32 (~1e-2)
+    // F32 weights: the engine rounds K, V, q and the attention probabilities to fp16 (2^-11
+    // relative each); the largest logit error stays under 1e-3 of the largest logit, checked
+    // with 3x headroom. Q8_0 weights: every matmul input is also rounded to 8 bits per block
+    // of 32 (step amax/127, about 0.5% of a dot product per matmul, ~10 matmuls in a row), so
+    // the relative RMS error is bounded instead: 3e-2, measured at 0.8e-2 to 1.5e-2.
     tiny llama = {"llama", 2, 0, SGLLM__T_F32, 300, false, false};
     tiny qwen3 = {"qwen3", 2, 0, SGLLM__T_F32, 300, false, false};
     tiny gemma = {"gemma3", 7, 5, SGLLM__T_F32, 300, false, false}; // layer 5 full, the rest window 5
