@@ -67,7 +67,7 @@ static void gw_tensor_info(gw_buf *b, const char *name, uint32_t n_dims, const u
 static int gw_write_file(const gw_buf *b, const char *path) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
-    size_t w = fwrite(b->p, 1, b->n, f);
+    size_t w = b->n ? fwrite(b->p, 1, b->n, f) : 0;
     return fclose(f) == 0 && w == b->n ? 0 : -1;
 }
 #endif
