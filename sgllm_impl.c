@@ -1079,14 +1079,20 @@ typedef struct sgllm__vocab {
 // strict C11 lacks, and hmgeti stores its result in the map header (a write, so not safe from
 // several threads); the _ts lookup writes nothing. A NULL map is treated as empty here because
 // stb_ds would allocate on a lookup into NULL.
+// Keys keep bits 31 and 63 clear: stb_ds's SipHash shifts bytes 3 and 7 left by 24 as int,
+// which is undefined (and trips UBSan) for bytes >= 128. Chains absorb the extra collisions.
+#define SGLLM__HM_KEY_MASK 0x7fffffff7fffffffULL
+
 static ptrdiff_t sgllm__hm_find(const sgllm__hslot *t, uint64_t key) {
     if (!t) return -1;
+    key &= SGLLM__HM_KEY_MASK;
     ptrdiff_t i;
     stbds_hmget_key_ts((void *)t, sizeof *t, &key, sizeof key, &i, STBDS_HM_BINARY);
     return i; // STBDS_INDEX_EMPTY (-1) when absent
 }
 
 static void sgllm__hm_put(sgllm__hslot **t, uint64_t key, int32_t value) {
+    key &= SGLLM__HM_KEY_MASK;
     *t = (sgllm__hslot *)stbds_hmput_key(*t, sizeof **t, &key, sizeof key, STBDS_HM_BINARY);
     ptrdiff_t i = stbds_temp(*t - 1);
     (*t)[i].key = key;
