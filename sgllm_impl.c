@@ -1291,18 +1291,18 @@ static bool sgllm__vocab_is_special_text(const sgllm__vocab *v, int32_t id) {
 static void sgllm__vocab_by_text(sgllm__vocab *v, const sgllm__gguf *g) {
     static const char *const eot[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
                                       "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]",
-                                      "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+                                      "<\357\275\234end\342\226\201of\342\226\201sentence\357\275\234>",
                                       "<end_of_utterance>", NULL};
     static const char *const eom[] = {"<|eom_id|>", NULL};
     static const char *const fim_pre[] = {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>",
-                                          "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>", "<PRE>",
-                                          "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>", NULL};
+                                          "<\357\275\234fim\342\226\201begin\357\275\234>", "<PRE>",
+                                          "\342\226\201<PRE>", "<|code_prefix|>", "<|prefix|>", NULL};
     static const char *const fim_suf[] = {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>",
-                                          "<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>", "<SUF>",
-                                          "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>", NULL};
+                                          "<\357\275\234fim\342\226\201hole\357\275\234>", "<SUF>",
+                                          "\342\226\201<SUF>", "<|code_suffix|>", "<|suffix|>", NULL};
     static const char *const fim_mid[] = {"<|fim_middle|>", "<fim-middle>", "<fim_middle>",
-                                          "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>", "<MID>",
-                                          "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>", NULL};
+                                          "<\357\275\234fim\342\226\201end\357\275\234>", "<MID>",
+                                          "\342\226\201<MID>", "<|code_middle|>", "<|middle|>", NULL};
     static const char *const fim_pad[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", NULL};
     static const char *const fim_rep[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", NULL};
     static const char *const fim_sep[] = {"<|file_sep|>", NULL};
@@ -1310,7 +1310,7 @@ static void sgllm__vocab_by_text(sgllm__vocab *v, const sgllm__gguf *g) {
                                       "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>",
                                       "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>",
                                       "<turn|>", "<|tool_response>",
-                                      "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", "[e~[",
+                                      "<\357\275\234end\342\226\201of\342\226\201sentence\357\275\234>", "[e~[",
                                       NULL};
     static const char *const keys[] = {"tokenizer.ggml.eom_token_id", "tokenizer.ggml.fim_pre_token_id",
                                        "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id",

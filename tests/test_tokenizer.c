@@ -479,7 +479,7 @@ static int32_t tiny_type[TINY_N];
 // A small SPM vocabulary: <unk> <s> </s> a b ab ▁a ▁ and the 256 byte tokens.
 static void tiny_spm(gw *w, int drop, const char *model) {
     static char bytes[256][8];
-    const char *base[8] = {"<unk>", "<s>", "</s>", "a", "b", "ab", "\xe2\x96\x81" "a", "\xe2\x96\x81"};
+    const char *base[8] = {"<unk>", "<s>", "</s>", "a", "b", "ab", "\342\226\201a", "\342\226\201"};
     const float sc[8] = {0, 0, 0, -1, -2, -0.5f, -0.25f, -3};
     const int32_t ty[8] = {2, 3, 3, 1, 1, 1, 1, 1};
     for (int i = 0; i < TINY_N; i++) {

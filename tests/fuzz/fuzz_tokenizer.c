@@ -59,7 +59,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t n = size - 1;
     const sgllm__vocab *v = &fz_v[flags & 1];
     bool add_bos = flags & 2, special = flags & 4;
-    int64_t cap = (int64_t)n + 8; // a token covers at least one byte, plus BOS/EOS
+    // SPM escapes a space to 3 bytes and may fall back to one byte token each, so 3 per input
+    // byte, plus BOS/EOS
+    int64_t cap = 3 * (int64_t)n + 8;
     int32_t *out = (int32_t *)malloc((size_t)cap * sizeof(int32_t));
     int64_t got = sgllm__tokenize(v, (const char *)text, n, add_bos, special, out, cap);
     if (got < 0 || got > cap) abort();
