@@ -1073,6 +1073,7 @@ typedef struct sgllm__vocab {
     uint64_t special_lens[256];      // per first byte: bit min(L,64)-1 set if a special text of length L starts with it
     uint64_t special_pair[1024];     // bit set of the first two bytes of special texts of length >= 2
     uint16_t byte_cp[256];           // BPE: byte -> code point of the byte-to-unicode map
+    int16_t cp_byte[0x144];          // BPE: and back (-1: no byte)
 } sgllm__vocab;
 
 // stb_ds access without its hm* macros: under gcc -std=c11 they expand to `typeof`, which
@@ -1242,13 +1243,7 @@ static size_t sgllm__vocab_decode_token(const sgllm__vocab *v, int32_t id, char 
         for (size_t i = 0; i < t.len;) {
             size_t start = i;
             uint32_t cp = sgllm__utf8_decode((const uint8_t *)t.ptr, (size_t)t.len, &i);
-            int byte = -1;
-            if (cp < 0x144)
-                for (int b = 0; b < 256; b++)
-                    if (v->byte_cp[b] == cp) {
-                        byte = b;
-                        break;
-                    }
+            int byte = cp < 0x144 ? v->cp_byte[cp] : -1;
             if (byte >= 0) {
                 if (out) out[n] = (char)byte;
                 n++;
@@ -1420,7 +1415,11 @@ static sgllm_status sgllm__vocab_build(sgllm__vocab *v, const sgllm__gguf *g, sg
                     dup = true;
             if (!dup) v->merge_next[last] = r;
         }
-        for (int b = 0; b < 256; b++) v->byte_cp[b] = (uint16_t)sgllm__bpe_byte_cp((uint8_t)b);
+        memset(v->cp_byte, 0xff, sizeof v->cp_byte);
+        for (int b = 0; b < 256; b++) {
+            v->byte_cp[b] = (uint16_t)sgllm__bpe_byte_cp((uint8_t)b);
+            v->cp_byte[v->byte_cp[b]] = (int16_t)b;
+        }
     }
     sgllm__vocab_by_text(v, g);
     // special tokens: first-byte/length filters and the distinct lengths, longest first
@@ -1461,6 +1460,9 @@ static sgllm_status sgllm__vocab_build(sgllm__vocab *v, const sgllm__gguf *g, sg
     return SGLLM_OK;
 }
 
+// Builds the vocabulary from the tokenizer.ggml.* metadata of g. Token texts stay views into
+// g's mapping (keep it open while v lives); pieces and tables are owned. On failure v is left
+// zeroed and the message names the offending key.
 static sgllm_status sgllm__vocab_load(sgllm__vocab *v, const sgllm__gguf *g, sgllm__diag *d) {
     memset(v, 0, sizeof *v);
     sgllm__str model;
@@ -1983,6 +1985,11 @@ static void sgllm__tok_raw(sgllm__tokw *w, const uint8_t *s, int64_t n, bool pre
     sgllm__spm_fragment(w, w->buf, (int64_t)len);
 }
 
+// Tokenizes text[0..len) (any bytes) as llama.cpp's llama_tokenize(add_special = add_bos,
+// parse_special) does: with add_bos, BOS first if the vocabulary asks for it (add_bos_token),
+// and EOS last if it asks for that (add_eos_token, rare). parse_special lets control tokens be
+// recognized in the text; user-defined ones always are. Writes at most cap ids to out and
+// returns the full count, or -1 when out of memory (or len is over 512 MiB).
 static int64_t sgllm__tokenize(const sgllm__vocab *v, const char *text, size_t len, bool add_bos, bool parse_special,
                                int32_t *out, int64_t cap) {
     sgllm__tokw w;
@@ -1990,7 +1997,7 @@ static int64_t sgllm__tokenize(const sgllm__vocab *v, const char *text, size_t l
     w.v = v;
     w.out = out;
     w.cap = out ? cap : 0;
-    if (len > (size_t)INT64_MAX / 8) return -1;
+    if (len > ((size_t)1 << 29)) return -1; // keeps symbol counts (int32) clear of overflow after escaping
     const uint8_t *s = (const uint8_t *)text;
     int64_t n = (int64_t)len;
     if (add_bos && v->add_bos && v->bos >= 0) sgllm__tokw_push(&w, v->bos);
