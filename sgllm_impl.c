@@ -1168,6 +1168,9 @@ static const char *sgllm__vocab_piece(const sgllm__vocab *v, int32_t tok, size_t
 }
 
 static bool sgllm__vocab_text_is(const sgllm__vocab *v, int32_t id, const char *const *list) {
+    // every listed text starts with one of these bytes: skip most tokens at once
+    uint8_t c = v->text[id].len ? (uint8_t)v->text[id].ptr[0] : 0;
+    if (c != '<' && c != '[' && c != '_' && c != 0xe2) return false;
     for (; *list; list++)
         if (sgllm__str_eq(v->text[id], *list)) return true;
     return false;
