@@ -2060,20 +2060,27 @@ typedef struct sgllm__vocab {
     uint64_t special_lens[256];      // per first byte: bit min(L,64)-1 set if a special text of length L starts with it
     uint64_t special_pair[1024];     // bit set of the first two bytes of special texts of length >= 2
     uint16_t byte_cp[256];           // BPE: byte -> code point of the byte-to-unicode map
+    int16_t cp_byte[0x144];          // BPE: and back (-1: no byte)
 } sgllm__vocab;
 
 // stb_ds access without its hm* macros: under gcc -std=c11 they expand to `typeof`, which
 // strict C11 lacks, and hmgeti stores its result in the map header (a write, so not safe from
 // several threads); the _ts lookup writes nothing. A NULL map is treated as empty here because
 // stb_ds would allocate on a lookup into NULL.
+// Keys keep bits 31 and 63 clear: stb_ds's SipHash shifts bytes 3 and 7 left by 24 as int,
+// which is undefined (and trips UBSan) for bytes >= 128. Chains absorb the extra collisions.
+#define SGLLM__HM_KEY_MASK 0x7fffffff7fffffffULL
+
 static ptrdiff_t sgllm__hm_find(const sgllm__hslot *t, uint64_t key) {
     if (!t) return -1;
+    key &= SGLLM__HM_KEY_MASK;
     ptrdiff_t i;
     stbds_hmget_key_ts((void *)t, sizeof *t, &key, sizeof key, &i, STBDS_HM_BINARY);
     return i; // STBDS_INDEX_EMPTY (-1) when absent
 }
 
 static void sgllm__hm_put(sgllm__hslot **t, uint64_t key, int32_t value) {
+    key &= SGLLM__HM_KEY_MASK;
     *t = (sgllm__hslot *)stbds_hmput_key(*t, sizeof **t, &key, sizeof key, STBDS_HM_BINARY);
     ptrdiff_t i = stbds_temp(*t - 1);
     (*t)[i].key = key;
@@ -2148,6 +2155,9 @@ static const char *sgllm__vocab_piece(const sgllm__vocab *v, int32_t tok, size_t
 }
 
 static bool sgllm__vocab_text_is(const sgllm__vocab *v, int32_t id, const char *const *list) {
+    // every listed text starts with one of these bytes: skip most tokens at once
+    uint8_t c = v->text[id].len ? (uint8_t)v->text[id].ptr[0] : 0;
+    if (c != '<' && c != '[' && c != '_' && c != 0xe2) return false;
     for (; *list; list++)
         if (sgllm__str_eq(v->text[id], *list)) return true;
     return false;
@@ -2223,13 +2233,7 @@ static size_t sgllm__vocab_decode_token(const sgllm__vocab *v, int32_t id, char 
         for (size_t i = 0; i < t.len;) {
             size_t start = i;
             uint32_t cp = sgllm__utf8_decode((const uint8_t *)t.ptr, (size_t)t.len, &i);
-            int byte = -1;
-            if (cp < 0x144)
-                for (int b = 0; b < 256; b++)
-                    if (v->byte_cp[b] == cp) {
-                        byte = b;
-                        break;
-                    }
+            int byte = cp < 0x144 ? v->cp_byte[cp] : -1;
             if (byte >= 0) {
                 if (out) out[n] = (char)byte;
                 n++;
@@ -2272,18 +2276,18 @@ static bool sgllm__vocab_is_special_text(const sgllm__vocab *v, int32_t id) {
 static void sgllm__vocab_by_text(sgllm__vocab *v, const sgllm__gguf *g) {
     static const char *const eot[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
                                       "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]",
-                                      "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+                                      "<\357\275\234end\342\226\201of\342\226\201sentence\357\275\234>",
                                       "<end_of_utterance>", NULL};
     static const char *const eom[] = {"<|eom_id|>", NULL};
     static const char *const fim_pre[] = {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>",
-                                          "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>", "<PRE>",
-                                          "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>", NULL};
+                                          "<\357\275\234fim\342\226\201begin\357\275\234>", "<PRE>",
+                                          "\342\226\201<PRE>", "<|code_prefix|>", "<|prefix|>", NULL};
     static const char *const fim_suf[] = {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>",
-                                          "<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>", "<SUF>",
-                                          "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>", NULL};
+                                          "<\357\275\234fim\342\226\201hole\357\275\234>", "<SUF>",
+                                          "\342\226\201<SUF>", "<|code_suffix|>", "<|suffix|>", NULL};
     static const char *const fim_mid[] = {"<|fim_middle|>", "<fim-middle>", "<fim_middle>",
-                                          "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>", "<MID>",
-                                          "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>", NULL};
+                                          "<\357\275\234fim\342\226\201end\357\275\234>", "<MID>",
+                                          "\342\226\201<MID>", "<|code_middle|>", "<|middle|>", NULL};
     static const char *const fim_pad[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", NULL};
     static const char *const fim_rep[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", NULL};
     static const char *const fim_sep[] = {"<|file_sep|>", NULL};
@@ -2291,7 +2295,7 @@ static void sgllm__vocab_by_text(sgllm__vocab *v, const sgllm__gguf *g) {
                                       "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>",
                                       "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>",
                                       "<turn|>", "<|tool_response>",
-                                      "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", "[e~[",
+                                      "<\357\275\234end\342\226\201of\342\226\201sentence\357\275\234>", "[e~[",
                                       NULL};
     static const char *const keys[] = {"tokenizer.ggml.eom_token_id", "tokenizer.ggml.fim_pre_token_id",
                                        "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id",
@@ -2401,7 +2405,11 @@ static sgllm_status sgllm__vocab_build(sgllm__vocab *v, const sgllm__gguf *g, sg
                     dup = true;
             if (!dup) v->merge_next[last] = r;
         }
-        for (int b = 0; b < 256; b++) v->byte_cp[b] = (uint16_t)sgllm__bpe_byte_cp((uint8_t)b);
+        memset(v->cp_byte, 0xff, sizeof v->cp_byte);
+        for (int b = 0; b < 256; b++) {
+            v->byte_cp[b] = (uint16_t)sgllm__bpe_byte_cp((uint8_t)b);
+            v->cp_byte[v->byte_cp[b]] = (int16_t)b;
+        }
     }
     sgllm__vocab_by_text(v, g);
     // special tokens: first-byte/length filters and the distinct lengths, longest first
@@ -2442,6 +2450,9 @@ static sgllm_status sgllm__vocab_build(sgllm__vocab *v, const sgllm__gguf *g, sg
     return SGLLM_OK;
 }
 
+// Builds the vocabulary from the tokenizer.ggml.* metadata of g. Token texts stay views into
+// g's mapping (keep it open while v lives); pieces and tables are owned. On failure v is left
+// zeroed and the message names the offending key.
 static sgllm_status sgllm__vocab_load(sgllm__vocab *v, const sgllm__gguf *g, sgllm__diag *d) {
     memset(v, 0, sizeof *v);
     sgllm__str model;
@@ -2964,6 +2975,11 @@ static void sgllm__tok_raw(sgllm__tokw *w, const uint8_t *s, int64_t n, bool pre
     sgllm__spm_fragment(w, w->buf, (int64_t)len);
 }
 
+// Tokenizes text[0..len) (any bytes) as llama.cpp's llama_tokenize(add_special = add_bos,
+// parse_special) does: with add_bos, BOS first if the vocabulary asks for it (add_bos_token),
+// and EOS last if it asks for that (add_eos_token, rare). parse_special lets control tokens be
+// recognized in the text; user-defined ones always are. Writes at most cap ids to out and
+// returns the full count, or -1 when out of memory (or len is over 512 MiB).
 static int64_t sgllm__tokenize(const sgllm__vocab *v, const char *text, size_t len, bool add_bos, bool parse_special,
                                int32_t *out, int64_t cap) {
     sgllm__tokw w;
@@ -2971,7 +2987,7 @@ static int64_t sgllm__tokenize(const sgllm__vocab *v, const char *text, size_t l
     w.v = v;
     w.out = out;
     w.cap = out ? cap : 0;
-    if (len > (size_t)INT64_MAX / 8) return -1;
+    if (len > ((size_t)1 << 29)) return -1; // keeps symbol counts (int32) clear of overflow after escaping
     const uint8_t *s = (const uint8_t *)text;
     int64_t n = (int64_t)len;
     if (add_bos && v->add_bos && v->bos >= 0) sgllm__tokw_push(&w, v->bos);

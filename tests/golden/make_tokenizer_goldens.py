@@ -87,6 +87,7 @@ BASE = [
     "vertical\x0btab and form\x0cfeed",
     "null\x00byte",
     "bell\x07 escape\x1b[0m",
+    "group\x1dseparator and \x04\x06\x13\x14\x16 (bytes SmolLM2 has no token for)",
     "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
     "for (int i = 0; i < n; i++) {\n\tsum += a[i] * b[i];\n}\n",
     "#include <stdio.h>\nint main(void) { printf(\"%d\\n\", 42); return 0; }",
