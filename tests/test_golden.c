@@ -182,7 +182,7 @@ static int golden_hexval(int c) {
 }
 
 static void golden_read_prompt(golden_file *g, int index, int32_t n_vocab, golden_prompt *p) {
-    static char hex[2 * sizeof p->text + 1];
+    static char hex[2 * (sizeof p->text - 1) + 1]; // decodes to at most sizeof text - 1 bytes
     golden_expect(g, "prompt");
     if (golden_int(g, 0, 1000) != index) golden_error(g, "the next prompt index", "?");
     golden_expect(g, "text_hex");
@@ -366,6 +366,7 @@ static void golden_teacher(sgllm_model *model, sgllm_context *ctx, const char *t
     char name[64];
     long long n = 0;
     golden_file g;
+    memset(&g, 0, sizeof g);
     snprintf(name, sizeof name, "%s.teacher.txt", tag);
     size_t text_len = 0;
     char *text = golden_read_text(&text_len);
