@@ -65,7 +65,6 @@
 #define STBDS_REALLOC(ctx, p, sz) SGLLM_REALLOC(p, sz)
 #define STBDS_FREE(ctx, p) SGLLM_FREE(p)
 #define STB_DS_IMPLEMENTATION
-#define STBDS_SIPHASH_2_4
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wsign-compare"
@@ -249,14 +248,16 @@ static sgllm__pool *sgllm__pool_create(int n_threads) {
     }
     for (int i = 0; i < p->n_threads - 1; i++) {
         sgllm__worker_arg *wa = (sgllm__worker_arg *)sgllm__malloc(sizeof *wa);
+        if (wa) {
+            wa->pool = p;
+            wa->index = i + 1;
+        }
         if (!wa || pthread_create(&p->workers[i], NULL, sgllm__worker_main, wa) != 0) {
             sgllm__free(wa);
             p->n_threads = i + 1; // join only the workers that exist
             sgllm__pool_free(p);
             return NULL;
         }
-        wa->pool = p;
-        wa->index = i + 1;
     }
     return p;
 }
@@ -478,20 +479,20 @@ static sgllm_status sgllm__rd_bytes(sgllm__rd *r, uint64_t n, const uint8_t **ou
     return SGLLM_OK;
 }
 static sgllm_status sgllm__rd_u32(sgllm__rd *r, uint32_t *v) {
-    const uint8_t *b;
+    const uint8_t *b = NULL;
     sgllm_status s = sgllm__rd_bytes(r, 4, &b);
     if (s == SGLLM_OK) memcpy(v, b, 4);
     return s;
 }
 static sgllm_status sgllm__rd_u64(sgllm__rd *r, uint64_t *v) {
-    const uint8_t *b;
+    const uint8_t *b = NULL;
     sgllm_status s = sgllm__rd_bytes(r, 8, &b);
     if (s == SGLLM_OK) memcpy(v, b, 8);
     return s;
 }
 static sgllm_status sgllm__rd_str(sgllm__rd *r, sgllm__str *str) {
     uint64_t len;
-    const uint8_t *b;
+    const uint8_t *b = NULL;
     sgllm_status s = sgllm__rd_u64(r, &len);
     if (s == SGLLM_OK) s = sgllm__rd_bytes(r, len, &b);
     if (s == SGLLM_OK) {
@@ -746,12 +747,2794 @@ static bool sgllm__gguf_string(const sgllm__gguf *g, const char *key, sgllm__str
 }
 
 // --- 3. Weight formats ---------------------------------------------------------------------
+// Block layouts of the weight types, their reference dequantization (written straight from the
+// format description), and the CPU dot products. A matmul quantizes its activations once into
+// the type llama.cpp pairs with the weight type (Q8_0, Q8_1 or Q8_K; F32 for float weights),
+// so that integer dot products run on int8 and our numerics track llama.cpp's. Every fast
+// (AVX2+FMA+F16C) routine has a portable twin; the choice is made per call from a cheap CPU
+// query, and the *_impl functions take it as a parameter so tests can run both.
+
+enum { SGLLM__QK = 32, SGLLM__QKK = 256 };
+
+typedef struct sgllm__bq4_0 { uint16_t d; uint8_t qs[16]; } sgllm__bq4_0;
+typedef struct sgllm__bq4_1 { uint16_t d, m; uint8_t qs[16]; } sgllm__bq4_1;
+typedef struct sgllm__bq5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } sgllm__bq5_0;
+typedef struct sgllm__bq5_1 { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } sgllm__bq5_1;
+typedef struct sgllm__bq8_0 { uint16_t d; int8_t qs[32]; } sgllm__bq8_0;
+typedef struct sgllm__bq8_1 { uint16_t d, s; int8_t qs[32]; } sgllm__bq8_1; // s = d * sum(qs)
+typedef struct sgllm__bq4_k { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } sgllm__bq4_k;
+typedef struct sgllm__bq5_k { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } sgllm__bq5_k;
+typedef struct sgllm__bq6_k { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } sgllm__bq6_k;
+typedef struct sgllm__bq8_k { float d; int8_t qs[256]; int16_t bsums[16]; } sgllm__bq8_k; // bsums: 16-value sums
+
+_Static_assert(sizeof(sgllm__bq4_0) == 18 && sizeof(sgllm__bq4_1) == 20 && sizeof(sgllm__bq5_0) == 22 &&
+                   sizeof(sgllm__bq5_1) == 24 && sizeof(sgllm__bq8_0) == 34 && sizeof(sgllm__bq8_1) == 36 &&
+                   sizeof(sgllm__bq4_k) == 144 && sizeof(sgllm__bq5_k) == 176 && sizeof(sgllm__bq6_k) == 210 &&
+                   sizeof(sgllm__bq8_k) == 292,
+               "block layouts must match ggml's");
+
+static float sgllm__h(uint16_t h) { return sgllm__fp16_to_f32(h); }
+
+// Round half to even (the default FP rounding, independent of the current mode), |f| < 2^22.
+static int sgllm__nearest_int(float f) {
+    float v = f + 12582912.f;
+    int32_t i;
+    memcpy(&i, &v, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block.
+static void sgllm__k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 15) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+static bool sgllm__quant_supported(uint32_t t) {
+    switch (t) {
+    case SGLLM__T_F32: case SGLLM__T_F16: case SGLLM__T_BF16: case SGLLM__T_Q4_0: case SGLLM__T_Q4_1:
+    case SGLLM__T_Q5_0: case SGLLM__T_Q5_1: case SGLLM__T_Q8_0: case SGLLM__T_Q4_K: case SGLLM__T_Q5_K:
+    case SGLLM__T_Q6_K: return true;
+    default: return false;
+    }
+}
+
+// Plain reference dequantization of n values (n a multiple of the type's block) of type t.
+// Unsupported types give zeros (the loader rejects them before any row is read).
+static void sgllm__dequant_row_ref(uint32_t t, const void *src, float *dst, int64_t n) {
+    switch (t) {
+    case SGLLM__T_F32: memcpy(dst, src, (size_t)n * 4); return;
+    case SGLLM__T_F16:
+        for (int64_t i = 0; i < n; i++) dst[i] = sgllm__h(((const uint16_t *)src)[i]);
+        return;
+    case SGLLM__T_BF16:
+        for (int64_t i = 0; i < n; i++) dst[i] = sgllm__bf16_to_f32(((const uint16_t *)src)[i]);
+        return;
+    case SGLLM__T_Q4_0:
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, dst += 32) {
+            const sgllm__bq4_0 *x = (const sgllm__bq4_0 *)src + b;
+            float d = sgllm__h(x->d);
+            for (int j = 0; j < 16; j++) {
+                dst[j] = (float)((x->qs[j] & 15) - 8) * d;
+                dst[j + 16] = (float)((x->qs[j] >> 4) - 8) * d;
+            }
+        }
+        return;
+    case SGLLM__T_Q4_1:
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, dst += 32) {
+            const sgllm__bq4_1 *x = (const sgllm__bq4_1 *)src + b;
+            float d = sgllm__h(x->d), m = sgllm__h(x->m);
+            for (int j = 0; j < 16; j++) {
+                dst[j] = (float)(x->qs[j] & 15) * d + m;
+                dst[j + 16] = (float)(x->qs[j] >> 4) * d + m;
+            }
+        }
+        return;
+    case SGLLM__T_Q5_0:
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, dst += 32) {
+            const sgllm__bq5_0 *x = (const sgllm__bq5_0 *)src + b;
+            float d = sgllm__h(x->d);
+            uint32_t qh;
+            memcpy(&qh, x->qh, 4);
+            for (int j = 0; j < 16; j++) {
+                int lo = (x->qs[j] & 15) | (int)(((qh >> j) & 1) << 4);
+                int hi = (x->qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+                dst[j] = (float)(lo - 16) * d;
+                dst[j + 16] = (float)(hi - 16) * d;
+            }
+        }
+        return;
+    case SGLLM__T_Q5_1:
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, dst += 32) {
+            const sgllm__bq5_1 *x = (const sgllm__bq5_1 *)src + b;
+            float d = sgllm__h(x->d), m = sgllm__h(x->m);
+            uint32_t qh;
+            memcpy(&qh, x->qh, 4);
+            for (int j = 0; j < 16; j++) {
+                int lo = (x->qs[j] & 15) | (int)(((qh >> j) & 1) << 4);
+                int hi = (x->qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+                dst[j] = (float)lo * d + m;
+                dst[j + 16] = (float)hi * d + m;
+            }
+        }
+        return;
+    case SGLLM__T_Q8_0:
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, dst += 32) {
+            const sgllm__bq8_0 *x = (const sgllm__bq8_0 *)src + b;
+            float d = sgllm__h(x->d);
+            for (int j = 0; j < 32; j++) dst[j] = (float)x->qs[j] * d;
+        }
+        return;
+    case SGLLM__T_Q4_K:
+        for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+            const sgllm__bq4_k *x = (const sgllm__bq4_k *)src + b;
+            float d = sgllm__h(x->d), dmin = sgllm__h(x->dmin);
+            for (int c = 0; c < 4; c++, dst += 64) {
+                uint8_t sc0, m0, sc1, m1;
+                sgllm__k_scale_min(2 * c, x->scales, &sc0, &m0);
+                sgllm__k_scale_min(2 * c + 1, x->scales, &sc1, &m1);
+                float d0 = d * sc0, mm0 = dmin * m0, d1 = d * sc1, mm1 = dmin * m1;
+                const uint8_t *q = x->qs + 32 * c;
+                for (int l = 0; l < 32; l++) {
+                    dst[l] = d0 * (float)(q[l] & 15) - mm0;
+                    dst[l + 32] = d1 * (float)(q[l] >> 4) - mm1;
+                }
+            }
+        }
+        return;
+    case SGLLM__T_Q5_K:
+        for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+            const sgllm__bq5_k *x = (const sgllm__bq5_k *)src + b;
+            float d = sgllm__h(x->d), dmin = sgllm__h(x->dmin);
+            for (int c = 0; c < 4; c++, dst += 64) {
+                uint8_t sc0, m0, sc1, m1;
+                sgllm__k_scale_min(2 * c, x->scales, &sc0, &m0);
+                sgllm__k_scale_min(2 * c + 1, x->scales, &sc1, &m1);
+                float d0 = d * sc0, mm0 = dmin * m0, d1 = d * sc1, mm1 = dmin * m1;
+                const uint8_t *q = x->qs + 32 * c;
+                for (int l = 0; l < 32; l++) {
+                    int lo = (q[l] & 15) + ((x->qh[l] >> (2 * c)) & 1) * 16;
+                    int hi = (q[l] >> 4) + ((x->qh[l] >> (2 * c + 1)) & 1) * 16;
+                    dst[l] = d0 * (float)lo - mm0;
+                    dst[l + 32] = d1 * (float)hi - mm1;
+                }
+            }
+        }
+        return;
+    case SGLLM__T_Q6_K:
+        for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+            const sgllm__bq6_k *x = (const sgllm__bq6_k *)src + b;
+            float d = sgllm__h(x->d);
+            for (int h = 0; h < 2; h++, dst += 128) {
+                const uint8_t *ql = x->ql + 64 * h, *qh = x->qh + 32 * h;
+                const int8_t *sc = x->scales + 8 * h;
+                for (int l = 0; l < 32; l++) {
+                    int is = l / 16;
+                    int q1 = ((ql[l] & 15) | ((qh[l] & 3) << 4)) - 32;
+                    int q2 = ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                    int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                    int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                    dst[l] = d * (float)sc[is] * (float)q1;
+                    dst[l + 32] = d * (float)sc[is + 2] * (float)q2;
+                    dst[l + 64] = d * (float)sc[is + 4] * (float)q3;
+                    dst[l + 96] = d * (float)sc[is + 6] * (float)q4;
+                }
+            }
+        }
+        return;
+    default: memset(dst, 0, (size_t)n * sizeof(float)); return;
+    }
+}
+
+// The activation format for dot products with weights of type t (llama.cpp's pairing).
+static uint32_t sgllm__vec_dot_type(uint32_t t) {
+    switch (t) {
+    case SGLLM__T_Q4_0: case SGLLM__T_Q5_0: case SGLLM__T_Q8_0: return SGLLM__T_Q8_0;
+    case SGLLM__T_Q4_1: case SGLLM__T_Q5_1: return SGLLM__T_Q8_1;
+    case SGLLM__T_Q4_K: case SGLLM__T_Q5_K: case SGLLM__T_Q6_K: return SGLLM__T_Q8_K;
+    default: return SGLLM__T_F32;
+    }
+}
+
+// Bytes of one activation row of n values in vec_dot_type(t).
+static size_t sgllm__act_row_bytes(uint32_t t, int64_t n) {
+    return (size_t)sgllm__row_bytes(sgllm__vec_dot_type(t), (uint64_t)n);
+}
+
+// --- portable kernels
+
+// Activation quantization. Scale d = amax/127 and q = round-half-even(x * 127/amax): the
+// rounding llama.cpp's x86 build uses, so both paths give identical bytes.
+static void sgllm__quant_q8_0_c(const float *x, void *dst, int64_t n, bool with_sum) {
+    for (int64_t b = 0; b < n / SGLLM__QK; b++, x += 32) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+        int8_t *qs;
+        if (with_sum) {
+            sgllm__bq8_1 *y = (sgllm__bq8_1 *)dst + b;
+            qs = y->qs;
+            y->d = sgllm__f32_to_fp16(d);
+        } else {
+            sgllm__bq8_0 *y = (sgllm__bq8_0 *)dst + b;
+            qs = y->qs;
+            y->d = sgllm__f32_to_fp16(d);
+        }
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            qs[j] = (int8_t)sgllm__nearest_int(x[j] * id);
+            sum += qs[j];
+        }
+        if (with_sum) ((sgllm__bq8_1 *)dst)[b].s = sgllm__f32_to_fp16(d * (float)sum);
+    }
+}
+
+// Q8_K: the value of largest magnitude (the first such, keeping its sign) maps to -127.
+static float sgllm__q8k_iscale(const float *x) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < SGLLM__QKK; j++)
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    return amax != 0 ? -127.f / max : 0.f;
+}
+
+static void sgllm__q8k_finish(sgllm__bq8_k *y, float iscale) {
+    y->d = iscale != 0 ? 1 / iscale : 0.f;
+    for (int g = 0; g < 16; g++) {
+        int s = 0;
+        for (int j = 0; j < 16; j++) s += y->qs[16 * g + j];
+        y->bsums[g] = (int16_t)s;
+    }
+}
+
+static void sgllm__quant_q8_k_c(const float *x, void *dst, int64_t n) {
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++, x += SGLLM__QKK) {
+        sgllm__bq8_k *y = (sgllm__bq8_k *)dst + b;
+        float iscale = sgllm__q8k_iscale(x);
+        for (int j = 0; j < SGLLM__QKK; j++) {
+            int v = sgllm__nearest_int(iscale * x[j]);
+            y->qs[j] = (int8_t)(v > 127 ? 127 : v);
+        }
+        sgllm__q8k_finish(y, iscale);
+    }
+}
+
+// Unpacks the 32 quant values of one small block as integers (offset removed for Q4_0/Q5_0).
+static void sgllm__unpack32(uint32_t t, const void *blk, int q[32]) {
+    const uint8_t *qs;
+    uint32_t qh = 0;
+    int off = 0;
+    switch (t) {
+    case SGLLM__T_Q4_0: qs = ((const sgllm__bq4_0 *)blk)->qs; off = 8; break;
+    case SGLLM__T_Q4_1: qs = ((const sgllm__bq4_1 *)blk)->qs; break;
+    case SGLLM__T_Q5_0: qs = ((const sgllm__bq5_0 *)blk)->qs; memcpy(&qh, ((const sgllm__bq5_0 *)blk)->qh, 4); off = 16; break;
+    case SGLLM__T_Q5_1: qs = ((const sgllm__bq5_1 *)blk)->qs; memcpy(&qh, ((const sgllm__bq5_1 *)blk)->qh, 4); break;
+    default:
+        for (int j = 0; j < 32; j++) q[j] = ((const sgllm__bq8_0 *)blk)->qs[j];
+        return;
+    }
+    for (int j = 0; j < 16; j++) {
+        q[j] = ((qs[j] & 15) | (int)(((qh >> j) & 1) << 4)) - off;
+        q[j + 16] = ((qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4)) - off;
+    }
+}
+
+// dot of a row of 32-blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) with Q8_0/Q8_1 activations.
+static float sgllm__dot_q32_c(uint32_t t, int64_t n, const void *w, const void *xq) {
+    size_t wb = (size_t)sgllm__types[t].bytes;
+    bool has_min = t == SGLLM__T_Q4_1 || t == SGLLM__T_Q5_1;
+    float sum = 0;
+    for (int64_t b = 0; b < n / SGLLM__QK; b++) {
+        const uint8_t *blk = (const uint8_t *)w + (size_t)b * wb;
+        int q[32], isum = 0;
+        sgllm__unpack32(t, blk, q);
+        uint16_t dw;
+        memcpy(&dw, blk, 2);
+        if (has_min) {
+            const sgllm__bq8_1 *y = (const sgllm__bq8_1 *)xq + b;
+            uint16_t m;
+            memcpy(&m, blk + 2, 2);
+            for (int j = 0; j < 32; j++) isum += q[j] * y->qs[j];
+            sum += sgllm__h(dw) * sgllm__h(y->d) * (float)isum + sgllm__h(m) * sgllm__h(y->s);
+        } else {
+            const sgllm__bq8_0 *y = (const sgllm__bq8_0 *)xq + b;
+            for (int j = 0; j < 32; j++) isum += q[j] * y->qs[j];
+            sum += sgllm__h(dw) * sgllm__h(y->d) * (float)isum;
+        }
+    }
+    return sum;
+}
+
+// dot of Q4_K/Q5_K with Q8_K: d*dy*sum_j sc_j*(q.y)_j - dmin*dy*sum_j m_j*(sum of y in j).
+static float sgllm__dot_q45k_c(uint32_t t, int64_t n, const void *w, const void *xq) {
+    float sum = 0;
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+        const sgllm__bq8_k *y = (const sgllm__bq8_k *)xq + b;
+        const uint8_t *scales, *qs, *qh = NULL;
+        uint16_t d, dmin;
+        if (t == SGLLM__T_Q4_K) {
+            const sgllm__bq4_k *x = (const sgllm__bq4_k *)w + b;
+            scales = x->scales, qs = x->qs, d = x->d, dmin = x->dmin;
+        } else {
+            const sgllm__bq5_k *x = (const sgllm__bq5_k *)w + b;
+            scales = x->scales, qs = x->qs, qh = x->qh, d = x->d, dmin = x->dmin;
+        }
+        int32_t isum = 0, msum = 0;
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            sgllm__k_scale_min(j, scales, &sc, &m);
+            const uint8_t *q = qs + 32 * (j / 2);
+            const int8_t *yq = y->qs + 32 * j;
+            int s = 0;
+            for (int l = 0; l < 32; l++) {
+                int v = (j & 1) ? q[l] >> 4 : q[l] & 15;
+                if (qh) v += ((qh[l] >> j) & 1) << 4;
+                s += v * yq[l];
+            }
+            isum += sc * s;
+            msum += m * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
+        }
+        sum += sgllm__h(d) * y->d * (float)isum - sgllm__h(dmin) * y->d * (float)msum;
+    }
+    return sum;
+}
+
+// dot of Q6_K with Q8_K, values kept unsigned (0..63); the -32 comes back through bsums.
+static float sgllm__dot_q6k_c(int64_t n, const void *w, const void *xq) {
+    float sum = 0;
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+        const sgllm__bq6_k *x = (const sgllm__bq6_k *)w + b;
+        const sgllm__bq8_k *y = (const sgllm__bq8_k *)xq + b;
+        int32_t isum = 0;
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x->ql + 64 * h, *qh = x->qh + 32 * h;
+            const int8_t *yq = y->qs + 128 * h;
+            int s[8] = {0};
+            for (int l = 0; l < 32; l++) {
+                int is = l / 16;
+                s[is] += ((ql[l] & 15) | ((qh[l] & 3) << 4)) * yq[l];
+                s[is + 2] += ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) * yq[l + 32];
+                s[is + 4] += ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) * yq[l + 64];
+                s[is + 6] += ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) * yq[l + 96];
+            }
+            for (int g = 0; g < 8; g++) isum += x->scales[8 * h + g] * (s[g] - 32 * y->bsums[8 * h + g]);
+        }
+        sum += sgllm__h(x->d) * y->d * (float)isum;
+    }
+    return sum;
+}
+
+static float sgllm__dot_float_c(uint32_t t, int64_t n, const void *w, const float *x) {
+    float sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = t == SGLLM__T_F32   ? ((const float *)w)[i]
+                  : t == SGLLM__T_F16 ? sgllm__h(((const uint16_t *)w)[i])
+                                      : sgllm__bf16_to_f32(((const uint16_t *)w)[i]);
+        sum += v * x[i];
+    }
+    return sum;
+}
+
+static float sgllm__vec_dot_c(uint32_t t, int64_t n, const void *w, const void *xq) {
+    switch (t) {
+    case SGLLM__T_Q4_0: case SGLLM__T_Q4_1: case SGLLM__T_Q5_0: case SGLLM__T_Q5_1: case SGLLM__T_Q8_0:
+        return sgllm__dot_q32_c(t, n, w, xq);
+    case SGLLM__T_Q4_K: case SGLLM__T_Q5_K: return sgllm__dot_q45k_c(t, n, w, xq);
+    case SGLLM__T_Q6_K: return sgllm__dot_q6k_c(n, w, xq);
+    default: return sgllm__dot_float_c(t, n, w, (const float *)xq);
+    }
+}
+
+// --- AVX2 kernels (x86 only; compiled for the target whatever the build flags)
+#if SGLLM__X86
+#define SGLLM__AVX2 __attribute__((target("avx2,fma,f16c")))
+#define SGLLM__AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
+
+// F16C is not queried: every CPU with AVX2 and FMA has it, and clang 14 cannot ask for it.
+static bool sgllm__use_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+static SGLLM__AVX2_INLINE float sgllm__hx(uint16_t h) { return _cvtsh_ss(h); }
+
+static SGLLM__AVX2_INLINE float sgllm__hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// 16 packed bytes -> 32 values: the low nibbles (values 0..15), then the high nibbles.
+static SGLLM__AVX2_INLINE __m256i sgllm__nib32(const uint8_t *p) {
+    // both lanes hold the 16 bytes; the upper lane is shifted down a nibble
+    __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    x = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(x, _mm256_set1_epi8(15));
+}
+
+// Byte j is 16 where bit j of the little-endian 32-bit word at p is set (the fifth bit of Q5).
+static SGLLM__AVX2_INLINE __m256i sgllm__bit5_32(const uint8_t *p) {
+    uint32_t qh;
+    memcpy(&qh, p, 4);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)qh),
+                                    _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                                      0x0101010101010101, 0));
+    __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    return _mm256_and_si256(v, _mm256_set1_epi8(16));
+}
+
+// Sums of 4 adjacent products of unsigned u (<= 127) by signed s bytes, as 8 int32. With
+// u <= 127 the pairwise int16 step cannot saturate.
+static SGLLM__AVX2_INLINE __m256i sgllm__mul_us8(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+// Broadcast of int16 element e of a 128-bit vector (repeated in both lanes) to a lane.
+#define SGLLM__SEL16(e) _mm_set1_epi16((short)(0x0100 + 0x0202 * (e)))
+
+// The 8 scales and 8 mins of a Q4_K/Q5_K super-block, unpacked as bytes sc[0..7], m[0..7].
+static SGLLM__AVX2_INLINE void sgllm__k_scales8(const uint8_t *q, uint8_t sc[8], uint8_t m[8]) {
+    uint32_t a, b, c;
+    memcpy(&a, q, 4);
+    memcpy(&b, q + 4, 4);
+    memcpy(&c, q + 8, 4);
+    uint32_t s_lo = a & 0x3f3f3f3f, m_lo = b & 0x3f3f3f3f;
+    uint32_t s_hi = (c & 0x0f0f0f0f) | ((a >> 2) & 0x30303030);
+    uint32_t m_hi = ((c >> 4) & 0x0f0f0f0f) | ((b >> 2) & 0x30303030);
+    memcpy(sc, &s_lo, 4);
+    memcpy(sc + 4, &s_hi, 4);
+    memcpy(m, &m_lo, 4);
+    memcpy(m + 4, &m_hi, 4);
+}
+
+// out[k] = dot(row w, activation row x + k*xs) for k < NT. The body is written once and
+// instantiated for NT = 1 and 4, with each token's accumulation in the same order, so a
+// 4-token tile gives exactly the single-token results.
+static SGLLM__AVX2_INLINE void sgllm__dot_q32_avx2(uint32_t t, int NT, int64_t n, const uint8_t *w,
+                                                   const uint8_t *x, size_t xs, float *out) {
+    bool has_min = t == SGLLM__T_Q4_1 || t == SGLLM__T_Q5_1;
+    bool is_signed = !has_min;
+    size_t wb = (size_t)sgllm__types[t].bytes, ab = has_min ? sizeof(sgllm__bq8_1) : sizeof(sgllm__bq8_0);
+    __m256 acc[4];
+    float macc[4];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), macc[k] = 0;
+    for (int64_t b = 0; b < n / SGLLM__QK; b++) {
+        const uint8_t *blk = w + (size_t)b * wb;
+        __m256i q;
+        switch (t) {
+        case SGLLM__T_Q4_0: q = _mm256_sub_epi8(sgllm__nib32(blk + 2), _mm256_set1_epi8(8)); break;
+        case SGLLM__T_Q4_1: q = sgllm__nib32(blk + 4); break;
+        case SGLLM__T_Q5_0:
+            q = _mm256_sub_epi8(_mm256_or_si256(sgllm__nib32(blk + 6), sgllm__bit5_32(blk + 2)), _mm256_set1_epi8(16));
+            break;
+        case SGLLM__T_Q5_1: q = _mm256_or_si256(sgllm__nib32(blk + 8), sgllm__bit5_32(blk + 4)); break;
+        default: q = _mm256_loadu_si256((const __m256i *)(blk + 2)); break;
+        }
+        uint16_t dh, mh = 0;
+        memcpy(&dh, blk, 2);
+        if (has_min) memcpy(&mh, blk + 2, 2);
+        float dw = sgllm__hx(dh), mw = sgllm__hx(mh);
+        __m256i aq = is_signed ? _mm256_sign_epi8(q, q) : q;
+        for (int k = 0; k < NT; k++) {
+            const uint8_t *yb = x + (size_t)k * xs + (size_t)b * ab;
+            uint16_t yd, ys;
+            memcpy(&yd, yb, 2);
+            __m256i yq = _mm256_loadu_si256((const __m256i *)(yb + (has_min ? 4 : 2)));
+            __m256i p = sgllm__mul_us8(aq, is_signed ? _mm256_sign_epi8(yq, q) : yq);
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * sgllm__hx(yd)), _mm256_cvtepi32_ps(p), acc[k]);
+            if (has_min) {
+                memcpy(&ys, yb + 2, 2);
+                macc[k] += mw * sgllm__hx(ys);
+            }
+        }
+    }
+    for (int k = 0; k < NT; k++) out[k] = sgllm__hsum8(acc[k]) + macc[k];
+}
+
+static SGLLM__AVX2_INLINE void sgllm__dot_q45k_avx2(bool q5, int NT, int64_t n, const uint8_t *w,
+                                                    const uint8_t *x, size_t xs, float *out) {
+    size_t wb = q5 ? sizeof(sgllm__bq5_k) : sizeof(sgllm__bq4_k);
+    __m256 acc[4];
+    float macc[4];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), macc[k] = 0;
+    const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+        const uint8_t *blk = w + (size_t)b * wb;
+        const uint8_t *qs = blk + (q5 ? 48 : 16);
+        uint16_t dh, dminh;
+        memcpy(&dh, blk, 2);
+        memcpy(&dminh, blk + 2, 2);
+        float d = sgllm__hx(dh), dmin = sgllm__hx(dminh);
+        uint8_t sc[8], mn[8];
+        sgllm__k_scales8(blk + 4, sc, mn);
+        __m128i sc16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc));
+        __m128i mn16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
+        __m256i scv = _mm256_broadcastsi128_si256(sc16);
+        __m256i isum[4];
+        for (int k = 0; k < NT; k++) isum[k] = _mm256_setzero_si256();
+        __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if (q5) {
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
+                qh = _mm256_srli_epi16(qh, 2);
+            }
+            __m256i s0 = _mm256_shuffle_epi8(scv, _mm256_broadcastsi128_si256(SGLLM__SEL16(2 * c)));
+            __m256i s1 = _mm256_shuffle_epi8(scv, _mm256_broadcastsi128_si256(SGLLM__SEL16(2 * c + 1)));
+            for (int k = 0; k < NT; k++) {
+                const int8_t *yq = ((const sgllm__bq8_k *)(x + (size_t)k * xs) + b)->qs + 64 * c;
+                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)yq)), s0);
+                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(yq + 32))), s1);
+                isum[k] = _mm256_add_epi32(isum[k], _mm256_add_epi32(p0, p1));
+            }
+        }
+        for (int k = 0; k < NT; k++) {
+            const sgllm__bq8_k *y = (const sgllm__bq8_k *)(x + (size_t)k * xs) + b;
+            // sums of y over each 32-value sub-block, times the sub-block mins
+            __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums),
+                                        _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
+            __m128i pm = _mm_madd_epi16(bs, mn16);
+            pm = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, 0x4e));
+            pm = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, 0xb1));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(isum[k]), acc[k]);
+            macc[k] += dmin * y->d * (float)_mm_cvtsi128_si32(pm);
+        }
+    }
+    for (int k = 0; k < NT; k++) out[k] = sgllm__hsum8(acc[k]) - macc[k];
+}
+
+static SGLLM__AVX2_INLINE void sgllm__dot_q6k_avx2(int NT, int64_t n, const uint8_t *w, const uint8_t *x,
+                                                   size_t xs, float *out) {
+    __m256 acc[4];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+        const sgllm__bq6_k *bw = (const sgllm__bq6_k *)w + b;
+        __m256i isum[4];
+        for (int k = 0; k < NT; k++) isum[k] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i ql0 = _mm256_loadu_si256((const __m256i *)(bw->ql + 64 * h));
+            __m256i ql1 = _mm256_loadu_si256((const __m256i *)(bw->ql + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(bw->qh + 32 * h));
+            __m256i scv = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(bw->scales + 8 * h))));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(12)), 2));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, _mm256_set1_epi8(48)));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                   _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)0xc0)), 2));
+            for (int j = 0; j < 4; j++) {
+                // values 0..15 of this 32 use scale 2j, values 16..31 scale 2j+1
+                __m256i s = _mm256_shuffle_epi8(scv, _mm256_set_m128i(SGLLM__SEL16(2 * j + 1), SGLLM__SEL16(2 * j)));
+                for (int k = 0; k < NT; k++) {
+                    const int8_t *yq = ((const sgllm__bq8_k *)(x + (size_t)k * xs) + b)->qs + 128 * h + 32 * j;
+                    __m256i p = _mm256_maddubs_epi16(q[j], _mm256_loadu_si256((const __m256i *)yq));
+                    isum[k] = _mm256_add_epi32(isum[k], _mm256_madd_epi16(p, s));
+                }
+            }
+        }
+        __m256i sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bw->scales));
+        float d = sgllm__hx(bw->d);
+        for (int k = 0; k < NT; k++) {
+            const sgllm__bq8_k *y = (const sgllm__bq8_k *)(x + (size_t)k * xs) + b;
+            // the stored values are q + 32: take 32 * scale * (sum of y) back out
+            __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), sc_all);
+            __m256i s = _mm256_sub_epi32(isum[k], _mm256_slli_epi32(corr, 5));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(s), acc[k]);
+        }
+    }
+    for (int k = 0; k < NT; k++) out[k] = sgllm__hsum8(acc[k]);
+}
+
+static SGLLM__AVX2 float sgllm__dot_float_avx2(uint32_t t, int64_t n, const void *w, const float *x) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int u = 0; u < 4; u++) {
+            int64_t o = i + 8 * u;
+            __m256 wv;
+            if (t == SGLLM__T_F32) wv = _mm256_loadu_ps((const float *)w + o);
+            else if (t == SGLLM__T_F16) wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + o)));
+            else
+                wv = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + o))), 16));
+            acc[u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + o), acc[u]);
+        }
+    float sum = sgllm__hsum8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) {
+        float v = t == SGLLM__T_F32   ? ((const float *)w)[i]
+                  : t == SGLLM__T_F16 ? sgllm__hx(((const uint16_t *)w)[i])
+                                      : sgllm__bf16_to_f32(((const uint16_t *)w)[i]);
+        sum += v * x[i];
+    }
+    return sum;
+}
+
+// out[k] = dot(w, x + k*xs) for k < nt (nt <= 4).
+static SGLLM__AVX2 void sgllm__dot_tile_avx2(uint32_t t, int64_t n, const uint8_t *w, const uint8_t *x, size_t xs,
+                                            int nt, float *out) {
+#define SGLLM__TILE(call1, call4)                                                                  \
+    do {                                                                                           \
+        if (nt == 4) {                                                                             \
+            call4;                                                                                 \
+        } else {                                                                                   \
+            for (int k = 0; k < nt; k++, x += xs, out++) call1;                                    \
+        }                                                                                          \
+    } while (0)
+    switch (t) {
+    case SGLLM__T_Q4_0: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q4_0, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q4_0, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q4_1: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q4_1, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q4_1, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q5_0: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q5_0, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q5_0, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q5_1: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q5_1, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q5_1, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q8_0: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q8_0, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q8_0, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q4_K: SGLLM__TILE(sgllm__dot_q45k_avx2(false, 1, n, w, x, xs, out), sgllm__dot_q45k_avx2(false, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q5_K: SGLLM__TILE(sgllm__dot_q45k_avx2(true, 1, n, w, x, xs, out), sgllm__dot_q45k_avx2(true, 4, n, w, x, xs, out)); return;
+    case SGLLM__T_Q6_K: SGLLM__TILE(sgllm__dot_q6k_avx2(1, n, w, x, xs, out), sgllm__dot_q6k_avx2(4, n, w, x, xs, out)); return;
+    default:
+        for (int k = 0; k < nt; k++) out[k] = sgllm__dot_float_avx2(t, n, w, (const float *)(x + (size_t)k * xs));
+        return;
+    }
+#undef SGLLM__TILE
+}
+
+// Rounds 32 floats (already scaled to [-127, 127]) half to even and stores them as int8.
+static SGLLM__AVX2_INLINE void sgllm__round_store32(const float *x, __m256 scale, int8_t *dst) {
+    __m256i v[4];
+    for (int k = 0; k < 4; k++)
+        v[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), scale),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    // packs interleave 128-bit lanes; the permute puts the 8 groups of 4 back in order
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)dst, p);
+}
+
+static SGLLM__AVX2_INLINE float sgllm__amax32(const float *x) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)));
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static SGLLM__AVX2 void sgllm__quant_q8_0_avx2(const float *x, void *dst, int64_t n, bool with_sum) {
+    for (int64_t b = 0; b < n / SGLLM__QK; b++, x += 32) {
+        float amax = sgllm__amax32(x);
+        float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+        int8_t *qs = with_sum ? ((sgllm__bq8_1 *)dst)[b].qs : ((sgllm__bq8_0 *)dst)[b].qs;
+        uint16_t dh = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        sgllm__round_store32(x, _mm256_set1_ps(id), qs);
+        if (with_sum) {
+            sgllm__bq8_1 *y = (sgllm__bq8_1 *)dst + b;
+            __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)qs));
+            __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+            __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+            y->d = dh;
+            y->s = _cvtss_sh(d * (float)_mm_cvtsi128_si32(s), _MM_FROUND_TO_NEAREST_INT);
+        } else {
+            ((sgllm__bq8_0 *)dst)[b].d = dh;
+        }
+    }
+}
+
+static SGLLM__AVX2 void sgllm__quant_q8_k_avx2(const float *x, void *dst, int64_t n) {
+    for (int64_t b = 0; b < n / SGLLM__QKK; b++, x += SGLLM__QKK) {
+        sgllm__bq8_k *y = (sgllm__bq8_k *)dst + b;
+        float amax = 0;
+        for (int k = 0; k < SGLLM__QKK; k += 32) amax = fmaxf(amax, sgllm__amax32(x + k));
+        float iscale = 0;
+        if (amax != 0) {
+            int j = 0; // the first value of largest magnitude decides the sign, as in llama.cpp
+            while (fabsf(x[j]) != amax) j++;
+            iscale = -127.f / x[j];
+        }
+        for (int k = 0; k < SGLLM__QKK; k += 32) sgllm__round_store32(x + k, _mm256_set1_ps(iscale), y->qs + k);
+        sgllm__q8k_finish(y, iscale);
+    }
+}
+
+// Dequantization: the reference's arithmetic, operation for operation, 8 values at a time.
+// op: 0 y = q*s, 1 y = q*s + bias, 2 y = q*s - bias.
+static SGLLM__AVX2_INLINE void sgllm__put8(float *dst, __m128i q8, float s, int op, float bias) {
+    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), _mm256_set1_ps(s));
+    if (op == 1) f = _mm256_add_ps(f, _mm256_set1_ps(bias));
+    if (op == 2) f = _mm256_sub_ps(f, _mm256_set1_ps(bias));
+    _mm256_storeu_ps(dst, f);
+}
+
+// 32 signed byte values; the first 16 scaled by s0 (and bias b0), the last 16 by s1 (b1).
+static SGLLM__AVX2_INLINE void sgllm__put32(float *dst, __m256i q, float s0, float s1, int op, float b0, float b1) {
+    __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    sgllm__put8(dst, lo, s0, op, b0);
+    sgllm__put8(dst + 8, _mm_srli_si128(lo, 8), s0, op, b0);
+    sgllm__put8(dst + 16, hi, s1, op, b1);
+    sgllm__put8(dst + 24, _mm_srli_si128(hi, 8), s1, op, b1);
+}
+
+// Returns false for types it leaves to the reference.
+static SGLLM__AVX2 bool sgllm__dequant_avx2(uint32_t t, const void *src, float *dst, int64_t n) {
+    const uint8_t *p = (const uint8_t *)src;
+    switch (t) {
+    case SGLLM__T_F16: {
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)src + i))));
+        for (; i < n; i++) dst[i] = sgllm__h(((const uint16_t *)src)[i]);
+        return true;
+    }
+    case SGLLM__T_Q4_0: case SGLLM__T_Q4_1: case SGLLM__T_Q5_0: case SGLLM__T_Q5_1: case SGLLM__T_Q8_0: {
+        size_t wb = (size_t)sgllm__types[t].bytes;
+        for (int64_t b = 0; b < n / SGLLM__QK; b++, p += wb, dst += 32) {
+            uint16_t dh, mh = 0;
+            memcpy(&dh, p, 2);
+            float d = sgllm__hx(dh);
+            switch (t) {
+            case SGLLM__T_Q4_0: sgllm__put32(dst, _mm256_sub_epi8(sgllm__nib32(p + 2), _mm256_set1_epi8(8)), d, d, 0, 0, 0); break;
+            case SGLLM__T_Q4_1:
+                memcpy(&mh, p + 2, 2);
+                sgllm__put32(dst, sgllm__nib32(p + 4), d, d, 1, sgllm__hx(mh), sgllm__hx(mh));
+                break;
+            case SGLLM__T_Q5_0:
+                sgllm__put32(dst, _mm256_sub_epi8(_mm256_or_si256(sgllm__nib32(p + 6), sgllm__bit5_32(p + 2)), _mm256_set1_epi8(16)),
+                             d, d, 0, 0, 0);
+                break;
+            case SGLLM__T_Q5_1:
+                memcpy(&mh, p + 2, 2);
+                sgllm__put32(dst, _mm256_or_si256(sgllm__nib32(p + 8), sgllm__bit5_32(p + 4)), d, d, 1, sgllm__hx(mh), sgllm__hx(mh));
+                break;
+            default: sgllm__put32(dst, _mm256_loadu_si256((const __m256i *)(p + 2)), d, d, 0, 0, 0); break;
+            }
+        }
+        return true;
+    }
+    case SGLLM__T_Q4_K: case SGLLM__T_Q5_K: {
+        bool q5 = t == SGLLM__T_Q5_K;
+        const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+        for (int64_t b = 0; b < n / SGLLM__QKK; b++, p += q5 ? sizeof(sgllm__bq5_k) : sizeof(sgllm__bq4_k)) {
+            uint16_t dh, dminh;
+            memcpy(&dh, p, 2);
+            memcpy(&dminh, p + 2, 2);
+            float d = sgllm__hx(dh), dmin = sgllm__hx(dminh);
+            uint8_t sc[8], mn[8];
+            sgllm__k_scales8(p + 4, sc, mn);
+            __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+            const uint8_t *qs = p + (q5 ? 48 : 16);
+            for (int c = 0; c < 4; c++, dst += 64) {
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                if (q5) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
+                    qh = _mm256_srli_epi16(qh, 2);
+                }
+                float d0 = d * sc[2 * c], mm0 = dmin * mn[2 * c], d1 = d * sc[2 * c + 1], mm1 = dmin * mn[2 * c + 1];
+                sgllm__put32(dst, lo, d0, d0, 2, mm0, mm0);
+                sgllm__put32(dst + 32, hi, d1, d1, 2, mm1, mm1);
+            }
+        }
+        return true;
+    }
+    case SGLLM__T_Q6_K: {
+        const __m256i m4 = _mm256_set1_epi8(15), m32 = _mm256_set1_epi8(32);
+        for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
+            const sgllm__bq6_k *x = (const sgllm__bq6_k *)src + b;
+            float d = sgllm__hx(x->d);
+            for (int h = 0; h < 2; h++, dst += 128) {
+                __m256i ql0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
+                __m256i ql1 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
+                __m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4));
+                q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(12)), 2));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, _mm256_set1_epi8(48)));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                       _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)0xc0)), 2));
+                const int8_t *sc = x->scales + 8 * h;
+                for (int j = 0; j < 4; j++)
+                    sgllm__put32(dst + 32 * j, _mm256_sub_epi8(q[j], m32), d * (float)sc[2 * j], d * (float)sc[2 * j + 1], 0, 0, 0);
+            }
+        }
+        return true;
+    }
+    default: return false;
+    }
+}
+#else
+static bool sgllm__use_avx2(void) { return false; }
+#endif
+
+// --- dispatch
+
+// Fast dequantization (AVX2 where available), bit for bit the reference's result.
+static void sgllm__dequant_row_impl(uint32_t t, const void *src, float *dst, int64_t n, bool avx2) {
+#if SGLLM__X86
+    if (avx2 && sgllm__dequant_avx2(t, src, dst, n)) return;
+#else
+    (void)avx2;
+#endif
+    sgllm__dequant_row_ref(t, src, dst, n);
+}
+static void sgllm__dequant_row(uint32_t t, const void *src, float *dst, int64_t n) {
+    sgllm__dequant_row_impl(t, src, dst, n, sgllm__use_avx2());
+}
+
+// x (n floats) -> one activation row in vec_dot_type(t) (for float weights a plain copy).
+static void sgllm__quantize_act_impl(uint32_t t, const float *x, void *dst, int64_t n, bool avx2) {
+    uint32_t vt = sgllm__vec_dot_type(t);
+#if SGLLM__X86
+    if (avx2) {
+        if (vt == SGLLM__T_Q8_K) sgllm__quant_q8_k_avx2(x, dst, n);
+        else if (vt != SGLLM__T_F32) sgllm__quant_q8_0_avx2(x, dst, n, vt == SGLLM__T_Q8_1);
+        else memcpy(dst, x, (size_t)n * sizeof(float));
+        return;
+    }
+#else
+    (void)avx2;
+#endif
+    if (vt == SGLLM__T_Q8_K) sgllm__quant_q8_k_c(x, dst, n);
+    else if (vt != SGLLM__T_F32) sgllm__quant_q8_0_c(x, dst, n, vt == SGLLM__T_Q8_1);
+    else memcpy(dst, x, (size_t)n * sizeof(float));
+}
+static void sgllm__quantize_act(uint32_t t, const float *x, void *dst, int64_t n) {
+    sgllm__quantize_act_impl(t, x, dst, n, sgllm__use_avx2());
+}
+
+// out[k] = dot(weight row w, activation row x + k*xs) for k < nt (nt <= 4).
+static void sgllm__dot_tile(uint32_t t, int64_t n, const uint8_t *w, const uint8_t *x, size_t xs, int nt,
+                            float *out, bool avx2) {
+    if (!sgllm__quant_supported(t)) { // the loader rejects these; never read them as another type
+        for (int k = 0; k < nt; k++) out[k] = 0;
+        return;
+    }
+#if SGLLM__X86
+    if (avx2) {
+        sgllm__dot_tile_avx2(t, n, w, x, xs, nt, out);
+        return;
+    }
+#else
+    (void)avx2;
+#endif
+    for (int k = 0; k < nt; k++) out[k] = sgllm__vec_dot_c(t, n, w, x + (size_t)k * xs);
+}
+
+static float sgllm__vec_dot_impl(uint32_t t, int64_t n, const void *w, const void *xq, bool avx2) {
+    float r;
+    sgllm__dot_tile(t, n, (const uint8_t *)w, (const uint8_t *)xq, 0, 1, &r, avx2);
+    return r;
+}
+// dot(weight row of type t, activation row already in vec_dot_type(t)), n values.
+static float sgllm__vec_dot(uint32_t t, int64_t n, const void *w, const void *xq) {
+    return sgllm__vec_dot_impl(t, n, w, xq, sgllm__use_avx2());
+}
+
+typedef struct sgllm__mat {
+    uint32_t type;       // sgllm__type
+    int64_t rows, cols;  // rows = ne[1] (outputs), cols = ne[0] (inputs, contiguous)
+    const uint8_t *data; // (rows, row_bytes)
+    size_t row_bytes;
+} sgllm__mat;
+
+// Scratch for sgllm__matmul: the quantized activations (n_tok, act_row_bytes); 0 for float
+// weights, which read x directly.
+static size_t sgllm__matmul_scratch_bytes(const sgllm__mat *w, int64_t n_tok) {
+    if (sgllm__vec_dot_type(w->type) == SGLLM__T_F32 || n_tok <= 0) return 0;
+    return (size_t)n_tok * sgllm__act_row_bytes(w->type, w->cols);
+}
+
+typedef struct sgllm__mm_job {
+    const sgllm__mat *w;
+    const float *x;       // (n_tok, cols)
+    uint8_t *xq;          // (n_tok, x_stride) activations in vec_dot_type
+    size_t x_stride;      // bytes
+    float *y;             // (n_tok, rows)
+    int64_t n_tok, rows_per_task;
+    bool avx2;
+} sgllm__mm_job;
+
+static void sgllm__mm_quant_task(void *arg, int64_t tok, int thread) {
+    (void)thread;
+    const sgllm__mm_job *j = (const sgllm__mm_job *)arg;
+    sgllm__quantize_act_impl(j->w->type, j->x + tok * j->w->cols, j->xq + (size_t)tok * j->x_stride, j->w->cols, j->avx2);
+}
+
+// Rows are walked in blocks of 16 (their bytes stay in L1/L2) against tiles of 4 tokens, so a
+// weight block is unpacked once per 4 tokens and read from memory once per task.
+enum { SGLLM__MM_ROW_BLOCK = 16, SGLLM__MM_TOK_TILE = 4 };
+
+static void sgllm__mm_task(void *arg, int64_t task, int thread) {
+    (void)thread;
+    const sgllm__mm_job *j = (const sgllm__mm_job *)arg;
+    const sgllm__mat *w = j->w;
+    int64_t r0 = task * j->rows_per_task, r1 = r0 + j->rows_per_task < w->rows ? r0 + j->rows_per_task : w->rows;
+    for (int64_t rb = r0; rb < r1; rb += SGLLM__MM_ROW_BLOCK) {
+        int64_t re = rb + SGLLM__MM_ROW_BLOCK < r1 ? rb + SGLLM__MM_ROW_BLOCK : r1;
+        for (int64_t t0 = 0; t0 < j->n_tok; t0 += SGLLM__MM_TOK_TILE) {
+            int nt = (int)(j->n_tok - t0 < SGLLM__MM_TOK_TILE ? j->n_tok - t0 : SGLLM__MM_TOK_TILE);
+            const uint8_t *xt = j->xq + (size_t)t0 * j->x_stride;
+            for (int64_t r = rb; r < re; r++) {
+                float out[SGLLM__MM_TOK_TILE];
+                sgllm__dot_tile(w->type, w->cols, w->data + (size_t)r * w->row_bytes, xt, j->x_stride, nt, out, j->avx2);
+                for (int k = 0; k < nt; k++) j->y[(t0 + k) * w->rows + r] = out[k];
+            }
+        }
+    }
+}
+
+static void sgllm__matmul_impl(sgllm__pool *pool, const sgllm__mat *w, const float *x, int64_t n_tok, float *y,
+                               void *scratch, bool avx2) {
+    if (n_tok <= 0 || w->rows <= 0) return;
+    sgllm__mm_job j = {w, x, (uint8_t *)scratch, 0, y, n_tok, 0, avx2};
+    if (sgllm__vec_dot_type(w->type) == SGLLM__T_F32) {
+        j.xq = (uint8_t *)(uintptr_t)x;
+        j.x_stride = (size_t)w->cols * sizeof(float);
+    } else {
+        j.x_stride = sgllm__act_row_bytes(w->type, w->cols);
+        // for a few tokens waking the pool costs more than quantizing
+        if (n_tok >= 8) sgllm__pool_run(pool, n_tok, sgllm__mm_quant_task, &j);
+        else
+            for (int64_t t = 0; t < n_tok; t++) sgllm__mm_quant_task(&j, t, 0);
+    }
+    int64_t n_threads = pool ? pool->n_threads : 1;
+    // about 4 tasks per thread so that a slow or late thread does not hold the others up
+    int64_t rpt = (w->rows + 4 * n_threads - 1) / (4 * n_threads);
+    rpt = (rpt + 3) / 4 * 4;
+    j.rows_per_task = rpt < SGLLM__MM_ROW_BLOCK && n_tok > 1 ? SGLLM__MM_ROW_BLOCK : rpt;
+    sgllm__pool_run(pool, (w->rows + j.rows_per_task - 1) / j.rows_per_task, sgllm__mm_task, &j);
+}
+
+// y (n_tok, w->rows) = x (n_tok, w->cols) @ w^T on the pool's threads; scratch holds
+// sgllm__matmul_scratch_bytes(w, n_tok) bytes (the quantized x).
+static void sgllm__matmul(sgllm__pool *pool, const sgllm__mat *w, const float *x, int64_t n_tok, float *y,
+                          void *scratch) {
+    sgllm__matmul_impl(pool, w, x, n_tok, y, scratch, sgllm__use_avx2());
+}
+
 
 // --- 4. Tokenizers -------------------------------------------------------------------------
+// Two tokenizer families, token-for-token equal to llama.cpp (its llama-vocab.cpp and
+// unicode.cpp are the reference; golden tests in tests/test_tokenizer.c):
+//   SPM ("llama" in GGUF): spaces become U+2581, then adjacent UTF-8 characters merge pairwise,
+//     best vocabulary score first; pieces with no token fall back to <0xXX> byte tokens.
+//   BPE ("gpt2"): a pre-tokenizer splits the text into words (one of a few fixed regexes, hand
+//     coded here), each word's bytes map to printable code points (GPT-2 byte-to-unicode), then
+//     ranked merges apply within the word.
+// Both first cut the text at special tokens: user-defined ones always, control ones only when
+// parse_special is set, longest text first, as llama.cpp does.
+// The vocabulary is built once at load and only read afterwards, so one vocab can serve many
+// threads (stb_ds lookups do not write).
+
+// Unicode letter and number ranges, generated by tests/golden/gen_unicode_ranges.py.
+// BEGIN generated tables
+// 660 ranges, Unicode 15.1.0
+static const uint32_t sgllm__uni_letters[][2] = {
+    {0x41, 0x5A}, {0x61, 0x7A}, {0xAA, 0xAA}, {0xB5, 0xB5}, {0xBA, 0xBA}, {0xC0, 0xD6},
+    {0xD8, 0xF6}, {0xF8, 0x2C1}, {0x2C6, 0x2D1}, {0x2E0, 0x2E4}, {0x2EC, 0x2EC}, {0x2EE, 0x2EE},
+    {0x370, 0x374}, {0x376, 0x377}, {0x37A, 0x37D}, {0x37F, 0x37F}, {0x386, 0x386}, {0x388, 0x38A},
+    {0x38C, 0x38C}, {0x38E, 0x3A1}, {0x3A3, 0x3F5}, {0x3F7, 0x481}, {0x48A, 0x52F}, {0x531, 0x556},
+    {0x559, 0x559}, {0x560, 0x588}, {0x5D0, 0x5EA}, {0x5EF, 0x5F2}, {0x620, 0x64A}, {0x66E, 0x66F},
+    {0x671, 0x6D3}, {0x6D5, 0x6D5}, {0x6E5, 0x6E6}, {0x6EE, 0x6EF}, {0x6FA, 0x6FC}, {0x6FF, 0x6FF},
+    {0x710, 0x710}, {0x712, 0x72F}, {0x74D, 0x7A5}, {0x7B1, 0x7B1}, {0x7CA, 0x7EA}, {0x7F4, 0x7F5},
+    {0x7FA, 0x7FA}, {0x800, 0x815}, {0x81A, 0x81A}, {0x824, 0x824}, {0x828, 0x828}, {0x840, 0x858},
+    {0x860, 0x86A}, {0x870, 0x887}, {0x889, 0x88E}, {0x8A0, 0x8C9}, {0x904, 0x939}, {0x93D, 0x93D},
+    {0x950, 0x950}, {0x958, 0x961}, {0x971, 0x980}, {0x985, 0x98C}, {0x98F, 0x990}, {0x993, 0x9A8},
+    {0x9AA, 0x9B0}, {0x9B2, 0x9B2}, {0x9B6, 0x9B9}, {0x9BD, 0x9BD}, {0x9CE, 0x9CE}, {0x9DC, 0x9DD},
+    {0x9DF, 0x9E1}, {0x9F0, 0x9F1}, {0x9FC, 0x9FC}, {0xA05, 0xA0A}, {0xA0F, 0xA10}, {0xA13, 0xA28},
+    {0xA2A, 0xA30}, {0xA32, 0xA33}, {0xA35, 0xA36}, {0xA38, 0xA39}, {0xA59, 0xA5C}, {0xA5E, 0xA5E},
+    {0xA72, 0xA74}, {0xA85, 0xA8D}, {0xA8F, 0xA91}, {0xA93, 0xAA8}, {0xAAA, 0xAB0}, {0xAB2, 0xAB3},
+    {0xAB5, 0xAB9}, {0xABD, 0xABD}, {0xAD0, 0xAD0}, {0xAE0, 0xAE1}, {0xAF9, 0xAF9}, {0xB05, 0xB0C},
+    {0xB0F, 0xB10}, {0xB13, 0xB28}, {0xB2A, 0xB30}, {0xB32, 0xB33}, {0xB35, 0xB39}, {0xB3D, 0xB3D},
+    {0xB5C, 0xB5D}, {0xB5F, 0xB61}, {0xB71, 0xB71}, {0xB83, 0xB83}, {0xB85, 0xB8A}, {0xB8E, 0xB90},
+    {0xB92, 0xB95}, {0xB99, 0xB9A}, {0xB9C, 0xB9C}, {0xB9E, 0xB9F}, {0xBA3, 0xBA4}, {0xBA8, 0xBAA},
+    {0xBAE, 0xBB9}, {0xBD0, 0xBD0}, {0xC05, 0xC0C}, {0xC0E, 0xC10}, {0xC12, 0xC28}, {0xC2A, 0xC39},
+    {0xC3D, 0xC3D}, {0xC58, 0xC5A}, {0xC5D, 0xC5D}, {0xC60, 0xC61}, {0xC80, 0xC80}, {0xC85, 0xC8C},
+    {0xC8E, 0xC90}, {0xC92, 0xCA8}, {0xCAA, 0xCB3}, {0xCB5, 0xCB9}, {0xCBD, 0xCBD}, {0xCDD, 0xCDE},
+    {0xCE0, 0xCE1}, {0xCF1, 0xCF2}, {0xD04, 0xD0C}, {0xD0E, 0xD10}, {0xD12, 0xD3A}, {0xD3D, 0xD3D},
+    {0xD4E, 0xD4E}, {0xD54, 0xD56}, {0xD5F, 0xD61}, {0xD7A, 0xD7F}, {0xD85, 0xD96}, {0xD9A, 0xDB1},
+    {0xDB3, 0xDBB}, {0xDBD, 0xDBD}, {0xDC0, 0xDC6}, {0xE01, 0xE30}, {0xE32, 0xE33}, {0xE40, 0xE46},
+    {0xE81, 0xE82}, {0xE84, 0xE84}, {0xE86, 0xE8A}, {0xE8C, 0xEA3}, {0xEA5, 0xEA5}, {0xEA7, 0xEB0},
+    {0xEB2, 0xEB3}, {0xEBD, 0xEBD}, {0xEC0, 0xEC4}, {0xEC6, 0xEC6}, {0xEDC, 0xEDF}, {0xF00, 0xF00},
+    {0xF40, 0xF47}, {0xF49, 0xF6C}, {0xF88, 0xF8C}, {0x1000, 0x102A}, {0x103F, 0x103F},
+    {0x1050, 0x1055}, {0x105A, 0x105D}, {0x1061, 0x1061}, {0x1065, 0x1066}, {0x106E, 0x1070},
+    {0x1075, 0x1081}, {0x108E, 0x108E}, {0x10A0, 0x10C5}, {0x10C7, 0x10C7}, {0x10CD, 0x10CD},
+    {0x10D0, 0x10FA}, {0x10FC, 0x1248}, {0x124A, 0x124D}, {0x1250, 0x1256}, {0x1258, 0x1258},
+    {0x125A, 0x125D}, {0x1260, 0x1288}, {0x128A, 0x128D}, {0x1290, 0x12B0}, {0x12B2, 0x12B5},
+    {0x12B8, 0x12BE}, {0x12C0, 0x12C0}, {0x12C2, 0x12C5}, {0x12C8, 0x12D6}, {0x12D8, 0x1310},
+    {0x1312, 0x1315}, {0x1318, 0x135A}, {0x1380, 0x138F}, {0x13A0, 0x13F5}, {0x13F8, 0x13FD},
+    {0x1401, 0x166C}, {0x166F, 0x167F}, {0x1681, 0x169A}, {0x16A0, 0x16EA}, {0x16F1, 0x16F8},
+    {0x1700, 0x1711}, {0x171F, 0x1731}, {0x1740, 0x1751}, {0x1760, 0x176C}, {0x176E, 0x1770},
+    {0x1780, 0x17B3}, {0x17D7, 0x17D7}, {0x17DC, 0x17DC}, {0x1820, 0x1878}, {0x1880, 0x1884},
+    {0x1887, 0x18A8}, {0x18AA, 0x18AA}, {0x18B0, 0x18F5}, {0x1900, 0x191E}, {0x1950, 0x196D},
+    {0x1970, 0x1974}, {0x1980, 0x19AB}, {0x19B0, 0x19C9}, {0x1A00, 0x1A16}, {0x1A20, 0x1A54},
+    {0x1AA7, 0x1AA7}, {0x1B05, 0x1B33}, {0x1B45, 0x1B4C}, {0x1B83, 0x1BA0}, {0x1BAE, 0x1BAF},
+    {0x1BBA, 0x1BE5}, {0x1C00, 0x1C23}, {0x1C4D, 0x1C4F}, {0x1C5A, 0x1C7D}, {0x1C80, 0x1C88},
+    {0x1C90, 0x1CBA}, {0x1CBD, 0x1CBF}, {0x1CE9, 0x1CEC}, {0x1CEE, 0x1CF3}, {0x1CF5, 0x1CF6},
+    {0x1CFA, 0x1CFA}, {0x1D00, 0x1DBF}, {0x1E00, 0x1F15}, {0x1F18, 0x1F1D}, {0x1F20, 0x1F45},
+    {0x1F48, 0x1F4D}, {0x1F50, 0x1F57}, {0x1F59, 0x1F59}, {0x1F5B, 0x1F5B}, {0x1F5D, 0x1F5D},
+    {0x1F5F, 0x1F7D}, {0x1F80, 0x1FB4}, {0x1FB6, 0x1FBC}, {0x1FBE, 0x1FBE}, {0x1FC2, 0x1FC4},
+    {0x1FC6, 0x1FCC}, {0x1FD0, 0x1FD3}, {0x1FD6, 0x1FDB}, {0x1FE0, 0x1FEC}, {0x1FF2, 0x1FF4},
+    {0x1FF6, 0x1FFC}, {0x2071, 0x2071}, {0x207F, 0x207F}, {0x2090, 0x209C}, {0x2102, 0x2102},
+    {0x2107, 0x2107}, {0x210A, 0x2113}, {0x2115, 0x2115}, {0x2119, 0x211D}, {0x2124, 0x2124},
+    {0x2126, 0x2126}, {0x2128, 0x2128}, {0x212A, 0x212D}, {0x212F, 0x2139}, {0x213C, 0x213F},
+    {0x2145, 0x2149}, {0x214E, 0x214E}, {0x2183, 0x2184}, {0x2C00, 0x2CE4}, {0x2CEB, 0x2CEE},
+    {0x2CF2, 0x2CF3}, {0x2D00, 0x2D25}, {0x2D27, 0x2D27}, {0x2D2D, 0x2D2D}, {0x2D30, 0x2D67},
+    {0x2D6F, 0x2D6F}, {0x2D80, 0x2D96}, {0x2DA0, 0x2DA6}, {0x2DA8, 0x2DAE}, {0x2DB0, 0x2DB6},
+    {0x2DB8, 0x2DBE}, {0x2DC0, 0x2DC6}, {0x2DC8, 0x2DCE}, {0x2DD0, 0x2DD6}, {0x2DD8, 0x2DDE},
+    {0x2E2F, 0x2E2F}, {0x3005, 0x3006}, {0x3031, 0x3035}, {0x303B, 0x303C}, {0x3041, 0x3096},
+    {0x309D, 0x309F}, {0x30A1, 0x30FA}, {0x30FC, 0x30FF}, {0x3105, 0x312F}, {0x3131, 0x318E},
+    {0x31A0, 0x31BF}, {0x31F0, 0x31FF}, {0x3400, 0x4DBF}, {0x4E00, 0xA48C}, {0xA4D0, 0xA4FD},
+    {0xA500, 0xA60C}, {0xA610, 0xA61F}, {0xA62A, 0xA62B}, {0xA640, 0xA66E}, {0xA67F, 0xA69D},
+    {0xA6A0, 0xA6E5}, {0xA717, 0xA71F}, {0xA722, 0xA788}, {0xA78B, 0xA7CA}, {0xA7D0, 0xA7D1},
+    {0xA7D3, 0xA7D3}, {0xA7D5, 0xA7D9}, {0xA7F2, 0xA801}, {0xA803, 0xA805}, {0xA807, 0xA80A},
+    {0xA80C, 0xA822}, {0xA840, 0xA873}, {0xA882, 0xA8B3}, {0xA8F2, 0xA8F7}, {0xA8FB, 0xA8FB},
+    {0xA8FD, 0xA8FE}, {0xA90A, 0xA925}, {0xA930, 0xA946}, {0xA960, 0xA97C}, {0xA984, 0xA9B2},
+    {0xA9CF, 0xA9CF}, {0xA9E0, 0xA9E4}, {0xA9E6, 0xA9EF}, {0xA9FA, 0xA9FE}, {0xAA00, 0xAA28},
+    {0xAA40, 0xAA42}, {0xAA44, 0xAA4B}, {0xAA60, 0xAA76}, {0xAA7A, 0xAA7A}, {0xAA7E, 0xAAAF},
+    {0xAAB1, 0xAAB1}, {0xAAB5, 0xAAB6}, {0xAAB9, 0xAABD}, {0xAAC0, 0xAAC0}, {0xAAC2, 0xAAC2},
+    {0xAADB, 0xAADD}, {0xAAE0, 0xAAEA}, {0xAAF2, 0xAAF4}, {0xAB01, 0xAB06}, {0xAB09, 0xAB0E},
+    {0xAB11, 0xAB16}, {0xAB20, 0xAB26}, {0xAB28, 0xAB2E}, {0xAB30, 0xAB5A}, {0xAB5C, 0xAB69},
+    {0xAB70, 0xABE2}, {0xAC00, 0xD7A3}, {0xD7B0, 0xD7C6}, {0xD7CB, 0xD7FB}, {0xF900, 0xFA6D},
+    {0xFA70, 0xFAD9}, {0xFB00, 0xFB06}, {0xFB13, 0xFB17}, {0xFB1D, 0xFB1D}, {0xFB1F, 0xFB28},
+    {0xFB2A, 0xFB36}, {0xFB38, 0xFB3C}, {0xFB3E, 0xFB3E}, {0xFB40, 0xFB41}, {0xFB43, 0xFB44},
+    {0xFB46, 0xFBB1}, {0xFBD3, 0xFD3D}, {0xFD50, 0xFD8F}, {0xFD92, 0xFDC7}, {0xFDF0, 0xFDFB},
+    {0xFE70, 0xFE74}, {0xFE76, 0xFEFC}, {0xFF21, 0xFF3A}, {0xFF41, 0xFF5A}, {0xFF66, 0xFFBE},
+    {0xFFC2, 0xFFC7}, {0xFFCA, 0xFFCF}, {0xFFD2, 0xFFD7}, {0xFFDA, 0xFFDC}, {0x10000, 0x1000B},
+    {0x1000D, 0x10026}, {0x10028, 0x1003A}, {0x1003C, 0x1003D}, {0x1003F, 0x1004D},
+    {0x10050, 0x1005D}, {0x10080, 0x100FA}, {0x10280, 0x1029C}, {0x102A0, 0x102D0},
+    {0x10300, 0x1031F}, {0x1032D, 0x10340}, {0x10342, 0x10349}, {0x10350, 0x10375},
+    {0x10380, 0x1039D}, {0x103A0, 0x103C3}, {0x103C8, 0x103CF}, {0x10400, 0x1049D},
+    {0x104B0, 0x104D3}, {0x104D8, 0x104FB}, {0x10500, 0x10527}, {0x10530, 0x10563},
+    {0x10570, 0x1057A}, {0x1057C, 0x1058A}, {0x1058C, 0x10592}, {0x10594, 0x10595},
+    {0x10597, 0x105A1}, {0x105A3, 0x105B1}, {0x105B3, 0x105B9}, {0x105BB, 0x105BC},
+    {0x10600, 0x10736}, {0x10740, 0x10755}, {0x10760, 0x10767}, {0x10780, 0x10785},
+    {0x10787, 0x107B0}, {0x107B2, 0x107BA}, {0x10800, 0x10805}, {0x10808, 0x10808},
+    {0x1080A, 0x10835}, {0x10837, 0x10838}, {0x1083C, 0x1083C}, {0x1083F, 0x10855},
+    {0x10860, 0x10876}, {0x10880, 0x1089E}, {0x108E0, 0x108F2}, {0x108F4, 0x108F5},
+    {0x10900, 0x10915}, {0x10920, 0x10939}, {0x10980, 0x109B7}, {0x109BE, 0x109BF},
+    {0x10A00, 0x10A00}, {0x10A10, 0x10A13}, {0x10A15, 0x10A17}, {0x10A19, 0x10A35},
+    {0x10A60, 0x10A7C}, {0x10A80, 0x10A9C}, {0x10AC0, 0x10AC7}, {0x10AC9, 0x10AE4},
+    {0x10B00, 0x10B35}, {0x10B40, 0x10B55}, {0x10B60, 0x10B72}, {0x10B80, 0x10B91},
+    {0x10C00, 0x10C48}, {0x10C80, 0x10CB2}, {0x10CC0, 0x10CF2}, {0x10D00, 0x10D23},
+    {0x10E80, 0x10EA9}, {0x10EB0, 0x10EB1}, {0x10F00, 0x10F1C}, {0x10F27, 0x10F27},
+    {0x10F30, 0x10F45}, {0x10F70, 0x10F81}, {0x10FB0, 0x10FC4}, {0x10FE0, 0x10FF6},
+    {0x11003, 0x11037}, {0x11071, 0x11072}, {0x11075, 0x11075}, {0x11083, 0x110AF},
+    {0x110D0, 0x110E8}, {0x11103, 0x11126}, {0x11144, 0x11144}, {0x11147, 0x11147},
+    {0x11150, 0x11172}, {0x11176, 0x11176}, {0x11183, 0x111B2}, {0x111C1, 0x111C4},
+    {0x111DA, 0x111DA}, {0x111DC, 0x111DC}, {0x11200, 0x11211}, {0x11213, 0x1122B},
+    {0x1123F, 0x11240}, {0x11280, 0x11286}, {0x11288, 0x11288}, {0x1128A, 0x1128D},
+    {0x1128F, 0x1129D}, {0x1129F, 0x112A8}, {0x112B0, 0x112DE}, {0x11305, 0x1130C},
+    {0x1130F, 0x11310}, {0x11313, 0x11328}, {0x1132A, 0x11330}, {0x11332, 0x11333},
+    {0x11335, 0x11339}, {0x1133D, 0x1133D}, {0x11350, 0x11350}, {0x1135D, 0x11361},
+    {0x11400, 0x11434}, {0x11447, 0x1144A}, {0x1145F, 0x11461}, {0x11480, 0x114AF},
+    {0x114C4, 0x114C5}, {0x114C7, 0x114C7}, {0x11580, 0x115AE}, {0x115D8, 0x115DB},
+    {0x11600, 0x1162F}, {0x11644, 0x11644}, {0x11680, 0x116AA}, {0x116B8, 0x116B8},
+    {0x11700, 0x1171A}, {0x11740, 0x11746}, {0x11800, 0x1182B}, {0x118A0, 0x118DF},
+    {0x118FF, 0x11906}, {0x11909, 0x11909}, {0x1190C, 0x11913}, {0x11915, 0x11916},
+    {0x11918, 0x1192F}, {0x1193F, 0x1193F}, {0x11941, 0x11941}, {0x119A0, 0x119A7},
+    {0x119AA, 0x119D0}, {0x119E1, 0x119E1}, {0x119E3, 0x119E3}, {0x11A00, 0x11A00},
+    {0x11A0B, 0x11A32}, {0x11A3A, 0x11A3A}, {0x11A50, 0x11A50}, {0x11A5C, 0x11A89},
+    {0x11A9D, 0x11A9D}, {0x11AB0, 0x11AF8}, {0x11C00, 0x11C08}, {0x11C0A, 0x11C2E},
+    {0x11C40, 0x11C40}, {0x11C72, 0x11C8F}, {0x11D00, 0x11D06}, {0x11D08, 0x11D09},
+    {0x11D0B, 0x11D30}, {0x11D46, 0x11D46}, {0x11D60, 0x11D65}, {0x11D67, 0x11D68},
+    {0x11D6A, 0x11D89}, {0x11D98, 0x11D98}, {0x11EE0, 0x11EF2}, {0x11F02, 0x11F02},
+    {0x11F04, 0x11F10}, {0x11F12, 0x11F33}, {0x11FB0, 0x11FB0}, {0x12000, 0x12399},
+    {0x12480, 0x12543}, {0x12F90, 0x12FF0}, {0x13000, 0x1342F}, {0x13441, 0x13446},
+    {0x14400, 0x14646}, {0x16800, 0x16A38}, {0x16A40, 0x16A5E}, {0x16A70, 0x16ABE},
+    {0x16AD0, 0x16AED}, {0x16B00, 0x16B2F}, {0x16B40, 0x16B43}, {0x16B63, 0x16B77},
+    {0x16B7D, 0x16B8F}, {0x16E40, 0x16E7F}, {0x16F00, 0x16F4A}, {0x16F50, 0x16F50},
+    {0x16F93, 0x16F9F}, {0x16FE0, 0x16FE1}, {0x16FE3, 0x16FE3}, {0x17000, 0x187F7},
+    {0x18800, 0x18CD5}, {0x18D00, 0x18D08}, {0x1AFF0, 0x1AFF3}, {0x1AFF5, 0x1AFFB},
+    {0x1AFFD, 0x1AFFE}, {0x1B000, 0x1B122}, {0x1B132, 0x1B132}, {0x1B150, 0x1B152},
+    {0x1B155, 0x1B155}, {0x1B164, 0x1B167}, {0x1B170, 0x1B2FB}, {0x1BC00, 0x1BC6A},
+    {0x1BC70, 0x1BC7C}, {0x1BC80, 0x1BC88}, {0x1BC90, 0x1BC99}, {0x1D400, 0x1D454},
+    {0x1D456, 0x1D49C}, {0x1D49E, 0x1D49F}, {0x1D4A2, 0x1D4A2}, {0x1D4A5, 0x1D4A6},
+    {0x1D4A9, 0x1D4AC}, {0x1D4AE, 0x1D4B9}, {0x1D4BB, 0x1D4BB}, {0x1D4BD, 0x1D4C3},
+    {0x1D4C5, 0x1D505}, {0x1D507, 0x1D50A}, {0x1D50D, 0x1D514}, {0x1D516, 0x1D51C},
+    {0x1D51E, 0x1D539}, {0x1D53B, 0x1D53E}, {0x1D540, 0x1D544}, {0x1D546, 0x1D546},
+    {0x1D54A, 0x1D550}, {0x1D552, 0x1D6A5}, {0x1D6A8, 0x1D6C0}, {0x1D6C2, 0x1D6DA},
+    {0x1D6DC, 0x1D6FA}, {0x1D6FC, 0x1D714}, {0x1D716, 0x1D734}, {0x1D736, 0x1D74E},
+    {0x1D750, 0x1D76E}, {0x1D770, 0x1D788}, {0x1D78A, 0x1D7A8}, {0x1D7AA, 0x1D7C2},
+    {0x1D7C4, 0x1D7CB}, {0x1DF00, 0x1DF1E}, {0x1DF25, 0x1DF2A}, {0x1E030, 0x1E06D},
+    {0x1E100, 0x1E12C}, {0x1E137, 0x1E13D}, {0x1E14E, 0x1E14E}, {0x1E290, 0x1E2AD},
+    {0x1E2C0, 0x1E2EB}, {0x1E4D0, 0x1E4EB}, {0x1E7E0, 0x1E7E6}, {0x1E7E8, 0x1E7EB},
+    {0x1E7ED, 0x1E7EE}, {0x1E7F0, 0x1E7FE}, {0x1E800, 0x1E8C4}, {0x1E900, 0x1E943},
+    {0x1E94B, 0x1E94B}, {0x1EE00, 0x1EE03}, {0x1EE05, 0x1EE1F}, {0x1EE21, 0x1EE22},
+    {0x1EE24, 0x1EE24}, {0x1EE27, 0x1EE27}, {0x1EE29, 0x1EE32}, {0x1EE34, 0x1EE37},
+    {0x1EE39, 0x1EE39}, {0x1EE3B, 0x1EE3B}, {0x1EE42, 0x1EE42}, {0x1EE47, 0x1EE47},
+    {0x1EE49, 0x1EE49}, {0x1EE4B, 0x1EE4B}, {0x1EE4D, 0x1EE4F}, {0x1EE51, 0x1EE52},
+    {0x1EE54, 0x1EE54}, {0x1EE57, 0x1EE57}, {0x1EE59, 0x1EE59}, {0x1EE5B, 0x1EE5B},
+    {0x1EE5D, 0x1EE5D}, {0x1EE5F, 0x1EE5F}, {0x1EE61, 0x1EE62}, {0x1EE64, 0x1EE64},
+    {0x1EE67, 0x1EE6A}, {0x1EE6C, 0x1EE72}, {0x1EE74, 0x1EE77}, {0x1EE79, 0x1EE7C},
+    {0x1EE7E, 0x1EE7E}, {0x1EE80, 0x1EE89}, {0x1EE8B, 0x1EE9B}, {0x1EEA1, 0x1EEA3},
+    {0x1EEA5, 0x1EEA9}, {0x1EEAB, 0x1EEBB}, {0x20000, 0x2A6DF}, {0x2A700, 0x2B739},
+    {0x2B740, 0x2B81D}, {0x2B820, 0x2CEA1}, {0x2CEB0, 0x2EBE0}, {0x2EBF0, 0x2EE5D},
+    {0x2F800, 0x2FA1D}, {0x30000, 0x3134A}, {0x31350, 0x323AF},
+};
+// 137 ranges, Unicode 15.1.0
+static const uint32_t sgllm__uni_numbers[][2] = {
+    {0x30, 0x39}, {0xB2, 0xB3}, {0xB9, 0xB9}, {0xBC, 0xBE}, {0x660, 0x669}, {0x6F0, 0x6F9},
+    {0x7C0, 0x7C9}, {0x966, 0x96F}, {0x9E6, 0x9EF}, {0x9F4, 0x9F9}, {0xA66, 0xA6F}, {0xAE6, 0xAEF},
+    {0xB66, 0xB6F}, {0xB72, 0xB77}, {0xBE6, 0xBF2}, {0xC66, 0xC6F}, {0xC78, 0xC7E}, {0xCE6, 0xCEF},
+    {0xD58, 0xD5E}, {0xD66, 0xD78}, {0xDE6, 0xDEF}, {0xE50, 0xE59}, {0xED0, 0xED9}, {0xF20, 0xF33},
+    {0x1040, 0x1049}, {0x1090, 0x1099}, {0x1369, 0x137C}, {0x16EE, 0x16F0}, {0x17E0, 0x17E9},
+    {0x17F0, 0x17F9}, {0x1810, 0x1819}, {0x1946, 0x194F}, {0x19D0, 0x19DA}, {0x1A80, 0x1A89},
+    {0x1A90, 0x1A99}, {0x1B50, 0x1B59}, {0x1BB0, 0x1BB9}, {0x1C40, 0x1C49}, {0x1C50, 0x1C59},
+    {0x2070, 0x2070}, {0x2074, 0x2079}, {0x2080, 0x2089}, {0x2150, 0x2182}, {0x2185, 0x2189},
+    {0x2460, 0x249B}, {0x24EA, 0x24FF}, {0x2776, 0x2793}, {0x2CFD, 0x2CFD}, {0x3007, 0x3007},
+    {0x3021, 0x3029}, {0x3038, 0x303A}, {0x3192, 0x3195}, {0x3220, 0x3229}, {0x3248, 0x324F},
+    {0x3251, 0x325F}, {0x3280, 0x3289}, {0x32B1, 0x32BF}, {0xA620, 0xA629}, {0xA6E6, 0xA6EF},
+    {0xA830, 0xA835}, {0xA8D0, 0xA8D9}, {0xA900, 0xA909}, {0xA9D0, 0xA9D9}, {0xA9F0, 0xA9F9},
+    {0xAA50, 0xAA59}, {0xABF0, 0xABF9}, {0xFF10, 0xFF19}, {0x10107, 0x10133}, {0x10140, 0x10178},
+    {0x1018A, 0x1018B}, {0x102E1, 0x102FB}, {0x10320, 0x10323}, {0x10341, 0x10341},
+    {0x1034A, 0x1034A}, {0x103D1, 0x103D5}, {0x104A0, 0x104A9}, {0x10858, 0x1085F},
+    {0x10879, 0x1087F}, {0x108A7, 0x108AF}, {0x108FB, 0x108FF}, {0x10916, 0x1091B},
+    {0x109BC, 0x109BD}, {0x109C0, 0x109CF}, {0x109D2, 0x109FF}, {0x10A40, 0x10A48},
+    {0x10A7D, 0x10A7E}, {0x10A9D, 0x10A9F}, {0x10AEB, 0x10AEF}, {0x10B58, 0x10B5F},
+    {0x10B78, 0x10B7F}, {0x10BA9, 0x10BAF}, {0x10CFA, 0x10CFF}, {0x10D30, 0x10D39},
+    {0x10E60, 0x10E7E}, {0x10F1D, 0x10F26}, {0x10F51, 0x10F54}, {0x10FC5, 0x10FCB},
+    {0x11052, 0x1106F}, {0x110F0, 0x110F9}, {0x11136, 0x1113F}, {0x111D0, 0x111D9},
+    {0x111E1, 0x111F4}, {0x112F0, 0x112F9}, {0x11450, 0x11459}, {0x114D0, 0x114D9},
+    {0x11650, 0x11659}, {0x116C0, 0x116C9}, {0x11730, 0x1173B}, {0x118E0, 0x118F2},
+    {0x11950, 0x11959}, {0x11C50, 0x11C6C}, {0x11D50, 0x11D59}, {0x11DA0, 0x11DA9},
+    {0x11F50, 0x11F59}, {0x11FC0, 0x11FD4}, {0x12400, 0x1246E}, {0x16A60, 0x16A69},
+    {0x16AC0, 0x16AC9}, {0x16B50, 0x16B59}, {0x16B5B, 0x16B61}, {0x16E80, 0x16E96},
+    {0x1D2C0, 0x1D2D3}, {0x1D2E0, 0x1D2F3}, {0x1D360, 0x1D378}, {0x1D7CE, 0x1D7FF},
+    {0x1E140, 0x1E149}, {0x1E2F0, 0x1E2F9}, {0x1E4F0, 0x1E4F9}, {0x1E8C7, 0x1E8CF},
+    {0x1E950, 0x1E959}, {0x1EC71, 0x1ECAB}, {0x1ECAD, 0x1ECAF}, {0x1ECB1, 0x1ECB4},
+    {0x1ED01, 0x1ED2D}, {0x1ED2F, 0x1ED3D}, {0x1F100, 0x1F10C}, {0x1FBF0, 0x1FBF9},
+};
+// END generated tables
+
+enum { SGLLM__UNI_NONE = 0, SGLLM__UNI_OTHER = 1, SGLLM__UNI_LETTER = 2, SGLLM__UNI_NUMBER = 3, SGLLM__UNI_SPACE = 4 };
+
+static bool sgllm__uni_in(const uint32_t (*r)[2], int64_t n, uint32_t cp) {
+    int64_t lo = 0, hi = n - 1;
+    while (lo <= hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (cp < r[mid][0]) hi = mid - 1;
+        else if (cp > r[mid][1]) lo = mid + 1;
+        else return true;
+    }
+    return false;
+}
+
+// The class llama.cpp's regex code sees: letter (\p{L}), number (\p{N}), white space (its
+// White_Space list) or anything else. The three are disjoint in Unicode.
+static int sgllm__uni_class(uint32_t cp) {
+    if (cp < 128) {
+        if ((cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z')) return SGLLM__UNI_LETTER;
+        if (cp >= '0' && cp <= '9') return SGLLM__UNI_NUMBER;
+        if (cp == ' ' || (cp >= 9 && cp <= 13)) return SGLLM__UNI_SPACE;
+        return SGLLM__UNI_OTHER;
+    }
+    if (cp == 0x85 || cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 ||
+        cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000)
+        return SGLLM__UNI_SPACE;
+    if (sgllm__uni_in(sgllm__uni_letters, (int64_t)(sizeof sgllm__uni_letters / sizeof sgllm__uni_letters[0]), cp))
+        return SGLLM__UNI_LETTER;
+    if (sgllm__uni_in(sgllm__uni_numbers, (int64_t)(sizeof sgllm__uni_numbers / sizeof sgllm__uni_numbers[0]), cp))
+        return SGLLM__UNI_NUMBER;
+    return SGLLM__UNI_OTHER;
+}
+
+// Length of the UTF-8 sequence a lead byte announces, from its high nibble alone (continuation
+// bytes count as 1): the character split both SPM and BPE merging start from.
+static size_t sgllm__utf8_len(uint8_t b) {
+    static const uint8_t len[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
+    return len[b >> 4];
+}
+
+// Decodes one code point the way llama.cpp does: continuation bytes are checked but overlong
+// forms and surrogates are accepted; anything else costs one byte and yields U+FFFD. Code
+// points past U+10FFFF are also treated as invalid (llama.cpp throws on those later).
+static uint32_t sgllm__utf8_decode(const uint8_t *s, size_t n, size_t *i) {
+    size_t p = *i;
+    uint8_t b = s[p];
+    uint32_t cp;
+    size_t len;
+    if (b < 0x80) {
+        *i = p + 1;
+        return b;
+    }
+    if (!(b & 0x40)) len = 0;
+    else if (!(b & 0x20)) len = 2;
+    else if (!(b & 0x10)) len = 3;
+    else if (!(b & 0x08)) len = 4;
+    else len = 0;
+    if (len == 0 || p + len > n) goto invalid;
+    cp = b & (0x7f >> len);
+    for (size_t k = 1; k < len; k++) {
+        if ((s[p + k] & 0xc0) != 0x80) goto invalid;
+        cp = (cp << 6) | (s[p + k] & 0x3f);
+    }
+    if (cp > 0x10FFFF) goto invalid;
+    *i = p + len;
+    return cp;
+invalid:
+    *i = p + 1;
+    return 0xFFFD;
+}
+
+static size_t sgllm__utf8_encode(uint32_t cp, uint8_t *out) {
+    if (cp < 0x80) {
+        out[0] = (uint8_t)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (uint8_t)(0xc0 | (cp >> 6));
+        out[1] = (uint8_t)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (uint8_t)(0xe0 | (cp >> 12));
+        out[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (uint8_t)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (uint8_t)(0xf0 | (cp >> 18));
+    out[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (uint8_t)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+// GPT-2's byte-to-unicode map: printable Latin-1 bytes stand for themselves, the other 68
+// bytes take code points 256.. in byte order.
+static uint32_t sgllm__bpe_byte_cp(uint8_t b) {
+    if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE) return b;
+    uint32_t n = 0;
+    for (uint32_t c = 0; c < b; c++)
+        if (!((c >= 0x21 && c <= 0x7E) || (c >= 0xA1 && c <= 0xAC) || c >= 0xAE)) n++;
+    return 256 + n;
+}
+
+// Token attributes (llama.cpp's, from GGUF token types plus its by-name fix-ups).
+enum {
+    SGLLM__ATTR_NORMAL = 1, SGLLM__ATTR_UNKNOWN = 2, SGLLM__ATTR_CONTROL = 4, SGLLM__ATTR_USER = 8,
+    SGLLM__ATTR_UNUSED = 16, SGLLM__ATTR_BYTE = 32, SGLLM__ATTR_EOG = 64
+};
+
+enum { SGLLM__VOCAB_SPM = 1, SGLLM__VOCAB_BPE = 2 };
+
+// BPE pre-tokenizers: GPT-2's regex; digits split singly, then GPT-2's; Llama 3's; Qwen2's
+// (Llama 3's with single digits).
+enum { SGLLM__PRE_NONE = 0, SGLLM__PRE_GPT2, SGLLM__PRE_SMOLLM, SGLLM__PRE_LLAMA3, SGLLM__PRE_QWEN2 };
+
+typedef struct sgllm__hslot {
+    uint64_t key;  // hash of the token text (or merge pair)
+    int32_t value; // first id (or merge rank) with that hash; more are chained through *_next
+} sgllm__hslot;
+
+typedef struct sgllm__vocab {
+    int32_t n_tokens;
+    int32_t bos, eos, eot, unk, pad; // -1 when absent
+    bool add_bos;                    // the vocabulary asks for BOS at the start of a prompt
+    bool add_eos;                    // ... and EOS at its end (rare)
+    bool add_space_prefix;           // SPM: a space before text that follows BOS or a special token
+    bool ignore_merges;              // BPE: a word that is a whole token skips merging
+    int kind;                        // SGLLM__VOCAB_*
+    int pre;                         // SGLLM__PRE_* (BPE only)
+    sgllm__str *text;                // (n_tokens) token texts, views into the GGUF mapping
+    float *score;                    // (n_tokens) SPM merge scores
+    uint8_t *attr;                   // (n_tokens) SGLLM__ATTR_* bits
+    char *pieces;                    // decoded bytes of every token, back to back
+    int64_t *piece_off;              // (n_tokens + 1) offsets into pieces
+    sgllm__hslot *tok_map;           // stb_ds map: text hash -> first id
+    int32_t *tok_next;               // (n_tokens) next id with the same text hash, -1 ends
+    int32_t n_merges;
+    sgllm__str *merge_a, *merge_b;   // (n_merges) the two halves of each merge rule
+    sgllm__hslot *merge_map;         // stb_ds map: pair hash -> first rank
+    int32_t *merge_next;             // (n_merges) next rank with the same pair hash
+    int64_t *special_tiers;          // (n_tiers) distinct lengths of special texts, longest first
+    int32_t n_tiers;
+    uint64_t special_lens[256];      // per first byte: bit min(L,64)-1 set if a special text of length L starts with it
+    uint64_t special_pair[1024];     // bit set of the first two bytes of special texts of length >= 2
+    uint16_t byte_cp[256];           // BPE: byte -> code point of the byte-to-unicode map
+} sgllm__vocab;
+
+// stb_ds access without its hm* macros: under gcc -std=c11 they expand to `typeof`, which
+// strict C11 lacks, and hmgeti stores its result in the map header (a write, so not safe from
+// several threads); the _ts lookup writes nothing. A NULL map is treated as empty here because
+// stb_ds would allocate on a lookup into NULL.
+static ptrdiff_t sgllm__hm_find(const sgllm__hslot *t, uint64_t key) {
+    if (!t) return -1;
+    ptrdiff_t i;
+    stbds_hmget_key_ts((void *)t, sizeof *t, &key, sizeof key, &i, STBDS_HM_BINARY);
+    return i; // STBDS_INDEX_EMPTY (-1) when absent
+}
+
+static void sgllm__hm_put(sgllm__hslot **t, uint64_t key, int32_t value) {
+    *t = (sgllm__hslot *)stbds_hmput_key(*t, sizeof **t, &key, sizeof key, STBDS_HM_BINARY);
+    ptrdiff_t i = stbds_temp(*t - 1);
+    (*t)[i].key = key;
+    (*t)[i].value = value;
+}
+
+static uint64_t sgllm__hash_bytes(const void *p, size_t n, uint64_t h) {
+    const uint8_t *s = (const uint8_t *)p;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ULL; // FNV-1a
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    return h ^ (h >> 32);
+}
+static uint64_t sgllm__hash_text(const void *p, size_t n) { return sgllm__hash_bytes(p, n, 0xcbf29ce484222325ULL); }
+static uint64_t sgllm__hash_pair(const void *a, size_t an, const void *b, size_t bn) {
+    return sgllm__hash_bytes(b, bn, sgllm__hash_text(a, an) ^ (uint64_t)an);
+}
+
+// Id of the token whose text is exactly s[0..n), or -1.
+static int32_t sgllm__vocab_find(const sgllm__vocab *v, const void *s, size_t n) {
+    if (n == 0) return -1;
+    ptrdiff_t k = sgllm__hm_find(v->tok_map, sgllm__hash_text(s, n));
+    if (k < 0) return -1;
+    for (int32_t id = v->tok_map[k].value; id >= 0; id = v->tok_next[id])
+        if (v->text[id].len == n && memcmp(v->text[id].ptr, s, n) == 0) return id;
+    return -1;
+}
+
+// Rank of the merge rule (a, b), or -1.
+static int32_t sgllm__vocab_merge_rank(const sgllm__vocab *v, const void *a, size_t an, const void *b, size_t bn) {
+    ptrdiff_t k = sgllm__hm_find(v->merge_map, sgllm__hash_pair(a, an, b, bn));
+    if (k < 0) return -1;
+    for (int32_t r = v->merge_map[k].value; r >= 0; r = v->merge_next[r])
+        if (v->merge_a[r].len == an && v->merge_b[r].len == bn && memcmp(v->merge_a[r].ptr, a, an) == 0 &&
+            memcmp(v->merge_b[r].ptr, b, bn) == 0)
+            return r;
+    return -1;
+}
+
+static void sgllm__vocab_free(sgllm__vocab *v) {
+    if (!v) return;
+    sgllm__free(v->text);
+    sgllm__free(v->score);
+    sgllm__free(v->attr);
+    sgllm__free(v->pieces);
+    sgllm__free(v->piece_off);
+    hmfree(v->tok_map);
+    sgllm__free(v->tok_next);
+    sgllm__free(v->merge_a);
+    sgllm__free(v->merge_b);
+    hmfree(v->merge_map);
+    sgllm__free(v->merge_next);
+    sgllm__free(v->special_tiers);
+    memset(v, 0, sizeof *v);
+}
+
+static bool sgllm__vocab_is_control(const sgllm__vocab *v, int32_t tok) {
+    return tok >= 0 && tok < v->n_tokens && (v->attr[tok] & SGLLM__ATTR_CONTROL);
+}
+
+static bool sgllm__vocab_is_eog(const sgllm__vocab *v, int32_t tok) {
+    return tok >= 0 && tok < v->n_tokens && (v->attr[tok] & SGLLM__ATTR_EOG);
+}
+
+static const char *sgllm__vocab_piece(const sgllm__vocab *v, int32_t tok, size_t *len) {
+    if (tok < 0 || tok >= v->n_tokens || !v->piece_off) {
+        if (len) *len = 0;
+        return NULL;
+    }
+    if (len) *len = (size_t)(v->piece_off[tok + 1] - v->piece_off[tok]);
+    return v->pieces + v->piece_off[tok];
+}
+
+static bool sgllm__vocab_text_is(const sgllm__vocab *v, int32_t id, const char *const *list) {
+    for (; *list; list++)
+        if (sgllm__str_eq(v->text[id], *list)) return true;
+    return false;
+}
+
+// Sets the BPE pre-tokenizer from its GGUF name (tokenizer.ggml.pre); false if unknown.
+// Aliases are the names llama.cpp maps to the same regex.
+static bool sgllm__vocab_set_pre(sgllm__vocab *v, sgllm__str name) {
+    static const struct {
+        const char *name;
+        int pre;
+        bool ignore_merges, add_bos;
+    } pres[] = {
+        {"gpt-2", SGLLM__PRE_GPT2, false, false},       {"phi-2", SGLLM__PRE_GPT2, false, false},
+        {"mpt", SGLLM__PRE_GPT2, false, false},         {"olmo", SGLLM__PRE_GPT2, false, false},
+        {"smollm", SGLLM__PRE_SMOLLM, false, false},    {"starcoder", SGLLM__PRE_SMOLLM, false, false},
+        {"refact", SGLLM__PRE_SMOLLM, false, false},    {"command-r", SGLLM__PRE_SMOLLM, false, false},
+        {"codeshell", SGLLM__PRE_SMOLLM, false, false}, {"llama-bpe", SGLLM__PRE_LLAMA3, true, true},
+        {"llama3", SGLLM__PRE_LLAMA3, true, true},      {"llama-v3", SGLLM__PRE_LLAMA3, true, true},
+        {"falcon3", SGLLM__PRE_LLAMA3, true, true},     {"pixtral", SGLLM__PRE_LLAMA3, true, true},
+        {"dbrx", SGLLM__PRE_LLAMA3, false, false},      {"smaug-bpe", SGLLM__PRE_LLAMA3, false, false},
+        {"qwen2", SGLLM__PRE_QWEN2, false, false},      {"deepseek-r1-qwen", SGLLM__PRE_QWEN2, false, false},
+        {"stablelm2", SGLLM__PRE_QWEN2, false, false},  {"megrez", SGLLM__PRE_QWEN2, false, false},
+    };
+    for (size_t i = 0; i < sizeof pres / sizeof pres[0]; i++)
+        if (sgllm__str_eq(name, pres[i].name)) {
+            v->pre = pres[i].pre;
+            v->ignore_merges = pres[i].ignore_merges;
+            v->add_bos = pres[i].add_bos;
+            return true;
+        }
+    return false;
+}
+
+// Hex value of a "<0xXX>" byte token (0 for a malformed one, as strtol would give garbage).
+static uint8_t sgllm__vocab_byte_of(sgllm__str t) {
+    uint8_t b = 0;
+    for (uint64_t i = 3; i < 5 && i < t.len; i++) {
+        char c = t.ptr[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) break;
+        b = (uint8_t)(b * 16 + d);
+    }
+    return b;
+}
+
+// Writes the bytes token id stands for into out (NULL: only count); returns the count.
+static size_t sgllm__vocab_decode_token(const sgllm__vocab *v, int32_t id, char *out) {
+    sgllm__str t = v->text[id];
+    uint8_t a = v->attr[id];
+    if (a & (SGLLM__ATTR_CONTROL | SGLLM__ATTR_UNKNOWN | SGLLM__ATTR_USER)) {
+        if (out) memcpy(out, t.ptr, t.len);
+        return (size_t)t.len;
+    }
+    if (a & SGLLM__ATTR_NORMAL) {
+        size_t n = 0;
+        if (v->kind == SGLLM__VOCAB_SPM) { // U+2581 (e2 96 81) stands for a space
+            for (uint64_t i = 0; i < t.len; i++) {
+                if (i + 2 < t.len && (uint8_t)t.ptr[i] == 0xe2 && (uint8_t)t.ptr[i + 1] == 0x96 &&
+                    (uint8_t)t.ptr[i + 2] == 0x81) {
+                    if (out) out[n] = ' ';
+                    n++;
+                    i += 2;
+                } else {
+                    if (out) out[n] = t.ptr[i];
+                    n++;
+                }
+            }
+            return n;
+        }
+        // BPE: every code point maps back to the byte it encodes; one outside the map (a
+        // malformed vocabulary) keeps its UTF-8 bytes
+        for (size_t i = 0; i < t.len;) {
+            size_t start = i;
+            uint32_t cp = sgllm__utf8_decode((const uint8_t *)t.ptr, (size_t)t.len, &i);
+            int byte = -1;
+            if (cp < 0x144)
+                for (int b = 0; b < 256; b++)
+                    if (v->byte_cp[b] == cp) {
+                        byte = b;
+                        break;
+                    }
+            if (byte >= 0) {
+                if (out) out[n] = (char)byte;
+                n++;
+            } else {
+                if (out) memcpy(out + n, t.ptr + start, i - start);
+                n += i - start;
+            }
+        }
+        return n;
+    }
+    if (a & SGLLM__ATTR_BYTE) {
+        if (out) out[0] = (char)sgllm__vocab_byte_of(t);
+        return 1;
+    }
+    return 0; // unused and undefined tokens stand for nothing
+}
+
+static int sgllm__vocab_len_cmp(const void *pa, const void *pb) { // descending
+    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
+    return a > b ? -1 : a < b;
+}
+
+// Optional token id key: absent keeps *id; out of range keeps it too (llama.cpp warns).
+static void sgllm__vocab_read_id(const sgllm__gguf *g, const char *key, int32_t n_tokens, int32_t *id) {
+    int64_t x;
+    if (sgllm__gguf_int(g, key, &x) && x >= 0 && x < n_tokens) *id = (int32_t)x;
+}
+
+static const sgllm__gguf_kv *sgllm__vocab_array(const sgllm__gguf *g, const char *key, uint32_t type) {
+    const sgllm__gguf_kv *kv = sgllm__gguf_find(g, key);
+    return kv && kv->type == SGLLM__GGUF_ARRAY && kv->arr_type == type ? kv : NULL;
+}
+
+static bool sgllm__vocab_is_special_text(const sgllm__vocab *v, int32_t id) {
+    return v->text[id].len > 0 && (v->attr[id] & (SGLLM__ATTR_CONTROL | SGLLM__ATTR_USER | SGLLM__ATTR_UNKNOWN));
+}
+
+// llama.cpp recognizes some special tokens by their text: end-of-turn, fill-in-the-middle and
+// end-of-generation markers. Found tokens become control tokens.
+static void sgllm__vocab_by_text(sgllm__vocab *v, const sgllm__gguf *g) {
+    static const char *const eot[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+                                      "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]",
+                                      "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+                                      "<end_of_utterance>", NULL};
+    static const char *const eom[] = {"<|eom_id|>", NULL};
+    static const char *const fim_pre[] = {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>",
+                                          "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>", "<PRE>",
+                                          "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>", NULL};
+    static const char *const fim_suf[] = {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>",
+                                          "<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>", "<SUF>",
+                                          "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>", NULL};
+    static const char *const fim_mid[] = {"<|fim_middle|>", "<fim-middle>", "<fim_middle>",
+                                          "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>", "<MID>",
+                                          "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>", NULL};
+    static const char *const fim_pad[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", NULL};
+    static const char *const fim_rep[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", NULL};
+    static const char *const fim_sep[] = {"<|file_sep|>", NULL};
+    static const char *const eog[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>",
+                                      "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>",
+                                      "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>",
+                                      "<turn|>", "<|tool_response>",
+                                      "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", "[e~[",
+                                      NULL};
+    static const char *const keys[] = {"tokenizer.ggml.eom_token_id", "tokenizer.ggml.fim_pre_token_id",
+                                       "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id",
+                                       "tokenizer.ggml.fim_pad_token_id", "tokenizer.ggml.fim_rep_token_id",
+                                       "tokenizer.ggml.fim_sep_token_id"};
+    const char *const *lists[] = {eom, fim_pre, fim_suf, fim_mid, fim_pad, fim_rep, fim_sep};
+    int32_t ids[7];
+    int32_t n = v->n_tokens;
+    v->eot = -1;
+    sgllm__vocab_read_id(g, "tokenizer.ggml.eot_token_id", n, &v->eot);
+    if (v->eot < 0) // llama.cpp takes whichever its hash map yields first; the lowest id here
+        for (int32_t i = 0; i < n && v->eot < 0; i++)
+            if (sgllm__vocab_text_is(v, i, eot)) v->eot = i, v->attr[i] |= SGLLM__ATTR_CONTROL;
+    for (int k = 0; k < 7; k++) {
+        ids[k] = -1;
+        sgllm__vocab_read_id(g, keys[k], n, &ids[k]);
+        if (ids[k] < 0)
+            for (int32_t i = 0; i < n && ids[k] < 0; i++)
+                if (sgllm__vocab_text_is(v, i, lists[k])) ids[k] = i, v->attr[i] |= SGLLM__ATTR_CONTROL;
+    }
+    int32_t id_return = -1, id_call = -1, id_flush = -1, id_end = -1, id_tool = -1, id_s = -1;
+    for (int32_t i = 0; i < n; i++) {
+        if (sgllm__vocab_text_is(v, i, eog)) v->attr[i] |= SGLLM__ATTR_EOG | SGLLM__ATTR_CONTROL;
+        sgllm__str t = v->text[i];
+        // gpt-oss: these always render, as user-defined tokens
+        if (sgllm__str_eq(t, "<|channel|>") || sgllm__str_eq(t, "<|message|>") || sgllm__str_eq(t, "<|start|>") ||
+            sgllm__str_eq(t, "<|constrain|>"))
+            v->attr[i] = SGLLM__ATTR_USER;
+    }
+    static const int eog_ids[] = {0, 4, 5, 6}; // eom and fim pad/rep/sep end generation; fim pre/suf/mid do not
+    for (int k = 0; k < 4; k++)
+        if (ids[eog_ids[k]] >= 0) v->attr[ids[eog_ids[k]]] |= SGLLM__ATTR_EOG;
+    if (v->eos >= 0) v->attr[v->eos] |= SGLLM__ATTR_EOG;
+    if (v->eot >= 0) v->attr[v->eot] |= SGLLM__ATTR_EOG;
+    for (int32_t i = 0; i < n; i++) {
+        if (!(v->attr[i] & SGLLM__ATTR_EOG)) continue;
+        sgllm__str t = v->text[i];
+        if (sgllm__str_eq(t, "<|return|>")) id_return = i;
+        else if (sgllm__str_eq(t, "<|call|>") || sgllm__str_eq(t, "<|calls|>")) id_call = i;
+        else if (sgllm__str_eq(t, "<|flush|>")) id_flush = i;
+        else if (sgllm__str_eq(t, "<|end|>")) id_end = i;
+        else if (sgllm__str_eq(t, "<|tool_response>")) id_tool = i;
+        else if (sgllm__str_eq(t, "</s>")) id_s = i;
+    }
+    // llama.cpp's workarounds: in harmony-style vocabularies <|end|> separates messages, and
+    // in Gemma 4 </s> is ordinary text
+    if (id_end >= 0 && id_call >= 0 && (id_return >= 0 || id_flush >= 0)) v->attr[id_end] = SGLLM__ATTR_USER;
+    if (id_tool >= 0 && id_s >= 0) v->attr[id_s] = SGLLM__ATTR_NORMAL;
+}
+
+static sgllm_status sgllm__vocab_build(sgllm__vocab *v, const sgllm__gguf *g, sgllm__diag *d) {
+    int32_t n = v->n_tokens;
+    // text -> id
+    v->tok_next = (int32_t *)sgllm__malloc((size_t)n * sizeof(int32_t));
+    if (!v->tok_next) return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory building the vocabulary");
+    for (int32_t i = n - 1; i >= 0; i--) { // backwards so each chain starts at its lowest id
+        sgllm__str t = v->text[i];
+        v->tok_next[i] = -1;
+        if (t.len == 0) continue; // llama.cpp renames empty tokens; none can match text
+        uint64_t h = sgllm__hash_text(t.ptr, (size_t)t.len);
+        ptrdiff_t k = sgllm__hm_find(v->tok_map, h);
+        if (k >= 0) {
+            for (int32_t j = v->tok_map[k].value; j >= 0; j = v->tok_next[j])
+                if (v->text[j].len == t.len && !memcmp(v->text[j].ptr, t.ptr, t.len))
+                    return sgllm__fail(d, SGLLM_ERR_FORMAT, "duplicate token in vocabulary: '%.*s' has ids %d and %d",
+                                       (int)(t.len > 64 ? 64 : t.len), t.ptr, i, j);
+            v->tok_next[i] = v->tok_map[k].value;
+            v->tok_map[k].value = i;
+        } else {
+            sgllm__hm_put(&v->tok_map, h, i);
+        }
+    }
+    // merges: "first second", split at the first space after the first byte
+    if (v->kind == SGLLM__VOCAB_BPE) {
+        const sgllm__gguf_kv *kv = sgllm__vocab_array(g, "tokenizer.ggml.merges", SGLLM__GGUF_STRING);
+        if (!kv) return sgllm__fail(d, SGLLM_ERR_FORMAT, "BPE vocabulary without tokenizer.ggml.merges (an array of strings)");
+        if (kv->arr_n > INT32_MAX) return sgllm__fail(d, SGLLM_ERR_FORMAT, "too many merges (%llu)", (unsigned long long)kv->arr_n);
+        v->n_merges = (int32_t)kv->arr_n;
+        v->merge_a = (sgllm__str *)sgllm__calloc((size_t)v->n_merges + 1, sizeof(sgllm__str));
+        v->merge_b = (sgllm__str *)sgllm__calloc((size_t)v->n_merges + 1, sizeof(sgllm__str));
+        v->merge_next = (int32_t *)sgllm__malloc(((size_t)v->n_merges + 1) * sizeof(int32_t));
+        if (!v->merge_a || !v->merge_b || !v->merge_next)
+            return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory reading merges");
+        for (int32_t r = 0; r < v->n_merges; r++) {
+            sgllm__str m = kv->strs[r], a = {m.ptr, 0}, b = {m.ptr, 0};
+            for (uint64_t k = 1; k < m.len; k++)
+                if (m.ptr[k] == ' ') {
+                    a.len = k;
+                    b.ptr = m.ptr + k + 1;
+                    b.len = m.len - k - 1;
+                    break;
+                }
+            v->merge_a[r] = a;
+            v->merge_b[r] = b;
+            v->merge_next[r] = -1;
+            uint64_t h = sgllm__hash_pair(a.ptr, (size_t)a.len, b.ptr, (size_t)b.len);
+            ptrdiff_t k = sgllm__hm_find(v->merge_map, h);
+            if (k < 0) {
+                sgllm__hm_put(&v->merge_map, h, r);
+                continue;
+            }
+            bool dup = false; // a repeated rule keeps its first rank
+            int32_t last = -1;
+            for (int32_t j = v->merge_map[k].value; j >= 0; last = j, j = v->merge_next[j])
+                if (v->merge_a[j].len == a.len && v->merge_b[j].len == b.len && !memcmp(v->merge_a[j].ptr, a.ptr, a.len) &&
+                    !memcmp(v->merge_b[j].ptr, b.ptr, b.len))
+                    dup = true;
+            if (!dup) v->merge_next[last] = r;
+        }
+        for (int b = 0; b < 256; b++) v->byte_cp[b] = (uint16_t)sgllm__bpe_byte_cp((uint8_t)b);
+    }
+    sgllm__vocab_by_text(v, g);
+    // special tokens: first-byte/length filters and the distinct lengths, longest first
+    int64_t n_special = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (sgllm__vocab_is_special_text(v, i)) n_special++;
+    int64_t *lens = (int64_t *)sgllm__malloc((size_t)(n_special + 1) * sizeof(int64_t));
+    if (!lens) return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory building the vocabulary");
+    n_special = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (!sgllm__vocab_is_special_text(v, i)) continue;
+        sgllm__str t = v->text[i];
+        uint8_t b0 = (uint8_t)t.ptr[0];
+        v->special_lens[b0] |= 1ULL << (t.len >= 64 ? 63 : t.len - 1);
+        if (t.len >= 2) {
+            unsigned pair = (unsigned)b0 << 8 | (uint8_t)t.ptr[1];
+            v->special_pair[pair >> 6] |= 1ULL << (pair & 63);
+        }
+        lens[n_special++] = (int64_t)t.len;
+    }
+    qsort(lens, (size_t)n_special, sizeof(int64_t), sgllm__vocab_len_cmp);
+    v->n_tiers = 0;
+    for (int64_t i = 0; i < n_special; i++)
+        if (i == 0 || lens[i] != lens[i - 1]) lens[v->n_tiers++] = lens[i];
+    v->special_tiers = lens;
+    // pieces
+    v->piece_off = (int64_t *)sgllm__malloc(((size_t)n + 1) * sizeof(int64_t));
+    if (!v->piece_off) return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory building the vocabulary");
+    int64_t total = 0;
+    for (int32_t i = 0; i < n; i++) {
+        v->piece_off[i] = total;
+        total += (int64_t)sgllm__vocab_decode_token(v, i, NULL);
+    }
+    v->piece_off[n] = total;
+    v->pieces = (char *)sgllm__malloc((size_t)total);
+    if (!v->pieces) return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory building the vocabulary");
+    for (int32_t i = 0; i < n; i++) sgllm__vocab_decode_token(v, i, v->pieces + v->piece_off[i]);
+    return SGLLM_OK;
+}
+
+static sgllm_status sgllm__vocab_load(sgllm__vocab *v, const sgllm__gguf *g, sgllm__diag *d) {
+    memset(v, 0, sizeof *v);
+    sgllm__str model;
+    if (!sgllm__gguf_string(g, "tokenizer.ggml.model", &model))
+        return sgllm__fail(d, SGLLM_ERR_FORMAT, "missing tokenizer.ggml.model (the file has no tokenizer)");
+    if (sgllm__str_eq(model, "llama")) {
+        v->kind = SGLLM__VOCAB_SPM;
+        v->bos = 1, v->eos = 2, v->unk = 0, v->pad = -1;
+        v->add_bos = true;
+        v->add_space_prefix = true;
+    } else if (sgllm__str_eq(model, "gpt2")) {
+        v->kind = SGLLM__VOCAB_BPE;
+        v->bos = 11, v->eos = 11, v->unk = -1, v->pad = -1;
+        sgllm__str pre;
+        if (!sgllm__gguf_string(g, "tokenizer.ggml.pre", &pre))
+            return sgllm__fail(d, SGLLM_ERR_UNSUPPORTED, "BPE tokenizer without tokenizer.ggml.pre is not supported");
+        if (!sgllm__vocab_set_pre(v, pre))
+            return sgllm__fail(d, SGLLM_ERR_UNSUPPORTED,
+                               "BPE pre-tokenizer '%.*s' is not supported (sgllm knows gpt-2, smollm, llama-bpe, qwen2 and aliases)",
+                               (int)(pre.len > 64 ? 64 : pre.len), pre.ptr);
+    } else {
+        return sgllm__fail(d, SGLLM_ERR_UNSUPPORTED, "tokenizer model '%.*s' is not supported (sgllm knows 'llama' and 'gpt2')",
+                           (int)(model.len > 64 ? 64 : model.len), model.ptr);
+    }
+    const sgllm__gguf_kv *toks = sgllm__vocab_array(g, "tokenizer.ggml.tokens", SGLLM__GGUF_STRING);
+    if (!toks) return sgllm__fail(d, SGLLM_ERR_FORMAT, "missing tokenizer.ggml.tokens (an array of strings)");
+    if (toks->arr_n == 0 || toks->arr_n > INT32_MAX)
+        return sgllm__fail(d, SGLLM_ERR_FORMAT, "tokenizer.ggml.tokens has %llu entries", (unsigned long long)toks->arr_n);
+    int32_t n = (int32_t)toks->arr_n;
+    v->n_tokens = n;
+    v->text = (sgllm__str *)sgllm__malloc((size_t)n * sizeof(sgllm__str));
+    v->score = (float *)sgllm__calloc((size_t)n, sizeof(float));
+    v->attr = (uint8_t *)sgllm__malloc((size_t)n);
+    if (!v->text || !v->score || !v->attr) {
+        sgllm__vocab_free(v);
+        return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory reading %d tokens", n);
+    }
+    memcpy(v->text, toks->strs, (size_t)n * sizeof(sgllm__str));
+    const sgllm__gguf_kv *sc = sgllm__gguf_find(g, "tokenizer.ggml.scores");
+    if (sc) {
+        if (sc->type != SGLLM__GGUF_ARRAY || (sc->arr_type != SGLLM__GGUF_F32 && sc->arr_type != SGLLM__GGUF_I32) ||
+            sc->arr_n != (uint64_t)n) {
+            sgllm__vocab_free(v);
+            return sgllm__fail(d, SGLLM_ERR_FORMAT, "tokenizer.ggml.scores must be %d f32 or i32 values (has %llu)", n,
+                               (unsigned long long)(sc->type == SGLLM__GGUF_ARRAY ? sc->arr_n : 0));
+        }
+        for (int32_t i = 0; i < n; i++) {
+            if (sc->arr_type == SGLLM__GGUF_F32) {
+                memcpy(&v->score[i], sc->data + (size_t)i * 4, 4);
+            } else {
+                int32_t x;
+                memcpy(&x, sc->data + (size_t)i * 4, 4);
+                v->score[i] = (float)x;
+            }
+        }
+    }
+    const sgllm__gguf_kv *ty = sgllm__gguf_find(g, "tokenizer.ggml.token_type");
+    if (ty && (ty->type != SGLLM__GGUF_ARRAY || ty->arr_type != SGLLM__GGUF_I32 || ty->arr_n != (uint64_t)n)) {
+        sgllm__vocab_free(v);
+        return sgllm__fail(d, SGLLM_ERR_FORMAT, "tokenizer.ggml.token_type must be %d i32 values (has %llu)", n,
+                           (unsigned long long)(ty->type == SGLLM__GGUF_ARRAY ? ty->arr_n : 0));
+    }
+    for (int32_t i = 0; i < n; i++) {
+        // GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
+        static const uint8_t attr_of[7] = {0, SGLLM__ATTR_NORMAL, SGLLM__ATTR_UNKNOWN, SGLLM__ATTR_CONTROL,
+                                           SGLLM__ATTR_USER, SGLLM__ATTR_UNUSED, SGLLM__ATTR_BYTE};
+        int32_t t = 1;
+        if (ty) memcpy(&t, ty->data + (size_t)i * 4, 4);
+        v->attr[i] = t >= 0 && t < 7 ? attr_of[t] : 0;
+    }
+    // default ids must lie in the vocabulary; the GGUF keys override them
+    int32_t *ids[] = {&v->bos, &v->eos, &v->unk, &v->pad};
+    static const char *const id_keys[] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                                          "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id"};
+    for (int k = 0; k < 4; k++) {
+        if (*ids[k] >= n) *ids[k] = -1;
+        sgllm__vocab_read_id(g, id_keys[k], n, ids[k]);
+    }
+    int64_t flag;
+    if (sgllm__gguf_int(g, "tokenizer.ggml.add_bos_token", &flag)) v->add_bos = flag != 0;
+    if (sgllm__gguf_int(g, "tokenizer.ggml.add_eos_token", &flag)) v->add_eos = flag != 0;
+    if (sgllm__gguf_int(g, "tokenizer.ggml.add_space_prefix", &flag)) v->add_space_prefix = flag != 0;
+    if ((v->add_bos && v->bos < 0) || (v->add_eos && v->eos < 0)) {
+        sgllm__vocab_free(v);
+        return sgllm__fail(d, SGLLM_ERR_FORMAT, "the vocabulary asks for %s but has no valid %s token id",
+                           v->add_bos && v->bos < 0 ? "BOS" : "EOS", v->add_bos && v->bos < 0 ? "BOS" : "EOS");
+    }
+    sgllm_status s = sgllm__vocab_build(v, g, d);
+    if (s != SGLLM_OK) sgllm__vocab_free(v);
+    return s;
+}
+
+// Scratch memory of one sgllm__tokenize call, grown as needed.
+typedef struct sgllm__bigram {
+    double key;          // SPM: the merged token's score; BPE: minus the merge rank (higher wins)
+    int32_t left, right; // symbol indices
+    int64_t ln, rn;      // their byte lengths when queued: a change means the entry is stale
+} sgllm__bigram;
+
+typedef struct sgllm__tsym {
+    int64_t start, n; // bytes of the symbol in the text being merged; n == 0 once merged away
+    int32_t prev, next;
+} sgllm__tsym;
+
+typedef struct sgllm__tokw {
+    const sgllm__vocab *v;
+    int32_t *out;
+    int64_t cap, n_out;
+    bool oom;
+    uint8_t *buf;          // SPM: the escaped fragment; BPE: the byte-encoded word
+    size_t buf_cap;
+    sgllm__tsym *sym;
+    size_t sym_cap;
+    sgllm__bigram *heap;
+    size_t heap_cap, heap_n;
+    uint32_t *cps;         // BPE: code points of the fragment
+    uint8_t *cls;          // ... and their classes
+    int64_t *ends;         // ... and the word ends
+    size_t cps_cap, cls_cap, ends_cap;
+} sgllm__tokw;
+
+static void sgllm__tokw_push(sgllm__tokw *w, int32_t tok) {
+    if (w->n_out < w->cap) w->out[w->n_out] = tok;
+    w->n_out++;
+}
+
+// Grows *p (elements of size sz) to hold at least n; false on overflow or out of memory.
+static bool sgllm__tokw_grow(void **p, size_t *cap, size_t n, size_t sz) {
+    if (n <= *cap) return true;
+    size_t c = *cap ? *cap : 64;
+    while (c < n) {
+        if (c > SIZE_MAX / 2 / sz) return false;
+        c *= 2;
+    }
+    void *q = SGLLM_REALLOC(*p, c * sz);
+    if (!q) return false;
+    *p = q;
+    *cap = c;
+    return true;
+}
+
+static bool sgllm__bigram_before(const sgllm__bigram *a, const sgllm__bigram *b) {
+    return a->key > b->key || (a->key == b->key && a->left < b->left);
+}
+
+static bool sgllm__heap_push(sgllm__tokw *w, sgllm__bigram b) {
+    if (!sgllm__tokw_grow((void **)&w->heap, &w->heap_cap, w->heap_n + 1, sizeof b)) return false;
+    size_t i = w->heap_n++;
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!sgllm__bigram_before(&b, &w->heap[parent])) break;
+        w->heap[i] = w->heap[parent];
+        i = parent;
+    }
+    w->heap[i] = b;
+    return true;
+}
+
+static sgllm__bigram sgllm__heap_pop(sgllm__tokw *w) {
+    sgllm__bigram top = w->heap[0], last = w->heap[--w->heap_n];
+    size_t i = 0, n = w->heap_n;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && sgllm__bigram_before(&w->heap[c + 1], &w->heap[c])) c++;
+        if (!sgllm__bigram_before(&w->heap[c], &last)) break;
+        w->heap[i] = w->heap[c];
+        i = c;
+    }
+    if (n) w->heap[i] = last;
+    return top;
+}
+
+// Splits s[0..n) into UTF-8 characters (by lead byte) as a linked list of symbols.
+static int32_t sgllm__tokw_symbols(sgllm__tokw *w, const uint8_t *s, int64_t n) {
+    int32_t count = 0;
+    for (int64_t off = 0; off < n; count++) {
+        if (!sgllm__tokw_grow((void **)&w->sym, &w->sym_cap, (size_t)count + 1, sizeof(sgllm__tsym))) {
+            w->oom = true;
+            return 0;
+        }
+        int64_t len = (int64_t)sgllm__utf8_len(s[off]);
+        if (len > n - off) len = n - off;
+        w->sym[count] = (sgllm__tsym){off, len, count - 1, off + len == n ? -1 : count + 1};
+        off += len;
+    }
+    return count;
+}
+
+static void sgllm__spm_try_bigram(sgllm__tokw *w, const uint8_t *s, int32_t l, int32_t r) {
+    if (l < 0 || r < 0) return;
+    sgllm__tsym *a = &w->sym[l], *b = &w->sym[r];
+    int32_t id = sgllm__vocab_find(w->v, s + a->start, (size_t)(a->n + b->n));
+    if (id < 0) return;
+    if (!sgllm__heap_push(w, (sgllm__bigram){w->v->score[id], l, r, a->n, b->n})) w->oom = true;
+}
+
+// Emits the <0xXX> token of byte b, else a token whose text is that byte, else unk.
+static void sgllm__spm_byte(sgllm__tokw *w, uint8_t b) {
+    static const char hex[] = "0123456789ABCDEF";
+    char t[6] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
+    int32_t id = sgllm__vocab_find(w->v, t, 6);
+    if (id < 0) id = sgllm__vocab_find(w->v, &b, 1);
+    if (id < 0) id = w->v->unk;
+    if (id >= 0) sgllm__tokw_push(w, id);
+}
+
+// SPM on s[0..n) (spaces already escaped): merge the best-scoring adjacent pair whose
+// concatenation is a token until none is left; leftover characters become byte tokens.
+static void sgllm__spm_fragment(sgllm__tokw *w, const uint8_t *s, int64_t n) {
+    int32_t count = sgllm__tokw_symbols(w, s, n);
+    if (count == 0) return;
+    w->heap_n = 0;
+    for (int32_t i = 1; i < count && !w->oom; i++) sgllm__spm_try_bigram(w, s, i - 1, i);
+    while (w->heap_n && !w->oom) {
+        sgllm__bigram bg = sgllm__heap_pop(w);
+        sgllm__tsym *a = &w->sym[bg.left], *b = &w->sym[bg.right];
+        if (a->n == 0 || b->n == 0 || a->n + b->n != bg.ln + bg.rn) continue;
+        a->n += b->n;
+        b->n = 0;
+        a->next = b->next;
+        if (b->next >= 0) w->sym[b->next].prev = bg.left;
+        sgllm__spm_try_bigram(w, s, a->prev, bg.left);
+        sgllm__spm_try_bigram(w, s, bg.left, a->next);
+    }
+    if (w->oom) return;
+    // A merged symbol is always a token; a symbol that is not one was never merged, so
+    // llama.cpp's re-segmentation through recorded merges never applies: bytes it is.
+    for (int32_t i = 0; i != -1; i = w->sym[i].next) {
+        sgllm__tsym *y = &w->sym[i];
+        int32_t id = sgllm__vocab_find(w->v, s + y->start, (size_t)y->n);
+        if (id >= 0) {
+            sgllm__tokw_push(w, id);
+        } else {
+            for (int64_t k = 0; k < y->n; k++) sgllm__spm_byte(w, s[y->start + k]);
+        }
+    }
+}
+
+static void sgllm__bpe_try_bigram(sgllm__tokw *w, const uint8_t *s, int32_t l, int32_t r) {
+    if (l < 0 || r < 0) return;
+    sgllm__tsym *a = &w->sym[l], *b = &w->sym[r];
+    int32_t rank = sgllm__vocab_merge_rank(w->v, s + a->start, (size_t)a->n, s + b->start, (size_t)b->n);
+    if (rank < 0) return;
+    if (!sgllm__heap_push(w, (sgllm__bigram){-(double)rank, l, r, a->n, b->n})) w->oom = true;
+}
+
+// BPE on one byte-encoded word s[0..n): apply the lowest-ranked merge first, leftmost on ties.
+static void sgllm__bpe_word(sgllm__tokw *w, const uint8_t *s, int64_t n) {
+    if (w->v->ignore_merges) {
+        int32_t id = sgllm__vocab_find(w->v, s, (size_t)n);
+        if (id >= 0) {
+            sgllm__tokw_push(w, id);
+            return;
+        }
+    }
+    int32_t count = sgllm__tokw_symbols(w, s, n);
+    if (count == 0) return;
+    w->heap_n = 0;
+    for (int32_t i = 1; i < count && !w->oom; i++) sgllm__bpe_try_bigram(w, s, i - 1, i);
+    while (w->heap_n && !w->oom) {
+        sgllm__bigram bg = sgllm__heap_pop(w);
+        sgllm__tsym *a = &w->sym[bg.left], *b = &w->sym[bg.right];
+        // sizes only grow, so equal sizes mean the pair's text is unchanged
+        if (a->n == 0 || b->n == 0 || a->n != bg.ln || b->n != bg.rn) continue;
+        a->n += b->n;
+        b->n = 0;
+        a->next = b->next;
+        if (b->next >= 0) w->sym[b->next].prev = bg.left;
+        sgllm__bpe_try_bigram(w, s, a->prev, bg.left);
+        sgllm__bpe_try_bigram(w, s, bg.left, a->next);
+    }
+    if (w->oom) return;
+    for (int32_t i = 0; i != -1; i = w->sym[i].next) {
+        sgllm__tsym *y = &w->sym[i];
+        int32_t id = sgllm__vocab_find(w->v, s + y->start, (size_t)y->n);
+        if (id >= 0) {
+            sgllm__tokw_push(w, id);
+            continue;
+        }
+        for (int64_t k = 0; k < y->n; k++) { // llama.cpp looks each byte up alone and skips misses
+            id = sgllm__vocab_find(w->v, s + y->start + k, 1);
+            if (id >= 0) sgllm__tokw_push(w, id);
+        }
+    }
+}
+
+// Class of code point pos, or NONE outside [a, b) (the regexes never look past their chunk).
+static int sgllm__pre_cls(const sgllm__tokw *w, int64_t pos, int64_t a, int64_t b) {
+    return pos >= a && pos < b ? w->cls[pos] : SGLLM__UNI_NONE;
+}
+
+static bool sgllm__pre_is_nl(const sgllm__tokw *w, int64_t pos, int64_t b) {
+    return pos < b && (w->cps[pos] == '\r' || w->cps[pos] == '\n');
+}
+
+// GPT-2: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ on code
+// points [a, b), appending word ends to w->ends[*ne].
+static void sgllm__pre_gpt2(sgllm__tokw *w, int64_t a, int64_t b, int64_t *ne) {
+    int64_t pos = a;
+    while (pos < b) {
+        uint32_t cp = w->cps[pos];
+        if (cp == '\'' && pos + 1 < b) {
+            uint32_t c1 = w->cps[pos + 1], c2 = pos + 2 < b ? w->cps[pos + 2] : 0;
+            if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
+                pos += 2;
+                w->ends[(*ne)++] = pos;
+                continue;
+            }
+            if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) {
+                pos += 3;
+                w->ends[(*ne)++] = pos;
+                continue;
+            }
+        }
+        int c = cp == ' ' ? sgllm__pre_cls(w, pos + 1, a, b) : w->cls[pos];
+        if (c == SGLLM__UNI_LETTER || c == SGLLM__UNI_NUMBER || c == SGLLM__UNI_OTHER) {
+            pos += cp == ' ';
+            while (sgllm__pre_cls(w, pos, a, b) == c) pos++;
+            w->ends[(*ne)++] = pos;
+            continue;
+        }
+        int64_t k = 0;
+        while (sgllm__pre_cls(w, pos + k, a, b) == SGLLM__UNI_SPACE) k++;
+        if (k > 1 && pos + k < b) pos += k - 1; // \s+(?!\S): leave the last space to the next word
+        else if (k > 0) pos += k;
+        else pos++;
+        w->ends[(*ne)++] = pos;
+    }
+}
+
+// Llama 3 (max_digits 3) and Qwen2 (1):
+// (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max}| ?[^\s\p{L}\p{N}]+[\r\n]*|
+// \s*[\r\n]+|\s+(?!\S)|\s+
+static void sgllm__pre_llama3(sgllm__tokw *w, int64_t a, int64_t b, int64_t max_digits, int64_t *ne) {
+    int64_t pos = a;
+    while (pos < b) {
+        uint32_t cp = w->cps[pos];
+        int c = w->cls[pos];
+        if (cp == '\'' && pos + 1 < b) {
+            uint32_t c1 = w->cps[pos + 1] | 0x20, c2 = pos + 2 < b ? w->cps[pos + 2] | 0x20 : 0;
+            if (w->cps[pos + 1] < 128 && (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd')) {
+                pos += 2;
+                w->ends[(*ne)++] = pos;
+                continue;
+            }
+            if (w->cps[pos + 1] < 128 && pos + 2 < b && w->cps[pos + 2] < 128 &&
+                ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l'))) {
+                pos += 3;
+                w->ends[(*ne)++] = pos;
+                continue;
+            }
+        }
+        if (!(cp == '\r' || cp == '\n' || c == SGLLM__UNI_NUMBER) &&
+            (c == SGLLM__UNI_LETTER || sgllm__pre_cls(w, pos + 1, a, b) == SGLLM__UNI_LETTER)) {
+            pos++;
+            while (sgllm__pre_cls(w, pos, a, b) == SGLLM__UNI_LETTER) pos++;
+            w->ends[(*ne)++] = pos;
+            continue;
+        }
+        if (c == SGLLM__UNI_NUMBER) {
+            int64_t start = pos;
+            while (sgllm__pre_cls(w, pos, a, b) == SGLLM__UNI_NUMBER && pos - start < max_digits) pos++;
+            w->ends[(*ne)++] = pos;
+            continue;
+        }
+        int c2 = cp == ' ' ? sgllm__pre_cls(w, pos + 1, a, b) : c;
+        if (c2 == SGLLM__UNI_OTHER || c2 == SGLLM__UNI_NONE) {
+            pos += cp == ' ';
+            while (sgllm__pre_cls(w, pos, a, b) == SGLLM__UNI_OTHER) pos++;
+            while (sgllm__pre_is_nl(w, pos, b)) pos++;
+            w->ends[(*ne)++] = pos;
+            continue;
+        }
+        int64_t k = 0, last_nl = -1;
+        while (sgllm__pre_cls(w, pos + k, a, b) == SGLLM__UNI_SPACE) {
+            if (w->cps[pos + k] == '\r' || w->cps[pos + k] == '\n') last_nl = pos + k + 1;
+            k++;
+        }
+        if (last_nl >= 0) pos = last_nl; // \s*[\r\n]+
+        else if (k > 1 && pos + k < b) pos += k - 1;
+        else if (k > 0) pos += k;
+        else pos++;
+        w->ends[(*ne)++] = pos;
+    }
+}
+
+// BPE on one raw text fragment: code points, words, byte-level encoding, merges.
+static void sgllm__bpe_fragment(sgllm__tokw *w, const uint8_t *s, int64_t n) {
+    // at most n code points and n words
+    if (!sgllm__tokw_grow((void **)&w->cps, &w->cps_cap, (size_t)n, sizeof(uint32_t)) ||
+        !sgllm__tokw_grow((void **)&w->cls, &w->cls_cap, (size_t)n, 1) ||
+        !sgllm__tokw_grow((void **)&w->ends, &w->ends_cap, (size_t)n, sizeof(int64_t))) {
+        w->oom = true;
+        return;
+    }
+    int64_t m = 0;
+    for (size_t i = 0; i < (size_t)n; m++) {
+        w->cps[m] = sgllm__utf8_decode(s, (size_t)n, &i);
+        w->cls[m] = (uint8_t)sgllm__uni_class(w->cps[m]);
+    }
+    int64_t ne = 0;
+    switch (w->v->pre) {
+    case SGLLM__PRE_GPT2: sgllm__pre_gpt2(w, 0, m, &ne); break;
+    case SGLLM__PRE_SMOLLM: // every number code point alone, then GPT-2 on the runs between
+        for (int64_t a = 0; a < m;) {
+            int64_t b = a + 1;
+            if (w->cls[a] != SGLLM__UNI_NUMBER)
+                while (b < m && w->cls[b] != SGLLM__UNI_NUMBER) b++;
+            if (w->cls[a] == SGLLM__UNI_NUMBER) w->ends[ne++] = b;
+            else sgllm__pre_gpt2(w, a, b, &ne);
+            a = b;
+        }
+        break;
+    case SGLLM__PRE_LLAMA3: sgllm__pre_llama3(w, 0, m, 3, &ne); break;
+    default: sgllm__pre_llama3(w, 0, m, 1, &ne); break;
+    }
+    int64_t start = 0;
+    for (int64_t k = 0; k < ne && !w->oom; k++) {
+        // canonical UTF-8 of the word (invalid bytes became U+FFFD), each byte as its code point
+        size_t len = 0;
+        if (!sgllm__tokw_grow((void **)&w->buf, &w->buf_cap, (size_t)(w->ends[k] - start) * 8, 1)) {
+            w->oom = true;
+            return;
+        }
+        for (int64_t p = start; p < w->ends[k]; p++) {
+            uint8_t u[4];
+            size_t ul = sgllm__utf8_encode(w->cps[p], u);
+            for (size_t q = 0; q < ul; q++) len += sgllm__utf8_encode(w->v->byte_cp[u[q]], w->buf + len);
+        }
+        start = w->ends[k];
+        sgllm__bpe_word(w, w->buf, (int64_t)len);
+    }
+}
+
+typedef struct sgllm__tmatch {
+    int64_t pos;
+    int32_t id;
+} sgllm__tmatch;
+
+static int sgllm__tmatch_cmp(const void *pa, const void *pb) { // by id, then position
+    const sgllm__tmatch *a = (const sgllm__tmatch *)pa, *b = (const sgllm__tmatch *)pb;
+    if (a->id != b->id) return a->id < b->id ? -1 : 1;
+    return a->pos < b->pos ? -1 : a->pos > b->pos;
+}
+
+static int sgllm__tmatch_pos_cmp(const void *pa, const void *pb) {
+    const sgllm__tmatch *a = (const sgllm__tmatch *)pa, *b = (const sgllm__tmatch *)pb;
+    return a->pos < b->pos ? -1 : a->pos > b->pos;
+}
+
+// Cuts text at special tokens as llama.cpp does: each special token, longest first, claims its
+// leftmost non-overlapping occurrences inside the still unclaimed text. Tiers are processed by
+// decreasing length, so a candidate span overlaps an earlier claim exactly when one of its two
+// end bytes is claimed. Returns the matches sorted by position in *out (count in *n_out).
+static bool sgllm__tok_partition(const sgllm__vocab *v, const uint8_t *s, int64_t n, bool parse_special,
+                                 sgllm__tmatch **out, int64_t *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    if (v->n_tiers == 0 || n == 0) return true;
+    uint8_t *claimed = (uint8_t *)sgllm__calloc((size_t)n, 1);
+    sgllm__tmatch *cand = (sgllm__tmatch *)sgllm__malloc((size_t)n * sizeof *cand);
+    sgllm__tmatch *acc = (sgllm__tmatch *)sgllm__malloc((size_t)n * sizeof *acc);
+    if (!claimed || !cand || !acc) {
+        sgllm__free(claimed);
+        sgllm__free(cand);
+        sgllm__free(acc);
+        return false;
+    }
+    int64_t n_acc = 0;
+    for (int32_t t = 0; t < v->n_tiers; t++) {
+        int64_t len = v->special_tiers[t], n_cand = 0;
+        uint64_t bit = 1ULL << (len >= 64 ? 63 : len - 1);
+        for (int64_t p = 0; p + len <= n; p++) {
+            if (!(v->special_lens[s[p]] & bit) || claimed[p] || claimed[p + len - 1]) continue;
+            if (len >= 2) {
+                unsigned pair = (unsigned)s[p] << 8 | s[p + 1];
+                if (!(v->special_pair[pair >> 6] >> (pair & 63) & 1)) continue;
+            }
+            int32_t id = sgllm__vocab_find(v, s + p, (size_t)len);
+            if (id < 0 || !sgllm__vocab_is_special_text(v, id)) continue;
+            if (!parse_special && (v->attr[id] & (SGLLM__ATTR_CONTROL | SGLLM__ATTR_UNKNOWN))) continue;
+            cand[n_cand++] = (sgllm__tmatch){p, id};
+        }
+        qsort(cand, (size_t)n_cand, sizeof *cand, sgllm__tmatch_cmp);
+        for (int64_t c = 0; c < n_cand; c++) {
+            int64_t p = cand[c].pos;
+            if (claimed[p] || claimed[p + len - 1]) continue;
+            memset(claimed + p, 1, (size_t)len);
+            acc[n_acc++] = cand[c];
+        }
+    }
+    sgllm__free(claimed);
+    sgllm__free(cand);
+    qsort(acc, (size_t)n_acc, sizeof *acc, sgllm__tmatch_pos_cmp);
+    *out = acc;
+    *n_out = n_acc;
+    return true;
+}
+
+static void sgllm__tok_raw(sgllm__tokw *w, const uint8_t *s, int64_t n, bool prefix_space) {
+    if (w->v->kind == SGLLM__VOCAB_BPE) {
+        sgllm__bpe_fragment(w, s, n);
+        return;
+    }
+    // SPM: optional leading space, then every space as U+2581
+    size_t need = ((size_t)n + 1) * 3;
+    if (!sgllm__tokw_grow((void **)&w->buf, &w->buf_cap, need, 1)) {
+        w->oom = true;
+        return;
+    }
+    size_t len = 0;
+    for (int64_t i = -(int64_t)prefix_space; i < n; i++) {
+        if (i < 0 || s[i] == ' ') {
+            w->buf[len++] = 0xe2, w->buf[len++] = 0x96, w->buf[len++] = 0x81;
+        } else {
+            w->buf[len++] = s[i];
+        }
+    }
+    sgllm__spm_fragment(w, w->buf, (int64_t)len);
+}
+
+static int64_t sgllm__tokenize(const sgllm__vocab *v, const char *text, size_t len, bool add_bos, bool parse_special,
+                               int32_t *out, int64_t cap) {
+    sgllm__tokw w;
+    memset(&w, 0, sizeof w);
+    w.v = v;
+    w.out = out;
+    w.cap = out ? cap : 0;
+    if (len > (size_t)INT64_MAX / 8) return -1;
+    const uint8_t *s = (const uint8_t *)text;
+    int64_t n = (int64_t)len;
+    if (add_bos && v->add_bos && v->bos >= 0) sgllm__tokw_push(&w, v->bos);
+    sgllm__tmatch *m;
+    int64_t n_m;
+    if (!sgllm__tok_partition(v, s, n, parse_special, &m, &n_m)) return -1;
+    bool prev_special = true; // SPM adds its space prefix at the start and after special tokens
+    int64_t pos = 0;
+    for (int64_t k = 0; k <= n_m && !w.oom; k++) {
+        int64_t end = k < n_m ? m[k].pos : n;
+        if (end > pos) {
+            sgllm__tok_raw(&w, s + pos, end - pos, v->add_space_prefix && prev_special);
+            prev_special = false;
+        }
+        if (k < n_m) {
+            sgllm__tokw_push(&w, m[k].id);
+            prev_special = true;
+            pos = m[k].pos + (int64_t)v->text[m[k].id].len;
+        }
+    }
+    if (add_bos && v->add_eos && v->eos >= 0) sgllm__tokw_push(&w, v->eos);
+    sgllm__free(m);
+    sgllm__free(w.buf);
+    sgllm__free(w.sym);
+    sgllm__free(w.heap);
+    sgllm__free(w.cps);
+    sgllm__free(w.cls);
+    sgllm__free(w.ends);
+    return w.oom ? -1 : w.n_out;
+}
+
 
 // --- 5. Chat templates ---------------------------------------------------------------------
+// sgllm runs no Jinja. It recognizes two template families by their markers and renders
+// them in C, byte for byte as the reference templates render them under jinja2 (checked
+// in tests/test_chat.c): Gemma (<start_of_turn>; also Gemma-architecture models that ship
+// no template) and ChatML (<|im_start|>). Data a template carries as a plain literal, the
+// system-prompt separator of Gemma and a default system prompt in ChatML, is read from it.
+// Anything else is SGLLM_ERR_NO_TEMPLATE rather than a guess.
+
+// Appends to a caller buffer; len counts every byte, written or not.
+typedef struct sgllm__chat_out {
+    char *buf;
+    size_t cap;
+    size_t len;
+    bool overflow; // the length no longer fits in size_t
+} sgllm__chat_out;
+
+static void sgllm__chat_put(sgllm__chat_out *o, const char *s, size_t n) {
+    if (n > SIZE_MAX - o->len) {
+        o->overflow = true;
+        return;
+    }
+    if (o->len < o->cap) memcpy(o->buf + o->len, s, n < o->cap - o->len ? n : o->cap - o->len);
+    o->len += n;
+}
+
+static void sgllm__chat_puts(sgllm__chat_out *o, const char *s) { sgllm__chat_put(o, s, strlen(s)); }
+
+// Decodes one UTF-8 code point from s (n bytes available); 0 bytes for an invalid sequence.
+static size_t sgllm__chat_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp) {
+    if (n == 0) return 0;
+    if (s[0] < 0x80) {
+        *cp = s[0];
+        return 1;
+    }
+    size_t len = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc0 ? 2 : 0;
+    if (len == 0 || len > n || s[0] > 0xf4) return 0;
+    uint32_t c = s[0] & (0x7f >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        c = (c << 6) | (s[i] & 0x3f);
+    }
+    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (c < min_cp[len] || c > 0x10ffff || (c >= 0xd800 && c < 0xe000)) return 0;
+    *cp = c;
+    return len;
+}
+
+// Python's str.isspace(), which Jinja's trim filter (str.strip) uses.
+static bool sgllm__is_py_space(uint32_t c) {
+    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 ||
+           c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 ||
+           c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+// Jinja's `| trim` on UTF-8 text: *s and *n shrink past leading and trailing whitespace.
+// Invalid UTF-8 is never whitespace.
+static void sgllm__chat_trim(const char **s, size_t *n) {
+    const unsigned char *p = (const unsigned char *)*s;
+    size_t len = *n, k;
+    uint32_t c;
+    while ((k = sgllm__chat_utf8_decode(p, len, &c)) > 0 && sgllm__is_py_space(c)) {
+        p += k;
+        len -= k;
+    }
+    while (len > 0) {
+        size_t start = len - 1; // back up to the lead byte of the last character
+        while (start > 0 && len - start < 4 && (p[start] & 0xc0) == 0x80) start--;
+        k = sgllm__chat_utf8_decode(p + start, len - start, &c);
+        if (k != len - start || !sgllm__is_py_space(c)) break;
+        len = start;
+    }
+    *s = (const char *)p;
+    *n = len;
+}
+
+// Reads the Jinja string literal that starts at s (a quote) into out (cap bytes): true
+// when it is complete, fits and holds only escapes Jinja spells \n, \t, \\, \' or \".
+static bool sgllm__chat_literal(const char *s, char *out, size_t cap, size_t *len) {
+    const char q = *s++;
+    if (q != '\'' && q != '"') return false;
+    size_t n = 0;
+    for (; *s && *s != q; s++) {
+        char c = *s;
+        if (c == '\\') {
+            c = *++s;
+            if (c == 'n') c = '\n';
+            else if (c == 't') c = '\t';
+            else if (c != '\\' && c != '\'' && c != '"') return false;
+        }
+        if (n + 1 >= cap) return false;
+        out[n++] = c;
+    }
+    if (*s != q) return false;
+    out[n] = 0;
+    *len = n;
+    return true;
+}
+
+// Gemma joins a system message to the first user turn with the literal its template adds
+// to messages[0]['content'] ("\n\n" in Gemma 3's, which is also the default).
+static void sgllm__chat_gemma_separator(const char *tmpl, char *sep, size_t cap, size_t *len) {
+    static const char key[] = "messages[0]['content'] + ";
+    const char *at = tmpl ? strstr(tmpl, key) : NULL;
+    if (at && sgllm__chat_literal(at + sizeof key - 1, sep, cap, len)) return;
+    memcpy(sep, "\n\n", 3);
+    *len = 2;
+}
+
+// A ChatML template's default system prompt: the first `<|im_start|>system` turn written
+// entirely as a literal (SmolLM2's "You are a helpful AI assistant named SmolLM, ...").
+// Returns its length (0 when there is none) and the text in out.
+static size_t sgllm__chat_chatml_default_system(const char *tmpl, char *out, size_t cap) {
+    static const char open[] = "<|im_start|>system", close[] = "<|im_end|>";
+    for (const char *at = strstr(tmpl, open); at; at = strstr(at + 1, open)) {
+        const char *s = at + sizeof open - 1;
+        if (*s == '\n') s += 1;
+        else if (s[0] == '\\' && s[1] == 'n') s += 2;
+        else continue;
+        const char *end = strstr(s, close);
+        if (!end) return 0;
+        size_t n = 0;
+        bool literal = true;
+        for (const char *c = s; c < end && literal; c++) {
+            if (strchr("'\"{}+", *c) || n + 1 >= cap) literal = false;
+            else if (c[0] == '\\' && c + 1 < end && c[1] == 'n') out[n++] = '\n', c++;
+            else if (*c == '\\') literal = false;
+            else out[n++] = *c;
+        }
+        if (literal && n > 0) {
+            out[n] = 0;
+            return n;
+        }
+    }
+    return 0;
+}
+
+typedef enum { SGLLM__CHAT_SYSTEM, SGLLM__CHAT_USER, SGLLM__CHAT_ASSISTANT, SGLLM__CHAT_BAD } sgllm__chat_role;
+
+static sgllm__chat_role sgllm__chat_role_of(const sgllm_chat_message *m) {
+    if (!m->role || !m->content) return SGLLM__CHAT_BAD;
+    if (!strcmp(m->role, "system")) return SGLLM__CHAT_SYSTEM;
+    if (!strcmp(m->role, "user")) return SGLLM__CHAT_USER;
+    if (!strcmp(m->role, "assistant")) return SGLLM__CHAT_ASSISTANT;
+    return SGLLM__CHAT_BAD;
+}
+
+// Gemma 3: an optional leading system message becomes a prefix of the first turn; then
+// turns alternate user, assistant, user... (the template raises an error otherwise, so
+// this is SGLLM_ERR_INVALID_ARGUMENT); assistant turns are called "model"; contents are
+// trimmed; the BOS the template writes first is left to the tokenizer.
+static sgllm_status sgllm__chat_gemma(const char *tmpl, const sgllm_chat_message *msgs, size_t n,
+                                      int add_assistant, sgllm__chat_out *o) {
+    char sep[32];
+    size_t sep_len;
+    sgllm__chat_gemma_separator(tmpl, sep, sizeof sep, &sep_len);
+    size_t first = n > 0 && sgllm__chat_role_of(&msgs[0]) == SGLLM__CHAT_SYSTEM ? 1 : 0;
+    for (size_t i = first; i < n; i++) {
+        sgllm__chat_role want = (i - first) % 2 == 0 ? SGLLM__CHAT_USER : SGLLM__CHAT_ASSISTANT;
+        if (sgllm__chat_role_of(&msgs[i]) != want) return SGLLM_ERR_INVALID_ARGUMENT;
+        sgllm__chat_puts(o, want == SGLLM__CHAT_USER ? "<start_of_turn>user\n" : "<start_of_turn>model\n");
+        if (i == first && first == 1) {
+            sgllm__chat_puts(o, msgs[0].content);
+            sgllm__chat_put(o, sep, sep_len);
+        }
+        const char *c = msgs[i].content;
+        size_t c_len = strlen(c);
+        sgllm__chat_trim(&c, &c_len);
+        sgllm__chat_put(o, c, c_len);
+        sgllm__chat_puts(o, "<end_of_turn>\n");
+    }
+    if (add_assistant) sgllm__chat_puts(o, "<start_of_turn>model\n");
+    return SGLLM_OK;
+}
+
+// ChatML: every message as <|im_start|>role\ncontent<|im_end|>\n, untrimmed, preceded by
+// the template's default system prompt when the first message is not a system message.
+static sgllm_status sgllm__chat_chatml(const char *tmpl, const sgllm_chat_message *msgs, size_t n,
+                                       int add_assistant, sgllm__chat_out *o) {
+    char dflt[1024];
+    size_t dflt_len = sgllm__chat_chatml_default_system(tmpl, dflt, sizeof dflt);
+    if (n > 0 && dflt_len > 0 && sgllm__chat_role_of(&msgs[0]) != SGLLM__CHAT_SYSTEM) {
+        sgllm__chat_puts(o, "<|im_start|>system\n");
+        sgllm__chat_put(o, dflt, dflt_len);
+        sgllm__chat_puts(o, "<|im_end|>\n");
+    }
+    for (size_t i = 0; i < n; i++) {
+        sgllm__chat_puts(o, "<|im_start|>");
+        sgllm__chat_puts(o, msgs[i].role);
+        sgllm__chat_puts(o, "\n");
+        sgllm__chat_puts(o, msgs[i].content);
+        sgllm__chat_puts(o, "<|im_end|>\n");
+    }
+    if (add_assistant) sgllm__chat_puts(o, "<|im_start|>assistant\n");
+    return SGLLM_OK;
+}
+
+// tmpl: the model's tokenizer.chat_template (may be NULL); arch: general.architecture
+// (may be NULL). Writes min(length, cap) bytes of the prompt to buf and a NUL when there is
+// room; *len gets the full length (0 on errors other than SGLLM_ERR_BUFFER_TOO_SMALL).
+static sgllm_status sgllm__chat_render(const char *tmpl, const char *arch, const sgllm_chat_message *msgs,
+                                       size_t n, int add_assistant, char *buf, size_t cap, size_t *len) {
+    if (!len) return SGLLM_ERR_INVALID_ARGUMENT;
+    *len = 0;
+    if ((n > 0 && !msgs) || (cap > 0 && !buf)) return SGLLM_ERR_INVALID_ARGUMENT;
+    for (size_t i = 0; i < n; i++)
+        if (sgllm__chat_role_of(&msgs[i]) == SGLLM__CHAT_BAD) return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm__chat_out o = {buf, cap, 0, false};
+    sgllm_status st;
+    if (tmpl ? strstr(tmpl, "<start_of_turn>") != NULL : (arch && !strncmp(arch, "gemma", 5)))
+        st = sgllm__chat_gemma(tmpl, msgs, n, add_assistant, &o);
+    else if (tmpl && strstr(tmpl, "<|im_start|>"))
+        st = sgllm__chat_chatml(tmpl, msgs, n, add_assistant, &o);
+    else
+        return SGLLM_ERR_NO_TEMPLATE;
+    if (st != SGLLM_OK) return st;
+    if (o.overflow || o.len == SIZE_MAX) return SGLLM_ERR_OUT_OF_MEMORY;
+    *len = o.len;
+    if (o.len + 1 > cap) return SGLLM_ERR_BUFFER_TOO_SMALL;
+    buf[o.len] = 0;
+    return SGLLM_OK;
+}
 
 // --- 6. Sampler ----------------------------------------------------------------------------
+// Turns one row of logits into a token: penalties over a window of accepted tokens, then
+// top-k, temperature, top-p, min-p and a draw from the sampler's own xoshiro256** stream
+// (no global state: the same seed gives the same tokens). Nothing sorts the vocabulary:
+// top-k keeps a bounded heap during one scan; without top-k, tokens whose weight is below
+// e^-SGLLM__SAMPLER_CUT of the top token's are dropped first (for 262144 tokens they hold
+// under 2e-12 of the mass), and top-p pops a heap only as far as its kept prefix reaches.
+// Ties are broken by the lower token id everywhere, so results never depend on scan order.
+
+// Index of the largest value, the lowest index among ties; NaN loses to any number (all
+// NaN gives 0). -1 when n <= 0.
+static int32_t sgllm__argmax(const float *x, int64_t n) {
+    if (n <= 0) return -1;
+    int64_t best = 0;
+    while (best < n && isnan(x[best])) best++;
+    if (best == n) return 0;
+    float bv = x[best];
+    for (int64_t i = best + 1; i < n; i++)
+        if (x[i] > bv) {
+            bv = x[i];
+            best = i;
+        }
+    return (int32_t)best;
+}
+
+// xoshiro256** seeded through splitmix64 (which never leaves the state all zero).
+typedef struct sgllm__rng {
+    uint64_t s[4];
+} sgllm__rng;
+
+static void sgllm__rng_seed(sgllm__rng *r, uint64_t seed) {
+    for (int i = 0; i < 4; i++) {
+        uint64_t z = (seed += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        r->s[i] = z ^ (z >> 31);
+    }
+}
+
+static uint64_t sgllm__rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t sgllm__rng_next(sgllm__rng *r) {
+    uint64_t *s = r->s, out = sgllm__rotl64(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = sgllm__rotl64(s[3], 45);
+    return out;
+}
+
+static double sgllm__rng_uniform(sgllm__rng *r) { // [0, 1) with 53 random bits
+    return (double)(sgllm__rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+// Weights below e^-CUT of the top token's are never drawn when top-k is off.
+#define SGLLM__SAMPLER_CUT 40.0f
+
+typedef struct sgllm__cand {
+    int32_t id;
+    float logit; // after penalties, before temperature
+    float p;     // exp((logit - max) / temperature): 1 for the top token
+} sgllm__cand;
+
+struct sgllm_sampler {
+    sgllm_sampler_params params;
+    int32_t n_vocab;
+    sgllm__rng rng;
+    sgllm_token *window;       // (penalty_last_n) ring of accepted tokens
+    int32_t window_len;        // tokens in the ring
+    int32_t window_head;       // slot of the oldest token
+    int32_t *counts;           // (n_vocab) occurrences of each token in the ring
+    sgllm_token *pen_tokens;   // (penalty_last_n) scratch: distinct tokens of the ring
+    int32_t *pen_counts;       // (penalty_last_n) scratch: their counts
+    float *work;               // (n_vocab) logits after penalties
+    sgllm__cand *cand;         // (n_vocab) candidates
+};
+
+// Penalizes n distinct tokens (each once) that occurred counts[i] times in the window:
+// repeat divides a positive logit and multiplies a negative one, then frequency subtracts
+// counts[i] * frequency and presence subtracts presence. The CUDA backend mirrors this.
+static void sgllm__sampler_apply_penalties(float *logits, const sgllm_token *tokens,
+                                           const int32_t *counts, int64_t n, float repeat,
+                                           float frequency, float presence) {
+    for (int64_t i = 0; i < n; i++) {
+        float l = logits[tokens[i]];
+        l = l > 0 ? l / repeat : l * repeat;
+        logits[tokens[i]] = l - (float)counts[i] * frequency - presence;
+    }
+}
+
+static bool sgllm__sampler_has_penalties(const sgllm_sampler *s) {
+    const sgllm_sampler_params *p = &s->params;
+    return s->window_len > 0 &&
+           (p->repeat_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f);
+}
+
+// The logits the rest of the pipeline reads: the caller's row, or a penalized copy in work.
+static const float *sgllm__sampler_penalized(sgllm_sampler *s, const float *logits) {
+    if (!sgllm__sampler_has_penalties(s)) return logits;
+    int32_t cap = s->params.penalty_last_n, n = 0;
+    // Collect each token once: a listed token's count is negated until the list is done.
+    for (int32_t i = 0; i < s->window_len; i++) {
+        sgllm_token t = s->window[(s->window_head + i) % cap];
+        if (s->counts[t] > 0) {
+            s->pen_tokens[n] = t;
+            s->pen_counts[n++] = s->counts[t];
+            s->counts[t] = -s->counts[t];
+        }
+    }
+    for (int32_t i = 0; i < n; i++) s->counts[s->pen_tokens[i]] = s->pen_counts[i];
+    memcpy(s->work, logits, (size_t)s->n_vocab * sizeof(float));
+    sgllm__sampler_apply_penalties(s->work, s->pen_tokens, s->pen_counts, n, s->params.repeat_penalty,
+                                   s->params.frequency_penalty, s->params.presence_penalty);
+    return s->work;
+}
+
+// Heap order: a is above b when it comes first (first_on_top) or last in the ranking
+// (higher logit first, then lower id).
+static bool sgllm__cand_above(const sgllm__cand *a, const sgllm__cand *b, bool first_on_top) {
+    bool a_first = a->logit > b->logit || (a->logit == b->logit && a->id < b->id);
+    return first_on_top ? a_first : !a_first;
+}
+
+static void sgllm__cand_sift_down(sgllm__cand *h, int64_t n, int64_t i, bool first_on_top) {
+    for (;;) {
+        int64_t l = 2 * i + 1, r = l + 1, top = i;
+        if (l < n && sgllm__cand_above(&h[l], &h[top], first_on_top)) top = l;
+        if (r < n && sgllm__cand_above(&h[r], &h[top], first_on_top)) top = r;
+        if (top == i) return;
+        sgllm__cand t = h[i];
+        h[i] = h[top];
+        h[top] = t;
+        i = top;
+    }
+}
+
+static void sgllm__cand_sift_up(sgllm__cand *h, int64_t i, bool first_on_top) {
+    while (i > 0) {
+        int64_t parent = (i - 1) / 2;
+        if (!sgllm__cand_above(&h[i], &h[parent], first_on_top)) return;
+        sgllm__cand t = h[i];
+        h[i] = h[parent];
+        h[parent] = t;
+        i = parent;
+    }
+}
+
+// The k best tokens of x (n), in heap order. NaN logits are never candidates.
+static int64_t sgllm__sampler_top_k(const float *x, int64_t n, int64_t k, sgllm__cand *out) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        if (isnan(v)) continue;
+        if (m < k) {
+            out[m] = (sgllm__cand){(int32_t)i, v, 0};
+            sgllm__cand_sift_up(out, m++, false);
+        } else if (v > out[0].logit) { // equal logits lose: a later scan index has a higher id
+            out[0] = (sgllm__cand){(int32_t)i, v, 0};
+            sgllm__cand_sift_down(out, m, 0, false);
+        }
+    }
+    return m;
+}
+
+// The tokens a draw chooses from, after every filter, with their weights. *out points into
+// the sampler's candidate buffer. 0 when no logit is a finite number or +inf.
+static int64_t sgllm__sampler_candidates(sgllm_sampler *s, const float *logits,
+                                         const sgllm__cand **out) {
+    const sgllm_sampler_params *p = &s->params;
+    const float *x = sgllm__sampler_penalized(s, logits);
+    const float temp = p->temperature;
+    int64_t n = 0;
+    float max;
+    if (p->top_k > 0 && p->top_k < s->n_vocab) {
+        n = sgllm__sampler_top_k(x, s->n_vocab, p->top_k, s->cand);
+        max = -INFINITY;
+        for (int64_t i = 0; i < n; i++) max = fmaxf(max, s->cand[i].logit);
+    } else {
+        max = x[sgllm__argmax(x, s->n_vocab)];
+        // Without top-p no mass total is needed, so min-p can cut first, a little loosely:
+        // its exact test on the weights below decides.
+        float depth = SGLLM__SAMPLER_CUT;
+        if (p->top_p >= 1 && p->min_p > 0) depth = fminf(depth, 0.01f - logf(fminf(p->min_p, 1)));
+        const float cut = max - depth * temp;
+        for (int64_t i = 0; i < s->n_vocab; i++)
+            if (x[i] >= cut) s->cand[n++] = (sgllm__cand){(int32_t)i, x[i], 0};
+    }
+    *out = s->cand;
+    if (n == 0 || !(max > -INFINITY)) return 0;
+
+    double total = 0; // over every candidate: top-p's fraction is of this mass
+    for (int64_t i = 0; i < n; i++) {
+        sgllm__cand *c = &s->cand[i];
+        c->p = c->logit >= max ? 1.0f : expf((c->logit - max) / temp);
+        total += c->p;
+    }
+    if (p->min_p > 0) { // the top token always stays: its weight is exactly 1
+        const float thr = p->min_p < 1 ? p->min_p : 1;
+        int64_t kept = 0;
+        for (int64_t i = 0; i < n; i++)
+            if (s->cand[i].p >= thr) s->cand[kept++] = s->cand[i];
+        n = kept;
+    }
+    if (p->top_p < 1) {
+        // Heap-sort from the top only until the prefix holds top_p of the mass; the popped
+        // tokens collect at the end of the array, best last.
+        for (int64_t i = n / 2 - 1; i >= 0; i--) sgllm__cand_sift_down(s->cand, n, i, true);
+        const double goal = (double)p->top_p * total;
+        double cum = 0;
+        int64_t heap = n;
+        while (heap > 0) {
+            sgllm__cand top = s->cand[0];
+            s->cand[0] = s->cand[--heap];
+            s->cand[heap] = top;
+            sgllm__cand_sift_down(s->cand, heap, 0, true);
+            cum += top.p;
+            if (cum >= goal) break;
+        }
+        *out = s->cand + heap;
+        n -= heap;
+    }
+    return n;
+}
+
+static sgllm_token sgllm__sampler_draw(sgllm__rng *rng, const sgllm__cand *c, int64_t n) {
+    double total = 0;
+    for (int64_t i = 0; i < n; i++) total += c[i].p;
+    const double u = sgllm__rng_uniform(rng) * total;
+    double cum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        cum += c[i].p;
+        if (u < cum) return c[i].id;
+    }
+    return c[n - 1].id; // u within rounding of the total
+}
+
+void sgllm_sampler_default_params(sgllm_sampler_params *params) {
+    if (!params) return;
+    memset(params, 0, sizeof *params);
+    params->struct_size = sizeof *params;
+    params->temperature = 0.8f;
+    params->top_k = 40;
+    params->top_p = 0.95f;
+    params->min_p = 0.05f;
+    params->repeat_penalty = 1.0f;
+    params->frequency_penalty = 0.0f;
+    params->presence_penalty = 0.0f;
+    params->penalty_last_n = 64;
+    params->seed = 0x5eed;
+}
+
+void sgllm_sampler_free(sgllm_sampler *s) {
+    if (!s) return;
+    sgllm__free(s->window);
+    sgllm__free(s->counts);
+    sgllm__free(s->pen_tokens);
+    sgllm__free(s->pen_counts);
+    sgllm__free(s->work);
+    sgllm__free(s->cand);
+    sgllm__free(s);
+}
+
+sgllm_status sgllm_sampler_init(const sgllm_sampler_params *params, int32_t n_vocab, sgllm_sampler **out) {
+    if (!out) return SGLLM_ERR_INVALID_ARGUMENT;
+    *out = NULL;
+    if (!params || params->struct_size < sizeof *params || n_vocab <= 0) return SGLLM_ERR_INVALID_ARGUMENT;
+    const sgllm_sampler_params *p = params;
+    if (!isfinite(p->temperature) || isnan(p->top_p) || isnan(p->min_p) || !isfinite(p->repeat_penalty) ||
+        p->repeat_penalty <= 0 || !isfinite(p->frequency_penalty) || !isfinite(p->presence_penalty) ||
+        p->penalty_last_n < 0)
+        return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm_sampler *s = (sgllm_sampler *)sgllm__calloc(1, sizeof *s);
+    if (!s) return SGLLM_ERR_OUT_OF_MEMORY;
+    s->params = *p;
+    s->params.struct_size = sizeof s->params;
+    s->n_vocab = n_vocab;
+    size_t w = (size_t)p->penalty_last_n;
+    s->window = (sgllm_token *)sgllm__calloc(w, sizeof(sgllm_token));
+    s->pen_tokens = (sgllm_token *)sgllm__calloc(w, sizeof(sgllm_token));
+    s->pen_counts = (int32_t *)sgllm__calloc(w, sizeof(int32_t));
+    s->counts = (int32_t *)sgllm__calloc((size_t)n_vocab, sizeof(int32_t));
+    s->work = (float *)sgllm__calloc((size_t)n_vocab, sizeof(float));
+    s->cand = (sgllm__cand *)sgllm__calloc((size_t)n_vocab, sizeof(sgllm__cand));
+    if (!s->window || !s->pen_tokens || !s->pen_counts || !s->counts || !s->work || !s->cand) {
+        sgllm_sampler_free(s);
+        return SGLLM_ERR_OUT_OF_MEMORY;
+    }
+    sgllm__rng_seed(&s->rng, p->seed);
+    *out = s;
+    return SGLLM_OK;
+}
+
+sgllm_token sgllm_sampler_sample(sgllm_sampler *s, const float *logits) {
+    if (!s || !logits) return -1;
+    if (s->params.temperature <= 0) return sgllm__argmax(sgllm__sampler_penalized(s, logits), s->n_vocab);
+    const sgllm__cand *c;
+    int64_t n = sgllm__sampler_candidates(s, logits, &c);
+    // One uniform per non-greedy sample, even a forced one, keeps the stream aligned.
+    if (n == 0) {
+        (void)sgllm__rng_next(&s->rng);
+        return sgllm__argmax(sgllm__sampler_penalized(s, logits), s->n_vocab);
+    }
+    return sgllm__sampler_draw(&s->rng, c, n);
+}
+
+void sgllm_sampler_accept(sgllm_sampler *s, sgllm_token token) {
+    if (!s || token < 0 || token >= s->n_vocab) return;
+    const int32_t cap = s->params.penalty_last_n;
+    if (cap == 0) return;
+    if (s->window_len == cap) { // evict the oldest
+        s->counts[s->window[s->window_head]]--;
+        s->window[s->window_head] = token;
+        s->window_head = (s->window_head + 1) % cap;
+    } else {
+        s->window[(s->window_head + s->window_len++) % cap] = token;
+    }
+    s->counts[token]++;
+}
+
+void sgllm_sampler_reset(sgllm_sampler *s) {
+    if (!s) return;
+    for (int32_t i = 0; i < s->window_len; i++)
+        s->counts[s->window[(s->window_head + i) % s->params.penalty_last_n]] = 0;
+    s->window_len = 0;
+    s->window_head = 0;
+    sgllm__rng_seed(&s->rng, s->params.seed);
+}
 
 // --- 7. Model description ------------------------------------------------------------------
 // A family is data: at load, GGUF metadata becomes one sgllm__layer descriptor per block

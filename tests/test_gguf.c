@@ -16,10 +16,10 @@ static gw_buf make_valid(void) {
     gw_kv_f32(&b, "llama.rope.freq_base", 10000.0f);
     uint64_t ne0[] = {8}, ne1[] = {32, 2};
     gw_tensor_info(&b, "norm.weight", 1, ne0, SGLLM__T_F32, 0);
-    gw_tensor_info(&b, "w.weight", 2, ne1, SGLLM__T_Q8_0, 64);
+    gw_tensor_info(&b, "w.weight", 2, ne1, SGLLM__T_Q8_0, 32);
     gw_pad(&b, 32);
     for (int i = 0; i < 8; i++) gw_f32(&b, (float)i);
-    gw_pad(&b, 32); // tensor 1 at offset 64 (32 bytes of F32, padded)
+    gw_pad(&b, 32); // tensor 1 at offset 32 (after 32 bytes of F32)
     for (int r = 0; r < 2; r++) {
         uint16_t d = sgllm__f32_to_fp16(0.5f);
         gw_bytes(&b, &d, 2);
@@ -62,7 +62,7 @@ static void test_valid(void) {
     CHECK(kv && kv->arr_n == 3 && sgllm__str_eq(kv->strs[1], "bc") && kv->strs[2].len == 0);
     const sgllm__tensor *t = sgllm__gguf_tensor(&g, "w.weight");
     CHECK(t && t->type == SGLLM__T_Q8_0 && t->ne[0] == 32 && t->ne[1] == 2 && t->size == 68);
-    CHECK(t && t->data == b.p + g.data_offset + 64);
+    CHECK(t && t->data == b.p + g.data_offset + 32);
     const sgllm__tensor *n = sgllm__gguf_tensor(&g, "norm.weight");
     float x7;
     memcpy(&x7, n->data + 28, 4);
