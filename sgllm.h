@@ -463,6 +463,9 @@ size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_dim, int64_t 
 sgllm_status sgllm__cuda_fill_random(sgllm__cuda *c, uint32_t type, void *w, int64_t rows, int64_t cols,
                                      uint64_t seed);
 sgllm_status sgllm__cuda_read_bench(sgllm__cuda *c, const void *buf, size_t bytes, float *sink);
+// Device-event timing of the work enqueued between start and stop (stop waits for it).
+sgllm_status sgllm__cuda_timer_start(sgllm__cuda *c);
+sgllm_status sgllm__cuda_timer_stop(sgllm__cuda *c, float *ms);
 sgllm_status sgllm__cuda_gemm_bf16(sgllm__cuda *c, const void *a, const void *b, void *cmat, int64_t m, int64_t n,
                                    int64_t k);
 

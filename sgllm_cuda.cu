@@ -44,6 +44,7 @@ struct sgllm__cuda {
     size_t blas_ws_bytes;
     void *scratch;        // (scratch_bytes) bf16 weights/activations for GEMM, attention partials
     size_t scratch_bytes;
+    cudaEvent_t t0, t1;   // sgllm__cuda_timer_start/stop
     sgllm__cuda_dispatch disp;
     char msg[512];
 };
@@ -108,6 +109,8 @@ extern "C" void sgllm__cuda_free(sgllm__cuda *c) {
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
     if (c->blas) cublasDestroy(c->blas);
+    if (c->t0) cudaEventDestroy(c->t0);
+    if (c->t1) cudaEventDestroy(c->t1);
     cudaFree(c->blas_ws);
     cudaFree(c->scratch);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -128,6 +131,8 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
         c->blas = NULL;
         s = sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "cublasCreate failed");
     }
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreate(&c->t0), "event");
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreate(&c->t1), "event");
     c->blas_ws_bytes = (size_t)32 << 20;
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->blas_ws, c->blas_ws_bytes), "cuBLAS workspace");
     if (s == SGLLM_OK && (cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS ||
@@ -1220,4 +1225,19 @@ extern "C" sgllm_status sgllm__cuda_gemm_bf16(sgllm__cuda *c, const void *a, con
                                      CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) return sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "gemm_bf16: status %d", (int)st);
     return SGLLM_OK;
+}
+
+extern "C" sgllm_status sgllm__cuda_timer_start(sgllm__cuda *c) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    return sgllm__cu_check(c, cudaEventRecord(c->t0, c->stream), "timer");
+}
+
+extern "C" sgllm_status sgllm__cuda_timer_stop(sgllm__cuda *c, float *ms) {
+    if (!c || !ms) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    sgllm_status s = sgllm__cu_check(c, cudaEventRecord(c->t1, c->stream), "timer");
+    if (!s) s = sgllm__cu_check(c, cudaEventSynchronize(c->t1), "timer");
+    if (!s) s = sgllm__cu_check(c, cudaEventElapsedTime(ms, c->t0, c->t1), "timer");
+    return s;
 }
