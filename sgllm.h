@@ -372,7 +372,8 @@ typedef struct sgllm__cuda_props {
 typedef struct sgllm__cuda_dispatch {
     char row[16];                 // the table row used: "sm80", "sm86", "sm89", "sm90", "sm100", "sm120"
     int sm_count;                 // copied from the device, used to size split counts
-    int matvec_warps;             // warps per block in matrix-vector kernels (one row per warp)
+    int matvec_warps;             // warps per block in matrix-vector kernels
+    int matvec_warps_per_sm;      // rows are split over 2 or 4 warps until the grid has this many per SM
     int matvec_max_batch;         // tokens up to which matmul takes the matrix-vector path (1..8)
     int decode_max_splits;        // split-KV decode attention: most splits of one query's keys
     int decode_min_keys;          // fewest keys per split worth a split of its own

@@ -335,102 +335,59 @@ static __device__ inline uint32_t sgllm__cu_u32a2(const uint8_t *p) { // 2-byte 
 }
 static __device__ inline uint32_t sgllm__cu_u32(const uint8_t *p) { return *(const uint32_t *)p; }
 
-// Low and high nibbles of 16 bytes held in four words: lo[0..16) and hi[0..16).
-static __device__ inline void sgllm__cu_nibbles(const uint32_t w[4], float *lo, float *hi, float d, float off) {
-#pragma unroll
-    for (int k = 0; k < 16; k++) {
-        uint32_t byte = (w[k / 4] >> (8 * (k % 4))) & 255;
-        lo[k] = ((float)(byte & 15) + off) * d;
-        hi[k] = ((float)(byte >> 4) + off) * d;
-    }
-}
-
-// Decodes the 32-value piece g of a row (values 32g .. 32g+31) into v. row is the start of
-// the staged row; blocks keep their natural alignment relative to it (row 16-byte aligned).
-template <int T> static __device__ inline void sgllm__cu_dq32(const uint8_t *row, int64_t g, float v[32]) {
+// Decodes values 4m .. 4m+3 (m in 0..7) of the 32-value piece g of a row (values 32g ..
+// 32g+31) into v. row is the start of the staged row; blocks keep their natural alignment
+// relative to it (row 16-byte aligned). Eight lanes share a piece, so neighbouring lanes
+// decode neighbouring values and read neighbouring activations.
+template <int T> static __device__ inline void sgllm__cu_dq4(const uint8_t *row, int64_t g, int m, float v[4]) {
     if (T == T_Q8_0) {
         const uint8_t *b = row + g * 34;
         float d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
+        uint32_t w = sgllm__cu_u32a2(b + 2 + 4 * m);
 #pragma unroll
-        for (int k = 0; k < 16; k++) {
-            uint32_t w = sgllm__cu_u16(b + 2 + 2 * k);
-            v[2 * k] = (float)(int8_t)(w & 255) * d;
-            v[2 * k + 1] = (float)(int8_t)(w >> 8) * d;
-        }
+        for (int e = 0; e < 4; e++) v[e] = (float)(int8_t)((w >> (8 * e)) & 255) * d;
     } else if (T == T_Q4_0 || T == T_Q5_0) {
         const uint8_t *b = row + g * (T == T_Q4_0 ? 18 : 22);
-        const uint8_t *qs = b + (T == T_Q4_0 ? 2 : 6);
         float d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
-        uint32_t w[4];
+        uint32_t w = sgllm__cu_u32a2(b + (T == T_Q4_0 ? 2 : 6) + 4 * (m & 3));
+        int shift = m >= 4 ? 4 : 0;
+        uint32_t qh = T == T_Q5_0 ? sgllm__cu_u32a2(b + 2) >> (4 * m) : 0; // bits of values 4m..4m+3
 #pragma unroll
-        for (int k = 0; k < 4; k++) w[k] = sgllm__cu_u32a2(qs + 4 * k);
-        if (T == T_Q4_0) {
-            sgllm__cu_nibbles(w, v, v + 16, d, -8.0f);
-        } else {
-            uint32_t qh = sgllm__cu_u32a2(b + 2);
-#pragma unroll
-            for (int k = 0; k < 16; k++) {
-                uint32_t byte = (w[k / 4] >> (8 * (k % 4))) & 255;
-                v[k] = (float)((int)((byte & 15) | (((qh >> k) & 1) << 4)) - 16) * d;
-                v[k + 16] = (float)((int)((byte >> 4) | (((qh >> (k + 16)) & 1) << 4)) - 16) * d;
-            }
+        for (int e = 0; e < 4; e++) {
+            int q = (int)(((w >> (8 * e + shift)) & 15) | (((qh >> e) & 1) << 4));
+            v[e] = (float)(q - (T == T_Q4_0 ? 8 : 16)) * d;
         }
     } else if (T == T_Q4_1 || T == T_Q5_1) {
         const uint8_t *b = row + g * (T == T_Q4_1 ? 20 : 24);
-        const uint8_t *qs = b + (T == T_Q4_1 ? 4 : 8);
-        float d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b)), m = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b + 2));
-        uint32_t w[4];
+        uint32_t dm = sgllm__cu_u32(b);
+        float d = sgllm__cu_h16((uint16_t)(dm & 0xffff)), mn = sgllm__cu_h16((uint16_t)(dm >> 16));
+        uint32_t w = sgllm__cu_u32(b + (T == T_Q4_1 ? 4 : 8) + 4 * (m & 3));
+        int shift = m >= 4 ? 4 : 0;
+        uint32_t qh = T == T_Q5_1 ? sgllm__cu_u32(b + 4) >> (4 * m) : 0;
 #pragma unroll
-        for (int k = 0; k < 4; k++) w[k] = sgllm__cu_u32(qs + 4 * k);
-        uint32_t qh = T == T_Q5_1 ? sgllm__cu_u32(b + 4) : 0;
-#pragma unroll
-        for (int k = 0; k < 16; k++) {
-            uint32_t byte = (w[k / 4] >> (8 * (k % 4))) & 255;
-            v[k] = (float)((byte & 15) | (((qh >> k) & 1) << 4)) * d + m;
-            v[k + 16] = (float)((byte >> 4) | (((qh >> (k + 16)) & 1) << 4)) * d + m;
-        }
+        for (int e = 0; e < 4; e++)
+            v[e] = (float)(((w >> (8 * e + shift)) & 15) | (((qh >> e) & 1) << 4)) * d + mn;
     } else if (T == T_Q4_K || T == T_Q5_K) {
         const uint8_t *b = row + (g / 8) * (T == T_Q4_K ? 144 : 176);
         int sub = (int)(g % 8), sc, mn;
         uint32_t dd = sgllm__cu_u32(b);
-        float d = sgllm__cu_h16((uint16_t)(dd & 0xffff)), dmin = sgllm__cu_h16((uint16_t)(dd >> 16));
         sgllm__cu_kscale(sub, b + 4, &sc, &mn);
-        float ds = d * (float)sc, dm = dmin * (float)mn;
-        const uint4 *qs = (const uint4 *)(b + (T == T_Q4_K ? 16 : 48) + 32 * (sub / 2));
-        uint4 q0 = qs[0], q1 = qs[1];
-        uint32_t w[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+        float ds = sgllm__cu_h16((uint16_t)(dd & 0xffff)) * (float)sc, dm = sgllm__cu_h16((uint16_t)(dd >> 16)) * (float)mn;
+        uint32_t w = sgllm__cu_u32(b + (T == T_Q4_K ? 16 : 48) + 32 * (sub / 2) + 4 * m);
+        uint32_t h = T == T_Q5_K ? sgllm__cu_u32(b + 16 + 4 * m) >> sub : 0;
         int shift = (sub & 1) * 4;
-        if (T == T_Q4_K) {
 #pragma unroll
-            for (int k = 0; k < 32; k++) v[k] = ds * (float)((w[k / 4] >> (8 * (k % 4) + shift)) & 15) - dm;
-        } else {
-            const uint4 *qhp = (const uint4 *)(b + 16);
-            uint4 h0 = qhp[0], h1 = qhp[1];
-            uint32_t h[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
-#pragma unroll
-            for (int k = 0; k < 32; k++) {
-                uint32_t q = ((w[k / 4] >> (8 * (k % 4) + shift)) & 15) | (((h[k / 4] >> (8 * (k % 4) + sub)) & 1) << 4);
-                v[k] = ds * (float)q - dm;
-            }
-        }
+        for (int e = 0; e < 4; e++)
+            v[e] = ds * (float)(((w >> (8 * e + shift)) & 15) | (((h >> (8 * e)) & 1) << 4)) - dm;
     } else if (T == T_Q6_K) {
         const uint8_t *b = row + (g / 8) * 210;
         int piece = (int)(g % 8), h = piece / 4, k = piece % 4;
-        float d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b + 208));
-        uint32_t scw = sgllm__cu_u16(b + 192 + 8 * h + 2 * k); // scales of l < 16 and l >= 16
-        float d0 = d * (float)(int8_t)(scw & 255), d1 = d * (float)(int8_t)(scw >> 8);
-        const uint8_t *ql = b + 64 * h + 32 * (k & 1), *qh = b + 128 + 32 * h;
+        float d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b + 208)) * (float)(int8_t)b[192 + 8 * h + m / 4 + 2 * k];
+        uint32_t a = sgllm__cu_u32a2(b + 64 * h + 32 * (k & 1) + 4 * m), hb = sgllm__cu_u32a2(b + 128 + 32 * h + 4 * m);
         int nshift = k >= 2 ? 4 : 0, hshift = 2 * k;
 #pragma unroll
-        for (int l4 = 0; l4 < 8; l4++) {
-            uint32_t a = sgllm__cu_u32a2(ql + 4 * l4), hb = sgllm__cu_u32a2(qh + 4 * l4);
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int l = 4 * l4 + e;
-                int q = (int)(((a >> (8 * e + nshift)) & 15) | (((hb >> (8 * e + hshift)) & 3) << 4)) - 32;
-                v[l] = (l < 16 ? d0 : d1) * (float)q;
-            }
-        }
+        for (int e = 0; e < 4; e++)
+            v[e] = d * (float)((int)(((a >> (8 * e + nshift)) & 15) | (((hb >> (8 * e + hshift)) & 3) << 4)) - 32);
     }
 }
 
@@ -625,14 +582,16 @@ extern "C" sgllm_status sgllm__cuda_gated_act(sgllm__cuda *c, int act, float *g,
 }
 
 // --- 4. Matrix-vector with fused dequantization --------------------------------------------
-// Decode reads every weight once, so the kernel is a stream over the weight bytes: one warp
-// per output row, all NT (<= 8) tokens of a small batch computed from one read.
+// Decode reads every weight once, so the kernel is a stream over the weight bytes: S warps
+// per output row (S = 1 for tall matrices; 2 or 4 when there are too few rows to keep enough
+// loads in flight, each warp taking every S-th piece of the row and the partial sums meeting
+// in shared memory), all NT (<= 8) tokens of a small batch computed from one read.
 // - float types (F32/F16/BF16), 16-byte aligned rows: each lane loads U 16-byte words per
 //   step straight into registers (U independent loads in flight per lane).
-// - block-quantized types, rows aligned to 4 bytes: the warp streams its row through a ring of
-//   MV_STAGES shared-memory chunks of 1024 values with cp.async (16-, 8- or 4-byte copies by
-//   alignment), several chunks in flight; each lane then decodes one 32-value piece of the
-//   chunk (dq32) and multiplies it with the activations, read as float4 through L1.
+// - block-quantized types, rows aligned to 4 bytes: each warp streams its chunks of 1024
+//   values through a ring of MV_STAGES shared-memory stages with cp.async (16-, 8- or 4-byte
+//   copies by alignment), several chunks in flight; then lanes decode 4 consecutive values
+//   each (dq4), so the activations are read as coalesced float4s.
 // - anything else (odd row alignment): one value at a time (dq_elem), correct but slow.
 
 enum { MV_CHUNK = 1024, MV_STAGES = 4, MV_MAX_CHUNK_BYTES = 1088, MV_MAX_WARPS = 8 };
@@ -646,37 +605,49 @@ static __device__ inline void sgllm__cu_cp_async(void *smem, const void *gmem, i
 static __device__ inline void sgllm__cu_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> static __device__ inline void sgllm__cu_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// acc[t] += dot(v[0..32), x_t[0..32)) for the first nt tokens (x rows of stride cols).
+// acc[t] += dot(v[0..4), x_t[0..4)) for the first nt tokens (x rows of stride cols).
 template <int NT>
-static __device__ inline void sgllm__cu_dot32(const float v[32], const float *x, int64_t cols, int nt, float acc[NT]) {
+static __device__ inline void sgllm__cu_dot4(const float v[4], const float *x, int64_t cols, int nt, float acc[NT]) {
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         if (t < nt) {
-            const float4 *xp = (const float4 *)(x + t * cols);
-            float s = 0.0f;
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                float4 xv = __ldg(xp + k);
-                s += v[4 * k] * xv.x + v[4 * k + 1] * xv.y + v[4 * k + 2] * xv.z + v[4 * k + 3] * xv.w;
-            }
-            acc[t] += s;
+            float4 xv = __ldg((const float4 *)(x + t * cols));
+            acc[t] += v[0] * xv.x + v[1] * xv.y + v[2] * xv.z + v[3] * xv.w;
         }
     }
 }
 
+// Sums each warp's acc, then the S warps of a row (consecutive warps of the block) through
+// shared memory; the row's first lane writes y. Every thread of the block must call it.
 template <int NT>
-static __device__ inline void sgllm__cu_mv_store(float acc[NT], float *y, int64_t rows, int64_t r, int nt) {
+static __device__ inline void sgllm__cu_mv_store(float acc[NT], float *y, int64_t rows, int64_t r, int nt, int split) {
+    __shared__ float part[MV_MAX_WARPS][NT];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
-    for (int t = 0; t < NT; t++) {
-        float s = sgllm__cu_warp_sum(acc[t]);
-        if (t < nt && threadIdx.x % 32 == 0) y[t * rows + r] = s;
+    for (int t = 0; t < NT; t++) acc[t] = sgllm__cu_warp_sum(acc[t]);
+    if (split == 1) {
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            if (t < nt && lane == 0 && r < rows) y[t * rows + r] = acc[t];
+        return;
     }
+    if (lane == 0)
+#pragma unroll
+        for (int t = 0; t < NT; t++) part[warp][t] = acc[t];
+    __syncthreads();
+    if (lane == 0 && warp % split == 0 && r < rows)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float sum = 0.0f;
+            for (int k = 0; k < split; k++) sum += part[warp + k][t];
+            if (t < nt) y[t * rows + r] = sum;
+        }
 }
 
 template <int T, int NT>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
     sgllm__cu_mv_quant_k(const uint8_t *w, int64_t rows, int64_t cols, int64_t row_bytes, int copy_bytes,
-                         const float *x, int nt, float *y) {
+                         const float *x, int nt, float *y, int split) {
     constexpr int BV = T == T_Q4_K || T == T_Q5_K || T == T_Q6_K ? 256 : 32;
     constexpr int BB = T == T_Q4_0 ? 18 : T == T_Q4_1 ? 20 : T == T_Q5_0 ? 22 : T == T_Q5_1 ? 24 : T == T_Q8_0 ? 34
                      : T == T_Q4_K ? 144 : T == T_Q5_K ? 176 : 210;
@@ -684,123 +655,123 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
     constexpr int CS = (CB + 15) / 16 * 16; // stage stride keeps every stage 16-byte aligned
     static_assert(CB % 8 == 0 && CB <= MV_MAX_CHUNK_BYTES, "chunk layout");
     extern __shared__ __align__(16) uint8_t mv_smem[]; // (warps, MV_STAGES, CS)
-    auto stage = [&](int w, int64_t s) { return mv_smem + ((int64_t)w * MV_STAGES + s) * CS; };
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + warp;
-    if (r >= rows) return;
-    const uint8_t *row = w + r * row_bytes;
-    int64_t n_chunks = (cols + MV_CHUNK - 1) / MV_CHUNK;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = warp % split;
+    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32 / split) + warp / split;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    auto issue = [&](int64_t ch) {
-        if (ch < n_chunks) {
-            int64_t off = ch * CB, bytes = row_bytes - off < CB ? row_bytes - off : CB;
-            uint8_t *dst = stage(warp, ch % MV_STAGES);
-            for (int64_t i = (int64_t)lane * copy_bytes; i < bytes; i += 32 * copy_bytes)
-                sgllm__cu_cp_async(dst + i, row + off + i, copy_bytes);
-        }
-        sgllm__cu_cp_commit(); // an empty group keeps the wait count uniform
-    };
+    if (r < rows) {
+        uint8_t *ring = mv_smem + (int64_t)warp * MV_STAGES * CS;
+        const uint8_t *row = w + r * row_bytes;
+        int64_t n_chunks = (cols + MV_CHUNK - 1) / MV_CHUNK;
+        // this warp's chunks are sub, sub + split, ...; its k-th one sits in stage k % MV_STAGES
+        int64_t mine = n_chunks > sub ? (n_chunks - sub + split - 1) / split : 0;
+        auto issue = [&](int64_t k) {
+            if (k < mine) {
+                int64_t off = (sub + k * split) * CB, bytes = row_bytes - off < CB ? row_bytes - off : CB;
+                uint8_t *dst = ring + (k % MV_STAGES) * CS;
+                for (int64_t i = (int64_t)lane * copy_bytes; i < bytes; i += 32 * copy_bytes)
+                    sgllm__cu_cp_async(dst + i, row + off + i, copy_bytes);
+            }
+            sgllm__cu_cp_commit(); // an empty group keeps the wait count uniform
+        };
 #pragma unroll
-    for (int s = 0; s < MV_STAGES - 1; s++) issue(s);
-    for (int64_t ch = 0; ch < n_chunks; ch++) {
-        issue(ch + MV_STAGES - 1);
-        sgllm__cu_cp_wait<MV_STAGES - 1>();
-        __syncwarp();
-        int64_t g = ch * (MV_CHUNK / 32) + lane; // this lane's 32-value piece of the row
-        if (g * 32 < cols) {
-            float v[32];
-            sgllm__cu_dq32<T>(stage(warp, ch % MV_STAGES), lane, v);
-            sgllm__cu_dot32<NT>(v, x + g * 32, cols, nt, acc);
+        for (int k = 0; k < MV_STAGES - 1; k++) issue(k);
+        for (int64_t k = 0; k < mine; k++) {
+            issue(k + MV_STAGES - 1);
+            sgllm__cu_cp_wait<MV_STAGES - 1>();
+            __syncwarp();
+            const uint8_t *st = ring + (k % MV_STAGES) * CS;
+            int64_t g0 = (sub + k * split) * (MV_CHUNK / 32); // first 32-value piece of the chunk
+#pragma unroll
+            for (int step = 0; step < 8; step++) {
+                int p = step * 4 + lane / 8, m = lane % 8; // piece of the chunk, quad of the piece
+                if ((g0 + p) * 32 < cols) {
+                    float v[4];
+                    sgllm__cu_dq4<T>(st, p, m, v);
+                    sgllm__cu_dot4<NT>(v, x + (g0 + p) * 32 + 4 * m, cols, nt, acc);
+                }
+            }
+            __syncwarp(); // the stage is refilled by the next iteration's issue
         }
-        __syncwarp(); // the stage is refilled by the next iteration's issue
     }
-    sgllm__cu_mv_store<NT>(acc, y, rows, r, nt);
+    sgllm__cu_mv_store<NT>(acc, y, rows, r, nt, split);
 }
 
-// Float weights: lane loads 16-byte words e = step*32*U + k*32 + lane (k < U), each holding
-// VPL values; the row must be 16-byte aligned and cols a multiple of VPL.
+// Float weights: the row's 16-byte words (VPL values each) are taken in steps of 32*U words;
+// warp sub of the row's split takes steps sub, sub + split, ...; within a step lane loads
+// words k*32 + lane (k < U), U independent loads in flight. Rows 16-byte aligned.
 template <int T, int NT, int U>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
     sgllm__cu_mv_float_k(const uint8_t *w, int64_t rows, int64_t cols, int64_t row_bytes, const float *x, int nt,
-                         float *y) {
+                         float *y, int split) {
     constexpr int VPL = T == T_F32 ? 4 : 8;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + warp;
-    if (r >= rows) return;
-    const uint4 *row = (const uint4 *)(w + r * row_bytes);
-    int64_t n_words = cols / VPL;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = warp % split;
+    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32 / split) + warp / split;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    for (int64_t base = 0; base < n_words; base += 32 * U) {
-        uint4 q[U];
+    if (r < rows) {
+        const uint4 *row = (const uint4 *)(w + r * row_bytes);
+        int64_t n_words = cols / VPL;
+        for (int64_t base = (int64_t)sub * 32 * U; base < n_words; base += (int64_t)split * 32 * U) {
+            uint4 q[U];
 #pragma unroll
-        for (int k = 0; k < U; k++) {
-            int64_t e = base + k * 32 + lane;
-            if (e < n_words) q[k] = __ldcs(row + e); // streamed once: do not keep in L1/L2
-        }
-#pragma unroll
-        for (int k = 0; k < U; k++) {
-            int64_t e = base + k * 32 + lane;
-            if (e >= n_words) continue;
-            float v[8];
-            uint32_t wd[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
-            if (T == T_F32) {
-#pragma unroll
-                for (int i = 0; i < 4; i++) v[i] = __uint_as_float(wd[i]);
-            } else {
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    if (T == T_BF16) {
-                        v[2 * i] = __uint_as_float(wd[i] << 16);
-                        v[2 * i + 1] = __uint_as_float(wd[i] & 0xffff0000u);
-                    } else {
-                        float2 f = __half22float2(*(const __half2 *)&wd[i]);
-                        v[2 * i] = f.x;
-                        v[2 * i + 1] = f.y;
-                    }
-                }
+            for (int k = 0; k < U; k++) {
+                int64_t e = base + k * 32 + lane;
+                if (e < n_words) q[k] = __ldcs(row + e); // streamed once: do not keep in L1/L2
             }
 #pragma unroll
-            for (int t = 0; t < NT; t++) {
-                if (t < nt) {
-                    const float4 *xp = (const float4 *)(x + t * cols + e * VPL);
-                    float4 a = __ldg(xp);
-                    float s = v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w;
-                    if (VPL == 8) {
-                        float4 b = __ldg(xp + 1);
-                        s += v[4] * b.x + v[5] * b.y + v[6] * b.z + v[7] * b.w;
+            for (int k = 0; k < U; k++) {
+                int64_t e = base + k * 32 + lane;
+                if (e >= n_words) continue;
+                float v[8];
+                uint32_t wd[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
+                if (T == T_F32) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) v[i] = __uint_as_float(wd[i]);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        if (T == T_BF16) {
+                            v[2 * i] = __uint_as_float(wd[i] << 16);
+                            v[2 * i + 1] = __uint_as_float(wd[i] & 0xffff0000u);
+                        } else {
+                            float2 f = __half22float2(*(const __half2 *)&wd[i]);
+                            v[2 * i] = f.x;
+                            v[2 * i + 1] = f.y;
+                        }
                     }
-                    acc[t] += s;
                 }
+                sgllm__cu_dot4<NT>(v, x + e * VPL, cols, nt, acc);
+                if (VPL == 8) sgllm__cu_dot4<NT>(v + 4, x + e * VPL + 4, cols, nt, acc);
             }
         }
     }
-    sgllm__cu_mv_store<NT>(acc, y, rows, r, nt);
+    sgllm__cu_mv_store<NT>(acc, y, rows, r, nt, split);
 }
 
 template <int NT>
 static __global__ void sgllm__cu_mv_generic_k(uint32_t type, const uint8_t *w, int64_t rows, int64_t cols,
-                                              int64_t row_bytes, const float *x, int nt, float *y) {
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + warp;
-    if (r >= rows) return;
-    const uint8_t *row = w + r * row_bytes;
+                                              int64_t row_bytes, const float *x, int nt, float *y, int split) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = warp % split;
+    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32 / split) + warp / split;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    for (int64_t j = lane; j < cols; j += 32) {
-        float v = sgllm__cu_dq_elem(type, row, j);
+    if (r < rows) {
+        const uint8_t *row = w + r * row_bytes;
+        for (int64_t j = lane + 32 * sub; j < cols; j += 32 * split) {
+            float v = sgllm__cu_dq_elem(type, row, j);
 #pragma unroll
-        for (int t = 0; t < NT; t++)
-            if (t < nt) acc[t] += v * x[t * cols + j];
+            for (int t = 0; t < NT; t++)
+                if (t < nt) acc[t] += v * x[t * cols + j];
+        }
     }
-    sgllm__cu_mv_store<NT>(acc, y, rows, r, nt);
+    sgllm__cu_mv_store<NT>(acc, y, rows, r, nt, split);
 }
 
-// Dynamic shared memory of the quantized kernel: warps rings of MV_STAGES chunk stages.
+// Dynamic shared memory of the quantized kernel: one ring of MV_STAGES chunk stages per warp.
 static size_t sgllm__cu_mv_smem(uint32_t t, int warps) {
     int cb = MV_CHUNK / sgllm__cu_blk_vals(t) * sgllm__cu_blk_bytes(t);
     return (size_t)warps * MV_STAGES * (size_t)((cb + 15) / 16 * 16);
@@ -813,23 +784,29 @@ struct sgllm__cu_mv_args {
     const float *x;
     int nt;
     float *y;
+    int split;
 };
 
 template <int NT>
 static void sgllm__cu_mv_launch(uint32_t type, int path, dim3 grid, int threads, cudaStream_t st,
                                 const sgllm__cu_mv_args &a) {
     if (path == 0) {
+#define SGLLM__MVF(TT)                                                                                               \
+    case TT:                                                                                                         \
+        sgllm__cu_mv_float_k<TT, NT, 8><<<grid, threads, 0, st>>>(a.w, a.rows, a.cols, a.row_bytes, a.x, a.nt, a.y, \
+                                                                   a.split);                                        \
+        return;
         switch (type) {
-        case T_F32: sgllm__cu_mv_float_k<T_F32, NT, 8><<<grid, threads, 0, st>>>(a.w, a.rows, a.cols, a.row_bytes, a.x, a.nt, a.y); return;
-        case T_F16: sgllm__cu_mv_float_k<T_F16, NT, 8><<<grid, threads, 0, st>>>(a.w, a.rows, a.cols, a.row_bytes, a.x, a.nt, a.y); return;
-        default: sgllm__cu_mv_float_k<T_BF16, NT, 8><<<grid, threads, 0, st>>>(a.w, a.rows, a.cols, a.row_bytes, a.x, a.nt, a.y); return;
+            SGLLM__MVF(T_F32) SGLLM__MVF(T_F16) SGLLM__MVF(T_BF16)
+        default: return;
         }
+#undef SGLLM__MVF
     }
     if (path == 1) {
 #define SGLLM__MVQ(TT)                                                                                              \
     case TT:                                                                                                        \
         sgllm__cu_mv_quant_k<TT, NT><<<grid, threads, sgllm__cu_mv_smem(TT, threads / 32), st>>>(                    \
-            a.w, a.rows, a.cols, a.row_bytes, a.copy_bytes, a.x, a.nt, a.y);                                        \
+            a.w, a.rows, a.cols, a.row_bytes, a.copy_bytes, a.x, a.nt, a.y, a.split);                               \
         return;
         switch (type) {
             SGLLM__MVQ(T_Q4_0) SGLLM__MVQ(T_Q4_1) SGLLM__MVQ(T_Q5_0) SGLLM__MVQ(T_Q5_1) SGLLM__MVQ(T_Q8_0)
@@ -838,7 +815,7 @@ static void sgllm__cu_mv_launch(uint32_t type, int path, dim3 grid, int threads,
         }
 #undef SGLLM__MVQ
     }
-    sgllm__cu_mv_generic_k<NT><<<grid, threads, 0, st>>>(type, a.w, a.rows, a.cols, a.row_bytes, a.x, a.nt, a.y);
+    sgllm__cu_mv_generic_k<NT><<<grid, threads, 0, st>>>(type, a.w, a.rows, a.cols, a.row_bytes, a.x, a.nt, a.y, a.split);
 }
 
 extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
@@ -849,12 +826,17 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
         return sgllm__cu_bad(c, "matvec", "bad pointer, weight type or shape (n_tok must be <= 8)");
     if (!n_tok) return SGLLM_OK;
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
-    int64_t blocks = (rows + warps - 1) / warps;
+    // split rows over more warps until the grid has the dispatch's warps per SM (powers of two
+    // dividing the block's warps)
+    int split = 1;
+    int64_t want = (int64_t)c->disp.matvec_warps_per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1);
+    while (split * 2 <= warps && warps % (split * 2) == 0 && rows * split < want) split *= 2;
+    int64_t rows_per_block = warps / split, blocks = (rows + rows_per_block - 1) / rows_per_block;
     if (blocks > INT32_MAX) return sgllm__cu_bad(c, "matvec", "too many rows");
     uintptr_t addr = (uintptr_t)w;
     bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
     bool x_vec = (uintptr_t)x % 16 == 0 && cols % 4 == 0; // float4 activation reads
-    sgllm__cu_mv_args a = {(const uint8_t *)w, rows, cols, rb, 4, x, (int)n_tok, y};
+    sgllm__cu_mv_args a = {(const uint8_t *)w, rows, cols, rb, 4, x, (int)n_tok, y, split};
     int path = 2;
     if (is_float && x_vec && addr % 16 == 0 && rb % 16 == 0) path = 0;
     if (!is_float && x_vec) {

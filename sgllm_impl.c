@@ -4036,16 +4036,16 @@ typedef struct sgllm__dispatch_row {
     sgllm__cuda_dispatch d; // row name and values; sm_count is filled from the device
 } sgllm__dispatch_row;
 
-// Fields: row, sm_count, matvec warps, matvec max batch, decode max splits, decode min keys
+// Fields: row, sm_count, matvec warps per block, matvec warps per SM, matvec max batch, decode max splits, decode min keys
 // per split, decode block n, prefill block m and n by head dim (<=128, <=256, >256), prefill
 // warps (head dim <= 64, > 64), qk-norm per-head threshold, norm threads.
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 256, 256}},
-    {8, 6, {"sm86", 0, 4, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
-    {8, 9, {"sm89", 0, 4, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
-    {9, 0, {"sm90", 0, 4, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 256, 256}},
-    {10, -1, {"sm100", 0, 4, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 256, 256}},
-    {12, -1, {"sm120", 0, 4, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 256, 256}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 256, 256}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 256, 256}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4118,12 +4118,13 @@ static void sgllm__dispatch_prefill_tile(const sgllm__cuda_dispatch *d, int head
 static int sgllm__dispatch_format(const sgllm__cuda_dispatch *d, const sgllm__cuda_props *p, const char *config,
                                   char *buf, size_t cap) {
     return snprintf(buf, cap,
-                    "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block up to "
-                    "batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles; prefill tiles %dx%d (d<=128) "
+                    "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
+                    "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles; prefill tiles %dx%d (d<=128) "
                     "%dx%d (d<=256) %dx%d (d>256), %d/%d warps; qk-norm per head up to %d tokens; norms %d threads",
                     p->name, p->major, p->minor, p->sm_count,
                     (p->smem_per_block_optin > p->smem_per_block ? p->smem_per_block_optin : p->smem_per_block) / 1024,
-                    d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_max_batch,
+                    d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_warps_per_sm,
+                    d->matvec_max_batch,
                     d->decode_max_splits, d->decode_min_keys, d->decode_block_n, d->prefill_block_m[0],
                     d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
                     d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->qknorm_per_head_max_tokens,
@@ -4306,6 +4307,7 @@ typedef struct sgllm__dispatch_field {
 
 static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"matvec_warps", offsetof(sgllm__cuda_dispatch, matvec_warps), 1, 1, 8, false},
+    {"matvec_warps_per_sm", offsetof(sgllm__cuda_dispatch, matvec_warps_per_sm), 1, 1, 64, false},
     {"matvec_max_batch", offsetof(sgllm__cuda_dispatch, matvec_max_batch), 1, 1, 8, false},
     {"decode_max_splits", offsetof(sgllm__cuda_dispatch, decode_max_splits), 1, 1, 64, false},
     {"decode_min_keys", offsetof(sgllm__cuda_dispatch, decode_min_keys), 1, 16, 1 << 16, false},

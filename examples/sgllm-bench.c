@@ -1,7 +1,9 @@
 // sgllm-bench - kernel-level benchmarks of the CUDA backend against the device's own ceilings.
 //
-//   sgllm-bench [--reps N]
+//   sgllm-bench [--reps N] [--sweep]
 //
+// --sweep also times the Llama-3-8B matvecs under other matrix-vector launch settings
+// (warps per block, warps per SM) to choose the values for configs/<device>.json.
 // Measures the two ceilings itself: streaming read bandwidth (16-byte loads over 2 GiB) and
 // the cuBLAS bf16 GEMM rate (8192^3). Then times the decode matrix-vector kernel at
 // Llama-3-8B layer shapes in BF16, Q8_0 and Q4_K (random weights, rotated over enough copies
@@ -130,10 +132,12 @@ static double time_gemm(uint32_t t, int64_t rows, int64_t cols, int64_t n_tok, i
 
 int main(int argc, char **argv) {
     int reps = 21;
+    bool sweep = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--sweep")) sweep = true;
         else {
-            fprintf(stderr, "usage: sgllm-bench [--reps N]\n");
+            fprintf(stderr, "usage: sgllm-bench [--reps N] [--sweep]\n");
             return 2;
         }
     }
@@ -198,6 +202,31 @@ int main(int argc, char **argv) {
         printf("  %-5s %7.2f ms (floor %6.2f ms) = %5.1f%% of the bandwidth floor (target %.0f%%), %.0f tok/s from weights alone\n",
                sgllm__type_name(types[ti]), token_time[ti] * 1e3, token_floor[ti] * 1e3,
                100 * token_floor[ti] / token_time[ti], 100 * target[ti], 1.0 / token_time[ti]);
+
+    if (sweep) {
+        static const int settings[][2] = {{2, 32}, {4, 16}, {4, 32}, {4, 64}, {8, 32}, {8, 64}};
+        printf("\nsweep: Llama-3-8B matvecs per token, %% of the bandwidth floor, by (warps/block, warps/SM)\n");
+        for (size_t k = 0; k < sizeof settings / sizeof settings[0]; k++) {
+            sgllm__cuda_dispatch dd = disp;
+            dd.matvec_warps = settings[k][0];
+            dd.matvec_warps_per_sm = settings[k][1];
+            sgllm__cuda_set_dispatch(gpu, &dd);
+            printf("  (%d, %2d):", settings[k][0], settings[k][1]);
+            for (int ti = 0; ti < 3; ti++) {
+                double tt = 0, tf = 0;
+                for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+                    size_t wb;
+                    double t = time_matvec(types[ti], shapes[si].rows, shapes[si].cols, 1, reps, &wb);
+                    double times = shapes[si].per_layer ? 32.0 * shapes[si].per_layer : 1.0;
+                    tt += times * t;
+                    tf += times * (double)wb / bw;
+                }
+                printf("  %s %5.1f%%", sgllm__type_name(types[ti]), 100 * tf / tt);
+            }
+            printf("\n");
+        }
+        sgllm__cuda_set_dispatch(gpu, &disp);
+    }
 
     printf("\nmatvec batches (BF16 14336x4096): ");
     for (int64_t nt = 1; nt <= 8; nt *= 2) {

@@ -47,6 +47,7 @@ static void test_rows(void) {
             CHECKF(d.prefill_block_m[c] == cases[i].bm[c] && d.prefill_block_n[c] == cases[i].bn[c],
                    "%s class %d: %dx%d", cases[i].name, c, d.prefill_block_m[c], d.prefill_block_n[c]);
         CHECK(d.matvec_warps >= 1 && d.matvec_warps <= 8 && d.matvec_max_batch >= 1 && d.matvec_max_batch <= 8);
+        CHECK(d.matvec_warps_per_sm == 32);
         CHECK(d.decode_max_splits >= 1 && d.decode_block_n >= 8 && d.norm_threads % 32 == 0);
         CHECK(d.prefill_warps[0] == 4 && d.prefill_warps[1] == 8);
         CHECK(d.qknorm_per_head_max_tokens == 256);
@@ -141,7 +142,7 @@ static void test_splits_and_tiles(void) {
 }
 
 static const char *valid_json = "{\n  \"device\": \"NVIDIA H100 80GB HBM3\",\n  \"comment\": {\"why\": [1, 2.5e3, true, null]},\n"
-                                "  \"matvec_warps\": 8, \"matvec_max_batch\": 4,\n  \"decode_max_splits\": 32,\n"
+                                "  \"matvec_warps\": 8, \"matvec_warps_per_sm\": 16, \"matvec_max_batch\": 4,\n  \"decode_max_splits\": 32,\n"
                                 "  \"decode_min_keys\": 128, \"decode_block_n\": 32,\n  \"prefill_block_m\": [64, 32, 16],\n"
                                 "  \"prefill_block_n\": [32, 32, 16], \"prefill_warps\": [2, 4],\n"
                                 "  \"qknorm_per_head_max_tokens\": 0, \"norm_threads\": 512\n}\n";
@@ -153,7 +154,7 @@ static void test_json_override(void) {
     d = base;
     sgllm__diag dg = {0};
     CHECKF(sgllm__dispatch_apply_json(&d, valid_json, strlen(valid_json), "t", &dg) == SGLLM_OK, "%s", dg.msg);
-    CHECK(d.matvec_warps == 8 && d.matvec_max_batch == 4 && d.decode_max_splits == 32 && d.decode_min_keys == 128);
+    CHECK(d.matvec_warps == 8 && d.matvec_warps_per_sm == 16 && d.matvec_max_batch == 4 && d.decode_max_splits == 32 && d.decode_min_keys == 128);
     CHECK(d.decode_block_n == 32 && d.prefill_block_m[0] == 64 && d.prefill_block_m[2] == 16);
     CHECK(d.prefill_block_n[1] == 32 && d.prefill_warps[0] == 2 && d.prefill_warps[1] == 4);
     CHECK(d.qknorm_per_head_max_tokens == 0 && d.norm_threads == 512);
