@@ -335,60 +335,66 @@ static __device__ inline uint32_t sgllm__cu_u32a2(const uint8_t *p) { // 2-byte 
 }
 static __device__ inline uint32_t sgllm__cu_u32(const uint8_t *p) { return *(const uint32_t *)p; }
 
+// 2^23 + byte e of w as a float, built with one byte permute: integer-to-float conversions
+// run at a quarter of the FMA rate, and decode is instruction-bound. Subtracting 2^23 (plus
+// any offset) afterwards is exact.
+static __device__ inline float sgllm__cu_byte_f(uint32_t w, int e) {
+    return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540u + (uint32_t)e));
+}
+
 // Decodes values 4m .. 4m+3 (m in 0..7) of the 32-value piece g of a row (values 32g ..
 // 32g+31) into v. row is the start of the staged row; blocks keep their natural alignment
 // relative to it (row 16-byte aligned). Eight lanes share a piece, so neighbouring lanes
-// decode neighbouring values and read neighbouring activations.
+// decode neighbouring values and read neighbouring activations. Each value's unsigned code
+// is first gathered into one byte of a word (q), then turned into a float by sgllm__cu_byte_f.
 template <int T> static __device__ inline void sgllm__cu_dq4(const uint8_t *row, int64_t g, int m, float v[4]) {
+    uint32_t q;   // 4 codes, one per byte, unsigned
+    float off, d, bias = 0.0f; // v = (code - off) * d + bias
     if (T == T_Q8_0) {
         const uint8_t *b = row + g * 34;
-        float d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
-        uint32_t w = sgllm__cu_u32a2(b + 2 + 4 * m);
-#pragma unroll
-        for (int e = 0; e < 4; e++) v[e] = (float)(int8_t)((w >> (8 * e)) & 255) * d;
+        d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
+        q = sgllm__cu_u32a2(b + 2 + 4 * m) ^ 0x80808080u; // int8 -> code + 128
+        off = 8388608.0f + 128.0f;
     } else if (T == T_Q4_0 || T == T_Q5_0) {
         const uint8_t *b = row + g * (T == T_Q4_0 ? 18 : 22);
-        float d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
-        uint32_t w = sgllm__cu_u32a2(b + (T == T_Q4_0 ? 2 : 6) + 4 * (m & 3));
-        int shift = m >= 4 ? 4 : 0;
-        uint32_t qh = T == T_Q5_0 ? sgllm__cu_u32a2(b + 2) >> (4 * m) : 0; // bits of values 4m..4m+3
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            int q = (int)(((w >> (8 * e + shift)) & 15) | (((qh >> e) & 1) << 4));
-            v[e] = (float)(q - (T == T_Q4_0 ? 8 : 16)) * d;
+        d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
+        q = (sgllm__cu_u32a2(b + (T == T_Q4_0 ? 2 : 6) + 4 * (m & 3)) >> (m >= 4 ? 4 : 0)) & 0x0F0F0F0Fu;
+        if (T == T_Q5_0) {
+            uint32_t h = sgllm__cu_u32a2(b + 2) >> (4 * m); // high bits of values 4m..4m+3
+            q |= ((h & 1) << 4) | ((h & 2) << 11) | ((h & 4) << 18) | ((h & 8) << 25);
         }
+        off = 8388608.0f + (T == T_Q4_0 ? 8.0f : 16.0f);
     } else if (T == T_Q4_1 || T == T_Q5_1) {
         const uint8_t *b = row + g * (T == T_Q4_1 ? 20 : 24);
         uint32_t dm = sgllm__cu_u32(b);
-        float d = sgllm__cu_h16((uint16_t)(dm & 0xffff)), mn = sgllm__cu_h16((uint16_t)(dm >> 16));
-        uint32_t w = sgllm__cu_u32(b + (T == T_Q4_1 ? 4 : 8) + 4 * (m & 3));
-        int shift = m >= 4 ? 4 : 0;
-        uint32_t qh = T == T_Q5_1 ? sgllm__cu_u32(b + 4) >> (4 * m) : 0;
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-            v[e] = (float)(((w >> (8 * e + shift)) & 15) | (((qh >> e) & 1) << 4)) * d + mn;
+        d = sgllm__cu_h16((uint16_t)(dm & 0xffff));
+        bias = sgllm__cu_h16((uint16_t)(dm >> 16));
+        q = (sgllm__cu_u32(b + (T == T_Q4_1 ? 4 : 8) + 4 * (m & 3)) >> (m >= 4 ? 4 : 0)) & 0x0F0F0F0Fu;
+        if (T == T_Q5_1) {
+            uint32_t h = sgllm__cu_u32(b + 4) >> (4 * m);
+            q |= ((h & 1) << 4) | ((h & 2) << 11) | ((h & 4) << 18) | ((h & 8) << 25);
+        }
+        off = 8388608.0f;
     } else if (T == T_Q4_K || T == T_Q5_K) {
         const uint8_t *b = row + (g / 8) * (T == T_Q4_K ? 144 : 176);
         int sub = (int)(g % 8), sc, mn;
         uint32_t dd = sgllm__cu_u32(b);
         sgllm__cu_kscale(sub, b + 4, &sc, &mn);
-        float ds = sgllm__cu_h16((uint16_t)(dd & 0xffff)) * (float)sc, dm = sgllm__cu_h16((uint16_t)(dd >> 16)) * (float)mn;
-        uint32_t w = sgllm__cu_u32(b + (T == T_Q4_K ? 16 : 48) + 32 * (sub / 2) + 4 * m);
-        uint32_t h = T == T_Q5_K ? sgllm__cu_u32(b + 16 + 4 * m) >> sub : 0;
-        int shift = (sub & 1) * 4;
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-            v[e] = ds * (float)(((w >> (8 * e + shift)) & 15) | (((h >> (8 * e)) & 1) << 4)) - dm;
-    } else if (T == T_Q6_K) {
+        d = sgllm__cu_h16((uint16_t)(dd & 0xffff)) * (float)sc;
+        bias = -sgllm__cu_h16((uint16_t)(dd >> 16)) * (float)mn;
+        q = (sgllm__cu_u32(b + (T == T_Q4_K ? 16 : 48) + 32 * (sub / 2) + 4 * m) >> ((sub & 1) * 4)) & 0x0F0F0F0Fu;
+        if (T == T_Q5_K) q |= ((sgllm__cu_u32(b + 16 + 4 * m) >> sub) & 0x01010101u) << 4;
+        off = 8388608.0f;
+    } else {
         const uint8_t *b = row + (g / 8) * 210;
         int piece = (int)(g % 8), h = piece / 4, k = piece % 4;
-        float d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b + 208)) * (float)(int8_t)b[192 + 8 * h + m / 4 + 2 * k];
-        uint32_t a = sgllm__cu_u32a2(b + 64 * h + 32 * (k & 1) + 4 * m), hb = sgllm__cu_u32a2(b + 128 + 32 * h + 4 * m);
-        int nshift = k >= 2 ? 4 : 0, hshift = 2 * k;
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-            v[e] = d * (float)((int)(((a >> (8 * e + nshift)) & 15) | (((hb >> (8 * e + hshift)) & 3) << 4)) - 32);
+        d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b + 208)) * (float)(int8_t)b[192 + 8 * h + m / 4 + 2 * k];
+        uint32_t lo = sgllm__cu_u32a2(b + 64 * h + 32 * (k & 1) + 4 * m), hi = sgllm__cu_u32a2(b + 128 + 32 * h + 4 * m);
+        q = ((lo >> (k >= 2 ? 4 : 0)) & 0x0F0F0F0Fu) | (((hi >> (2 * k)) & 0x03030303u) << 4);
+        off = 8388608.0f + 32.0f;
     }
+#pragma unroll
+    for (int e = 0; e < 4; e++) v[e] = (sgllm__cu_byte_f(q, e) - off) * d + bias;
 }
 
 // --- 3. Row-wise ops -----------------------------------------------------------------------
