@@ -252,16 +252,17 @@ static void test_gated(void) {
 
 // Matrix products for every weight type. Shapes exercise each kernel path: aligned rows
 // (16-byte staged or direct loads), rows aligned to 4 or 8 bytes (narrower cp.async copies),
-// 2-byte aligned rows (the one-value-at-a-time kernel), partial last chunks (cols < 1024).
+// 2-byte aligned rows (the one-value-at-a-time kernel), partial last chunks (cols < 1024),
+// more rows than resident warps (warps streaming over several rows).
 static void test_matmul(void) {
     static const int64_t batches[] = {1, 2, 3, 5, 8};
     double worst_mv = 0, worst_gemm = 0;
     for (int k = 0; k < N_TYPES; k++) {
         uint32_t t = all_types[k];
         int64_t blk = sgllm__types[t].block;
-        int64_t shapes[4][2] = {{257, 4096}, {64, blk == 256 ? 256 * 17 : 4096 + 32 * 3}, {130, blk == 256 ? 768 : 640},
-                                {33, blk == 256 ? 256 * 11 : 4096 + 4 * (blk == 1)}};
-        for (int si = 0; si < 4; si++) {
+        int64_t shapes[5][2] = {{257, 4096}, {64, blk == 256 ? 256 * 17 : 4096 + 32 * 3}, {130, blk == 256 ? 768 : 640},
+                                {33, blk == 256 ? 256 * 11 : 4096 + 4 * (blk == 1)}, {5000, 1024}};
+        for (int si = 0; si < 5; si++) {
             int64_t rows = shapes[si][0], cols = shapes[si][1];
             size_t wb;
             uint8_t *w = rand_weights(t, rows, cols, &wb);
@@ -277,20 +278,28 @@ static void test_matmul(void) {
                     for (int64_t j = 0; j < cols; j++) s += (double)wf[r * cols + j] * x[tt * cols + j];
                     ref[tt * rows + r] = (float)s;
                 }
-            for (int bi = 0; bi < 5; bi++) {
-                int64_t nt = batches[bi];
+            // launch variants: the table's; one warp per row with few warps per SM (warps stream
+            // over many rows); eight-warp blocks with rows split over up to 8 warps
+            sgllm__cuda_dispatch variants[3] = {disp, disp, disp};
+            variants[1].matvec_warps_per_sm = 1;
+            variants[2].matvec_warps = 8;
+            variants[2].matvec_warps_per_sm = 64;
+            for (int bi = 0; bi < 5 * 3; bi++) {
+                int64_t nt = batches[bi % 5];
+                sgllm__cuda_set_dispatch(gpu, &variants[bi / 5]);
                 poison(dy, (size_t)(max_tok * rows) * 4);
                 sgllm_status s = sgllm__cuda_matvec(gpu, t, dw, rows, cols, dx, nt, dy);
                 CHECKF(s == SGLLM_OK, "matvec: %s", sgllm__cuda_errmsg(gpu));
                 fetch(y, dy, (size_t)(max_tok * rows) * 4);
                 double e = rel_err(y, ref, nt * rows);
                 worst_mv = e > worst_mv ? e : worst_mv;
-                CHECKF(e <= 1e-5, "matvec %s %lldx%lld batch %lld: rel err %.3g", sgllm__type_name(t), (long long)rows,
-                       (long long)cols, (long long)nt, e);
+                CHECKF(e <= 1e-5, "matvec %s %lldx%lld batch %lld variant %d: rel err %.3g", sgllm__type_name(t),
+                       (long long)rows, (long long)cols, (long long)nt, bi / 5, e);
                 bool untouched = true; // rows past the batch are not written
                 for (int64_t i = nt * rows; i < max_tok * rows; i++) untouched = untouched && isnan(y[i]);
                 CHECK(untouched);
             }
+            sgllm__cuda_set_dispatch(gpu, &disp);
             static const int64_t gemm_batches[] = {1, 9, 64};
             for (int bi = 0; bi < 3; bi++) {
                 int64_t nt = gemm_batches[bi];
