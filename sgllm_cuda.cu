@@ -662,59 +662,46 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
     static_assert(CB % 8 == 0 && CB <= MV_MAX_CHUNK_BYTES, "chunk layout");
     extern __shared__ __align__(16) uint8_t mv_smem[]; // (warps, MV_STAGES, CS)
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = warp % split;
-    // Row groups (split warps each) take rows rg, rg + n_groups, ...: with split == 1 the grid is
-    // sized to the resident warps and each warp streams chunk after chunk across its rows, so its
-    // cp.async ring never drains between rows; with split > 1 there is a group per row.
-    int64_t groups_per_block = blockDim.x / 32 / split, n_groups = (int64_t)gridDim.x * groups_per_block;
-    int64_t rg = (int64_t)blockIdx.x * groups_per_block + warp / split;
-    int64_t n_chunks = (cols + MV_CHUNK - 1) / MV_CHUNK;
-    int64_t mine = n_chunks > sub ? (n_chunks - sub + split - 1) / split : 0; // chunks of a row for this warp
-    int64_t my_rows = rg < rows ? (rows - rg + n_groups - 1) / n_groups : 0, items = my_rows * mine;
-    uint8_t *ring = mv_smem + (int64_t)warp * MV_STAGES * CS;
+    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32 / split) + warp / split;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    // item k: row rg + (k / mine) * n_groups, chunk sub + (k % mine) * split; ring stage k % MV_STAGES
-    auto issue = [&](int64_t k) {
-        if (k < items) {
-            const uint8_t *row = w + (rg + (k / mine) * n_groups) * row_bytes;
-            int64_t off = (sub + (k % mine) * split) * CB, bytes = row_bytes - off < CB ? row_bytes - off : CB;
-            uint8_t *dst = ring + (k % MV_STAGES) * CS;
-            for (int64_t i = (int64_t)lane * copy_bytes; i < bytes; i += 32 * copy_bytes)
-                sgllm__cu_cp_async(dst + i, row + off + i, copy_bytes);
-        }
-        sgllm__cu_cp_commit(); // an empty group keeps the wait count uniform
-    };
-#pragma unroll
-    for (int k = 0; k < MV_STAGES - 1; k++) issue(k);
-    int64_t r = rg;
-    for (int64_t k = 0; k < items; k++) {
-        issue(k + MV_STAGES - 1);
-        sgllm__cu_cp_wait<MV_STAGES - 1>();
-        __syncwarp();
-        const uint8_t *st = ring + (k % MV_STAGES) * CS;
-        int64_t j = k % mine, g0 = (sub + j * split) * (MV_CHUNK / 32); // first 32-value piece of the chunk
-        r = rg + (k / mine) * n_groups;
-#pragma unroll
-        for (int step = 0; step < 8; step++) {
-            int p = step * 4 + lane / 8, m = lane % 8; // piece of the chunk, quad of the piece
-            if ((g0 + p) * 32 < cols) {
-                float v[4];
-                sgllm__cu_dq4<T>(st, p, m, v);
-                sgllm__cu_dot4<NT>(v, x + (g0 + p) * 32 + 4 * m, cols, nt, acc);
+    if (r < rows) {
+        uint8_t *ring = mv_smem + (int64_t)warp * MV_STAGES * CS;
+        const uint8_t *row = w + r * row_bytes;
+        int64_t n_chunks = (cols + MV_CHUNK - 1) / MV_CHUNK;
+        // this warp's chunks are sub, sub + split, ...; its k-th one sits in stage k % MV_STAGES
+        int64_t mine = n_chunks > sub ? (n_chunks - sub + split - 1) / split : 0;
+        auto issue = [&](int64_t k) {
+            if (k < mine) {
+                int64_t off = (sub + k * split) * CB, bytes = row_bytes - off < CB ? row_bytes - off : CB;
+                uint8_t *dst = ring + (k % MV_STAGES) * CS;
+                for (int64_t i = (int64_t)lane * copy_bytes; i < bytes; i += 32 * copy_bytes)
+                    sgllm__cu_cp_async(dst + i, row + off + i, copy_bytes);
             }
-        }
-        __syncwarp(); // the stage is refilled by the next iteration's issue
-        if (split == 1 && j == mine - 1) { // row done: write it and start the next
+            sgllm__cu_cp_commit(); // an empty group keeps the wait count uniform
+        };
 #pragma unroll
-            for (int t = 0; t < NT; t++) {
-                float sum = sgllm__cu_warp_sum(acc[t]);
-                if (t < nt && lane == 0) y[t * rows + r] = sum;
-                acc[t] = 0.0f;
+        for (int k = 0; k < MV_STAGES - 1; k++) issue(k);
+        for (int64_t k = 0; k < mine; k++) {
+            issue(k + MV_STAGES - 1);
+            sgllm__cu_cp_wait<MV_STAGES - 1>();
+            __syncwarp();
+            const uint8_t *st = ring + (k % MV_STAGES) * CS;
+            int64_t g0 = (sub + k * split) * (MV_CHUNK / 32); // first 32-value piece of the chunk
+#pragma unroll
+            for (int step = 0; step < 8; step++) {
+                int p = step * 4 + lane / 8, m = lane % 8; // piece of the chunk, quad of the piece
+                if ((g0 + p) * 32 < cols) {
+                    float v[4];
+                    sgllm__cu_dq4<T>(st, p, m, v);
+                    sgllm__cu_dot4<NT>(v, x + (g0 + p) * 32 + 4 * m, cols, nt, acc);
+                }
             }
+            __syncwarp(); // the stage is refilled by the next iteration's issue
         }
     }
-    if (split > 1) sgllm__cu_mv_store<NT>(acc, y, rows, r, nt, split);
+    sgllm__cu_mv_store<NT>(acc, y, rows, r, nt, split);
 }
 
 // Float weights: the row's 16-byte words (VPL values each) are taken in steps of 32*U words;
@@ -796,22 +783,6 @@ static size_t sgllm__cu_mv_smem(uint32_t t, int warps) {
     return (size_t)warps * MV_STAGES * (size_t)((cb + 15) / 16 * 16);
 }
 
-// Resident blocks per SM of the quantized kernel for a type and batch.
-static cudaError_t sgllm__cu_mv_occupancy(uint32_t type, int n_tok, int threads, size_t smem, int *out) {
-#define SGLLM__OCC(TT)                                                                                              \
-    case TT:                                                                                                        \
-        if (n_tok == 1) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(out, sgllm__cu_mv_quant_k<TT, 1>, threads, smem); \
-        if (n_tok == 2) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(out, sgllm__cu_mv_quant_k<TT, 2>, threads, smem); \
-        if (n_tok <= 4) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(out, sgllm__cu_mv_quant_k<TT, 4>, threads, smem); \
-        return cudaOccupancyMaxActiveBlocksPerMultiprocessor(out, sgllm__cu_mv_quant_k<TT, 8>, threads, smem);
-    switch (type) {
-        SGLLM__OCC(T_Q4_0) SGLLM__OCC(T_Q4_1) SGLLM__OCC(T_Q5_0) SGLLM__OCC(T_Q5_1) SGLLM__OCC(T_Q8_0)
-        SGLLM__OCC(T_Q4_K) SGLLM__OCC(T_Q5_K) SGLLM__OCC(T_Q6_K)
-    default: return cudaErrorInvalidValue;
-    }
-#undef SGLLM__OCC
-}
-
 struct sgllm__cu_mv_args {
     const uint8_t *w;
     int64_t rows, cols, row_bytes;
@@ -884,18 +855,8 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
             }
     }
     cudaSetDevice(c->device);
-    int threads = 32 * warps;
-    if (path == 1 && split == 1) {
-        // streaming: as many blocks as stay resident, each warp looping over rows
-        int per_sm = 0;
-        size_t smem = sgllm__cu_mv_smem(type, warps);
-        if (sgllm__cu_mv_occupancy(type, (int)n_tok, threads, smem, &per_sm) == cudaSuccess && per_sm > 0) {
-            int64_t resident = (int64_t)per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1);
-            if (blocks > resident) blocks = resident;
-        }
-        cudaGetLastError();
-    }
     dim3 grid((unsigned)blocks);
+    int threads = 32 * warps;
     if (n_tok == 1) sgllm__cu_mv_launch<1>(type, path, grid, threads, c->stream, a);
     else if (n_tok == 2) sgllm__cu_mv_launch<2>(type, path, grid, threads, c->stream, a);
     else if (n_tok <= 4) sgllm__cu_mv_launch<4>(type, path, grid, threads, c->stream, a);
