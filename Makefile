@@ -12,7 +12,7 @@ GEMMA   := $(MODELS)/gemma-3-270m-q4_k_m.gguf
 SMOLLM  := $(MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # CUDA backend (sgllm_cuda.cu): built when nvcc is found; CUDA=0 turns it off. The GPU
-# programs (tests/test_gpu.c, examples/sgllm-bench.c) build only with it.
+# programs (tests/test_gpu.c, examples/sgllm-bench-kernels.c) build only with it.
 NVCC       ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 CUDA       ?= $(if $(NVCC),1,0)
 CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(NVCC))
@@ -24,9 +24,9 @@ NVCCFLAGS  ?= -O3
 CUDA_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode=arch=compute_$(a),code=sm_$(a)) \
                 $(foreach a,$(CUDA_PTX),-gencode=arch=compute_$(a),code=compute_$(a))
 CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ -ldl -lrt
-GPU_PROGS  := $(BUILD)/test_gpu $(BUILD)/sgllm-bench
+GPU_PROGS  := $(BUILD)/test_gpu $(BUILD)/sgllm-bench-kernels
 
-EXAMPLES := $(patsubst examples/%.c,$(BUILD)/%,$(filter-out examples/sgllm-bench.c,$(wildcard examples/*.c)))
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/%,$(filter-out examples/sgllm-bench-kernels.c,$(wildcard examples/*.c)))
 TESTS    := $(patsubst tests/%.c,$(BUILD)/%,$(filter-out tests/test_golden.c tests/test_gpu.c,$(wildcard tests/test_*.c)))
 
 .PHONY: all lib examples test test-header test-unit test-golden test-asan run models fuzz fuzz-smoke format clean help \
@@ -57,7 +57,7 @@ $(BUILD)/sgllm-%: examples/sgllm-%.c $(BUILD)/libsgllm.a
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/libsgllm.a $(LDLIBS) -o $@
 
 # Unit tests include sgllm_impl.c (white-box) and build on their own.
-$(BUILD)/test_%: tests/test_%.c sgllm_impl.c sgllm.h tests/test.h
+$(BUILD)/test_%: tests/test_%.c sgllm_impl.c sgllm.h $(wildcard tests/*.h)
 	@mkdir -p $(BUILD)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(LDLIBS) -o $@
 
@@ -70,7 +70,7 @@ $(BUILD)/sgllm_cuda.o: sgllm_cuda.cu sgllm.h
 $(BUILD)/test_gpu: tests/test_gpu.c sgllm_impl.c sgllm.h tests/test.h $(BUILD)/sgllm_cuda.o
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
 
-$(BUILD)/sgllm-bench: examples/sgllm-bench.c sgllm_impl.c sgllm.h $(BUILD)/sgllm_cuda.o
+$(BUILD)/sgllm-bench-kernels: examples/sgllm-bench-kernels.c sgllm_impl.c sgllm.h $(BUILD)/sgllm_cuda.o
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
 
 cuda-compile: $(GPU_PROGS)
@@ -78,8 +78,8 @@ cuda-compile: $(GPU_PROGS)
 test-gpu: $(BUILD)/test_gpu
 	$(BUILD)/test_gpu
 
-bench-gpu: $(BUILD)/sgllm-bench
-	$(BUILD)/sgllm-bench
+bench-gpu: $(BUILD)/sgllm-bench-kernels
+	$(BUILD)/sgllm-bench-kernels
 
 models:
 	@tests/fetch_models.sh all

@@ -27,6 +27,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -168,26 +169,42 @@ static int sgllm__n_cpus(void) {
 
 // Thread pool: n_threads - 1 workers plus the calling thread. sgllm__pool_run hands out
 // task indices [0, n_tasks) dynamically and returns when all are done. Owned by a context.
+// A decode step makes hundreds of short parallel calls, so waking must be cheap: workers
+// spin on the job counter for up to ~1 ms after a job before sleeping on the condition
+// variable, and the caller spins until the workers are done.
 typedef void (*sgllm__task_fn)(void *arg, int64_t task, int thread);
 
 typedef struct sgllm__pool {
     int n_threads;
     pthread_t *workers;       // (n_threads - 1)
     pthread_mutex_t mu;
-    pthread_cond_t wake, done;
-    uint64_t generation;      // bumped per job; workers wait for a change
-    int n_busy;               // workers still inside the current job
-    bool quit;
+    pthread_cond_t wake;
+    uint64_t generation;      // atomic; bumped per job, workers watch it
+    int n_busy;               // atomic; workers still inside the current job
+    int n_sleeping;           // workers waiting on `wake` (under mu)
+    int quit;                 // atomic
     sgllm__task_fn fn;
     void *arg;
     int64_t n_tasks;
-    int64_t next_task;        // atomically advanced
+    int64_t next_task;        // atomic
 } sgllm__pool;
 
 typedef struct sgllm__worker_arg {
     sgllm__pool *pool;
     int index;
 } sgllm__worker_arg;
+
+// A spin-wait step: a pause for the first iterations, then a yield, so an oversubscribed
+// machine still runs the thread being waited for.
+static void sgllm__cpu_relax(uint32_t iteration) {
+    if (iteration > 64) {
+        sched_yield();
+        return;
+    }
+#if SGLLM__X86
+    _mm_pause();
+#endif
+}
 
 static void sgllm__pool_work(sgllm__pool *p, int thread) {
     for (;;) {
@@ -203,32 +220,38 @@ static void *sgllm__worker_main(void *varg) {
     sgllm__free(varg);
     uint64_t seen = 0;
     for (;;) {
-        pthread_mutex_lock(&p->mu);
-        while (!p->quit && p->generation == seen) pthread_cond_wait(&p->wake, &p->mu);
-        if (p->quit) {
-            pthread_mutex_unlock(&p->mu);
-            return NULL;
+        double spin_until = sgllm__now() + 1e-3;
+        for (uint32_t i = 1; __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen &&
+                             !__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE);
+             i++) {
+            sgllm__cpu_relax(i);
+            if ((i & 63) == 0 && sgllm__now() > spin_until) {
+                pthread_mutex_lock(&p->mu);
+                p->n_sleeping++;
+                while (__atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen &&
+                       !__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE))
+                    pthread_cond_wait(&p->wake, &p->mu);
+                p->n_sleeping--;
+                pthread_mutex_unlock(&p->mu);
+            }
         }
-        seen = p->generation;
-        pthread_mutex_unlock(&p->mu);
+        if (__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE)) return NULL;
+        seen = __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE);
         sgllm__pool_work(p, index);
-        pthread_mutex_lock(&p->mu);
-        if (--p->n_busy == 0) pthread_cond_signal(&p->done);
-        pthread_mutex_unlock(&p->mu);
+        __atomic_fetch_sub(&p->n_busy, 1, __ATOMIC_RELEASE);
     }
 }
 
 static void sgllm__pool_free(sgllm__pool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->quit = true;
+    __atomic_store_n(&p->quit, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->n_threads - 1; i++)
         if (p->workers[i]) pthread_join(p->workers[i], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->wake);
-    pthread_cond_destroy(&p->done);
     sgllm__free(p->workers);
     sgllm__free(p);
 }
@@ -240,7 +263,6 @@ static sgllm__pool *sgllm__pool_create(int n_threads) {
     p->workers = (pthread_t *)sgllm__calloc((size_t)p->n_threads, sizeof(pthread_t));
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
-    pthread_cond_init(&p->done, NULL);
     if (!p->workers) {
         p->n_threads = 1;
         sgllm__pool_free(p);
@@ -269,19 +291,17 @@ static void sgllm__pool_run(sgllm__pool *p, int64_t n_tasks, sgllm__task_fn fn, 
         for (int64_t t = 0; t < n_tasks; t++) fn(arg, t, 0);
         return;
     }
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->arg = arg;
     p->n_tasks = n_tasks;
-    p->next_task = 0;
-    p->n_busy = p->n_threads - 1;
-    p->generation++;
-    pthread_cond_broadcast(&p->wake);
+    __atomic_store_n(&p->next_task, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->n_busy, p->n_threads - 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&p->generation, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&p->mu);
+    if (p->n_sleeping) pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     sgllm__pool_work(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->n_busy > 0) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    for (uint32_t i = 0; __atomic_load_n(&p->n_busy, __ATOMIC_ACQUIRE) > 0; i++) sgllm__cpu_relax(i);
 }
 
 // A read-only mapping of a whole file.
@@ -3398,10 +3418,12 @@ static int64_t sgllm__sampler_candidates(sgllm_sampler *s, const float *logits,
     *out = s->cand;
     if (n == 0 || !(max > -INFINITY)) return 0;
 
+    // Weights in double before rounding to float: a float exponent would carry |z| float
+    // roundings into every weight, enough to move top-p's cut on flat distributions.
     double total = 0; // over every candidate: top-p's fraction is of this mass
     for (int64_t i = 0; i < n; i++) {
         sgllm__cand *c = &s->cand[i];
-        c->p = c->logit >= max ? 1.0f : expf((c->logit - max) / temp);
+        c->p = c->logit >= max ? 1.0f : (float)exp(((double)c->logit - max) / temp);
         total += c->p;
     }
     if (p->min_p > 0) { // the top token always stays: its weight is exactly 1
@@ -3807,7 +3829,7 @@ typedef struct sgllm__cpu {
     float *att;                    // (n_batch, max n_head * head_dim) attention output
     float *o;                      // (n_batch, n_embd) block output
     float *g, *u;                  // (n_batch, max n_ff)
-    float *att_work;               // (n_threads, n_ctx + 2 * max head_dim) per-thread scores and rows
+    float *att_work;               // (n_threads, n_ctx + 3 * max head_dim) per-thread scores, rows, q
     void *mm_scratch;              // quantized activations for sgllm__matmul
 } sgllm__cpu;
 
@@ -3863,7 +3885,7 @@ static sgllm_status sgllm__cpu_init(sgllm__cpu *c, const sgllm_model *m, int32_t
          (c->att = (float *)sgllm__calloc(B * (size_t)qd, 4)) &&
          (c->o = (float *)sgllm__calloc(B * (size_t)m->n_embd, 4)) &&
          (c->g = (float *)sgllm__calloc(B * (size_t)ff, 4)) && (c->u = (float *)sgllm__calloc(B * (size_t)ff, 4)) &&
-         (c->att_work = (float *)sgllm__calloc((size_t)c->pool->n_threads * ((size_t)n_ctx + 2 * (size_t)hd), 4)) &&
+         (c->att_work = (float *)sgllm__calloc((size_t)c->pool->n_threads * ((size_t)n_ctx + 3 * (size_t)hd), 4)) &&
          (c->mm_scratch = sgllm__malloc(mm));
     if (!ok) {
         sgllm__cpu_free(c);
@@ -3901,13 +3923,24 @@ static void sgllm__rope(float *x, int32_t n_heads, int32_t head_dim, int32_t n_r
     }
 }
 
+// Rounds through fp16 and back.
+static float sgllm__fp16_round(float x) { return sgllm__fp16_to_f32(sgllm__f32_to_fp16(x)); }
+
+// GELU with the tanh approximation, evaluated as llama.cpp's CPU backend does (its golden
+// outputs are our reference): the input and the result pass through fp16 (ggml looks the
+// value up in an fp16 table), and |x| >= 10 short-cuts to 0 or x.
 static float sgllm__gelu_tanh(float x) {
-    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    float h = sgllm__fp16_round(x);
+    return sgllm__fp16_round(0.5f * h * (1.0f + tanhf(0.7978845608028654f * h * (1.0f + 0.044715f * h * h))));
 }
 static float sgllm__silu(float x) { return x / (1.0f + expf(-x)); }
 
 // One attention task: query token i, head h. Scores over the visible keys of the cache,
-// softmax in float32, weighted sum of values.
+// softmax in float32, weighted sum of values. The rounding follows llama.cpp's default CPU
+// attention (our reference): q meets the fp16 keys as fp16, and the probabilities meet the
+// fp16 values as fp16, with float accumulation.
 typedef struct sgllm__att_job {
     sgllm__cpu *c;
     const sgllm__layer *L;
@@ -3922,10 +3955,10 @@ static void sgllm__att_task(void *arg, int64_t task, int thread) {
     int32_t kvh = h / (L->n_head / L->n_head_kv), pos = j->pos0 + i;
     int64_t kv_stride = (int64_t)L->n_head_kv * hd;
     int32_t lo = L->window ? (pos - L->window + 1 > 0 ? pos - L->window + 1 : 0) : 0;
-    float *scores = c->att_work + (size_t)thread * ((size_t)c->n_ctx + 2 * (size_t)hd);
-    float *row = scores + c->n_ctx;
-    float *out = row + hd;
-    const float *q = c->q + (int64_t)i * L->n_head * hd + (int64_t)h * hd;
+    float *scores = c->att_work + (size_t)thread * ((size_t)c->n_ctx + 3 * (size_t)hd);
+    float *row = scores + c->n_ctx, *out = row + hd, *q = out + hd;
+    const float *qsrc = c->q + (int64_t)i * L->n_head * hd + (int64_t)h * hd;
+    for (int32_t e = 0; e < hd; e++) q[e] = sgllm__fp16_round(qsrc[e]);
     const uint16_t *K = c->k_cache[j->il] + (int64_t)kvh * hd, *V = c->v_cache[j->il] + (int64_t)kvh * hd;
     float mx = -INFINITY;
     for (int32_t p = lo; p <= pos; p++) {
@@ -3936,12 +3969,13 @@ static void sgllm__att_task(void *arg, int64_t task, int thread) {
         scores[p - lo] = s;
         mx = s > mx ? s : mx;
     }
-    float sum = 0;
+    double sum = 0;
     for (int32_t p = lo; p <= pos; p++) sum += (scores[p - lo] = expf(scores[p - lo] - mx));
+    float inv = (float)(1.0 / sum);
     memset(out, 0, (size_t)hd * sizeof(float));
     for (int32_t p = lo; p <= pos; p++) {
         sgllm__dequant_row(SGLLM__T_F16, V + (int64_t)p * kv_stride, row, hd);
-        float w = scores[p - lo] / sum;
+        float w = sgllm__fp16_round(scores[p - lo] * inv);
         for (int32_t e = 0; e < hd; e++) out[e] += w * row[e];
     }
     memcpy(c->att + (int64_t)i * L->n_head * hd + (int64_t)h * hd, out, (size_t)hd * sizeof(float));

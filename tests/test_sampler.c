@@ -128,8 +128,8 @@ static void test_penalties(void) {
 
 // The documented pipeline written plainly: full sort, top-k, (without top-k) the e^-40 cut,
 // softmax at the temperature, top-p prefix, min-p ratio. Returns the kept count and ids in
-// kept[] (sorted ascending), or -1 when a value sits within rounding of a threshold (the
-// caller draws new logits: float and double may then legitimately disagree).
+// kept[] (sorted ascending), or -1 when a value sits within float rounding of a threshold
+// (the caller draws new logits: float and double may then legitimately disagree).
 typedef struct ref_cand {
     int32_t id;
     float logit;
@@ -151,35 +151,45 @@ static int64_t ref_candidates(const float *x, int64_t n, const sgllm_sampler_par
     for (int64_t i = 0; i < n; i++) c[i] = (ref_cand){(int32_t)i, x[i]};
     qsort(c, (size_t)n, sizeof *c, ref_cmp);
     int64_t m = n;
-    int near = 0;
+    int near_cut = 0;
     if (p->top_k > 0 && p->top_k < n) m = p->top_k;
     else {
         for (int64_t i = 0; i < n; i++) {
             double z = ((double)c[i].logit - c[0].logit) / p->temperature;
-            near |= fabs(z + 40) < 1e-3;
+            near_cut |= fabs(z + 40) < 1e-3;
             if (z < -40 && m == n) m = i;
         }
     }
+    const int64_t m_cut = m;
+    // The sampler rounds each weight to float once: bound the error of every sum by four
+    // such roundings per weight.
     double total = 0;
     for (int64_t i = 0; i < m; i++) total += w[i] = exp(((double)c[i].logit - c[0].logit) / p->temperature);
+    const double rel_err = 4 * 6e-8;
+    // Top-p then min-p keep two prefixes of the ranking; the shorter one is the answer, so
+    // only its boundary has to be clear of rounding.
+    int64_t m_p = m, m_min = m;
+    int near_p = 0, near_min = 0;
     if (p->top_p < 1) {
         double goal = p->top_p * total, cum = 0;
         for (int64_t i = 0; i < m; i++) {
-            near |= fabs(cum - goal) < 1e-5 * total;
+            double before = cum, tol = rel_err * (cum + w[i] + p->top_p * total);
             cum += w[i];
-            near |= fabs(cum - goal) < 1e-5 * total;
             if (cum >= goal) {
-                m = i + 1;
+                near_p = fabs(before - goal) < tol || fabs(cum - goal) < tol;
+                m_p = i + 1;
                 break;
             }
         }
     }
     if (p->min_p > 0) {
-        int64_t j = 0;
-        while (j < m && w[j] >= p->min_p) near |= fabs(w[j++] - p->min_p) < 1e-5 * p->min_p;
-        if (j < m) near |= fabs(w[j] - p->min_p) < 1e-5 * p->min_p;
-        m = j > 0 ? j : 1;
+        m_min = 1; // the top token always stays
+        while (m_min < m && w[m_min] >= p->min_p) m_min++;
+        double tol = rel_err * p->min_p;
+        near_min = fabs(w[m_min - 1] - p->min_p) < tol || (m_min < m && fabs(w[m_min] - p->min_p) < tol);
     }
+    m = m_p < m_min ? m_p : m_min;
+    int near = (m_p == m && near_p) || (m_min == m && near_min) || (m_cut == m && near_cut);
     for (int64_t i = 0; i < m; i++) kept[i] = c[i].id;
     qsort(kept, (size_t)m, sizeof *kept, int_cmp);
     free(c);
@@ -224,7 +234,7 @@ static void test_candidates(void) {
         free(want);
         free(got);
     }
-    printf("candidate sets: %d cases, %d logit draws redrawn for sitting within 1e-5 of a threshold\n", cases,
+    printf("candidate sets: %d cases, %d logit draws redrawn for sitting within rounding of a threshold\n", cases,
            redrawn);
 }
 
