@@ -11,11 +11,31 @@ MODELS  ?= $(HOME)/.cache/sgllm
 GEMMA   := $(MODELS)/gemma-3-270m-q4_k_m.gguf
 SMOLLM  := $(MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
 
-EXAMPLES := $(patsubst examples/%.c,$(BUILD)/%,$(wildcard examples/*.c))
-TESTS    := $(patsubst tests/%.c,$(BUILD)/%,$(filter-out tests/test_golden.c,$(wildcard tests/test_*.c)))
+# CUDA backend (sgllm_cuda.cu): built when nvcc is found; CUDA=0 turns it off. The GPU
+# programs (tests/test_gpu.c, examples/sgllm-bench-kernels.c) build only with it.
+NVCC       ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+CUDA       ?= $(if $(NVCC),1,0)
+CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+# Machine code for every architecture row of the dispatch table, plus PTX of the newest for
+# devices that come later (the driver compiles it at load).
+CUDA_ARCHS ?= 80 86 89 90a 100a 120
+CUDA_PTX   ?= 120
+NVCCFLAGS  ?= -O3
+CUDA_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode=arch=compute_$(a),code=sm_$(a)) \
+                $(foreach a,$(CUDA_PTX),-gencode=arch=compute_$(a),code=compute_$(a))
+CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ -ldl -lrt
+GPU_PROGS  := $(BUILD)/test_gpu $(BUILD)/sgllm-bench-kernels
 
-.PHONY: all lib examples test test-header test-unit test-golden test-asan run models fuzz fuzz-smoke format clean help
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/%,$(filter-out examples/sgllm-bench-kernels.c,$(wildcard examples/*.c)))
+TESTS    := $(patsubst tests/%.c,$(BUILD)/%,$(filter-out tests/test_golden.c tests/test_gpu.c,$(wildcard tests/test_*.c)))
+
+.PHONY: all lib examples test test-header test-unit test-golden test-asan run models fuzz fuzz-smoke format clean help \
+        cuda-compile test-gpu bench-gpu
+ifeq ($(CUDA),1)
+all: lib examples cuda-compile
+else
 all: lib examples
+endif
 
 help:
 	@echo "make            build libsgllm.a and the examples into $(BUILD)/"
@@ -23,6 +43,8 @@ help:
 	@echo "make test       unit tests, golden tests against llama.cpp, ASan+UBSan build"
 	@echo "make fuzz       build the libFuzzer targets (clang) into $(BUILD)/fuzz/"
 	@echo "make format     clang-format every source file"
+	@echo "make test-gpu   build and run the GPU kernel tests (needs nvcc and a GPU; CUDA_ARCHS=90a builds one target)"
+	@echo "make bench-gpu  kernel benchmarks: bandwidth, cuBLAS rate, decode matvec, prefill GEMM"
 
 lib: $(BUILD)/libsgllm.a
 $(BUILD)/libsgllm.a: sgllm_impl.c sgllm.h
@@ -39,9 +61,32 @@ $(BUILD)/test_%: tests/test_%.c sgllm_impl.c sgllm.h $(wildcard tests/*.h)
 	@mkdir -p $(BUILD)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(LDLIBS) -o $@
 
+# The CUDA translation unit and the programs that link it. Compiled by `make test` wherever
+# nvcc exists (CI has no GPU: it compiles and links, test-gpu runs them on a GPU machine).
+$(BUILD)/sgllm_cuda.o: sgllm_cuda.cu sgllm.h
+	@mkdir -p $(BUILD)
+	$(NVCC) $(NVCCFLAGS) -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror $(CUDA_GENCODE) -c sgllm_cuda.cu -o $@
+
+$(BUILD)/test_gpu: tests/test_gpu.c sgllm_impl.c sgllm.h tests/test.h $(BUILD)/sgllm_cuda.o
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
+
+$(BUILD)/sgllm-bench-kernels: examples/sgllm-bench-kernels.c sgllm_impl.c sgllm.h $(BUILD)/sgllm_cuda.o
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
+
+cuda-compile: $(GPU_PROGS)
+
+test-gpu: $(BUILD)/test_gpu
+	$(BUILD)/test_gpu
+
+bench-gpu: $(BUILD)/sgllm-bench-kernels
+	$(BUILD)/sgllm-bench-kernels
+
 models:
 	@tests/fetch_models.sh all
 
+ifeq ($(CUDA),1)
+test: cuda-compile
+endif
 test: test-header test-unit test-golden test-asan fuzz-smoke
 	@echo "all tests passed"
 

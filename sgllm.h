@@ -336,3 +336,141 @@ SGLLM_API sgllm_status sgllm_chat_apply(const sgllm_model *model,
 }
 #endif
 #endif // SGLLM_H
+
+/* ---------------------------------------------------------------------------------------
+   INTERNAL: the backend interface between sgllm_impl.c and sgllm_cuda.cu
+   Declared only when SGLLM_INTERNAL is defined (the library's own sources and tests). Not
+   part of the public API: names, structs and semantics change without notice.
+
+   A CUDA context (sgllm__cuda) owns a device, one stream, a cuBLAS handle and workspace, and
+   a scratch buffer; nothing lives at file scope, so any number of contexts can coexist.
+   Device pointers below are marked (device). Every op only enqueues work on the context's
+   stream (no host synchronization) and returns SGLLM_ERR_INVALID_ARGUMENT for bad shapes or
+   pointers, SGLLM_ERR_BACKEND when CUDA refuses a launch; the message is then in
+   sgllm__cuda_errmsg. Errors inside kernels surface at the next synchronizing call.
+   Matrices are row-major; weights (rows, cols) are stored in their GGUF block layout, one
+   row of cols values after another (cols a multiple of the type's block).
+   --------------------------------------------------------------------------------------- */
+#if defined(SGLLM_INTERNAL) && !defined(SGLLM_INTERNAL_H)
+#define SGLLM_INTERNAL_H
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sgllm__cuda_props {
+    char name[256];             // e.g. "NVIDIA H100 80GB HBM3"
+    int major, minor;           // compute capability
+    int sm_count;               // streaming multiprocessors
+    size_t smem_per_block;      // bytes a block gets without opting in (48 KB)
+    size_t smem_per_block_optin; // bytes a block may get after cudaFuncSetAttribute
+    size_t l2_bytes;
+    size_t total_mem;
+} sgllm__cuda_props;
+
+// Every kernel variant and block size, chosen from the architecture table (sgllm_impl.c,
+// section 8b) and optionally overridden by configs/<device name>.json.
+typedef struct sgllm__cuda_dispatch {
+    char row[16];                 // the table row used: "sm80", "sm86", "sm89", "sm90", "sm100", "sm120"
+    int sm_count;                 // copied from the device, used to size split counts
+    int matvec_warps;             // warps per block in matrix-vector kernels
+    int matvec_warps_per_sm;      // rows are split over 2 or 4 warps until the grid has this many per SM
+    int matvec_max_batch;         // tokens up to which matmul takes the matrix-vector path (1..8)
+    int decode_max_splits;        // split-KV decode attention: most splits of one query's keys
+    int decode_min_keys;          // fewest keys per split worth a split of its own
+    int decode_block_n;           // keys per shared-memory tile in decode attention
+    int prefill_block_m[3];       // prefill attention query tile for head dim <= 128, <= 256, > 256
+    int prefill_block_n[3];       // prefill attention key tile, same classes
+    int prefill_warps[2];         // warps for head dim <= 64, > 64
+    int qknorm_per_head_max_tokens; // q/k norm: one block per (token, head) up to this many tokens
+    int norm_threads;             // threads per block of the row-wise norm kernels
+} sgllm__cuda_dispatch;
+
+typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context
+
+int sgllm__cuda_device_count(void); // 0 when there is no driver or device
+sgllm_status sgllm__cuda_query(int device, sgllm__cuda_props *out, char *err, size_t err_size);
+
+// Creates a context on device with the given dispatch (copied). Caller owns *out:
+// sgllm__cuda_free. On failure *out is NULL and err holds the reason.
+sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatch *dispatch, sgllm__cuda **out, char *err,
+                                size_t err_size);
+void sgllm__cuda_free(sgllm__cuda *c);                       // NULL is a no-op; synchronizes
+const char *sgllm__cuda_errmsg(const sgllm__cuda *c);        // last error, "" if none
+void sgllm__cuda_set_dispatch(sgllm__cuda *c, const sgllm__cuda_dispatch *dispatch);
+const sgllm__cuda_dispatch *sgllm__cuda_get_dispatch(const sgllm__cuda *c);
+void *sgllm__cuda_stream(const sgllm__cuda *c);              // the cudaStream_t ops run on
+
+sgllm_status sgllm__cuda_alloc(sgllm__cuda *c, size_t bytes, void **out); // (device); synchronous
+void sgllm__cuda_dfree(sgllm__cuda *c, void *p);                        // NULL is a no-op
+sgllm_status sgllm__cuda_upload(sgllm__cuda *c, void *dst, const void *src, size_t bytes);   // returns when done
+sgllm_status sgllm__cuda_download(sgllm__cuda *c, void *dst, const void *src, size_t bytes); // waits for the stream
+sgllm_status sgllm__cuda_memset(sgllm__cuda *c, void *dst, int byte, size_t bytes);          // enqueued
+sgllm_status sgllm__cuda_sync(sgllm__cuda *c);
+// Makes the context's scratch buffer at least bytes large (synchronous; outside any graph).
+// sgllm__cuda_gemm and sgllm__cuda_attn_decode use it; they fail when it is too small.
+sgllm_status sgllm__cuda_reserve(sgllm__cuda *c, size_t bytes);
+
+// out(n, cols) = row tokens[i] of w (n_rows, cols) of any weight type, times scale.
+// tokens (device, n); a token outside [0, n_rows) gives a row of zeros.
+sgllm_status sgllm__cuda_embed(sgllm__cuda *c, uint32_t type, const void *w, int64_t n_rows, int64_t cols,
+                               const int32_t *tokens, int64_t n, float scale, float *out);
+// Per row: x += delta (when delta is not NULL), then y = x / rms(x) * w (w NULL: no weight).
+// x (rows, dim) is updated in place; y may be x.
+sgllm_status sgllm__cuda_add_rmsnorm(sgllm__cuda *c, float *x, const float *delta, const float *w, float *y,
+                                     int64_t rows, int64_t dim, float eps);
+// In-place per-head RMSNorm of q (n_tok rows of stride q_stride, n_head heads) with q_w, k
+// (n_head_kv heads) with k_w, and v without weight when v is not NULL. Weights (head_dim) may
+// be NULL. One block per (token, head) up to dispatch.qknorm_per_head_max_tokens tokens,
+// else one block per token looping over its heads.
+sgllm_status sgllm__cuda_qkv_norm(sgllm__cuda *c, float *q, int64_t q_stride, int32_t n_head, const float *q_w,
+                                  float *k, int64_t k_stride, int32_t n_head_kv, const float *k_w, float *v,
+                                  int64_t v_stride, int32_t head_dim, int64_t n_tok, float eps);
+// Rotates the first n_rot dims of each of n_heads heads of x (n_tok rows of stride x_stride)
+// at positions pos (device, n_tok) times pos_scale; neox: halves (i, i + n_rot/2), else
+// adjacent pairs (2i, 2i + 1).
+sgllm_status sgllm__cuda_rope(sgllm__cuda *c, float *x, int64_t x_stride, int32_t n_heads, int32_t head_dim,
+                              int32_t n_rot, const int32_t *pos, int64_t n_tok, float pos_scale, float theta_base,
+                              int neox);
+enum { SGLLM__CUDA_ACT_SILU = 0, SGLLM__CUDA_ACT_GELU_TANH = 1 };
+// g(n) = act(g) * u(n)
+sgllm_status sgllm__cuda_gated_act(sgllm__cuda *c, int act, float *g, const float *u, int64_t n);
+
+// y(n_tok, rows) = x(n_tok, cols) . w(rows, cols)^T with w of any weight type, dequantized
+// on the fly. matvec: n_tok <= 8, reads w once; gemm: any n_tok, dequantizes w to bf16
+// scratch and runs cuBLAS (bf16 inputs, fp32 accumulation); matmul picks by dispatch.
+sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                const float *x, int64_t n_tok, float *y);
+sgllm_status sgllm__cuda_gemm(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                              const float *x, int64_t n_tok, float *y);
+sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                const float *x, int64_t n_tok, float *y);
+size_t sgllm__cuda_gemm_scratch_bytes(uint32_t type, int64_t rows, int64_t cols, int64_t n_tok);
+
+// Decode attention over an fp16 KV cache, split-KV with a log-sum-exp merge. Query i of n_q
+// (q: (n_q, n_head * head_dim), after RoPE) sits at position pos[i] (device, n_q) and sees
+// cache rows lo..pos[i], lo = window ? max(0, pos[i] - window + 1) : 0. k_cache, v_cache:
+// (rows, n_head_kv * head_dim) fp16 bits; out: (n_q, n_head * head_dim). Each query's keys
+// are cut into n_splits pieces (sgllm__dispatch_decode_splits picks the count).
+sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
+                                     const uint16_t *v_cache, int32_t n_head, int32_t n_head_kv, int32_t head_dim,
+                                     const int32_t *pos, int64_t n_q, int32_t window, float scale,
+                                     int32_t n_splits, float *out);
+size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_dim, int64_t n_q, int32_t n_splits);
+
+// Benchmark and synthetic-model helpers: fills w (rows, cols) of a weight type with valid
+// random blocks from seed; reads bytes of buf in a streaming kernel (16-byte loads) and
+// writes a checksum to sink (device, one float); raw cuBLAS bf16 GEMM C(m, n) = A(m, k) B(k, n)
+// in row-major bf16 with fp32 accumulation.
+sgllm_status sgllm__cuda_fill_random(sgllm__cuda *c, uint32_t type, void *w, int64_t rows, int64_t cols,
+                                     uint64_t seed);
+sgllm_status sgllm__cuda_read_bench(sgllm__cuda *c, const void *buf, size_t bytes, float *sink);
+// Device-event timing of the work enqueued between start and stop (stop waits for it).
+sgllm_status sgllm__cuda_timer_start(sgllm__cuda *c);
+sgllm_status sgllm__cuda_timer_stop(sgllm__cuda *c, float *ms);
+sgllm_status sgllm__cuda_gemm_bf16(sgllm__cuda *c, const void *a, const void *b, void *cmat, int64_t m, int64_t n,
+                                   int64_t k);
+
+#ifdef __cplusplus
+}
+#endif
+#endif // SGLLM_INTERNAL

@@ -4068,6 +4068,423 @@ static void sgllm__cpu_forward(sgllm__cpu *c, const int32_t *tokens, int32_t n, 
 }
 
 
+// --- 8b. Architecture dispatch -------------------------------------------------------------
+// Which kernel variants and block sizes the CUDA backend uses on a device. A compiled-in table
+// has one row per architecture, keyed by compute capability (8.0, 8.6, 8.9, 9.0, 10.x, 12.x);
+// the row is fitted to the device (shared memory per block, SM count) and may then be
+// overridden by a JSON file configs/<device name, spaces as _>.json. Plain C without CUDA, so
+// tests check the selection on fabricated device properties. The result travels to
+// sgllm_cuda.cu as an sgllm__cuda_dispatch (declared in the internal section of sgllm.h).
+// The table's numbers are starting points (sglang's choices where it has one, see
+// ../shared/spec/sglang-kernels.md); measured files under configs/ replace them per device.
+
+#define SGLLM_INTERNAL
+#include "sgllm.h" // again: this time for its internal section only
+
+typedef struct sgllm__dispatch_row {
+    int major, minor;       // compute capability; minor -1 matches any minor of major
+    sgllm__cuda_dispatch d; // row name and values; sm_count is filled from the device
+} sgllm__dispatch_row;
+
+// Fields: row, sm_count, matvec warps per block, matvec warps per SM, matvec max batch, decode max splits, decode min keys
+// per split, decode block n, prefill block m and n by head dim (<=128, <=256, >256), prefill
+// warps (head dim <= 64, > 64), qk-norm per-head threshold, norm threads.
+static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 256, 256}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 256, 256}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 256, 256}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
+};
+
+// Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
+static size_t sgllm__dispatch_tile_bytes(int bm, int bn, int d) { return ((size_t)bm + 2 * (size_t)bn) * (size_t)d * 2; }
+
+// Picks the row for a device and fits it: an exact (major, minor) match, else the newest row
+// not newer than the device (8.7 -> sm86, 11.x -> sm100, a future 13.x -> sm120); devices
+// older than 8.0 are unsupported (bf16 and cp.async need sm80). Prefill tiles that do not fit
+// the device's shared memory are halved (key tile first) until they do.
+static sgllm_status sgllm__dispatch_select(const sgllm__cuda_props *p, sgllm__cuda_dispatch *out, sgllm__diag *d) {
+    memset(out, 0, sizeof *out);
+    if (!p) return sgllm__fail(d, SGLLM_ERR_INVALID_ARGUMENT, "dispatch: no device properties");
+    const sgllm__dispatch_row *best = NULL;
+    int key = p->major * 100 + p->minor, best_key = -1;
+    size_t n_rows = sizeof sgllm__dispatch_rows / sizeof sgllm__dispatch_rows[0];
+    for (size_t i = 0; i < n_rows; i++) {
+        const sgllm__dispatch_row *r = &sgllm__dispatch_rows[i];
+        if (r->major == p->major && (r->minor == p->minor || r->minor < 0)) {
+            best = r;
+            break;
+        }
+        int rk = r->major * 100 + (r->minor < 0 ? 0 : r->minor);
+        if (rk <= key && rk > best_key) {
+            best = r;
+            best_key = rk;
+        }
+    }
+    if (!best)
+        return sgllm__fail(d, SGLLM_ERR_UNSUPPORTED, "CUDA device '%s' has compute capability %d.%d; sgllm needs 8.0 or newer",
+                           p->name, p->major, p->minor);
+    *out = best->d;
+    out->sm_count = p->sm_count > 0 ? p->sm_count : 1;
+    size_t smem = p->smem_per_block_optin > p->smem_per_block ? p->smem_per_block_optin : p->smem_per_block;
+    static const int class_dim[3] = {128, 256, 512};
+    for (int c = 0; c < 3; c++) {
+        int *bm = &out->prefill_block_m[c], *bn = &out->prefill_block_n[c];
+        while (sgllm__dispatch_tile_bytes(*bm, *bn, class_dim[c]) > smem && (*bn > 16 || *bm > 16)) {
+            if (*bn > 16) *bn /= 2;
+            else *bm /= 2;
+        }
+        if (sgllm__dispatch_tile_bytes(*bm, *bn, class_dim[c]) > smem)
+            return sgllm__fail(d, SGLLM_ERR_UNSUPPORTED,
+                               "CUDA device '%s': %zu bytes of shared memory per block cannot hold an attention tile of "
+                               "head dim %d", p->name, smem, class_dim[c]);
+    }
+    return SGLLM_OK;
+}
+
+// Splits for decode attention of one query: enough blocks for two waves over the SMs
+// (blocks_per_split: blocks one split launches, tokens x KV heads x head groups), never more
+// than the row allows nor so many that a split gets fewer than decode_min_keys keys.
+static int32_t sgllm__dispatch_decode_splits(const sgllm__cuda_dispatch *d, int64_t blocks_per_split, int64_t max_keys) {
+    if (blocks_per_split < 1) blocks_per_split = 1;
+    int64_t want = (2 * (int64_t)d->sm_count + blocks_per_split - 1) / blocks_per_split;
+    int64_t by_len = d->decode_min_keys > 0 ? max_keys / d->decode_min_keys : max_keys;
+    if (want > by_len) want = by_len;
+    if (want > d->decode_max_splits) want = d->decode_max_splits;
+    return want < 1 ? 1 : (int32_t)want;
+}
+
+// Prefill attention tile for a query head dim: (block m, block n, warps).
+static void sgllm__dispatch_prefill_tile(const sgllm__cuda_dispatch *d, int head_dim, int *bm, int *bn, int *warps) {
+    int c = head_dim <= 128 ? 0 : head_dim <= 256 ? 1 : 2;
+    *bm = d->prefill_block_m[c];
+    *bn = d->prefill_block_n[c];
+    *warps = d->prefill_warps[head_dim <= 64 ? 0 : 1];
+}
+
+// One line describing the decision (for the log and for users); returns snprintf's count.
+static int sgllm__dispatch_format(const sgllm__cuda_dispatch *d, const sgllm__cuda_props *p, const char *config,
+                                  char *buf, size_t cap) {
+    return snprintf(buf, cap,
+                    "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
+                    "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles; prefill tiles %dx%d (d<=128) "
+                    "%dx%d (d<=256) %dx%d (d>256), %d/%d warps; qk-norm per head up to %d tokens; norms %d threads",
+                    p->name, p->major, p->minor, p->sm_count,
+                    (p->smem_per_block_optin > p->smem_per_block ? p->smem_per_block_optin : p->smem_per_block) / 1024,
+                    d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_warps_per_sm,
+                    d->matvec_max_batch,
+                    d->decode_max_splits, d->decode_min_keys, d->decode_block_n, d->prefill_block_m[0],
+                    d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
+                    d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->qknorm_per_head_max_tokens,
+                    d->norm_threads);
+}
+
+// A strict JSON reader over untrusted bytes (RFC 8259 grammar; every read bounds-checked;
+// nesting limited), enough to read the override files: a cursor, not a tree.
+typedef struct sgllm__json {
+    const char *s;
+    size_t len, pos;
+    int depth;
+    sgllm__diag *d;
+    const char *what; // file name for messages
+} sgllm__json;
+
+enum { SGLLM__JSON_MAX_DEPTH = 32 };
+
+static sgllm_status sgllm__json_err(sgllm__json *j, const char *msg) {
+    return sgllm__fail(j->d, SGLLM_ERR_FORMAT, "%s: %s at byte %zu", j->what, msg, j->pos);
+}
+
+static void sgllm__json_ws(sgllm__json *j) {
+    while (j->pos < j->len && (j->s[j->pos] == ' ' || j->s[j->pos] == '\t' || j->s[j->pos] == '\n' || j->s[j->pos] == '\r'))
+        j->pos++;
+}
+
+static int sgllm__json_peek(sgllm__json *j) {
+    sgllm__json_ws(j);
+    return j->pos < j->len ? (unsigned char)j->s[j->pos] : -1;
+}
+
+static sgllm_status sgllm__json_expect(sgllm__json *j, char c) {
+    if (sgllm__json_peek(j) != (unsigned char)c) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "expected '%c'", c);
+        return sgllm__json_err(j, msg);
+    }
+    j->pos++;
+    return SGLLM_OK;
+}
+
+static int sgllm__json_hex(int c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+// Reads a string; its unescaped bytes go to buf (NUL-terminated, cap > 0) when buf is not
+// NULL. Longer strings than buf holds are an error, never truncated silently.
+static sgllm_status sgllm__json_string(sgllm__json *j, char *buf, size_t cap) {
+    sgllm_status s = sgllm__json_expect(j, '"');
+    if (s) return s;
+    size_t n = 0;
+    for (;;) {
+        if (j->pos >= j->len) return sgllm__json_err(j, "unterminated string");
+        unsigned char c = (unsigned char)j->s[j->pos++];
+        char out = (char)c;
+        if (c == '"') break;
+        if (c < 0x20) return sgllm__json_err(j, "control character in string");
+        if (c == '\\') {
+            uint32_t cp = 0;
+            if (j->pos >= j->len) return sgllm__json_err(j, "unterminated escape");
+            char e = j->s[j->pos++];
+            switch (e) {
+            case '"': case '\\': case '/': cp = (uint32_t)(unsigned char)e; break;
+            case 'b': cp = '\b'; break;
+            case 'f': cp = '\f'; break;
+            case 'n': cp = '\n'; break;
+            case 'r': cp = '\r'; break;
+            case 't': cp = '\t'; break;
+            case 'u':
+                if (j->len - j->pos < 4) return sgllm__json_err(j, "short \\u escape");
+                cp = 0;
+                for (int k = 0; k < 4; k++) {
+                    int h = sgllm__json_hex((unsigned char)j->s[j->pos++]);
+                    if (h < 0) return sgllm__json_err(j, "bad \\u escape");
+                    cp = cp * 16 + (uint32_t)h;
+                }
+                break;
+            default: return sgllm__json_err(j, "unknown escape");
+            }
+            out = cp > 0 && cp < 0x80 ? (char)cp : '?'; // keys and names here are ASCII, never NUL
+        }
+        if (buf) {
+            if (n + 1 >= cap) return sgllm__json_err(j, "string too long");
+            buf[n++] = out;
+        }
+    }
+    if (buf) buf[n] = 0;
+    return SGLLM_OK;
+}
+
+// Reads a number (RFC 8259 grammar). *is_int says whether it was written as an integer that
+// fits in int64 (no fraction, no exponent), with its value in *ival.
+static sgllm_status sgllm__json_number(sgllm__json *j, bool *is_int, int64_t *ival) {
+    sgllm__json_ws(j);
+    size_t p = j->pos;
+    bool neg = false, frac = false;
+    uint64_t v = 0;
+    bool overflow = false;
+    if (p < j->len && j->s[p] == '-') {
+        neg = true;
+        p++;
+    }
+    if (p >= j->len || j->s[p] < '0' || j->s[p] > '9') return sgllm__json_err(j, "expected a number");
+    if (j->s[p] == '0') {
+        p++;
+        if (p < j->len && j->s[p] >= '0' && j->s[p] <= '9') return sgllm__json_err(j, "leading zero in a number");
+    } else {
+        while (p < j->len && j->s[p] >= '0' && j->s[p] <= '9') {
+            unsigned dgt = (unsigned)(j->s[p++] - '0');
+            if (v > (UINT64_MAX - dgt) / 10) overflow = true;
+            else v = v * 10 + dgt;
+        }
+    }
+    if (p < j->len && j->s[p] == '.') {
+        frac = true;
+        p++;
+        if (p >= j->len || j->s[p] < '0' || j->s[p] > '9') return sgllm__json_err(j, "digits must follow '.'");
+        while (p < j->len && j->s[p] >= '0' && j->s[p] <= '9') p++;
+    }
+    if (p < j->len && (j->s[p] == 'e' || j->s[p] == 'E')) {
+        frac = true;
+        p++;
+        if (p < j->len && (j->s[p] == '+' || j->s[p] == '-')) p++;
+        if (p >= j->len || j->s[p] < '0' || j->s[p] > '9') return sgllm__json_err(j, "digits must follow the exponent");
+        while (p < j->len && j->s[p] >= '0' && j->s[p] <= '9') p++;
+    }
+    j->pos = p;
+    *is_int = !frac && !overflow && v <= (uint64_t)INT64_MAX;
+    *ival = *is_int ? (neg ? -(int64_t)v : (int64_t)v) : 0;
+    return SGLLM_OK;
+}
+
+static sgllm_status sgllm__json_skip(sgllm__json *j) {
+    int c = sgllm__json_peek(j);
+    sgllm_status s;
+    if (c == '"') return sgllm__json_string(j, NULL, 0);
+    if (c == '{' || c == '[') {
+        if (++j->depth > SGLLM__JSON_MAX_DEPTH) return sgllm__json_err(j, "nesting too deep");
+        char close = c == '{' ? '}' : ']';
+        j->pos++;
+        if (sgllm__json_peek(j) == (unsigned char)close) {
+            j->pos++;
+            j->depth--;
+            return SGLLM_OK;
+        }
+        for (;;) {
+            if (c == '{' && ((s = sgllm__json_string(j, NULL, 0)) || (s = sgllm__json_expect(j, ':')))) return s;
+            if ((s = sgllm__json_skip(j))) return s;
+            int n = sgllm__json_peek(j);
+            if (n == ',') {
+                j->pos++;
+                continue;
+            }
+            if ((s = sgllm__json_expect(j, close))) return s;
+            j->depth--;
+            return SGLLM_OK;
+        }
+    }
+    static const char *const words[] = {"true", "false", "null"};
+    for (int w = 0; w < 3; w++) {
+        size_t n = strlen(words[w]);
+        if (j->len - j->pos >= n && !memcmp(j->s + j->pos, words[w], n)) {
+            j->pos += n;
+            return SGLLM_OK;
+        }
+    }
+    bool is_int;
+    int64_t iv;
+    return sgllm__json_number(j, &is_int, &iv);
+}
+
+// The overridable fields: name, offset of the first int, count (arrays), allowed range.
+typedef struct sgllm__dispatch_field {
+    const char *key;
+    size_t off;
+    int count, lo, hi;
+    bool pow2; // tile sizes must be powers of two
+} sgllm__dispatch_field;
+
+static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
+    {"matvec_warps", offsetof(sgllm__cuda_dispatch, matvec_warps), 1, 1, 8, false},
+    {"matvec_warps_per_sm", offsetof(sgllm__cuda_dispatch, matvec_warps_per_sm), 1, 1, 64, false},
+    {"matvec_max_batch", offsetof(sgllm__cuda_dispatch, matvec_max_batch), 1, 1, 8, false},
+    {"decode_max_splits", offsetof(sgllm__cuda_dispatch, decode_max_splits), 1, 1, 64, false},
+    {"decode_min_keys", offsetof(sgllm__cuda_dispatch, decode_min_keys), 1, 16, 1 << 16, false},
+    {"decode_block_n", offsetof(sgllm__cuda_dispatch, decode_block_n), 1, 8, 128, true},
+    {"prefill_block_m", offsetof(sgllm__cuda_dispatch, prefill_block_m), 3, 16, 256, true},
+    {"prefill_block_n", offsetof(sgllm__cuda_dispatch, prefill_block_n), 3, 16, 256, true},
+    {"prefill_warps", offsetof(sgllm__cuda_dispatch, prefill_warps), 2, 1, 16, false},
+    {"qknorm_per_head_max_tokens", offsetof(sgllm__cuda_dispatch, qknorm_per_head_max_tokens), 1, 0, 1 << 20, false},
+    {"norm_threads", offsetof(sgllm__cuda_dispatch, norm_threads), 1, 32, 1024, false},
+};
+
+static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {
+    bool is_int;
+    int64_t v;
+    sgllm_status s = sgllm__json_number(j, &is_int, &v);
+    if (s) return s;
+    if (!is_int || v < f->lo || v > f->hi || (f->pow2 && (v & (v - 1))) ||
+        (!strcmp(f->key, "norm_threads") && v % 32)) {
+        return sgllm__fail(j->d, SGLLM_ERR_FORMAT, "%s: '%s' must be %s in [%d, %d]%s, at byte %zu", j->what, f->key,
+                           f->pow2 ? "a power of two" : "an integer", f->lo, f->hi,
+                           !strcmp(f->key, "norm_threads") ? " and a multiple of 32" : "", j->pos);
+    }
+    *out = (int)v;
+    return SGLLM_OK;
+}
+
+// Applies an override document: one object whose keys are field names of
+// sgllm__cuda_dispatch (integers, or arrays of exactly as many integers for the per-class
+// fields), plus optional "device" (a string) and "comment". Unknown or repeated keys, values out
+// of range and anything after the object are errors; on error *io is left unchanged.
+// "comment" may hold any JSON value.
+static sgllm_status sgllm__dispatch_apply_json(sgllm__cuda_dispatch *io, const char *text, size_t len,
+                                               const char *what, sgllm__diag *d) {
+    sgllm__json j = {text, len, 0, 0, d, what ? what : "dispatch config"};
+    sgllm__cuda_dispatch out = *io;
+    size_t n_fields = sizeof sgllm__dispatch_fields / sizeof sgllm__dispatch_fields[0];
+    uint32_t seen = 0;
+    sgllm_status s = sgllm__json_expect(&j, '{');
+    if (s) return s;
+    bool first = true;
+    while (sgllm__json_peek(&j) != '}') {
+        if (!first && (s = sgllm__json_expect(&j, ','))) return s;
+        first = false;
+        char key[64];
+        size_t key_pos = j.pos;
+        if ((s = sgllm__json_string(&j, key, sizeof key)) || (s = sgllm__json_expect(&j, ':'))) return s;
+        if (!strcmp(key, "device")) {
+            char tmp[256];
+            if ((s = sgllm__json_string(&j, tmp, sizeof tmp))) return s;
+            continue;
+        }
+        if (!strcmp(key, "comment")) { // any JSON value, validated and ignored
+            if ((s = sgllm__json_skip(&j))) return s;
+            continue;
+        }
+        size_t f = 0;
+        while (f < n_fields && strcmp(key, sgllm__dispatch_fields[f].key)) f++;
+        if (f == n_fields)
+            return sgllm__fail(d, SGLLM_ERR_FORMAT, "%s: unknown key '%s' at byte %zu", j.what, key, key_pos);
+        if (seen & (1u << f)) return sgllm__fail(d, SGLLM_ERR_FORMAT, "%s: repeated key '%s' at byte %zu", j.what, key, key_pos);
+        seen |= 1u << f;
+        const sgllm__dispatch_field *fd = &sgllm__dispatch_fields[f];
+        int *dst = (int *)((char *)&out + fd->off);
+        if (fd->count == 1) {
+            if ((s = sgllm__dispatch_int(&j, fd, dst))) return s;
+            continue;
+        }
+        if ((s = sgllm__json_expect(&j, '['))) return s;
+        for (int k = 0; k < fd->count; k++) {
+            if ((k && (s = sgllm__json_expect(&j, ','))) || (s = sgllm__dispatch_int(&j, fd, &dst[k]))) return s;
+        }
+        if (sgllm__json_peek(&j) != ']')
+            return sgllm__fail(d, SGLLM_ERR_FORMAT, "%s: '%s' takes exactly %d values, at byte %zu", j.what, key, fd->count, j.pos);
+        j.pos++;
+    }
+    j.pos++;
+    if (sgllm__json_peek(&j) != -1) return sgllm__json_err(&j, "trailing data after the object");
+    *io = out;
+    return SGLLM_OK;
+}
+
+// configs/<name>.json for a device name: spaces (and any byte outside [A-Za-z0-9._-]) become
+// '_', so a hostile name cannot leave the directory. Returns false when it does not fit.
+static bool sgllm__dispatch_config_path(const char *dir, const char *device, char *buf, size_t cap) {
+    int n = snprintf(buf, cap, "%s/", dir);
+    if (n < 0 || (size_t)n >= cap || !device[0]) return false;
+    size_t pos = (size_t)n;
+    for (const char *c = device; *c; c++) {
+        char ch = *c;
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+                  ch == '_' || (ch == '.' && c != device);
+        if (pos + 1 >= cap) return false;
+        buf[pos++] = ok ? ch : '_';
+    }
+    if (pos + 6 >= cap) return false;
+    memcpy(buf + pos, ".json", 6);
+    return true;
+}
+
+// Loads dir/<device>.json over *io when it exists (*applied tells). A missing file is not an
+// error; an unreadable or malformed one is, and leaves *io unchanged.
+static sgllm_status sgllm__dispatch_load_config(sgllm__cuda_dispatch *io, const char *dir, const char *device,
+                                                char *path, size_t path_cap, bool *applied, sgllm__diag *d) {
+    *applied = false;
+    if (!sgllm__dispatch_config_path(dir, device, path, path_cap))
+        return sgllm__fail(d, SGLLM_ERR_INVALID_ARGUMENT, "dispatch config: path too long for device '%s'", device);
+    FILE *f = fopen(path, "rb");
+    if (!f) return errno == ENOENT ? SGLLM_OK : sgllm__fail(d, SGLLM_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    enum { MAX = 1 << 16 };
+    char *text = (char *)sgllm__malloc(MAX + 1);
+    if (!text) {
+        fclose(f);
+        return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", path);
+    }
+    size_t n = fread(text, 1, MAX + 1, f);
+    bool err = ferror(f) != 0;
+    fclose(f);
+    sgllm_status s;
+    if (err) s = sgllm__fail(d, SGLLM_ERR_IO, "cannot read '%s'", path);
+    else if (n > MAX) s = sgllm__fail(d, SGLLM_ERR_FORMAT, "'%s' is larger than %d bytes", path, MAX);
+    else s = sgllm__dispatch_apply_json(io, text, n, path, d);
+    sgllm__free(text);
+    if (s == SGLLM_OK) *applied = true;
+    return s;
+}
+
+
 // --- 9. Public API -------------------------------------------------------------------------
 // Handles and the calls of sgllm.h: argument checks, error messages and the generate loop.
 

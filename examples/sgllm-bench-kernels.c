@@ -1,0 +1,250 @@
+// sgllm-bench-kernels - kernel-level benchmarks of the CUDA backend against the device's own ceilings.
+//
+//   sgllm-bench-kernels [--reps N] [--sweep]
+//
+// --sweep also times the Llama-3-8B matvecs under other matrix-vector launch settings
+// (warps per block, warps per SM) to choose the values for configs/<device>.json.
+// Measures the two ceilings itself: streaming read bandwidth (16-byte loads over 2 GiB) and
+// the cuBLAS bf16 GEMM rate (8192^3). Then times the decode matrix-vector kernel at
+// Llama-3-8B layer shapes in BF16, Q8_0 and Q4_K (random weights, rotated over enough copies
+// to defeat the 50 MB L2) and prints each as a fraction of its bandwidth floor (weight bytes /
+// measured read bandwidth), and a 2048-token prefill GEMM as a fraction of the measured cuBLAS
+// rate. Times are medians of CUDA-event measurements after warm-up.
+//
+// It drives the backend's internal interface (it includes sgllm_impl.c like the tests do);
+// model-level prefill/decode tok/s on the GPU belong in sgllm-bench once the CUDA forward pass
+// is reachable through the public API.
+#define SGLLM_INTERNAL
+#include "../sgllm_impl.c"
+
+static sgllm__cuda *gpu;
+
+static void die(const char *what) {
+    fprintf(stderr, "sgllm-bench-kernels: %s: %s\n", what, gpu ? sgllm__cuda_errmsg(gpu) : "");
+    exit(1);
+}
+#define TRY(call, what)                                                                                                \
+    do {                                                                                                               \
+        if ((call) != SGLLM_OK) die(what);                                                                             \
+    } while (0)
+
+static void *dev(size_t bytes) {
+    void *p;
+    TRY(sgllm__cuda_alloc(gpu, bytes, &p), "allocation");
+    return p;
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+static float median(float *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_float);
+    return n % 2 ? v[n / 2] : 0.5f * (v[n / 2 - 1] + v[n / 2]);
+}
+
+enum { MAX_REPS = 101 };
+
+static double read_bandwidth(int reps) {
+    size_t bytes = (size_t)2 << 30;
+    void *buf = dev(bytes);
+    float *sink = (float *)dev(sizeof(float));
+    TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_BF16, buf, (int64_t)(bytes / 2 / 4096), 4096, 1), "fill");
+    for (int i = 0; i < 3; i++) TRY(sgllm__cuda_read_bench(gpu, buf, bytes, sink), "read");
+    float t[MAX_REPS];
+    for (int i = 0; i < reps; i++) {
+        TRY(sgllm__cuda_timer_start(gpu), "timer");
+        TRY(sgllm__cuda_read_bench(gpu, buf, bytes, sink), "read");
+        TRY(sgllm__cuda_timer_stop(gpu, &t[i]), "timer");
+    }
+    sgllm__cuda_dfree(gpu, buf);
+    sgllm__cuda_dfree(gpu, sink);
+    return (double)bytes / (median(t, reps) * 1e-3);
+}
+
+static double cublas_rate(int reps) {
+    int64_t n = 8192;
+    void *a = dev((size_t)(n * n * 2)), *b = dev((size_t)(n * n * 2)), *c = dev((size_t)(n * n * 2));
+    TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_BF16, a, n, n, 2), "fill");
+    TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_BF16, b, n, n, 3), "fill");
+    for (int i = 0; i < 3; i++) TRY(sgllm__cuda_gemm_bf16(gpu, a, b, c, n, n, n), "gemm");
+    float t[MAX_REPS];
+    int r = reps < 20 ? reps : 20;
+    for (int i = 0; i < r; i++) {
+        TRY(sgllm__cuda_timer_start(gpu), "timer");
+        TRY(sgllm__cuda_gemm_bf16(gpu, a, b, c, n, n, n), "gemm");
+        TRY(sgllm__cuda_timer_stop(gpu, &t[i]), "timer");
+    }
+    sgllm__cuda_dfree(gpu, a);
+    sgllm__cuda_dfree(gpu, b);
+    sgllm__cuda_dfree(gpu, c);
+    return 2.0 * (double)n * n * n / (median(t, r) * 1e-3);
+}
+
+// Median seconds per matvec call of a (rows, cols) weight of type t at batch n_tok, the
+// weight rotated over enough copies that every call reads from device memory.
+static double time_matvec(uint32_t t, int64_t rows, int64_t cols, int64_t n_tok, int reps, size_t *wbytes) {
+    size_t bytes = (size_t)sgllm__row_bytes(t, (uint64_t)cols) * (size_t)rows;
+    int copies = (int)((256u << 20) / bytes) + 1;
+    if (copies > 16) copies = 16;
+    void *w[16];
+    for (int i = 0; i < copies; i++) {
+        w[i] = dev(bytes);
+        TRY(sgllm__cuda_fill_random(gpu, t, w[i], rows, cols, 100 + (uint64_t)i), "fill");
+    }
+    float *x = (float *)dev((size_t)(n_tok * cols) * 4), *y = (float *)dev((size_t)(n_tok * rows) * 4);
+    TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F32, x, n_tok, cols, 7), "fill");
+    for (int i = 0; i < copies; i++) TRY(sgllm__cuda_matvec(gpu, t, w[i], rows, cols, x, n_tok, y), "matvec");
+    float tm[MAX_REPS];
+    int per = copies < 8 ? 8 * copies : copies; // calls per timed batch
+    for (int r = 0; r < reps; r++) {
+        TRY(sgllm__cuda_timer_start(gpu), "timer");
+        for (int i = 0; i < per; i++) TRY(sgllm__cuda_matvec(gpu, t, w[i % copies], rows, cols, x, n_tok, y), "matvec");
+        TRY(sgllm__cuda_timer_stop(gpu, &tm[r]), "timer");
+        tm[r] /= (float)per;
+    }
+    for (int i = 0; i < copies; i++) sgllm__cuda_dfree(gpu, w[i]);
+    sgllm__cuda_dfree(gpu, x);
+    sgllm__cuda_dfree(gpu, y);
+    *wbytes = bytes;
+    return median(tm, reps) * 1e-3;
+}
+
+static double time_gemm(uint32_t t, int64_t rows, int64_t cols, int64_t n_tok, int reps) {
+    size_t bytes = (size_t)sgllm__row_bytes(t, (uint64_t)cols) * (size_t)rows;
+    void *w = dev(bytes);
+    float *x = (float *)dev((size_t)(n_tok * cols) * 4), *y = (float *)dev((size_t)(n_tok * rows) * 4);
+    TRY(sgllm__cuda_fill_random(gpu, t, w, rows, cols, 11), "fill");
+    TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F32, x, n_tok, cols, 12), "fill");
+    TRY(sgllm__cuda_reserve(gpu, sgllm__cuda_gemm_scratch_bytes(t, rows, cols, n_tok)), "scratch");
+    for (int i = 0; i < 3; i++) TRY(sgllm__cuda_gemm(gpu, t, w, rows, cols, x, n_tok, y), "gemm");
+    float tm[MAX_REPS];
+    int r = reps < 30 ? reps : 30;
+    for (int i = 0; i < r; i++) {
+        TRY(sgllm__cuda_timer_start(gpu), "timer");
+        TRY(sgllm__cuda_gemm(gpu, t, w, rows, cols, x, n_tok, y), "gemm");
+        TRY(sgllm__cuda_timer_stop(gpu, &tm[i]), "timer");
+    }
+    sgllm__cuda_dfree(gpu, w);
+    sgllm__cuda_dfree(gpu, x);
+    sgllm__cuda_dfree(gpu, y);
+    return median(tm, r) * 1e-3;
+}
+
+int main(int argc, char **argv) {
+    int reps = 21;
+    bool sweep = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--sweep")) sweep = true;
+        else {
+            fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep]\n");
+            return 2;
+        }
+    }
+    if (reps < 3) reps = 3;
+    if (reps > MAX_REPS) reps = MAX_REPS;
+    if (sgllm__cuda_device_count() < 1) {
+        fprintf(stderr, "sgllm-bench-kernels: no CUDA device\n");
+        return 1;
+    }
+    sgllm__cuda_props props;
+    char err[256], path[512], line[4096];
+    sgllm__diag dg = {0};
+    sgllm__cuda_dispatch disp;
+    bool applied = false;
+    if (sgllm__cuda_query(0, &props, err, sizeof err) != SGLLM_OK) {
+        fprintf(stderr, "sgllm-bench-kernels: %s\n", err);
+        return 1;
+    }
+    if (sgllm__dispatch_select(&props, &disp, &dg) != SGLLM_OK ||
+        sgllm__dispatch_load_config(&disp, "configs", props.name, path, sizeof path, &applied, &dg) != SGLLM_OK) {
+        fprintf(stderr, "sgllm-bench-kernels: %s\n", dg.msg);
+        return 1;
+    }
+    sgllm__dispatch_format(&disp, &props, applied ? path : NULL, line, sizeof line);
+    printf("%s\n", line);
+    if (sgllm__cuda_create(0, &disp, &gpu, err, sizeof err) != SGLLM_OK) {
+        fprintf(stderr, "sgllm-bench-kernels: %s\n", err);
+        return 1;
+    }
+
+    double bw = read_bandwidth(reps), flops = cublas_rate(reps);
+    printf("device: %s, %d SMs\n", props.name, props.sm_count);
+    printf("measured read bandwidth: %.0f GB/s (streaming 16-byte loads, 2 GiB)\n", bw / 1e9);
+    printf("measured cuBLAS bf16 GEMM: %.0f TFLOP/s (8192^3, random data)\n\n", flops / 1e12);
+
+    static const struct {
+        const char *name;
+        int64_t rows, cols;
+        int per_layer; // times per Llama-3-8B layer (0: once per token)
+    } shapes[] = {{"attn q / o", 4096, 4096, 2},     {"attn k / v", 1024, 4096, 2}, {"ffn gate / up", 14336, 4096, 2},
+                  {"ffn down", 4096, 14336, 1},       {"lm head", 128256, 4096, 0}};
+    static const uint32_t types[] = {SGLLM__T_BF16, SGLLM__T_Q8_0, SGLLM__T_Q4_K};
+    static const double target[] = {0.85, 0.80, 0.70};
+    printf("decode matvec, batch 1 (fraction = weight bytes / read bandwidth / time)\n");
+    printf("%-6s %-14s %-13s %10s %10s %10s %8s\n", "type", "matrix", "rows x cols", "MB", "us", "floor us", "frac");
+    double token_time[3] = {0}, token_floor[3] = {0};
+    for (int ti = 0; ti < 3; ti++) {
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            size_t wb;
+            double t = time_matvec(types[ti], shapes[si].rows, shapes[si].cols, 1, reps, &wb);
+            double floor_t = (double)wb / bw;
+            printf("%-6s %-14s %6lldx%-6lld %10.1f %10.1f %10.1f %7.1f%%\n", sgllm__type_name(types[ti]), shapes[si].name,
+                   (long long)shapes[si].rows, (long long)shapes[si].cols, (double)wb / 1e6, t * 1e6, floor_t * 1e6,
+                   100 * floor_t / t);
+            double times = shapes[si].per_layer ? 32.0 * shapes[si].per_layer : 1.0;
+            token_time[ti] += times * t;
+            token_floor[ti] += times * floor_t;
+        }
+    }
+    printf("\nLlama-3-8B matvecs per token (32 layers + lm head), batch 1:\n");
+    for (int ti = 0; ti < 3; ti++)
+        printf("  %-5s %7.2f ms (floor %6.2f ms) = %5.1f%% of the bandwidth floor (target %.0f%%), %.0f tok/s from weights alone\n",
+               sgllm__type_name(types[ti]), token_time[ti] * 1e3, token_floor[ti] * 1e3,
+               100 * token_floor[ti] / token_time[ti], 100 * target[ti], 1.0 / token_time[ti]);
+
+    if (sweep) {
+        static const int settings[][2] = {{2, 32}, {4, 16}, {4, 32}, {4, 64}, {8, 32}, {8, 64}};
+        printf("\nsweep: Llama-3-8B matvecs per token, %% of the bandwidth floor, by (warps/block, warps/SM)\n");
+        for (size_t k = 0; k < sizeof settings / sizeof settings[0]; k++) {
+            sgllm__cuda_dispatch dd = disp;
+            dd.matvec_warps = settings[k][0];
+            dd.matvec_warps_per_sm = settings[k][1];
+            sgllm__cuda_set_dispatch(gpu, &dd);
+            printf("  (%d, %2d):", settings[k][0], settings[k][1]);
+            for (int ti = 0; ti < 3; ti++) {
+                double tt = 0, tf = 0;
+                for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+                    size_t wb;
+                    double t = time_matvec(types[ti], shapes[si].rows, shapes[si].cols, 1, reps, &wb);
+                    double times = shapes[si].per_layer ? 32.0 * shapes[si].per_layer : 1.0;
+                    tt += times * t;
+                    tf += times * (double)wb / bw;
+                }
+                printf("  %s %5.1f%%", sgllm__type_name(types[ti]), 100 * tf / tt);
+            }
+            printf("\n");
+        }
+        sgllm__cuda_set_dispatch(gpu, &disp);
+    }
+
+    printf("\nmatvec batches (BF16 14336x4096): ");
+    for (int64_t nt = 1; nt <= 8; nt *= 2) {
+        size_t wb;
+        double t = time_matvec(SGLLM__T_BF16, 14336, 4096, nt, reps, &wb);
+        printf("n=%lld %.1f us (%.0f%%)  ", (long long)nt, t * 1e6, 100 * (double)wb / bw / t);
+    }
+    printf("\n\nprefill GEMM, 2048 tokens (fraction = measured cuBLAS rate floor / time)\n");
+    printf("%-6s %-14s %-13s %10s %10s %8s\n", "type", "matrix", "rows x cols", "us", "TFLOP/s", "frac");
+    static const uint32_t ptypes[] = {SGLLM__T_BF16, SGLLM__T_Q4_K};
+    for (int ti = 0; ti < 2; ti++)
+        for (size_t si = 0; si < 4; si++) {
+            double t = time_gemm(ptypes[ti], shapes[si].rows, shapes[si].cols, 2048, reps);
+            double fl = 2.0 * (double)shapes[si].rows * (double)shapes[si].cols * 2048;
+            printf("%-6s %-14s %6lldx%-6lld %10.1f %10.0f %7.1f%%\n", sgllm__type_name(ptypes[ti]), shapes[si].name,
+                   (long long)shapes[si].rows, (long long)shapes[si].cols, t * 1e6, fl / t / 1e12, 100 * fl / flops / t);
+        }
+    sgllm__cuda_free(gpu);
+    return 0;
+}

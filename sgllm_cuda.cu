@@ -1,0 +1,1231 @@
+// sgllm_cuda.cu - the CUDA backend of sgllm: every kernel and the cuBLAS calls, in one
+// translation unit. The C side (sgllm_impl.c) sees only the extern "C" interface declared at
+// the end of sgllm.h (SGLLM_INTERNAL).
+//
+// CONTENTS (search for "// --- N.")
+//   1. Context: errors, device query, the per-context struct (stream, cuBLAS, scratch), memory
+//   2. Weight formats on the device: GGUF block layouts, one value at a time and 32 at a time
+//   3. Row-wise ops: embedding gather, residual add + RMSNorm, per-head q/k/v RMSNorm, RoPE,
+//      gated activations
+//   4. Matrix-vector with fused dequantization (decode and small batches)
+//   5. Prefill GEMM: dequantize to bf16 scratch, cuBLAS with fp32 accumulation
+//   6. Decode attention: split-KV over an fp16 cache, log-sum-exp merge
+//   7. Benchmark and synthetic-weight helpers
+//
+// Nothing lives at file scope: all state is in struct sgllm__cuda, so two models or contexts
+// can run in one process. Ops enqueue on the context's stream and never synchronize.
+// Launch configurations (warps, tiles, thresholds) come from the context's dispatch struct,
+// chosen on the C side from the architecture table.
+
+#define SGLLM_INTERNAL
+#include "sgllm.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// --- 1. Context ----------------------------------------------------------------------------
+// A context holds the device index, one stream, a cuBLAS handle with its own workspace (so
+// cuBLAS never allocates behind our back, which graph capture forbids), a scratch buffer
+// shared by ops that run one after another on the stream, and the dispatch decisions.
+
+struct sgllm__cuda {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *blas_ws;        // (blas_ws_bytes) cuBLAS workspace
+    size_t blas_ws_bytes;
+    void *scratch;        // (scratch_bytes) bf16 weights/activations for GEMM, attention partials
+    size_t scratch_bytes;
+    cudaEvent_t t0, t1;   // sgllm__cuda_timer_start/stop
+    sgllm__cuda_dispatch disp;
+    char msg[512];
+};
+
+static sgllm_status sgllm__cu_fail(sgllm__cuda *c, sgllm_status s, const char *fmt, ...) {
+    if (c) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(c->msg, sizeof c->msg, fmt, ap);
+        va_end(ap);
+    }
+    return s;
+}
+
+// Checks a runtime call; on failure records "what: CUDA error text" and returns BACKEND.
+static sgllm_status sgllm__cu_check(sgllm__cuda *c, cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return SGLLM_OK;
+    return sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "%s: %s", what, cudaGetErrorString(e));
+}
+
+// After a launch: configuration errors are reported at once, without synchronizing.
+static sgllm_status sgllm__cu_launched(sgllm__cuda *c, const char *kernel) {
+    return sgllm__cu_check(c, cudaGetLastError(), kernel);
+}
+
+static sgllm_status sgllm__cu_bad(sgllm__cuda *c, const char *op, const char *why) {
+    return sgllm__cu_fail(c, SGLLM_ERR_INVALID_ARGUMENT, "%s: %s", op, why);
+}
+
+extern "C" int sgllm__cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); // a missing driver is not a sticky error for later calls
+        return 0;
+    }
+    return n;
+}
+
+extern "C" sgllm_status sgllm__cuda_query(int device, sgllm__cuda_props *out, char *err, size_t err_size) {
+    if (!out) return SGLLM_ERR_INVALID_ARGUMENT;
+    memset(out, 0, sizeof *out);
+    cudaDeviceProp p;
+    cudaError_t e = cudaGetDeviceProperties(&p, device);
+    if (e != cudaSuccess) {
+        if (err && err_size) snprintf(err, err_size, "CUDA device %d: %s", device, cudaGetErrorString(e));
+        cudaGetLastError();
+        return SGLLM_ERR_BACKEND;
+    }
+    snprintf(out->name, sizeof out->name, "%s", p.name);
+    out->major = p.major;
+    out->minor = p.minor;
+    out->sm_count = p.multiProcessorCount;
+    out->smem_per_block = p.sharedMemPerBlock;
+    out->smem_per_block_optin = p.sharedMemPerBlockOptin;
+    out->l2_bytes = (size_t)p.l2CacheSize;
+    out->total_mem = p.totalGlobalMem;
+    return SGLLM_OK;
+}
+
+extern "C" void sgllm__cuda_free(sgllm__cuda *c) {
+    if (!c) return;
+    cudaSetDevice(c->device);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->blas) cublasDestroy(c->blas);
+    if (c->t0) cudaEventDestroy(c->t0);
+    if (c->t1) cudaEventDestroy(c->t1);
+    cudaFree(c->blas_ws);
+    cudaFree(c->scratch);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatch *disp, sgllm__cuda **out, char *err,
+                                           size_t err_size) {
+    if (out) *out = NULL;
+    if (!out || !disp) return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm__cuda *c = (sgllm__cuda *)calloc(1, sizeof *c);
+    if (!c) return SGLLM_ERR_OUT_OF_MEMORY;
+    c->device = device;
+    c->disp = *disp;
+    sgllm_status s = sgllm__cu_check(c, cudaSetDevice(device), "cudaSetDevice");
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "stream");
+    if (s == SGLLM_OK && cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
+        c->blas = NULL;
+        s = sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "cublasCreate failed");
+    }
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreate(&c->t0), "event");
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreate(&c->t1), "event");
+    c->blas_ws_bytes = (size_t)32 << 20;
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->blas_ws, c->blas_ws_bytes), "cuBLAS workspace");
+    if (s == SGLLM_OK && (cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS ||
+                          cublasSetWorkspace(c->blas, c->blas_ws, c->blas_ws_bytes) != CUBLAS_STATUS_SUCCESS))
+        s = sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "cuBLAS stream/workspace setup failed");
+    if (s != SGLLM_OK) {
+        if (err && err_size) snprintf(err, err_size, "%s", c->msg);
+        sgllm__cuda_free(c);
+        return s;
+    }
+    *out = c;
+    return SGLLM_OK;
+}
+
+extern "C" const char *sgllm__cuda_errmsg(const sgllm__cuda *c) { return c ? c->msg : "no CUDA context"; }
+extern "C" void sgllm__cuda_set_dispatch(sgllm__cuda *c, const sgllm__cuda_dispatch *d) {
+    if (c && d) c->disp = *d;
+}
+extern "C" const sgllm__cuda_dispatch *sgllm__cuda_get_dispatch(const sgllm__cuda *c) { return c ? &c->disp : NULL; }
+extern "C" void *sgllm__cuda_stream(const sgllm__cuda *c) { return c ? (void *)c->stream : NULL; }
+
+extern "C" sgllm_status sgllm__cuda_alloc(sgllm__cuda *c, size_t bytes, void **out) {
+    if (!c || !out) return SGLLM_ERR_INVALID_ARGUMENT;
+    *out = NULL;
+    cudaSetDevice(c->device);
+    cudaError_t e = cudaMalloc(out, bytes ? bytes : 1);
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        *out = NULL;
+        return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "out of device memory allocating %zu bytes", bytes);
+    }
+    return sgllm__cu_check(c, e, "cudaMalloc");
+}
+
+extern "C" void sgllm__cuda_dfree(sgllm__cuda *c, void *p) {
+    if (!c || !p) return;
+    cudaSetDevice(c->device);
+    cudaFree(p);
+}
+
+extern "C" sgllm_status sgllm__cuda_upload(sgllm__cuda *c, void *dst, const void *src, size_t bytes) {
+    if (!c || ((!dst || !src) && bytes)) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    sgllm_status s = sgllm__cu_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream), "upload");
+    return s ? s : sgllm__cu_check(c, cudaStreamSynchronize(c->stream), "upload");
+}
+
+extern "C" sgllm_status sgllm__cuda_download(sgllm__cuda *c, void *dst, const void *src, size_t bytes) {
+    if (!c || ((!dst || !src) && bytes)) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    sgllm_status s = sgllm__cu_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream), "download");
+    return s ? s : sgllm__cu_check(c, cudaStreamSynchronize(c->stream), "download");
+}
+
+extern "C" sgllm_status sgllm__cuda_memset(sgllm__cuda *c, void *dst, int byte, size_t bytes) {
+    if (!c || (!dst && bytes)) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    return sgllm__cu_check(c, cudaMemsetAsync(dst, byte, bytes, c->stream), "memset");
+}
+
+extern "C" sgllm_status sgllm__cuda_sync(sgllm__cuda *c) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    return sgllm__cu_check(c, cudaStreamSynchronize(c->stream), "stream");
+}
+
+extern "C" sgllm_status sgllm__cuda_reserve(sgllm__cuda *c, size_t bytes) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (bytes <= c->scratch_bytes) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    sgllm_status s = sgllm__cu_check(c, cudaStreamSynchronize(c->stream), "stream");
+    if (s) return s;
+    cudaFree(c->scratch);
+    c->scratch = NULL;
+    c->scratch_bytes = 0;
+    if ((s = sgllm__cuda_alloc(c, bytes, &c->scratch))) return s;
+    c->scratch_bytes = bytes;
+    return SGLLM_OK;
+}
+
+// --- 2. Weight formats on the device -------------------------------------------------------
+// The GGUF block layouts (ggml's), read straight from the bytes: dq_elem decodes one value
+// anywhere in a row (byte loads, any alignment: gathers, bf16 conversion, odd shapes), and
+// dq32 decodes one 32-value piece of a row from a buffer whose blocks keep their natural
+// alignment (the matrix-vector kernel's shared-memory staging). Type ids are ggml's.
+
+enum {
+    T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
+    T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30
+};
+
+// Values and bytes per block of the types the backend computes with; 0 for others.
+static __host__ __device__ inline int sgllm__cu_blk_vals(uint32_t t) {
+    switch (t) {
+    case T_F32: case T_F16: case T_BF16: return 1;
+    case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0: return 32;
+    case T_Q4_K: case T_Q5_K: case T_Q6_K: return 256;
+    default: return 0;
+    }
+}
+static __host__ __device__ inline int sgllm__cu_blk_bytes(uint32_t t) {
+    switch (t) {
+    case T_F32: return 4;
+    case T_F16: case T_BF16: return 2;
+    case T_Q4_0: return 18;
+    case T_Q4_1: return 20;
+    case T_Q5_0: return 22;
+    case T_Q5_1: return 24;
+    case T_Q8_0: return 34;
+    case T_Q4_K: return 144;
+    case T_Q5_K: return 176;
+    case T_Q6_K: return 210;
+    default: return 0;
+    }
+}
+
+// Row bytes of cols values of type t, 0 when t is unknown or cols not whole blocks.
+static int64_t sgllm__cu_row_bytes(uint32_t t, int64_t cols) {
+    int bv = sgllm__cu_blk_vals(t);
+    if (!bv || cols <= 0 || cols % bv) return 0;
+    return cols / bv * sgllm__cu_blk_bytes(t);
+}
+
+static __device__ inline float sgllm__cu_h(const uint8_t *p) { // unaligned fp16
+    return __half2float(__ushort_as_half((unsigned short)(p[0] | (p[1] << 8))));
+}
+static __device__ inline float sgllm__cu_h16(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block's 12 scale bytes.
+static __device__ inline void sgllm__cu_kscale(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Value j of a row of type t starting at row (any alignment).
+static __device__ float sgllm__cu_dq_elem(uint32_t t, const uint8_t *row, int64_t j) {
+    switch (t) {
+    case T_F32: {
+        const uint8_t *p = row + 4 * j;
+        return __uint_as_float((uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24));
+    }
+    case T_F16: return sgllm__cu_h(row + 2 * j);
+    case T_BF16: {
+        const uint8_t *p = row + 2 * j;
+        return __uint_as_float(((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 24));
+    }
+    default: break;
+    }
+    int bv = sgllm__cu_blk_vals(t);
+    const uint8_t *b = row + (j / bv) * sgllm__cu_blk_bytes(t);
+    int i = (int)(j % bv);
+    switch (t) {
+    case T_Q4_0: {
+        int q = i < 16 ? (b[2 + i] & 15) : (b[2 + i - 16] >> 4);
+        return (float)(q - 8) * sgllm__cu_h(b);
+    }
+    case T_Q4_1: {
+        int q = i < 16 ? (b[4 + i] & 15) : (b[4 + i - 16] >> 4);
+        return (float)q * sgllm__cu_h(b) + sgllm__cu_h(b + 2);
+    }
+    case T_Q5_0: {
+        uint32_t qh = (uint32_t)b[2] | ((uint32_t)b[3] << 8) | ((uint32_t)b[4] << 16) | ((uint32_t)b[5] << 24);
+        int q = (i < 16 ? (b[6 + i] & 15) : (b[6 + i - 16] >> 4)) | (int)(((qh >> i) & 1) << 4);
+        return (float)(q - 16) * sgllm__cu_h(b);
+    }
+    case T_Q5_1: {
+        uint32_t qh = (uint32_t)b[4] | ((uint32_t)b[5] << 8) | ((uint32_t)b[6] << 16) | ((uint32_t)b[7] << 24);
+        int q = (i < 16 ? (b[8 + i] & 15) : (b[8 + i - 16] >> 4)) | (int)(((qh >> i) & 1) << 4);
+        return (float)q * sgllm__cu_h(b) + sgllm__cu_h(b + 2);
+    }
+    case T_Q8_0: return (float)(int8_t)b[2 + i] * sgllm__cu_h(b);
+    case T_Q4_K:
+    case T_Q5_K: {
+        int sub = i / 32, l = i % 32, sc, m;
+        sgllm__cu_kscale(sub, b + 4, &sc, &m);
+        const uint8_t *qs = b + (t == T_Q4_K ? 16 : 48) + 32 * (sub / 2);
+        int q = (sub & 1) ? (qs[l] >> 4) : (qs[l] & 15);
+        if (t == T_Q5_K) q += ((b[16 + l] >> sub) & 1) << 4;
+        return sgllm__cu_h(b) * (float)sc * (float)q - sgllm__cu_h(b + 2) * (float)m;
+    }
+    case T_Q6_K: {
+        int h = i / 128, k = (i % 128) / 32, l = i % 32;
+        int ql = b[64 * h + l + 32 * (k & 1)];
+        int q = ((k >= 2 ? ql >> 4 : ql & 15) | (((b[128 + 32 * h + l] >> (2 * k)) & 3) << 4)) - 32;
+        return sgllm__cu_h(b + 208) * (float)(int8_t)b[192 + 8 * h + l / 16 + 2 * k] * (float)q;
+    }
+    default: return 0.0f;
+    }
+}
+
+// Reads of 2- and 4-byte aligned words from a staged row (shared or global memory).
+static __device__ inline uint32_t sgllm__cu_u16(const uint8_t *p) { return *(const uint16_t *)p; }
+static __device__ inline uint32_t sgllm__cu_u32a2(const uint8_t *p) { // 2-byte aligned
+    return sgllm__cu_u16(p) | (sgllm__cu_u16(p + 2) << 16);
+}
+static __device__ inline uint32_t sgllm__cu_u32(const uint8_t *p) { return *(const uint32_t *)p; }
+
+// 2^23 + byte e of w as a float, built with one byte permute: integer-to-float conversions
+// run at a quarter of the FMA rate, and decode is instruction-bound. Subtracting 2^23 (plus
+// any offset) afterwards is exact.
+static __device__ inline float sgllm__cu_byte_f(uint32_t w, int e) {
+    return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540u + (uint32_t)e));
+}
+
+// Decodes values 4m .. 4m+3 (m in 0..7) of the 32-value piece g of a row (values 32g ..
+// 32g+31) into v. row is the start of the staged row; blocks keep their natural alignment
+// relative to it (row 16-byte aligned). Eight lanes share a piece, so neighbouring lanes
+// decode neighbouring values and read neighbouring activations. Each value's unsigned code
+// is first gathered into one byte of a word (q), then turned into a float by sgllm__cu_byte_f.
+template <int T> static __device__ inline void sgllm__cu_dq4(const uint8_t *row, int64_t g, int m, float v[4]) {
+    uint32_t q;   // 4 codes, one per byte, unsigned
+    float off, d, bias = 0.0f; // v = (code - off) * d + bias
+    if (T == T_Q8_0) {
+        const uint8_t *b = row + g * 34;
+        d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
+        q = sgllm__cu_u32a2(b + 2 + 4 * m) ^ 0x80808080u; // int8 -> code + 128
+        off = 8388608.0f + 128.0f;
+    } else if (T == T_Q4_0 || T == T_Q5_0) {
+        const uint8_t *b = row + g * (T == T_Q4_0 ? 18 : 22);
+        d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
+        q = (sgllm__cu_u32a2(b + (T == T_Q4_0 ? 2 : 6) + 4 * (m & 3)) >> (m >= 4 ? 4 : 0)) & 0x0F0F0F0Fu;
+        if (T == T_Q5_0) {
+            uint32_t h = sgllm__cu_u32a2(b + 2) >> (4 * m); // high bits of values 4m..4m+3
+            q |= ((h & 1) << 4) | ((h & 2) << 11) | ((h & 4) << 18) | ((h & 8) << 25);
+        }
+        off = 8388608.0f + (T == T_Q4_0 ? 8.0f : 16.0f);
+    } else if (T == T_Q4_1 || T == T_Q5_1) {
+        const uint8_t *b = row + g * (T == T_Q4_1 ? 20 : 24);
+        uint32_t dm = sgllm__cu_u32(b);
+        d = sgllm__cu_h16((uint16_t)(dm & 0xffff));
+        bias = sgllm__cu_h16((uint16_t)(dm >> 16));
+        q = (sgllm__cu_u32(b + (T == T_Q4_1 ? 4 : 8) + 4 * (m & 3)) >> (m >= 4 ? 4 : 0)) & 0x0F0F0F0Fu;
+        if (T == T_Q5_1) {
+            uint32_t h = sgllm__cu_u32(b + 4) >> (4 * m);
+            q |= ((h & 1) << 4) | ((h & 2) << 11) | ((h & 4) << 18) | ((h & 8) << 25);
+        }
+        off = 8388608.0f;
+    } else if (T == T_Q4_K || T == T_Q5_K) {
+        const uint8_t *b = row + (g / 8) * (T == T_Q4_K ? 144 : 176);
+        int sub = (int)(g % 8), sc, mn;
+        uint32_t dd = sgllm__cu_u32(b);
+        sgllm__cu_kscale(sub, b + 4, &sc, &mn);
+        d = sgllm__cu_h16((uint16_t)(dd & 0xffff)) * (float)sc;
+        bias = -sgllm__cu_h16((uint16_t)(dd >> 16)) * (float)mn;
+        q = (sgllm__cu_u32(b + (T == T_Q4_K ? 16 : 48) + 32 * (sub / 2) + 4 * m) >> ((sub & 1) * 4)) & 0x0F0F0F0Fu;
+        if (T == T_Q5_K) q |= ((sgllm__cu_u32(b + 16 + 4 * m) >> sub) & 0x01010101u) << 4;
+        off = 8388608.0f;
+    } else {
+        const uint8_t *b = row + (g / 8) * 210;
+        int piece = (int)(g % 8), h = piece / 4, k = piece % 4;
+        d = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b + 208)) * (float)(int8_t)b[192 + 8 * h + m / 4 + 2 * k];
+        uint32_t lo = sgllm__cu_u32a2(b + 64 * h + 32 * (k & 1) + 4 * m), hi = sgllm__cu_u32a2(b + 128 + 32 * h + 4 * m);
+        q = ((lo >> (k >= 2 ? 4 : 0)) & 0x0F0F0F0Fu) | (((hi >> (2 * k)) & 0x03030303u) << 4);
+        off = 8388608.0f + 32.0f;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; e++) v[e] = (sgllm__cu_byte_f(q, e) - off) * d + bias;
+}
+
+// --- 3. Row-wise ops -----------------------------------------------------------------------
+// One block per row (or per (token, head)); sums of squares reduce in float through warp
+// shuffles and a small shared array.
+
+static __device__ inline float sgllm__cu_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ inline float sgllm__cu_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+static __device__ float sgllm__cu_block_sum(float v) {
+    __shared__ float part[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    v = sgllm__cu_warp_sum(v);
+    __syncthreads(); // part[] may still be read by a previous call
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    float s = lane < nw ? part[lane] : 0.0f;
+    return sgllm__cu_warp_sum(s);
+}
+
+static __global__ void sgllm__cu_embed_k(uint32_t type, const uint8_t *w, int64_t n_rows, int64_t cols,
+                                         int64_t row_bytes, const int32_t *tokens, float scale, float *out) {
+    int64_t i = blockIdx.x;
+    int32_t tok = tokens[i];
+    float *o = out + i * cols;
+    bool ok = tok >= 0 && tok < n_rows;
+    const uint8_t *row = w + (ok ? (int64_t)tok * row_bytes : 0);
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) o[j] = ok ? sgllm__cu_dq_elem(type, row, j) * scale : 0.0f;
+}
+
+extern "C" sgllm_status sgllm__cuda_embed(sgllm__cuda *c, uint32_t type, const void *w, int64_t n_rows, int64_t cols,
+                                          const int32_t *tokens, int64_t n, float scale, float *out) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    int64_t rb = sgllm__cu_row_bytes(type, cols);
+    if (!w || !tokens || !out || n_rows <= 0 || !rb || n < 0 || n > INT32_MAX)
+        return sgllm__cu_bad(c, "embed", "bad pointer, type or shape");
+    if (!n) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    sgllm__cu_embed_k<<<(unsigned)n, 256, 0, c->stream>>>(type, (const uint8_t *)w, n_rows, cols, rb, tokens, scale, out);
+    return sgllm__cu_launched(c, "embed");
+}
+
+static __global__ void sgllm__cu_add_rmsnorm_k(float *x, const float *delta, const float *w, float *y, int64_t dim,
+                                               float eps) {
+    int64_t r = blockIdx.x;
+    float *xr = x + r * dim, *yr = y + r * dim;
+    const float *dr = delta ? delta + r * dim : NULL;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = xr[i];
+        if (dr) xr[i] = v = v + dr[i];
+        ss += v * v;
+    }
+    float scale = rsqrtf(sgllm__cu_block_sum(ss) / (float)dim + eps);
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * scale * (w ? w[i] : 1.0f);
+}
+
+static int sgllm__cu_threads(int want, int lo, int hi) {
+    want = want < lo ? lo : want > hi ? hi : want;
+    return want / 32 * 32;
+}
+
+extern "C" sgllm_status sgllm__cuda_add_rmsnorm(sgllm__cuda *c, float *x, const float *delta, const float *w, float *y,
+                                                int64_t rows, int64_t dim, float eps) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!x || !y || rows < 0 || rows > INT32_MAX || dim <= 0 || !(eps >= 0))
+        return sgllm__cu_bad(c, "add_rmsnorm", "bad pointer or shape");
+    if (!rows) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    int threads = sgllm__cu_threads(c->disp.norm_threads, 32, 1024);
+    sgllm__cu_add_rmsnorm_k<<<(unsigned)rows, threads, 0, c->stream>>>(x, delta, w, y, dim, eps);
+    return sgllm__cu_launched(c, "add_rmsnorm");
+}
+
+// Normalizes one head of head_dim values in place with one warp (the same arithmetic for both
+// launch shapes, so they agree bit for bit).
+static __device__ inline void sgllm__cu_head_norm(float *p, const float *w, int head_dim, float eps) {
+    int lane = threadIdx.x % 32;
+    float ss = 0.0f;
+    for (int i = lane; i < head_dim; i += 32) ss += p[i] * p[i];
+    float scale = rsqrtf(sgllm__cu_warp_sum(ss) / (float)head_dim + eps);
+    for (int i = lane; i < head_dim; i += 32) p[i] = p[i] * scale * (w ? w[i] : 1.0f);
+}
+
+struct sgllm__cu_qkv {
+    float *q, *k, *v;
+    int64_t qs, ks, vs;   // token strides
+    int32_t nq, nk, nv;   // heads of each part (nv 0 when v is not normalized)
+    const float *qw, *kw;
+    int32_t head_dim;
+    float eps;
+};
+
+static __device__ inline void sgllm__cu_qkv_head(const sgllm__cu_qkv &a, int64_t t, int32_t h) {
+    if (h < a.nq) sgllm__cu_head_norm(a.q + t * a.qs + (int64_t)h * a.head_dim, a.qw, a.head_dim, a.eps);
+    else if (h < a.nq + a.nk)
+        sgllm__cu_head_norm(a.k + t * a.ks + (int64_t)(h - a.nq) * a.head_dim, a.kw, a.head_dim, a.eps);
+    else sgllm__cu_head_norm(a.v + t * a.vs + (int64_t)(h - a.nq - a.nk) * a.head_dim, NULL, a.head_dim, a.eps);
+}
+
+// Small batches: grid (n_tok, heads), one warp per (token, head).
+static __global__ void sgllm__cu_qkv_norm_head_k(sgllm__cu_qkv a) { sgllm__cu_qkv_head(a, blockIdx.x, (int32_t)blockIdx.y); }
+
+// Large batches: grid (n_tok), each warp of the block loops over the token's heads.
+static __global__ void sgllm__cu_qkv_norm_token_k(sgllm__cu_qkv a) {
+    int32_t total = a.nq + a.nk + a.nv, nw = (int32_t)(blockDim.x / 32);
+    for (int32_t h = (int32_t)(threadIdx.x / 32); h < total; h += nw) sgllm__cu_qkv_head(a, blockIdx.x, h);
+}
+
+extern "C" sgllm_status sgllm__cuda_qkv_norm(sgllm__cuda *c, float *q, int64_t q_stride, int32_t n_head, const float *q_w,
+                                             float *k, int64_t k_stride, int32_t n_head_kv, const float *k_w, float *v,
+                                             int64_t v_stride, int32_t head_dim, int64_t n_tok, float eps) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!q || !k || n_head <= 0 || n_head_kv <= 0 || head_dim <= 0 || n_tok < 0 || n_tok > INT32_MAX ||
+        q_stride < (int64_t)n_head * head_dim || k_stride < (int64_t)n_head_kv * head_dim ||
+        (v && v_stride < (int64_t)n_head_kv * head_dim) || !(eps >= 0))
+        return sgllm__cu_bad(c, "qkv_norm", "bad pointer or shape");
+    if (!n_tok) return SGLLM_OK;
+    sgllm__cu_qkv a = {q, k, v, q_stride, k_stride, v_stride, n_head, n_head_kv, v ? n_head_kv : 0, q_w, k_w, head_dim, eps};
+    int32_t heads = a.nq + a.nk + a.nv;
+    if (heads > 65535) return sgllm__cu_bad(c, "qkv_norm", "too many heads");
+    cudaSetDevice(c->device);
+    if (n_tok <= c->disp.qknorm_per_head_max_tokens)
+        sgllm__cu_qkv_norm_head_k<<<dim3((unsigned)n_tok, (unsigned)heads), 32, 0, c->stream>>>(a);
+    else
+        sgllm__cu_qkv_norm_token_k<<<(unsigned)n_tok, sgllm__cu_threads(c->disp.norm_threads, 32, 1024), 0, c->stream>>>(a);
+    return sgllm__cu_launched(c, "qkv_norm");
+}
+
+// grid (n_tok, n_heads); thread i rotates pair i of the head. The angle is computed as the CPU
+// reference does (float position times powf of the base), so both agree to rounding.
+static __global__ void sgllm__cu_rope_k(float *x, int64_t stride, int32_t head_dim, int32_t n_rot, const int32_t *pos,
+                                        float pos_scale, float theta_base, int neox) {
+    int64_t t = blockIdx.x;
+    float *p = x + t * stride + (int64_t)blockIdx.y * head_dim;
+    float fp = (float)pos[t] * pos_scale;
+    int32_t half = n_rot / 2;
+    for (int32_t i = threadIdx.x; i < half; i += blockDim.x) {
+        float theta = fp * powf(theta_base, -2.0f * (float)i / (float)n_rot);
+        float cs = cosf(theta), sn = sinf(theta);
+        int32_t ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+        float x0 = p[ia], x1 = p[ib];
+        p[ia] = x0 * cs - x1 * sn;
+        p[ib] = x0 * sn + x1 * cs;
+    }
+}
+
+extern "C" sgllm_status sgllm__cuda_rope(sgllm__cuda *c, float *x, int64_t x_stride, int32_t n_heads, int32_t head_dim,
+                                         int32_t n_rot, const int32_t *pos, int64_t n_tok, float pos_scale,
+                                         float theta_base, int neox) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!x || !pos || n_heads <= 0 || n_heads > 65535 || head_dim <= 0 || n_rot < 2 || n_rot > head_dim ||
+        (n_rot & 1) || n_tok < 0 || n_tok > INT32_MAX || x_stride < (int64_t)n_heads * head_dim || !(theta_base > 0))
+        return sgllm__cu_bad(c, "rope", "bad pointer or shape");
+    if (!n_tok) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    int threads = sgllm__cu_threads(n_rot / 2 + 31, 32, 256);
+    sgllm__cu_rope_k<<<dim3((unsigned)n_tok, (unsigned)n_heads), threads, 0, c->stream>>>(x, x_stride, head_dim, n_rot,
+                                                                                        pos, pos_scale, theta_base, neox);
+    return sgllm__cu_launched(c, "rope");
+}
+
+static __global__ void sgllm__cu_gated_k(int act, float *g, const float *u, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float x = g[i], a;
+        if (act == SGLLM__CUDA_ACT_GELU_TANH) a = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+        else a = x / (1.0f + expf(-x));
+        g[i] = a * u[i];
+    }
+}
+
+extern "C" sgllm_status sgllm__cuda_gated_act(sgllm__cuda *c, int act, float *g, const float *u, int64_t n) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!g || !u || n < 0 || (act != SGLLM__CUDA_ACT_SILU && act != SGLLM__CUDA_ACT_GELU_TANH))
+        return sgllm__cu_bad(c, "gated_act", "bad pointer, size or activation");
+    if (!n) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    int64_t blocks = (n + 255) / 256;
+    if (blocks > 65536) blocks = 65536;
+    sgllm__cu_gated_k<<<(unsigned)blocks, 256, 0, c->stream>>>(act, g, u, n);
+    return sgllm__cu_launched(c, "gated_act");
+}
+
+// --- 4. Matrix-vector with fused dequantization --------------------------------------------
+// Decode reads every weight once, so the kernel is a stream over the weight bytes: S warps
+// per output row (S = 1 for tall matrices; 2 or 4 when there are too few rows to keep enough
+// loads in flight, each warp taking every S-th piece of the row and the partial sums meeting
+// in shared memory), all NT (<= 8) tokens of a small batch computed from one read.
+// - float types (F32/F16/BF16), 16-byte aligned rows: each lane loads U 16-byte words per
+//   step straight into registers (U independent loads in flight per lane).
+// - block-quantized types, rows aligned to 4 bytes: each warp streams its chunks of 1024
+//   values through a ring of MV_STAGES shared-memory stages with cp.async (16-, 8- or 4-byte
+//   copies by alignment), several chunks in flight; then lanes decode 4 consecutive values
+//   each (dq4), so the activations are read as coalesced float4s.
+// - anything else (odd row alignment): one value at a time (dq_elem), correct but slow.
+
+enum { MV_CHUNK = 1024, MV_STAGES = 4, MV_MAX_CHUNK_BYTES = 1088, MV_MAX_WARPS = 8 };
+
+static __device__ inline void sgllm__cu_cp_async(void *smem, const void *gmem, int bytes) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    if (bytes == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+    else if (bytes == 8) asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(s), "l"(gmem));
+    else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
+}
+static __device__ inline void sgllm__cu_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ inline void sgllm__cu_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// acc[t] += dot(v[0..4), x_t[0..4)) for the first nt tokens (x rows of stride cols).
+template <int NT>
+static __device__ inline void sgllm__cu_dot4(const float v[4], const float *x, int64_t cols, int nt, float acc[NT]) {
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (t < nt) {
+            float4 xv = __ldg((const float4 *)(x + t * cols));
+            acc[t] += v[0] * xv.x + v[1] * xv.y + v[2] * xv.z + v[3] * xv.w;
+        }
+    }
+}
+
+// Sums each warp's acc, then the S warps of a row (consecutive warps of the block) through
+// shared memory; the row's first lane writes y. Every thread of the block must call it.
+template <int NT>
+static __device__ inline void sgllm__cu_mv_store(float acc[NT], float *y, int64_t rows, int64_t r, int nt, int split) {
+    __shared__ float part[MV_MAX_WARPS][NT];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = sgllm__cu_warp_sum(acc[t]);
+    if (split == 1) {
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            if (t < nt && lane == 0 && r < rows) y[t * rows + r] = acc[t];
+        return;
+    }
+    if (lane == 0)
+#pragma unroll
+        for (int t = 0; t < NT; t++) part[warp][t] = acc[t];
+    __syncthreads();
+    if (lane == 0 && warp % split == 0 && r < rows)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float sum = 0.0f;
+            for (int k = 0; k < split; k++) sum += part[warp + k][t];
+            if (t < nt) y[t * rows + r] = sum;
+        }
+}
+
+template <int T, int NT>
+static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
+    sgllm__cu_mv_quant_k(const uint8_t *w, int64_t rows, int64_t cols, int64_t row_bytes, int copy_bytes,
+                         const float *x, int nt, float *y, int split) {
+    constexpr int BV = T == T_Q4_K || T == T_Q5_K || T == T_Q6_K ? 256 : 32;
+    constexpr int BB = T == T_Q4_0 ? 18 : T == T_Q4_1 ? 20 : T == T_Q5_0 ? 22 : T == T_Q5_1 ? 24 : T == T_Q8_0 ? 34
+                     : T == T_Q4_K ? 144 : T == T_Q5_K ? 176 : 210;
+    constexpr int CB = MV_CHUNK / BV * BB; // bytes per chunk: a multiple of 16, or of 8 for Q6_K
+    constexpr int CS = (CB + 15) / 16 * 16; // stage stride keeps every stage 16-byte aligned
+    static_assert(CB % 8 == 0 && CB <= MV_MAX_CHUNK_BYTES, "chunk layout");
+    extern __shared__ __align__(16) uint8_t mv_smem[]; // (warps, MV_STAGES, CS)
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = warp % split;
+    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32 / split) + warp / split;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    if (r < rows) {
+        uint8_t *ring = mv_smem + (int64_t)warp * MV_STAGES * CS;
+        const uint8_t *row = w + r * row_bytes;
+        int64_t n_chunks = (cols + MV_CHUNK - 1) / MV_CHUNK;
+        // this warp's chunks are sub, sub + split, ...; its k-th one sits in stage k % MV_STAGES
+        int64_t mine = n_chunks > sub ? (n_chunks - sub + split - 1) / split : 0;
+        auto issue = [&](int64_t k) {
+            if (k < mine) {
+                int64_t off = (sub + k * split) * CB, bytes = row_bytes - off < CB ? row_bytes - off : CB;
+                uint8_t *dst = ring + (k % MV_STAGES) * CS;
+                for (int64_t i = (int64_t)lane * copy_bytes; i < bytes; i += 32 * copy_bytes)
+                    sgllm__cu_cp_async(dst + i, row + off + i, copy_bytes);
+            }
+            sgllm__cu_cp_commit(); // an empty group keeps the wait count uniform
+        };
+#pragma unroll
+        for (int k = 0; k < MV_STAGES - 1; k++) issue(k);
+        for (int64_t k = 0; k < mine; k++) {
+            issue(k + MV_STAGES - 1);
+            sgllm__cu_cp_wait<MV_STAGES - 1>();
+            __syncwarp();
+            const uint8_t *st = ring + (k % MV_STAGES) * CS;
+            int64_t g0 = (sub + k * split) * (MV_CHUNK / 32); // first 32-value piece of the chunk
+#pragma unroll
+            for (int step = 0; step < 8; step++) {
+                int p = step * 4 + lane / 8, m = lane % 8; // piece of the chunk, quad of the piece
+                if ((g0 + p) * 32 < cols) {
+                    float v[4];
+                    sgllm__cu_dq4<T>(st, p, m, v);
+                    sgllm__cu_dot4<NT>(v, x + (g0 + p) * 32 + 4 * m, cols, nt, acc);
+                }
+            }
+            __syncwarp(); // the stage is refilled by the next iteration's issue
+        }
+    }
+    sgllm__cu_mv_store<NT>(acc, y, rows, r, nt, split);
+}
+
+// Float weights: the row's 16-byte words (VPL values each) are taken in steps of 32*U words;
+// warp sub of the row's split takes steps sub, sub + split, ...; within a step lane loads
+// words k*32 + lane (k < U), U independent loads in flight. Rows 16-byte aligned.
+template <int T, int NT, int U>
+static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
+    sgllm__cu_mv_float_k(const uint8_t *w, int64_t rows, int64_t cols, int64_t row_bytes, const float *x, int nt,
+                         float *y, int split) {
+    constexpr int VPL = T == T_F32 ? 4 : 8;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = warp % split;
+    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32 / split) + warp / split;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    if (r < rows) {
+        const uint4 *row = (const uint4 *)(w + r * row_bytes);
+        int64_t n_words = cols / VPL;
+        for (int64_t base = (int64_t)sub * 32 * U; base < n_words; base += (int64_t)split * 32 * U) {
+            uint4 q[U];
+#pragma unroll
+            for (int k = 0; k < U; k++) {
+                int64_t e = base + k * 32 + lane;
+                if (e < n_words) q[k] = __ldcs(row + e); // streamed once: do not keep in L1/L2
+            }
+#pragma unroll
+            for (int k = 0; k < U; k++) {
+                int64_t e = base + k * 32 + lane;
+                if (e >= n_words) continue;
+                float v[8];
+                uint32_t wd[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
+                if (T == T_F32) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) v[i] = __uint_as_float(wd[i]);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        if (T == T_BF16) {
+                            v[2 * i] = __uint_as_float(wd[i] << 16);
+                            v[2 * i + 1] = __uint_as_float(wd[i] & 0xffff0000u);
+                        } else {
+                            float2 f = __half22float2(*(const __half2 *)&wd[i]);
+                            v[2 * i] = f.x;
+                            v[2 * i + 1] = f.y;
+                        }
+                    }
+                }
+                sgllm__cu_dot4<NT>(v, x + e * VPL, cols, nt, acc);
+                if (VPL == 8) sgllm__cu_dot4<NT>(v + 4, x + e * VPL + 4, cols, nt, acc);
+            }
+        }
+    }
+    sgllm__cu_mv_store<NT>(acc, y, rows, r, nt, split);
+}
+
+template <int NT>
+static __global__ void sgllm__cu_mv_generic_k(uint32_t type, const uint8_t *w, int64_t rows, int64_t cols,
+                                              int64_t row_bytes, const float *x, int nt, float *y, int split) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = warp % split;
+    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32 / split) + warp / split;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    if (r < rows) {
+        const uint8_t *row = w + r * row_bytes;
+        for (int64_t j = lane + 32 * sub; j < cols; j += 32 * split) {
+            float v = sgllm__cu_dq_elem(type, row, j);
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+                if (t < nt) acc[t] += v * x[t * cols + j];
+        }
+    }
+    sgllm__cu_mv_store<NT>(acc, y, rows, r, nt, split);
+}
+
+// Dynamic shared memory of the quantized kernel: one ring of MV_STAGES chunk stages per warp.
+static size_t sgllm__cu_mv_smem(uint32_t t, int warps) {
+    int cb = MV_CHUNK / sgllm__cu_blk_vals(t) * sgllm__cu_blk_bytes(t);
+    return (size_t)warps * MV_STAGES * (size_t)((cb + 15) / 16 * 16);
+}
+
+struct sgllm__cu_mv_args {
+    const uint8_t *w;
+    int64_t rows, cols, row_bytes;
+    int copy_bytes;
+    const float *x;
+    int nt;
+    float *y;
+    int split;
+};
+
+template <int NT>
+static void sgllm__cu_mv_launch(uint32_t type, int path, dim3 grid, int threads, cudaStream_t st,
+                                const sgllm__cu_mv_args &a) {
+    if (path == 0) {
+#define SGLLM__MVF(TT)                                                                                               \
+    case TT:                                                                                                         \
+        sgllm__cu_mv_float_k<TT, NT, 8><<<grid, threads, 0, st>>>(a.w, a.rows, a.cols, a.row_bytes, a.x, a.nt, a.y, \
+                                                                   a.split);                                        \
+        return;
+        switch (type) {
+            SGLLM__MVF(T_F32) SGLLM__MVF(T_F16) SGLLM__MVF(T_BF16)
+        default: return;
+        }
+#undef SGLLM__MVF
+    }
+    if (path == 1) {
+#define SGLLM__MVQ(TT)                                                                                              \
+    case TT:                                                                                                        \
+        sgllm__cu_mv_quant_k<TT, NT><<<grid, threads, sgllm__cu_mv_smem(TT, threads / 32), st>>>(                    \
+            a.w, a.rows, a.cols, a.row_bytes, a.copy_bytes, a.x, a.nt, a.y, a.split);                               \
+        return;
+        switch (type) {
+            SGLLM__MVQ(T_Q4_0) SGLLM__MVQ(T_Q4_1) SGLLM__MVQ(T_Q5_0) SGLLM__MVQ(T_Q5_1) SGLLM__MVQ(T_Q8_0)
+            SGLLM__MVQ(T_Q4_K) SGLLM__MVQ(T_Q5_K) SGLLM__MVQ(T_Q6_K)
+        default: return;
+        }
+#undef SGLLM__MVQ
+    }
+    sgllm__cu_mv_generic_k<NT><<<grid, threads, 0, st>>>(type, a.w, a.rows, a.cols, a.row_bytes, a.x, a.nt, a.y, a.split);
+}
+
+extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                           const float *x, int64_t n_tok, float *y) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    int64_t rb = sgllm__cu_row_bytes(type, cols);
+    if (!w || !x || !y || rows <= 0 || !rb || n_tok < 0 || n_tok > 8)
+        return sgllm__cu_bad(c, "matvec", "bad pointer, weight type or shape (n_tok must be <= 8)");
+    if (!n_tok) return SGLLM_OK;
+    int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
+    // split rows over more warps until the grid has the dispatch's warps per SM (powers of two
+    // dividing the block's warps)
+    int split = 1;
+    int64_t want = (int64_t)c->disp.matvec_warps_per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1);
+    while (split * 2 <= warps && warps % (split * 2) == 0 && rows * split < want) split *= 2;
+    int64_t rows_per_block = warps / split, blocks = (rows + rows_per_block - 1) / rows_per_block;
+    if (blocks > INT32_MAX) return sgllm__cu_bad(c, "matvec", "too many rows");
+    uintptr_t addr = (uintptr_t)w;
+    bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
+    bool x_vec = (uintptr_t)x % 16 == 0 && cols % 4 == 0; // float4 activation reads
+    sgllm__cu_mv_args a = {(const uint8_t *)w, rows, cols, rb, 4, x, (int)n_tok, y, split};
+    int path = 2;
+    if (is_float && x_vec && addr % 16 == 0 && rb % 16 == 0) path = 0;
+    if (!is_float && x_vec) {
+        // copies never straddle a chunk: Q6_K chunks (840 bytes) start on 8-byte boundaries
+        for (int g = type == T_Q6_K ? 8 : 16; g >= 4; g /= 2)
+            if (addr % g == 0 && rb % g == 0) {
+                a.copy_bytes = g;
+                path = 1;
+                break;
+            }
+    }
+    cudaSetDevice(c->device);
+    dim3 grid((unsigned)blocks);
+    int threads = 32 * warps;
+    if (n_tok == 1) sgllm__cu_mv_launch<1>(type, path, grid, threads, c->stream, a);
+    else if (n_tok == 2) sgllm__cu_mv_launch<2>(type, path, grid, threads, c->stream, a);
+    else if (n_tok <= 4) sgllm__cu_mv_launch<4>(type, path, grid, threads, c->stream, a);
+    else sgllm__cu_mv_launch<8>(type, path, grid, threads, c->stream, a);
+    return sgllm__cu_launched(c, "matvec");
+}
+
+// --- 5. Prefill GEMM -----------------------------------------------------------------------
+// Large batches are compute-bound: the weight is dequantized into bf16 scratch (BF16 weights
+// are used as they are), the activations converted to bf16, and cuBLAS multiplies with fp32
+// accumulation and an fp32 result. Scratch layout: [weights bf16 (rows, cols)][x bf16 (n_tok, cols)].
+
+static __global__ void sgllm__cu_to_bf16_k(uint32_t type, const uint8_t *w, int64_t cols, int64_t row_bytes,
+                                           int64_t n, __nv_bfloat16 *out) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / cols, j = i % cols;
+        out[i] = __float2bfloat16(sgllm__cu_dq_elem(type, w + r * row_bytes, j));
+    }
+}
+
+static int64_t sgllm__cu_align256(int64_t n) { return (n + 255) / 256 * 256; }
+
+extern "C" size_t sgllm__cuda_gemm_scratch_bytes(uint32_t type, int64_t rows, int64_t cols, int64_t n_tok) {
+    if (rows <= 0 || cols <= 0 || n_tok <= 0) return 0;
+    int64_t wbytes = type == T_BF16 ? 0 : sgllm__cu_align256(rows * cols * 2);
+    return (size_t)(wbytes + sgllm__cu_align256(n_tok * cols * 2));
+}
+
+extern "C" sgllm_status sgllm__cuda_gemm(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                         const float *x, int64_t n_tok, float *y) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    int64_t rb = sgllm__cu_row_bytes(type, cols);
+    if (!w || !x || !y || rows <= 0 || rows > INT32_MAX || !rb || cols > INT32_MAX || n_tok < 0 || n_tok > INT32_MAX)
+        return sgllm__cu_bad(c, "gemm", "bad pointer, weight type or shape");
+    if (!n_tok) return SGLLM_OK;
+    size_t need = sgllm__cuda_gemm_scratch_bytes(type, rows, cols, n_tok);
+    if (need > c->scratch_bytes)
+        return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "gemm: needs %zu bytes of scratch, %zu reserved", need,
+                              c->scratch_bytes);
+    cudaSetDevice(c->device);
+    uint8_t *s = (uint8_t *)c->scratch;
+    const void *wb = w;
+    if (type != T_BF16) {
+        int64_t n = rows * cols;
+        sgllm__cu_to_bf16_k<<<(unsigned)((n + 255) / 256 < 65536 * 4 ? (n + 255) / 256 : 65536 * 4), 256, 0, c->stream>>>(
+            type, (const uint8_t *)w, cols, rb, n, (__nv_bfloat16 *)s);
+        if (sgllm__cu_launched(c, "gemm: weight to bf16")) return SGLLM_ERR_BACKEND;
+        wb = s;
+        s += sgllm__cu_align256(n * 2);
+    }
+    int64_t nx = n_tok * cols;
+    sgllm__cu_to_bf16_k<<<(unsigned)((nx + 255) / 256 < 65536 * 4 ? (nx + 255) / 256 : 65536 * 4), 256, 0, c->stream>>>(
+        T_F32, (const uint8_t *)x, nx, nx * 4, nx, (__nv_bfloat16 *)s);
+    if (sgllm__cu_launched(c, "gemm: activations to bf16")) return SGLLM_ERR_BACKEND;
+    // Row-major y(n_tok, rows) is column-major (rows, n_tok) = W^T-as-stored (cols, rows)^T . X (cols, n_tok)
+    float one = 1.0f, zero = 0.0f;
+    cublasStatus_t st = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n_tok, (int)cols, &one, wb,
+                                     CUDA_R_16BF, (int)cols, s, CUDA_R_16BF, (int)cols, &zero, y, CUDA_R_32F, (int)rows,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) return sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "gemm: cublasGemmEx status %d", (int)st);
+    return SGLLM_OK;
+}
+
+extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                           const float *x, int64_t n_tok, float *y) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    int max_batch = c->disp.matvec_max_batch < 1 ? 1 : c->disp.matvec_max_batch > 8 ? 8 : c->disp.matvec_max_batch;
+    if (n_tok <= max_batch) return sgllm__cuda_matvec(c, type, w, rows, cols, x, n_tok, y);
+    return sgllm__cuda_gemm(c, type, w, rows, cols, x, n_tok, y);
+}
+
+// --- 6. Decode attention -------------------------------------------------------------------
+// Stage 1, grid (n_splits, n_head_kv * head groups, n_q): a block takes up to ATT_HB query
+// heads that share one KV head (GQA) and one split of its query's visible keys, and runs an
+// online softmax over tiles of BN keys staged in shared memory. Scores: one warp per key, the
+// lanes splitting head_dim. It writes the split's normalized output and log-sum-exp.
+// Stage 2, grid (n_head, n_q): merges the splits weighted by exp(lse - max lse). With one split
+// stage 1 writes the output directly.
+
+enum { ATT_HB = 8, ATT_THREADS = 128, ATT_MAX_HD = 512, ATT_ACC = ATT_HB * ATT_MAX_HD / ATT_THREADS };
+
+static __global__ void __launch_bounds__(ATT_THREADS)
+    sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, int32_t n_head, int32_t n_head_kv,
+                           int32_t hd, const int32_t *pos, int32_t window, float scale, int32_t n_splits, int32_t bn,
+                           float *part_o, float *part_lse, float *out) {
+    extern __shared__ __align__(16) uint8_t sm[];
+    int32_t group = n_head / n_head_kv, n_hgroups = (group + ATT_HB - 1) / ATT_HB;
+    int32_t kvh = (int32_t)blockIdx.y / n_hgroups, h0 = kvh * group + ((int32_t)blockIdx.y % n_hgroups) * ATT_HB;
+    int32_t hb = min(ATT_HB, kvh * group + group - h0); // heads of this block
+    int64_t qi = blockIdx.z;
+    int32_t split = (int32_t)blockIdx.x;
+    float *qs = (float *)sm;                      // (hb, hd)
+    float *ps = qs + ATT_HB * hd;                 // (hb, bn) scores, then probabilities
+    float *ms = ps + ATT_HB * bn;                 // (hb) running max, sum, rescale factor
+    float *ls = ms + ATT_HB, *as = ls + ATT_HB;
+    __half *tile = (__half *)(as + ATT_HB + 4);   // (bn, hd) keys, then values; 16-byte aligned
+    int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+
+    int32_t p_hi = pos[qi], p_lo = window > 0 ? max(0, p_hi - window + 1) : 0;
+    int32_t len = p_hi - p_lo + 1, per = (len + n_splits - 1) / n_splits;
+    per = (per + 31) / 32 * 32;
+    int32_t k0 = p_lo + split * per, k1 = min(p_hi + 1, k0 + per); // this split's keys [k0, k1)
+
+    int64_t kv_stride = (int64_t)n_head_kv * hd;
+    for (int i = tid; i < hb * hd; i += ATT_THREADS) qs[i] = q[qi * n_head * hd + (int64_t)h0 * hd + i] * scale;
+    if (tid < ATT_HB) {
+        ms[tid] = -INFINITY;
+        ls[tid] = 0.0f;
+    }
+    float acc[ATT_ACC];
+#pragma unroll
+    for (int k = 0; k < ATT_ACC; k++) acc[k] = 0.0f;
+    int words = hd / 8; // 16-byte words per cache row
+    for (int32_t t0 = k0; t0 < k1; t0 += bn) {
+        int32_t nk = min(bn, k1 - t0);
+        __syncthreads(); // previous tile fully consumed
+        for (int i = tid; i < nk * words; i += ATT_THREADS) {
+            int n = i / words, wd = i % words;
+            ((uint4 *)tile)[i] = ((const uint4 *)(kc + (int64_t)(t0 + n) * kv_stride + (int64_t)kvh * hd))[wd];
+        }
+        __syncthreads();
+        for (int n = warp; n < nk; n += ATT_THREADS / 32) {
+            float s[ATT_HB];
+#pragma unroll
+            for (int h = 0; h < ATT_HB; h++) s[h] = 0.0f;
+            const __half2 *kr = (const __half2 *)(tile + n * hd);
+            for (int d2 = lane; d2 < hd / 2; d2 += 32) {
+                float2 kv = __half22float2(kr[d2]);
+#pragma unroll
+                for (int h = 0; h < ATT_HB; h++)
+                    if (h < hb) {
+                        float2 qv = ((const float2 *)qs)[h * (hd / 2) + d2];
+                        s[h] += qv.x * kv.x + qv.y * kv.y;
+                    }
+            }
+#pragma unroll
+            for (int h = 0; h < ATT_HB; h++) {
+                float v = sgllm__cu_warp_sum(s[h]);
+                if (lane == 0 && h < hb) ps[h * bn + n] = v;
+            }
+        }
+        __syncthreads();
+        // values replace keys in the tile while each head's softmax statistics are updated
+        for (int i = tid; i < nk * words; i += ATT_THREADS) {
+            int n = i / words, wd = i % words;
+            ((uint4 *)tile)[i] = ((const uint4 *)(vc + (int64_t)(t0 + n) * kv_stride + (int64_t)kvh * hd))[wd];
+        }
+        for (int h = warp; h < hb; h += ATT_THREADS / 32) {
+            float mx = -INFINITY;
+            for (int n = lane; n < nk; n += 32) mx = fmaxf(mx, ps[h * bn + n]);
+            mx = fmaxf(sgllm__cu_warp_max(mx), ms[h]);
+            float sum = 0.0f;
+            for (int n = lane; n < nk; n += 32) {
+                float e = expf(ps[h * bn + n] - mx);
+                ps[h * bn + n] = e;
+                sum += e;
+            }
+            sum = sgllm__cu_warp_sum(sum);
+            __syncwarp();
+            if (lane == 0) {
+                float a = expf(ms[h] - mx); // 0 on the first tile (ms = -inf)
+                as[h] = a;
+                ls[h] = ls[h] * a + sum;
+                ms[h] = mx;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < ATT_ACC; k++) {
+            int e = tid + k * ATT_THREADS;
+            if (e < hb * hd) {
+                int h = e / hd, d = e % hd;
+                float a = acc[k] * as[h];
+                for (int n = 0; n < nk; n++) a += ps[h * bn + n] * __half2float(tile[n * hd + d]);
+                acc[k] = a;
+            }
+        }
+    }
+    __syncthreads();
+    int64_t row = qi * n_head + h0; // first head's row in (n_q, n_head)
+#pragma unroll
+    for (int k = 0; k < ATT_ACC; k++) {
+        int e = tid + k * ATT_THREADS;
+        if (e < hb * hd) {
+            int h = e / hd, d = e % hd;
+            float l = ls[h], o = l > 0 ? acc[k] / l : 0.0f;
+            if (n_splits == 1) out[(row + h) * hd + d] = o;
+            else part_o[((row + h) * n_splits + split) * hd + d] = o;
+        }
+    }
+    if (n_splits > 1 && tid < hb) part_lse[(row + tid) * n_splits + split] = ls[tid] > 0 ? ms[tid] + logf(ls[tid]) : -INFINITY;
+}
+
+static __global__ void sgllm__cu_attn_merge_k(const float *part_o, const float *part_lse, int32_t n_head, int32_t hd,
+                                              int32_t n_splits, float *out) {
+    int64_t row = (int64_t)blockIdx.y * n_head + blockIdx.x;
+    const float *lse = part_lse + row * n_splits;
+    float mx = -INFINITY;
+    for (int s = 0; s < n_splits; s++) mx = fmaxf(mx, lse[s]);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float num = 0.0f, den = 0.0f;
+        for (int s = 0; s < n_splits; s++) {
+            if (lse[s] == -INFINITY) continue;
+            float wgt = expf(lse[s] - mx);
+            num += wgt * part_o[(row * n_splits + s) * hd + d];
+            den += wgt;
+        }
+        out[row * hd + d] = den > 0 ? num / den : 0.0f;
+    }
+}
+
+extern "C" size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_dim, int64_t n_q, int32_t n_splits) {
+    if (n_head <= 0 || head_dim <= 0 || n_q <= 0 || n_splits <= 1) return 0;
+    size_t rows = (size_t)n_q * (size_t)n_head * (size_t)n_splits;
+    return (size_t)sgllm__cu_align256((int64_t)(rows * (size_t)head_dim * 4)) + rows * 4;
+}
+
+extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
+                                                const uint16_t *v_cache, int32_t n_head, int32_t n_head_kv,
+                                                int32_t head_dim, const int32_t *pos, int64_t n_q, int32_t window,
+                                                float scale, int32_t n_splits, float *out) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!q || !k_cache || !v_cache || !pos || !out || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv ||
+        head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 0 || n_q > 65535 || window < 0 ||
+        n_splits < 1 || n_splits > 1024 || (uintptr_t)k_cache % 16 || (uintptr_t)v_cache % 16)
+        return sgllm__cu_bad(c, "attn_decode", "bad pointer or shape (head_dim 8..512, a multiple of 8)");
+    if (!n_q) return SGLLM_OK;
+    int32_t group = n_head / n_head_kv, n_hgroups = (group + ATT_HB - 1) / ATT_HB;
+    if ((int64_t)n_head_kv * n_hgroups > 65535) return sgllm__cu_bad(c, "attn_decode", "too many heads");
+    size_t need = sgllm__cuda_attn_scratch_bytes(n_head, head_dim, n_q, n_splits);
+    if (need > c->scratch_bytes)
+        return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "attn_decode: needs %zu bytes of scratch, %zu reserved",
+                              need, c->scratch_bytes);
+    // the key tile holds at most 8192 fp16 values (16 KB): fewer keys for wide heads
+    int32_t bn = c->disp.decode_block_n < 8 ? 8 : c->disp.decode_block_n > 128 ? 128 : c->disp.decode_block_n;
+    while (bn > 8 && bn * head_dim > 8192) bn /= 2;
+    size_t smem = (size_t)ATT_HB * head_dim * 4 + (size_t)ATT_HB * bn * 4 + (3 * ATT_HB + 4) * 4 +
+                  (size_t)bn * head_dim * 2;
+    cudaSetDevice(c->device);
+    float *part_o = (float *)c->scratch;
+    float *part_lse = part_o ? (float *)((uint8_t *)c->scratch +
+                                         sgllm__cu_align256((int64_t)n_q * n_head * n_splits * head_dim * 4))
+                             : NULL;
+    if (smem > 48 * 1024 &&
+        sgllm__cu_check(c, cudaFuncSetAttribute(sgllm__cu_attn_split_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                (int)smem), "attn_decode: shared memory"))
+        return SGLLM_ERR_BACKEND;
+    sgllm__cu_attn_split_k<<<dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)n_q), ATT_THREADS, smem,
+                             c->stream>>>(q, (const __half *)k_cache, (const __half *)v_cache, n_head, n_head_kv, head_dim,
+                                          pos, window, scale, n_splits, bn, part_o, part_lse, out);
+    if (sgllm__cu_launched(c, "attn_decode: split kernel")) return SGLLM_ERR_BACKEND;
+    if (n_splits == 1) return SGLLM_OK;
+    sgllm__cu_attn_merge_k<<<dim3((unsigned)n_head, (unsigned)n_q), 128, 0, c->stream>>>(part_o, part_lse, n_head,
+                                                                                         head_dim, n_splits, out);
+    return sgllm__cu_launched(c, "attn_decode: merge kernel");
+}
+
+// --- 7. Benchmark and synthetic-weight helpers ---------------------------------------------
+
+static __device__ inline uint64_t sgllm__cu_mix(uint64_t x) { // splitmix64 finalizer
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+// Random bytes, then every block's scales overwritten with small positive fp16 values so the
+// weights are finite and of a realistic magnitude (|w| below about 0.1).
+static __global__ void sgllm__cu_fill_k(uint32_t type, uint8_t *w, int64_t bytes, int64_t n_blocks, uint64_t seed) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < bytes / 8; i += stride) {
+        uint64_t r = sgllm__cu_mix(seed ^ (uint64_t)i * 0x632be59bd9b4e019ull);
+        if (type == T_F32 || type == T_F16 || type == T_BF16) {
+            // uniform values in [-0.1, 0.1): 2 f32 or 4 half values per 8 bytes
+            for (int k = 0; k < (type == T_F32 ? 2 : 4); k++) {
+                float u = ((float)((r >> (16 * k)) & 0xffff) / 65536.0f - 0.5f) * 0.2f;
+                if (type == T_F32) ((float *)w)[2 * i + k] = ((float)((r >> (32 * k)) & 0xffffffffu) / 4294967296.0f - 0.5f) * 0.2f;
+                else if (type == T_F16) ((__half *)w)[4 * i + k] = __float2half(u);
+                else ((__nv_bfloat16 *)w)[4 * i + k] = __float2bfloat16(u);
+            }
+        } else {
+            ((uint64_t *)w)[i] = r;
+        }
+    }
+    if (type == T_F32 || type == T_F16 || type == T_BF16) return;
+    int bb = sgllm__cu_blk_bytes(type);
+    for (int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; b < n_blocks; b += stride) {
+        uint8_t *blk = w + b * bb;
+        uint64_t r = sgllm__cu_mix(seed ^ ~(uint64_t)b);
+        __half d = __float2half(0.001f + 0.002f * (float)(r & 1023) / 1024.0f);
+        __half m = __float2half(0.001f * (float)((r >> 10) & 1023) / 1024.0f);
+        uint16_t db = __half_as_ushort(d), mb = __half_as_ushort(m);
+        int d_off = type == T_Q6_K ? 208 : 0;
+        blk[d_off] = (uint8_t)db;
+        blk[d_off + 1] = (uint8_t)(db >> 8);
+        if (type == T_Q4_1 || type == T_Q5_1 || type == T_Q4_K || type == T_Q5_K) {
+            blk[2] = (uint8_t)mb;
+            blk[3] = (uint8_t)(mb >> 8);
+        }
+    }
+}
+
+extern "C" sgllm_status sgllm__cuda_fill_random(sgllm__cuda *c, uint32_t type, void *w, int64_t rows, int64_t cols,
+                                                uint64_t seed) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    int64_t rb = sgllm__cu_row_bytes(type, cols);
+    if (!w || rows <= 0 || !rb || (uintptr_t)w % 8) return sgllm__cu_bad(c, "fill_random", "bad pointer, type or shape");
+    int64_t bytes = rows * rb;
+    if (bytes % 8) return sgllm__cu_bad(c, "fill_random", "size must be a multiple of 8 bytes");
+    cudaSetDevice(c->device);
+    sgllm__cu_fill_k<<<4096, 256, 0, c->stream>>>(type, (uint8_t *)w, bytes, bytes / sgllm__cu_blk_bytes(type), seed);
+    return sgllm__cu_launched(c, "fill_random");
+}
+
+// Sums every 16-byte word as four floats' bit patterns XORed, so nothing can be skipped;
+// one write per block keeps the output traffic negligible.
+static __global__ void __launch_bounds__(1024) sgllm__cu_read_k(const uint4 *p, int64_t n, float *sink) {
+    uint32_t x = 0;
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        uint4 a = __ldcs(p + i), b = __ldcs(p + i + stride), cc = __ldcs(p + i + 2 * stride), d = __ldcs(p + i + 3 * stride);
+        x ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ cc.x ^ cc.y ^ cc.z ^ cc.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n; i += stride) {
+        uint4 a = __ldcs(p + i);
+        x ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+    if (x == 0x7fc00001u) sink[0] = 1.0f; // practically never true; keeps the loads alive
+}
+
+extern "C" sgllm_status sgllm__cuda_read_bench(sgllm__cuda *c, const void *buf, size_t bytes, float *sink) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!buf || !sink || (uintptr_t)buf % 16) return sgllm__cu_bad(c, "read_bench", "bad pointer");
+    int blocks = 0;
+    cudaSetDevice(c->device);
+    if (sgllm__cu_check(c, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, sgllm__cu_read_k, 1024, 0), "occupancy"))
+        return SGLLM_ERR_BACKEND;
+    sgllm__cu_read_k<<<(unsigned)(blocks * (c->disp.sm_count > 0 ? c->disp.sm_count : 1)), 1024, 0, c->stream>>>(
+        (const uint4 *)buf, (int64_t)(bytes / 16), sink);
+    return sgllm__cu_launched(c, "read_bench");
+}
+
+extern "C" sgllm_status sgllm__cuda_gemm_bf16(sgllm__cuda *c, const void *a, const void *b, void *cm, int64_t m,
+                                              int64_t n, int64_t k) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!a || !b || !cm || m <= 0 || n <= 0 || k <= 0 || m > INT32_MAX || n > INT32_MAX || k > INT32_MAX)
+        return sgllm__cu_bad(c, "gemm_bf16", "bad pointer or shape");
+    cudaSetDevice(c->device);
+    float one = 1.0f, zero = 0.0f;
+    // row-major C = A B is column-major C^T = B^T A^T
+    cublasStatus_t st = cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)n, (int)m, (int)k, &one, b, CUDA_R_16BF,
+                                     (int)n, a, CUDA_R_16BF, (int)k, &zero, cm, CUDA_R_16BF, (int)n, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) return sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "gemm_bf16: status %d", (int)st);
+    return SGLLM_OK;
+}
+
+extern "C" sgllm_status sgllm__cuda_timer_start(sgllm__cuda *c) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    return sgllm__cu_check(c, cudaEventRecord(c->t0, c->stream), "timer");
+}
+
+extern "C" sgllm_status sgllm__cuda_timer_stop(sgllm__cuda *c, float *ms) {
+    if (!c || !ms) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    sgllm_status s = sgllm__cu_check(c, cudaEventRecord(c->t1, c->stream), "timer");
+    if (!s) s = sgllm__cu_check(c, cudaEventSynchronize(c->t1), "timer");
+    if (!s) s = sgllm__cu_check(c, cudaEventElapsedTime(ms, c->t0, c->t1), "timer");
+    return s;
+}

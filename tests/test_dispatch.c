@@ -1,0 +1,322 @@
+// tests/test_dispatch.c - architecture dispatch (section 8b) on fabricated device properties:
+// the row chosen for every architecture and for unknown ones, fitting to shared memory, split
+// counts, the log line, and the JSON override files (valid, malformed, mutated at random).
+#define SGLLM_INTERNAL
+#include "../sgllm_impl.c"
+#include "test.h"
+
+#include <sys/stat.h>
+
+static sgllm__cuda_props fake(const char *name, int major, int minor, int sms, size_t smem_kb) {
+    sgllm__cuda_props p;
+    memset(&p, 0, sizeof p);
+    snprintf(p.name, sizeof p.name, "%s", name);
+    p.major = major;
+    p.minor = minor;
+    p.sm_count = sms;
+    p.smem_per_block = 48 * 1024;
+    p.smem_per_block_optin = smem_kb * 1024;
+    return p;
+}
+
+// Every row on its real device: the row, and sglang's prefill tiles unchanged (they fit).
+static void test_rows(void) {
+    static const struct {
+        const char *name;
+        int major, minor, sms, smem_kb;
+        const char *row;
+        int bm[3], bn[3];
+    } cases[] = {
+        {"NVIDIA A100-SXM4-80GB", 8, 0, 108, 163, "sm80", {128, 64, 32}, {128, 64, 64}},
+        {"NVIDIA GeForce RTX 3090", 8, 6, 82, 99, "sm86", {64, 64, 32}, {128, 64, 32}},
+        {"NVIDIA GeForce RTX 4090", 8, 9, 128, 99, "sm89", {64, 64, 32}, {128, 64, 32}},
+        {"NVIDIA H100 80GB HBM3", 9, 0, 132, 227, "sm90", {128, 64, 32}, {64, 64, 64}},
+        {"NVIDIA B200", 10, 0, 148, 227, "sm100", {64, 64, 16}, {64, 64, 64}},
+        {"NVIDIA GB300", 10, 3, 160, 227, "sm100", {64, 64, 16}, {64, 64, 64}},
+        {"NVIDIA GeForce RTX 5090", 12, 0, 170, 99, "sm120", {64, 64, 32}, {128, 64, 32}},
+        {"NVIDIA DGX Spark", 12, 1, 48, 99, "sm120", {64, 64, 32}, {128, 64, 32}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        sgllm__cuda_props p = fake(cases[i].name, cases[i].major, cases[i].minor, cases[i].sms, (size_t)cases[i].smem_kb);
+        sgllm__cuda_dispatch d;
+        sgllm__diag dg = {0};
+        CHECKF(sgllm__dispatch_select(&p, &d, &dg) == SGLLM_OK, "%s: %s", cases[i].name, dg.msg);
+        CHECKF(!strcmp(d.row, cases[i].row), "%s: row %s, expected %s", cases[i].name, d.row, cases[i].row);
+        CHECK(d.sm_count == cases[i].sms);
+        for (int c = 0; c < 3; c++)
+            CHECKF(d.prefill_block_m[c] == cases[i].bm[c] && d.prefill_block_n[c] == cases[i].bn[c],
+                   "%s class %d: %dx%d", cases[i].name, c, d.prefill_block_m[c], d.prefill_block_n[c]);
+        CHECK(d.matvec_warps >= 1 && d.matvec_warps <= 8 && d.matvec_max_batch >= 1 && d.matvec_max_batch <= 8);
+        CHECK(d.matvec_warps_per_sm == 32);
+        CHECK(d.decode_max_splits >= 1 && d.decode_block_n >= 8 && d.norm_threads % 32 == 0);
+        CHECK(d.prefill_warps[0] == 4 && d.prefill_warps[1] == 8);
+        CHECK(d.qknorm_per_head_max_tokens == 256);
+    }
+}
+
+// Devices between or beyond the rows fall back to the newest row not newer than them.
+static void test_fallback(void) {
+    static const struct {
+        int major, minor;
+        const char *row; // NULL: unsupported
+    } cases[] = {{8, 7, "sm86"}, {8, 8, "sm86"}, {9, 5, "sm90"}, {11, 0, "sm100"}, {13, 0, "sm120"},
+                 {15, 2, "sm120"}, {7, 5, NULL}, {6, 1, NULL}, {0, 0, NULL}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        sgllm__cuda_props p = fake("Future GPU", cases[i].major, cases[i].minor, 100, 227);
+        sgllm__cuda_dispatch d;
+        sgllm__diag dg = {0};
+        sgllm_status s = sgllm__dispatch_select(&p, &d, &dg);
+        if (cases[i].row) {
+            CHECKF(s == SGLLM_OK && !strcmp(d.row, cases[i].row), "%d.%d: got %s", cases[i].major, cases[i].minor, d.row);
+        } else {
+            CHECKF(s == SGLLM_ERR_UNSUPPORTED, "%d.%d accepted", cases[i].major, cases[i].minor);
+            CHECK(strstr(dg.msg, "8.0") != NULL);
+        }
+    }
+    CHECK(sgllm__dispatch_select(NULL, &(sgllm__cuda_dispatch){0}, NULL) == SGLLM_ERR_INVALID_ARGUMENT);
+}
+
+// Less shared memory than a row's tiles need: tiles shrink until they fit; too little fails.
+static void test_smem_fit(void) {
+    for (size_t kb = 8; kb <= 240; kb += 8) {
+        sgllm__cuda_props p = fake("Small smem", 9, 0, 132, kb);
+        p.smem_per_block = kb < 48 ? kb * 1024 : 48 * 1024;
+        sgllm__cuda_dispatch d;
+        sgllm__diag dg = {0};
+        sgllm_status s = sgllm__dispatch_select(&p, &d, &dg);
+        if (kb * 1024 < sgllm__dispatch_tile_bytes(16, 16, 512)) {
+            CHECKF(s == SGLLM_ERR_UNSUPPORTED, "%zu KB accepted", kb);
+            continue;
+        }
+        CHECKF(s == SGLLM_OK, "%zu KB: %s", kb, dg.msg);
+        static const int dims[3] = {128, 256, 512};
+        for (int c = 0; c < 3; c++) {
+            CHECKF(sgllm__dispatch_tile_bytes(d.prefill_block_m[c], d.prefill_block_n[c], dims[c]) <= kb * 1024,
+                   "%zu KB class %d: %dx%d does not fit", kb, c, d.prefill_block_m[c], d.prefill_block_n[c]);
+            CHECK(d.prefill_block_m[c] >= 16 && d.prefill_block_n[c] >= 16);
+            CHECK(d.prefill_block_m[c] <= 128 && d.prefill_block_n[c] <= 64); // never grows past the row
+        }
+    }
+    // the smaller default limit counts when the opt-in limit is not reported
+    sgllm__cuda_props p = fake("No opt-in", 9, 0, 132, 0);
+    sgllm__cuda_dispatch d;
+    CHECK(sgllm__dispatch_select(&p, &d, NULL) == SGLLM_OK);
+    CHECK(sgllm__dispatch_tile_bytes(d.prefill_block_m[2], d.prefill_block_n[2], 512) <= 48 * 1024);
+}
+
+static void test_splits_and_tiles(void) {
+    sgllm__cuda_props p = fake("NVIDIA H100 80GB HBM3", 9, 0, 132, 227);
+    sgllm__cuda_dispatch d;
+    CHECK(sgllm__dispatch_select(&p, &d, NULL) == SGLLM_OK);
+    CHECK(sgllm__dispatch_decode_splits(&d, 8, 4096) == 16);   // 8 KV heads, long context: the row's maximum
+    CHECK(sgllm__dispatch_decode_splits(&d, 8, 300) == 1);     // short context: one split
+    CHECK(sgllm__dispatch_decode_splits(&d, 8, 1024) == 4);    // 256 keys per split at least
+    CHECK(sgllm__dispatch_decode_splits(&d, 512, 65536) == 1); // the SMs are already full
+    CHECK(sgllm__dispatch_decode_splits(&d, 0, 0) == 1);
+    for (int i = 0; i < 2000; i++) {
+        int64_t blocks = (int64_t)(test_u64() % 1000), keys = (int64_t)(test_u64() % 200000);
+        int32_t s = sgllm__dispatch_decode_splits(&d, blocks, keys);
+        CHECK(s >= 1 && s <= d.decode_max_splits);
+        CHECK(s == 1 || (int64_t)s * d.decode_min_keys <= keys);
+    }
+    int bm, bn, w;
+    sgllm__dispatch_prefill_tile(&d, 64, &bm, &bn, &w);
+    CHECK(bm == 128 && bn == 64 && w == 4);
+    sgllm__dispatch_prefill_tile(&d, 128, &bm, &bn, &w);
+    CHECK(bm == 128 && bn == 64 && w == 8);
+    sgllm__dispatch_prefill_tile(&d, 256, &bm, &bn, &w);
+    CHECK(bm == 64 && bn == 64 && w == 8);
+    sgllm__dispatch_prefill_tile(&d, 512, &bm, &bn, &w);
+    CHECK(bm == 32 && bn == 64 && w == 8);
+
+    char line[1024];
+    int n = sgllm__dispatch_format(&d, &p, "configs/X.json", line, sizeof line);
+    CHECK(n > 0 && (size_t)n < sizeof line);
+    CHECK(strstr(line, "NVIDIA H100 80GB HBM3") && strstr(line, "row sm90 + configs/X.json") && !strchr(line, '\n'));
+    CHECK(strstr(line, "128x64 (d<=128)") != NULL);
+    sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
+    CHECK(strstr(line, "row sm90:") != NULL);
+    char small[16];
+    n = sgllm__dispatch_format(&d, &p, NULL, small, sizeof small);
+    CHECK(n > (int)sizeof small && strlen(small) == sizeof small - 1);
+}
+
+static const char *valid_json = "{\n  \"device\": \"NVIDIA H100 80GB HBM3\",\n  \"comment\": {\"why\": [1, 2.5e3, true, null]},\n"
+                                "  \"matvec_warps\": 8, \"matvec_warps_per_sm\": 16, \"matvec_max_batch\": 4,\n  \"decode_max_splits\": 32,\n"
+                                "  \"decode_min_keys\": 128, \"decode_block_n\": 32,\n  \"prefill_block_m\": [64, 32, 16],\n"
+                                "  \"prefill_block_n\": [32, 32, 16], \"prefill_warps\": [2, 4],\n"
+                                "  \"qknorm_per_head_max_tokens\": 0, \"norm_threads\": 512\n}\n";
+
+static void test_json_override(void) {
+    sgllm__cuda_props p = fake("NVIDIA H100 80GB HBM3", 9, 0, 132, 227);
+    sgllm__cuda_dispatch base, d;
+    CHECK(sgllm__dispatch_select(&p, &base, NULL) == SGLLM_OK);
+    d = base;
+    sgllm__diag dg = {0};
+    CHECKF(sgllm__dispatch_apply_json(&d, valid_json, strlen(valid_json), "t", &dg) == SGLLM_OK, "%s", dg.msg);
+    CHECK(d.matvec_warps == 8 && d.matvec_warps_per_sm == 16 && d.matvec_max_batch == 4 && d.decode_max_splits == 32 && d.decode_min_keys == 128);
+    CHECK(d.decode_block_n == 32 && d.prefill_block_m[0] == 64 && d.prefill_block_m[2] == 16);
+    CHECK(d.prefill_block_n[1] == 32 && d.prefill_warps[0] == 2 && d.prefill_warps[1] == 4);
+    CHECK(d.qknorm_per_head_max_tokens == 0 && d.norm_threads == 512);
+    CHECK(!strcmp(d.row, "sm90") && d.sm_count == 132); // not overridable
+    // a partial file changes only what it names
+    d = base;
+    const char *partial = "{\"norm_threads\": 128}";
+    CHECK(sgllm__dispatch_apply_json(&d, partial, strlen(partial), "t", NULL) == SGLLM_OK);
+    CHECK(d.norm_threads == 128);
+    d.norm_threads = base.norm_threads;
+    CHECK(!memcmp(&d, &base, sizeof d));
+    const char *empty = " { } ";
+    CHECK(sgllm__dispatch_apply_json(&d, empty, strlen(empty), "t", NULL) == SGLLM_OK && !memcmp(&d, &base, sizeof d));
+
+    static const struct {
+        const char *text, *msg; // msg: a part of the expected error message
+    } bad[] = {
+        {"", "expected '{'"},
+        {"[]", "expected '{'"},
+        {"{", "expected '\"'"},
+        {"{\"matvec_warps\": 4", "expected ','"},
+        {"{\"matvec_warps\" 4}", "expected ':'"},
+        {"{\"matvec_wraps\": 4}", "unknown key 'matvec_wraps'"},
+        {"{\"matvec_warps\": 4, \"matvec_warps\": 2}", "repeated key"},
+        {"{\"matvec_warps\": 0}", "must be an integer in [1, 8]"},
+        {"{\"matvec_warps\": 9}", "[1, 8]"},
+        {"{\"matvec_warps\": -1}", "[1, 8]"},
+        {"{\"matvec_warps\": 2.0}", "must be an integer"},
+        {"{\"matvec_warps\": 2e0}", "must be an integer"},
+        {"{\"matvec_warps\": 02}", "leading zero"},
+        {"{\"matvec_warps\": 99999999999999999999999}", "must be an integer"},
+        {"{\"matvec_warps\": \"4\"}", "expected a number"},
+        {"{\"matvec_warps\": 4,}", "expected '\"'"},
+        {"{\"matvec_warps\": 4} x", "trailing data"},
+        {"{\"matvec_warps\": 4}{}", "trailing data"},
+        {"{\"decode_block_n\": 48}", "power of two"},
+        {"{\"norm_threads\": 100}", "multiple of 32"},
+        {"{\"prefill_block_m\": [64, 64]}", "expected ','"},
+        {"{\"prefill_block_m\": [64, 64, 32, 16]}", "exactly 3 values"},
+        {"{\"prefill_block_m\": 64}", "expected '['"},
+        {"{\"prefill_warps\": [4, 8.5]}", "must be an integer"},
+        {"{\"device\": 5}", "expected '\"'"},
+        {"{\"device\": \"abc}", "unterminated string"},
+        {"{\"device\": \"a\tb\"}", "control character"},
+        {"{\"device\": \"a\\qb\"}", "unknown escape"},
+        {"{\"device\": \"a\\u12\"}", "bad \\u escape"},
+        {"{\"device\": \"a\\u1", "short \\u escape"},
+        {"{\"matvec_warps\\u0000\": 4}", "unknown key"},
+        {"{\"comment\": [1, 2,]}", "expected a number"},
+        {"{\"comment\": tru}", "expected a number"},
+        {"{\"comment\": -}", "expected a number"},
+        {"{\"comment\": 1.}", "digits must follow '.'"},
+        {"{\"comment\": 1e+}", "digits must follow the exponent"},
+        {"{\"comment\": {\"a\" 1}}", "expected ':'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        d = base;
+        memset(&dg, 0, sizeof dg);
+        sgllm_status s = sgllm__dispatch_apply_json(&d, bad[i].text, strlen(bad[i].text), "cfg.json", &dg);
+        CHECKF(s == SGLLM_ERR_FORMAT, "accepted: %s", bad[i].text);
+        CHECKF(strstr(dg.msg, bad[i].msg) && strstr(dg.msg, "cfg.json"), "%s: message '%s'", bad[i].text, dg.msg);
+        CHECK(!memcmp(&d, &base, sizeof d)); // unchanged on error
+    }
+    // nesting is limited, not recursed without bound
+    char deep[200];
+    int n = snprintf(deep, sizeof deep, "{\"comment\": ");
+    for (int k = 0; k < 40; k++) deep[n++] = '[';
+    deep[n] = 0;
+    memset(&dg, 0, sizeof dg);
+    CHECK(sgllm__dispatch_apply_json(&d, deep, strlen(deep), "t", &dg) == SGLLM_ERR_FORMAT && strstr(dg.msg, "too deep"));
+    // the text is read only inside its length: no NUL terminator needed
+    char nonul[] = {'{', '}', 'x'};
+    CHECK(sgllm__dispatch_apply_json(&d, nonul, 2, "t", NULL) == SGLLM_OK);
+
+    // random mutations of a valid file: never a crash, an error or an in-range result
+    size_t len = strlen(valid_json);
+    char *buf = (char *)malloc(len);
+    int ok = 0;
+    for (int it = 0; it < 20000; it++) {
+        memcpy(buf, valid_json, len);
+        int edits = 1 + (int)(test_u64() % 4);
+        size_t cut = len;
+        for (int e = 0; e < edits; e++) {
+            size_t at = (size_t)(test_u64() % len);
+            switch (test_u64() % 3) {
+            case 0: buf[at] = (char)(test_u64() & 255); break;
+            case 1: buf[at] = "{}[],:\"\\0123456789-+.eE tfn"[test_u64() % 27]; break;
+            default: cut = at; break;
+            }
+        }
+        d = base;
+        sgllm_status s = sgllm__dispatch_apply_json(&d, buf, cut, "fuzz", NULL);
+        CHECK(s == SGLLM_OK || s == SGLLM_ERR_FORMAT);
+        if (s == SGLLM_OK) {
+            ok++;
+            CHECK(d.matvec_warps >= 1 && d.matvec_warps <= 8 && d.norm_threads % 32 == 0 && d.norm_threads >= 32);
+            CHECK(d.decode_block_n >= 8 && !(d.decode_block_n & (d.decode_block_n - 1)));
+        } else {
+            CHECK(!memcmp(&d, &base, sizeof d));
+        }
+    }
+    printf("json mutations: %d of 20000 still valid\n", ok);
+    free(buf);
+}
+
+static void test_config_files(void) {
+    sgllm__cuda_props p = fake("NVIDIA H100 80GB HBM3", 9, 0, 132, 227);
+    sgllm__cuda_dispatch base, d;
+    CHECK(sgllm__dispatch_select(&p, &base, NULL) == SGLLM_OK);
+    char path[512];
+    bool applied = true;
+    sgllm__diag dg = {0};
+
+    // the committed example for the H100 loads (tests run from the repository root)
+    d = base;
+    CHECKF(sgllm__dispatch_load_config(&d, "configs", p.name, path, sizeof path, &applied, &dg) == SGLLM_OK, "%s", dg.msg);
+    CHECK(applied && !strcmp(path, "configs/NVIDIA_H100_80GB_HBM3.json"));
+
+    char dir[] = "/tmp/sgllm_dispatch_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    d = base;
+    CHECK(sgllm__dispatch_load_config(&d, dir, "Fake GPU 1", path, sizeof path, &applied, NULL) == SGLLM_OK);
+    CHECK(!applied && !memcmp(&d, &base, sizeof d)); // no file: the table stands
+
+    char file[600];
+    snprintf(file, sizeof file, "%s/Fake_GPU_1.json", dir);
+    FILE *f = fopen(file, "wb");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("{\"matvec_warps\": 2, \"decode_max_splits\": 4}", f);
+        fclose(f);
+    }
+    CHECK(sgllm__dispatch_load_config(&d, dir, "Fake GPU 1", path, sizeof path, &applied, NULL) == SGLLM_OK);
+    CHECK(applied && d.matvec_warps == 2 && d.decode_max_splits == 4 && !strcmp(path, file));
+
+    f = fopen(file, "wb");
+    if (f) {
+        fputs("{\"matvec_warps\": 2,", f);
+        fclose(f);
+    }
+    d = base;
+    memset(&dg, 0, sizeof dg);
+    CHECK(sgllm__dispatch_load_config(&d, dir, "Fake GPU 1", path, sizeof path, &applied, &dg) == SGLLM_ERR_FORMAT);
+    CHECK(!applied && !memcmp(&d, &base, sizeof d) && strstr(dg.msg, "Fake_GPU_1.json"));
+    remove(file);
+
+    // hostile names stay inside the directory
+    CHECK(sgllm__dispatch_config_path("configs", "../../etc/passwd", path, sizeof path));
+    CHECK(strncmp(path, "configs/", 8) == 0 && !strchr(path + 8, '/') && strncmp(path + 8, "..", 2) != 0);
+    CHECK(!sgllm__dispatch_config_path("configs", "", path, sizeof path));
+    char tiny[12];
+    CHECK(!sgllm__dispatch_config_path("configs", "NVIDIA H100", tiny, sizeof tiny));
+    rmdir(dir);
+}
+
+int main(void) {
+    test_seed();
+    test_rows();
+    test_fallback();
+    test_smem_fit();
+    test_splits_and_tiles();
+    test_json_override();
+    test_config_files();
+    return test_finish("test_dispatch");
+}
