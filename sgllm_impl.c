@@ -3640,6 +3640,7 @@ struct sgllm_model {
     sgllm__mat output;           // (n_vocab, n_embd); tied to tok_embd when the file has none
     const float *output_norm;    // (n_embd)
     sgllm__layer *layers;        // (n_layer)
+    uint16_t *gelu_f16;          // (65536) GELU of every fp16 value, as fp16 (GELU families only)
     float **owned;               // stb_ds array of float buffers converted at load
 };
 
@@ -3845,7 +3846,7 @@ typedef struct sgllm__cpu {
     float *att;                    // (n_batch, max n_head * head_dim) attention output
     float *o;                      // (n_batch, n_embd) block output
     float *g, *u;                  // (n_batch, max n_ff)
-    float *att_work;               // (n_threads, n_ctx + 3 * max head_dim) per-thread scores, rows, q
+    float *att_work;               // (n_threads, n_ctx + 2 * max head_dim) per-thread scores, output, q
     void *mm_scratch;              // quantized activations for sgllm__matmul
 } sgllm__cpu;
 
@@ -3901,7 +3902,7 @@ static sgllm_status sgllm__cpu_init(sgllm__cpu *c, const sgllm_model *m, int32_t
          (c->att = (float *)sgllm__calloc(B * (size_t)qd, 4)) &&
          (c->o = (float *)sgllm__calloc(B * (size_t)m->n_embd, 4)) &&
          (c->g = (float *)sgllm__calloc(B * (size_t)ff, 4)) && (c->u = (float *)sgllm__calloc(B * (size_t)ff, 4)) &&
-         (c->att_work = (float *)sgllm__calloc((size_t)c->pool->n_threads * ((size_t)n_ctx + 3 * (size_t)hd), 4)) &&
+         (c->att_work = (float *)sgllm__calloc((size_t)c->pool->n_threads * ((size_t)n_ctx + 2 * (size_t)hd), 4)) &&
          (c->mm_scratch = sgllm__malloc(mm));
     if (!ok) {
         sgllm__cpu_free(c);
@@ -3953,6 +3954,121 @@ static float sgllm__gelu_tanh(float x) {
 }
 static float sgllm__silu(float x) { return x / (1.0f + expf(-x)); }
 
+// The GELU of every fp16 input, built once per model (sgllm__gelu_tanh rounds its input to
+// fp16 anyway, so a table is exact). NULL on allocation failure.
+static uint16_t *sgllm__gelu_table(void) {
+    uint16_t *t = (uint16_t *)sgllm__calloc(65536, sizeof(uint16_t));
+    if (t)
+        for (uint32_t i = 0; i < 65536; i++) t[i] = sgllm__f32_to_fp16(sgllm__gelu_tanh(sgllm__fp16_to_f32((uint16_t)i)));
+    return t;
+}
+
+// g = gelu(g) * u through the table (same values as sgllm__gelu_tanh).
+static void sgllm__gelu_mul_ref(const uint16_t *tbl, float *g, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float x = g[i];
+        float y = x <= -10.0f ? 0.0f : x >= 10.0f ? x : sgllm__fp16_to_f32(tbl[sgllm__f32_to_fp16(x)]);
+        g[i] = y * u[i];
+    }
+}
+#if SGLLM__X86
+__attribute__((target("avx2,fma,f16c"))) static void sgllm__gelu_mul_avx2(const uint16_t *tbl, float *g, const float *u,
+                                                                        int64_t n) {
+    int64_t i = 0;
+    const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        uint16_t h[8], y16[8];
+        _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        for (int k = 0; k < 8; k++) y16[k] = tbl[h[k]];
+        __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)y16));
+        y = _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, hi, _CMP_GE_OQ));
+        y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LE_OQ));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(y, _mm256_loadu_ps(u + i)));
+    }
+    sgllm__gelu_mul_ref(tbl, g + i, u + i, n - i);
+}
+#endif
+static void sgllm__gelu_mul(const uint16_t *tbl, float *g, const float *u, int64_t n) {
+#if SGLLM__X86
+    if (sgllm__use_avx2()) {
+        sgllm__gelu_mul_avx2(tbl, g, u, n);
+        return;
+    }
+#endif
+    sgllm__gelu_mul_ref(tbl, g, u, n);
+}
+
+// fp16 rows in attention and the KV cache: conversions, dot products and axpy, with F16C +
+// FMA where the processor has them (the same rounding either way: IEEE round to nearest even).
+static void sgllm__f16_from_f32_ref(const float *x, uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = sgllm__f32_to_fp16(x[i]);
+}
+static float sgllm__dot_f16_ref(const uint16_t *k, const float *q, int32_t n) {
+    float s = 0;
+    for (int32_t i = 0; i < n; i++) s += sgllm__fp16_to_f32(k[i]) * q[i];
+    return s;
+}
+static void sgllm__axpy_f16_ref(float *y, float a, const uint16_t *x, int32_t n) {
+    for (int32_t i = 0; i < n; i++) y[i] += a * sgllm__fp16_to_f32(x[i]);
+}
+#if SGLLM__X86
+__attribute__((target("avx2,fma,f16c"))) static void sgllm__f16_from_f32_avx2(const float *x, uint16_t *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    sgllm__f16_from_f32_ref(x + i, y + i, n - i);
+}
+// Rounds the largest multiple of 8 leading values; returns how many it did.
+__attribute__((target("avx2,fma,f16c"))) static int64_t sgllm__f16_round_row_avx2(float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+    return i;
+}
+__attribute__((target("avx2,fma,f16c"))) static float sgllm__dot_f16_avx2(const uint16_t *k, const float *q, int32_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i))), _mm256_loadu_ps(q + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i + 8))), _mm256_loadu_ps(q + i + 8), a1);
+    }
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i))), _mm256_loadu_ps(q + i), a0);
+    __m256 a = _mm256_add_ps(a0, a1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h) + sgllm__dot_f16_ref(k + i, q + i, n - i);
+}
+__attribute__((target("avx2,fma,f16c"))) static void sgllm__axpy_f16_avx2(float *y, float a, const uint16_t *x, int32_t n) {
+    __m256 va = _mm256_set1_ps(a);
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))),
+                                                _mm256_loadu_ps(y + i)));
+    sgllm__axpy_f16_ref(y + i, a, x + i, n - i);
+}
+#endif
+// x = fp16(x) in place.
+static void sgllm__f16_round_row(float *x, int64_t n) {
+    int64_t i = 0;
+#if SGLLM__X86
+    if (sgllm__use_avx2()) i = sgllm__f16_round_row_avx2(x, n);
+#endif
+    for (; i < n; i++) x[i] = sgllm__fp16_round(x[i]);
+}
+
+static void sgllm__f16_from_f32(const float *x, uint16_t *y, int64_t n) {
+#if SGLLM__X86
+    if (sgllm__use_avx2()) {
+        sgllm__f16_from_f32_avx2(x, y, n);
+        return;
+    }
+#endif
+    sgllm__f16_from_f32_ref(x, y, n);
+}
+
 // One attention task: query token i, head h. Scores over the visible keys of the cache,
 // softmax in float32, weighted sum of values. The rounding follows llama.cpp's default CPU
 // attention (our reference): q meets the fp16 keys as fp16, and the probabilities meet the
@@ -3971,29 +4087,36 @@ static void sgllm__att_task(void *arg, int64_t task, int thread) {
     int32_t kvh = h / (L->n_head / L->n_head_kv), pos = j->pos0 + i;
     int64_t kv_stride = (int64_t)L->n_head_kv * hd;
     int32_t lo = L->window ? (pos - L->window + 1 > 0 ? pos - L->window + 1 : 0) : 0;
-    float *scores = c->att_work + (size_t)thread * ((size_t)c->n_ctx + 3 * (size_t)hd);
-    float *row = scores + c->n_ctx, *out = row + hd, *q = out + hd;
+    float *scores = c->att_work + (size_t)thread * ((size_t)c->n_ctx + 2 * (size_t)hd);
+    float *out = scores + c->n_ctx, *q = out + hd;
     const float *qsrc = c->q + (int64_t)i * L->n_head * hd + (int64_t)h * hd;
-    for (int32_t e = 0; e < hd; e++) q[e] = sgllm__fp16_round(qsrc[e]);
+    memcpy(q, qsrc, (size_t)hd * sizeof(float));
+    sgllm__f16_round_row(q, hd);
     const uint16_t *K = c->k_cache[j->il] + (int64_t)kvh * hd, *V = c->v_cache[j->il] + (int64_t)kvh * hd;
+#if SGLLM__X86
+    bool avx2 = sgllm__use_avx2();
+#define SGLLM__DOT_F16(k, x, n) (avx2 ? sgllm__dot_f16_avx2(k, x, n) : sgllm__dot_f16_ref(k, x, n))
+#define SGLLM__AXPY_F16(y, a, x, n) (avx2 ? sgllm__axpy_f16_avx2(y, a, x, n) : sgllm__axpy_f16_ref(y, a, x, n))
+#else
+#define SGLLM__DOT_F16(k, x, n) sgllm__dot_f16_ref(k, x, n)
+#define SGLLM__AXPY_F16(y, a, x, n) sgllm__axpy_f16_ref(y, a, x, n)
+#endif
     float mx = -INFINITY;
     for (int32_t p = lo; p <= pos; p++) {
-        sgllm__dequant_row(SGLLM__T_F16, K + (int64_t)p * kv_stride, row, hd);
-        float s = 0;
-        for (int32_t e = 0; e < hd; e++) s += q[e] * row[e];
-        s *= L->attn_scale;
+        float s = SGLLM__DOT_F16(K + (int64_t)p * kv_stride, q, hd) * L->attn_scale;
         scores[p - lo] = s;
         mx = s > mx ? s : mx;
     }
     double sum = 0;
-    for (int32_t p = lo; p <= pos; p++) sum += (scores[p - lo] = expf(scores[p - lo] - mx));
+    int32_t n_keys = pos - lo + 1;
+    for (int32_t p = 0; p < n_keys; p++) sum += (scores[p] = expf(scores[p] - mx));
     float inv = (float)(1.0 / sum);
+    for (int32_t p = 0; p < n_keys; p++) scores[p] *= inv;
+    sgllm__f16_round_row(scores, n_keys);
     memset(out, 0, (size_t)hd * sizeof(float));
-    for (int32_t p = lo; p <= pos; p++) {
-        sgllm__dequant_row(SGLLM__T_F16, V + (int64_t)p * kv_stride, row, hd);
-        float w = sgllm__fp16_round(scores[p - lo] * inv);
-        for (int32_t e = 0; e < hd; e++) out[e] += w * row[e];
-    }
+    for (int32_t p = lo; p <= pos; p++) SGLLM__AXPY_F16(out, scores[p - lo], V + (int64_t)p * kv_stride, hd);
+#undef SGLLM__DOT_F16
+#undef SGLLM__AXPY_F16
     memcpy(c->att + (int64_t)i * L->n_head * hd + (int64_t)h * hd, out, (size_t)hd * sizeof(float));
 }
 
@@ -4031,11 +4154,8 @@ static void sgllm__cpu_forward(sgllm__cpu *c, const int32_t *tokens, int32_t n, 
             float p = (float)(pos0 + i) * L->rope_scale;
             sgllm__rope(q, L->n_head, hd, L->n_rot, p, L->rope_theta, m->rope_neox);
             sgllm__rope(k, L->n_head_kv, hd, L->n_rot, p, L->rope_theta, m->rope_neox);
-            uint16_t *kc = c->k_cache[il] + (int64_t)(pos0 + i) * kvd, *vc = c->v_cache[il] + (int64_t)(pos0 + i) * kvd;
-            for (int64_t e = 0; e < kvd; e++) {
-                kc[e] = sgllm__f32_to_fp16(k[e]);
-                vc[e] = sgllm__f32_to_fp16(v[e]);
-            }
+            sgllm__f16_from_f32(k, c->k_cache[il] + (int64_t)(pos0 + i) * kvd, kvd);
+            sgllm__f16_from_f32(v, c->v_cache[il] + (int64_t)(pos0 + i) * kvd, kvd);
         }
         sgllm__att_job job = {c, L, il, pos0};
         sgllm__pool_run(c->pool, (int64_t)n * L->n_head, sgllm__att_task, &job);
@@ -4048,7 +4168,7 @@ static void sgllm__cpu_forward(sgllm__cpu *c, const int32_t *tokens, int32_t n, 
         sgllm__matmul(c->pool, &L->w_up, c->h, n, c->u, c->mm_scratch);
         int64_t nf = (int64_t)n * L->n_ff;
         if (m->act == SGLLM__ACT_GELU_TANH)
-            for (int64_t e = 0; e < nf; e++) c->g[e] = sgllm__gelu_tanh(c->g[e]) * c->u[e];
+            sgllm__gelu_mul(m->gelu_f16, c->g, c->u, nf);
         else
             for (int64_t e = 0; e < nf; e++) c->g[e] = sgllm__silu(c->g[e]) * c->u[e];
         sgllm__matmul(c->pool, &L->w_down, c->g, n, c->o, c->mm_scratch);
@@ -4510,6 +4630,7 @@ void sgllm_model_free(sgllm_model *m) {
     for (ptrdiff_t i = 0; i < arrlen(m->owned); i++) sgllm__free(m->owned[i]);
     arrfree(m->owned);
     sgllm__free(m->layers);
+    sgllm__free(m->gelu_f16);
     sgllm__free(m->name);
     sgllm__free(m->chat_template);
     sgllm__vocab_free(&m->vocab);
@@ -4570,6 +4691,10 @@ sgllm_status sgllm_model_load(const sgllm_model_params *p, sgllm_model **out, ch
         goto done;
     }
     if ((s = sgllm__model_describe(m, p->progress, p->progress_user_data))) goto done;
+    if (m->act == SGLLM__ACT_GELU_TANH && !(m->gelu_f16 = sgllm__gelu_table())) {
+        s = sgllm__fail(&m->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
     sgllm__log(&m->diag, SGLLM_LOG_INFO, "loaded %s (%s): %d layers, %d embd, %d vocab, backend cpu, %.2f s", p->path,
                m->arch, m->n_layer, m->n_embd, m->n_vocab, sgllm__now() - t0);
 done:
