@@ -110,7 +110,7 @@ test-asan: models
 	$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize=shift-base -fno-sanitize-recover=all -fno-omit-frame-pointer" test-unit
 
 run: models examples
-	$(BUILD)/sgllm-generate -m $(GEMMA) -p "Write a short poem about the sea." -n 96 --chat
+	$(BUILD)/sgllm-generate -m $(GEMMA) -p "Once upon a time, in a village by the sea," -n 96
 
 # A short run of every fuzz target over its seed corpus (the long runs are done by hand).
 fuzz-smoke: fuzz models
