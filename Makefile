@@ -24,10 +24,21 @@ NVCCFLAGS  ?= -O3
 CUDA_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode=arch=compute_$(a),code=sm_$(a)) \
                 $(foreach a,$(CUDA_PTX),-gencode=arch=compute_$(a),code=compute_$(a))
 CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ -ldl -lrt
-GPU_PROGS  := $(BUILD)/test_gpu $(BUILD)/sgllm-bench-kernels
+GPU_PROGS  := $(BUILD)/test_gpu $(BUILD)/test_gpu_model $(BUILD)/sgllm-bench-kernels
+# With CUDA the library holds both translation units and sgllm_impl.c selects the backend at
+# load (-DSGLLM_CUDA); programs linking it need the CUDA runtime and cuBLAS.
+ifeq ($(CUDA),1)
+LIB_DEFS := -DSGLLM_CUDA
+LIB_OBJS := $(BUILD)/sgllm_impl.o $(BUILD)/sgllm_cuda.o
+LIB_LIBS := $(CUDA_LIBS)
+else
+LIB_DEFS :=
+LIB_OBJS := $(BUILD)/sgllm_impl.o
+LIB_LIBS :=
+endif
 
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/%,$(filter-out examples/sgllm-bench-kernels.c,$(wildcard examples/*.c)))
-TESTS    := $(patsubst tests/%.c,$(BUILD)/%,$(filter-out tests/test_golden.c tests/test_gpu.c,$(wildcard tests/test_*.c)))
+TESTS    := $(patsubst tests/%.c,$(BUILD)/%,$(filter-out tests/test_golden.c tests/test_gpu.c tests/test_gpu_model.c,$(wildcard tests/test_*.c)))
 
 .PHONY: all lib examples test test-header test-unit test-golden test-asan run models fuzz fuzz-smoke format clean help \
         cuda-compile test-gpu bench-gpu
@@ -47,14 +58,16 @@ help:
 	@echo "make bench-gpu  kernel benchmarks: bandwidth, cuBLAS rate, decode matvec, prefill GEMM"
 
 lib: $(BUILD)/libsgllm.a
-$(BUILD)/libsgllm.a: sgllm_impl.c sgllm.h
+$(BUILD)/libsgllm.a: $(LIB_OBJS)
+	rm -f $@
+	ar rcs $@ $(LIB_OBJS)
+$(BUILD)/sgllm_impl.o: sgllm_impl.c sgllm.h
 	@mkdir -p $(BUILD)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 -c sgllm_impl.c -o $(BUILD)/sgllm_impl.o
-	ar rcs $@ $(BUILD)/sgllm_impl.o
+	$(CC) $(CPPFLAGS) $(LIB_DEFS) $(CFLAGS) $(WARN) -std=c11 -c sgllm_impl.c -o $@
 
 examples: $(EXAMPLES)
 $(BUILD)/sgllm-%: examples/sgllm-%.c $(BUILD)/libsgllm.a
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/libsgllm.a $(LDLIBS) -o $@
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/libsgllm.a $(LIB_LIBS) $(LDLIBS) -o $@
 
 # Unit tests include sgllm_impl.c (white-box) and build on their own.
 $(BUILD)/test_%: tests/test_%.c sgllm_impl.c sgllm.h $(wildcard tests/*.h)
@@ -70,13 +83,19 @@ $(BUILD)/sgllm_cuda.o: sgllm_cuda.cu sgllm.h
 $(BUILD)/test_gpu: tests/test_gpu.c sgllm_impl.c sgllm.h tests/test.h $(BUILD)/sgllm_cuda.o
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
 
+# The model on both backends through the public API (tiny synthetic models, and the real ones
+# when SGLLM_MODELS holds them).
+$(BUILD)/test_gpu_model: tests/test_gpu_model.c sgllm_impl.c sgllm.h $(wildcard tests/*.h) $(BUILD)/sgllm_cuda.o
+	$(CC) $(CPPFLAGS) -DSGLLM_CUDA $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
+
 $(BUILD)/sgllm-bench-kernels: examples/sgllm-bench-kernels.c sgllm_impl.c sgllm.h $(BUILD)/sgllm_cuda.o
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
 
 cuda-compile: $(GPU_PROGS)
 
-test-gpu: $(BUILD)/test_gpu
+test-gpu: $(BUILD)/test_gpu $(BUILD)/test_gpu_model
 	$(BUILD)/test_gpu
+	SGLLM_MODELS=$(MODELS) $(BUILD)/test_gpu_model
 
 bench-gpu: $(BUILD)/sgllm-bench-kernels
 	$(BUILD)/sgllm-bench-kernels

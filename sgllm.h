@@ -139,6 +139,7 @@ typedef struct sgllm_model_params {
     sgllm_log_fn log;            // optional; also used by the model's contexts unless they set one
     void *log_user_data;
     sgllm_log_level log_level;   // messages above this level are not emitted (default INFO)
+    const char *kernel_config;   // optional CUDA kernel-dispatch JSON applied last (see 2b); borrowed
 } sgllm_model_params;
 
 SGLLM_API void sgllm_model_default_params(sgllm_model_params *params);
@@ -158,6 +159,20 @@ SGLLM_API int32_t sgllm_model_n_layer(const sgllm_model *model);
 SGLLM_API int32_t sgllm_model_n_embd(const sgllm_model *model);
 SGLLM_API const char *sgllm_model_chat_template(const sgllm_model *model); // Jinja text, or NULL
 SGLLM_API sgllm_backend sgllm_model_backend(const sgllm_model *model);     // CPU or CUDA
+
+/* 2b. Backend and kernel dispatch
+   SGLLM_BACKEND_AUTO runs the model on CUDA device 0 when the library was built with CUDA
+   (SGLLM_CUDA) and a device exists, else on the CPU; SGLLM_BACKEND_CUDA fails with
+   SGLLM_ERR_BACKEND when either is missing. On CUDA the weights are copied to the device
+   once, in their file format, and every kernel variant and block size comes from a table keyed
+   by the device's compute capability, then from configs/<device name, spaces as '_'>.json
+   (relative to the working directory) when that file exists, then from params.kernel_config
+   when set: a JSON object with any of the keys of the files under configs/, e.g.
+   {"matvec_max_batch": 4, "decode_max_splits": 8}. The decision is logged at load (INFO). */
+
+// One line: "cpu (...)" or "cuda dispatch: <device> ... -> row sm90 + <config files>: ...".
+// Borrowed, valid as long as the model.
+SGLLM_API const char *sgllm_model_device_info(const sgllm_model *model);
 
 /* ---------------------------------------------------------------------------------------
    3. Tokenizer
@@ -469,6 +484,25 @@ sgllm_status sgllm__cuda_timer_start(sgllm__cuda *c);
 sgllm_status sgllm__cuda_timer_stop(sgllm__cuda *c, float *ms);
 sgllm_status sgllm__cuda_gemm_bf16(sgllm__cuda *c, const void *a, const void *b, void *cmat, int64_t m, int64_t n,
                                    int64_t k);
+
+// Forward helpers. kv_write: row pos[t] (device, n_tok) of each fp16 cache (rows, kvd) gets
+// token t of k and v (n_tok rows of stride floats). add_bias: x (n_tok rows of stride) += b (n).
+// gather_rows: dst(n, dim) row r = src row idx[r] (device). softcap: x = cap * tanh(x / cap).
+// argmax: out[r] (device) = index of the largest of row r of x (rows, n), lowest on ties.
+sgllm_status sgllm__cuda_kv_write(sgllm__cuda *c, const float *k, const float *v, int64_t stride, int64_t kvd,
+                                  const int32_t *pos, int64_t n_tok, uint16_t *k_cache, uint16_t *v_cache);
+sgllm_status sgllm__cuda_add_bias(sgllm__cuda *c, float *x, int64_t stride, const float *b, int64_t n, int64_t n_tok);
+sgllm_status sgllm__cuda_gather_rows(sgllm__cuda *c, const float *src, const int32_t *idx, int64_t n, int64_t dim,
+                                     float *dst);
+sgllm_status sgllm__cuda_softcap(sgllm__cuda *c, float *x, int64_t n, float cap);
+sgllm_status sgllm__cuda_argmax(sgllm__cuda *c, const float *x, int64_t rows, int64_t n, int32_t *out);
+// CUDA graphs: ops enqueued between begin and end are captured (not run); end instantiates
+// them into *graph (NULL on failure), launch replays it on the stream. No synchronizing call
+// (upload, download, reserve, alloc) may come between begin and end.
+sgllm_status sgllm__cuda_graph_begin(sgllm__cuda *c);
+sgllm_status sgllm__cuda_graph_end(sgllm__cuda *c, void **graph);
+sgllm_status sgllm__cuda_graph_launch(sgllm__cuda *c, void *graph);
+void sgllm__cuda_graph_free(sgllm__cuda *c, void *graph); // NULL is a no-op
 
 #ifdef __cplusplus
 }

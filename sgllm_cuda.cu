@@ -1229,3 +1229,161 @@ extern "C" sgllm_status sgllm__cuda_timer_stop(sgllm__cuda *c, float *ms) {
     if (!s) s = sgllm__cu_check(c, cudaEventElapsedTime(ms, c->t0, c->t1), "timer");
     return s;
 }
+
+// --- 8. Forward helpers --------------------------------------------------------------------
+// The small ops the model forward (sgllm_impl.c, section 8c) needs around the kernels above:
+// the fp16 KV-cache write, bias add, row gather, logit softcap, a greedy argmax, and capture
+// and replay of a CUDA graph on the context's stream.
+
+// grid (n_tok): row pos[t] of each cache receives token t's k and v rounded to fp16 (round to
+// nearest even, as the CPU cache does).
+static __global__ void sgllm__cu_kv_write_k(const float *k, const float *v, int64_t stride, int64_t kvd,
+                                            const int32_t *pos, __half *kc, __half *vc) {
+    int64_t t = blockIdx.x, row = (int64_t)pos[t] * kvd;
+    for (int64_t e = threadIdx.x; e < kvd; e += blockDim.x) {
+        kc[row + e] = __float2half_rn(k[t * stride + e]);
+        vc[row + e] = __float2half_rn(v[t * stride + e]);
+    }
+}
+
+extern "C" sgllm_status sgllm__cuda_kv_write(sgllm__cuda *c, const float *k, const float *v, int64_t stride, int64_t kvd,
+                                             const int32_t *pos, int64_t n_tok, uint16_t *k_cache, uint16_t *v_cache) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!k || !v || !pos || !k_cache || !v_cache || kvd <= 0 || stride < kvd || n_tok < 0 || n_tok > INT32_MAX)
+        return sgllm__cu_bad(c, "kv_write", "bad pointer or shape");
+    if (!n_tok) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    sgllm__cu_kv_write_k<<<(unsigned)n_tok, 256, 0, c->stream>>>(k, v, stride, kvd, pos, (__half *)k_cache,
+                                                                  (__half *)v_cache);
+    return sgllm__cu_launched(c, "kv_write");
+}
+
+static __global__ void sgllm__cu_add_bias_k(float *x, int64_t stride, const float *b, int64_t n) {
+    float *r = x + (int64_t)blockIdx.x * stride;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) r[j] += b[j];
+}
+
+extern "C" sgllm_status sgllm__cuda_add_bias(sgllm__cuda *c, float *x, int64_t stride, const float *b, int64_t n,
+                                             int64_t n_tok) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!x || !b || n <= 0 || stride < n || n_tok < 0 || n_tok > INT32_MAX) return sgllm__cu_bad(c, "add_bias", "bad pointer or shape");
+    if (!n_tok) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    sgllm__cu_add_bias_k<<<(unsigned)n_tok, 256, 0, c->stream>>>(x, stride, b, n);
+    return sgllm__cu_launched(c, "add_bias");
+}
+
+static __global__ void sgllm__cu_gather_k(const float *src, const int32_t *idx, int64_t dim, float *dst) {
+    const float *s = src + (int64_t)idx[blockIdx.x] * dim;
+    float *d = dst + (int64_t)blockIdx.x * dim;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) d[j] = s[j];
+}
+
+extern "C" sgllm_status sgllm__cuda_gather_rows(sgllm__cuda *c, const float *src, const int32_t *idx, int64_t n,
+                                                int64_t dim, float *dst) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!src || !idx || !dst || dim <= 0 || n < 0 || n > INT32_MAX) return sgllm__cu_bad(c, "gather_rows", "bad pointer or shape");
+    if (!n) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    sgllm__cu_gather_k<<<(unsigned)n, 256, 0, c->stream>>>(src, idx, dim, dst);
+    return sgllm__cu_launched(c, "gather_rows");
+}
+
+static __global__ void sgllm__cu_softcap_k(float *x, int64_t n, float cap) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        x[i] = cap * tanhf(x[i] / cap);
+}
+
+extern "C" sgllm_status sgllm__cuda_softcap(sgllm__cuda *c, float *x, int64_t n, float cap) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!x || n < 0 || !(cap > 0)) return sgllm__cu_bad(c, "softcap", "bad pointer, size or cap");
+    if (!n) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    int64_t blocks = (n + 255) / 256;
+    sgllm__cu_softcap_k<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, c->stream>>>(x, n, cap);
+    return sgllm__cu_launched(c, "softcap");
+}
+
+// One block of 1024 threads per row; ties go to the lowest index, as the CPU sampler's argmax.
+// NaN compares false and is never picked over a number.
+static __global__ void __launch_bounds__(1024) sgllm__cu_argmax_k(const float *x, int64_t n, int32_t *out) {
+    __shared__ float bv[32];
+    __shared__ int64_t bi[32];
+    const float *r = x + (int64_t)blockIdx.x * n;
+    float best = -INFINITY;
+    int64_t besti = n;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+        if (r[j] > best) {
+            best = r[j];
+            besti = j;
+        }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int64_t oi = __shfl_xor_sync(0xffffffffu, besti, o);
+        if (ov > best || (ov == best && oi < besti)) {
+            best = ov;
+            besti = oi;
+        }
+    }
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) {
+        bv[warp] = best;
+        bi[warp] = besti;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        best = lane < (int)(blockDim.x / 32) ? bv[lane] : -INFINITY;
+        besti = lane < (int)(blockDim.x / 32) ? bi[lane] : n;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int64_t oi = __shfl_xor_sync(0xffffffffu, besti, o);
+            if (ov > best || (ov == best && oi < besti)) {
+                best = ov;
+                besti = oi;
+            }
+        }
+        if (lane == 0) out[blockIdx.x] = besti < n ? (int32_t)besti : 0;
+    }
+}
+
+extern "C" sgllm_status sgllm__cuda_argmax(sgllm__cuda *c, const float *x, int64_t rows, int64_t n, int32_t *out) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!x || !out || rows < 0 || rows > INT32_MAX || n <= 0 || n > INT32_MAX) return sgllm__cu_bad(c, "argmax", "bad pointer or shape");
+    if (!rows) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    sgllm__cu_argmax_k<<<(unsigned)rows, 1024, 0, c->stream>>>(x, n, out);
+    return sgllm__cu_launched(c, "argmax");
+}
+
+extern "C" sgllm_status sgllm__cuda_graph_begin(sgllm__cuda *c) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    return sgllm__cu_check(c, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal), "graph capture");
+}
+
+// Ends the capture; *graph receives an executable graph (sgllm__cuda_graph_free), NULL on failure.
+extern "C" sgllm_status sgllm__cuda_graph_end(sgllm__cuda *c, void **graph) {
+    if (!c || !graph) return SGLLM_ERR_INVALID_ARGUMENT;
+    *graph = NULL;
+    cudaSetDevice(c->device);
+    cudaGraph_t g = NULL;
+    sgllm_status s = sgllm__cu_check(c, cudaStreamEndCapture(c->stream, &g), "graph capture");
+    cudaGraphExec_t exec = NULL;
+    if (!s) s = sgllm__cu_check(c, cudaGraphInstantiate(&exec, g, 0), "graph instantiate");
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError(); // a failed capture is reported here, not left sticky for later launches
+    if (!s) *graph = (void *)exec;
+    return s;
+}
+
+extern "C" sgllm_status sgllm__cuda_graph_launch(sgllm__cuda *c, void *graph) {
+    if (!c || !graph) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    return sgllm__cu_check(c, cudaGraphLaunch((cudaGraphExec_t)graph, c->stream), "graph launch");
+}
+
+extern "C" void sgllm__cuda_graph_free(sgllm__cuda *c, void *graph) {
+    if (!c || !graph) return;
+    cudaSetDevice(c->device);
+    cudaGraphExecDestroy((cudaGraphExec_t)graph);
+}

@@ -3642,6 +3642,9 @@ struct sgllm_model {
     sgllm__layer *layers;        // (n_layer)
     uint16_t *gelu_f16;          // (65536) GELU of every fp16 value, as fp16 (GELU families only)
     float **owned;               // stb_ds array of float buffers converted at load
+    sgllm_backend backend;       // CPU or CUDA, chosen at load (section 8c)
+    struct sgllm__gpu_model *gpu; // device weights when the backend is CUDA, else NULL
+    char device_info[2048];      // the backend decision, as logged
 };
 
 // A weight matrix from the file: checks presence, rank and shape (cols, rows).
@@ -4605,6 +4608,407 @@ static sgllm_status sgllm__dispatch_load_config(sgllm__cuda_dispatch *io, const 
 }
 
 
+// --- 8c. CUDA forward ----------------------------------------------------------------------
+// The backend choice at load, the weight upload, and the forward pass on the GPU: the same
+// walk over the sgllm__layer descriptors as section 8, each step one op of sgllm_cuda.cu
+// enqueued on the context's stream. The model owns the device copies of its weights (in their
+// storage format, uploaded once) and a CUDA context used only for the upload; each
+// sgllm_context owns its own CUDA context (stream, cuBLAS, scratch), fp16 KV cache and
+// activation buffers. A forward uploads the token ids and positions, enqueues every layer
+// and downloads the requested logits: the download is its only synchronization. The
+// single-token step is captured once as a CUDA graph and replayed (its token and position
+// live in device buffers the graph reads), which removes the per-launch overhead that bounds
+// small models.
+
+// Picks the backend for a loaded model description (m->backend, m->device_info) and, for
+// CUDA, uploads the weights. kernel_config: an optional JSON file applied over the dispatch.
+static sgllm_status sgllm__gpu_model_init(sgllm_model *m, sgllm_backend want, const char *kernel_config);
+static void sgllm__gpu_model_free(sgllm_model *m);
+
+#ifdef SGLLM_CUDA
+
+typedef struct sgllm__gpu_layer {
+    const void *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down; // (device) storage format
+    const float *attn_norm, *ffn_norm, *post_attn_norm, *post_ffn_norm, *q_norm, *k_norm, *bq, *bk, *bv; // (device) or NULL
+} sgllm__gpu_layer;
+
+typedef struct sgllm__gpu_model {
+    sgllm__cuda *cu;             // upload context; every allocation below was made through it
+    sgllm__cuda_dispatch disp;   // copied into each context's CUDA context
+    void **allocs;               // stb_ds array of device allocations
+    const void *tok_embd, *output; // (device); output may be tok_embd (tied)
+    const float *output_norm;    // (device)
+    sgllm__gpu_layer *layers;    // (n_layer)
+} sgllm__gpu_model;
+
+static void sgllm__gpu_model_free(sgllm_model *m) {
+    sgllm__gpu_model *g = m->gpu;
+    if (!g) return;
+    for (ptrdiff_t i = 0; i < arrlen(g->allocs); i++) sgllm__cuda_dfree(g->cu, g->allocs[i]);
+    arrfree(g->allocs);
+    sgllm__free(g->layers);
+    sgllm__cuda_free(g->cu);
+    sgllm__free(g);
+    m->gpu = NULL;
+}
+
+// Copies bytes of host memory to a new device allocation (*out NULL when src is NULL).
+static sgllm_status sgllm__gpu_put(sgllm_model *m, const void *src, size_t bytes, const void **out) {
+    sgllm__gpu_model *g = m->gpu;
+    *out = NULL;
+    if (!src) return SGLLM_OK;
+    void *p = NULL;
+    sgllm_status s = sgllm__cuda_alloc(g->cu, bytes, &p);
+    if (s == SGLLM_OK) {
+        arrput(g->allocs, p);
+        s = sgllm__cuda_upload(g->cu, p, src, bytes);
+    }
+    if (s != SGLLM_OK) return sgllm__fail(&m->diag, s, "uploading weights: %s", sgllm__cuda_errmsg(g->cu));
+    *out = p;
+    return SGLLM_OK;
+}
+
+static sgllm_status sgllm__gpu_put_mat(sgllm_model *m, const sgllm__mat *w, const void **out) {
+    return sgllm__gpu_put(m, w->data, w->row_bytes * (size_t)w->rows, out);
+}
+
+static sgllm_status sgllm__gpu_put_vec(sgllm_model *m, const float *v, int64_t n, const float **out) {
+    const void *p;
+    sgllm_status s = sgllm__gpu_put(m, v, (size_t)n * sizeof(float), &p);
+    *out = (const float *)p;
+    return s;
+}
+
+static sgllm_status sgllm__gpu_upload_weights(sgllm_model *m) {
+    sgllm__gpu_model *g = m->gpu;
+    sgllm_status s;
+    if ((s = sgllm__gpu_put_mat(m, &m->tok_embd, &g->tok_embd))) return s;
+    if (m->output.data == m->tok_embd.data) g->output = g->tok_embd;
+    else if ((s = sgllm__gpu_put_mat(m, &m->output, &g->output))) return s;
+    if ((s = sgllm__gpu_put_vec(m, m->output_norm, m->n_embd, &g->output_norm))) return s;
+    if (!(g->layers = (sgllm__gpu_layer *)sgllm__calloc((size_t)m->n_layer, sizeof *g->layers)))
+        return sgllm__fail(&m->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int32_t il = 0; il < m->n_layer; il++) {
+        const sgllm__layer *L = &m->layers[il];
+        sgllm__gpu_layer *G = &g->layers[il];
+        int64_t E = m->n_embd, qd = (int64_t)L->n_head * L->head_dim, kvd = (int64_t)L->n_head_kv * L->head_dim;
+        if ((s = sgllm__gpu_put_mat(m, &L->wq, &G->wq)) || (s = sgllm__gpu_put_mat(m, &L->wk, &G->wk)) ||
+            (s = sgllm__gpu_put_mat(m, &L->wv, &G->wv)) || (s = sgllm__gpu_put_mat(m, &L->wo, &G->wo)) ||
+            (s = sgllm__gpu_put_mat(m, &L->w_gate, &G->w_gate)) || (s = sgllm__gpu_put_mat(m, &L->w_up, &G->w_up)) ||
+            (s = sgllm__gpu_put_mat(m, &L->w_down, &G->w_down)) ||
+            (s = sgllm__gpu_put_vec(m, L->attn_norm, E, &G->attn_norm)) ||
+            (s = sgllm__gpu_put_vec(m, L->ffn_norm, E, &G->ffn_norm)) ||
+            (s = sgllm__gpu_put_vec(m, L->post_attn_norm, E, &G->post_attn_norm)) ||
+            (s = sgllm__gpu_put_vec(m, L->post_ffn_norm, E, &G->post_ffn_norm)) ||
+            (s = sgllm__gpu_put_vec(m, L->q_norm, L->head_dim, &G->q_norm)) ||
+            (s = sgllm__gpu_put_vec(m, L->k_norm, L->head_dim, &G->k_norm)) ||
+            (s = sgllm__gpu_put_vec(m, L->bq, qd, &G->bq)) || (s = sgllm__gpu_put_vec(m, L->bk, kvd, &G->bk)) ||
+            (s = sgllm__gpu_put_vec(m, L->bv, kvd, &G->bv)))
+            return s;
+    }
+    return SGLLM_OK;
+}
+
+// Reads a user's dispatch override file (at most 64 KB) over *io.
+static sgllm_status sgllm__gpu_user_config(sgllm__cuda_dispatch *io, const char *path, sgllm__diag *d) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return sgllm__fail(d, SGLLM_ERR_IO, "cannot open kernel config '%s': %s", path, strerror(errno));
+    enum { MAX = 1 << 16 };
+    char *text = (char *)sgllm__malloc(MAX + 1);
+    if (!text) {
+        fclose(f);
+        return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", path);
+    }
+    size_t n = fread(text, 1, MAX + 1, f);
+    bool err = ferror(f) != 0;
+    fclose(f);
+    sgllm_status s;
+    if (err) s = sgllm__fail(d, SGLLM_ERR_IO, "cannot read kernel config '%s'", path);
+    else if (n > MAX) s = sgllm__fail(d, SGLLM_ERR_FORMAT, "kernel config '%s' is larger than %d bytes", path, MAX);
+    else s = sgllm__dispatch_apply_json(io, text, n, path, d);
+    sgllm__free(text);
+    return s;
+}
+
+static sgllm_status sgllm__gpu_model_init(sgllm_model *m, sgllm_backend want, const char *kernel_config) {
+    m->backend = SGLLM_BACKEND_CPU;
+    if (want == SGLLM_BACKEND_CPU) {
+        snprintf(m->device_info, sizeof m->device_info, "cpu (requested)");
+        return SGLLM_OK;
+    }
+    if (sgllm__cuda_device_count() < 1) {
+        if (want == SGLLM_BACKEND_CUDA)
+            return sgllm__fail(&m->diag, SGLLM_ERR_BACKEND, "SGLLM_BACKEND_CUDA: no CUDA device (or no driver) found");
+        snprintf(m->device_info, sizeof m->device_info, "cpu (no CUDA device found)");
+        return SGLLM_OK;
+    }
+    sgllm__cuda_props props;
+    char err[256] = "";
+    sgllm_status s = sgllm__cuda_query(0, &props, err, sizeof err);
+    if (s) return sgllm__fail(&m->diag, s, "%s", err);
+    if (!(m->gpu = (sgllm__gpu_model *)sgllm__calloc(1, sizeof *m->gpu)))
+        return sgllm__fail(&m->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+    sgllm__gpu_model *g = m->gpu;
+    if ((s = sgllm__dispatch_select(&props, &g->disp, &m->diag))) return s;
+    char path[512], cfg[1100] = "";
+    bool applied = false;
+    if ((s = sgllm__dispatch_load_config(&g->disp, "configs", props.name, path, sizeof path, &applied, &m->diag)))
+        return s;
+    if (applied) snprintf(cfg, sizeof cfg, "%s", path);
+    if (kernel_config) {
+        if ((s = sgllm__gpu_user_config(&g->disp, kernel_config, &m->diag))) return s;
+        size_t used = strlen(cfg);
+        snprintf(cfg + used, sizeof cfg - used, "%s%s", used ? " + " : "", kernel_config);
+    }
+    sgllm__dispatch_format(&g->disp, &props, cfg[0] ? cfg : NULL, m->device_info, sizeof m->device_info);
+    if ((s = sgllm__cuda_create(0, &g->disp, &g->cu, err, sizeof err))) return sgllm__fail(&m->diag, s, "%s", err);
+    if ((s = sgllm__gpu_upload_weights(m))) return s;
+    m->backend = SGLLM_BACKEND_CUDA;
+    return SGLLM_OK;
+}
+
+typedef struct sgllm__gpu_ctx {
+    const sgllm_model *m;
+    sgllm__cuda *cu;
+    int32_t n_ctx, n_batch;
+    void **allocs;                 // stb_ds array of device allocations
+    uint16_t **k_cache, **v_cache; // (n_layer) x (device) (n_ctx, n_head_kv * head_dim) fp16
+    int32_t *io;                   // (device) (3, n_batch): token ids, positions, rows that give logits
+    int32_t *host_io;              // (3, n_batch) staging of io
+    float *x, *h, *o;              // (device) (n_batch, n_embd) residual, block input, block output
+    float *q, *att;                // (device) (n_batch, max n_head * head_dim)
+    float *k, *v;                  // (device) (n_batch, max n_head_kv * head_dim)
+    float *g, *u;                  // (device) (n_batch, max n_ff)
+    float *sel;                    // (device) (n_batch, n_embd) final-normed rows that give logits
+    float *logits;                 // (device) (n_batch, n_vocab)
+    void *graph;                   // executable graph of the single-token step, or NULL
+    bool graph_failed;             // capture was refused once: run that step without a graph
+    int32_t graph_splits;          // decode-attention splits the graph was captured with
+} sgllm__gpu_ctx;
+
+static void sgllm__gpu_ctx_free(sgllm__gpu_ctx *c) {
+    if (!c) return;
+    sgllm__cuda_graph_free(c->cu, c->graph);
+    for (ptrdiff_t i = 0; i < arrlen(c->allocs); i++) sgllm__cuda_dfree(c->cu, c->allocs[i]);
+    arrfree(c->allocs);
+    sgllm__free(c->k_cache);
+    sgllm__free(c->v_cache);
+    sgllm__free(c->host_io);
+    sgllm__cuda_free(c->cu);
+    sgllm__free(c);
+}
+
+static sgllm_status sgllm__gpu_alloc(sgllm__gpu_ctx *c, size_t bytes, void *out) {
+    void *p = NULL;
+    sgllm_status s = sgllm__cuda_alloc(c->cu, bytes, &p);
+    if (s == SGLLM_OK) arrput(c->allocs, p);
+    memcpy(out, &p, sizeof p);
+    return s;
+}
+
+// Decode-attention splits for n queries of layer L whose keys reach max_keys.
+static int32_t sgllm__gpu_splits(const sgllm__cuda_dispatch *d, const sgllm__layer *L, int64_t n, int64_t max_keys) {
+    int32_t group = L->n_head / L->n_head_kv;
+    int64_t blocks = n * L->n_head_kv * ((group + 7) / 8); // ATT_HB = 8 query heads per block
+    if (L->window > 0 && L->window < max_keys) max_keys = L->window;
+    return sgllm__dispatch_decode_splits(d, blocks, max_keys);
+}
+
+static sgllm_status sgllm__gpu_ctx_create(const sgllm_model *m, int32_t n_ctx, int32_t n_batch, sgllm__diag *d,
+                                          sgllm__gpu_ctx **out) {
+    *out = NULL;
+    const sgllm__gpu_model *gm = m->gpu;
+    sgllm__gpu_ctx *c = (sgllm__gpu_ctx *)sgllm__calloc(1, sizeof *c);
+    if (!c) return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+    c->m = m;
+    c->n_ctx = n_ctx;
+    c->n_batch = n_batch;
+    char err[256] = "";
+    sgllm_status s = sgllm__cuda_create(0, &gm->disp, &c->cu, err, sizeof err);
+    if (s) {
+        sgllm__gpu_ctx_free(c);
+        return sgllm__fail(d, s, "%s", err);
+    }
+    int64_t qd = 0, kvd = 0, ff = 0, E = m->n_embd, B = n_batch;
+    size_t scratch = 0;
+    const sgllm__cuda_dispatch *disp = &gm->disp;
+    bool gemm = n_batch > disp->matvec_max_batch;
+    for (int32_t il = 0; il < m->n_layer; il++) {
+        const sgllm__layer *L = &m->layers[il];
+        qd = qd > (int64_t)L->n_head * L->head_dim ? qd : (int64_t)L->n_head * L->head_dim;
+        kvd = kvd > (int64_t)L->n_head_kv * L->head_dim ? kvd : (int64_t)L->n_head_kv * L->head_dim;
+        ff = ff > L->n_ff ? ff : L->n_ff;
+        size_t a = sgllm__cuda_attn_scratch_bytes(L->n_head, L->head_dim, B, disp->decode_max_splits);
+        scratch = scratch > a ? scratch : a;
+        const sgllm__mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; gemm && i < 7; i++) {
+            size_t b = sgllm__cuda_gemm_scratch_bytes(mats[i]->type, mats[i]->rows, mats[i]->cols, B);
+            scratch = scratch > b ? scratch : b;
+        }
+    }
+    if (gemm) {
+        size_t b = sgllm__cuda_gemm_scratch_bytes(m->output.type, m->output.rows, m->output.cols, B);
+        scratch = scratch > b ? scratch : b;
+    }
+    c->k_cache = (uint16_t **)sgllm__calloc((size_t)m->n_layer, sizeof(uint16_t *));
+    c->v_cache = (uint16_t **)sgllm__calloc((size_t)m->n_layer, sizeof(uint16_t *));
+    c->host_io = (int32_t *)sgllm__calloc(3 * (size_t)B, sizeof(int32_t));
+    if (!c->k_cache || !c->v_cache || !c->host_io) s = SGLLM_ERR_OUT_OF_MEMORY;
+    for (int32_t il = 0; !s && il < m->n_layer; il++) {
+        size_t row = (size_t)m->layers[il].n_head_kv * (size_t)m->layers[il].head_dim * 2;
+        if (!(s = sgllm__gpu_alloc(c, (size_t)n_ctx * row, &c->k_cache[il])))
+            s = sgllm__gpu_alloc(c, (size_t)n_ctx * row, &c->v_cache[il]);
+    }
+    size_t f = sizeof(float);
+    if (!s) s = sgllm__gpu_alloc(c, 3 * (size_t)B * sizeof(int32_t), &c->io);
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)(B * E) * f, &c->x);
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)(B * E) * f, &c->h);
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)(B * E) * f, &c->o);
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)(B * E) * f, &c->sel);
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)(B * qd) * f, &c->q);
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)(B * qd) * f, &c->att);
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)(B * kvd) * f, &c->k);
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)(B * kvd) * f, &c->v);
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)(B * ff) * f, &c->g);
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)(B * ff) * f, &c->u);
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)B * (size_t)m->n_vocab * f, &c->logits);
+    if (!s) s = sgllm__cuda_reserve(c->cu, scratch);
+    if (s) {
+        sgllm__fail(d, s, "creating a CUDA context of %d tokens: %s", (int)n_ctx,
+                    s == SGLLM_ERR_OUT_OF_MEMORY && !c->cu ? "out of memory" : sgllm__cuda_errmsg(c->cu));
+        sgllm__gpu_ctx_free(c);
+        return s;
+    }
+    *out = c;
+    return SGLLM_OK;
+}
+
+// Enqueues the forward of n tokens whose ids, positions and output rows (n_out of them) are
+// already in c->io; the logits end in c->logits (n_out, n_vocab). splits > 0 fixes the
+// decode-attention split count (the graph's), else each layer picks for max_keys keys.
+static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, int32_t n, int32_t n_out, int64_t max_keys, int32_t splits) {
+    const sgllm_model *m = c->m;
+    const sgllm__gpu_model *gm = m->gpu;
+    sgllm__cuda *cu = c->cu;
+    const sgllm__cuda_dispatch *disp = sgllm__cuda_get_dispatch(cu);
+    int64_t E = m->n_embd;
+    const int32_t *tok = c->io, *pos = c->io + c->n_batch, *rows = c->io + 2 * c->n_batch;
+    sgllm_status s;
+#define SGLLM__TRY(call)                                                                                                 \
+    do {                                                                                                                 \
+        if ((s = (call)) != SGLLM_OK) return s;                                                                         \
+    } while (0)
+    SGLLM__TRY(sgllm__cuda_embed(cu, m->tok_embd.type, gm->tok_embd, m->tok_embd.rows, E, tok, n, m->embd_scale, c->x));
+    for (int32_t il = 0; il < m->n_layer; il++) {
+        const sgllm__layer *L = &m->layers[il];
+        const sgllm__gpu_layer *G = &gm->layers[il];
+        int32_t hd = L->head_dim;
+        int64_t qd = (int64_t)L->n_head * hd, kvd = (int64_t)L->n_head_kv * hd;
+        // the previous block's output joins the residual in the same pass as this norm
+        SGLLM__TRY(sgllm__cuda_add_rmsnorm(cu, c->x, il ? c->o : NULL, G->attn_norm, c->h, n, E, m->eps));
+        SGLLM__TRY(sgllm__cuda_matmul(cu, L->wq.type, G->wq, qd, E, c->h, n, c->q));
+        SGLLM__TRY(sgllm__cuda_matmul(cu, L->wk.type, G->wk, kvd, E, c->h, n, c->k));
+        SGLLM__TRY(sgllm__cuda_matmul(cu, L->wv.type, G->wv, kvd, E, c->h, n, c->v));
+        if (G->bq) SGLLM__TRY(sgllm__cuda_add_bias(cu, c->q, qd, G->bq, qd, n));
+        if (G->bk) SGLLM__TRY(sgllm__cuda_add_bias(cu, c->k, kvd, G->bk, kvd, n));
+        if (G->bv) SGLLM__TRY(sgllm__cuda_add_bias(cu, c->v, kvd, G->bv, kvd, n));
+        if (G->q_norm || G->k_norm) // both or neither (the families read them together)
+            SGLLM__TRY(sgllm__cuda_qkv_norm(cu, c->q, qd, L->n_head, G->q_norm, c->k, kvd, L->n_head_kv, G->k_norm, NULL,
+                                            kvd, hd, n, m->eps));
+        SGLLM__TRY(sgllm__cuda_rope(cu, c->q, qd, L->n_head, hd, L->n_rot, pos, n, L->rope_scale, L->rope_theta,
+                                    m->rope_neox));
+        SGLLM__TRY(sgllm__cuda_rope(cu, c->k, kvd, L->n_head_kv, hd, L->n_rot, pos, n, L->rope_scale, L->rope_theta,
+                                    m->rope_neox));
+        SGLLM__TRY(sgllm__cuda_kv_write(cu, c->k, c->v, kvd, kvd, pos, n, c->k_cache[il], c->v_cache[il]));
+        int32_t sp = splits > 0 ? splits : sgllm__gpu_splits(disp, L, n, max_keys);
+        SGLLM__TRY(sgllm__cuda_attn_decode(cu, c->q, c->k_cache[il], c->v_cache[il], L->n_head, L->n_head_kv, hd, pos, n,
+                                           L->window, L->attn_scale, sp, c->att));
+        SGLLM__TRY(sgllm__cuda_matmul(cu, L->wo.type, G->wo, E, qd, c->att, n, c->o));
+        if (G->post_attn_norm) SGLLM__TRY(sgllm__cuda_add_rmsnorm(cu, c->o, NULL, G->post_attn_norm, c->o, n, E, m->eps));
+        SGLLM__TRY(sgllm__cuda_add_rmsnorm(cu, c->x, c->o, G->ffn_norm, c->h, n, E, m->eps));
+        SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_gate.type, G->w_gate, L->n_ff, E, c->h, n, c->g));
+        SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_up.type, G->w_up, L->n_ff, E, c->h, n, c->u));
+        SGLLM__TRY(sgllm__cuda_gated_act(cu, m->act == SGLLM__ACT_GELU_TANH ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU,
+                                         c->g, c->u, (int64_t)n * L->n_ff));
+        SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_down.type, G->w_down, E, L->n_ff, c->g, n, c->o));
+        if (G->post_ffn_norm) SGLLM__TRY(sgllm__cuda_add_rmsnorm(cu, c->o, NULL, G->post_ffn_norm, c->o, n, E, m->eps));
+    }
+    if (!n_out) return sgllm__cuda_add_rmsnorm(cu, c->x, c->o, NULL, c->h, n, E, m->eps); // keeps x complete
+    SGLLM__TRY(sgllm__cuda_add_rmsnorm(cu, c->x, c->o, gm->output_norm, c->h, n, E, m->eps));
+    const float *in = c->h;
+    if (n_out < n) {
+        SGLLM__TRY(sgllm__cuda_gather_rows(cu, c->h, rows, n_out, E, c->sel));
+        in = c->sel;
+    }
+    SGLLM__TRY(sgllm__cuda_matmul(cu, m->output.type, gm->output, m->n_vocab, E, in, n_out, c->logits));
+    if (m->final_softcap > 0)
+        SGLLM__TRY(sgllm__cuda_softcap(cu, c->logits, (int64_t)n_out * m->n_vocab, m->final_softcap));
+#undef SGLLM__TRY
+    return SGLLM_OK;
+}
+
+// Runs n tokens (n <= n_batch) at positions pos0.. (pos0 + n <= n_ctx), as sgllm__cpu_forward:
+// for every token i with want[i] set (want NULL: the last), a row of n_vocab logits goes to
+// logits, in order.
+static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens, int32_t n, int32_t pos0,
+                                       const uint8_t *want, float *logits, sgllm__diag *d) {
+    const sgllm_model *m = c->m;
+    int32_t B = c->n_batch, n_out = 0;
+    int32_t *tok = c->host_io, *pos = tok + B, *rows = tok + 2 * B;
+    for (int32_t i = 0; i < n; i++) {
+        tok[i] = tokens[i];
+        pos[i] = pos0 + i;
+        if (want ? want[i] : i == n - 1) rows[n_out++] = i;
+    }
+    // one upload of the three arrays: everything in front of rows[n_out] that the step reads
+    sgllm_status s = sgllm__cuda_upload(c->cu, c->io, c->host_io, 3 * (size_t)B * sizeof(int32_t));
+    if (!s && n == 1 && n_out == 1 && !c->graph_failed) {
+        if (!c->graph) {
+            c->graph_splits = 0;
+            for (int32_t il = 0; il < m->n_layer; il++) { // one count for every position the graph will see
+                int32_t sp = sgllm__gpu_splits(sgllm__cuda_get_dispatch(c->cu), &m->layers[il], 1, c->n_ctx);
+                c->graph_splits = c->graph_splits > sp ? c->graph_splits : sp;
+            }
+            s = sgllm__cuda_graph_begin(c->cu);
+            sgllm_status se = s ? s : sgllm__gpu_enqueue(c, 1, 1, c->n_ctx, c->graph_splits);
+            if (!s) s = sgllm__cuda_graph_end(c->cu, &c->graph);
+            if (se || s) { // capture refused (e.g. a driver without it): plain launches from now on
+                sgllm__log(d, SGLLM_LOG_WARN, "CUDA graph capture failed (%s); decoding without a graph",
+                           sgllm__cuda_errmsg(c->cu));
+                c->graph_failed = true;
+                s = SGLLM_OK;
+            }
+        }
+        if (c->graph) s = sgllm__cuda_graph_launch(c->cu, c->graph);
+        else s = sgllm__gpu_enqueue(c, n, n_out, pos0 + n, 0);
+    } else if (!s) {
+        s = sgllm__gpu_enqueue(c, n, n_out, pos0 + n, 0);
+    }
+    if (!s && n_out) s = sgllm__cuda_download(c->cu, logits, c->logits, (size_t)n_out * (size_t)m->n_vocab * sizeof(float));
+    if (!s && !n_out) s = sgllm__cuda_sync(c->cu);
+    if (s) return sgllm__fail(d, s, "CUDA forward: %s", sgllm__cuda_errmsg(c->cu));
+    return SGLLM_OK;
+}
+
+#else // no CUDA in this build: the CPU is the only backend
+
+static sgllm_status sgllm__gpu_model_init(sgllm_model *m, sgllm_backend want, const char *kernel_config) {
+    (void)kernel_config;
+    m->backend = SGLLM_BACKEND_CPU;
+    if (want == SGLLM_BACKEND_CUDA)
+        return sgllm__fail(&m->diag, SGLLM_ERR_BACKEND,
+                           "SGLLM_BACKEND_CUDA: this build of sgllm has no CUDA backend (build with nvcc, which "
+                           "defines SGLLM_CUDA and links sgllm_cuda.cu)");
+    snprintf(m->device_info, sizeof m->device_info, "cpu (%s; this build has no CUDA backend)",
+             want == SGLLM_BACKEND_CPU ? "requested" : "auto");
+    return SGLLM_OK;
+}
+
+static void sgllm__gpu_model_free(sgllm_model *m) { (void)m; }
+
+#endif // SGLLM_CUDA
+
+
 // --- 9. Public API -------------------------------------------------------------------------
 // Handles and the calls of sgllm.h: argument checks, error messages and the generate loop.
 
@@ -4627,6 +5031,7 @@ void sgllm_model_default_params(sgllm_model_params *p) {
 
 void sgllm_model_free(sgllm_model *m) {
     if (!m) return;
+    sgllm__gpu_model_free(m);
     for (ptrdiff_t i = 0; i < arrlen(m->owned); i++) sgllm__free(m->owned[i]);
     arrfree(m->owned);
     sgllm__free(m->layers);
@@ -4649,8 +5054,8 @@ sgllm_status sgllm_model_load(const sgllm_model_params *p, sgllm_model **out, ch
                         "(initialize params with sgllm_model_default_params)");
         goto done;
     }
-    if (p->backend == SGLLM_BACKEND_CUDA) {
-        s = sgllm__fail(&d, SGLLM_ERR_BACKEND, "this build of sgllm has no CUDA backend");
+    if (p->backend != SGLLM_BACKEND_AUTO && p->backend != SGLLM_BACKEND_CPU && p->backend != SGLLM_BACKEND_CUDA) {
+        s = sgllm__fail(&d, SGLLM_ERR_INVALID_ARGUMENT, "sgllm_model_load: unknown backend %d", (int)p->backend);
         goto done;
     }
     if (!(m = (sgllm_model *)sgllm__calloc(1, sizeof *m))) {
@@ -4695,8 +5100,11 @@ sgllm_status sgllm_model_load(const sgllm_model_params *p, sgllm_model **out, ch
         s = sgllm__fail(&m->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
         goto done;
     }
-    sgllm__log(&m->diag, SGLLM_LOG_INFO, "loaded %s (%s): %d layers, %d embd, %d vocab, backend cpu, %.2f s", p->path,
-               m->arch, m->n_layer, m->n_embd, m->n_vocab, sgllm__now() - t0);
+    if ((s = sgllm__gpu_model_init(m, p->backend, p->kernel_config))) goto done;
+    if (m->diag.log && m->diag.level >= SGLLM_LOG_INFO) m->diag.log(m->diag.log_user, SGLLM_LOG_INFO, m->device_info);
+    sgllm__log(&m->diag, SGLLM_LOG_INFO, "loaded %s (%s): %d layers, %d embd, %d vocab, backend %s, %.2f s", p->path,
+               m->arch, m->n_layer, m->n_embd, m->n_vocab, m->backend == SGLLM_BACKEND_CUDA ? "cuda" : "cpu",
+               sgllm__now() - t0);
 done:
     if (s != SGLLM_OK) {
         if (err && err_size) snprintf(err, err_size, "%s", m ? m->diag.msg : d.msg);
@@ -4714,7 +5122,8 @@ int32_t sgllm_model_n_ctx_train(const sgllm_model *m) { return m ? m->n_ctx_trai
 int32_t sgllm_model_n_layer(const sgllm_model *m) { return m ? m->n_layer : 0; }
 int32_t sgllm_model_n_embd(const sgllm_model *m) { return m ? m->n_embd : 0; }
 const char *sgllm_model_chat_template(const sgllm_model *m) { return m ? m->chat_template : NULL; }
-sgllm_backend sgllm_model_backend(const sgllm_model *m) { return m ? SGLLM_BACKEND_CPU : SGLLM_BACKEND_AUTO; }
+sgllm_backend sgllm_model_backend(const sgllm_model *m) { return m ? m->backend : SGLLM_BACKEND_AUTO; }
+const char *sgllm_model_device_info(const sgllm_model *m) { return m ? m->device_info : ""; }
 
 sgllm_status sgllm_tokenize(const sgllm_model *m, const char *text, size_t len, int flags, sgllm_token *tokens,
                             int32_t capacity, int32_t *n_tokens) {
@@ -4761,7 +5170,10 @@ int sgllm_token_is_control(const sgllm_model *m, sgllm_token t) { return m && sg
 struct sgllm_context {
     const sgllm_model *model;
     sgllm__diag diag;
-    sgllm__cpu cpu;
+    sgllm__cpu cpu;                // the CPU backend's state (unused on CUDA)
+#ifdef SGLLM_CUDA
+    sgllm__gpu_ctx *gpu;           // the CUDA backend's state, or NULL on the CPU
+#endif
     int32_t n_ctx, n_batch;
     sgllm_token *history; // (n_ctx) the tokens of the sequence, in order
     int32_t n_past;       // tokens in the sequence (and in the KV cache)
@@ -4779,6 +5191,9 @@ void sgllm_context_default_params(sgllm_context_params *p) {
 void sgllm_context_free(sgllm_context *ctx) {
     if (!ctx) return;
     sgllm__cpu_free(&ctx->cpu);
+#ifdef SGLLM_CUDA
+    sgllm__gpu_ctx_free(ctx->gpu);
+#endif
     sgllm__free(ctx->history);
     sgllm__free(ctx->logits);
     sgllm__free(ctx->mask);
@@ -4801,7 +5216,12 @@ sgllm_status sgllm_context_create(const sgllm_model *m, const sgllm_context_para
     ctx->n_batch = p->n_batch ? p->n_batch : 256;
     if (ctx->n_batch > ctx->n_ctx) ctx->n_batch = ctx->n_ctx;
     int threads = p->n_threads ? p->n_threads : sgllm__n_cpus();
-    sgllm_status s = sgllm__cpu_init(&ctx->cpu, m, ctx->n_ctx, ctx->n_batch, threads, &ctx->diag);
+    sgllm_status s;
+#ifdef SGLLM_CUDA
+    if (m->backend == SGLLM_BACKEND_CUDA) s = sgllm__gpu_ctx_create(m, ctx->n_ctx, ctx->n_batch, &ctx->diag, &ctx->gpu);
+    else
+#endif
+        s = sgllm__cpu_init(&ctx->cpu, m, ctx->n_ctx, ctx->n_batch, threads, &ctx->diag);
     if (s == SGLLM_OK && (!(ctx->history = (sgllm_token *)sgllm__calloc((size_t)ctx->n_ctx, sizeof(sgllm_token))) ||
                           !(ctx->logits = (float *)sgllm__calloc((size_t)m->n_vocab, sizeof(float))) ||
                           !(ctx->mask = (uint8_t *)sgllm__calloc((size_t)ctx->n_batch, 1))))
@@ -4810,8 +5230,11 @@ sgllm_status sgllm_context_create(const sgllm_model *m, const sgllm_context_para
         sgllm_context_free(ctx);
         return s;
     }
-    sgllm__log(&ctx->diag, SGLLM_LOG_INFO, "context: %d tokens, batch %d, %d threads", ctx->n_ctx, ctx->n_batch,
-               ctx->cpu.pool->n_threads);
+    if (ctx->cpu.pool)
+        sgllm__log(&ctx->diag, SGLLM_LOG_INFO, "context: %d tokens, batch %d, %d threads", ctx->n_ctx, ctx->n_batch,
+                   ctx->cpu.pool->n_threads);
+    else
+        sgllm__log(&ctx->diag, SGLLM_LOG_INFO, "context: %d tokens, batch %d, on the GPU", ctx->n_ctx, ctx->n_batch);
     *out = ctx;
     return SGLLM_OK;
 }
@@ -4849,7 +5272,14 @@ sgllm_status sgllm_evaluate(sgllm_context *ctx, const sgllm_token *tokens, int32
     for (int32_t b = 0; b < n; b += ctx->n_batch) {
         int32_t nb = n - b < ctx->n_batch ? n - b : ctx->n_batch, rows = 0;
         for (int32_t i = 0; i < nb; i++) rows += (ctx->mask[i] = want ? want[b + i] != 0 : b + i == n - 1);
-        sgllm__cpu_forward(&ctx->cpu, tokens + b, nb, ctx->n_past + b, ctx->mask, rows ? out : NULL);
+#ifdef SGLLM_CUDA
+        if (ctx->gpu) {
+            sgllm_status s = sgllm__gpu_forward(ctx->gpu, tokens + b, nb, ctx->n_past + b, ctx->mask, rows ? out : NULL,
+                                                &ctx->diag);
+            if (s) return s; // the cache rows past n_past are unused, so the sequence is as it was
+        } else
+#endif
+            sgllm__cpu_forward(&ctx->cpu, tokens + b, nb, ctx->n_past + b, ctx->mask, rows ? out : NULL);
         out += (size_t)rows * (size_t)ctx->model->n_vocab;
     }
     memcpy(ctx->history + ctx->n_past, tokens, (size_t)n * sizeof(sgllm_token));

@@ -1,0 +1,343 @@
+// tests/test_gpu_model.c - the CUDA forward (sgllm_impl.c, section 8c) against the CPU forward
+// through the public API. Compiled with -DSGLLM_CUDA wherever nvcc exists, run on a GPU
+// machine (`make test-gpu`); without a device it fails, it never skips.
+//
+// 1. Tiny synthetic models (tests/tiny_model.h: llama, qwen3, gemma3 with sliding windows; F32
+//    and Q8_0 weights), 40 random tokens, every position's logits, three GPU contexts: one
+//    prompt in one batch (cuBLAS bf16 GEMMs), batches of 4 (matrix-vector kernels) and one
+//    token at a time (the captured CUDA graph). Error = max |gpu - cpu| / max |cpu| over all
+//    logits. Tolerances:
+//    - matrix-vector paths against the CPU, F32 weights: 2e-3. The GPU computes in fp32; the
+//      CPU engine rounds q and the softmax weights to fp16 in attention and GELU's input and
+//      output to fp16 (llama.cpp's choices, 2^-11 relative each), through 2-6 layers.
+//    - Q8_0 weights: 2e-2. The CPU also quantizes activations to 8 bits (Q8_0 blocks, up to
+//      1/254 of the block's largest value per element); the GPU multiplies fp32 activations.
+//    - the bf16 GEMM path: 3e-2. bf16 keeps 8 bits of mantissa (2^-9 relative per operand).
+//    - token at a time against batches of 4 on the GPU: 1e-4 (both fp32 matrix-vector
+//      kernels; only the attention split count and so the fp32 summation order differ).
+//    Subsets of positions (want[]) give the matching rows.
+// 2. The real models (SGLLM_MODELS): teacher forcing over tests/golden/text.txt, the CPU and
+//    two GPU contexts in lockstep (n_batch 256: bf16 GEMMs; n_batch 8: fp32 matrix-vector
+//    kernels): perplexity within 0.5% of the CPU's and top-1 agreement >= 99% (issue 3), with
+//    agreement counted as tests/test_golden.c counts it between two correct engines: a position
+//    where the CPU's top-two logit margin is below 1.0 is a near tie and agrees whichever token
+//    the GPU picks (both round activations differently: 8-bit on the CPU, fp32 or bf16 on the
+//    GPU; llama.cpp flips 5% of these argmaxes against itself, never above a 0.55 margin), and
+//    raw agreement (every difference counted) >= 90% (llama.cpp against itself: 94.4%).
+#include "../sgllm_impl.c"
+#include "gguf_writer.h"
+#include "test.h"
+#include "tiny_model.h"
+
+enum { N_TOK = 40 };
+
+static sgllm_model *load(const char *path, sgllm_backend backend, const char *kernel_config) {
+    sgllm_model_params mp;
+    sgllm_model_default_params(&mp);
+    mp.path = path;
+    mp.backend = backend;
+    mp.kernel_config = kernel_config;
+    sgllm_model *m = NULL;
+    char err[512];
+    sgllm_status s = sgllm_model_load(&mp, &m, err, sizeof err);
+    CHECKF(s == SGLLM_OK, "load %s on backend %d: %s", path, (int)backend, err);
+    return m;
+}
+
+static sgllm_context *context(const sgllm_model *m, int32_t n_ctx, int32_t n_batch) {
+    sgllm_context_params cp;
+    sgllm_context_default_params(&cp);
+    cp.n_ctx = n_ctx;
+    cp.n_batch = n_batch;
+    sgllm_context *c = NULL;
+    CHECK(sgllm_context_create(m, &cp, &c) == SGLLM_OK);
+    return c;
+}
+
+// max |a - b| / max |b| over n values; infinite when a holds a NaN or infinity.
+static double err_rel(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i])) return INFINITY;
+        num = fmax(num, fabs((double)a[i] - b[i]));
+        den = fmax(den, fabs((double)b[i]));
+    }
+    return den > 0 ? num / den : num;
+}
+
+// Evaluates tokens in calls of `step` tokens with every position's logits.
+static void eval_all(sgllm_context *c, const int32_t *toks, int n, int step, float *logits, int n_vocab) {
+    uint8_t want[N_TOK];
+    memset(want, 1, sizeof want);
+    for (int i = 0; i < n; i += step) {
+        int k = n - i < step ? n - i : step;
+        sgllm_status s = sgllm_evaluate(c, toks + i, k, want, logits + (size_t)i * n_vocab);
+        CHECKF(s == SGLLM_OK, "evaluate at %d: %s", i, sgllm_context_errmsg(c));
+    }
+}
+
+static void tiny_case(const char *arch, int n_layer, int window, uint32_t wtype) {
+    tiny cfg = {arch, n_layer, window, (int)wtype, 300, false, false};
+    char path[] = "/tmp/sgllm_gpu_model_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    build_tiny(&cfg, path);
+    sgllm_model *cpu = load(path, SGLLM_BACKEND_CPU, NULL), *gpu = load(path, SGLLM_BACKEND_CUDA, NULL);
+    if (!cpu || !gpu) {
+        sgllm_model_free(cpu);
+        sgllm_model_free(gpu);
+        remove(path);
+        return;
+    }
+    CHECK(sgllm_model_backend(gpu) == SGLLM_BACKEND_CUDA && sgllm_model_backend(cpu) == SGLLM_BACKEND_CPU);
+    CHECKF(!strncmp(sgllm_model_device_info(gpu), "cuda dispatch: ", 15), "%s", sgllm_model_device_info(gpu));
+    CHECKF(!strcmp(sgllm_model_device_info(cpu), "cpu (requested)"), "%s", sgllm_model_device_info(cpu));
+    int V = sgllm_model_n_vocab(cpu);
+    int32_t toks[N_TOK];
+    for (int i = 0; i < N_TOK; i++) toks[i] = 3 + (int32_t)(test_u64() % (uint64_t)(V - 3));
+    size_t n = (size_t)N_TOK * (size_t)V;
+    float *ref = (float *)malloc(n * sizeof(float)), *batch = (float *)malloc(n * sizeof(float)),
+          *small = (float *)malloc(n * sizeof(float)), *one = (float *)malloc(n * sizeof(float));
+    sgllm_context *cc = context(cpu, 64, 64), *g_batch = context(gpu, 64, 64), *g_small = context(gpu, 64, 4),
+                  *g_one = context(gpu, 64, 1);
+    eval_all(cc, toks, N_TOK, N_TOK, ref, V);
+    eval_all(g_batch, toks, N_TOK, N_TOK, batch, V);
+    eval_all(g_small, toks, N_TOK, N_TOK, small, V); // the context cuts it into batches of 4
+    eval_all(g_one, toks, N_TOK, 1, one, V);
+    CHECK(g_one->gpu && g_one->gpu->graph && !g_one->gpu->graph_failed); // the single-token step ran as a graph
+    double tol = wtype == SGLLM__T_F32 ? 2e-3 : 2e-2;
+    double e_batch = err_rel(batch, ref, n), e_small = err_rel(small, ref, n), e_one = err_rel(one, ref, n),
+           e_self = err_rel(one, small, n);
+    printf("%-6s %-4s layers %d window %2d: gemm %.2e, matvec x4 %.2e, graph x1 %.2e vs cpu; x1 vs x4 %.2e\n", arch,
+           wtype == SGLLM__T_F32 ? "F32" : "Q8_0", n_layer, window, e_batch, e_small, e_one, e_self);
+    CHECKF(e_batch <= 3e-2, "%s: gemm path vs cpu %.3e", arch, e_batch);
+    CHECKF(e_small <= tol, "%s: matvec path vs cpu %.3e", arch, e_small);
+    CHECKF(e_one <= tol, "%s: single-token path vs cpu %.3e", arch, e_one);
+    CHECKF(e_self <= 1e-4, "%s: single tokens vs batches of 4 on the GPU %.3e", arch, e_self);
+
+    // a subset of rows after a rewind: the rows match the full run's
+    uint8_t want[N_TOK];
+    int n_want = 0;
+    for (int i = 0; i < N_TOK; i++) n_want += want[i] = (uint8_t)(i % 3 == 1);
+    CHECK(sgllm_context_rewind(g_batch, 0) == SGLLM_OK);
+    float *sub = (float *)malloc((size_t)n_want * V * sizeof(float));
+    CHECK(sgllm_evaluate(g_batch, toks, N_TOK, want, sub) == SGLLM_OK);
+    double e_sub = 0;
+    for (int i = 0, r = 0; i < N_TOK; i++)
+        if (want[i]) {
+            e_sub = fmax(e_sub, err_rel(sub + (size_t)r * V, batch + (size_t)i * V, (size_t)V));
+            r++;
+        }
+    CHECKF(e_sub <= 1e-6, "%s: selected rows differ from the full run's by %.3e", arch, e_sub);
+    free(sub);
+
+    sgllm_context_free(cc);
+    sgllm_context_free(g_batch);
+    sgllm_context_free(g_small);
+    sgllm_context_free(g_one);
+    free(ref);
+    free(batch);
+    free(small);
+    free(one);
+    sgllm_model_free(cpu);
+    sgllm_model_free(gpu);
+    remove(path);
+}
+
+// The user's kernel config is applied last, shows in the device line, and bad files fail the load.
+static void kernel_config_case(void) {
+    tiny cfg = {"llama", 1, 0, SGLLM__T_F32, 300, false, false};
+    char path[] = "/tmp/sgllm_gpu_model_XXXXXX", conf[] = "/tmp/sgllm_gpu_conf_XXXXXX";
+    int fd = mkstemp(path), fc = mkstemp(conf);
+    CHECK(fd >= 0 && fc >= 0);
+    close(fd);
+    build_tiny(&cfg, path);
+    const char *json = "{\"matvec_max_batch\": 3, \"decode_max_splits\": 5}";
+    CHECK(write(fc, json, strlen(json)) == (ssize_t)strlen(json));
+    close(fc);
+    sgllm_model *m = load(path, SGLLM_BACKEND_AUTO, conf);
+    if (m) {
+        const char *info = sgllm_model_device_info(m);
+        CHECKF(strstr(info, conf) && strstr(info, "up to batch 3") && strstr(info, "<= 5 splits"), "%s", info);
+        CHECK(sgllm_model_backend(m) == SGLLM_BACKEND_CUDA);
+        printf("device: %s\n", info);
+    }
+    sgllm_model_free(m);
+    fc = open(conf, O_WRONLY | O_TRUNC);
+    CHECK(fc >= 0 && write(fc, "{\"matvec_max_batch\": 99}", 24) == 24);
+    close(fc);
+    sgllm_model_params mp;
+    sgllm_model_default_params(&mp);
+    mp.path = path;
+    mp.kernel_config = conf;
+    char err[512];
+    m = NULL;
+    CHECK(sgllm_model_load(&mp, &m, err, sizeof err) == SGLLM_ERR_FORMAT && !m && strstr(err, "matvec_max_batch"));
+    remove(path);
+    remove(conf);
+}
+
+static char *read_text(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = (char *)malloc(1 << 20);
+    *len = fread(buf, 1, (1 << 20) - 1, f);
+    buf[*len] = 0;
+    fclose(f);
+    return buf;
+}
+
+// argmax, top-two margin and -log softmax(row)[target]
+static void row_stats(const float *row, int V, int32_t target, int32_t *argmax, double *margin, double *nll) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < V; i++)
+        if (row[i] > row[best]) best = i;
+    float second = -INFINITY;
+    double sum = 0;
+    for (int32_t i = 0; i < V; i++) {
+        sum += exp((double)row[i] - row[best]);
+        if (i != best && row[i] > second) second = row[i];
+    }
+    *argmax = best;
+    *margin = (double)row[best] - second;
+    *nll = log(sum) - ((double)row[target] - row[best]);
+}
+
+typedef struct tf_stats {
+    int agree, ties;
+    double nll, max_err;
+} tf_stats;
+
+// Times single-token steps of a GPU context from an empty sequence: whole sgllm_evaluate calls
+// (upload, graph, logits download) and graph replays alone (kernel time). Prints only.
+static void decode_profile(const sgllm_model *gpu, const char *file) {
+    enum { STEPS = 128 };
+    sgllm_context *c = context(gpu, 1024, 8);
+    int V = sgllm_model_n_vocab(gpu);
+    float *logits = (float *)malloc((size_t)V * sizeof(float));
+    int32_t t = 1;
+    CHECK(sgllm_evaluate(c, &t, 1, NULL, logits) == SGLLM_OK); // captures the graph
+    double t0 = sgllm__now();
+    for (int i = 0; i < STEPS; i++) {
+        t = 3 + (int32_t)(test_u64() % (uint64_t)(V - 3));
+        CHECK(sgllm_evaluate(c, &t, 1, NULL, logits) == SGLLM_OK);
+    }
+    double t1 = sgllm__now();
+    for (int i = 0; i < STEPS; i++) CHECK(sgllm__cuda_graph_launch(c->gpu->cu, c->gpu->graph) == SGLLM_OK);
+    CHECK(sgllm__cuda_sync(c->gpu->cu) == SGLLM_OK);
+    double t2 = sgllm__now();
+    CHECK(sgllm_context_rewind(c, 0) == SGLLM_OK);
+    c->gpu->graph_failed = true; // plain launches
+    sgllm__cuda_graph_free(c->gpu->cu, c->gpu->graph);
+    c->gpu->graph = NULL;
+    double t3 = sgllm__now();
+    for (int i = 0; i < STEPS; i++) {
+        t = 3 + (int32_t)(test_u64() % (uint64_t)(V - 3));
+        CHECK(sgllm_evaluate(c, &t, 1, NULL, logits) == SGLLM_OK);
+    }
+    double t4 = sgllm__now();
+    printf("  decode step: evaluate with graph %.1f us (%.0f tok/s), graph replay alone %.1f us, evaluate "
+           "without graph %.1f us\n",
+           1e6 * (t1 - t0) / STEPS, STEPS / (t1 - t0), 1e6 * (t2 - t1) / STEPS, 1e6 * (t4 - t3) / STEPS);
+    (void)file;
+    free(logits);
+    sgllm_context_free(c);
+}
+
+static void real_case(const char *file) {
+    char path[1024];
+    test_model_path(path, sizeof path, file);
+    double t0 = sgllm__now();
+    sgllm_model *cpu = load(path, SGLLM_BACKEND_CPU, NULL), *gpu = load(path, SGLLM_BACKEND_CUDA, NULL);
+    size_t len = 0;
+    char *text = read_text("tests/golden/text.txt", &len);
+    CHECK(text != NULL);
+    if (!cpu || !gpu || !text) {
+        sgllm_model_free(cpu);
+        sgllm_model_free(gpu);
+        free(text);
+        return;
+    }
+    enum { MAX_TOK = 2048, BATCH = 256 };
+    int32_t *toks = (int32_t *)malloc(MAX_TOK * sizeof(int32_t)), n = 0;
+    sgllm_status st = sgllm_tokenize(cpu, text, len, SGLLM_TOKENIZE_ADD_BOS, toks, MAX_TOK, &n);
+    CHECK(st == SGLLM_OK || st == SGLLM_ERR_BUFFER_TOO_SMALL);
+    st = SGLLM_OK;
+    if (n > MAX_TOK) n = MAX_TOK;
+    int V = sgllm_model_n_vocab(cpu);
+    sgllm_context *cc = context(cpu, MAX_TOK, BATCH), *gc[2] = {context(gpu, MAX_TOK, BATCH), context(gpu, MAX_TOK, 8)};
+    float *lc = (float *)malloc((size_t)BATCH * V * sizeof(float)), *lg = (float *)malloc((size_t)BATCH * V * sizeof(float));
+    uint8_t want[BATCH];
+    memset(want, 1, sizeof want);
+    int scored = 0;
+    double nll_c = 0;
+    tf_stats g[2];
+    memset(g, 0, sizeof g);
+    for (int b = 0; b + 1 < n && !st; b += BATCH) {
+        int k = n - 1 - b < BATCH ? n - 1 - b : BATCH; // positions b..b+k-1 predict b+1..b+k
+        CHECK(sgllm_evaluate(cc, toks + b, k, want, lc) == SGLLM_OK);
+        int32_t ac[BATCH];
+        double mc[BATCH];
+        for (int i = 0; i < k; i++) {
+            double nc;
+            row_stats(lc + (size_t)i * V, V, toks[b + i + 1], &ac[i], &mc[i], &nc);
+            nll_c += nc;
+        }
+        scored += k;
+        for (int v = 0; v < 2 && !st; v++) {
+            st = sgllm_evaluate(gc[v], toks + b, k, want, lg);
+            CHECKF(st == SGLLM_OK, "%s", sgllm_context_errmsg(gc[v]));
+            for (int i = 0; !st && i < k; i++) {
+                int32_t ag;
+                double mg, ng;
+                row_stats(lg + (size_t)i * V, V, toks[b + i + 1], &ag, &mg, &ng);
+                g[v].agree += ag == ac[i];
+                g[v].ties += ag != ac[i] && mc[i] < 1.0;
+                g[v].nll += ng;
+            }
+            if (!st) g[v].max_err = fmax(g[v].max_err, err_rel(lg, lc, (size_t)k * V));
+        }
+    }
+    double ppl_c = exp(nll_c / scored);
+    printf("%s: %d positions, cpu ppl %.4f [%.1fs]\n", file, scored, ppl_c, sgllm__now() - t0);
+    for (int v = 0; v < 2; v++) {
+        double ppl = exp(g[v].nll / scored), raw = (double)g[v].agree / scored, adj = (double)(g[v].agree + g[v].ties) / scored;
+        printf("  gpu n_batch %3d (%s): top-1 agreement %.2f%% (%.2f%% with near ties), ppl %.4f (%+.3f%%), max logit "
+               "err %.2e\n", v ? 8 : BATCH, v ? "matvec fp32" : "gemm bf16", 100 * raw, 100 * adj, ppl,
+               100 * (ppl / ppl_c - 1), g[v].max_err);
+        CHECKF(adj >= 0.99, "%s: top-1 agreement with near ties %.4f", file, adj);
+        CHECKF(raw >= 0.90, "%s: raw top-1 agreement %.4f", file, raw);
+        CHECKF(fabs(ppl / ppl_c - 1) <= 0.005, "%s: perplexity gpu %.4f cpu %.4f", file, ppl, ppl_c);
+    }
+    printf("  %s\n", sgllm_model_device_info(gpu));
+    decode_profile(gpu, file);
+    sgllm_context_free(cc);
+    sgllm_context_free(gc[0]);
+    sgllm_context_free(gc[1]);
+    free(lc);
+    free(lg);
+    free(toks);
+    free(text);
+    sgllm_model_free(cpu);
+    sgllm_model_free(gpu);
+}
+
+int main(int argc, char **argv) {
+    test_seed();
+    bool tiny_only = argc > 1 && !strcmp(argv[1], "tiny"), real_only = argc > 1 && !strcmp(argv[1], "real");
+    if (!real_only) {
+        static const uint32_t types[2] = {SGLLM__T_F32, SGLLM__T_Q8_0};
+        for (int t = 0; t < 2; t++) {
+            tiny_case("llama", 2, 0, types[t]);
+            tiny_case("qwen3", 2, 0, types[t]);
+            tiny_case("gemma3", 6, 8, types[t]);
+        }
+        kernel_config_case();
+    }
+    if (!tiny_only) {
+        real_case(TEST_SMOLLM);
+        real_case(TEST_GEMMA);
+    }
+    return test_finish("test_gpu_model");
+}
