@@ -812,54 +812,81 @@ static __host__ __device__ constexpr int sgllm__cu_xq_kind(int t) {
 // Shared-memory bytes of the quantized activations of nt rows of cols values.
 static size_t sgllm__cu_xq_bytes(int64_t nt, int64_t cols) { return (size_t)(nt * cols + nt * (cols / 32) * 8); }
 
-// Quantizes x (nt rows of cols values, contiguous) into qs / ds as described above; warp w of
-// nw takes blocks w, w + nw, ... (32 values, or 256 for the Q8_K kind).
+// Quantizes x (nt rows of cols values, contiguous, 16-byte aligned) into qs / ds as described
+// above. A warp step covers 128 values (four 32-blocks, eight lanes each) or one 256-block;
+// warp w of nw takes steps w, w + nw, ..., loading B steps (one float4 per lane each) before
+// reducing any, so that a block's prologue costs about one L2 round trip, not one per block.
 template <int K>
 static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t *qs, float2 *ds, int warp, int nw) {
+    constexpr int V = K == XQ_Q8_K ? 2 : 1, B = K == XQ_Q8_K ? 4 : 8; // float4 per lane per step; steps in flight
     int lane = threadIdx.x % 32;
-    constexpr int PER = K == XQ_Q8_K ? 256 : 32;
-    int64_t nb = (int64_t)nt * cols / PER;
-    for (int64_t b = warp; b < nb; b += nw) {
-        const float *xb = x + b * PER;
-        if (K != XQ_Q8_K) {
-            float v = xb[lane];
-            float amax = __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(fabsf(v))));
-            float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
-            int q = __float2int_rn(v * id);
-            qs[b * 32 + lane] = (int8_t)q;
-            int sum = __reduce_add_sync(0xffffffffu, q);
-            if (lane == 0)
-                ds[b] = make_float2(__half2float(__float2half_rn(d)),
-                                    K == XQ_Q8_1 ? __half2float(__float2half_rn(d * (float)sum)) : (float)sum);
-        } else {
-            float v[8], am = -1.f, mx = 0.f;
-            int ai = 0;
+    const float4 *x4 = (const float4 *)x;
+    uint32_t *q4 = (uint32_t *)qs; // four codes per word
+    int64_t n_steps = (int64_t)nt * cols / (128 * V);
+    for (int64_t s0 = warp; s0 < n_steps; s0 += (int64_t)nw * B) {
+        float4 v[B][V];
 #pragma unroll
-            for (int i = 0; i < 8; i++) { // lane holds values 32i + lane: ascending index per lane
-                v[i] = xb[32 * i + lane];
-                if (fabsf(v[i]) > am) {
-                    am = fabsf(v[i]);
-                    mx = v[i];
-                    ai = 32 * i + lane;
+        for (int u = 0; u < B; u++)
+            if (s0 + (int64_t)u * nw < n_steps)
+#pragma unroll
+                for (int i = 0; i < V; i++) v[u][i] = x4[(s0 + (int64_t)u * nw) * 32 * V + 32 * i + lane];
+#pragma unroll
+        for (int u = 0; u < B; u++) {
+            int64_t st = s0 + (int64_t)u * nw;
+            if (st >= n_steps) break;
+            if (K != XQ_Q8_K) { // lanes 8m .. 8m+7 hold block 4 st + m
+                float4 a = v[u][0];
+                float am = fmaxf(fmaxf(fabsf(a.x), fabsf(a.y)), fmaxf(fabsf(a.z), fabsf(a.w)));
+#pragma unroll
+                for (int o = 1; o < 8; o <<= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+                float d = am / 127.f, id = am != 0.f ? 127.f / am : 0.f;
+                int q0 = __float2int_rn(a.x * id), q1 = __float2int_rn(a.y * id), q2 = __float2int_rn(a.z * id),
+                    q3 = __float2int_rn(a.w * id);
+                q4[st * 32 + lane] = (uint32_t)(q0 & 255) | ((uint32_t)(q1 & 255) << 8) | ((uint32_t)(q2 & 255) << 16) |
+                                     ((uint32_t)(q3 & 255) << 24);
+                int sum = q0 + q1 + q2 + q3;
+#pragma unroll
+                for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                if (lane % 8 == 0)
+                    ds[st * 4 + lane / 8] = make_float2(__half2float(__float2half_rn(d)),
+                                                        K == XQ_Q8_1 ? __half2float(__float2half_rn(d * (float)sum))
+                                                                     : (float)sum);
+            } else { // lane holds values 4 lane .. 4 lane + 3 and 128 + 4 lane ..: ascending per lane
+                float e[8] = {v[u][0].x, v[u][0].y, v[u][0].z, v[u][0].w, v[u][1].x, v[u][1].y, v[u][1].z, v[u][1].w};
+                float am = -1.f, mx = 0.f;
+                int ai = 0;
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    if (fabsf(e[k]) > am) {
+                        am = fabsf(e[k]);
+                        mx = e[k];
+                        ai = (k / 4) * 128 + 4 * lane + k % 4;
+                    }
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) { // largest magnitude, first index on ties (as the CPU)
+                    float oam = __shfl_xor_sync(0xffffffffu, am, o), omx = __shfl_xor_sync(0xffffffffu, mx, o);
+                    int oai = __shfl_xor_sync(0xffffffffu, ai, o);
+                    if (oam > am || (oam == am && oai < ai)) {
+                        am = oam;
+                        mx = omx;
+                        ai = oai;
+                    }
                 }
-            }
+                float iscale = am != 0.f ? -127.f / mx : 0.f, d = iscale != 0.f ? 1.f / iscale : 0.f;
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) { // largest magnitude, first index on ties (as the CPU)
-                float oam = __shfl_xor_sync(0xffffffffu, am, o), omx = __shfl_xor_sync(0xffffffffu, mx, o);
-                int oai = __shfl_xor_sync(0xffffffffu, ai, o);
-                if (oam > am || (oam == am && oai < ai)) {
-                    am = oam;
-                    mx = omx;
-                    ai = oai;
+                for (int i = 0; i < 2; i++) {
+                    int q[4], sum = 0;
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        q[k] = min(127, __float2int_rn(iscale * e[4 * i + k]));
+                        sum += q[k];
+                    }
+                    q4[st * 64 + 32 * i + lane] = (uint32_t)(q[0] & 255) | ((uint32_t)(q[1] & 255) << 8) |
+                                                  ((uint32_t)(q[2] & 255) << 16) | ((uint32_t)(q[3] & 255) << 24);
+#pragma unroll
+                    for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                    if (lane % 8 == 0) ds[st * 8 + 4 * i + lane / 8] = make_float2(d, (float)sum);
                 }
-            }
-            float iscale = am != 0.f ? -127.f / mx : 0.f, d = iscale != 0.f ? 1.f / iscale : 0.f;
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                int q = min(127, __float2int_rn(iscale * v[i]));
-                qs[b * 256 + 32 * i + lane] = (int8_t)q;
-                int sum = __reduce_add_sync(0xffffffffu, q);
-                if (lane == 0) ds[b * 8 + i] = make_float2(d, (float)sum);
             }
         }
     }
@@ -1005,38 +1032,50 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
     // them). Every warp of the block walks the same number of items (per_row per row, the same
     // row count), so the row ends line up for the split reduction.
     int64_t rpb = nw / split, rstride = (int64_t)gridDim.x * rpb, first = (int64_t)blockIdx.x * rpb;
-    int64_t r0 = first + warp / split, n_chunks = (cols + MV_CHUNK - 1) / MV_CHUNK;
-    int64_t per_row = (n_chunks + split - 1) / split, mine = n_chunks > sub ? (n_chunks - sub + split - 1) / split : 0;
+    int64_t r0 = first + warp / split;
+    int n_chunks = (int)((cols + MV_CHUNK - 1) / MV_CHUNK);
+    int per_row = (n_chunks + split - 1) / split, mine = n_chunks > sub ? (n_chunks - sub + split - 1) / split : 0;
     int64_t items = (rows > first ? (rows - first + rstride - 1) / rstride : 0) * per_row;
-    auto issue = [&](int64_t k) {
-        if (k < items) {
-            int64_t r = r0 + k / per_row * rstride, j = k % per_row;
-            if (j < mine && r < rows) {
-                int64_t off = (sub + j * split) * CB, bytes = row_bytes - off < CB ? row_bytes - off : CB;
-                const uint8_t *src = w + r * row_bytes + off;
-                uint8_t *dst = ring + (k % MV_STAGES) * CS;
-                for (int64_t i = (int64_t)lane * copy_bytes; i < bytes; i += 32 * copy_bytes)
+    // item k = chunk j of row r; the issue side runs MV_STAGES - 1 items ahead of the compute
+    // side, both walking (r, j) incrementally (no 64-bit divisions in the loop)
+    int64_t ki = 0, ri = r0;
+    int ji = 0;
+    auto issue = [&]() {
+        if (ki < items) {
+            if (ji < mine && ri < rows) {
+                int64_t off = (int64_t)(sub + ji * split) * CB, bytes = row_bytes - off < CB ? row_bytes - off : CB;
+                const uint8_t *src = w + ri * row_bytes + off;
+                uint8_t *dst = ring + (ki % MV_STAGES) * CS;
+                for (int i = lane * copy_bytes; i < bytes; i += 32 * copy_bytes)
                     sgllm__cu_cp_async(dst + i, src + i, copy_bytes);
             }
+            if (++ji == per_row) {
+                ji = 0;
+                ri += rstride;
+            }
         }
+        ki++;
         sgllm__cu_cp_commit(); // an empty group keeps the wait count uniform
     };
 #pragma unroll
-    for (int k = 0; k < MV_STAGES - 1; k++) issue(k);
+    for (int k = 0; k < MV_STAGES - 1; k++) issue();
     sgllm__cu_xq<sgllm__cu_xq_kind(T)>(x, cols, nt, xs, xd, warp, nw);
     __syncthreads();
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    int64_t r = r0;
+    int j = 0;
     for (int64_t k = 0; k < items; k++) {
-        issue(k + MV_STAGES - 1);
+        issue();
         sgllm__cu_cp_wait<MV_STAGES - 1>();
         __syncwarp();
-        int64_t r = r0 + k / per_row * rstride, j = k % per_row, g = (sub + j * split) * (MV_CHUNK / 32) + lane;
+        int64_t g = (int64_t)(sub + j * split) * (MV_CHUNK / 32) + lane;
         if (j < mine && r < rows && g * 32 < cols)
             sgllm__cu_piece_i8<T, NT>(ring + (k % MV_STAGES) * CS, lane, g, xs, xd, cols, nt, acc);
         __syncwarp(); // the stage is refilled by the next iteration's issue
-        if (j != per_row - 1) continue;
+        if (++j != per_row) continue;
+        j = 0;
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[t] = sgllm__cu_warp_sum(acc[t]);
         if (split == 1) {
@@ -1060,6 +1099,7 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
         }
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+        r += rstride;
     }
 }
 
@@ -1075,11 +1115,11 @@ extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, 
                                                  int64_t cols, int8_t *qs, float *ds) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     bool quant = type != T_F32 && type != T_F16 && type != T_BF16 && sgllm__cu_row_bytes(type, cols) > 0;
-    if (!x || !qs || !ds || !quant || n_tok <= 0 || n_tok > 8 || (uintptr_t)ds % 8)
+    if (!x || !qs || !ds || !quant || n_tok <= 0 || n_tok > 8 || (uintptr_t)x % 16 || (uintptr_t)qs % 4 || (uintptr_t)ds % 8)
         return sgllm__cu_bad(c, "quantize_act", "bad pointer, weight type or shape");
     cudaSetDevice(c->device);
     int kind = sgllm__cu_xq_kind((int)type);
-    int64_t blocks = n_tok * cols / (kind == XQ_Q8_K ? 256 : 32), grid = (blocks + 3) / 4;
+    int64_t steps = n_tok * cols / (kind == XQ_Q8_K ? 256 : 128), grid = (steps + 3) / 4;
     if (kind == XQ_Q8_0) sgllm__cu_xq_k<XQ_Q8_0><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);
     else if (kind == XQ_Q8_1) sgllm__cu_xq_k<XQ_Q8_1><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);
     else sgllm__cu_xq_k<XQ_Q8_K><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);
