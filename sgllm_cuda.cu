@@ -822,14 +822,18 @@ static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t
     int lane = threadIdx.x % 32;
     const float4 *x4 = (const float4 *)x;
     uint32_t *q4 = (uint32_t *)qs; // four codes per word
-    int64_t n_steps = (int64_t)nt * cols / (128 * V);
+    // the last step of the 32-value kinds may hold fewer than four blocks (cols % 128 == 32k):
+    // lanes past the end load nothing and store nothing but still join the shuffles
+    int64_t n_vec = (int64_t)nt * cols / 4, n_steps = (n_vec + 32 * V - 1) / (32 * V);
     for (int64_t s0 = warp; s0 < n_steps; s0 += (int64_t)nw * B) {
         float4 v[B][V];
 #pragma unroll
         for (int u = 0; u < B; u++)
-            if (s0 + (int64_t)u * nw < n_steps)
 #pragma unroll
-                for (int i = 0; i < V; i++) v[u][i] = x4[(s0 + (int64_t)u * nw) * 32 * V + 32 * i + lane];
+            for (int i = 0; i < V; i++) {
+                int64_t e = (s0 + (int64_t)u * nw) * 32 * V + 32 * i + lane;
+                v[u][i] = s0 + (int64_t)u * nw < n_steps && e < n_vec ? x4[e] : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
 #pragma unroll
         for (int u = 0; u < B; u++) {
             int64_t st = s0 + (int64_t)u * nw;
@@ -842,12 +846,14 @@ static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t
                 float d = am / 127.f, id = am != 0.f ? 127.f / am : 0.f;
                 int q0 = __float2int_rn(a.x * id), q1 = __float2int_rn(a.y * id), q2 = __float2int_rn(a.z * id),
                     q3 = __float2int_rn(a.w * id);
-                q4[st * 32 + lane] = (uint32_t)(q0 & 255) | ((uint32_t)(q1 & 255) << 8) | ((uint32_t)(q2 & 255) << 16) |
+                bool in = st * 32 + lane < n_vec;
+                if (in)
+                    q4[st * 32 + lane] = (uint32_t)(q0 & 255) | ((uint32_t)(q1 & 255) << 8) | ((uint32_t)(q2 & 255) << 16) |
                                      ((uint32_t)(q3 & 255) << 24);
                 int sum = q0 + q1 + q2 + q3;
 #pragma unroll
                 for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-                if (lane % 8 == 0)
+                if (in && lane % 8 == 0)
                     ds[st * 4 + lane / 8] = make_float2(__half2float(__float2half_rn(d)),
                                                         K == XQ_Q8_1 ? __half2float(__float2half_rn(d * (float)sum))
                                                                      : (float)sum);
@@ -1119,7 +1125,7 @@ extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, 
         return sgllm__cu_bad(c, "quantize_act", "bad pointer, weight type or shape");
     cudaSetDevice(c->device);
     int kind = sgllm__cu_xq_kind((int)type);
-    int64_t steps = n_tok * cols / (kind == XQ_Q8_K ? 256 : 128), grid = (steps + 3) / 4;
+    int64_t steps = (n_tok * cols + (kind == XQ_Q8_K ? 255 : 127)) / (kind == XQ_Q8_K ? 256 : 128), grid = (steps + 3) / 4;
     if (kind == XQ_Q8_0) sgllm__cu_xq_k<XQ_Q8_0><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);
     else if (kind == XQ_Q8_1) sgllm__cu_xq_k<XQ_Q8_1><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);
     else sgllm__cu_xq_k<XQ_Q8_K><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);

@@ -227,7 +227,7 @@ int main(int argc, char **argv) {
     sgllm__cuda_set_dispatch(gpu, &disp);
 
     if (sweep) {
-        static const int settings[][2] = {{2, 32}, {4, 16}, {4, 32}, {4, 64}, {8, 32}, {8, 64}};
+        static const int settings[][2] = {{2, 32}, {4, 8}, {4, 16}, {4, 32}, {4, 64}, {8, 16}, {8, 32}, {8, 64}};
         printf("\nsweep: Llama-3-8B matvecs per token, %% of the bandwidth floor, by (warps/block, warps/SM)\n");
         for (size_t k = 0; k < sizeof settings / sizeof settings[0]; k++) {
             sgllm__cuda_dispatch dd = disp;
