@@ -16,8 +16,12 @@
 //     activation to its block's int8 grid (step d = amax / 127) errs by a uniform amount of
 //     variance d^2/12, so the expected squared error of output (r, t) is
 //     sum_j w_rj^2 d_tj^2 / 12; the test computes this from the actual weights and inputs and
-//     allows 2x its square root relative to ||ref|| (the fp16 rounding of the scales adds about
-//     1% to it). Against the CPU engine's own Q8 path (sgllm__quantize_act + sgllm__vec_dot,
+//     allows 3x its square root relative to ||ref|| (the fp16 rounding of the scales adds about
+//     1% to it). 3x, not less: for types with per-block offsets (Q4_1, Q5_1, Q4_K, Q5_K) the
+//     offset multiplies the sum of a block's rounding errors, which every row shares, so the
+//     realized error has about as many degrees of freedom as activation blocks (20 at 640
+//     columns); measured/expected ranged 0.7-2.07 over 12 seeds of these shapes on the CPU
+//     engine's identical integer path. Against the CPU engine's own Q8 path (sgllm__quantize_act + sgllm__vec_dot,
 //     the same integer sums) 1e-5: only the float combination of block terms differs. The
 //     quantized activations themselves must equal the CPU engine's bytes exactly.
 //   prefill GEMM (bf16 operands, fp32 accumulation): 1e-2 (bf16 keeps 8 bits of mantissa:
@@ -412,7 +416,7 @@ static void test_matmul(void) {
                 if (int8) {
                     double e2 = 0, dn = 0;
                     for (int64_t tt = 0; tt < nt; tt++) e2 += err2[tt], dn += den2[tt];
-                    double tol = 2 * sqrt(e2 / dn), eq = rel_err(y, ref_q8, nt * rows);
+                    double tol = 3 * sqrt(e2 / dn), eq = rel_err(y, ref_q8, nt * rows);
                     worst_i8_ratio = e / sqrt(e2 / dn) > worst_i8_ratio ? e / sqrt(e2 / dn) : worst_i8_ratio;
                     worst_i8_cpu = eq > worst_i8_cpu ? eq : worst_i8_cpu;
                     CHECKF(e <= tol && eq <= 1e-5,
@@ -452,7 +456,7 @@ static void test_matmul(void) {
                 if (nt <= disp.matvec_max_batch && quant && disp.matvec_int8 && sgllm__row_bytes(t, (uint64_t)cols) % 4 == 0) {
                     double e2 = 0, dn = 0;
                     for (int64_t tt = 0; tt < nt; tt++) e2 += err2[tt], dn += den2[tt];
-                    tol = 2 * sqrt(e2 / dn);
+                    tol = 3 * sqrt(e2 / dn);
                 }
                 CHECKF(e <= tol, "matmul %s batch %lld: %.3g", sgllm__type_name(t), (long long)nt, e);
             }
