@@ -398,6 +398,9 @@ typedef struct sgllm__cuda_dispatch {
     int prefill_warps[2];         // warps for head dim <= 64, > 64
     int qknorm_per_head_max_tokens; // q/k norm: one block per (token, head) up to this many tokens
     int norm_threads;             // threads per block of the row-wise norm kernels
+    int matvec_int8;              // quantized weights: 1 = activations quantized to int8 blocks inside the
+                                  // matrix-vector kernel and integer dot products (dp4a); 0 = the fp32-activation
+                                  // reference kernel
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context
@@ -460,6 +463,13 @@ sgllm_status sgllm__cuda_gemm(sgllm__cuda *c, uint32_t type, const void *w, int6
 sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
                                 const float *x, int64_t n_tok, float *y);
 size_t sgllm__cuda_gemm_scratch_bytes(uint32_t type, int64_t rows, int64_t cols, int64_t n_tok);
+// The activation quantization of the int8 matrix-vector path (dispatch.matvec_int8), on its
+// own for tests: x (n_tok <= 8, cols) -> qs (device, n_tok * cols int8) and ds (device,
+// n_tok * cols / 32 pairs of floats: the block scale d, then the integer sum of the block's
+// codes, or for Q4_1/Q5_1 weights fp16(d * sum)), in the format the CPU engine pairs with
+// weight type `type` (Q8_0, Q8_1 or Q8_K; Q8_K's d repeats over its 8 pieces), same rounding.
+sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, const float *x, int64_t n_tok, int64_t cols,
+                                      int8_t *qs, float *ds);
 
 // Decode attention over an fp16 KV cache, split-KV with a log-sum-exp merge. Query i of n_q
 // (q: (n_q, n_head * head_dim), after RoPE) sits at position pos[i] (device, n_q) and sees

@@ -46,6 +46,7 @@ struct sgllm__cuda {
     size_t scratch_bytes;
     cudaEvent_t t0, t1;   // sgllm__cuda_timer_start/stop
     sgllm__cuda_dispatch disp;
+    int smem_optin, smem_sm; // shared memory a block may opt into, and per SM (bytes)
     char msg[512];
 };
 
@@ -131,6 +132,12 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
         c->blas = NULL;
         s = sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "cublasCreate failed");
     }
+    if (s == SGLLM_OK)
+        s = sgllm__cu_check(c, cudaDeviceGetAttribute(&c->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                            "device attribute");
+    if (s == SGLLM_OK)
+        s = sgllm__cu_check(c, cudaDeviceGetAttribute(&c->smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device),
+                            "device attribute");
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreate(&c->t0), "event");
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreate(&c->t1), "event");
     c->blas_ws_bytes = (size_t)32 << 20;
@@ -598,6 +605,9 @@ extern "C" sgllm_status sgllm__cuda_gated_act(sgllm__cuda *c, int act, float *g,
 //   values through a ring of MV_STAGES shared-memory stages with cp.async (16-, 8- or 4-byte
 //   copies by alignment), several chunks in flight; then lanes decode 4 consecutive values
 //   each (dq4), so the activations are read as coalesced float4s.
+// - block-quantized types with dispatch.matvec_int8: the same ring, activations quantized to
+//   int8 blocks in shared memory and integer dot products (see sgllm__cu_mv_i8_k below); the
+//   fp32 kernel stays as the reference variant.
 // - anything else (odd row alignment): one value at a time (dq_elem), correct but slow.
 
 enum { MV_CHUNK = 1024, MV_STAGES = 4, MV_MAX_CHUNK_BYTES = 1088, MV_MAX_WARPS = 8 };
@@ -777,6 +787,351 @@ static __global__ void sgllm__cu_mv_generic_k(uint32_t type, const uint8_t *w, i
     sgllm__cu_mv_store<NT>(acc, y, rows, r, nt, split);
 }
 
+// Int8-activation path (dispatch.matvec_int8), the default for block-quantized weights. The
+// float path above decodes every weight to fp32 (about ten instructions per four weights) and
+// is instruction-bound; here each block first quantizes the activations into shared memory in
+// the format the CPU engine pairs with the weight type (section 3 of sgllm_impl.c, llama.cpp's
+// pairing), with the same rounding, so the integer sums are the CPU engine's exactly:
+//   Q8_0 kind (Q4_0, Q5_0, Q8_0): per 32 values d = fp16(amax / 127), q = rint(x * 127 / amax);
+//   Q8_1 kind (Q4_1, Q5_1): the same, with s = fp16(d * sum q) for the weights' offset term;
+//   Q8_K kind (Q4_K, Q5_K, Q6_K): per 256 values the value of largest magnitude maps to -127,
+//     d = 1 / iscale in fp32.
+// Shared layout: qs (nt, cols) int8, then (nt, cols / 32) float2 (d, per-kind second value:
+// the integer sum of the 32 codes, or Q8_1's s). Then the weights stream through the same
+// cp.async ring as above, one 32-value piece per lane per chunk: eight 4-byte words of codes
+// against eight words of activations in __dp4a, block scales applied in float once per piece.
+// A block loops over row groups (grid capped at what stays resident), so the activations are
+// quantized once per block, while the first chunks of its first rows are already in flight.
+
+enum { XQ_Q8_0 = 0, XQ_Q8_1 = 1, XQ_Q8_K = 2 };
+
+static __host__ __device__ constexpr int sgllm__cu_xq_kind(int t) {
+    return t == T_Q4_1 || t == T_Q5_1 ? XQ_Q8_1 : t == T_Q4_K || t == T_Q5_K || t == T_Q6_K ? XQ_Q8_K : XQ_Q8_0;
+}
+
+// Shared-memory bytes of the quantized activations of nt rows of cols values.
+static size_t sgllm__cu_xq_bytes(int64_t nt, int64_t cols) { return (size_t)(nt * cols + nt * (cols / 32) * 8); }
+
+// Quantizes x (nt rows of cols values, contiguous, 16-byte aligned) into qs / ds as described
+// above. A warp step covers 128 values (four 32-blocks, eight lanes each) or one 256-block;
+// warp w of nw takes steps w, w + nw, ..., loading B steps (one float4 per lane each) before
+// reducing any, so that a block's prologue costs about one L2 round trip, not one per block.
+template <int K>
+static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t *qs, float2 *ds, int warp, int nw) {
+    constexpr int V = K == XQ_Q8_K ? 2 : 1, B = K == XQ_Q8_K ? 4 : 8; // float4 per lane per step; steps in flight
+    int lane = threadIdx.x % 32;
+    const float4 *x4 = (const float4 *)x;
+    uint32_t *q4 = (uint32_t *)qs; // four codes per word
+    // the last step of the 32-value kinds may hold fewer than four blocks (cols % 128 == 32k):
+    // lanes past the end load nothing and store nothing but still join the shuffles
+    int64_t n_vec = (int64_t)nt * cols / 4, n_steps = (n_vec + 32 * V - 1) / (32 * V);
+    for (int64_t s0 = warp; s0 < n_steps; s0 += (int64_t)nw * B) {
+        float4 v[B][V];
+#pragma unroll
+        for (int u = 0; u < B; u++)
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                int64_t e = (s0 + (int64_t)u * nw) * 32 * V + 32 * i + lane;
+                v[u][i] = s0 + (int64_t)u * nw < n_steps && e < n_vec ? x4[e] : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll
+        for (int u = 0; u < B; u++) {
+            int64_t st = s0 + (int64_t)u * nw;
+            if (st >= n_steps) break;
+            if (K != XQ_Q8_K) { // lanes 8m .. 8m+7 hold block 4 st + m
+                float4 a = v[u][0];
+                float am = fmaxf(fmaxf(fabsf(a.x), fabsf(a.y)), fmaxf(fabsf(a.z), fabsf(a.w)));
+#pragma unroll
+                for (int o = 1; o < 8; o <<= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+                float d = am / 127.f, id = am != 0.f ? 127.f / am : 0.f;
+                int q0 = __float2int_rn(a.x * id), q1 = __float2int_rn(a.y * id), q2 = __float2int_rn(a.z * id),
+                    q3 = __float2int_rn(a.w * id);
+                bool in = st * 32 + lane < n_vec;
+                if (in)
+                    q4[st * 32 + lane] = (uint32_t)(q0 & 255) | ((uint32_t)(q1 & 255) << 8) | ((uint32_t)(q2 & 255) << 16) |
+                                     ((uint32_t)(q3 & 255) << 24);
+                int sum = q0 + q1 + q2 + q3;
+#pragma unroll
+                for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                if (in && lane % 8 == 0)
+                    ds[st * 4 + lane / 8] = make_float2(__half2float(__float2half_rn(d)),
+                                                        K == XQ_Q8_1 ? __half2float(__float2half_rn(d * (float)sum))
+                                                                     : (float)sum);
+            } else { // lane holds values 4 lane .. 4 lane + 3 and 128 + 4 lane ..: ascending per lane
+                float e[8] = {v[u][0].x, v[u][0].y, v[u][0].z, v[u][0].w, v[u][1].x, v[u][1].y, v[u][1].z, v[u][1].w};
+                float am = -1.f, mx = 0.f;
+                int ai = 0;
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    if (fabsf(e[k]) > am) {
+                        am = fabsf(e[k]);
+                        mx = e[k];
+                        ai = (k / 4) * 128 + 4 * lane + k % 4;
+                    }
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) { // largest magnitude, first index on ties (as the CPU)
+                    float oam = __shfl_xor_sync(0xffffffffu, am, o), omx = __shfl_xor_sync(0xffffffffu, mx, o);
+                    int oai = __shfl_xor_sync(0xffffffffu, ai, o);
+                    if (oam > am || (oam == am && oai < ai)) {
+                        am = oam;
+                        mx = omx;
+                        ai = oai;
+                    }
+                }
+                float iscale = am != 0.f ? -127.f / mx : 0.f, d = iscale != 0.f ? 1.f / iscale : 0.f;
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    int q[4], sum = 0;
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        q[k] = min(127, __float2int_rn(iscale * e[4 * i + k]));
+                        sum += q[k];
+                    }
+                    q4[st * 64 + 32 * i + lane] = (uint32_t)(q[0] & 255) | ((uint32_t)(q[1] & 255) << 8) |
+                                                  ((uint32_t)(q[2] & 255) << 16) | ((uint32_t)(q[3] & 255) << 24);
+#pragma unroll
+                    for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                    if (lane % 8 == 0) ds[st * 8 + 4 * i + lane / 8] = make_float2(d, (float)sum);
+                }
+            }
+        }
+    }
+}
+
+// N words from a 2-byte aligned address (shared memory): N + 1 aligned loads and funnel shifts.
+// The word past the end may be read (it lies inside the block's shared allocation) and is
+// then unused.
+template <int N> static __device__ inline void sgllm__cu_ld_a2(const uint8_t *p, uint32_t *out) {
+    const uint32_t *a = (const uint32_t *)((uintptr_t)p & ~(uintptr_t)3);
+    uint32_t sh = ((uint32_t)(uintptr_t)p & 2u) * 8u, wv[N + 1];
+#pragma unroll
+    for (int k = 0; k <= N; k++) wv[k] = a[k];
+#pragma unroll
+    for (int k = 0; k < N; k++) out[k] = __funnelshift_r(wv[k], wv[k + 1], sh);
+}
+
+// Spreads the 4 bits (h & 15) to bit 4 of each byte (the fifth bit of Q5 codes).
+static __device__ inline uint32_t sgllm__cu_hb4(uint32_t h) {
+    return ((h & 1u) << 4) | ((h & 2u) << 11) | ((h & 4u) << 18) | ((h & 8u) << 25);
+}
+
+// Piece p (0..31) of a staged chunk whose first piece is g - p of the row: decodes its 32 codes
+// once and adds its dot with each token's activations to acc.
+template <int T, int NT>
+static __device__ inline void sgllm__cu_piece_i8(const uint8_t *st, int p, int64_t g, const int8_t *xs, const float2 *xd,
+                                                 int64_t cols, int nt, float acc[NT]) {
+    uint32_t c[8]; // codes: word k holds the codes of values 4k .. 4k+3 of the piece
+    float dw = 0.f, mw = 0.f;
+    int sc = 0, mn = 0, off = 0; // K scales / mins; offset subtracted from every code (Q4_0, Q5_0)
+    if (T == T_Q8_0) {
+        const uint8_t *b = st + 34 * p;
+        dw = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
+        sgllm__cu_ld_a2<8>(b + 2, c);
+    } else if (T == T_Q4_0 || T == T_Q5_0) {
+        const uint8_t *b = st + (T == T_Q4_0 ? 18 : 22) * p;
+        uint32_t q[4];
+        dw = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
+        sgllm__cu_ld_a2<4>(b + (T == T_Q4_0 ? 2 : 6), q);
+        uint32_t qh = T == T_Q5_0 ? sgllm__cu_u32a2(b + 2) : 0u;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            c[k] = q[k] & 0x0F0F0F0Fu;
+            c[k + 4] = (q[k] >> 4) & 0x0F0F0F0Fu;
+            if (T == T_Q5_0) {
+                c[k] |= sgllm__cu_hb4(qh >> (4 * k));
+                c[k + 4] |= sgllm__cu_hb4(qh >> (16 + 4 * k));
+            }
+        }
+        off = T == T_Q4_0 ? 8 : 16;
+    } else if (T == T_Q4_1 || T == T_Q5_1) {
+        const uint8_t *b = st + (T == T_Q4_1 ? 20 : 24) * p; // 4-byte aligned
+        uint32_t dm = sgllm__cu_u32(b), qh = T == T_Q5_1 ? sgllm__cu_u32(b + 4) : 0u;
+        dw = sgllm__cu_h16((uint16_t)(dm & 0xffff));
+        mw = sgllm__cu_h16((uint16_t)(dm >> 16));
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            uint32_t q = sgllm__cu_u32(b + (T == T_Q4_1 ? 4 : 8) + 4 * k);
+            c[k] = q & 0x0F0F0F0Fu;
+            c[k + 4] = (q >> 4) & 0x0F0F0F0Fu;
+            if (T == T_Q5_1) {
+                c[k] |= sgllm__cu_hb4(qh >> (4 * k));
+                c[k + 4] |= sgllm__cu_hb4(qh >> (16 + 4 * k));
+            }
+        }
+    } else if (T == T_Q4_K || T == T_Q5_K) {
+        int sub = p % 8;
+        const uint8_t *b = st + (T == T_Q4_K ? 144 : 176) * (p / 8); // 16-byte aligned
+        uint32_t dd = sgllm__cu_u32(b);
+        dw = sgllm__cu_h16((uint16_t)(dd & 0xffff));
+        mw = sgllm__cu_h16((uint16_t)(dd >> 16));
+        sgllm__cu_kscale(sub, b + 4, &sc, &mn);
+        const uint4 *qv = (const uint4 *)(b + (T == T_Q4_K ? 16 : 48) + 32 * (sub / 2));
+        uint4 q0 = qv[0], q1 = qv[1];
+        uint32_t q[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+        uint32_t h[8];
+        if (T == T_Q5_K) {
+            uint4 h0 = ((const uint4 *)(b + 16))[0], h1 = ((const uint4 *)(b + 16))[1];
+            h[0] = h0.x, h[1] = h0.y, h[2] = h0.z, h[3] = h0.w, h[4] = h1.x, h[5] = h1.y, h[6] = h1.z, h[7] = h1.w;
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            c[k] = (q[k] >> (4 * (sub & 1))) & 0x0F0F0F0Fu;
+            if (T == T_Q5_K) c[k] |= ((h[k] >> sub) & 0x01010101u) << 4;
+        }
+    } else { // Q6_K: codes kept unsigned (0..63); the -32 comes back through the activation sums
+        int sub = p % 8, hh = sub / 4, k4 = sub % 4;
+        const uint8_t *b = st + 210 * (p / 8); // 2-byte aligned
+        uint32_t ql[8], qh[8];
+        sgllm__cu_ld_a2<8>(b + 64 * hh + 32 * (k4 & 1), ql);
+        sgllm__cu_ld_a2<8>(b + 128 + 32 * hh, qh);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            c[k] = ((ql[k] >> (k4 >= 2 ? 4 : 0)) & 0x0F0F0F0Fu) | (((qh[k] >> (2 * k4)) & 0x03030303u) << 4);
+        dw = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b + 208));
+        sc = (int8_t)b[192 + 8 * hh + 2 * k4]; // values 0..15 of the piece
+        mn = (int8_t)b[192 + 8 * hh + 2 * k4 + 1]; // values 16..31
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (t >= nt) break;
+        const int4 *xv = (const int4 *)(xs + t * cols + 32 * g);
+        int4 x0 = xv[0], x1 = xv[1];
+        int xk[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        float2 a = xd[t * (cols / 32) + g];
+        if (T == T_Q6_K) {
+            int s0 = 0, s1 = 0, b0 = 0, b1 = 0;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                s0 = __dp4a((int)c[k], xk[k], s0);
+                b0 = __dp4a(0x01010101, xk[k], b0);
+                s1 = __dp4a((int)c[k + 4], xk[k + 4], s1);
+                b1 = __dp4a(0x01010101, xk[k + 4], b1);
+            }
+            acc[t] += dw * a.x * (float)(sc * (s0 - 32 * b0) + mn * (s1 - 32 * b1));
+        } else {
+            int s = 0;
+#pragma unroll
+            for (int k = 0; k < 8; k++) s = __dp4a((int)c[k], xk[k], s);
+            if (T == T_Q8_0 || T == T_Q4_0 || T == T_Q5_0) acc[t] += dw * a.x * (float)(s - off * (int)a.y);
+            else if (T == T_Q4_1 || T == T_Q5_1) acc[t] += dw * a.x * (float)s + mw * a.y;
+            else acc[t] += dw * a.x * (float)(sc * s) - mw * a.x * (float)(mn * (int)a.y);
+        }
+    }
+}
+
+template <int T, int NT>
+static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
+    sgllm__cu_mv_i8_k(const uint8_t *w, int64_t rows, int64_t cols, int64_t row_bytes, int copy_bytes,
+                      const float *x, int nt, float *y, int split) {
+    constexpr int BV = T == T_Q4_K || T == T_Q5_K || T == T_Q6_K ? 256 : 32;
+    constexpr int BB = T == T_Q4_0 ? 18 : T == T_Q4_1 ? 20 : T == T_Q5_0 ? 22 : T == T_Q5_1 ? 24 : T == T_Q8_0 ? 34
+                     : T == T_Q4_K ? 144 : T == T_Q5_K ? 176 : 210;
+    constexpr int CB = MV_CHUNK / BV * BB, CS = (CB + 15) / 16 * 16;
+    static_assert(CB % 8 == 0 && CB <= MV_MAX_CHUNK_BYTES, "chunk layout");
+    __shared__ float part[MV_MAX_WARPS][NT];
+    extern __shared__ __align__(16) uint8_t mv_smem[]; // ring (warps, MV_STAGES, CS), qs (nt, cols), ds (nt, cols / 32)
+    int nw = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = warp % split;
+    int8_t *xs = (int8_t *)(mv_smem + (size_t)nw * MV_STAGES * CS);
+    float2 *xd = (float2 *)(xs + (int64_t)nt * cols);
+    uint8_t *ring = mv_smem + (size_t)warp * MV_STAGES * CS;
+    // This warp's rows: r0, r0 + rstride, ...; per row, chunks sub, sub + split, ... (mine of
+    // them). Every warp of the block walks the same number of items (per_row per row, the same
+    // row count), so the row ends line up for the split reduction.
+    int64_t rpb = nw / split, rstride = (int64_t)gridDim.x * rpb, first = (int64_t)blockIdx.x * rpb;
+    int64_t r0 = first + warp / split;
+    int n_chunks = (int)((cols + MV_CHUNK - 1) / MV_CHUNK);
+    int per_row = (n_chunks + split - 1) / split, mine = n_chunks > sub ? (n_chunks - sub + split - 1) / split : 0;
+    int64_t items = (rows > first ? (rows - first + rstride - 1) / rstride : 0) * per_row;
+    // item k = chunk j of row r; the issue side runs MV_STAGES - 1 items ahead of the compute
+    // side, both walking (r, j) incrementally (no 64-bit divisions in the loop)
+    int64_t ki = 0, ri = r0;
+    int ji = 0;
+    auto issue = [&]() {
+        if (ki < items) {
+            if (ji < mine && ri < rows) {
+                int64_t off = (int64_t)(sub + ji * split) * CB, bytes = row_bytes - off < CB ? row_bytes - off : CB;
+                const uint8_t *src = w + ri * row_bytes + off;
+                uint8_t *dst = ring + (ki % MV_STAGES) * CS;
+                for (int i = lane * copy_bytes; i < bytes; i += 32 * copy_bytes)
+                    sgllm__cu_cp_async(dst + i, src + i, copy_bytes);
+            }
+            if (++ji == per_row) {
+                ji = 0;
+                ri += rstride;
+            }
+        }
+        ki++;
+        sgllm__cu_cp_commit(); // an empty group keeps the wait count uniform
+    };
+#pragma unroll
+    for (int k = 0; k < MV_STAGES - 1; k++) issue();
+    sgllm__cu_xq<sgllm__cu_xq_kind(T)>(x, cols, nt, xs, xd, warp, nw);
+    __syncthreads();
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    int64_t r = r0;
+    int j = 0;
+    for (int64_t k = 0; k < items; k++) {
+        issue();
+        sgllm__cu_cp_wait<MV_STAGES - 1>();
+        __syncwarp();
+        int64_t g = (int64_t)(sub + j * split) * (MV_CHUNK / 32) + lane;
+        if (j < mine && r < rows && g * 32 < cols)
+            sgllm__cu_piece_i8<T, NT>(ring + (k % MV_STAGES) * CS, lane, g, xs, xd, cols, nt, acc);
+        __syncwarp(); // the stage is refilled by the next iteration's issue
+        if (++j != per_row) continue;
+        j = 0;
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[t] = sgllm__cu_warp_sum(acc[t]);
+        if (split == 1) {
+            if (lane == 0 && r < rows)
+#pragma unroll
+                for (int t = 0; t < NT; t++)
+                    if (t < nt) y[t * rows + r] = acc[t];
+        } else {
+            if (lane == 0)
+#pragma unroll
+                for (int t = 0; t < NT; t++) part[warp][t] = acc[t];
+            __syncthreads();
+            if (lane == 0 && sub == 0 && r < rows)
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    float s = 0.0f;
+                    for (int q = 0; q < split; q++) s += part[warp + q][t];
+                    if (t < nt) y[t * rows + r] = s;
+                }
+            __syncthreads(); // part is rewritten at the next row end
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+        r += rstride;
+    }
+}
+
+// Standalone activation quantization, the same device code as the kernel's prologue (tests
+// compare its bytes with the CPU engine's). One warp per block of values.
+template <int K>
+static __global__ void sgllm__cu_xq_k(const float *x, int64_t cols, int nt, int8_t *qs, float2 *ds) {
+    sgllm__cu_xq<K>(x, cols, nt, qs, ds, (int)(blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32),
+                    (int)(gridDim.x * (blockDim.x / 32)));
+}
+
+extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, const float *x, int64_t n_tok,
+                                                 int64_t cols, int8_t *qs, float *ds) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    bool quant = type != T_F32 && type != T_F16 && type != T_BF16 && sgllm__cu_row_bytes(type, cols) > 0;
+    if (!x || !qs || !ds || !quant || n_tok <= 0 || n_tok > 8 || (uintptr_t)x % 16 || (uintptr_t)qs % 4 || (uintptr_t)ds % 8)
+        return sgllm__cu_bad(c, "quantize_act", "bad pointer, weight type or shape");
+    cudaSetDevice(c->device);
+    int kind = sgllm__cu_xq_kind((int)type);
+    int64_t steps = (n_tok * cols + (kind == XQ_Q8_K ? 255 : 127)) / (kind == XQ_Q8_K ? 256 : 128), grid = (steps + 3) / 4;
+    if (kind == XQ_Q8_0) sgllm__cu_xq_k<XQ_Q8_0><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);
+    else if (kind == XQ_Q8_1) sgllm__cu_xq_k<XQ_Q8_1><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);
+    else sgllm__cu_xq_k<XQ_Q8_K><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);
+    return sgllm__cu_launched(c, "quantize_act");
+}
+
 // Dynamic shared memory of the quantized kernel: one ring of MV_STAGES chunk stages per warp.
 static size_t sgllm__cu_mv_smem(uint32_t t, int warps) {
     int cb = MV_CHUNK / sgllm__cu_blk_vals(t) * sgllm__cu_blk_bytes(t);
@@ -794,7 +1149,7 @@ struct sgllm__cu_mv_args {
 };
 
 template <int NT>
-static void sgllm__cu_mv_launch(uint32_t type, int path, dim3 grid, int threads, cudaStream_t st,
+static void sgllm__cu_mv_launch(uint32_t type, int path, dim3 grid, int threads, size_t smem, cudaStream_t st,
                                 const sgllm__cu_mv_args &a) {
     if (path == 0) {
 #define SGLLM__MVF(TT)                                                                                               \
@@ -820,6 +1175,22 @@ static void sgllm__cu_mv_launch(uint32_t type, int path, dim3 grid, int threads,
         default: return;
         }
 #undef SGLLM__MVQ
+    }
+    if (path == 3) {
+#define SGLLM__MVI(TT)                                                                                              \
+    case TT:                                                                                                        \
+        if (smem > 48 * 1024) /* a refusal makes the launch fail, which the caller reports */                    \
+            (void)cudaFuncSetAttribute(sgllm__cu_mv_i8_k<TT, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,       \
+                                       (int)smem);                                                                  \
+        sgllm__cu_mv_i8_k<TT, NT><<<grid, threads, smem, st>>>(a.w, a.rows, a.cols, a.row_bytes, a.copy_bytes, a.x,  \
+                                                               a.nt, a.y, a.split);                                 \
+        return;
+        switch (type) {
+            SGLLM__MVI(T_Q4_0) SGLLM__MVI(T_Q4_1) SGLLM__MVI(T_Q5_0) SGLLM__MVI(T_Q5_1) SGLLM__MVI(T_Q8_0)
+            SGLLM__MVI(T_Q4_K) SGLLM__MVI(T_Q5_K) SGLLM__MVI(T_Q6_K)
+        default: return;
+        }
+#undef SGLLM__MVI
     }
     sgllm__cu_mv_generic_k<NT><<<grid, threads, 0, st>>>(type, a.w, a.rows, a.cols, a.row_bytes, a.x, a.nt, a.y, a.split);
 }
@@ -854,13 +1225,31 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
                 break;
             }
     }
+    // int8 activations: when the dispatch asks for them and the block's shared memory (ring plus
+    // quantized activations) fits the device; the grid is capped at the blocks that stay
+    // resident (by warps and shared memory per SM), each block looping over row groups.
+    size_t smem = 0;
+    if (path == 1 && c->disp.matvec_int8) {
+        smem = sgllm__cu_mv_smem(type, warps) + sgllm__cu_xq_bytes(n_tok, cols);
+        if (smem <= (size_t)c->smem_optin) {
+            int64_t per_sm = (c->disp.matvec_warps_per_sm + warps - 1) / warps;
+            int64_t fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
+            if (per_sm > fit) per_sm = fit;
+            if (per_sm < 1) per_sm = 1;
+            int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1);
+            if (blocks > cap) blocks = cap;
+            path = 3;
+        } else {
+            smem = 0;
+        }
+    }
     cudaSetDevice(c->device);
     dim3 grid((unsigned)blocks);
     int threads = 32 * warps;
-    if (n_tok == 1) sgllm__cu_mv_launch<1>(type, path, grid, threads, c->stream, a);
-    else if (n_tok == 2) sgllm__cu_mv_launch<2>(type, path, grid, threads, c->stream, a);
-    else if (n_tok <= 4) sgllm__cu_mv_launch<4>(type, path, grid, threads, c->stream, a);
-    else sgllm__cu_mv_launch<8>(type, path, grid, threads, c->stream, a);
+    if (n_tok == 1) sgllm__cu_mv_launch<1>(type, path, grid, threads, smem, c->stream, a);
+    else if (n_tok == 2) sgllm__cu_mv_launch<2>(type, path, grid, threads, smem, c->stream, a);
+    else if (n_tok <= 4) sgllm__cu_mv_launch<4>(type, path, grid, threads, smem, c->stream, a);
+    else sgllm__cu_mv_launch<8>(type, path, grid, threads, smem, c->stream, a);
     return sgllm__cu_launched(c, "matvec");
 }
 

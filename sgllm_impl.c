@@ -4211,14 +4211,14 @@ typedef struct sgllm__dispatch_row {
 
 // Fields: row, sm_count, matvec warps per block, matvec warps per SM, matvec max batch, decode max splits, decode min keys
 // per split, decode block n, prefill block m and n by head dim (<=128, <=256, >256), prefill
-// warps (head dim <= 64, > 64), qk-norm per-head threshold, norm threads.
+// warps (head dim <= 64, > 64), qk-norm per-head threshold, norm threads, matvec int8 activations.
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 256, 256}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 256, 256}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 256, 256}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 256, 256, 1}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 256, 256, 1}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 256, 256, 1}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4293,7 +4293,8 @@ static int sgllm__dispatch_format(const sgllm__cuda_dispatch *d, const sgllm__cu
     return snprintf(buf, cap,
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
                     "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles; prefill tiles %dx%d (d<=128) "
-                    "%dx%d (d<=256) %dx%d (d>256), %d/%d warps; qk-norm per head up to %d tokens; norms %d threads",
+                    "%dx%d (d<=256) %dx%d (d>256), %d/%d warps; qk-norm per head up to %d tokens; norms %d threads; "
+                    "quantized matvec on %s activations",
                     p->name, p->major, p->minor, p->sm_count,
                     (p->smem_per_block_optin > p->smem_per_block ? p->smem_per_block_optin : p->smem_per_block) / 1024,
                     d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_warps_per_sm,
@@ -4301,7 +4302,7 @@ static int sgllm__dispatch_format(const sgllm__cuda_dispatch *d, const sgllm__cu
                     d->decode_max_splits, d->decode_min_keys, d->decode_block_n, d->prefill_block_m[0],
                     d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
                     d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->qknorm_per_head_max_tokens,
-                    d->norm_threads);
+                    d->norm_threads, d->matvec_int8 ? "int8 (dp4a)" : "fp32");
 }
 
 // A strict JSON reader over untrusted bytes (RFC 8259 grammar; every read bounds-checked;
@@ -4490,6 +4491,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"prefill_warps", offsetof(sgllm__cuda_dispatch, prefill_warps), 2, 1, 16, false},
     {"qknorm_per_head_max_tokens", offsetof(sgllm__cuda_dispatch, qknorm_per_head_max_tokens), 1, 0, 1 << 20, false},
     {"norm_threads", offsetof(sgllm__cuda_dispatch, norm_threads), 1, 32, 1024, false},
+    {"matvec_int8", offsetof(sgllm__cuda_dispatch, matvec_int8), 1, 0, 1, false},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {

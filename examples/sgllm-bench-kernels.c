@@ -204,8 +204,30 @@ int main(int argc, char **argv) {
                sgllm__type_name(types[ti]), token_time[ti] * 1e3, token_floor[ti] * 1e3,
                100 * token_floor[ti] / token_time[ti], 100 * target[ti], 1.0 / token_time[ti]);
 
+    // the other block-quantized types on the table's path, and the fp32-activation reference
+    // kernel (matvec_int8 = 0) for comparison
+    static const uint32_t more[] = {SGLLM__T_Q4_0, SGLLM__T_Q4_1, SGLLM__T_Q5_0, SGLLM__T_Q5_1, SGLLM__T_Q5_K,
+                                    SGLLM__T_Q6_K, SGLLM__T_Q8_0, SGLLM__T_Q4_K};
+    for (size_t k = 0; k < sizeof more / sizeof more[0]; k++) {
+        bool ref = k >= 6;
+        sgllm__cuda_dispatch dd = disp;
+        if (ref) dd.matvec_int8 = 0;
+        sgllm__cuda_set_dispatch(gpu, &dd);
+        double tt = 0, tf = 0;
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            size_t wb;
+            double t = time_matvec(more[k], shapes[si].rows, shapes[si].cols, 1, reps, &wb);
+            double times = shapes[si].per_layer ? 32.0 * shapes[si].per_layer : 1.0;
+            tt += times * t;
+            tf += times * (double)wb / bw;
+        }
+        printf("  %-5s %7.2f ms (floor %6.2f ms) = %5.1f%% of the bandwidth floor%s\n", sgllm__type_name(more[k]),
+               tt * 1e3, tf * 1e3, 100 * tf / tt, ref ? " (fp32-activation reference kernel)" : "");
+    }
+    sgllm__cuda_set_dispatch(gpu, &disp);
+
     if (sweep) {
-        static const int settings[][2] = {{2, 32}, {4, 16}, {4, 32}, {4, 64}, {8, 32}, {8, 64}};
+        static const int settings[][2] = {{2, 32}, {4, 8}, {4, 16}, {4, 32}, {4, 64}, {8, 16}, {8, 32}, {8, 64}};
         printf("\nsweep: Llama-3-8B matvecs per token, %% of the bandwidth floor, by (warps/block, warps/SM)\n");
         for (size_t k = 0; k < sizeof settings / sizeof settings[0]; k++) {
             sgllm__cuda_dispatch dd = disp;
