@@ -31,7 +31,7 @@
 
    CONTENTS
        1. Conventions: status codes, errors, ownership, threads, logging
-       2. Models: load, free, getters
+       2. Models: load, free, getters (2b: backend and kernel dispatch)
        3. Tokenizer
        4. Contexts and the low-level evaluate call
        5. Sampler

@@ -9,8 +9,13 @@
 //   5. Chat templates
 //   6. Sampler
 //   7. Model description: families as data (per-layer descriptors)
-//   8. CPU backend: thread pool work, matrix multiplication, the forward pass, KV cache
-//   9. Public API: models, contexts, evaluate, generate
+//   8. CPU backend: the reference forward pass over an fp16 KV cache (matrix products from
+//      section 3, attention and GELU rounded as llama.cpp's CPU backend rounds them)
+//   8b. Architecture dispatch: kernel variants and block sizes by compute capability, a strict
+//      JSON reader for configs/<device>.json overrides, the logged decision
+//   8c. CUDA forward: the same layer descriptors walked with the ops of sgllm_cuda.cu
+//      (compiled with SGLLM_CUDA), decode step captured as a CUDA graph
+//   9. Public API: models, contexts, evaluate, generate, chat
 //
 // Conventions: public names sgllm_*, everything private static sgllm__* (or a short module
 // prefix). Sizes and offsets are int64_t/size_t. Shapes are commented on every buffer as
