@@ -1351,6 +1351,7 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q45k_avx2(bool vnni, bool q5, int NT, 
     size_t wb = q5 ? sizeof(sgllm__bq5_k) : sizeof(sgllm__bq4_k);
     __m256 acc[4];
     float macc[4];
+    SGLLM__UNROLL
     for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), macc[k] = 0;
     const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
@@ -1366,8 +1367,10 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q45k_avx2(bool vnni, bool q5, int NT, 
         __m128i mn16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
         __m256i scv = _mm256_broadcastsi128_si256(sc16);
         __m256i isum[4];
+        SGLLM__UNROLL
         for (int k = 0; k < NT; k++) isum[k] = _mm256_setzero_si256();
         __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        SGLLM__UNROLL
         for (int c = 0; c < 4; c++) {
             __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
             __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
@@ -1378,12 +1381,14 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q45k_avx2(bool vnni, bool q5, int NT, 
             }
             __m256i s0 = _mm256_shuffle_epi8(scv, _mm256_broadcastsi128_si256(SGLLM__SEL16(2 * c)));
             __m256i s1 = _mm256_shuffle_epi8(scv, _mm256_broadcastsi128_si256(SGLLM__SEL16(2 * c + 1)));
+            SGLLM__UNROLL
             for (int k = 0; k < NT; k++) {
                 const int8_t *yq = ((const sgllm__bq8_k *)(x + (size_t)k * xs) + b)->qs + 64 * c;
                 isum[k] = sgllm__dp_s16(vnni, isum[k], _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)yq)), s0);
                 isum[k] = sgllm__dp_s16(vnni, isum[k], _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(yq + 32))), s1);
             }
         }
+        SGLLM__UNROLL
         for (int k = 0; k < NT; k++) {
             const sgllm__bq8_k *y = (const sgllm__bq8_k *)(x + (size_t)k * xs) + b;
             // sums of y over each 32-value sub-block, times the sub-block mins
@@ -1396,18 +1401,22 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q45k_avx2(bool vnni, bool q5, int NT, 
             macc[k] += dmin * y->d * (float)_mm_cvtsi128_si32(pm);
         }
     }
+    SGLLM__UNROLL
     for (int k = 0; k < NT; k++) out[k] = sgllm__hsum8(acc[k]) - macc[k];
 }
 
 static SGLLM__AVX2_INLINE void sgllm__dot_q6k_avx2(bool vnni, int NT, int64_t n, const uint8_t *w, const uint8_t *x,
                                                    size_t xs, float *out) {
     __m256 acc[4];
+    SGLLM__UNROLL
     for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(15);
     for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
         const sgllm__bq6_k *bw = (const sgllm__bq6_k *)w + b;
         __m256i isum[4];
+        SGLLM__UNROLL
         for (int k = 0; k < NT; k++) isum[k] = _mm256_setzero_si256();
+        SGLLM__UNROLL
         for (int h = 0; h < 2; h++) {
             __m256i ql0 = _mm256_loadu_si256((const __m256i *)(bw->ql + 64 * h));
             __m256i ql1 = _mm256_loadu_si256((const __m256i *)(bw->ql + 64 * h + 32));
@@ -1419,9 +1428,11 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q6k_avx2(bool vnni, int NT, int64_t n,
             q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, _mm256_set1_epi8(48)));
             q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)0xc0)), 2));
+            SGLLM__UNROLL
             for (int j = 0; j < 4; j++) {
                 // values 0..15 of this 32 use scale 2j, values 16..31 scale 2j+1
                 __m256i s = _mm256_shuffle_epi8(scv, _mm256_set_m128i(SGLLM__SEL16(2 * j + 1), SGLLM__SEL16(2 * j)));
+                SGLLM__UNROLL
                 for (int k = 0; k < NT; k++) {
                     const int8_t *yq = ((const sgllm__bq8_k *)(x + (size_t)k * xs) + b)->qs + 128 * h + 32 * j;
                     __m256i p = _mm256_maddubs_epi16(q[j], _mm256_loadu_si256((const __m256i *)yq));
@@ -1431,6 +1442,7 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q6k_avx2(bool vnni, int NT, int64_t n,
         }
         __m256i sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bw->scales));
         float d = sgllm__hx(bw->d);
+        SGLLM__UNROLL
         for (int k = 0; k < NT; k++) {
             const sgllm__bq8_k *y = (const sgllm__bq8_k *)(x + (size_t)k * xs) + b;
             // the stored values are q + 32: take 32 * scale * (sum of y) back out
@@ -1439,6 +1451,7 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q6k_avx2(bool vnni, int NT, int64_t n,
             acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(s), acc[k]);
         }
     }
+    SGLLM__UNROLL
     for (int k = 0; k < NT; k++) out[k] = sgllm__hsum8(acc[k]);
 }
 
