@@ -1284,8 +1284,8 @@ static SGLLM__AVX2_INLINE int sgllm__q32_off(uint32_t t, bool vnni) {
 }
 
 // out[r*NT + k] = dot(weight row wr[r], activation row xr[k]) over n values of a 32-block
-// type, for (NR, NT) = (2, 4) (prefill) or (8, 1) (one token). A block's integer dot is
-// exact; the 8 outputs of the tile then share one vector of float work per block: lane p
+// type, for (NR, NT) = (4, 4) (prefill) or (8, 1) (one token). A block's integer dot is
+// exact; each 8 outputs of the tile then share one vector of float work per block: lane p
 // does acc = fma(dw*dy, isum, acc) and, for types with a min, macc = fma(m, s, macc), and
 // ends with acc + macc. That is the same sequence of roundings for every lane whatever the
 // tile shape, so one output never depends on how rows and tokens were grouped.
@@ -1299,10 +1299,13 @@ static SGLLM__AVX2_INLINE void sgllm__q32_tile(uint32_t t, bool vnni, int NR, in
     int off = sgllm__q32_off(t, vnni);
     size_t wb = (size_t)sgllm__types[t].bytes, ab = has_min ? sizeof(sgllm__bq8_1) : sizeof(sgllm__bq8_0);
     const __m256i offv = _mm256_set1_epi8((char)off), zero = _mm256_setzero_si256();
-    __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+    enum { NG = 2 }; // at most two groups of 8 lanes (NR * NT / 8 in use)
+    int ng = NR * NT / 8;
+    __m256 acc[NG], macc[NG];
+    for (int g = 0; g < ng; g++) acc[g] = _mm256_setzero_ps(), macc[g] = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / SGLLM__QK; b++) {
         const uint8_t *wblk[8], *xblk[4];
-        __m256i q[8], y[4], base[4], v[8];
+        __m256i q[8], y[4], base[4], v[16];
         if (pf)
             for (size_t o = 0; o < (size_t)NR * wb; o += 64) _mm_prefetch((const char *)pf + (size_t)b * NR * wb + o, _MM_HINT_T0);
         SGLLM__UNROLL
@@ -1323,25 +1326,30 @@ static SGLLM__AVX2_INLINE void sgllm__q32_tile(uint32_t t, bool vnni, int NR, in
             for (int k = 0; k < NT; k++)
                 v[r * NT + k] = sign_trick ? sgllm__mul_us8(_mm256_sign_epi8(q[r], q[r]), _mm256_sign_epi8(y[k], q[r]))
                                            : sgllm__dp_us8(vnni, base[k], q[r], y[k]);
-        __m256 isum = _mm256_cvtepi32_ps(sgllm__reduce8(v));
-        // per lane: the weight block's (d, m) and the activation block's (d, s)
-        __m256i wl, xl;
-        if (NR == 8) {
-            wl = _mm256_setr_epi32(sgllm__ld32(wblk[0]), sgllm__ld32(wblk[1]), sgllm__ld32(wblk[2]), sgllm__ld32(wblk[3]),
-                                   sgllm__ld32(wblk[4]), sgllm__ld32(wblk[5]), sgllm__ld32(wblk[6]), sgllm__ld32(wblk[7]));
-            xl = _mm256_set1_epi32(sgllm__ld32(xblk[0]));
+        // per lane: the activation block's (d, s), then per group the weight block's (d, m)
+        __m256 dy, sy;
+        if (NT == 1) {
+            sgllm__halves(_mm256_set1_epi32(sgllm__ld32(xblk[0])), &dy, &sy);
         } else {
-            wl = _mm256_set_m128i(_mm_set1_epi32(sgllm__ld32(wblk[1])), _mm_set1_epi32(sgllm__ld32(wblk[0])));
             __m128i x4 = _mm_setr_epi32(sgllm__ld32(xblk[0]), sgllm__ld32(xblk[1]), sgllm__ld32(xblk[2]), sgllm__ld32(xblk[3]));
-            xl = _mm256_set_m128i(x4, x4);
+            sgllm__halves(_mm256_set_m128i(x4, x4), &dy, &sy);
         }
-        __m256 dw, mw, dy, sy;
-        sgllm__halves(wl, &dw, &mw);
-        sgllm__halves(xl, &dy, &sy);
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy), isum, acc);
-        if (has_min) macc = _mm256_fmadd_ps(mw, sy, macc);
+        SGLLM__UNROLL
+        for (int g = 0; g < ng; g++) {
+            __m256 isum = _mm256_cvtepi32_ps(sgllm__reduce8(v + 8 * g));
+            __m256i wl;
+            if (NR == 8)
+                wl = _mm256_setr_epi32(sgllm__ld32(wblk[0]), sgllm__ld32(wblk[1]), sgllm__ld32(wblk[2]), sgllm__ld32(wblk[3]),
+                                       sgllm__ld32(wblk[4]), sgllm__ld32(wblk[5]), sgllm__ld32(wblk[6]), sgllm__ld32(wblk[7]));
+            else
+                wl = _mm256_set_m128i(_mm_set1_epi32(sgllm__ld32(wblk[2 * g + 1])), _mm_set1_epi32(sgllm__ld32(wblk[2 * g])));
+            __m256 dw, mw;
+            sgllm__halves(wl, &dw, &mw);
+            acc[g] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy), isum, acc[g]);
+            if (has_min) macc[g] = _mm256_fmadd_ps(mw, sy, macc[g]);
+        }
     }
-    _mm256_storeu_ps(out, _mm256_add_ps(acc, macc));
+    for (int g = 0; g < ng; g++) _mm256_storeu_ps(out + 8 * g, _mm256_add_ps(acc[g], macc[g]));
 }
 
 // out[k] = dot(row w, activation row x + k*xs) for k < NT (1 or 4), in the same order for
@@ -1487,20 +1495,19 @@ static SGLLM__AVX2_INLINE void sgllm__dot_tile_x86(bool vnni, uint32_t t, int64_
     case SGLLM__T_Q4_0: case SGLLM__T_Q4_1: case SGLLM__T_Q5_0: case SGLLM__T_Q5_1: case SGLLM__T_Q8_0: {
         // rows past nr repeat the last row; their outputs are dropped
         const uint8_t *wr[8], *xr[4];
-        float o[8];
+        float o[16];
         if (nt == 4) {
             for (int k = 0; k < 4; k++) xr[k] = x + (size_t)k * xs;
-            for (int r = 0; r < nr; r += 2) {
-                wr[0] = w + (size_t)r * ws;
-                wr[1] = w + (size_t)(r + 1 < nr ? r + 1 : r) * ws;
+            for (int r = 0; r < nr; r += 4) {
+                for (int i = 0; i < 4; i++) wr[i] = w + (size_t)(r + i < nr ? r + i : nr - 1) * ws;
                 switch (t) {
-                case SGLLM__T_Q4_0: sgllm__q32_tile(SGLLM__T_Q4_0, vnni, 2, 4, n, wr, xr, o, NULL); break;
-                case SGLLM__T_Q4_1: sgllm__q32_tile(SGLLM__T_Q4_1, vnni, 2, 4, n, wr, xr, o, NULL); break;
-                case SGLLM__T_Q5_0: sgllm__q32_tile(SGLLM__T_Q5_0, vnni, 2, 4, n, wr, xr, o, NULL); break;
-                case SGLLM__T_Q5_1: sgllm__q32_tile(SGLLM__T_Q5_1, vnni, 2, 4, n, wr, xr, o, NULL); break;
-                default: sgllm__q32_tile(SGLLM__T_Q8_0, vnni, 2, 4, n, wr, xr, o, NULL); break;
+                case SGLLM__T_Q4_0: sgllm__q32_tile(SGLLM__T_Q4_0, vnni, 4, 4, n, wr, xr, o, NULL); break;
+                case SGLLM__T_Q4_1: sgllm__q32_tile(SGLLM__T_Q4_1, vnni, 4, 4, n, wr, xr, o, NULL); break;
+                case SGLLM__T_Q5_0: sgllm__q32_tile(SGLLM__T_Q5_0, vnni, 4, 4, n, wr, xr, o, NULL); break;
+                case SGLLM__T_Q5_1: sgllm__q32_tile(SGLLM__T_Q5_1, vnni, 4, 4, n, wr, xr, o, NULL); break;
+                default: sgllm__q32_tile(SGLLM__T_Q8_0, vnni, 4, 4, n, wr, xr, o, NULL); break;
                 }
-                for (int i = 0; i < 8 && r * 4 + i < nr * 4; i++) out[r * 4 + i] = o[i];
+                for (int i = 0; i < 16 && r * 4 + i < nr * 4; i++) out[r * 4 + i] = o[i];
             }
             return;
         }
