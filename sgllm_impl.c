@@ -1326,25 +1326,39 @@ static SGLLM__AVX2_INLINE void sgllm__q32_tile(uint32_t t, bool vnni, int NR, in
             for (int k = 0; k < NT; k++)
                 v[r * NT + k] = sign_trick ? sgllm__mul_us8(_mm256_sign_epi8(q[r], q[r]), _mm256_sign_epi8(y[k], q[r]))
                                            : sgllm__dp_us8(vnni, base[k], q[r], y[k]);
-        // per lane: the activation block's (d, s), then per group the weight block's (d, m)
-        __m256 dy, sy;
+        // per lane: the activation block's (d, s) and the weight block's (d, m), converted
+        // from fp16 (exactly, so the grouping does not change them). Without mins, one
+        // conversion of the 4 weight scales of a (4, 4) tile serves both groups (measured
+        // slower with mins, which keep the per-group conversion).
+        __m256 dy, sy, wf = _mm256_setzero_ps();
         if (NT == 1) {
             sgllm__halves(_mm256_set1_epi32(sgllm__ld32(xblk[0])), &dy, &sy);
-        } else {
+        } else if (has_min) {
             __m128i x4 = _mm_setr_epi32(sgllm__ld32(xblk[0]), sgllm__ld32(xblk[1]), sgllm__ld32(xblk[2]), sgllm__ld32(xblk[3]));
             sgllm__halves(_mm256_set_m128i(x4, x4), &dy, &sy);
+        } else {
+            __m256 xf = _mm256_cvtph_ps(
+                _mm_setr_epi32(sgllm__ld32(xblk[0]), sgllm__ld32(xblk[1]), sgllm__ld32(xblk[2]), sgllm__ld32(xblk[3])));
+            dy = _mm256_permutevar8x32_ps(xf, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+            sy = _mm256_setzero_ps();
+            wf = _mm256_cvtph_ps(
+                _mm_setr_epi32(sgllm__ld32(wblk[0]), sgllm__ld32(wblk[1]), sgllm__ld32(wblk[2]), sgllm__ld32(wblk[3])));
         }
         SGLLM__UNROLL
         for (int g = 0; g < ng; g++) {
-            __m256 isum = _mm256_cvtepi32_ps(sgllm__reduce8(v + 8 * g));
-            __m256i wl;
-            if (NR == 8)
-                wl = _mm256_setr_epi32(sgllm__ld32(wblk[0]), sgllm__ld32(wblk[1]), sgllm__ld32(wblk[2]), sgllm__ld32(wblk[3]),
-                                       sgllm__ld32(wblk[4]), sgllm__ld32(wblk[5]), sgllm__ld32(wblk[6]), sgllm__ld32(wblk[7]));
+            __m256 isum = _mm256_cvtepi32_ps(sgllm__reduce8(v + 8 * g)), dw, mw = _mm256_setzero_ps();
+            if (NT == 1)
+                sgllm__halves(_mm256_setr_epi32(sgllm__ld32(wblk[0]), sgllm__ld32(wblk[1]), sgllm__ld32(wblk[2]),
+                                                sgllm__ld32(wblk[3]), sgllm__ld32(wblk[4]), sgllm__ld32(wblk[5]),
+                                                sgllm__ld32(wblk[6]), sgllm__ld32(wblk[7])),
+                              &dw, &mw);
+            else if (has_min)
+                sgllm__halves(_mm256_set_m128i(_mm_set1_epi32(sgllm__ld32(wblk[2 * g + 1])),
+                                               _mm_set1_epi32(sgllm__ld32(wblk[2 * g]))),
+                              &dw, &mw);
             else
-                wl = _mm256_set_m128i(_mm_set1_epi32(sgllm__ld32(wblk[2 * g + 1])), _mm_set1_epi32(sgllm__ld32(wblk[2 * g])));
-            __m256 dw, mw;
-            sgllm__halves(wl, &dw, &mw);
+                dw = _mm256_permutevar8x32_ps(wf, g ? _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)
+                                                    : _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
             acc[g] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy), isum, acc[g]);
             if (has_min) macc[g] = _mm256_fmadd_ps(mw, sy, macc[g]);
         }
