@@ -1263,6 +1263,16 @@ static SGLLM__AVX2_INLINE int32_t sgllm__ld32(const uint8_t *p) {
     return v;
 }
 
+// q + 16 in the bytes whose bit of the 32-bit word at p is set (the fifth bit of Q5), through
+// an AVX-512BW mask register: one masked add against sgllm__bit5_32's four operations.
+// Assembly for the same reason as dp_us8; VNNI instantiations only.
+static SGLLM__AVX2_INLINE __m256i sgllm__add_bit5_k(__m256i q, const uint8_t *p) {
+    uint32_t qh;
+    memcpy(&qh, p, 4);
+    __asm__("kmovd %1, %%k1\n\tvpaddb %2, %0, %0%{%%k1%}" : "+v"(q) : "r"(qh), "v"(_mm256_set1_epi8(16)) : "k1");
+    return q;
+}
+
 // The 32 values of a small block as unsigned bytes q + off (off from sgllm__q32_off), ready
 // for dp_us8. Q8_0 without VNNI is the exception: its q + 128 would saturate the AVX2 int16
 // pairs, so it stays signed (off 0) and the caller uses the sign trick.
@@ -1270,8 +1280,10 @@ static SGLLM__AVX2_INLINE __m256i sgllm__q32_unpack(uint32_t t, bool vnni, const
     switch (t) {
     case SGLLM__T_Q4_0: return sgllm__nib32(blk + 2);
     case SGLLM__T_Q4_1: return sgllm__nib32(blk + 4);
-    case SGLLM__T_Q5_0: return _mm256_or_si256(sgllm__nib32(blk + 6), sgllm__bit5_32(blk + 2));
-    case SGLLM__T_Q5_1: return _mm256_or_si256(sgllm__nib32(blk + 8), sgllm__bit5_32(blk + 4));
+    case SGLLM__T_Q5_0:
+        return vnni ? sgllm__add_bit5_k(sgllm__nib32(blk + 6), blk + 2) : _mm256_or_si256(sgllm__nib32(blk + 6), sgllm__bit5_32(blk + 2));
+    case SGLLM__T_Q5_1:
+        return vnni ? sgllm__add_bit5_k(sgllm__nib32(blk + 8), blk + 4) : _mm256_or_si256(sgllm__nib32(blk + 8), sgllm__bit5_32(blk + 4));
     default: {
         __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 2));
         return vnni ? _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)) : q;
