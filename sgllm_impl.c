@@ -771,8 +771,10 @@ static bool sgllm__gguf_string(const sgllm__gguf *g, const char *key, sgllm__str
 // format description), and the CPU dot products. A matmul quantizes its activations once into
 // the type llama.cpp pairs with the weight type (Q8_0, Q8_1 or Q8_K; F32 for float weights),
 // so that integer dot products run on int8 and our numerics track llama.cpp's. Every fast
-// (AVX2+FMA+F16C) routine has a portable twin; the choice is made per call from a cheap CPU
-// query, and the *_impl functions take it as a parameter so tests can run both.
+// (AVX2+FMA+F16C) routine has a portable twin; the dot products also have an AVX-512 VNNI
+// instantiation of the same source with the same float steps (bit-identical results). The
+// choice is made per call from a cheap CPU query, and the *_impl functions take it as a
+// parameter so tests can run every path.
 
 enum { SGLLM__QK = 32, SGLLM__QKK = 256 };
 
@@ -1236,8 +1238,14 @@ static SGLLM__AVX2_INLINE __m256i sgllm__dp_s16(bool vnni, __m256i acc, __m256i 
     return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
 }
 
-// The tile loops below have constant trip counts; fully unrolled, their arrays live in registers.
+// The tile loops below have constant trip counts; fully unrolled, their arrays live in
+// registers. GCC -O2 leaves them rolled unless asked; clang unrolls them itself, and the
+// pragma makes its code slower (measured 2x), so it is GCC's only.
+#if defined(__clang__)
+#define SGLLM__UNROLL
+#else
 #define SGLLM__UNROLL _Pragma("GCC unroll 8")
+#endif
 
 // Lane p of the result is the sum of the 8 lanes of v[p].
 static SGLLM__AVX2_INLINE __m256i sgllm__reduce8(const __m256i v[8]) {
