@@ -65,6 +65,7 @@ int main(int argc, char **argv) {
         {"smollm2 attn_q", SGLLM__T_Q4_1, 576, 576},     {"smollm2 output", SGLLM__T_Q8_0, 576, 49152},
         {"gemma3 ffn_gate", SGLLM__T_Q5_0, 640, 2048},   {"gemma3 ffn_down", SGLLM__T_Q6_K, 2048, 640},
         {"gemma3 attn_output", SGLLM__T_Q4_K, 1024, 640}, {"gemma3 attn_v", SGLLM__T_Q8_0, 640, 256},
+        {"ffn_up as Q4_0", SGLLM__T_Q4_0, 576, 1536},    {"ffn_up as Q5_1", SGLLM__T_Q5_1, 576, 1536},
     };
     static const char *isa_names[] = {"c", "avx2", "vnni"};
     int isa = sgllm__isa();
