@@ -776,8 +776,10 @@ static bool sgllm__gguf_string(const sgllm__gguf *g, const char *key, sgllm__str
 // format description), and the CPU dot products. A matmul quantizes its activations once into
 // the type llama.cpp pairs with the weight type (Q8_0, Q8_1 or Q8_K; F32 for float weights),
 // so that integer dot products run on int8 and our numerics track llama.cpp's. Every fast
-// (AVX2+FMA+F16C) routine has a portable twin; the choice is made per call from a cheap CPU
-// query, and the *_impl functions take it as a parameter so tests can run both.
+// (AVX2+FMA+F16C) routine has a portable twin; the dot products also have an AVX-512 VNNI
+// instantiation of the same source with the same float steps (bit-identical results). The
+// choice is made per call from a cheap CPU query, and the *_impl functions take it as a
+// parameter so tests can run every path.
 
 enum { SGLLM__QK = 32, SGLLM__QKK = 256 };
 
@@ -1160,6 +1162,9 @@ static float sgllm__vec_dot_c(uint32_t t, int64_t n, const void *w, const void *
 #if SGLLM__X86
 #define SGLLM__AVX2 __attribute__((target("avx2,fma,f16c")))
 #define SGLLM__AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
+// AVX-512 VNNI on 256-bit vectors (the VEX-coded AVX-VNNI cannot be queried with clang 14's
+// __builtin_cpu_supports, so CPUs with only that take the AVX2 path).
+#define SGLLM__VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 
 // F16C is not queried: every CPU with AVX2 and FMA has it, and clang 14 cannot ask for it.
 static bool sgllm__use_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
@@ -1217,55 +1222,183 @@ static SGLLM__AVX2_INLINE void sgllm__k_scales8(const uint8_t *q, uint8_t sc[8],
     memcpy(m + 4, &m_hi, 4);
 }
 
-// out[k] = dot(row w, activation row x + k*xs) for k < NT. The body is written once and
-// instantiated for NT = 1 and 4, with each token's accumulation in the same order, so a
-// 4-token tile gives exactly the single-token results.
-static SGLLM__AVX2_INLINE void sgllm__dot_q32_avx2(uint32_t t, int NT, int64_t n, const uint8_t *w,
-                                                   const uint8_t *x, size_t xs, float *out) {
-    bool has_min = t == SGLLM__T_Q4_1 || t == SGLLM__T_Q5_1;
-    bool is_signed = !has_min;
-    size_t wb = (size_t)sgllm__types[t].bytes, ab = has_min ? sizeof(sgllm__bq8_1) : sizeof(sgllm__bq8_0);
-    __m256 acc[4];
-    float macc[4];
-    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), macc[k] = 0;
-    for (int64_t b = 0; b < n / SGLLM__QK; b++) {
-        const uint8_t *blk = w + (size_t)b * wb;
-        __m256i q;
-        switch (t) {
-        case SGLLM__T_Q4_0: q = _mm256_sub_epi8(sgllm__nib32(blk + 2), _mm256_set1_epi8(8)); break;
-        case SGLLM__T_Q4_1: q = sgllm__nib32(blk + 4); break;
-        case SGLLM__T_Q5_0:
-            q = _mm256_sub_epi8(_mm256_or_si256(sgllm__nib32(blk + 6), sgllm__bit5_32(blk + 2)), _mm256_set1_epi8(16));
-            break;
-        case SGLLM__T_Q5_1: q = _mm256_or_si256(sgllm__nib32(blk + 8), sgllm__bit5_32(blk + 4)); break;
-        default: q = _mm256_loadu_si256((const __m256i *)(blk + 2)); break;
-        }
-        uint16_t dh, mh = 0;
-        memcpy(&dh, blk, 2);
-        if (has_min) memcpy(&mh, blk + 2, 2);
-        float dw = sgllm__hx(dh), mw = sgllm__hx(mh);
-        __m256i aq = is_signed ? _mm256_sign_epi8(q, q) : q;
-        for (int k = 0; k < NT; k++) {
-            const uint8_t *yb = x + (size_t)k * xs + (size_t)b * ab;
-            uint16_t yd, ys;
-            memcpy(&yd, yb, 2);
-            __m256i yq = _mm256_loadu_si256((const __m256i *)(yb + (has_min ? 4 : 2)));
-            __m256i p = sgllm__mul_us8(aq, is_signed ? _mm256_sign_epi8(yq, q) : yq);
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * sgllm__hx(yd)), _mm256_cvtepi32_ps(p), acc[k]);
-            if (has_min) {
-                memcpy(&ys, yb + 2, 2);
-                macc[k] += mw * sgllm__hx(ys);
-            }
-        }
+// acc + the sums of 4 adjacent products of unsigned bytes u by signed bytes s, as 8 int32;
+// exact on both paths (AVX2 goes through int16 pairs, which cannot saturate while u <= 127).
+// The VNNI instruction is written as assembly: its intrinsic would not inline into these
+// shared AVX2-target bodies. Only the VNNI instantiations (vnni constant true) reach it.
+static SGLLM__AVX2_INLINE __m256i sgllm__dp_us8(bool vnni, __m256i acc, __m256i u, __m256i s) {
+    if (vnni) {
+        __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+        return acc;
     }
-    for (int k = 0; k < NT; k++) out[k] = sgllm__hsum8(acc[k]) + macc[k];
+    return _mm256_add_epi32(acc, sgllm__mul_us8(u, s));
 }
 
-static SGLLM__AVX2_INLINE void sgllm__dot_q45k_avx2(bool q5, int NT, int64_t n, const uint8_t *w,
+// acc + the sums of adjacent int16 products a*b (exact), one instruction under VNNI.
+static SGLLM__AVX2_INLINE __m256i sgllm__dp_s16(bool vnni, __m256i acc, __m256i a, __m256i b) {
+    if (vnni) {
+        __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+        return acc;
+    }
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+}
+
+// The tile loops below have constant trip counts; fully unrolled, their arrays live in
+// registers. GCC -O2 leaves them rolled unless asked; clang unrolls them itself, and the
+// pragma makes its code slower (measured 2x), so it is GCC's only.
+#if defined(__clang__)
+#define SGLLM__UNROLL
+#else
+#define SGLLM__UNROLL _Pragma("GCC unroll 8")
+#endif
+
+// Lane p of the result is the sum of the 8 lanes of v[p].
+static SGLLM__AVX2_INLINE __m256i sgllm__reduce8(const __m256i v[8]) {
+    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    __m256i c = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    // a holds the sums of v0..v3 over their low 128 bits, then over their high 128 bits
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, c, 0x20), _mm256_permute2x128_si256(a, c, 0x31));
+}
+
+// The two fp16 halves of each 32-bit lane of w (scale in the low half, min or sum in the
+// high half, as blocks store them) as floats.
+static SGLLM__AVX2_INLINE void sgllm__halves(__m256i w, __m256 *lo, __m256 *hi) {
+    const __m256i pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12,
+                                          13, 2, 3, 6, 7, 10, 11, 14, 15);
+    __m256i h = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(w, pick), 0xd8);
+    *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+static SGLLM__AVX2_INLINE int32_t sgllm__ld32(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+// q + 16 in the bytes whose bit of the 32-bit word at p is set (the fifth bit of Q5), through
+// an AVX-512BW mask register: one masked add against sgllm__bit5_32's four operations.
+// Assembly for the same reason as dp_us8; VNNI instantiations only.
+static SGLLM__AVX2_INLINE __m256i sgllm__add_bit5_k(__m256i q, const uint8_t *p) {
+    uint32_t qh;
+    memcpy(&qh, p, 4);
+    __asm__("kmovd %1, %%k1\n\tvpaddb %2, %0, %0%{%%k1%}" : "+v"(q) : "r"(qh), "v"(_mm256_set1_epi8(16)) : "k1");
+    return q;
+}
+
+// The 32 values of a small block as unsigned bytes q + off (off from sgllm__q32_off), ready
+// for dp_us8. Q8_0 without VNNI is the exception: its q + 128 would saturate the AVX2 int16
+// pairs, so it stays signed (off 0) and the caller uses the sign trick.
+static SGLLM__AVX2_INLINE __m256i sgllm__q32_unpack(uint32_t t, bool vnni, const uint8_t *blk) {
+    switch (t) {
+    case SGLLM__T_Q4_0: return sgllm__nib32(blk + 2);
+    case SGLLM__T_Q4_1: return sgllm__nib32(blk + 4);
+    case SGLLM__T_Q5_0:
+        return vnni ? sgllm__add_bit5_k(sgllm__nib32(blk + 6), blk + 2) : _mm256_or_si256(sgllm__nib32(blk + 6), sgllm__bit5_32(blk + 2));
+    case SGLLM__T_Q5_1:
+        return vnni ? sgllm__add_bit5_k(sgllm__nib32(blk + 8), blk + 4) : _mm256_or_si256(sgllm__nib32(blk + 8), sgllm__bit5_32(blk + 4));
+    default: {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 2));
+        return vnni ? _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)) : q;
+    }
+    }
+}
+
+static SGLLM__AVX2_INLINE int sgllm__q32_off(uint32_t t, bool vnni) {
+    return t == SGLLM__T_Q4_0 ? 8 : t == SGLLM__T_Q5_0 ? 16 : t == SGLLM__T_Q8_0 && vnni ? 128 : 0;
+}
+
+// out[r*NT + k] = dot(weight row wr[r], activation row xr[k]) over n values of a 32-block
+// type, for (NR, NT) = (4, 4) (prefill) or (8, 1) (one token). A block's integer dot is
+// exact; each 8 outputs of the tile then share one vector of float work per block: lane p
+// does acc = fma(dw*dy, isum, acc) and, for types with a min, macc = fma(m, s, macc), and
+// ends with acc + macc. That is the same sequence of roundings for every lane whatever the
+// tile shape, so one output never depends on how rows and tokens were grouped.
+// pf (or NULL): the NR rows after these, fetched into cache a block-column at a time. With
+// one token the 8 rows are 8 short interleaved streams, which the hardware prefetchers
+// follow poorly when the weights come from DRAM.
+static SGLLM__AVX2_INLINE void sgllm__q32_tile(uint32_t t, bool vnni, int NR, int NT, int64_t n,
+                                               const uint8_t *const *wr, const uint8_t *const *xr, float *out,
+                                               const uint8_t *pf) {
+    bool has_min = t == SGLLM__T_Q4_1 || t == SGLLM__T_Q5_1, sign_trick = t == SGLLM__T_Q8_0 && !vnni;
+    int off = sgllm__q32_off(t, vnni);
+    size_t wb = (size_t)sgllm__types[t].bytes, ab = has_min ? sizeof(sgllm__bq8_1) : sizeof(sgllm__bq8_0);
+    const __m256i offv = _mm256_set1_epi8((char)off), zero = _mm256_setzero_si256();
+    enum { NG = 2 }; // at most two groups of 8 lanes (NR * NT / 8 in use)
+    int ng = NR * NT / 8;
+    __m256 acc[NG], macc[NG];
+    for (int g = 0; g < ng; g++) acc[g] = _mm256_setzero_ps(), macc[g] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / SGLLM__QK; b++) {
+        const uint8_t *wblk[8], *xblk[4];
+        __m256i q[8], y[4], base[4], v[16];
+        if (pf)
+            for (size_t o = 0; o < (size_t)NR * wb; o += 64) _mm_prefetch((const char *)pf + (size_t)b * NR * wb + o, _MM_HINT_T0);
+        SGLLM__UNROLL
+        for (int r = 0; r < NR; r++) {
+            wblk[r] = wr[r] + (size_t)b * wb;
+            q[r] = sgllm__q32_unpack(t, vnni, wblk[r]);
+        }
+        SGLLM__UNROLL
+        for (int k = 0; k < NT; k++) {
+            xblk[k] = xr[k] + (size_t)b * ab;
+            y[k] = _mm256_loadu_si256((const __m256i *)(xblk[k] + (has_min ? 4 : 2)));
+            // start from -off * sum(y) so that the unsigned q + off give q . y
+            base[k] = off ? _mm256_sub_epi32(zero, sgllm__dp_us8(vnni, zero, offv, y[k])) : zero;
+        }
+        SGLLM__UNROLL
+        for (int r = 0; r < NR; r++)
+            SGLLM__UNROLL
+            for (int k = 0; k < NT; k++)
+                v[r * NT + k] = sign_trick ? sgllm__mul_us8(_mm256_sign_epi8(q[r], q[r]), _mm256_sign_epi8(y[k], q[r]))
+                                           : sgllm__dp_us8(vnni, base[k], q[r], y[k]);
+        // per lane: the activation block's (d, s) and the weight block's (d, m), converted
+        // from fp16 (exactly, so the grouping does not change them). Without mins, one
+        // conversion of the 4 weight scales of a (4, 4) tile serves both groups (measured
+        // slower with mins, which keep the per-group conversion).
+        __m256 dy, sy, wf = _mm256_setzero_ps();
+        if (NT == 1) {
+            sgllm__halves(_mm256_set1_epi32(sgllm__ld32(xblk[0])), &dy, &sy);
+        } else if (has_min) {
+            __m128i x4 = _mm_setr_epi32(sgllm__ld32(xblk[0]), sgllm__ld32(xblk[1]), sgllm__ld32(xblk[2]), sgllm__ld32(xblk[3]));
+            sgllm__halves(_mm256_set_m128i(x4, x4), &dy, &sy);
+        } else {
+            __m256 xf = _mm256_cvtph_ps(
+                _mm_setr_epi32(sgllm__ld32(xblk[0]), sgllm__ld32(xblk[1]), sgllm__ld32(xblk[2]), sgllm__ld32(xblk[3])));
+            dy = _mm256_permutevar8x32_ps(xf, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+            sy = _mm256_setzero_ps();
+            wf = _mm256_cvtph_ps(
+                _mm_setr_epi32(sgllm__ld32(wblk[0]), sgllm__ld32(wblk[1]), sgllm__ld32(wblk[2]), sgllm__ld32(wblk[3])));
+        }
+        SGLLM__UNROLL
+        for (int g = 0; g < ng; g++) {
+            __m256 isum = _mm256_cvtepi32_ps(sgllm__reduce8(v + 8 * g)), dw, mw = _mm256_setzero_ps();
+            if (NT == 1)
+                sgllm__halves(_mm256_setr_epi32(sgllm__ld32(wblk[0]), sgllm__ld32(wblk[1]), sgllm__ld32(wblk[2]),
+                                                sgllm__ld32(wblk[3]), sgllm__ld32(wblk[4]), sgllm__ld32(wblk[5]),
+                                                sgllm__ld32(wblk[6]), sgllm__ld32(wblk[7])),
+                              &dw, &mw);
+            else if (has_min)
+                sgllm__halves(_mm256_set_m128i(_mm_set1_epi32(sgllm__ld32(wblk[2 * g + 1])),
+                                               _mm_set1_epi32(sgllm__ld32(wblk[2 * g]))),
+                              &dw, &mw);
+            else
+                dw = _mm256_permutevar8x32_ps(wf, g ? _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)
+                                                    : _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
+            acc[g] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy), isum, acc[g]);
+            if (has_min) macc[g] = _mm256_fmadd_ps(mw, sy, macc[g]);
+        }
+    }
+    for (int g = 0; g < ng; g++) _mm256_storeu_ps(out + 8 * g, _mm256_add_ps(acc[g], macc[g]));
+}
+
+// out[k] = dot(row w, activation row x + k*xs) for k < NT (1 or 4), in the same order for
+// every NT, so a 4-token tile gives exactly the single-token results.
+static SGLLM__AVX2_INLINE void sgllm__dot_q45k_avx2(bool vnni, bool q5, int NT, int64_t n, const uint8_t *w,
                                                     const uint8_t *x, size_t xs, float *out) {
     size_t wb = q5 ? sizeof(sgllm__bq5_k) : sizeof(sgllm__bq4_k);
     __m256 acc[4];
     float macc[4];
+    SGLLM__UNROLL
     for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), macc[k] = 0;
     const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
@@ -1281,8 +1414,10 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q45k_avx2(bool q5, int NT, int64_t n, 
         __m128i mn16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
         __m256i scv = _mm256_broadcastsi128_si256(sc16);
         __m256i isum[4];
+        SGLLM__UNROLL
         for (int k = 0; k < NT; k++) isum[k] = _mm256_setzero_si256();
         __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        SGLLM__UNROLL
         for (int c = 0; c < 4; c++) {
             __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
             __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
@@ -1293,13 +1428,14 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q45k_avx2(bool q5, int NT, int64_t n, 
             }
             __m256i s0 = _mm256_shuffle_epi8(scv, _mm256_broadcastsi128_si256(SGLLM__SEL16(2 * c)));
             __m256i s1 = _mm256_shuffle_epi8(scv, _mm256_broadcastsi128_si256(SGLLM__SEL16(2 * c + 1)));
+            SGLLM__UNROLL
             for (int k = 0; k < NT; k++) {
                 const int8_t *yq = ((const sgllm__bq8_k *)(x + (size_t)k * xs) + b)->qs + 64 * c;
-                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)yq)), s0);
-                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(yq + 32))), s1);
-                isum[k] = _mm256_add_epi32(isum[k], _mm256_add_epi32(p0, p1));
+                isum[k] = sgllm__dp_s16(vnni, isum[k], _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)yq)), s0);
+                isum[k] = sgllm__dp_s16(vnni, isum[k], _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(yq + 32))), s1);
             }
         }
+        SGLLM__UNROLL
         for (int k = 0; k < NT; k++) {
             const sgllm__bq8_k *y = (const sgllm__bq8_k *)(x + (size_t)k * xs) + b;
             // sums of y over each 32-value sub-block, times the sub-block mins
@@ -1312,18 +1448,22 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q45k_avx2(bool q5, int NT, int64_t n, 
             macc[k] += dmin * y->d * (float)_mm_cvtsi128_si32(pm);
         }
     }
+    SGLLM__UNROLL
     for (int k = 0; k < NT; k++) out[k] = sgllm__hsum8(acc[k]) - macc[k];
 }
 
-static SGLLM__AVX2_INLINE void sgllm__dot_q6k_avx2(int NT, int64_t n, const uint8_t *w, const uint8_t *x,
+static SGLLM__AVX2_INLINE void sgllm__dot_q6k_avx2(bool vnni, int NT, int64_t n, const uint8_t *w, const uint8_t *x,
                                                    size_t xs, float *out) {
     __m256 acc[4];
+    SGLLM__UNROLL
     for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(15);
     for (int64_t b = 0; b < n / SGLLM__QKK; b++) {
         const sgllm__bq6_k *bw = (const sgllm__bq6_k *)w + b;
         __m256i isum[4];
+        SGLLM__UNROLL
         for (int k = 0; k < NT; k++) isum[k] = _mm256_setzero_si256();
+        SGLLM__UNROLL
         for (int h = 0; h < 2; h++) {
             __m256i ql0 = _mm256_loadu_si256((const __m256i *)(bw->ql + 64 * h));
             __m256i ql1 = _mm256_loadu_si256((const __m256i *)(bw->ql + 64 * h + 32));
@@ -1335,18 +1475,21 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q6k_avx2(int NT, int64_t n, const uint
             q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, _mm256_set1_epi8(48)));
             q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)0xc0)), 2));
+            SGLLM__UNROLL
             for (int j = 0; j < 4; j++) {
                 // values 0..15 of this 32 use scale 2j, values 16..31 scale 2j+1
                 __m256i s = _mm256_shuffle_epi8(scv, _mm256_set_m128i(SGLLM__SEL16(2 * j + 1), SGLLM__SEL16(2 * j)));
+                SGLLM__UNROLL
                 for (int k = 0; k < NT; k++) {
                     const int8_t *yq = ((const sgllm__bq8_k *)(x + (size_t)k * xs) + b)->qs + 128 * h + 32 * j;
                     __m256i p = _mm256_maddubs_epi16(q[j], _mm256_loadu_si256((const __m256i *)yq));
-                    isum[k] = _mm256_add_epi32(isum[k], _mm256_madd_epi16(p, s));
+                    isum[k] = sgllm__dp_s16(vnni, isum[k], p, s);
                 }
             }
         }
         __m256i sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bw->scales));
         float d = sgllm__hx(bw->d);
+        SGLLM__UNROLL
         for (int k = 0; k < NT; k++) {
             const sgllm__bq8_k *y = (const sgllm__bq8_k *)(x + (size_t)k * xs) + b;
             // the stored values are q + 32: take 32 * scale * (sum of y) back out
@@ -1355,6 +1498,7 @@ static SGLLM__AVX2_INLINE void sgllm__dot_q6k_avx2(int NT, int64_t n, const uint
             acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(s), acc[k]);
         }
     }
+    SGLLM__UNROLL
     for (int k = 0; k < NT; k++) out[k] = sgllm__hsum8(acc[k]);
 }
 
@@ -1382,31 +1526,79 @@ static SGLLM__AVX2 float sgllm__dot_float_avx2(uint32_t t, int64_t n, const void
     return sum;
 }
 
-// out[k] = dot(w, x + k*xs) for k < nt (nt <= 4).
-static SGLLM__AVX2 void sgllm__dot_tile_avx2(uint32_t t, int64_t n, const uint8_t *w, const uint8_t *x, size_t xs,
-                                            int nt, float *out) {
-#define SGLLM__TILE(call1, call4)                                                                  \
-    do {                                                                                           \
-        if (nt == 4) {                                                                             \
-            call4;                                                                                 \
-        } else {                                                                                   \
-            for (int k = 0; k < nt; k++, x += xs, out++) call1;                                    \
-        }                                                                                          \
-    } while (0)
+// out[r*nt + k] = dot(weight row w + r*ws, activation row x + k*xs) for r < nr (<= 8) and
+// k < nt (<= 4); written once, instantiated for AVX2 and for AVX-512 VNNI.
+static SGLLM__AVX2_INLINE void sgllm__dot_tile_x86(bool vnni, uint32_t t, int64_t n, const uint8_t *w, size_t ws,
+                                                   int nr, const uint8_t *x, size_t xs, int nt, float *out) {
     switch (t) {
-    case SGLLM__T_Q4_0: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q4_0, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q4_0, 4, n, w, x, xs, out)); return;
-    case SGLLM__T_Q4_1: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q4_1, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q4_1, 4, n, w, x, xs, out)); return;
-    case SGLLM__T_Q5_0: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q5_0, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q5_0, 4, n, w, x, xs, out)); return;
-    case SGLLM__T_Q5_1: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q5_1, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q5_1, 4, n, w, x, xs, out)); return;
-    case SGLLM__T_Q8_0: SGLLM__TILE(sgllm__dot_q32_avx2(SGLLM__T_Q8_0, 1, n, w, x, xs, out), sgllm__dot_q32_avx2(SGLLM__T_Q8_0, 4, n, w, x, xs, out)); return;
-    case SGLLM__T_Q4_K: SGLLM__TILE(sgllm__dot_q45k_avx2(false, 1, n, w, x, xs, out), sgllm__dot_q45k_avx2(false, 4, n, w, x, xs, out)); return;
-    case SGLLM__T_Q5_K: SGLLM__TILE(sgllm__dot_q45k_avx2(true, 1, n, w, x, xs, out), sgllm__dot_q45k_avx2(true, 4, n, w, x, xs, out)); return;
-    case SGLLM__T_Q6_K: SGLLM__TILE(sgllm__dot_q6k_avx2(1, n, w, x, xs, out), sgllm__dot_q6k_avx2(4, n, w, x, xs, out)); return;
-    default:
-        for (int k = 0; k < nt; k++) out[k] = sgllm__dot_float_avx2(t, n, w, (const float *)(x + (size_t)k * xs));
+    case SGLLM__T_Q4_0: case SGLLM__T_Q4_1: case SGLLM__T_Q5_0: case SGLLM__T_Q5_1: case SGLLM__T_Q8_0: {
+        // rows past nr repeat the last row; their outputs are dropped
+        const uint8_t *wr[8], *xr[4];
+        float o[16];
+        if (nt == 4) {
+            for (int k = 0; k < 4; k++) xr[k] = x + (size_t)k * xs;
+            for (int r = 0; r < nr; r += 4) {
+                for (int i = 0; i < 4; i++) wr[i] = w + (size_t)(r + i < nr ? r + i : nr - 1) * ws;
+                switch (t) {
+                case SGLLM__T_Q4_0: sgllm__q32_tile(SGLLM__T_Q4_0, vnni, 4, 4, n, wr, xr, o, NULL); break;
+                case SGLLM__T_Q4_1: sgllm__q32_tile(SGLLM__T_Q4_1, vnni, 4, 4, n, wr, xr, o, NULL); break;
+                case SGLLM__T_Q5_0: sgllm__q32_tile(SGLLM__T_Q5_0, vnni, 4, 4, n, wr, xr, o, NULL); break;
+                case SGLLM__T_Q5_1: sgllm__q32_tile(SGLLM__T_Q5_1, vnni, 4, 4, n, wr, xr, o, NULL); break;
+                default: sgllm__q32_tile(SGLLM__T_Q8_0, vnni, 4, 4, n, wr, xr, o, NULL); break;
+                }
+                for (int i = 0; i < 16 && r * 4 + i < nr * 4; i++) out[r * 4 + i] = o[i];
+            }
+            return;
+        }
+        for (int r = 0; r < 8; r++) wr[r] = w + (size_t)(r < nr ? r : nr - 1) * ws;
+        // the weight rows of the next tile (past the matrix the prefetches are harmless hints)
+        const uint8_t *pf = nt == 1 && ws == (size_t)sgllm__types[t].bytes * (size_t)(n / SGLLM__QK) ? w + 8 * ws : NULL;
+        for (int k = 0; k < nt; k++) {
+            xr[0] = x + (size_t)k * xs;
+            switch (t) {
+            case SGLLM__T_Q4_0: sgllm__q32_tile(SGLLM__T_Q4_0, vnni, 8, 1, n, wr, xr, o, pf); break;
+            case SGLLM__T_Q4_1: sgllm__q32_tile(SGLLM__T_Q4_1, vnni, 8, 1, n, wr, xr, o, pf); break;
+            case SGLLM__T_Q5_0: sgllm__q32_tile(SGLLM__T_Q5_0, vnni, 8, 1, n, wr, xr, o, pf); break;
+            case SGLLM__T_Q5_1: sgllm__q32_tile(SGLLM__T_Q5_1, vnni, 8, 1, n, wr, xr, o, pf); break;
+            default: sgllm__q32_tile(SGLLM__T_Q8_0, vnni, 8, 1, n, wr, xr, o, pf); break;
+            }
+            for (int r = 0; r < nr; r++) out[r * nt + k] = o[r];
+        }
         return;
     }
-#undef SGLLM__TILE
+    case SGLLM__T_Q4_K: case SGLLM__T_Q5_K: case SGLLM__T_Q6_K:
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *wr = w + (size_t)r * ws;
+            float *o = out + r * nt;
+            if (nt == 4) {
+                if (t == SGLLM__T_Q6_K) sgllm__dot_q6k_avx2(vnni, 4, n, wr, x, xs, o);
+                else if (t == SGLLM__T_Q4_K) sgllm__dot_q45k_avx2(vnni, false, 4, n, wr, x, xs, o);
+                else sgllm__dot_q45k_avx2(vnni, true, 4, n, wr, x, xs, o);
+            } else {
+                for (int k = 0; k < nt; k++) {
+                    if (t == SGLLM__T_Q6_K) sgllm__dot_q6k_avx2(vnni, 1, n, wr, x + (size_t)k * xs, xs, o + k);
+                    else if (t == SGLLM__T_Q4_K) sgllm__dot_q45k_avx2(vnni, false, 1, n, wr, x + (size_t)k * xs, xs, o + k);
+                    else sgllm__dot_q45k_avx2(vnni, true, 1, n, wr, x + (size_t)k * xs, xs, o + k);
+                }
+            }
+        }
+        return;
+    default:
+        for (int r = 0; r < nr; r++)
+            for (int k = 0; k < nt; k++)
+                out[r * nt + k] = sgllm__dot_float_avx2(t, n, w + (size_t)r * ws, (const float *)(x + (size_t)k * xs));
+        return;
+    }
+}
+
+static SGLLM__AVX2 void sgllm__dot_tile_avx2(uint32_t t, int64_t n, const uint8_t *w, size_t ws, int nr,
+                                            const uint8_t *x, size_t xs, int nt, float *out) {
+    sgllm__dot_tile_x86(false, t, n, w, ws, nr, x, xs, nt, out);
+}
+
+static SGLLM__VNNI void sgllm__dot_tile_vnni(uint32_t t, int64_t n, const uint8_t *w, size_t ws, int nr,
+                                            const uint8_t *x, size_t xs, int nt, float *out) {
+    sgllm__dot_tile_x86(true, t, n, w, ws, nr, x, xs, nt, out);
 }
 
 // Rounds 32 floats (already scaled to [-127, 127]) half to even and stores them as int8.
@@ -1581,6 +1773,20 @@ static bool sgllm__use_avx2(void) { return false; }
 
 // --- dispatch
 
+// Instruction sets of the dot products, each a superset of the one before.
+enum { SGLLM__ISA_C, SGLLM__ISA_AVX2, SGLLM__ISA_VNNI };
+
+static int sgllm__isa(void) {
+#if SGLLM__X86
+    if (!sgllm__use_avx2()) return SGLLM__ISA_C;
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")
+               ? SGLLM__ISA_VNNI
+               : SGLLM__ISA_AVX2;
+#else
+    return SGLLM__ISA_C;
+#endif
+}
+
 // Fast dequantization (AVX2 where available), bit for bit the reference's result.
 static void sgllm__dequant_row_impl(uint32_t t, const void *src, float *dst, int64_t n, bool avx2) {
 #if SGLLM__X86
@@ -1615,32 +1821,36 @@ static void sgllm__quantize_act(uint32_t t, const float *x, void *dst, int64_t n
     sgllm__quantize_act_impl(t, x, dst, n, sgllm__use_avx2());
 }
 
-// out[k] = dot(weight row w, activation row x + k*xs) for k < nt (nt <= 4).
-static void sgllm__dot_tile(uint32_t t, int64_t n, const uint8_t *w, const uint8_t *x, size_t xs, int nt,
-                            float *out, bool avx2) {
+// out[r*nt + k] = dot(weight row w + r*ws, activation row x + k*xs) for r < nr (<= 8) and
+// k < nt (<= 4), with the instruction set isa (at most sgllm__isa()).
+static void sgllm__dot_tile(uint32_t t, int64_t n, const uint8_t *w, size_t ws, int nr, const uint8_t *x, size_t xs,
+                            int nt, float *out, int isa) {
     if (!sgllm__quant_supported(t)) { // the loader rejects these; never read them as another type
-        for (int k = 0; k < nt; k++) out[k] = 0;
+        for (int i = 0; i < nr * nt; i++) out[i] = 0;
         return;
     }
 #if SGLLM__X86
-    if (avx2) {
-        sgllm__dot_tile_avx2(t, n, w, x, xs, nt, out);
+    if (isa == SGLLM__ISA_VNNI) {
+        sgllm__dot_tile_vnni(t, n, w, ws, nr, x, xs, nt, out);
         return;
     }
-#else
-    (void)avx2;
+    if (isa == SGLLM__ISA_AVX2) {
+        sgllm__dot_tile_avx2(t, n, w, ws, nr, x, xs, nt, out);
+        return;
+    }
 #endif
-    for (int k = 0; k < nt; k++) out[k] = sgllm__vec_dot_c(t, n, w, x + (size_t)k * xs);
+    for (int r = 0; r < nr; r++)
+        for (int k = 0; k < nt; k++) out[r * nt + k] = sgllm__vec_dot_c(t, n, w + (size_t)r * ws, x + (size_t)k * xs);
 }
 
-static float sgllm__vec_dot_impl(uint32_t t, int64_t n, const void *w, const void *xq, bool avx2) {
+static float sgllm__vec_dot_impl(uint32_t t, int64_t n, const void *w, const void *xq, int isa) {
     float r;
-    sgllm__dot_tile(t, n, (const uint8_t *)w, (const uint8_t *)xq, 0, 1, &r, avx2);
+    sgllm__dot_tile(t, n, (const uint8_t *)w, 0, 1, (const uint8_t *)xq, 0, 1, &r, isa);
     return r;
 }
 // dot(weight row of type t, activation row already in vec_dot_type(t)), n values.
 static float sgllm__vec_dot(uint32_t t, int64_t n, const void *w, const void *xq) {
-    return sgllm__vec_dot_impl(t, n, w, xq, sgllm__use_avx2());
+    return sgllm__vec_dot_impl(t, n, w, xq, sgllm__isa());
 }
 
 typedef struct sgllm__mat {
@@ -1664,18 +1874,18 @@ typedef struct sgllm__mm_job {
     size_t x_stride;      // bytes
     float *y;             // (n_tok, rows)
     int64_t n_tok, rows_per_task;
-    bool avx2;
+    int isa;
 } sgllm__mm_job;
 
 static void sgllm__mm_quant_task(void *arg, int64_t tok, int thread) {
     (void)thread;
     const sgllm__mm_job *j = (const sgllm__mm_job *)arg;
-    sgllm__quantize_act_impl(j->w->type, j->x + tok * j->w->cols, j->xq + (size_t)tok * j->x_stride, j->w->cols, j->avx2);
+    sgllm__quantize_act_impl(j->w->type, j->x + tok * j->w->cols, j->xq + (size_t)tok * j->x_stride, j->w->cols, j->isa != SGLLM__ISA_C);
 }
 
-// Rows are walked in blocks of 16 (their bytes stay in L1/L2) against tiles of 4 tokens, so a
+// Rows are walked in blocks of 8 (their bytes stay in L1) against tiles of 4 tokens, so a
 // weight block is unpacked once per 4 tokens and read from memory once per task.
-enum { SGLLM__MM_ROW_BLOCK = 16, SGLLM__MM_TOK_TILE = 4 };
+enum { SGLLM__MM_ROW_BLOCK = 8, SGLLM__MM_TOK_TILE = 4 };
 
 static void sgllm__mm_task(void *arg, int64_t task, int thread) {
     (void)thread;
@@ -1683,23 +1893,22 @@ static void sgllm__mm_task(void *arg, int64_t task, int thread) {
     const sgllm__mat *w = j->w;
     int64_t r0 = task * j->rows_per_task, r1 = r0 + j->rows_per_task < w->rows ? r0 + j->rows_per_task : w->rows;
     for (int64_t rb = r0; rb < r1; rb += SGLLM__MM_ROW_BLOCK) {
-        int64_t re = rb + SGLLM__MM_ROW_BLOCK < r1 ? rb + SGLLM__MM_ROW_BLOCK : r1;
+        int nr = (int)(r1 - rb < SGLLM__MM_ROW_BLOCK ? r1 - rb : SGLLM__MM_ROW_BLOCK);
         for (int64_t t0 = 0; t0 < j->n_tok; t0 += SGLLM__MM_TOK_TILE) {
             int nt = (int)(j->n_tok - t0 < SGLLM__MM_TOK_TILE ? j->n_tok - t0 : SGLLM__MM_TOK_TILE);
-            const uint8_t *xt = j->xq + (size_t)t0 * j->x_stride;
-            for (int64_t r = rb; r < re; r++) {
-                float out[SGLLM__MM_TOK_TILE];
-                sgllm__dot_tile(w->type, w->cols, w->data + (size_t)r * w->row_bytes, xt, j->x_stride, nt, out, j->avx2);
-                for (int k = 0; k < nt; k++) j->y[(t0 + k) * w->rows + r] = out[k];
-            }
+            float out[SGLLM__MM_ROW_BLOCK * SGLLM__MM_TOK_TILE]; // (nr, nt)
+            sgllm__dot_tile(w->type, w->cols, w->data + (size_t)rb * w->row_bytes, w->row_bytes, nr,
+                            j->xq + (size_t)t0 * j->x_stride, j->x_stride, nt, out, j->isa);
+            for (int r = 0; r < nr; r++)
+                for (int k = 0; k < nt; k++) j->y[(t0 + k) * w->rows + rb + r] = out[r * nt + k];
         }
     }
 }
 
 static void sgllm__matmul_impl(sgllm__pool *pool, const sgllm__mat *w, const float *x, int64_t n_tok, float *y,
-                               void *scratch, bool avx2) {
+                               void *scratch, int isa) {
     if (n_tok <= 0 || w->rows <= 0) return;
-    sgllm__mm_job j = {w, x, (uint8_t *)scratch, 0, y, n_tok, 0, avx2};
+    sgllm__mm_job j = {w, x, (uint8_t *)scratch, 0, y, n_tok, 0, isa};
     if (sgllm__vec_dot_type(w->type) == SGLLM__T_F32) {
         j.xq = (uint8_t *)(uintptr_t)x;
         j.x_stride = (size_t)w->cols * sizeof(float);
@@ -1713,8 +1922,7 @@ static void sgllm__matmul_impl(sgllm__pool *pool, const sgllm__mat *w, const flo
     int64_t n_threads = pool ? pool->n_threads : 1;
     // about 4 tasks per thread so that a slow or late thread does not hold the others up
     int64_t rpt = (w->rows + 4 * n_threads - 1) / (4 * n_threads);
-    rpt = (rpt + 3) / 4 * 4;
-    j.rows_per_task = rpt < SGLLM__MM_ROW_BLOCK && n_tok > 1 ? SGLLM__MM_ROW_BLOCK : rpt;
+    j.rows_per_task = (rpt + SGLLM__MM_ROW_BLOCK - 1) / SGLLM__MM_ROW_BLOCK * SGLLM__MM_ROW_BLOCK;
     sgllm__pool_run(pool, (w->rows + j.rows_per_task - 1) / j.rows_per_task, sgllm__mm_task, &j);
 }
 
@@ -1722,7 +1930,7 @@ static void sgllm__matmul_impl(sgllm__pool *pool, const sgllm__mat *w, const flo
 // sgllm__matmul_scratch_bytes(w, n_tok) bytes (the quantized x).
 static void sgllm__matmul(sgllm__pool *pool, const sgllm__mat *w, const float *x, int64_t n_tok, float *y,
                           void *scratch) {
-    sgllm__matmul_impl(pool, w, x, n_tok, y, scratch, sgllm__use_avx2());
+    sgllm__matmul_impl(pool, w, x, n_tok, y, scratch, sgllm__isa());
 }
 
 

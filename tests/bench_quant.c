@@ -1,8 +1,16 @@
 // tests/bench_quant.c - matmul throughput at the shapes of the test models.
 // build: cc -O2 -I. -I/usr/include/stb tests/bench_quant.c -lm -lpthread -o build/bench_quant
-// run:   build/bench_quant [seconds per case, default 0.3]
+// run:   build/bench_quant [seconds per case, default 0.3] [c|avx2|vnni, default the best here] [max threads, 2]
 // Weights are random blocks (scales in a sane range); speed does not depend on the values.
 #include "../sgllm_impl.c"
+
+// CPU time of this thread: on a machine shared with other jobs it moves far less than wall
+// time (it leaves out the time the thread waited for a core).
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next(void) {
@@ -20,23 +28,26 @@ static void fill(uint32_t t, uint8_t *p, size_t bytes) {
     }
 }
 
-// Seconds per matmul call, best of several timed batches.
+// Seconds per matmul call, best of several timed batches; *cpu: this thread's CPU
+// seconds per call in the batch with the least.
 static double time_mm(sgllm__pool *pool, const sgllm__mat *w, const float *x, int64_t nt, float *y, void *scr,
-                      double budget) {
+                      double budget, int isa, double *cpu) {
     int reps = 1;
     for (;;) { // calibrate a batch to ~budget/5
         double t0 = sgllm__now();
-        for (int i = 0; i < reps; i++) sgllm__matmul(pool, w, x, nt, y, scr);
+        for (int i = 0; i < reps; i++) sgllm__matmul_impl(pool, w, x, nt, y, scr, isa);
         double dt = sgllm__now() - t0;
         if (dt > budget / 5 || reps > (1 << 20)) break;
         reps *= 2;
     }
     double best = 1e30;
+    *cpu = 1e30;
     for (int b = 0; b < 5; b++) {
-        double t0 = sgllm__now();
-        for (int i = 0; i < reps; i++) sgllm__matmul(pool, w, x, nt, y, scr);
-        double dt = (sgllm__now() - t0) / reps;
+        double t0 = sgllm__now(), c0 = cpu_now();
+        for (int i = 0; i < reps; i++) sgllm__matmul_impl(pool, w, x, nt, y, scr, isa);
+        double dt = (sgllm__now() - t0) / reps, dc = (cpu_now() - c0) / reps;
         best = dt < best ? dt : best;
+        *cpu = dc < *cpu ? dc : *cpu;
     }
     return best;
 }
@@ -54,11 +65,21 @@ int main(int argc, char **argv) {
         {"smollm2 attn_q", SGLLM__T_Q4_1, 576, 576},     {"smollm2 output", SGLLM__T_Q8_0, 576, 49152},
         {"gemma3 ffn_gate", SGLLM__T_Q5_0, 640, 2048},   {"gemma3 ffn_down", SGLLM__T_Q6_K, 2048, 640},
         {"gemma3 attn_output", SGLLM__T_Q4_K, 1024, 640}, {"gemma3 attn_v", SGLLM__T_Q8_0, 640, 256},
+        {"ffn_up as Q4_0", SGLLM__T_Q4_0, 576, 1536},    {"ffn_up as Q5_1", SGLLM__T_Q5_1, 576, 1536},
     };
-    printf("avx2: %s\n", sgllm__use_avx2() ? "yes" : "no");
-    printf("%-20s %-5s %10s %5s %3s %10s %8s %8s\n", "shape", "type", "cols x rows", "n_tok", "thr", "us/call", "GB/s",
-           "GFLOP/s");
-    for (int threads = 1; threads <= 2; threads++) {
+    static const char *isa_names[] = {"c", "avx2", "vnni"};
+    int isa = sgllm__isa();
+    for (int i = 0; argc > 2 && i < 3; i++)
+        if (!strcmp(argv[2], isa_names[i])) isa = i;
+    if (isa > sgllm__isa()) {
+        printf("%s is not supported here\n", argv[2]);
+        return 1;
+    }
+    printf("isa: %s (best here: %s)\n", isa_names[isa], isa_names[sgllm__isa()]);
+    printf("%-20s %-5s %10s %5s %3s %10s %8s %8s %12s\n", "shape", "type", "cols x rows", "n_tok", "thr", "us/call", "GB/s",
+           "GFLOP/s", "cpu us(thr1)");
+    int max_threads = argc > 3 ? atoi(argv[3]) : 2;
+    for (int threads = 1; threads <= max_threads; threads++) {
         sgllm__pool *pool = sgllm__pool_create(threads);
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             const shape *sh = &shapes[s];
@@ -73,10 +94,11 @@ int main(int argc, char **argv) {
                 float *x = malloc((size_t)(nt * sh->cols) * 4), *y = malloc((size_t)(nt * sh->rows) * 4);
                 for (int64_t i = 0; i < nt * sh->cols; i++) x[i] = (float)((int64_t)(next() % 2001) - 1000) / 1000.f;
                 void *scr = malloc(sgllm__matmul_scratch_bytes(&w, nt) + 1);
-                double dt = time_mm(pool, &w, x, nt, y, scr, budget);
-                printf("%-20s %-5s %4lldx%-5lld %5lld %3d %10.1f %8.2f %8.1f\n", sh->what, sgllm__type_name(sh->type),
+                double cpu, dt = time_mm(pool, &w, x, nt, y, scr, budget, isa, &cpu);
+                printf("%-20s %-5s %4lldx%-5lld %5lld %3d %10.1f %8.2f %8.1f %12.1f\n", sh->what, sgllm__type_name(sh->type),
                        (long long)sh->cols, (long long)sh->rows, (long long)nt, threads, dt * 1e6, wbytes / dt * 1e-9,
-                       2.0 * (double)sh->rows * (double)sh->cols * (double)nt / dt * 1e-9);
+                       2.0 * (double)sh->rows * (double)sh->cols * (double)nt / dt * 1e-9,
+                       threads == 1 ? cpu * 1e6 : -1.0);
                 free(x), free(y), free(scr);
             }
             free(wd);

@@ -272,25 +272,31 @@ static void test_vec_dot(void) {
                     if (vt == SGLLM__T_Q8_1) bound += fabs(zf[b0]) * 0x1p-10 * dy * 32 * 127;
                 }
                 double round = (double)(n / 32 + 8) * 0x1p-23 * S + 1e-30;
-                float pc = sgllm__vec_dot_impl(t, n, w, xq, false);
+                float pc = sgllm__vec_dot_impl(t, n, w, xq, SGLLM__ISA_C);
                 CHECKF(fabs(pc - ref) <= bound + round, "%s n=%lld: portable %.9g vs float %.9g (bound %.3g)",
                        sgllm__type_name(t), (long long)n, pc, ref, bound + round);
                 worst_q = fmax(worst_q, fabs(pc - ref) / (bound + round));
-                if (sgllm__use_avx2()) {
-                    float pa = sgllm__vec_dot_impl(t, n, w, xq, true);
+                if (sgllm__isa() >= SGLLM__ISA_AVX2) {
+                    float pa = sgllm__vec_dot_impl(t, n, w, xq, SGLLM__ISA_AVX2);
                     CHECKF(fabs(pa - pc) <= round, "%s n=%lld: avx2 %.9g vs portable %.9g (tolerance %.3g)",
                            sgllm__type_name(t), (long long)n, pa, pc, round);
                     worst_a = fmax(worst_a, fabs(pa - pc) / round);
+                    if (sgllm__isa() >= SGLLM__ISA_VNNI) { // same float steps on the same exact integers
+                        float pv = sgllm__vec_dot_impl(t, n, w, xq, SGLLM__ISA_VNNI);
+                        CHECKF(memcmp(&pv, &pa, 4) == 0, "%s n=%lld: vnni %.9g vs avx2 %.9g", sgllm__type_name(t),
+                               (long long)n, pv, pa);
+                    }
                 }
                 free(w), free(wz), free(x), free(wf), free(zf), free(xq);
             }
-        printf("  vec_dot %-5s worst |err|/bound: vs float %.3f, avx2 vs portable %.3f\n", sgllm__type_name(t),
+        printf("  vec_dot %-5s worst |err|/bound: vs float %.3f, avx2 (= vnni) vs portable %.3f\n", sgllm__type_name(t),
                worst_q, worst_a);
     }
 }
 
 // 4. matmul on a 2-thread pool equals a loop of vec_dot exactly: the tiles run the same
-// per-token arithmetic in the same order.
+// per-output arithmetic in the same order, whatever the grouping of rows and tokens. And the
+// VNNI matmul equals the AVX2 one bit for bit (exact integer sums, the same float steps).
 static void test_matmul(void) {
     static const int64_t toks[] = {1, 3, 7, 33};
     sgllm__pool *pool = sgllm__pool_create(2);
@@ -302,26 +308,33 @@ static void test_matmul(void) {
         uint8_t *wd = malloc(w.row_bytes * (size_t)rows);
         for (int64_t r = 0; r < rows; r++) fill_random(t, wd + (size_t)r * w.row_bytes, cols);
         w.data = wd;
-        for (size_t ti = 0; ti < 4; ti++)
-            for (int avx2 = 0; avx2 <= (int)sgllm__use_avx2(); avx2++) {
-                int64_t nt = toks[ti];
-                float *x = malloc((size_t)(nt * cols) * 4), *y = malloc((size_t)(nt * rows) * 4);
-                size_t sb = sgllm__matmul_scratch_bytes(&w, nt), arb = sgllm__act_row_bytes(t, cols);
-                void *scratch = malloc(sb ? sb : 1), *xq = malloc(arb);
-                fill_act(x, nt * cols);
-                sgllm__matmul_impl(pool, &w, x, nt, y, scratch, avx2);
+        for (size_t ti = 0; ti < 4; ti++) {
+            int64_t nt = toks[ti];
+            float *x = malloc((size_t)(nt * cols) * 4), *y[3];
+            size_t sb = sgllm__matmul_scratch_bytes(&w, nt), arb = sgllm__act_row_bytes(t, cols);
+            void *scratch = malloc(sb ? sb : 1), *xq = malloc(arb);
+            fill_act(x, nt * cols);
+            for (int isa = SGLLM__ISA_C; isa <= sgllm__isa(); isa++) {
+                y[isa] = malloc((size_t)(nt * rows) * 4);
+                sgllm__matmul_impl(pool, &w, x, nt, y[isa], scratch, isa);
                 int bad = 0;
                 for (int64_t k = 0; k < nt; k++) {
-                    sgllm__quantize_act_impl(t, x + k * cols, xq, cols, avx2);
+                    sgllm__quantize_act_impl(t, x + k * cols, xq, cols, isa != SGLLM__ISA_C);
                     for (int64_t r = 0; r < rows; r++) {
-                        float want = sgllm__vec_dot_impl(t, cols, wd + (size_t)r * w.row_bytes, xq, avx2);
-                        bad += memcmp(&want, &y[k * rows + r], 4) != 0;
+                        float want = sgllm__vec_dot_impl(t, cols, wd + (size_t)r * w.row_bytes, xq, isa);
+                        bad += memcmp(&want, &y[isa][k * rows + r], 4) != 0;
                     }
                 }
+                static const char *names[] = {"portable", "avx2", "vnni"};
                 CHECKF(bad == 0, "%s n_tok=%lld %s: %d outputs differ from vec_dot", sgllm__type_name(t), (long long)nt,
-                       avx2 ? "avx2" : "portable", bad);
-                free(x), free(y), free(scratch), free(xq);
+                       names[isa], bad);
             }
+            if (sgllm__isa() >= SGLLM__ISA_VNNI)
+                CHECKF(memcmp(y[SGLLM__ISA_AVX2], y[SGLLM__ISA_VNNI], (size_t)(nt * rows) * 4) == 0,
+                       "%s n_tok=%lld: vnni matmul differs from avx2", sgllm__type_name(t), (long long)nt);
+            for (int isa = SGLLM__ISA_C; isa <= sgllm__isa(); isa++) free(y[isa]);
+            free(x), free(scratch), free(xq);
+        }
         free(wd);
     }
     sgllm__pool_free(pool);
@@ -374,8 +387,7 @@ static void test_traits(void) {
     float *act = malloc(256 * 4), y[256];
     memset(q2k, 0x11, 84);
     for (int i = 0; i < 256; i++) act[i] = 1;
-    CHECK(sgllm__vec_dot_impl(SGLLM__T_Q2_K, 256, q2k, act, false) == 0);
-    CHECK(sgllm__vec_dot_impl(SGLLM__T_Q2_K, 256, q2k, act, sgllm__use_avx2()) == 0);
+    for (int isa = SGLLM__ISA_C; isa <= sgllm__isa(); isa++) CHECK(sgllm__vec_dot_impl(SGLLM__T_Q2_K, 256, q2k, act, isa) == 0);
     sgllm__dequant_row(SGLLM__T_Q2_K, q2k, y, 256);
     CHECK(y[0] == 0 && y[255] == 0);
     free(q2k), free(act);
