@@ -1314,12 +1314,13 @@ static SGLLM__AVX2_INLINE int sgllm__q32_off(uint32_t t, bool vnni) {
 // does acc = fma(dw*dy, isum, acc) and, for types with a min, macc = fma(m, s, macc), and
 // ends with acc + macc. That is the same sequence of roundings for every lane whatever the
 // tile shape, so one output never depends on how rows and tokens were grouped.
-// pf (or NULL): the NR rows after these, fetched into cache a block-column at a time. With
+// pf (or 0): address of the NR rows after these, fetched into cache a block-column at a time
+// (an integer, not a pointer: after the last tile it points past the matrix). With
 // one token the 8 rows are 8 short interleaved streams, which the hardware prefetchers
 // follow poorly when the weights come from DRAM.
 static SGLLM__AVX2_INLINE void sgllm__q32_tile(uint32_t t, bool vnni, int NR, int NT, int64_t n,
                                                const uint8_t *const *wr, const uint8_t *const *xr, float *out,
-                                               const uint8_t *pf) {
+                                               uintptr_t pf) {
     bool has_min = t == SGLLM__T_Q4_1 || t == SGLLM__T_Q5_1, sign_trick = t == SGLLM__T_Q8_0 && !vnni;
     int off = sgllm__q32_off(t, vnni);
     size_t wb = (size_t)sgllm__types[t].bytes, ab = has_min ? sizeof(sgllm__bq8_1) : sizeof(sgllm__bq8_0);
@@ -1332,7 +1333,8 @@ static SGLLM__AVX2_INLINE void sgllm__q32_tile(uint32_t t, bool vnni, int NR, in
         const uint8_t *wblk[8], *xblk[4];
         __m256i q[8], y[4], base[4], v[16];
         if (pf)
-            for (size_t o = 0; o < (size_t)NR * wb; o += 64) _mm_prefetch((const char *)pf + (size_t)b * NR * wb + o, _MM_HINT_T0);
+            for (size_t o = 0; o < (size_t)NR * wb; o += 64)
+                _mm_prefetch((const char *)(pf + (size_t)b * NR * wb + o), _MM_HINT_T0);
         SGLLM__UNROLL
         for (int r = 0; r < NR; r++) {
             wblk[r] = wr[r] + (size_t)b * wb;
@@ -1540,11 +1542,11 @@ static SGLLM__AVX2_INLINE void sgllm__dot_tile_x86(bool vnni, uint32_t t, int64_
             for (int r = 0; r < nr; r += 4) {
                 for (int i = 0; i < 4; i++) wr[i] = w + (size_t)(r + i < nr ? r + i : nr - 1) * ws;
                 switch (t) {
-                case SGLLM__T_Q4_0: sgllm__q32_tile(SGLLM__T_Q4_0, vnni, 4, 4, n, wr, xr, o, NULL); break;
-                case SGLLM__T_Q4_1: sgllm__q32_tile(SGLLM__T_Q4_1, vnni, 4, 4, n, wr, xr, o, NULL); break;
-                case SGLLM__T_Q5_0: sgllm__q32_tile(SGLLM__T_Q5_0, vnni, 4, 4, n, wr, xr, o, NULL); break;
-                case SGLLM__T_Q5_1: sgllm__q32_tile(SGLLM__T_Q5_1, vnni, 4, 4, n, wr, xr, o, NULL); break;
-                default: sgllm__q32_tile(SGLLM__T_Q8_0, vnni, 4, 4, n, wr, xr, o, NULL); break;
+                case SGLLM__T_Q4_0: sgllm__q32_tile(SGLLM__T_Q4_0, vnni, 4, 4, n, wr, xr, o, 0); break;
+                case SGLLM__T_Q4_1: sgllm__q32_tile(SGLLM__T_Q4_1, vnni, 4, 4, n, wr, xr, o, 0); break;
+                case SGLLM__T_Q5_0: sgllm__q32_tile(SGLLM__T_Q5_0, vnni, 4, 4, n, wr, xr, o, 0); break;
+                case SGLLM__T_Q5_1: sgllm__q32_tile(SGLLM__T_Q5_1, vnni, 4, 4, n, wr, xr, o, 0); break;
+                default: sgllm__q32_tile(SGLLM__T_Q8_0, vnni, 4, 4, n, wr, xr, o, 0); break;
                 }
                 for (int i = 0; i < 16 && r * 4 + i < nr * 4; i++) out[r * 4 + i] = o[i];
             }
@@ -1552,7 +1554,7 @@ static SGLLM__AVX2_INLINE void sgllm__dot_tile_x86(bool vnni, uint32_t t, int64_
         }
         for (int r = 0; r < 8; r++) wr[r] = w + (size_t)(r < nr ? r : nr - 1) * ws;
         // the weight rows of the next tile (past the matrix the prefetches are harmless hints)
-        const uint8_t *pf = nt == 1 && ws == (size_t)sgllm__types[t].bytes * (size_t)(n / SGLLM__QK) ? w + 8 * ws : NULL;
+        uintptr_t pf = nt == 1 && ws == (size_t)sgllm__types[t].bytes * (size_t)(n / SGLLM__QK) ? (uintptr_t)w + 8 * ws : 0;
         for (int k = 0; k < nt; k++) {
             xr[0] = x + (size_t)k * xs;
             switch (t) {
