@@ -4947,6 +4947,12 @@ static sgllm_status sgllm__gpu_user_config(sgllm__cuda_dispatch *io, const char 
     return s;
 }
 
+// Why SGLLM_BACKEND_CUDA cannot be served here, or NULL when it can (checked before the
+// file is read, so a wrong request fails fast).
+static const char *sgllm__cuda_unavailable(void) {
+    return sgllm__cuda_device_count() < 1 ? "SGLLM_BACKEND_CUDA: no CUDA device (or no driver) found" : NULL;
+}
+
 static sgllm_status sgllm__gpu_model_init(sgllm_model *m, sgllm_backend want, const char *kernel_config) {
     m->backend = SGLLM_BACKEND_CPU;
     if (want == SGLLM_BACKEND_CPU) {
@@ -4954,8 +4960,7 @@ static sgllm_status sgllm__gpu_model_init(sgllm_model *m, sgllm_backend want, co
         return SGLLM_OK;
     }
     if (sgllm__cuda_device_count() < 1) {
-        if (want == SGLLM_BACKEND_CUDA)
-            return sgllm__fail(&m->diag, SGLLM_ERR_BACKEND, "SGLLM_BACKEND_CUDA: no CUDA device (or no driver) found");
+        if (want == SGLLM_BACKEND_CUDA) return sgllm__fail(&m->diag, SGLLM_ERR_BACKEND, "%s", sgllm__cuda_unavailable());
         snprintf(m->device_info, sizeof m->device_info, "cpu (no CUDA device found)");
         return SGLLM_OK;
     }
@@ -5209,13 +5214,15 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
 
 #else // no CUDA in this build: the CPU is the only backend
 
+static const char *sgllm__cuda_unavailable(void) {
+    return "SGLLM_BACKEND_CUDA: this build of sgllm has no CUDA backend (build with nvcc, which defines "
+           "SGLLM_CUDA and links sgllm_cuda.cu)";
+}
+
 static sgllm_status sgllm__gpu_model_init(sgllm_model *m, sgllm_backend want, const char *kernel_config) {
     (void)kernel_config;
     m->backend = SGLLM_BACKEND_CPU;
-    if (want == SGLLM_BACKEND_CUDA)
-        return sgllm__fail(&m->diag, SGLLM_ERR_BACKEND,
-                           "SGLLM_BACKEND_CUDA: this build of sgllm has no CUDA backend (build with nvcc, which "
-                           "defines SGLLM_CUDA and links sgllm_cuda.cu)");
+    if (want == SGLLM_BACKEND_CUDA) return sgllm__fail(&m->diag, SGLLM_ERR_BACKEND, "%s", sgllm__cuda_unavailable());
     snprintf(m->device_info, sizeof m->device_info, "cpu (%s; this build has no CUDA backend)",
              want == SGLLM_BACKEND_CPU ? "requested" : "auto");
     return SGLLM_OK;
@@ -5273,6 +5280,10 @@ sgllm_status sgllm_model_load(const sgllm_model_params *p, sgllm_model **out, ch
     }
     if (p->backend != SGLLM_BACKEND_AUTO && p->backend != SGLLM_BACKEND_CPU && p->backend != SGLLM_BACKEND_CUDA) {
         s = sgllm__fail(&d, SGLLM_ERR_INVALID_ARGUMENT, "sgllm_model_load: unknown backend %d", (int)p->backend);
+        goto done;
+    }
+    if (p->backend == SGLLM_BACKEND_CUDA && sgllm__cuda_unavailable()) {
+        s = sgllm__fail(&d, SGLLM_ERR_BACKEND, "%s", sgllm__cuda_unavailable());
         goto done;
     }
     if (!(m = (sgllm_model *)sgllm__calloc(1, sizeof *m))) {

@@ -3,11 +3,16 @@
 // evaluated one at a time from an empty context), with random token ids.
 //
 //   build/sgllm-bench -m model.gguf [-p 512] [-n 128] [-t threads] [-b batch] [-r repetitions]
+//   build/sgllm-bench --bandwidth [-t threads]
 //
 // Prints one table row per test with the median and the spread over the repetitions.
+// --bandwidth measures the host's memory read bandwidth (the decode floor on the CPU: every
+// weight byte is read once per token) by summing a 1 GiB buffer on t threads.
 #define _POSIX_C_SOURCE 199309L
 #include "sgllm.h"
 
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,19 +29,67 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+typedef struct bw_part {
+    const uint64_t *p;
+    size_t n;
+    uint64_t sum;
+} bw_part;
+
+static void *bw_read(void *arg) {
+    bw_part *b = (bw_part *)arg;
+    uint64_t acc[8] = {0};
+    for (size_t i = 0; i + 8 <= b->n; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] += b->p[i + k];
+    for (int k = 0; k < 8; k++) b->sum += acc[k];
+    return NULL;
+}
+
+// Median read bandwidth in GB/s over 5 passes of a 1 GiB buffer split across `threads`.
+static double measure_bandwidth(int threads) {
+    size_t bytes = (size_t)1 << 30, n = bytes / 8;
+    uint64_t *buf = (uint64_t *)malloc(bytes);
+    if (!buf) return 0;
+    for (size_t i = 0; i < n; i++) buf[i] = i * 2654435761u; // touch every page, random-ish data
+    double gbs[5];
+    uint64_t check = 0;
+    for (int r = 0; r < 5; r++) {
+        pthread_t tid[256];
+        bw_part part[256];
+        double t0 = now();
+        for (int i = 0; i < threads; i++) {
+            part[i] = (bw_part){buf + n / (size_t)threads * (size_t)i, n / (size_t)threads, 0};
+            pthread_create(&tid[i], NULL, bw_read, &part[i]);
+        }
+        for (int i = 0; i < threads; i++) {
+            pthread_join(tid[i], NULL);
+            check += part[i].sum;
+        }
+        gbs[r] = (double)bytes / (now() - t0) / 1e9;
+    }
+    free(buf);
+    qsort(gbs, 5, sizeof(double), cmp_double);
+    if (check == 42) fprintf(stderr, " "); // uses the sums so the reads are not optimized away
+    return gbs[2];
+}
+
 static void usage(void) {
     fprintf(stderr, "usage: sgllm-bench -m model.gguf [-p prompt_tokens=512] [-n gen_tokens=128] [-t threads=all]\n"
-                    "                   [-b batch=512] [-r repetitions=3]\n");
+                    "                   [-b batch=512] [-r repetitions=3]\n"
+                    "       sgllm-bench --bandwidth [-t threads=2]\n");
 }
 
 int main(int argc, char **argv) {
     const char *path = NULL;
-    int n_prompt = 512, n_gen = 128, threads = 0, batch = 512, reps = 3;
+    int n_prompt = 512, n_gen = 128, threads = 0, batch = 512, reps = 3, bandwidth = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
             return 0;
+        }
+        if (!strcmp(a, "--bandwidth")) {
+            bandwidth = 1;
+            continue;
         }
         if (!v) {
             fprintf(stderr, "sgllm-bench: %s needs a value\n", a);
@@ -54,6 +107,11 @@ int main(int argc, char **argv) {
             return 2;
         }
         i++;
+    }
+    if (bandwidth) {
+        int t = threads > 0 && threads <= 256 ? threads : 2;
+        printf("memory read bandwidth, %d threads, 1 GiB, median of 5: %.1f GB/s\n", t, measure_bandwidth(t));
+        return 0;
     }
     if (!path || n_prompt < 0 || n_gen < 0 || threads < 0 || batch < 1 || reps < 1) {
         usage();
