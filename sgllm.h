@@ -31,7 +31,7 @@
 
    CONTENTS
        1. Conventions: status codes, errors, ownership, threads, logging
-       2. Models: load, free, getters (2b: backend and kernel dispatch)
+       2. Models: load, free, getters (2b: backend and kernel dispatch; 2c: synthetic models)
        3. Tokenizer
        4. Contexts and the low-level evaluate call
        5. Sampler
@@ -173,6 +173,29 @@ SGLLM_API sgllm_backend sgllm_model_backend(const sgllm_model *model);     // CP
 // One line: "cpu (...)" or "cuda dispatch: <device> ... -> row sm90 + <config files>: ...".
 // Borrowed, valid as long as the model.
 SGLLM_API const char *sgllm_model_device_info(const sgllm_model *model);
+
+/* 2c. Synthetic models (benchmarks)
+   A model of a well-known shape with random weights, built directly on the GPU: no file and
+   no host copy of the weights, so it needs the CUDA backend. Presets (shapes from the
+   models' published configurations):
+       "llama3-8b"     llama  4096 wide, 32 layers, 32/8 heads of 128, ff 14336, vocab 128256
+       "qwen3-8b"      qwen3  4096 wide, 36 layers, 32/8 heads of 128, ff 12288, vocab 151936
+       "gemma3-27b"    gemma3 5376 wide, 62 layers, 32/16 heads of 128, ff 21504, vocab 262144,
+                       window 1024 on 5 of every 6 layers
+       "gemma3-270m"   gemma3 640 wide, 18 layers, 4/1 heads of 256, ff 2048, vocab 262144, window 512
+       "smollm2-135m"  llama  576 wide, 30 layers, 9/3 heads of 64, ff 1536, vocab 49152
+   weight_type "bf16", "q8_0" or "q4_k" is the type of every matrix, the embedding included
+   (q4_k: matrices whose rows are not a multiple of 256 values use q8_0); norm weights are
+   f32. The same preset, type and seed give the same weights. params: path is ignored;
+   backend must be SGLLM_BACKEND_AUTO or SGLLM_BACKEND_CUDA; log and kernel_config apply.
+   The vocabulary has the preset's size but no tokenizer: sgllm_tokenize (and so generate)
+   returns SGLLM_ERR_UNSUPPORTED, every token's piece is empty; sgllm_evaluate works.
+   Errors: SGLLM_ERR_INVALID_ARGUMENT for an unknown preset or type (the message lists the
+   known ones), SGLLM_ERR_BACKEND without CUDA or a device, SGLLM_ERR_OUT_OF_MEMORY when the
+   weights do not fit on the device. */
+SGLLM_API sgllm_status sgllm_model_load_synthetic(const char *preset, const char *weight_type, uint64_t seed,
+                                                  const sgllm_model_params *params, sgllm_model **out_model,
+                                                  char *err_msg, size_t err_size);
 
 /* ---------------------------------------------------------------------------------------
    3. Tokenizer
@@ -494,6 +517,24 @@ sgllm_status sgllm__cuda_timer_start(sgllm__cuda *c);
 sgllm_status sgllm__cuda_timer_stop(sgllm__cuda *c, float *ms);
 sgllm_status sgllm__cuda_gemm_bf16(sgllm__cuda *c, const void *a, const void *b, void *cmat, int64_t m, int64_t n,
                                    int64_t k);
+
+// Benchmark floors (sgllm_impl.c, section 8c). sgllm__model_cost: what m must at least move
+// or compute. weight_bytes: bytes of weights one decode token reads (every layer matrix, the
+// output matrix and the norm weights; the embedding row is left out); kv_bytes: fp16 KV
+// cache a decode token at position n_past reads (windows applied); matmul_weights: weights
+// of the layer matrices (a prefill token costs 2 FLOPs each; the output matrix is left out,
+// a prefill computes only its last token's logits); attn_flops: q.k and p.v of a causal
+// prefill of n_prefill tokens from an empty cache; n_weights: every weight of the model.
+typedef struct sgllm__cost {
+    double weight_bytes, kv_bytes, matmul_weights, attn_flops, n_weights;
+} sgllm__cost;
+sgllm_status sgllm__model_cost(const sgllm_model *m, int64_t n_past, int64_t n_prefill, sgllm__cost *out);
+// The device's two ceilings, measured on CUDA device 0 (about 2.5 GB of device memory):
+// streaming read bandwidth in bytes/s (2 GiB, 16-byte loads, median of reps) and the
+// cuBLAS bf16 GEMM rate in FLOP/s (8192^3, fp32 accumulation, median of min(reps, 20)).
+// reps in 1..64. name (optional) receives the device name. SGLLM_ERR_BACKEND without CUDA.
+sgllm_status sgllm__device_ceilings(int reps, double *read_bps, double *bf16_flops, char *name, size_t name_size,
+                                    char *err, size_t err_size);
 
 // Forward helpers. kv_write: row pos[t] (device, n_tok) of each fp16 cache (rows, kvd) gets
 // token t of k and v (n_tok rows of stride floats). add_bias: x (n_tok rows of stride) += b (n).

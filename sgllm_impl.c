@@ -3853,6 +3853,10 @@ struct sgllm_model {
     bool rope_neox;
     sgllm__mat tok_embd;         // (n_vocab, n_embd)
     sgllm__mat output;           // (n_vocab, n_embd); tied to tok_embd when the file has none
+    bool output_tied;            // output is tok_embd (one matrix on the device too)
+    bool synthetic;              // built from a shape preset: the matrices have no host data and
+                                 // are made on the device from synth_seed (section 8c)
+    uint64_t synth_seed;
     const float *output_norm;    // (n_embd)
     sgllm__layer *layers;        // (n_layer)
     uint16_t *gelu_f16;          // (65536) GELU of every fp16 value, as fp16 (GELU families only)
@@ -3981,7 +3985,10 @@ static sgllm_status sgllm__model_describe(sgllm_model *m, sgllm_progress_fn prog
                            (long long)m->tok_embd.rows, m->vocab.n_tokens);
     m->n_vocab = m->vocab.n_tokens;
     if ((s = sgllm__model_mat(m, "output.weight", m->n_embd, m->n_vocab, true, &m->output))) return s;
-    if (!m->output.data) m->output = m->tok_embd;
+    if (!m->output.data) {
+        m->output = m->tok_embd;
+        m->output_tied = true;
+    }
     if ((s = sgllm__model_vec(m, "output_norm.weight", m->n_embd, false, &m->output_norm))) return s;
 
     int32_t window = 0;
@@ -4041,6 +4048,142 @@ static sgllm_status sgllm__model_describe(sgllm_model *m, sgllm_progress_fn prog
 #undef SGLLM__NAME
         if (progress && progress(progress_user, 0.2f + 0.8f * (float)(il + 1) / (float)m->n_layer))
             return sgllm__fail(&m->diag, SGLLM_ERR_CANCELLED, "load cancelled by the progress callback");
+    }
+    return SGLLM_OK;
+}
+
+// Synthetic models for benchmarks (sgllm_model_load_synthetic): the shapes of well-known
+// models, from their published configurations, described with the same sgllm__layer
+// descriptors as a file; the matrices get a type and a shape but no host data (the CUDA
+// backend fills them on the device from a seed), the norm weights are small host vectors.
+typedef struct sgllm__preset {
+    const char *name;
+    const char *arch; // a family of sgllm__families
+    int32_t n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx_train;
+    int32_t window;   // sliding window of the family's sliding layers (0: none)
+    double rope_theta, eps;
+    bool tied;        // the output projection is the embedding matrix
+} sgllm__preset;
+
+static const sgllm__preset sgllm__presets[] = {
+    {"llama3-8b", "llama", 4096, 32, 32, 8, 128, 14336, 128256, 8192, 0, 500000.0, 1e-5, false},
+    {"qwen3-8b", "qwen3", 4096, 36, 32, 8, 128, 12288, 151936, 40960, 0, 1000000.0, 1e-6, false},
+    {"gemma3-27b", "gemma3", 5376, 62, 32, 16, 128, 21504, 262144, 131072, 1024, 1000000.0, 1e-6, true},
+    {"gemma3-270m", "gemma3", 640, 18, 4, 1, 256, 2048, 262144, 32768, 512, 1000000.0, 1e-6, true},
+    {"smollm2-135m", "llama", 576, 30, 9, 3, 64, 1536, 49152, 8192, 0, 100000.0, 1e-5, true},
+};
+
+static const struct {
+    const char *name;
+    uint32_t type;
+} sgllm__synth_types[] = {{"bf16", SGLLM__T_BF16}, {"q8_0", SGLLM__T_Q8_0}, {"q4_k", SGLLM__T_Q4_K}};
+
+static const sgllm__preset *sgllm__preset_find(const char *name) {
+    for (size_t i = 0; name && i < sizeof sgllm__presets / sizeof sgllm__presets[0]; i++)
+        if (!strcmp(name, sgllm__presets[i].name)) return &sgllm__presets[i];
+    return NULL;
+}
+
+// The weight type named by a synthetic model's type string, or SGLLM__T_COUNT.
+static uint32_t sgllm__synth_type(const char *name) {
+    for (size_t i = 0; name && i < sizeof sgllm__synth_types / sizeof sgllm__synth_types[0]; i++)
+        if (!strcmp(name, sgllm__synth_types[i].name)) return sgllm__synth_types[i].type;
+    return SGLLM__T_COUNT;
+}
+
+// A matrix of a synthetic model: shape and type, no data. Rows that are not whole blocks of
+// the type (the small models' 576- and 640-wide rows in Q4_K's 256-value blocks) fall back
+// to Q8_0, as a quantizer must.
+static void sgllm__synth_mat(uint32_t type, int64_t rows, int64_t cols, sgllm__mat *out) {
+    if (cols % sgllm__types[type].block) type = SGLLM__T_Q8_0;
+    memset(out, 0, sizeof *out);
+    out->type = type;
+    out->rows = rows;
+    out->cols = cols;
+    out->row_bytes = (size_t)sgllm__row_bytes(type, (uint64_t)cols);
+}
+
+// A norm weight (n) near 1, owned by the model; rng is a splitmix64 state.
+static sgllm_status sgllm__synth_vec(sgllm_model *m, int64_t n, uint64_t *rng, const float **out) {
+    float *v = (float *)sgllm__malloc((size_t)n * sizeof(float));
+    if (!v) return sgllm__fail(&m->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t z = (*rng += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        v[i] = 0.9f + 0.2f * (float)(z >> 40) / (float)(1 << 24);
+    }
+    arrput(m->owned, v);
+    *out = v;
+    return SGLLM_OK;
+}
+
+// Fills m (zeroed, diag set) from preset p: hyperparameters, descriptors, matrices of type
+// wtype without data, norm weights from seed, and a vocabulary of n_vocab empty pieces and no
+// tokenizer (kind 0: sgllm_tokenize refuses it).
+static sgllm_status sgllm__model_describe_preset(sgllm_model *m, const sgllm__preset *p, uint32_t wtype, uint64_t seed) {
+    for (size_t i = 0; i < sizeof sgllm__families / sizeof sgllm__families[0]; i++)
+        if (!strcmp(p->arch, sgllm__families[i].arch)) m->family = &sgllm__families[i];
+    const sgllm__family *f = m->family;
+    snprintf(m->arch, sizeof m->arch, "%s", p->arch);
+    m->synthetic = true;
+    m->synth_seed = seed;
+    m->n_embd = p->n_embd;
+    m->n_layer = p->n_layer;
+    m->n_vocab = p->n_vocab;
+    m->n_ctx_train = p->n_ctx_train;
+    m->eps = (float)p->eps;
+    m->embd_scale = f->embd_scale ? sqrtf((float)m->n_embd) : 1.0f;
+    m->act = f->act;
+    m->rope_neox = f->rope_neox;
+    sgllm__vocab *v = &m->vocab;
+    v->n_tokens = p->n_vocab;
+    v->bos = v->eos = v->eot = v->unk = v->pad = -1;
+    v->attr = (uint8_t *)sgllm__calloc((size_t)p->n_vocab, 1);
+    v->piece_off = (int64_t *)sgllm__calloc((size_t)p->n_vocab + 1, sizeof(int64_t));
+    v->pieces = (char *)sgllm__calloc(1, 1);
+    m->layers = (sgllm__layer *)sgllm__calloc((size_t)m->n_layer, sizeof(sgllm__layer));
+    if (!v->attr || !v->piece_off || !v->pieces || !m->layers)
+        return sgllm__fail(&m->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+    int64_t E = m->n_embd;
+    uint64_t rng = seed;
+    sgllm_status s;
+    sgllm__synth_mat(wtype, m->n_vocab, E, &m->tok_embd);
+    if (p->tied) {
+        m->output = m->tok_embd;
+        m->output_tied = true;
+    } else {
+        sgllm__synth_mat(wtype, m->n_vocab, E, &m->output);
+    }
+    if ((s = sgllm__synth_vec(m, E, &rng, &m->output_norm))) return s;
+    for (int32_t il = 0; il < m->n_layer; il++) {
+        sgllm__layer *L = &m->layers[il];
+        L->n_head = p->n_head;
+        L->n_head_kv = p->n_head_kv;
+        L->head_dim = L->n_rot = p->head_dim;
+        L->n_ff = p->n_ff;
+        bool sliding = f->swa_period && (il + 1) % f->swa_period != 0;
+        L->window = sliding ? p->window : 0;
+        L->rope_theta = (float)(sliding && f->swa_rope_theta > 0 ? f->swa_rope_theta : p->rope_theta);
+        L->rope_scale = 1.0f;
+        L->attn_scale = 1.0f / sqrtf((float)p->head_dim);
+        int64_t qd = (int64_t)p->n_head * p->head_dim, kvd = (int64_t)p->n_head_kv * p->head_dim;
+        sgllm__synth_mat(wtype, qd, E, &L->wq);
+        sgllm__synth_mat(wtype, kvd, E, &L->wk);
+        sgllm__synth_mat(wtype, kvd, E, &L->wv);
+        sgllm__synth_mat(wtype, E, qd, &L->wo);
+        sgllm__synth_mat(wtype, p->n_ff, E, &L->w_gate);
+        sgllm__synth_mat(wtype, p->n_ff, E, &L->w_up);
+        sgllm__synth_mat(wtype, E, p->n_ff, &L->w_down);
+        if ((s = sgllm__synth_vec(m, E, &rng, &L->attn_norm)) || (s = sgllm__synth_vec(m, E, &rng, &L->ffn_norm)))
+            return s;
+        if (f->qk_norm && ((s = sgllm__synth_vec(m, p->head_dim, &rng, &L->q_norm)) ||
+                           (s = sgllm__synth_vec(m, p->head_dim, &rng, &L->k_norm))))
+            return s;
+        if (f->sandwich_norms && ((s = sgllm__synth_vec(m, E, &rng, &L->post_attn_norm)) ||
+                                  (s = sgllm__synth_vec(m, E, &rng, &L->post_ffn_norm))))
+            return s;
     }
     return SGLLM_OK;
 }
@@ -4842,6 +4985,50 @@ static sgllm_status sgllm__dispatch_load_config(sgllm__cuda_dispatch *io, const 
 static sgllm_status sgllm__gpu_model_init(sgllm_model *m, sgllm_backend want, const char *kernel_config);
 static void sgllm__gpu_model_free(sgllm_model *m);
 
+// What one step of m costs at best (benchmarks, declared in sgllm.h's internal section).
+sgllm_status sgllm__model_cost(const sgllm_model *m, int64_t n_past, int64_t n_prefill, sgllm__cost *out) {
+    if (!m || !out || n_past < 0 || n_prefill < 0) return SGLLM_ERR_INVALID_ARGUMENT;
+    memset(out, 0, sizeof *out);
+    int64_t E = m->n_embd;
+    double norm_floats = (double)E; // output norm
+    for (int32_t il = 0; il < m->n_layer; il++) {
+        const sgllm__layer *L = &m->layers[il];
+        const sgllm__mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < 7; i++) {
+            out->weight_bytes += (double)mats[i]->row_bytes * (double)mats[i]->rows;
+            out->matmul_weights += (double)mats[i]->rows * (double)mats[i]->cols;
+        }
+        norm_floats += 2.0 * (double)E + (L->post_attn_norm ? 2.0 * (double)E : 0) + (L->q_norm ? 2.0 * L->head_dim : 0);
+        // the token at position n_past sees keys lo..n_past; k and v rows of fp16
+        int64_t keys = n_past + 1;
+        if (L->window > 0 && L->window < keys) keys = L->window;
+        out->kv_bytes += 2.0 * 2.0 * (double)L->n_head_kv * L->head_dim * (double)keys;
+        // causal prefill of n_prefill tokens from an empty cache: q.k and p.v, 2 FLOPs per multiply-add
+        double pairs = 0;
+        for (int64_t i = 0; i < n_prefill; i++) pairs += (double)(L->window > 0 && L->window < i + 1 ? L->window : i + 1);
+        out->attn_flops += 2.0 * 2.0 * (double)L->n_head * L->head_dim * pairs;
+    }
+    out->weight_bytes += (double)m->output.row_bytes * (double)m->output.rows + 4.0 * norm_floats;
+    out->n_weights = out->matmul_weights + (double)m->tok_embd.rows * (double)m->tok_embd.cols + norm_floats +
+                     (m->output_tied ? 0.0 : (double)m->output.rows * (double)m->output.cols);
+    return SGLLM_OK;
+}
+
+static sgllm__diag sgllm__diag_from_err(void) {
+    sgllm__diag d;
+    memset(&d, 0, sizeof d);
+    d.level = SGLLM_LOG_ERROR;
+    return d;
+}
+
+// Records msg as d's error, copies it to err (when given) and returns status.
+static sgllm_status sgllm__ceiling_fail(sgllm__diag *d, sgllm_status status, const char *msg, char *err,
+                                        size_t err_size) {
+    sgllm__fail(d, status, "%s", msg);
+    if (err && err_size) snprintf(err, err_size, "%s", d->msg);
+    return status;
+}
+
 #ifdef SGLLM_CUDA
 
 typedef struct sgllm__gpu_layer {
@@ -4885,8 +5072,22 @@ static sgllm_status sgllm__gpu_put(sgllm_model *m, const void *src, size_t bytes
     return SGLLM_OK;
 }
 
+// A synthetic model's matrix is made here instead: valid random blocks of its type, one seed
+// per matrix (the model's seed and the allocation's index).
 static sgllm_status sgllm__gpu_put_mat(sgllm_model *m, const sgllm__mat *w, const void **out) {
-    return sgllm__gpu_put(m, w->data, w->row_bytes * (size_t)w->rows, out);
+    if (!m->synthetic) return sgllm__gpu_put(m, w->data, w->row_bytes * (size_t)w->rows, out);
+    sgllm__gpu_model *g = m->gpu;
+    *out = NULL;
+    void *p = NULL;
+    uint64_t seed = m->synth_seed ^ ((uint64_t)arrlen(g->allocs) + 1) * 0x9e3779b97f4a7c15ull;
+    sgllm_status s = sgllm__cuda_alloc(g->cu, w->row_bytes * (size_t)w->rows, &p);
+    if (s == SGLLM_OK) {
+        arrput(g->allocs, p);
+        s = sgllm__cuda_fill_random(g->cu, w->type, p, w->rows, w->cols, seed);
+    }
+    if (s != SGLLM_OK) return sgllm__fail(&m->diag, s, "making synthetic weights: %s", sgllm__cuda_errmsg(g->cu));
+    *out = p;
+    return SGLLM_OK;
 }
 
 static sgllm_status sgllm__gpu_put_vec(sgllm_model *m, const float *v, int64_t n, const float **out) {
@@ -4900,7 +5101,7 @@ static sgllm_status sgllm__gpu_upload_weights(sgllm_model *m) {
     sgllm__gpu_model *g = m->gpu;
     sgllm_status s;
     if ((s = sgllm__gpu_put_mat(m, &m->tok_embd, &g->tok_embd))) return s;
-    if (m->output.data == m->tok_embd.data) g->output = g->tok_embd;
+    if (m->output_tied) g->output = g->tok_embd;
     else if ((s = sgllm__gpu_put_mat(m, &m->output, &g->output))) return s;
     if ((s = sgllm__gpu_put_vec(m, m->output_norm, m->n_embd, &g->output_norm))) return s;
     if (!(g->layers = (sgllm__gpu_layer *)sgllm__calloc((size_t)m->n_layer, sizeof *g->layers)))
@@ -4923,6 +5124,9 @@ static sgllm_status sgllm__gpu_upload_weights(sgllm_model *m) {
             (s = sgllm__gpu_put_vec(m, L->bv, kvd, &G->bv)))
             return s;
     }
+    // the fills were only enqueued: contexts use the weights from other streams
+    if (m->synthetic && (s = sgllm__cuda_sync(g->cu)))
+        return sgllm__fail(&m->diag, s, "making synthetic weights: %s", sgllm__cuda_errmsg(g->cu));
     return SGLLM_OK;
 }
 
@@ -4987,6 +5191,73 @@ static sgllm_status sgllm__gpu_model_init(sgllm_model *m, sgllm_backend want, co
     if ((s = sgllm__gpu_upload_weights(m))) return s;
     m->backend = SGLLM_BACKEND_CUDA;
     return SGLLM_OK;
+}
+
+static int sgllm__cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+// Median milliseconds of reps timed runs of one of the two ceiling workloads (after 3 untimed).
+static sgllm_status sgllm__ceiling_time(sgllm__cuda *cu, bool gemm, void *const *buf, size_t bytes, int64_t n, int reps,
+                                        float *ms) {
+    float t[64];
+    sgllm_status s = SGLLM_OK;
+    for (int r = -3; r < reps && !s; r++) {
+        if (r >= 0) s = sgllm__cuda_timer_start(cu);
+        if (!s) s = gemm ? sgllm__cuda_gemm_bf16(cu, buf[0], buf[1], buf[2], n, n, n)
+                         : sgllm__cuda_read_bench(cu, buf[0], bytes, (float *)buf[1]);
+        if (!s && r >= 0) s = sgllm__cuda_timer_stop(cu, &t[r]);
+    }
+    if (!s) s = sgllm__cuda_sync(cu);
+    if (s) return s;
+    qsort(t, (size_t)reps, sizeof t[0], sgllm__cmp_float);
+    *ms = t[reps / 2];
+    return SGLLM_OK;
+}
+
+sgllm_status sgllm__device_ceilings(int reps, double *read_bps, double *bf16_flops, char *name, size_t name_size,
+                                    char *err, size_t err_size) {
+    sgllm__diag d = sgllm__diag_from_err();
+    if (reps < 1 || reps > 64 || !read_bps || !bf16_flops)
+        return sgllm__ceiling_fail(&d, SGLLM_ERR_INVALID_ARGUMENT, "device ceilings: bad arguments", err, err_size);
+    if (sgllm__cuda_device_count() < 1)
+        return sgllm__ceiling_fail(&d, SGLLM_ERR_BACKEND, "device ceilings: no CUDA device (or no driver) found", err,
+                                   err_size);
+    sgllm__cuda_props props;
+    sgllm__cuda_dispatch disp;
+    sgllm__cuda *cu = NULL;
+    char e[256] = "";
+    sgllm_status s = sgllm__cuda_query(0, &props, e, sizeof e);
+    if (!s) s = sgllm__dispatch_select(&props, &disp, &d);
+    if (!s) s = sgllm__cuda_create(0, &disp, &cu, e, sizeof e);
+    if (s && !e[0]) snprintf(e, sizeof e, "%s", d.msg);
+    if (s) return sgllm__ceiling_fail(&d, s, e, err, err_size);
+    if (name && name_size) snprintf(name, name_size, "%s", props.name);
+    // streaming read of 2 GiB (40x the L2) of random bf16; bf16 GEMM 8192^3 on random data
+    size_t bytes = (size_t)2 << 30;
+    int64_t n = 8192;
+    void *buf[3] = {NULL, NULL, NULL};
+    float ms = 0;
+    if (!(s = sgllm__cuda_alloc(cu, bytes, &buf[0])) && !(s = sgllm__cuda_alloc(cu, sizeof(float), &buf[1])) &&
+        !(s = sgllm__cuda_fill_random(cu, SGLLM__T_BF16, buf[0], (int64_t)(bytes / 8192), 4096, 1)) &&
+        !(s = sgllm__ceiling_time(cu, false, buf, bytes, 0, reps, &ms)))
+        *read_bps = (double)bytes / (ms * 1e-3);
+    for (int i = 0; i < 3; i++) {
+        sgllm__cuda_dfree(cu, buf[i]);
+        buf[i] = NULL;
+    }
+    size_t mb = (size_t)(n * n) * 2;
+    if (!s && !(s = sgllm__cuda_alloc(cu, mb, &buf[0])) && !(s = sgllm__cuda_alloc(cu, mb, &buf[1])) &&
+        !(s = sgllm__cuda_alloc(cu, mb, &buf[2])) &&
+        !(s = sgllm__cuda_fill_random(cu, SGLLM__T_BF16, buf[0], n, n, 2)) &&
+        !(s = sgllm__cuda_fill_random(cu, SGLLM__T_BF16, buf[1], n, n, 3)) &&
+        !(s = sgllm__ceiling_time(cu, true, buf, 0, n, reps < 20 ? reps : 20, &ms)))
+        *bf16_flops = 2.0 * (double)n * (double)n * (double)n / (ms * 1e-3);
+    for (int i = 0; i < 3; i++) sgllm__cuda_dfree(cu, buf[i]);
+    if (s) sgllm__ceiling_fail(&d, s, sgllm__cuda_errmsg(cu), err, err_size);
+    sgllm__cuda_free(cu);
+    return s;
 }
 
 typedef struct sgllm__gpu_ctx {
@@ -5230,6 +5501,14 @@ static sgllm_status sgllm__gpu_model_init(sgllm_model *m, sgllm_backend want, co
 
 static void sgllm__gpu_model_free(sgllm_model *m) { (void)m; }
 
+sgllm_status sgllm__device_ceilings(int reps, double *read_bps, double *bf16_flops, char *name, size_t name_size,
+                                    char *err, size_t err_size) {
+    (void)reps, (void)read_bps, (void)bf16_flops;
+    if (name && name_size) name[0] = 0;
+    sgllm__diag d = sgllm__diag_from_err();
+    return sgllm__ceiling_fail(&d, SGLLM_ERR_BACKEND, sgllm__cuda_unavailable(), err, err_size);
+}
+
 #endif // SGLLM_CUDA
 
 
@@ -5343,6 +5622,71 @@ done:
     return SGLLM_OK;
 }
 
+sgllm_status sgllm_model_load_synthetic(const char *preset, const char *weight_type, uint64_t seed,
+                                        const sgllm_model_params *p, sgllm_model **out, char *err, size_t err_size) {
+    if (err && err_size) err[0] = 0;
+    if (out) *out = NULL;
+    sgllm__diag d = sgllm__diag_from(p ? p->log : NULL, p ? p->log_user_data : NULL, p ? p->log_level : SGLLM_LOG_ERROR);
+    sgllm_status s = SGLLM_OK;
+    sgllm_model *m = NULL;
+    const sgllm__preset *pr = sgllm__preset_find(preset);
+    uint32_t wtype = sgllm__synth_type(weight_type);
+    if (!p || !out || p->struct_size < sizeof *p) {
+        s = sgllm__fail(&d, SGLLM_ERR_INVALID_ARGUMENT, "sgllm_model_load_synthetic: params and out_model are required "
+                        "(initialize params with sgllm_model_default_params)");
+        goto done;
+    }
+    if (!pr || wtype == SGLLM__T_COUNT) {
+        char known[256] = "";
+        size_t used = 0;
+        if (!pr)
+            for (size_t i = 0; i < sizeof sgllm__presets / sizeof sgllm__presets[0] && used < sizeof known; i++)
+                used += (size_t)snprintf(known + used, sizeof known - used, "%s%s", i ? ", " : "", sgllm__presets[i].name);
+        else
+            for (size_t i = 0; i < sizeof sgllm__synth_types / sizeof sgllm__synth_types[0] && used < sizeof known; i++)
+                used += (size_t)snprintf(known + used, sizeof known - used, "%s%s", i ? ", " : "",
+                                         sgllm__synth_types[i].name);
+        s = sgllm__fail(&d, SGLLM_ERR_INVALID_ARGUMENT, "sgllm_model_load_synthetic: unknown %s '%.64s' (known: %s)",
+                        pr ? "weight type" : "preset", pr ? (weight_type ? weight_type : "(null)")
+                                                          : (preset ? preset : "(null)"), known);
+        goto done;
+    }
+    if (p->backend != SGLLM_BACKEND_AUTO && p->backend != SGLLM_BACKEND_CUDA) {
+        s = sgllm__fail(&d, SGLLM_ERR_BACKEND, "sgllm_model_load_synthetic: a synthetic model's weights live on the GPU "
+                        "only (backend must be AUTO or CUDA)");
+        goto done;
+    }
+    if (sgllm__cuda_unavailable()) {
+        s = sgllm__fail(&d, SGLLM_ERR_BACKEND, "sgllm_model_load_synthetic needs the GPU: %s", sgllm__cuda_unavailable());
+        goto done;
+    }
+    if (!(m = (sgllm_model *)sgllm__calloc(1, sizeof *m))) {
+        s = sgllm__fail(&d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
+    m->diag = d;
+    double t0 = sgllm__now();
+    char name[128];
+    snprintf(name, sizeof name, "synthetic %s %s seed %llu", pr->name, weight_type, (unsigned long long)seed);
+    if (!(m->name = sgllm__strndup(name, strlen(name)))) {
+        s = sgllm__fail(&m->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
+    if ((s = sgllm__model_describe_preset(m, pr, wtype, seed))) goto done;
+    if ((s = sgllm__gpu_model_init(m, SGLLM_BACKEND_CUDA, p->kernel_config))) goto done;
+    if (m->diag.log && m->diag.level >= SGLLM_LOG_INFO) m->diag.log(m->diag.log_user, SGLLM_LOG_INFO, m->device_info);
+    sgllm__log(&m->diag, SGLLM_LOG_INFO, "made %s (%s): %d layers, %d embd, %d vocab, on the GPU, %.2f s", m->name,
+               m->arch, m->n_layer, m->n_embd, m->n_vocab, sgllm__now() - t0);
+done:
+    if (s != SGLLM_OK) {
+        if (err && err_size) snprintf(err, err_size, "%s", m ? m->diag.msg : d.msg);
+        sgllm_model_free(m);
+        return s;
+    }
+    *out = m;
+    return SGLLM_OK;
+}
+
 const char *sgllm_model_architecture(const sgllm_model *m) { return m ? m->arch : ""; }
 const char *sgllm_model_name(const sgllm_model *m) { return m ? m->name : ""; }
 int32_t sgllm_model_n_vocab(const sgllm_model *m) { return m ? m->n_vocab : 0; }
@@ -5357,6 +5701,7 @@ sgllm_status sgllm_tokenize(const sgllm_model *m, const char *text, size_t len, 
                             int32_t capacity, int32_t *n_tokens) {
     if (n_tokens) *n_tokens = 0;
     if (!m || (!text && len) || capacity < 0 || (capacity && !tokens) || !n_tokens) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!m->vocab.kind) return SGLLM_ERR_UNSUPPORTED; // a synthetic model has no tokenizer
     int64_t n = sgllm__tokenize(&m->vocab, text ? text : "", len, (flags & SGLLM_TOKENIZE_ADD_BOS) != 0,
                                 (flags & SGLLM_TOKENIZE_PARSE_SPECIAL) != 0, tokens, capacity);
     if (n < 0) return SGLLM_ERR_OUT_OF_MEMORY;
