@@ -5227,7 +5227,7 @@ sgllm_status sgllm__device_ceilings(int reps, double *read_bps, double *bf16_flo
     sgllm__cuda_props props;
     sgllm__cuda_dispatch disp;
     sgllm__cuda *cu = NULL;
-    char e[256] = "";
+    char e[sizeof d.msg] = "";
     sgllm_status s = sgllm__cuda_query(0, &props, e, sizeof e);
     if (!s) s = sgllm__dispatch_select(&props, &disp, &d);
     if (!s) s = sgllm__cuda_create(0, &disp, &cu, e, sizeof e);
