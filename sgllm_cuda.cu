@@ -1512,9 +1512,11 @@ static __device__ inline uint64_t sgllm__cu_mix(uint64_t x) { // splitmix64 fina
     return x ^ (x >> 31);
 }
 
-// Random bytes, then every block's scales overwritten with small positive fp16 values so the
-// weights are finite and of a realistic magnitude (|w| below about 0.1).
-static __global__ void sgllm__cu_fill_k(uint32_t type, uint8_t *w, int64_t bytes, int64_t n_blocks, uint64_t seed) {
+// Random bytes (this kernel), then every block's scales overwritten with small positive fp16
+// values (sgllm__cu_fill_scales_k, a second launch: in one kernel another thread's random
+// word could land on a scale after it was written, leaving an Inf/NaN scale) so the weights
+// are finite and of a realistic magnitude (|w| below about 0.1).
+static __global__ void sgllm__cu_fill_k(uint32_t type, uint8_t *w, int64_t bytes, uint64_t seed) {
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < bytes / 8; i += stride) {
         uint64_t r = sgllm__cu_mix(seed ^ (uint64_t)i * 0x632be59bd9b4e019ull);
@@ -1530,7 +1532,10 @@ static __global__ void sgllm__cu_fill_k(uint32_t type, uint8_t *w, int64_t bytes
             ((uint64_t *)w)[i] = r;
         }
     }
-    if (type == T_F32 || type == T_F16 || type == T_BF16) return;
+}
+
+static __global__ void sgllm__cu_fill_scales_k(uint32_t type, uint8_t *w, int64_t n_blocks, uint64_t seed) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
     int bb = sgllm__cu_blk_bytes(type);
     for (int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; b < n_blocks; b += stride) {
         uint8_t *blk = w + b * bb;
@@ -1556,8 +1561,11 @@ extern "C" sgllm_status sgllm__cuda_fill_random(sgllm__cuda *c, uint32_t type, v
     int64_t bytes = rows * rb;
     if (bytes % 8) return sgllm__cu_bad(c, "fill_random", "size must be a multiple of 8 bytes");
     cudaSetDevice(c->device);
-    sgllm__cu_fill_k<<<4096, 256, 0, c->stream>>>(type, (uint8_t *)w, bytes, bytes / sgllm__cu_blk_bytes(type), seed);
-    return sgllm__cu_launched(c, "fill_random");
+    sgllm__cu_fill_k<<<4096, 256, 0, c->stream>>>(type, (uint8_t *)w, bytes, seed);
+    sgllm_status s = sgllm__cu_launched(c, "fill_random");
+    if (s || type == T_F32 || type == T_F16 || type == T_BF16) return s;
+    sgllm__cu_fill_scales_k<<<4096, 256, 0, c->stream>>>(type, (uint8_t *)w, bytes / sgllm__cu_blk_bytes(type), seed);
+    return sgllm__cu_launched(c, "fill_random: scales");
 }
 
 // Sums every 16-byte word as four floats' bit patterns XORed, so nothing can be skipped;

@@ -16,6 +16,15 @@
 //    - token at a time against batches of 4 on the GPU: 1e-4 (both fp32 matrix-vector
 //      kernels; only the attention split count and so the fp32 summation order differ).
 //    Subsets of positions (want[]) give the matching rows.
+// 1b. Synthetic models (sgllm_model_load_synthetic, weights made on the device: no CPU
+//    reference exists): the two small presets in bf16, q8_0 and q4_k, 40 random tokens,
+//    every logit finite and not all zero; one batch (bf16 GEMMs) against one token at a time
+//    (matrix-vector kernels, graph) within 1e-1: random weights amplify the bf16 rounding of
+//    the activations layer after layer more than trained ones do (measured on an H100: 3.9e-2
+//    for the 30-layer smollm2 shape, 5e-3 for the 18-layer gemma3 shape; a wrong weight or
+//    index gives ~1, as another seed does); one token at a time
+//    against batches of 4 within 1e-4 (same kernels and activations, only the attention split
+//    count differs); the same seed again gives the same logits (1e-6), another seed others.
 // 2. The real models (SGLLM_MODELS): teacher forcing over tests/golden/text.txt, the CPU and
 //    two GPU contexts in lockstep (n_batch 256: bf16 GEMMs; n_batch 8: fp32 matrix-vector
 //    kernels): perplexity within 0.5% of the CPU's and top-1 agreement >= 99% (issue 3), with
@@ -146,6 +155,62 @@ static void tiny_case(const char *arch, int n_layer, int window, uint32_t wtype)
 }
 
 // The user's kernel config is applied last, shows in the device line, and bad files fail the load.
+static sgllm_model *load_synthetic(const char *preset, const char *type, uint64_t seed) {
+    sgllm_model_params mp;
+    sgllm_model_default_params(&mp);
+    mp.backend = SGLLM_BACKEND_CUDA;
+    sgllm_model *m = NULL;
+    char err[512];
+    sgllm_status s = sgllm_model_load_synthetic(preset, type, seed, &mp, &m, err, sizeof err);
+    CHECKF(s == SGLLM_OK, "synthetic %s %s: %s", preset, type, err);
+    return m;
+}
+
+static void synthetic_case(const char *preset, const char *type) {
+    uint64_t seed = test_u64();
+    sgllm_model *m = load_synthetic(preset, type, seed), *same = load_synthetic(preset, type, seed),
+                *other = load_synthetic(preset, type, seed + 1);
+    if (m && same && other) {
+        CHECK(sgllm_model_backend(m) == SGLLM_BACKEND_CUDA);
+        int V = sgllm_model_n_vocab(m);
+        int32_t toks[N_TOK];
+        for (int i = 0; i < N_TOK; i++) toks[i] = (int32_t)(test_u64() % (uint64_t)V);
+        size_t n = (size_t)N_TOK * (size_t)V;
+        float *batch = (float *)malloc(n * sizeof(float)), *small = (float *)malloc(n * sizeof(float)),
+              *one = (float *)malloc(n * sizeof(float)), *one_same = (float *)malloc(n * sizeof(float)),
+              *one_other = (float *)malloc(n * sizeof(float));
+        sgllm_context *g_batch = context(m, 64, 64), *g_small = context(m, 64, 4), *g_one = context(m, 64, 1),
+                      *g_same = context(same, 64, 1), *g_other = context(other, 64, 1);
+        eval_all(g_batch, toks, N_TOK, N_TOK, batch, V);
+        eval_all(g_small, toks, N_TOK, N_TOK, small, V);
+        eval_all(g_one, toks, N_TOK, 1, one, V);
+        eval_all(g_same, toks, N_TOK, 1, one_same, V);
+        eval_all(g_other, toks, N_TOK, 1, one_other, V);
+        double peak = 0;
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            bad += !isfinite(one[i]) || !isfinite(batch[i]);
+            peak = fmax(peak, fabs((double)one[i]));
+        }
+        double e_batch = err_rel(batch, one, n), e_small = err_rel(one, small, n), e_same = err_rel(one_same, one, n),
+               e_other = err_rel(one_other, one, n);
+        printf("synthetic %-12s %-4s: max |logit| %.3g, gemm vs x1 %.2e, x1 vs x4 %.2e, same seed %.1e, other seed %.2e\n",
+               preset, type, peak, e_batch, e_small, e_same, e_other);
+        CHECKF(bad == 0 && peak > 0, "%s %s: %zu non-finite logits, peak %g", preset, type, bad, peak);
+        CHECKF(e_batch <= 1e-1, "%s %s: one batch vs one token at a time %.3e", preset, type, e_batch);
+        CHECKF(e_small <= 1e-4, "%s %s: one token at a time vs batches of 4 %.3e", preset, type, e_small);
+        CHECKF(e_same <= 1e-6, "%s %s: same seed %.3e", preset, type, e_same);
+        CHECKF(e_other > 1e-2, "%s %s: another seed gives the same logits (%.3e)", preset, type, e_other);
+        sgllm_context *cs[] = {g_batch, g_small, g_one, g_same, g_other};
+        for (int i = 0; i < 5; i++) sgllm_context_free(cs[i]);
+        float *bufs[] = {batch, small, one, one_same, one_other};
+        for (int i = 0; i < 5; i++) free(bufs[i]);
+    }
+    sgllm_model_free(m);
+    sgllm_model_free(same);
+    sgllm_model_free(other);
+}
+
 static void kernel_config_case(void) {
     tiny cfg = {"llama", 1, 0, SGLLM__T_F32, 300, false, false};
     char path[] = "/tmp/sgllm_gpu_model_XXXXXX", conf[] = "/tmp/sgllm_gpu_conf_XXXXXX";
@@ -334,6 +399,11 @@ int main(int argc, char **argv) {
             tiny_case("gemma3", 6, 8, types[t]);
         }
         kernel_config_case();
+        static const char *stypes[3] = {"bf16", "q8_0", "q4_k"};
+        for (int t = 0; t < 3; t++) {
+            synthetic_case("smollm2-135m", stypes[t]);
+            synthetic_case("gemma3-270m", stypes[t]);
+        }
     }
     if (!tiny_only) {
         real_case(TEST_SMOLLM);
