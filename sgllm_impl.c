@@ -2875,25 +2875,43 @@ static void sgllm__spm_byte(sgllm__tokw *w, uint8_t b) {
     if (id >= 0) sgllm__tokw_push(w, id);
 }
 
-// SPM on s[0..n) (spaces already escaped): merge the best-scoring adjacent pair whose
-// concatenation is a token until none is left; leftover characters become byte tokens.
-static void sgllm__spm_fragment(sgllm__tokw *w, const uint8_t *s, int64_t n) {
+static void sgllm__bpe_try_bigram(sgllm__tokw *w, const uint8_t *s, int32_t l, int32_t r) {
+    if (l < 0 || r < 0) return;
+    sgllm__tsym *a = &w->sym[l], *b = &w->sym[r];
+    int32_t rank = sgllm__vocab_merge_rank(w->v, s + a->start, (size_t)a->n, s + b->start, (size_t)b->n);
+    if (rank < 0) return;
+    if (!sgllm__heap_push(w, (sgllm__bigram){-(double)rank, l, r, a->n, b->n})) w->oom = true;
+}
+
+// Splits s[0..n) into characters, then merges adjacent pairs best first (SPM: highest score,
+// BPE: lowest merge rank; leftmost on ties) until no pair qualifies. The surviving symbols
+// are the linked list w->sym[0], .next, ...; false when there is nothing (or no memory).
+static bool sgllm__merge_symbols(sgllm__tokw *w, const uint8_t *s, int64_t n, bool spm) {
     int32_t count = sgllm__tokw_symbols(w, s, n);
-    if (count == 0) return;
+    if (count == 0) return false;
+    void (*try_pair)(sgllm__tokw *, const uint8_t *, int32_t, int32_t) =
+        spm ? sgllm__spm_try_bigram : sgllm__bpe_try_bigram;
     w->heap_n = 0;
-    for (int32_t i = 1; i < count && !w->oom; i++) sgllm__spm_try_bigram(w, s, i - 1, i);
+    for (int32_t i = 1; i < count && !w->oom; i++) try_pair(w, s, i - 1, i);
     while (w->heap_n && !w->oom) {
         sgllm__bigram bg = sgllm__heap_pop(w);
         sgllm__tsym *a = &w->sym[bg.left], *b = &w->sym[bg.right];
-        if (a->n == 0 || b->n == 0 || a->n + b->n != bg.ln + bg.rn) continue;
+        // sizes only grow, so equal sizes mean the pair's text is unchanged
+        if (a->n == 0 || b->n == 0 || a->n != bg.ln || b->n != bg.rn) continue;
         a->n += b->n;
         b->n = 0;
         a->next = b->next;
         if (b->next >= 0) w->sym[b->next].prev = bg.left;
-        sgllm__spm_try_bigram(w, s, a->prev, bg.left);
-        sgllm__spm_try_bigram(w, s, bg.left, a->next);
+        try_pair(w, s, a->prev, bg.left);
+        try_pair(w, s, bg.left, a->next);
     }
-    if (w->oom) return;
+    return !w->oom;
+}
+
+// SPM on s[0..n) (spaces already escaped): merge the best-scoring adjacent pair whose
+// concatenation is a token until none is left; leftover characters become byte tokens.
+static void sgllm__spm_fragment(sgllm__tokw *w, const uint8_t *s, int64_t n) {
+    if (!sgllm__merge_symbols(w, s, n, true)) return;
     // A merged symbol is always a token; a symbol that is not one was never merged, so
     // llama.cpp's re-segmentation through recorded merges never applies: bytes it is.
     for (int32_t i = 0; i != -1; i = w->sym[i].next) {
@@ -2907,14 +2925,6 @@ static void sgllm__spm_fragment(sgllm__tokw *w, const uint8_t *s, int64_t n) {
     }
 }
 
-static void sgllm__bpe_try_bigram(sgllm__tokw *w, const uint8_t *s, int32_t l, int32_t r) {
-    if (l < 0 || r < 0) return;
-    sgllm__tsym *a = &w->sym[l], *b = &w->sym[r];
-    int32_t rank = sgllm__vocab_merge_rank(w->v, s + a->start, (size_t)a->n, s + b->start, (size_t)b->n);
-    if (rank < 0) return;
-    if (!sgllm__heap_push(w, (sgllm__bigram){-(double)rank, l, r, a->n, b->n})) w->oom = true;
-}
-
 // BPE on one byte-encoded word s[0..n): apply the lowest-ranked merge first, leftmost on ties.
 static void sgllm__bpe_word(sgllm__tokw *w, const uint8_t *s, int64_t n) {
     if (w->v->ignore_merges) {
@@ -2924,23 +2934,7 @@ static void sgllm__bpe_word(sgllm__tokw *w, const uint8_t *s, int64_t n) {
             return;
         }
     }
-    int32_t count = sgllm__tokw_symbols(w, s, n);
-    if (count == 0) return;
-    w->heap_n = 0;
-    for (int32_t i = 1; i < count && !w->oom; i++) sgllm__bpe_try_bigram(w, s, i - 1, i);
-    while (w->heap_n && !w->oom) {
-        sgllm__bigram bg = sgllm__heap_pop(w);
-        sgllm__tsym *a = &w->sym[bg.left], *b = &w->sym[bg.right];
-        // sizes only grow, so equal sizes mean the pair's text is unchanged
-        if (a->n == 0 || b->n == 0 || a->n != bg.ln || b->n != bg.rn) continue;
-        a->n += b->n;
-        b->n = 0;
-        a->next = b->next;
-        if (b->next >= 0) w->sym[b->next].prev = bg.left;
-        sgllm__bpe_try_bigram(w, s, a->prev, bg.left);
-        sgllm__bpe_try_bigram(w, s, bg.left, a->next);
-    }
-    if (w->oom) return;
+    if (!sgllm__merge_symbols(w, s, n, false)) return;
     for (int32_t i = 0; i != -1; i = w->sym[i].next) {
         sgllm__tsym *y = &w->sym[i];
         int32_t id = sgllm__vocab_find(w->v, s + y->start, (size_t)y->n);
