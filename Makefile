@@ -109,9 +109,13 @@ endif
 test: test-header test-unit test-golden test-asan fuzz-smoke
 	@echo "all tests passed"
 
-# The public header must compile as C99, C11 and C++.
+# The public header must compile as C99, C11 and C++; the library as a user compiles it
+# (no optimization, all warnings, gcc and clang: inline assembly and target attributes behave
+# differently without optimization).
 test-header:
 	@mkdir -p $(BUILD)
+	$(CC) $(CPPFLAGS) -std=c11 -O0 -Wall -Wextra -Wpedantic -Werror -c sgllm_impl.c -o $(BUILD)/o0.o
+	clang $(CPPFLAGS) -std=c11 -O0 -Wall -Wextra -Wpedantic -Werror -c sgllm_impl.c -o $(BUILD)/o0.o
 	printf '#include "sgllm.h"\nint main(void) { return sgllm_status_string(SGLLM_OK) == 0; }\n' > $(BUILD)/header.c
 	$(CC) -I. -std=c99 -Wall -Wextra -Wpedantic -Werror -fsyntax-only $(BUILD)/header.c
 	$(CC) -I. -std=c11 -Wall -Wextra -Wpedantic -Werror -fsyntax-only $(BUILD)/header.c

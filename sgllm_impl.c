@@ -133,8 +133,12 @@ typedef struct sgllm__diag {
 
 #if defined(__GNUC__)
 #define SGLLM__PRINTF(a, b) __attribute__((format(printf, a, b)))
+// Marks helpers that only the CUDA build, the tests or the fuzz targets call, so a CPU-only
+// build compiled with -Wall stays quiet.
+#define SGLLM__MAYBE_UNUSED __attribute__((unused))
 #else
 #define SGLLM__PRINTF(a, b)
+#define SGLLM__MAYBE_UNUSED
 #endif
 
 SGLLM__PRINTF(3, 4)
@@ -695,7 +699,7 @@ static sgllm_status sgllm__gguf_open(sgllm__gguf *g, const char *path, sgllm__di
 }
 
 // Parses a GGUF image held in memory (borrowed: it must outlive g).
-static sgllm_status sgllm__gguf_open_memory(sgllm__gguf *g, const void *data, size_t size, sgllm__diag *d) {
+SGLLM__MAYBE_UNUSED static sgllm_status sgllm__gguf_open_memory(sgllm__gguf *g, const void *data, size_t size, sgllm__diag *d) {
     memset(g, 0, sizeof *g);
     if (size == 0) return sgllm__fail(d, SGLLM_ERR_FORMAT, "empty buffer (truncated file)");
     g->map.data = (const uint8_t *)data;
@@ -1279,11 +1283,17 @@ static SGLLM__AVX2_INLINE int32_t sgllm__ld32(const uint8_t *p) {
 // q + 16 in the bytes whose bit of the 32-bit word at p is set (the fifth bit of Q5), through
 // an AVX-512BW mask register: one masked add against sgllm__bit5_32's four operations.
 // Assembly for the same reason as dp_us8; VNNI instantiations only.
+// Without optimization the compiler keeps the (dead) call in the AVX2 instantiation and
+// rejects a k1 clobber there, so unoptimized builds take the AVX2 form (same result).
 static SGLLM__AVX2_INLINE __m256i sgllm__add_bit5_k(__m256i q, const uint8_t *p) {
+#if defined(__OPTIMIZE__)
     uint32_t qh;
     memcpy(&qh, p, 4);
     __asm__("kmovd %1, %%k1\n\tvpaddb %2, %0, %0%{%%k1%}" : "+v"(q) : "r"(qh), "v"(_mm256_set1_epi8(16)) : "k1");
     return q;
+#else
+    return _mm256_or_si256(q, sgllm__bit5_32(p));
+#endif
 }
 
 // The 32 values of a small block as unsigned bytes q + off (off from sgllm__q32_off), ready
@@ -1819,7 +1829,7 @@ static void sgllm__quantize_act_impl(uint32_t t, const float *x, void *dst, int6
     else if (vt != SGLLM__T_F32) sgllm__quant_q8_0_c(x, dst, n, vt == SGLLM__T_Q8_1);
     else memcpy(dst, x, (size_t)n * sizeof(float));
 }
-static void sgllm__quantize_act(uint32_t t, const float *x, void *dst, int64_t n) {
+SGLLM__MAYBE_UNUSED static void sgllm__quantize_act(uint32_t t, const float *x, void *dst, int64_t n) {
     sgllm__quantize_act_impl(t, x, dst, n, sgllm__use_avx2());
 }
 
@@ -1851,7 +1861,7 @@ static float sgllm__vec_dot_impl(uint32_t t, int64_t n, const void *w, const voi
     return r;
 }
 // dot(weight row of type t, activation row already in vec_dot_type(t)), n values.
-static float sgllm__vec_dot(uint32_t t, int64_t n, const void *w, const void *xq) {
+SGLLM__MAYBE_UNUSED static float sgllm__vec_dot(uint32_t t, int64_t n, const void *w, const void *xq) {
     return sgllm__vec_dot_impl(t, n, w, xq, sgllm__isa());
 }
 
@@ -4580,7 +4590,7 @@ static size_t sgllm__dispatch_tile_bytes(int bm, int bn, int d) { return ((size_
 // not newer than the device (8.7 -> sm86, 11.x -> sm100, a future 13.x -> sm120); devices
 // older than 8.0 are unsupported (bf16 and cp.async need sm80). Prefill tiles that do not fit
 // the device's shared memory are halved (key tile first) until they do.
-static sgllm_status sgllm__dispatch_select(const sgllm__cuda_props *p, sgllm__cuda_dispatch *out, sgllm__diag *d) {
+SGLLM__MAYBE_UNUSED static sgllm_status sgllm__dispatch_select(const sgllm__cuda_props *p, sgllm__cuda_dispatch *out, sgllm__diag *d) {
     memset(out, 0, sizeof *out);
     if (!p) return sgllm__fail(d, SGLLM_ERR_INVALID_ARGUMENT, "dispatch: no device properties");
     const sgllm__dispatch_row *best = NULL;
@@ -4622,7 +4632,7 @@ static sgllm_status sgllm__dispatch_select(const sgllm__cuda_props *p, sgllm__cu
 // Splits for decode attention of one query: enough blocks for two waves over the SMs
 // (blocks_per_split: blocks one split launches, tokens x KV heads x head groups), never more
 // than the row allows nor so many that a split gets fewer than decode_min_keys keys.
-static int32_t sgllm__dispatch_decode_splits(const sgllm__cuda_dispatch *d, int64_t blocks_per_split, int64_t max_keys) {
+SGLLM__MAYBE_UNUSED static int32_t sgllm__dispatch_decode_splits(const sgllm__cuda_dispatch *d, int64_t blocks_per_split, int64_t max_keys) {
     if (blocks_per_split < 1) blocks_per_split = 1;
     int64_t want = (2 * (int64_t)d->sm_count + blocks_per_split - 1) / blocks_per_split;
     int64_t by_len = d->decode_min_keys > 0 ? max_keys / d->decode_min_keys : max_keys;
@@ -4632,7 +4642,7 @@ static int32_t sgllm__dispatch_decode_splits(const sgllm__cuda_dispatch *d, int6
 }
 
 // Prefill attention tile for a query head dim: (block m, block n, warps).
-static void sgllm__dispatch_prefill_tile(const sgllm__cuda_dispatch *d, int head_dim, int *bm, int *bn, int *warps) {
+SGLLM__MAYBE_UNUSED static void sgllm__dispatch_prefill_tile(const sgllm__cuda_dispatch *d, int head_dim, int *bm, int *bn, int *warps) {
     int c = head_dim <= 128 ? 0 : head_dim <= 256 ? 1 : 2;
     *bm = d->prefill_block_m[c];
     *bn = d->prefill_block_n[c];
@@ -4640,7 +4650,7 @@ static void sgllm__dispatch_prefill_tile(const sgllm__cuda_dispatch *d, int head
 }
 
 // One line describing the decision (for the log and for users); returns snprintf's count.
-static int sgllm__dispatch_format(const sgllm__cuda_dispatch *d, const sgllm__cuda_props *p, const char *config,
+SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch *d, const sgllm__cuda_props *p, const char *config,
                                   char *buf, size_t cap) {
     return snprintf(buf, cap,
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
@@ -4936,7 +4946,7 @@ static bool sgllm__dispatch_config_path(const char *dir, const char *device, cha
 
 // Loads dir/<device>.json over *io when it exists (*applied tells). A missing file is not an
 // error; an unreadable or malformed one is, and leaves *io unchanged.
-static sgllm_status sgllm__dispatch_load_config(sgllm__cuda_dispatch *io, const char *dir, const char *device,
+SGLLM__MAYBE_UNUSED static sgllm_status sgllm__dispatch_load_config(sgllm__cuda_dispatch *io, const char *dir, const char *device,
                                                 char *path, size_t path_cap, bool *applied, sgllm__diag *d) {
     *applied = false;
     if (!sgllm__dispatch_config_path(dir, device, path, path_cap))
