@@ -4944,15 +4944,14 @@ static bool sgllm__dispatch_config_path(const char *dir, const char *device, cha
     return true;
 }
 
-// Loads dir/<device>.json over *io when it exists (*applied tells). A missing file is not an
-// error; an unreadable or malformed one is, and leaves *io unchanged.
-SGLLM__MAYBE_UNUSED static sgllm_status sgllm__dispatch_load_config(sgllm__cuda_dispatch *io, const char *dir, const char *device,
-                                                char *path, size_t path_cap, bool *applied, sgllm__diag *d) {
-    *applied = false;
-    if (!sgllm__dispatch_config_path(dir, device, path, path_cap))
-        return sgllm__fail(d, SGLLM_ERR_INVALID_ARGUMENT, "dispatch config: path too long for device '%s'", device);
+// Applies the JSON file at path (at most 64 KB) over *io. With `applied` given, a missing
+// file is not an error and *applied tells whether the file was there and applied.
+static sgllm_status sgllm__dispatch_apply_file(sgllm__cuda_dispatch *io, const char *path, bool *applied,
+                                               sgllm__diag *d) {
+    if (applied) *applied = false;
     FILE *f = fopen(path, "rb");
-    if (!f) return errno == ENOENT ? SGLLM_OK : sgllm__fail(d, SGLLM_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    if (!f && applied && errno == ENOENT) return SGLLM_OK;
+    if (!f) return sgllm__fail(d, SGLLM_ERR_IO, "cannot open kernel config '%s': %s", path, strerror(errno));
     enum { MAX = 1 << 16 };
     char *text = (char *)sgllm__malloc(MAX + 1);
     if (!text) {
@@ -4963,12 +4962,22 @@ SGLLM__MAYBE_UNUSED static sgllm_status sgllm__dispatch_load_config(sgllm__cuda_
     bool err = ferror(f) != 0;
     fclose(f);
     sgllm_status s;
-    if (err) s = sgllm__fail(d, SGLLM_ERR_IO, "cannot read '%s'", path);
-    else if (n > MAX) s = sgllm__fail(d, SGLLM_ERR_FORMAT, "'%s' is larger than %d bytes", path, MAX);
+    if (err) s = sgllm__fail(d, SGLLM_ERR_IO, "cannot read kernel config '%s'", path);
+    else if (n > MAX) s = sgllm__fail(d, SGLLM_ERR_FORMAT, "kernel config '%s' is larger than %d bytes", path, MAX);
     else s = sgllm__dispatch_apply_json(io, text, n, path, d);
     sgllm__free(text);
-    if (s == SGLLM_OK) *applied = true;
+    if (s == SGLLM_OK && applied) *applied = true;
     return s;
+}
+
+// Loads dir/<device>.json over *io when it exists (*applied tells). A missing file is not an
+// error; an unreadable or malformed one is, and leaves *io unchanged.
+SGLLM__MAYBE_UNUSED static sgllm_status sgllm__dispatch_load_config(sgllm__cuda_dispatch *io, const char *dir, const char *device,
+                                                char *path, size_t path_cap, bool *applied, sgllm__diag *d) {
+    *applied = false;
+    if (!sgllm__dispatch_config_path(dir, device, path, path_cap))
+        return sgllm__fail(d, SGLLM_ERR_INVALID_ARGUMENT, "dispatch config: path too long for device '%s'", device);
+    return sgllm__dispatch_apply_file(io, path, applied, d);
 }
 
 
@@ -5134,27 +5143,6 @@ static sgllm_status sgllm__gpu_upload_weights(sgllm_model *m) {
     return SGLLM_OK;
 }
 
-// Reads a user's dispatch override file (at most 64 KB) over *io.
-static sgllm_status sgllm__gpu_user_config(sgllm__cuda_dispatch *io, const char *path, sgllm__diag *d) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return sgllm__fail(d, SGLLM_ERR_IO, "cannot open kernel config '%s': %s", path, strerror(errno));
-    enum { MAX = 1 << 16 };
-    char *text = (char *)sgllm__malloc(MAX + 1);
-    if (!text) {
-        fclose(f);
-        return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", path);
-    }
-    size_t n = fread(text, 1, MAX + 1, f);
-    bool err = ferror(f) != 0;
-    fclose(f);
-    sgllm_status s;
-    if (err) s = sgllm__fail(d, SGLLM_ERR_IO, "cannot read kernel config '%s'", path);
-    else if (n > MAX) s = sgllm__fail(d, SGLLM_ERR_FORMAT, "kernel config '%s' is larger than %d bytes", path, MAX);
-    else s = sgllm__dispatch_apply_json(io, text, n, path, d);
-    sgllm__free(text);
-    return s;
-}
-
 // Why SGLLM_BACKEND_CUDA cannot be served here, or NULL when it can (checked before the
 // file is read, so a wrong request fails fast).
 static const char *sgllm__cuda_unavailable(void) {
@@ -5186,7 +5174,7 @@ static sgllm_status sgllm__gpu_model_init(sgllm_model *m, sgllm_backend want, co
         return s;
     if (applied) snprintf(cfg, sizeof cfg, "%s", path);
     if (kernel_config) {
-        if ((s = sgllm__gpu_user_config(&g->disp, kernel_config, &m->diag))) return s;
+        if ((s = sgllm__dispatch_apply_file(&g->disp, kernel_config, NULL, &m->diag))) return s;
         size_t used = strlen(cfg);
         snprintf(cfg + used, sizeof cfg - used, "%s%s", used ? " + " : "", kernel_config);
     }
@@ -5895,17 +5883,19 @@ sgllm_status sgllm_generate(sgllm_context *ctx, const char *prompt, const sgllm_
                            "sgllm_generate: prompt and params are required (sgllm_generate_default_params)");
     const sgllm_model *m = ctx->model;
     int32_t n_prompt = 0;
-    sgllm_status s = sgllm_tokenize(m, prompt, strlen(prompt), p->flags, NULL, 0, &n_prompt);
-    if (s != SGLLM_OK && s != SGLLM_ERR_BUFFER_TOO_SMALL) return sgllm__fail(&ctx->diag, s, "tokenizing the prompt failed");
-    if (n_prompt == 0) return sgllm__fail(&ctx->diag, SGLLM_ERR_INVALID_ARGUMENT, "the prompt has no tokens");
-    if (n_prompt > ctx->n_ctx)
-        return sgllm__fail(&ctx->diag, SGLLM_ERR_CONTEXT_FULL, "the prompt has %d tokens; the context holds %d",
-                           (int)n_prompt, (int)ctx->n_ctx);
-    sgllm_token *toks = (sgllm_token *)sgllm__calloc((size_t)n_prompt, sizeof *toks);
+    sgllm_token *toks = (sgllm_token *)sgllm__calloc((size_t)ctx->n_ctx, sizeof *toks); // (n_ctx)
     sgllm_sampler *smp = NULL;
     char *pending = NULL; // stb_ds array: bytes not yet streamed (an incomplete UTF-8 sequence)
     if (!toks) return sgllm__fail(&ctx->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
-    sgllm_tokenize(m, prompt, strlen(prompt), p->flags, toks, n_prompt, &n_prompt);
+    sgllm_status s = sgllm_tokenize(m, prompt, strlen(prompt), p->flags, toks, ctx->n_ctx, &n_prompt);
+    if (s != SGLLM_OK || n_prompt == 0) {
+        sgllm__free(toks);
+        if (s == SGLLM_ERR_BUFFER_TOO_SMALL)
+            return sgllm__fail(&ctx->diag, SGLLM_ERR_CONTEXT_FULL, "the prompt has %d tokens; the context holds %d",
+                               (int)n_prompt, (int)ctx->n_ctx);
+        return s ? sgllm__fail(&ctx->diag, s, "tokenizing the prompt failed")
+                 : sgllm__fail(&ctx->diag, SGLLM_ERR_INVALID_ARGUMENT, "the prompt has no tokens");
+    }
     if ((s = sgllm_sampler_init(&p->sampler, m->n_vocab, &smp)) != SGLLM_OK) {
         sgllm__free(toks);
         return sgllm__fail(&ctx->diag, s, "bad sampler parameters");

@@ -29,21 +29,12 @@ static uint8_t *unhex(const char *h, size_t hl, size_t *n) {
     return b;
 }
 
-static bool utf8_valid(const uint8_t *s, size_t n) { // strict: no overlongs, surrogates or > U+10FFFF
-    for (size_t i = 0; i < n;) {
-        uint8_t b = s[i];
-        size_t len = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
-        if (!len || i + len > n) return false;
-        uint32_t cp = len == 1 ? b : (uint32_t)(b & (0x7f >> len));
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80) return false;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10FFFF ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += len;
-    }
+// Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), through the chat
+// section's decoder.
+static bool utf8_valid(const uint8_t *s, size_t n) {
+    uint32_t cp;
+    for (size_t i = 0, k; i < n; i += k)
+        if (!(k = sgllm__chat_utf8_decode(s + i, n - i, &cp))) return false;
     return true;
 }
 
