@@ -424,6 +424,8 @@ typedef struct sgllm__cuda_dispatch {
     int matvec_int8;              // quantized weights: 1 = activations quantized to int8 blocks inside the
                                   // matrix-vector kernel and integer dot products (dp4a); 0 = the fp32-activation
                                   // reference kernel
+    int pdl;                      // 1 = programmatic dependent launch (sm90+ only; ignored below): a kernel may start
+                                  // while its predecessor on the stream finishes and waits for it on the device
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context
@@ -472,6 +474,40 @@ sgllm_status sgllm__cuda_qkv_norm(sgllm__cuda *c, float *q, int64_t q_stride, in
 sgllm_status sgllm__cuda_rope(sgllm__cuda *c, float *x, int64_t x_stride, int32_t n_heads, int32_t head_dim,
                               int32_t n_rot, const int32_t *pos, int64_t n_tok, float pos_scale, float theta_base,
                               int neox);
+// Fused forms of the ops above, for the decode step, where every launch costs more than the
+// work it does.
+// norm_add_rmsnorm: per row, x += rmsnorm(delta) * delta_w (delta_w NULL: x += delta; delta
+// NULL: x unchanged), then y = rmsnorm(x) * w (w NULL: no weight). Gemma's post-attention and
+// post-FFN norms, the residual add and the next pre-norm in one launch. delta is not modified;
+// y may be x. Threads per row: enough for one float4 per thread, at most dispatch.norm_threads.
+sgllm_status sgllm__cuda_norm_add_rmsnorm(sgllm__cuda *c, float *x, const float *delta, const float *delta_w,
+                                          const float *w, float *y, int64_t rows, int64_t dim, float eps);
+// qkv_post: everything between the q/k/v projections and attention, in one launch: per token
+// t and head, bias add (each bias optional), per-head RMSNorm of q and k (qk_norm; weights
+// optional, as sgllm__cuda_qkv_norm), RoPE of q and k (as sgllm__cuda_rope), then q is
+// written back in place and k, v go to row pos[t] of the fp16 caches (as sgllm__cuda_kv_write;
+// k and v themselves are left unchanged). Cache rows are physical: page_table NULL: row r is
+// r; else row page_table[r / page_size] * page_size + r % page_size. Agrees bit for bit with
+// add_bias, qkv_norm, rope and kv_write run one after another.
+typedef struct sgllm__cuda_qkv_post_args {
+    float *q;                         // (device) (n_tok, q_stride), n_head heads of head_dim
+    const float *k, *v;               // (device) (n_tok, kv_stride), n_head_kv heads each
+    int64_t q_stride, kv_stride;
+    int32_t n_head, n_head_kv, head_dim;
+    const float *bq, *bk, *bv;        // (device) biases (n_head * head_dim, n_head_kv * head_dim) or NULL
+    int qk_norm;                      // normalize each q and k head
+    const float *q_w, *k_w;           // (device) (head_dim) norm weights or NULL
+    float eps;
+    int32_t n_rot;                    // rotated dims per head (even, 2..head_dim)
+    const int32_t *pos;               // (device) (n_tok)
+    int64_t n_tok;
+    float pos_scale, theta_base;
+    int neox;
+    uint16_t *k_cache, *v_cache;      // (device) (rows, n_head_kv * head_dim) fp16 bits
+    const int32_t *page_table;        // (device) or NULL
+    int32_t page_size;                // > 0 when page_table is given
+} sgllm__cuda_qkv_post_args;
+sgllm_status sgllm__cuda_qkv_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a);
 enum { SGLLM__CUDA_ACT_SILU = 0, SGLLM__CUDA_ACT_GELU_TANH = 1 };
 // g(n) = act(g) * u(n)
 sgllm_status sgllm__cuda_gated_act(sgllm__cuda *c, int act, float *g, const float *u, int64_t n);

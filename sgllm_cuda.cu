@@ -47,6 +47,8 @@ struct sgllm__cuda {
     cudaEvent_t t0, t1;   // sgllm__cuda_timer_start/stop
     sgllm__cuda_dispatch disp;
     int smem_optin, smem_sm; // shared memory a block may opt into, and per SM (bytes)
+    int cc_major;         // compute capability major of the device
+    bool pdl;             // launches through sgllm__cu_launch use programmatic dependent launch
     char msg[512];
 };
 
@@ -73,6 +75,54 @@ static sgllm_status sgllm__cu_launched(sgllm__cuda *c, const char *kernel) {
 
 static sgllm_status sgllm__cu_bad(sgllm__cuda *c, const char *op, const char *why) {
     return sgllm__cu_fail(c, SGLLM_ERR_INVALID_ARGUMENT, "%s: %s", op, why);
+}
+
+// Programmatic dependent launch (sm90+, dispatch.pdl). A kernel launched with it may start
+// while the kernel before it on the stream is still running (once every block of that one has
+// started and called sgllm__cu_pdl_trigger, or exited), so its launch and block setup overlap
+// the predecessor's tail. Such a kernel must call sgllm__cu_pdl_wait before it reads anything
+// its predecessors wrote and before it writes anything they read: the wait returns when they
+// have completed and their writes are visible. Predecessors' completion is transitive (each
+// one waited for its own), so one wait covers the whole stream before it. Without the
+// attribute, or below sm90, both calls do nothing. Stream capture turns the attribute into
+// programmatic graph edges (CUDA 12.3+), so graphs keep the overlap. A kernel joins by
+// calling sgllm__cu_pdl_wait() first (and sgllm__cu_pdl_trigger() when its dependents may
+// start) and being launched through sgllm__cu_launch.
+static __device__ inline void sgllm__cu_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+static __device__ inline void sgllm__cu_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, smem, c->stream>>>(args...), with the programmatic-serialization
+// attribute when c->pdl; a refused launch is reported under name.
+template <typename... P, typename... A>
+static sgllm_status sgllm__cu_launch(sgllm__cuda *c, const char *name, void (*kernel)(P...), dim3 grid, dim3 block,
+                                     size_t smem, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = c->stream;
+    cudaLaunchAttribute attr[1] = {};
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = c->pdl ? 1 : 0;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
+    if (e != cudaSuccess) cudaGetLastError(); // reported here, not again by the next op's check
+    return sgllm__cu_check(c, e, name);
+}
+
+// PDL only where the device has griddepcontrol (sm90+) and the dispatch asks for it.
+static void sgllm__cu_set_disp(sgllm__cuda *c, const sgllm__cuda_dispatch *d) {
+    c->disp = *d;
+    c->pdl = d->pdl && c->cc_major >= 9;
 }
 
 extern "C" int sgllm__cuda_device_count(void) {
@@ -125,8 +175,11 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
     sgllm__cuda *c = (sgllm__cuda *)calloc(1, sizeof *c);
     if (!c) return SGLLM_ERR_OUT_OF_MEMORY;
     c->device = device;
-    c->disp = *disp;
     sgllm_status s = sgllm__cu_check(c, cudaSetDevice(device), "cudaSetDevice");
+    if (s == SGLLM_OK)
+        s = sgllm__cu_check(c, cudaDeviceGetAttribute(&c->cc_major, cudaDevAttrComputeCapabilityMajor, device),
+                            "device attribute");
+    sgllm__cu_set_disp(c, disp);
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "stream");
     if (s == SGLLM_OK && cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
         c->blas = NULL;
@@ -156,7 +209,7 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
 
 extern "C" const char *sgllm__cuda_errmsg(const sgllm__cuda *c) { return c ? c->msg : "no CUDA context"; }
 extern "C" void sgllm__cuda_set_dispatch(sgllm__cuda *c, const sgllm__cuda_dispatch *d) {
-    if (c && d) c->disp = *d;
+    if (c && d) sgllm__cu_set_disp(c, d);
 }
 extern "C" const sgllm__cuda_dispatch *sgllm__cuda_get_dispatch(const sgllm__cuda *c) { return c ? &c->disp : NULL; }
 extern "C" void *sgllm__cuda_stream(const sgllm__cuda *c) { return c ? (void *)c->stream : NULL; }
@@ -406,7 +459,9 @@ template <int T> static __device__ inline void sgllm__cu_dq4(const uint8_t *row,
 
 // --- 3. Row-wise ops -----------------------------------------------------------------------
 // One block per row (or per (token, head)); sums of squares reduce in float through warp
-// shuffles and a small shared array.
+// shuffles and a small shared array. Every kernel here waits for its predecessors first
+// (sgllm__cu_pdl_wait) and lets its dependents launch at once: they are short, and a decode
+// step is a chain of hundreds of them.
 
 static __device__ inline float sgllm__cu_warp_sum(float v) {
 #pragma unroll
@@ -433,6 +488,8 @@ static __device__ float sgllm__cu_block_sum(float v) {
 
 static __global__ void sgllm__cu_embed_k(uint32_t type, const uint8_t *w, int64_t n_rows, int64_t cols,
                                          int64_t row_bytes, const int32_t *tokens, float scale, float *out) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     int64_t i = blockIdx.x;
     int32_t tok = tokens[i];
     float *o = out + i * cols;
@@ -449,12 +506,14 @@ extern "C" sgllm_status sgllm__cuda_embed(sgllm__cuda *c, uint32_t type, const v
         return sgllm__cu_bad(c, "embed", "bad pointer, type or shape");
     if (!n) return SGLLM_OK;
     cudaSetDevice(c->device);
-    sgllm__cu_embed_k<<<(unsigned)n, 256, 0, c->stream>>>(type, (const uint8_t *)w, n_rows, cols, rb, tokens, scale, out);
-    return sgllm__cu_launched(c, "embed");
+    return sgllm__cu_launch(c, "embed", sgllm__cu_embed_k, dim3((unsigned)n), dim3(256), 0, type, (const uint8_t *)w,
+                            n_rows, cols, rb, tokens, scale, out);
 }
 
 static __global__ void sgllm__cu_add_rmsnorm_k(float *x, const float *delta, const float *w, float *y, int64_t dim,
                                                float eps) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     int64_t r = blockIdx.x;
     float *xr = x + r * dim, *yr = y + r * dim;
     const float *dr = delta ? delta + r * dim : NULL;
@@ -481,8 +540,89 @@ extern "C" sgllm_status sgllm__cuda_add_rmsnorm(sgllm__cuda *c, float *x, const 
     if (!rows) return SGLLM_OK;
     cudaSetDevice(c->device);
     int threads = sgllm__cu_threads(c->disp.norm_threads, 32, 1024);
-    sgllm__cu_add_rmsnorm_k<<<(unsigned)rows, threads, 0, c->stream>>>(x, delta, w, y, dim, eps);
-    return sgllm__cu_launched(c, "add_rmsnorm");
+    return sgllm__cu_launch(c, "add_rmsnorm", sgllm__cu_add_rmsnorm_k, dim3((unsigned)rows), dim3(threads), 0, x, delta, w,
+                            y, dim, eps);
+}
+
+// V consecutive floats (V = 4: one 16-byte access, p 16-byte aligned).
+template <int V> static __device__ inline void sgllm__cu_ldv(const float *p, float v[V]) {
+    if (V == 4) {
+        float4 t = *(const float4 *)p;
+        v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+    } else {
+        v[0] = *p;
+    }
+}
+template <int V> static __device__ inline void sgllm__cu_stv(float *p, const float v[V]) {
+    if (V == 4) *(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
+    else *p = v[0];
+}
+
+// One block per row, V floats per thread per step: x += rmsnorm(delta) * dw (or + delta),
+// then y = rmsnorm(x) * w. Each thread reads back only what it wrote, so y may be x.
+template <int V>
+static __global__ void sgllm__cu_norm_add_k(float *x, const float *delta, const float *dw, const float *w, float *y,
+                                            int64_t dim, float eps) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    int64_t r = blockIdx.x, step = (int64_t)blockDim.x * V;
+    float *xr = x + r * dim, *yr = y + r * dim;
+    const float *dr = delta ? delta + r * dim : NULL;
+    float a[V], b[V], dscale = 1.0f;
+    if (dr && dw) {
+        float ss = 0.0f;
+        for (int64_t i = threadIdx.x * V; i < dim; i += step) {
+            sgllm__cu_ldv<V>(dr + i, a);
+#pragma unroll
+            for (int e = 0; e < V; e++) ss += a[e] * a[e];
+        }
+        dscale = rsqrtf(sgllm__cu_block_sum(ss) / (float)dim + eps);
+    }
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x * V; i < dim; i += step) {
+        sgllm__cu_ldv<V>(xr + i, a);
+        if (dr) {
+            sgllm__cu_ldv<V>(dr + i, b);
+            float g[V];
+            if (dw) sgllm__cu_ldv<V>(dw + i, g);
+#pragma unroll
+            for (int e = 0; e < V; e++) a[e] += dw ? b[e] * dscale * g[e] : b[e];
+            sgllm__cu_stv<V>(xr + i, a);
+        }
+#pragma unroll
+        for (int e = 0; e < V; e++) ss += a[e] * a[e];
+    }
+    float scale = rsqrtf(sgllm__cu_block_sum(ss) / (float)dim + eps);
+    for (int64_t i = threadIdx.x * V; i < dim; i += step) {
+        sgllm__cu_ldv<V>(xr + i, a);
+        if (w) sgllm__cu_ldv<V>(w + i, b);
+#pragma unroll
+        for (int e = 0; e < V; e++) a[e] = a[e] * scale * (w ? b[e] : 1.0f);
+        sgllm__cu_stv<V>(yr + i, a);
+    }
+}
+
+static bool sgllm__cu_al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+extern "C" sgllm_status sgllm__cuda_norm_add_rmsnorm(sgllm__cuda *c, float *x, const float *delta, const float *delta_w,
+                                                     const float *w, float *y, int64_t rows, int64_t dim, float eps) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!x || !y || (delta_w && !delta) || rows < 0 || rows > INT32_MAX || dim <= 0 || !(eps >= 0))
+        return sgllm__cu_bad(c, "norm_add_rmsnorm", "bad pointer or shape");
+    if (!rows) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    // float4 accesses when every row and vector is 16-byte aligned; one per thread at small
+    // rows (640 floats: 160 threads), never more threads than dispatch.norm_threads
+    bool v4 = dim % 4 == 0 && sgllm__cu_al16(x) && sgllm__cu_al16(y) && (!delta || sgllm__cu_al16(delta)) &&
+              (!delta_w || sgllm__cu_al16(delta_w)) && (!w || sgllm__cu_al16(w));
+    int64_t per = v4 ? dim / 4 : dim;
+    int cap = sgllm__cu_threads(c->disp.norm_threads, 32, 1024);
+    int threads = sgllm__cu_threads(per + 31 < cap ? (int)(per + 31) : cap, 32, 1024);
+    if (v4)
+        return sgllm__cu_launch(c, "norm_add_rmsnorm", sgllm__cu_norm_add_k<4>, dim3((unsigned)rows), dim3(threads), 0, x,
+                                delta, delta_w, w, y, dim, eps);
+    return sgllm__cu_launch(c, "norm_add_rmsnorm", sgllm__cu_norm_add_k<1>, dim3((unsigned)rows), dim3(threads), 0, x,
+                            delta, delta_w, w, y, dim, eps);
 }
 
 // Normalizes one head of head_dim values in place with one warp (the same arithmetic for both
@@ -512,10 +652,16 @@ static __device__ inline void sgllm__cu_qkv_head(const sgllm__cu_qkv &a, int64_t
 }
 
 // Small batches: grid (n_tok, heads), one warp per (token, head).
-static __global__ void sgllm__cu_qkv_norm_head_k(sgllm__cu_qkv a) { sgllm__cu_qkv_head(a, blockIdx.x, (int32_t)blockIdx.y); }
+static __global__ void sgllm__cu_qkv_norm_head_k(sgllm__cu_qkv a) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    sgllm__cu_qkv_head(a, blockIdx.x, (int32_t)blockIdx.y);
+}
 
 // Large batches: grid (n_tok), each warp of the block loops over the token's heads.
 static __global__ void sgllm__cu_qkv_norm_token_k(sgllm__cu_qkv a) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     int32_t total = a.nq + a.nk + a.nv, nw = (int32_t)(blockDim.x / 32);
     for (int32_t h = (int32_t)(threadIdx.x / 32); h < total; h += nw) sgllm__cu_qkv_head(a, blockIdx.x, h);
 }
@@ -534,28 +680,34 @@ extern "C" sgllm_status sgllm__cuda_qkv_norm(sgllm__cuda *c, float *q, int64_t q
     if (heads > 65535) return sgllm__cu_bad(c, "qkv_norm", "too many heads");
     cudaSetDevice(c->device);
     if (n_tok <= c->disp.qknorm_per_head_max_tokens)
-        sgllm__cu_qkv_norm_head_k<<<dim3((unsigned)n_tok, (unsigned)heads), 32, 0, c->stream>>>(a);
-    else
-        sgllm__cu_qkv_norm_token_k<<<(unsigned)n_tok, sgllm__cu_threads(c->disp.norm_threads, 32, 1024), 0, c->stream>>>(a);
-    return sgllm__cu_launched(c, "qkv_norm");
+        return sgllm__cu_launch(c, "qkv_norm", sgllm__cu_qkv_norm_head_k, dim3((unsigned)n_tok, (unsigned)heads), dim3(32),
+                                0, a);
+    return sgllm__cu_launch(c, "qkv_norm", sgllm__cu_qkv_norm_token_k, dim3((unsigned)n_tok),
+                            dim3(sgllm__cu_threads(c->disp.norm_threads, 32, 1024)), 0, a);
 }
 
-// grid (n_tok, n_heads); thread i rotates pair i of the head. The angle is computed as the CPU
-// reference does (float position times powf of the base), so both agree to rounding.
+// Rotates pair i of the head at p (global or shared memory) by angle fp * base^(-2i/n_rot),
+// computed as the CPU reference does (float position times powf of the base), so both agree
+// to rounding; rope_k and qkv_post_k share it and agree bit for bit.
+static __device__ inline void sgllm__cu_rope_pair(float *p, int32_t i, int32_t n_rot, float fp, float theta_base,
+                                                  int neox) {
+    float theta = fp * powf(theta_base, -2.0f * (float)i / (float)n_rot);
+    float cs = cosf(theta), sn = sinf(theta);
+    int32_t half = n_rot / 2, ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+    float x0 = p[ia], x1 = p[ib];
+    p[ia] = x0 * cs - x1 * sn;
+    p[ib] = x0 * sn + x1 * cs;
+}
+
+// grid (n_tok, n_heads); thread i rotates pair i of the head.
 static __global__ void sgllm__cu_rope_k(float *x, int64_t stride, int32_t head_dim, int32_t n_rot, const int32_t *pos,
                                         float pos_scale, float theta_base, int neox) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     int64_t t = blockIdx.x;
     float *p = x + t * stride + (int64_t)blockIdx.y * head_dim;
     float fp = (float)pos[t] * pos_scale;
-    int32_t half = n_rot / 2;
-    for (int32_t i = threadIdx.x; i < half; i += blockDim.x) {
-        float theta = fp * powf(theta_base, -2.0f * (float)i / (float)n_rot);
-        float cs = cosf(theta), sn = sinf(theta);
-        int32_t ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
-        float x0 = p[ia], x1 = p[ib];
-        p[ia] = x0 * cs - x1 * sn;
-        p[ib] = x0 * sn + x1 * cs;
-    }
+    for (int32_t i = threadIdx.x; i < n_rot / 2; i += blockDim.x) sgllm__cu_rope_pair(p, i, n_rot, fp, theta_base, neox);
 }
 
 extern "C" sgllm_status sgllm__cuda_rope(sgllm__cuda *c, float *x, int64_t x_stride, int32_t n_heads, int32_t head_dim,
@@ -568,12 +720,86 @@ extern "C" sgllm_status sgllm__cuda_rope(sgllm__cuda *c, float *x, int64_t x_str
     if (!n_tok) return SGLLM_OK;
     cudaSetDevice(c->device);
     int threads = sgllm__cu_threads(n_rot / 2 + 31, 32, 256);
-    sgllm__cu_rope_k<<<dim3((unsigned)n_tok, (unsigned)n_heads), threads, 0, c->stream>>>(x, x_stride, head_dim, n_rot,
-                                                                                        pos, pos_scale, theta_base, neox);
-    return sgllm__cu_launched(c, "rope");
+    return sgllm__cu_launch(c, "rope", sgllm__cu_rope_k, dim3((unsigned)n_tok, (unsigned)n_heads), dim3(threads), 0, x,
+                            x_stride, head_dim, n_rot, pos, pos_scale, theta_base, neox);
+}
+
+// Physical cache row of logical row r (see sgllm__cuda_qkv_post).
+static __device__ inline int64_t sgllm__cu_cache_row(const int32_t *page_table, int32_t page_size, int64_t r) {
+    return page_table ? (int64_t)page_table[r / page_size] * page_size + r % page_size : r;
+}
+
+// grid (n_tok, head groups), one warp per head (q heads first, then kv heads), each with
+// head_dim floats of dynamic shared memory. The arithmetic is that of add_bias, head_norm,
+// rope_pair and kv_write in the same order, so the result matches them bit for bit.
+static __global__ void sgllm__cu_qkv_post_k(sgllm__cuda_qkv_post_args a) {
+    extern __shared__ float sgllm__cu_qkv_sh[];
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int32_t h = (int32_t)blockIdx.y * (int32_t)(blockDim.x / 32) + warp, hd = a.head_dim;
+    if (h >= a.n_head + a.n_head_kv) return; // whole warps leave; only warp-level syncs follow
+    int64_t t = blockIdx.x;
+    float *s = sgllm__cu_qkv_sh + (int64_t)warp * hd;
+    bool is_q = h < a.n_head;
+    int32_t hh = is_q ? h : h - a.n_head;
+    const float *src = is_q ? a.q + t * a.q_stride + (int64_t)hh * hd : a.k + t * a.kv_stride + (int64_t)hh * hd;
+    const float *b = is_q ? a.bq : a.bk;
+    if (b) b += (int64_t)hh * hd;
+    float ss = 0.0f;
+    for (int i = lane; i < hd; i += 32) {
+        float v = src[i];
+        if (b) v += b[i];
+        s[i] = v;
+        ss += v * v;
+    }
+    if (a.qk_norm) {
+        const float *w = is_q ? a.q_w : a.k_w;
+        float scale = rsqrtf(sgllm__cu_warp_sum(ss) / (float)hd + a.eps);
+        for (int i = lane; i < hd; i += 32) s[i] = s[i] * scale * (w ? w[i] : 1.0f);
+    }
+    __syncwarp();
+    float fp = (float)a.pos[t] * a.pos_scale;
+    for (int32_t i = lane; i < a.n_rot / 2; i += 32) sgllm__cu_rope_pair(s, i, a.n_rot, fp, a.theta_base, a.neox);
+    __syncwarp();
+    if (is_q) {
+        float *dst = a.q + t * a.q_stride + (int64_t)hh * hd;
+        for (int i = lane; i < hd; i += 32) dst[i] = s[i];
+        return;
+    }
+    int64_t kvd = (int64_t)a.n_head_kv * hd;
+    int64_t row = sgllm__cu_cache_row(a.page_table, a.page_size, a.pos[t]) * kvd + (int64_t)hh * hd;
+    __half *kc = (__half *)a.k_cache + row, *vc = (__half *)a.v_cache + row;
+    const float *vs = a.v + t * a.kv_stride + (int64_t)hh * hd, *bv = a.bv ? a.bv + (int64_t)hh * hd : NULL;
+    for (int i = lane; i < hd; i += 32) {
+        kc[i] = __float2half_rn(s[i]);
+        float v = vs[i];
+        if (bv) v += bv[i];
+        vc[i] = __float2half_rn(v);
+    }
+}
+
+extern "C" sgllm_status sgllm__cuda_qkv_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!a || !a->q || !a->k || !a->v || !a->pos || !a->k_cache || !a->v_cache || a->n_head <= 0 ||
+        a->n_head_kv <= 0 || a->head_dim <= 0 || a->head_dim > 4096 || a->n_rot < 2 || a->n_rot > a->head_dim ||
+        (a->n_rot & 1) || a->n_tok < 0 || a->n_tok > INT32_MAX || a->q_stride < (int64_t)a->n_head * a->head_dim ||
+        a->kv_stride < (int64_t)a->n_head_kv * a->head_dim || !(a->theta_base > 0) || !(a->eps >= 0) ||
+        (a->page_table && a->page_size <= 0))
+        return sgllm__cu_bad(c, "qkv_post", "bad pointer or shape");
+    if (!a->n_tok) return SGLLM_OK;
+    int32_t heads = a->n_head + a->n_head_kv, warps = heads < 4 ? heads : 4;
+    while (warps > 1 && (size_t)warps * a->head_dim * sizeof(float) > 48 * 1024) warps--;
+    int32_t groups = (heads + warps - 1) / warps;
+    if (groups > 65535) return sgllm__cu_bad(c, "qkv_post", "too many heads");
+    cudaSetDevice(c->device);
+    return sgllm__cu_launch(c, "qkv_post", sgllm__cu_qkv_post_k, dim3((unsigned)a->n_tok, (unsigned)groups),
+                            dim3(32 * warps), (size_t)warps * a->head_dim * sizeof(float), *a);
 }
 
 static __global__ void sgllm__cu_gated_k(int act, float *g, const float *u, int64_t n) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float x = g[i], a;
         if (act == SGLLM__CUDA_ACT_GELU_TANH) a = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
@@ -590,8 +816,7 @@ extern "C" sgllm_status sgllm__cuda_gated_act(sgllm__cuda *c, int act, float *g,
     cudaSetDevice(c->device);
     int64_t blocks = (n + 255) / 256;
     if (blocks > 65536) blocks = 65536;
-    sgllm__cu_gated_k<<<(unsigned)blocks, 256, 0, c->stream>>>(act, g, u, n);
-    return sgllm__cu_launched(c, "gated_act");
+    return sgllm__cu_launch(c, "gated_act", sgllm__cu_gated_k, dim3((unsigned)blocks), dim3(256), 0, act, g, u, n);
 }
 
 // --- 4. Matrix-vector with fused dequantization --------------------------------------------
@@ -1636,6 +1861,8 @@ extern "C" sgllm_status sgllm__cuda_timer_stop(sgllm__cuda *c, float *ms) {
 // nearest even, as the CPU cache does).
 static __global__ void sgllm__cu_kv_write_k(const float *k, const float *v, int64_t stride, int64_t kvd,
                                             const int32_t *pos, __half *kc, __half *vc) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     int64_t t = blockIdx.x, row = (int64_t)pos[t] * kvd;
     for (int64_t e = threadIdx.x; e < kvd; e += blockDim.x) {
         kc[row + e] = __float2half_rn(k[t * stride + e]);
@@ -1650,12 +1877,13 @@ extern "C" sgllm_status sgllm__cuda_kv_write(sgllm__cuda *c, const float *k, con
         return sgllm__cu_bad(c, "kv_write", "bad pointer or shape");
     if (!n_tok) return SGLLM_OK;
     cudaSetDevice(c->device);
-    sgllm__cu_kv_write_k<<<(unsigned)n_tok, 256, 0, c->stream>>>(k, v, stride, kvd, pos, (__half *)k_cache,
-                                                                  (__half *)v_cache);
-    return sgllm__cu_launched(c, "kv_write");
+    return sgllm__cu_launch(c, "kv_write", sgllm__cu_kv_write_k, dim3((unsigned)n_tok), dim3(256), 0, k, v, stride, kvd,
+                            pos, (__half *)k_cache, (__half *)v_cache);
 }
 
 static __global__ void sgllm__cu_add_bias_k(float *x, int64_t stride, const float *b, int64_t n) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     float *r = x + (int64_t)blockIdx.x * stride;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) r[j] += b[j];
 }
@@ -1666,11 +1894,12 @@ extern "C" sgllm_status sgllm__cuda_add_bias(sgllm__cuda *c, float *x, int64_t s
     if (!x || !b || n <= 0 || stride < n || n_tok < 0 || n_tok > INT32_MAX) return sgllm__cu_bad(c, "add_bias", "bad pointer or shape");
     if (!n_tok) return SGLLM_OK;
     cudaSetDevice(c->device);
-    sgllm__cu_add_bias_k<<<(unsigned)n_tok, 256, 0, c->stream>>>(x, stride, b, n);
-    return sgllm__cu_launched(c, "add_bias");
+    return sgllm__cu_launch(c, "add_bias", sgllm__cu_add_bias_k, dim3((unsigned)n_tok), dim3(256), 0, x, stride, b, n);
 }
 
 static __global__ void sgllm__cu_gather_k(const float *src, const int32_t *idx, int64_t dim, float *dst) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     const float *s = src + (int64_t)idx[blockIdx.x] * dim;
     float *d = dst + (int64_t)blockIdx.x * dim;
     for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) d[j] = s[j];
@@ -1682,11 +1911,12 @@ extern "C" sgllm_status sgllm__cuda_gather_rows(sgllm__cuda *c, const float *src
     if (!src || !idx || !dst || dim <= 0 || n < 0 || n > INT32_MAX) return sgllm__cu_bad(c, "gather_rows", "bad pointer or shape");
     if (!n) return SGLLM_OK;
     cudaSetDevice(c->device);
-    sgllm__cu_gather_k<<<(unsigned)n, 256, 0, c->stream>>>(src, idx, dim, dst);
-    return sgllm__cu_launched(c, "gather_rows");
+    return sgllm__cu_launch(c, "gather_rows", sgllm__cu_gather_k, dim3((unsigned)n), dim3(256), 0, src, idx, dim, dst);
 }
 
 static __global__ void sgllm__cu_softcap_k(float *x, int64_t n, float cap) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         x[i] = cap * tanhf(x[i] / cap);
 }
@@ -1697,8 +1927,8 @@ extern "C" sgllm_status sgllm__cuda_softcap(sgllm__cuda *c, float *x, int64_t n,
     if (!n) return SGLLM_OK;
     cudaSetDevice(c->device);
     int64_t blocks = (n + 255) / 256;
-    sgllm__cu_softcap_k<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, c->stream>>>(x, n, cap);
-    return sgllm__cu_launched(c, "softcap");
+    return sgllm__cu_launch(c, "softcap", sgllm__cu_softcap_k, dim3((unsigned)(blocks < 65536 ? blocks : 65536)), dim3(256),
+                            0, x, n, cap);
 }
 
 // One block of 1024 threads per row; ties go to the lowest index, as the CPU sampler's argmax.
@@ -1706,6 +1936,8 @@ extern "C" sgllm_status sgllm__cuda_softcap(sgllm__cuda *c, float *x, int64_t n,
 static __global__ void __launch_bounds__(1024) sgllm__cu_argmax_k(const float *x, int64_t n, int32_t *out) {
     __shared__ float bv[32];
     __shared__ int64_t bi[32];
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     const float *r = x + (int64_t)blockIdx.x * n;
     float best = -INFINITY;
     int64_t besti = n;
@@ -1748,8 +1980,7 @@ extern "C" sgllm_status sgllm__cuda_argmax(sgllm__cuda *c, const float *x, int64
     if (!x || !out || rows < 0 || rows > INT32_MAX || n <= 0 || n > INT32_MAX) return sgllm__cu_bad(c, "argmax", "bad pointer or shape");
     if (!rows) return SGLLM_OK;
     cudaSetDevice(c->device);
-    sgllm__cu_argmax_k<<<(unsigned)rows, 1024, 0, c->stream>>>(x, n, out);
-    return sgllm__cu_launched(c, "argmax");
+    return sgllm__cu_launch(c, "argmax", sgllm__cu_argmax_k, dim3((unsigned)rows), dim3(1024), 0, x, n, out);
 }
 
 extern "C" sgllm_status sgllm__cuda_graph_begin(sgllm__cuda *c) {

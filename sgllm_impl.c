@@ -4573,14 +4573,15 @@ typedef struct sgllm__dispatch_row {
 
 // Fields: row, sm_count, matvec warps per block, matvec warps per SM, matvec max batch, decode max splits, decode min keys
 // per split, decode block n, prefill block m and n by head dim (<=128, <=256, >256), prefill
-// warps (head dim <= 64, > 64), qk-norm per-head threshold, norm threads, matvec int8 activations.
+// warps (head dim <= 64, > 64), qk-norm per-head threshold, norm threads, matvec int8 activations,
+// programmatic dependent launch (griddepcontrol: sm90 and newer only).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 256, 256, 1}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 256, 256, 1}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 256, 256, 1}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 256, 256, 1, 0}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1, 0}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1, 0}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 256, 256, 1, 1}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 256, 256, 1, 1}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1, 1}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4656,7 +4657,7 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
                     "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles; prefill tiles %dx%d (d<=128) "
                     "%dx%d (d<=256) %dx%d (d>256), %d/%d warps; qk-norm per head up to %d tokens; norms %d threads; "
-                    "quantized matvec on %s activations",
+                    "quantized matvec on %s activations; programmatic dependent launch %s",
                     p->name, p->major, p->minor, p->sm_count,
                     (p->smem_per_block_optin > p->smem_per_block ? p->smem_per_block_optin : p->smem_per_block) / 1024,
                     d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_warps_per_sm,
@@ -4664,7 +4665,8 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                     d->decode_max_splits, d->decode_min_keys, d->decode_block_n, d->prefill_block_m[0],
                     d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
                     d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->qknorm_per_head_max_tokens,
-                    d->norm_threads, d->matvec_int8 ? "int8 (dp4a)" : "fp32");
+                    d->norm_threads, d->matvec_int8 ? "int8 (dp4a)" : "fp32",
+                    d->pdl ? (p->major >= 9 ? "on" : "asked, needs sm90") : "off");
 }
 
 // A strict JSON reader over untrusted bytes (RFC 8259 grammar; every read bounds-checked;
@@ -4854,6 +4856,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"qknorm_per_head_max_tokens", offsetof(sgllm__cuda_dispatch, qknorm_per_head_max_tokens), 1, 0, 1 << 20, false},
     {"norm_threads", offsetof(sgllm__cuda_dispatch, norm_threads), 1, 32, 1024, false},
     {"matvec_int8", offsetof(sgllm__cuda_dispatch, matvec_int8), 1, 0, 1, false},
+    {"pdl", offsetof(sgllm__cuda_dispatch, pdl), 1, 0, 1, false},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {
@@ -5384,42 +5387,38 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, int32_t n, int32_t n_o
         if ((s = (call)) != SGLLM_OK) return s;                                                                         \
     } while (0)
     SGLLM__TRY(sgllm__cuda_embed(cu, m->tok_embd.type, gm->tok_embd, m->tok_embd.rows, E, tok, n, m->embd_scale, c->x));
+    const float *post_ffn = NULL; // the previous layer's post-FFN norm, applied with the next add
     for (int32_t il = 0; il < m->n_layer; il++) {
         const sgllm__layer *L = &m->layers[il];
         const sgllm__gpu_layer *G = &gm->layers[il];
         int32_t hd = L->head_dim;
         int64_t qd = (int64_t)L->n_head * hd, kvd = (int64_t)L->n_head_kv * hd;
-        // the previous block's output joins the residual in the same pass as this norm
-        SGLLM__TRY(sgllm__cuda_add_rmsnorm(cu, c->x, il ? c->o : NULL, G->attn_norm, c->h, n, E, m->eps));
+        // the previous block's output (post-normed) joins the residual in the same pass as this norm
+        SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm(cu, c->x, il ? c->o : NULL, post_ffn, G->attn_norm, c->h, n, E, m->eps));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wq.type, G->wq, qd, E, c->h, n, c->q));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wk.type, G->wk, kvd, E, c->h, n, c->k));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wv.type, G->wv, kvd, E, c->h, n, c->v));
-        if (G->bq) SGLLM__TRY(sgllm__cuda_add_bias(cu, c->q, qd, G->bq, qd, n));
-        if (G->bk) SGLLM__TRY(sgllm__cuda_add_bias(cu, c->k, kvd, G->bk, kvd, n));
-        if (G->bv) SGLLM__TRY(sgllm__cuda_add_bias(cu, c->v, kvd, G->bv, kvd, n));
-        if (G->q_norm || G->k_norm) // both or neither (the families read them together)
-            SGLLM__TRY(sgllm__cuda_qkv_norm(cu, c->q, qd, L->n_head, G->q_norm, c->k, kvd, L->n_head_kv, G->k_norm, NULL,
-                                            kvd, hd, n, m->eps));
-        SGLLM__TRY(sgllm__cuda_rope(cu, c->q, qd, L->n_head, hd, L->n_rot, pos, n, L->rope_scale, L->rope_theta,
-                                    m->rope_neox));
-        SGLLM__TRY(sgllm__cuda_rope(cu, c->k, kvd, L->n_head_kv, hd, L->n_rot, pos, n, L->rope_scale, L->rope_theta,
-                                    m->rope_neox));
-        SGLLM__TRY(sgllm__cuda_kv_write(cu, c->k, c->v, kvd, kvd, pos, n, c->k_cache[il], c->v_cache[il]));
+        // biases, q/k norms (both or neither: the families read them together), RoPE and the
+        // cache write in one launch (the separate ops are its reference in tests/test_gpu.c)
+        sgllm__cuda_qkv_post_args qa = {c->q, c->k, c->v, qd, kvd, L->n_head, L->n_head_kv, hd, G->bq, G->bk, G->bv,
+                                        G->q_norm || G->k_norm, G->q_norm, G->k_norm, m->eps, L->n_rot, pos, n,
+                                        L->rope_scale, L->rope_theta, m->rope_neox, c->k_cache[il], c->v_cache[il],
+                                        NULL, 0};
+        SGLLM__TRY(sgllm__cuda_qkv_post(cu, &qa));
         int32_t sp = splits > 0 ? splits : sgllm__gpu_splits(disp, L, n, max_keys);
         SGLLM__TRY(sgllm__cuda_attn_decode(cu, c->q, c->k_cache[il], c->v_cache[il], L->n_head, L->n_head_kv, hd, pos, n,
                                            L->window, L->attn_scale, sp, c->att));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wo.type, G->wo, E, qd, c->att, n, c->o));
-        if (G->post_attn_norm) SGLLM__TRY(sgllm__cuda_add_rmsnorm(cu, c->o, NULL, G->post_attn_norm, c->o, n, E, m->eps));
-        SGLLM__TRY(sgllm__cuda_add_rmsnorm(cu, c->x, c->o, G->ffn_norm, c->h, n, E, m->eps));
+        SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm(cu, c->x, c->o, G->post_attn_norm, G->ffn_norm, c->h, n, E, m->eps));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_gate.type, G->w_gate, L->n_ff, E, c->h, n, c->g));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_up.type, G->w_up, L->n_ff, E, c->h, n, c->u));
         SGLLM__TRY(sgllm__cuda_gated_act(cu, m->act == SGLLM__ACT_GELU_TANH ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU,
                                          c->g, c->u, (int64_t)n * L->n_ff));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_down.type, G->w_down, E, L->n_ff, c->g, n, c->o));
-        if (G->post_ffn_norm) SGLLM__TRY(sgllm__cuda_add_rmsnorm(cu, c->o, NULL, G->post_ffn_norm, c->o, n, E, m->eps));
+        post_ffn = G->post_ffn_norm;
     }
-    if (!n_out) return sgllm__cuda_add_rmsnorm(cu, c->x, c->o, NULL, c->h, n, E, m->eps); // keeps x complete
-    SGLLM__TRY(sgllm__cuda_add_rmsnorm(cu, c->x, c->o, gm->output_norm, c->h, n, E, m->eps));
+    if (!n_out) return sgllm__cuda_norm_add_rmsnorm(cu, c->x, c->o, post_ffn, NULL, c->h, n, E, m->eps); // keeps x complete
+    SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm(cu, c->x, c->o, post_ffn, gm->output_norm, c->h, n, E, m->eps));
     const float *in = c->h;
     if (n_out < n) {
         SGLLM__TRY(sgllm__cuda_gather_rows(cu, c->h, rows, n_out, E, c->sel));

@@ -51,6 +51,7 @@ static void test_rows(void) {
         CHECK(d.decode_max_splits >= 1 && d.decode_block_n >= 8 && d.norm_threads % 32 == 0);
         CHECK(d.prefill_warps[0] == 4 && d.prefill_warps[1] == 8);
         CHECK(d.qknorm_per_head_max_tokens == 256);
+        CHECKF(d.pdl == (cases[i].major >= 9), "%s: pdl %d", cases[i].name, d.pdl); // griddepcontrol needs sm90
     }
 }
 
@@ -135,7 +136,7 @@ static void test_splits_and_tiles(void) {
     CHECK(strstr(line, "NVIDIA H100 80GB HBM3") && strstr(line, "row sm90 + configs/X.json") && !strchr(line, '\n'));
     CHECK(strstr(line, "128x64 (d<=128)") != NULL);
     sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
-    CHECK(strstr(line, "row sm90:") != NULL);
+    CHECK(strstr(line, "row sm90:") && strstr(line, "programmatic dependent launch on"));
     char small[16];
     n = sgllm__dispatch_format(&d, &p, NULL, small, sizeof small);
     CHECK(n > (int)sizeof small && strlen(small) == sizeof small - 1);
@@ -145,7 +146,7 @@ static const char *valid_json = "{\n  \"device\": \"NVIDIA H100 80GB HBM3\",\n  
                                 "  \"matvec_warps\": 8, \"matvec_warps_per_sm\": 16, \"matvec_max_batch\": 4,\n  \"decode_max_splits\": 32,\n"
                                 "  \"decode_min_keys\": 128, \"decode_block_n\": 32,\n  \"prefill_block_m\": [64, 32, 16],\n"
                                 "  \"prefill_block_n\": [32, 32, 16], \"prefill_warps\": [2, 4],\n"
-                                "  \"qknorm_per_head_max_tokens\": 0, \"norm_threads\": 512\n}\n";
+                                "  \"qknorm_per_head_max_tokens\": 0, \"norm_threads\": 512, \"pdl\": 0\n}\n";
 
 static void test_json_override(void) {
     sgllm__cuda_props p = fake("NVIDIA H100 80GB HBM3", 9, 0, 132, 227);
@@ -157,7 +158,7 @@ static void test_json_override(void) {
     CHECK(d.matvec_warps == 8 && d.matvec_warps_per_sm == 16 && d.matvec_max_batch == 4 && d.decode_max_splits == 32 && d.decode_min_keys == 128);
     CHECK(d.decode_block_n == 32 && d.prefill_block_m[0] == 64 && d.prefill_block_m[2] == 16);
     CHECK(d.prefill_block_n[1] == 32 && d.prefill_warps[0] == 2 && d.prefill_warps[1] == 4);
-    CHECK(d.qknorm_per_head_max_tokens == 0 && d.norm_threads == 512);
+    CHECK(d.qknorm_per_head_max_tokens == 0 && d.norm_threads == 512 && d.pdl == 0 && base.pdl == 1);
     CHECK(!strcmp(d.row, "sm90") && d.sm_count == 132); // not overridable
     // a partial file changes only what it names
     d = base;
@@ -192,6 +193,7 @@ static void test_json_override(void) {
         {"{\"matvec_warps\": 4}{}", "trailing data"},
         {"{\"decode_block_n\": 48}", "power of two"},
         {"{\"norm_threads\": 100}", "multiple of 32"},
+        {"{\"pdl\": 2}", "[0, 1]"},
         {"{\"prefill_block_m\": [64, 64]}", "expected ','"},
         {"{\"prefill_block_m\": [64, 64, 32, 16]}", "exactly 3 values"},
         {"{\"prefill_block_m\": 64}", "expected '['"},
