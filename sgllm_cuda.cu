@@ -3,10 +3,11 @@
 // the end of sgllm.h (SGLLM_INTERNAL).
 //
 // CONTENTS (search for "// --- N.")
-//   1. Context: errors, device query, the per-context struct (stream, cuBLAS, scratch), memory
+//   1. Context: errors, device query, the per-context struct (stream, cuBLAS, scratch), memory,
+//      the launch helper with programmatic dependent launch
 //   2. Weight formats on the device: GGUF block layouts, one value at a time and 32 at a time
-//   3. Row-wise ops: embedding gather, residual add + RMSNorm, per-head q/k/v RMSNorm, RoPE,
-//      gated activations
+//   3. Row-wise ops: embedding gather, residual add + RMSNorm (and the fused post-norm + add +
+//      norm), per-head q/k/v RMSNorm, RoPE, the fused q/k/v epilogue, gated activations
 //   4. Matrix-vector with fused dequantization (decode and small batches)
 //   5. Prefill GEMM: dequantize to bf16 scratch, cuBLAS with fp32 accumulation
 //   6. Decode attention: split-KV over an fp16 cache, log-sum-exp merge
