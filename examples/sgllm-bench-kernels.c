@@ -205,7 +205,7 @@ static void bench_prefill_attn(double flops, int reps, bool sweep) {
                shapes[si].hd, tp * 1e6, fl / tp / 1e12, 100 * fl / tp / flops, td * 1e6, fl / td / 1e12);
     }
     if (!sweep) return;
-    static const int tiles[][3] = {{128, 64, 8}, {64, 64, 4}, {64, 32, 4}, {32, 32, 2}};
+    static const int tiles[][3] = {{128, 64, 8}, {128, 64, 4}, {64, 64, 4}, {64, 32, 4}, {32, 32, 2}};
     const sgllm__cuda_dispatch base = *sgllm__cuda_get_dispatch(gpu);
     printf("sweep: prefill tile (bm, bn, warps) for every head-dim class, TFLOP/s per shape\n");
     for (size_t k = 0; k < sizeof tiles / sizeof tiles[0]; k++) {
