@@ -419,6 +419,7 @@ typedef struct sgllm__cuda_dispatch {
     int prefill_block_m[3];       // prefill attention query tile for head dim <= 128, <= 256, > 256
     int prefill_block_n[3];       // prefill attention key tile, same classes
     int prefill_warps[2];         // warps for head dim <= 64, > 64
+    int prefill_min_tokens;       // batches of at least this many tokens take the prefill attention kernel
     int qknorm_per_head_max_tokens; // q/k norm: one block per (token, head) up to this many tokens
     int norm_threads;             // threads per block of the row-wise norm kernels
     int matvec_int8;              // quantized weights: 1 = activations quantized to int8 blocks inside the
@@ -535,10 +536,22 @@ sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, const float
 // cache rows lo..pos[i], lo = window ? max(0, pos[i] - window + 1) : 0. k_cache, v_cache:
 // (rows, n_head_kv * head_dim) fp16 bits; out: (n_q, n_head * head_dim). Each query's keys
 // are cut into n_splits pieces (sgllm__dispatch_decode_splits picks the count).
+// The cache is paged: logical row r lives at physical row page_table[r / page_size] *
+// page_size + r % page_size, page_table (device) one entry per page of page_size rows (a
+// power of two); page_table NULL: row r itself (page_size is then ignored).
 sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
-                                     const uint16_t *v_cache, int32_t n_head, int32_t n_head_kv, int32_t head_dim,
+                                     const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
+                                     int32_t n_head, int32_t n_head_kv, int32_t head_dim,
                                      const int32_t *pos, int64_t n_q, int32_t window, float scale,
                                      int32_t n_splits, float *out);
+// Prefill attention: the same inputs and result as attn_decode, computed as flash attention
+// on the tensor cores (fp16 q, k, v and probabilities, fp32 accumulation and softmax), for
+// batches of queries; tiles from dispatch.prefill_block_m/n and prefill_warps. Head dims that
+// are not a multiple of 16 run the decode kernel (one split). Needs no scratch.
+sgllm_status sgllm__cuda_attn_prefill(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
+                                      const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
+                                      int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos,
+                                      int64_t n_q, int32_t window, float scale, float *out);
 size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_dim, int64_t n_q, int32_t n_splits);
 
 // Benchmark and synthetic-model helpers: fills w (rows, cols) of a weight type with valid
@@ -572,12 +585,13 @@ sgllm_status sgllm__model_cost(const sgllm_model *m, int64_t n_past, int64_t n_p
 sgllm_status sgllm__device_ceilings(int reps, double *read_bps, double *bf16_flops, char *name, size_t name_size,
                                     char *err, size_t err_size);
 
-// Forward helpers. kv_write: row pos[t] (device, n_tok) of each fp16 cache (rows, kvd) gets
-// token t of k and v (n_tok rows of stride floats). add_bias: x (n_tok rows of stride) += b (n).
+// Forward helpers. kv_write: row pos[t] (device, n_tok) of each fp16 cache (rows, kvd), mapped
+// through page_table as in attn_decode, gets token t of k and v (n_tok rows of stride floats). add_bias: x (n_tok rows of stride) += b (n).
 // gather_rows: dst(n, dim) row r = src row idx[r] (device). softcap: x = cap * tanh(x / cap).
 // argmax: out[r] (device) = index of the largest of row r of x (rows, n), lowest on ties.
 sgllm_status sgllm__cuda_kv_write(sgllm__cuda *c, const float *k, const float *v, int64_t stride, int64_t kvd,
-                                  const int32_t *pos, int64_t n_tok, uint16_t *k_cache, uint16_t *v_cache);
+                                  const int32_t *pos, int64_t n_tok, uint16_t *k_cache, uint16_t *v_cache,
+                                  const int32_t *page_table, int32_t page_size);
 sgllm_status sgllm__cuda_add_bias(sgllm__cuda *c, float *x, int64_t stride, const float *b, int64_t n, int64_t n_tok);
 sgllm_status sgllm__cuda_gather_rows(sgllm__cuda *c, const float *src, const int32_t *idx, int64_t n, int64_t dim,
                                      float *dst);

@@ -11,6 +11,7 @@
 //   4. Matrix-vector with fused dequantization (decode and small batches)
 //   5. Prefill GEMM: dequantize to bf16 scratch, cuBLAS with fp32 accumulation
 //   6. Decode attention: split-KV over an fp16 cache, log-sum-exp merge
+//   6b. Prefill attention: flash attention on the tensor cores (mma.sync), paged fp16 cache
 //   7. Benchmark and synthetic-weight helpers
 //
 // Nothing lives at file scope: all state is in struct sgllm__cuda, so two models or contexts
@@ -725,9 +726,18 @@ extern "C" sgllm_status sgllm__cuda_rope(sgllm__cuda *c, float *x, int64_t x_str
                             x_stride, head_dim, n_rot, pos, pos_scale, theta_base, neox);
 }
 
-// Physical cache row of logical row r (see sgllm__cuda_qkv_post).
-static __device__ inline int64_t sgllm__cu_cache_row(const int32_t *page_table, int32_t page_size, int64_t r) {
-    return page_table ? (int64_t)page_table[r / page_size] * page_size + r % page_size : r;
+// The paged cache: logical row r of a sequence lives at physical row
+// page_table[r >> shift] << shift | r & (2^shift - 1) (page_table NULL: row r). Attention
+// (both kernels), the cache write and qkv_post map every row through it.
+static __device__ inline int64_t sgllm__cu_page_row(const int32_t *pt, int32_t shift, int64_t r) {
+    return pt ? ((int64_t)pt[r >> shift] << shift) + (r & (((int64_t)1 << shift) - 1)) : r;
+}
+
+// log2 of a page size (a power of two); 0 without a page table.
+static int32_t sgllm__cu_page_shift(const int32_t *page_table, int32_t page_size) {
+    int32_t sh = 0;
+    while (page_table && ((int64_t)1 << sh) < page_size) sh++;
+    return sh;
 }
 
 // grid (n_tok, head groups), one warp per head (q heads first, then kv heads), each with
@@ -769,7 +779,8 @@ static __global__ void sgllm__cu_qkv_post_k(sgllm__cuda_qkv_post_args a) {
         return;
     }
     int64_t kvd = (int64_t)a.n_head_kv * hd;
-    int64_t row = sgllm__cu_cache_row(a.page_table, a.page_size, a.pos[t]) * kvd + (int64_t)hh * hd;
+    int64_t row = sgllm__cu_page_row(a.page_table, a.page_table ? __ffs(a.page_size) - 1 : 0, a.pos[t]) * kvd +
+                  (int64_t)hh * hd;
     __half *kc = (__half *)a.k_cache + row, *vc = (__half *)a.v_cache + row;
     const float *vs = a.v + t * a.kv_stride + (int64_t)hh * hd, *bv = a.bv ? a.bv + (int64_t)hh * hd : NULL;
     for (int i = lane; i < hd; i += 32) {
@@ -786,7 +797,7 @@ extern "C" sgllm_status sgllm__cuda_qkv_post(sgllm__cuda *c, const sgllm__cuda_q
         a->n_head_kv <= 0 || a->head_dim <= 0 || a->head_dim > 4096 || a->n_rot < 2 || a->n_rot > a->head_dim ||
         (a->n_rot & 1) || a->n_tok < 0 || a->n_tok > INT32_MAX || a->q_stride < (int64_t)a->n_head * a->head_dim ||
         a->kv_stride < (int64_t)a->n_head_kv * a->head_dim || !(a->theta_base > 0) || !(a->eps >= 0) ||
-        (a->page_table && a->page_size <= 0))
+        (a->page_table && (a->page_size <= 0 || (a->page_size & (a->page_size - 1)))))
         return sgllm__cu_bad(c, "qkv_post", "bad pointer or shape");
     if (!a->n_tok) return SGLLM_OK;
     int32_t heads = a->n_head + a->n_head_kv, warps = heads < 4 ? heads : 4;
@@ -1553,9 +1564,11 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 
 enum { ATT_HB = 8, ATT_THREADS = 128, ATT_MAX_HD = 512, ATT_ACC = ATT_HB * ATT_MAX_HD / ATT_THREADS };
 
+
+
 static __global__ void __launch_bounds__(ATT_THREADS)
-    sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, int32_t n_head, int32_t n_head_kv,
-                           int32_t hd, const int32_t *pos, int32_t window, float scale, int32_t n_splits, int32_t bn,
+    sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, const int32_t *pt, int32_t page_shift,
+                           int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale, int32_t n_splits, int32_t bn,
                            float *part_o, float *part_lse, float *out) {
     extern __shared__ __align__(16) uint8_t sm[];
     int32_t group = n_head / n_head_kv, n_hgroups = (group + ATT_HB - 1) / ATT_HB;
@@ -1590,7 +1603,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         __syncthreads(); // previous tile fully consumed
         for (int i = tid; i < nk * words; i += ATT_THREADS) {
             int n = i / words, wd = i % words;
-            ((uint4 *)tile)[i] = ((const uint4 *)(kc + (int64_t)(t0 + n) * kv_stride + (int64_t)kvh * hd))[wd];
+            ((uint4 *)tile)[i] = ((const uint4 *)(kc + sgllm__cu_page_row(pt, page_shift, t0 + n) * kv_stride + (int64_t)kvh * hd))[wd];
         }
         __syncthreads();
         for (int n = warp; n < nk; n += ATT_THREADS / 32) {
@@ -1617,7 +1630,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         // values replace keys in the tile while each head's softmax statistics are updated
         for (int i = tid; i < nk * words; i += ATT_THREADS) {
             int n = i / words, wd = i % words;
-            ((uint4 *)tile)[i] = ((const uint4 *)(vc + (int64_t)(t0 + n) * kv_stride + (int64_t)kvh * hd))[wd];
+            ((uint4 *)tile)[i] = ((const uint4 *)(vc + sgllm__cu_page_row(pt, page_shift, t0 + n) * kv_stride + (int64_t)kvh * hd))[wd];
         }
         for (int h = warp; h < hb; h += ATT_THREADS / 32) {
             float mx = -INFINITY;
@@ -1690,13 +1703,15 @@ extern "C" size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_di
 }
 
 extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
-                                                const uint16_t *v_cache, int32_t n_head, int32_t n_head_kv,
+                                                const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
+                                                int32_t n_head, int32_t n_head_kv,
                                                 int32_t head_dim, const int32_t *pos, int64_t n_q, int32_t window,
                                                 float scale, int32_t n_splits, float *out) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!q || !k_cache || !v_cache || !pos || !out || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv ||
         head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 0 || n_q > 65535 || window < 0 ||
-        n_splits < 1 || n_splits > 1024 || (uintptr_t)k_cache % 16 || (uintptr_t)v_cache % 16)
+        n_splits < 1 || n_splits > 1024 || (uintptr_t)k_cache % 16 || (uintptr_t)v_cache % 16 ||
+        (page_table && (page_size <= 0 || (page_size & (page_size - 1)))))
         return sgllm__cu_bad(c, "attn_decode", "bad pointer or shape (head_dim 8..512, a multiple of 8)");
     if (!n_q) return SGLLM_OK;
     int32_t group = n_head / n_head_kv, n_hgroups = (group + ATT_HB - 1) / ATT_HB;
@@ -1720,13 +1735,370 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
                                                 (int)smem), "attn_decode: shared memory"))
         return SGLLM_ERR_BACKEND;
     sgllm__cu_attn_split_k<<<dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)n_q), ATT_THREADS, smem,
-                             c->stream>>>(q, (const __half *)k_cache, (const __half *)v_cache, n_head, n_head_kv, head_dim,
+                             c->stream>>>(q, (const __half *)k_cache, (const __half *)v_cache, page_table,
+                                          sgllm__cu_page_shift(page_table, page_size), n_head, n_head_kv, head_dim,
                                           pos, window, scale, n_splits, bn, part_o, part_lse, out);
     if (sgllm__cu_launched(c, "attn_decode: split kernel")) return SGLLM_ERR_BACKEND;
     if (n_splits == 1) return SGLLM_OK;
     sgllm__cu_attn_merge_k<<<dim3((unsigned)n_head, (unsigned)n_q), 128, 0, c->stream>>>(part_o, part_lse, n_head,
                                                                                          head_dim, n_splits, out);
     return sgllm__cu_launched(c, "attn_decode: merge kernel");
+}
+
+// --- 6b. Prefill attention -----------------------------------------------------------------
+// Flash attention (FlashAttention-2 schedule) on the tensor cores for batches of queries, over
+// the same fp16 cache as section 6. Grid (query tiles, n_head, value chunks): a block owns BM
+// queries of one query head (the blocks of one GQA group run side by side, so their K/V tiles
+// come from L2) and walks the key tiles of BN keys between the lowest visible key and the
+// highest position of its queries; tiles outside a warp's causal/window range are skipped by
+// that warp. Each warp owns BM / W query rows, 16 per m16n8k16 fragment; S = Q K^T and
+// O += P V run as mma.sync (fp16 inputs, fp32 accumulation), the online softmax in fp32 in
+// the log2 domain (q is premultiplied by scale * log2(e) in fp32, then rounded to fp16: one
+// rounding of the scaled q, relative 2^-11, like the CPU engine's rounding of q), P rounded
+// to fp16 for the P V product (as the CPU engine rounds probabilities). The output is
+// normalized once at the end.
+// Shared memory: Q (BM, D + 8), K (BN, D + 8), V (BN, DV + 8) in fp16; the 8 extra halves per
+// row shift consecutive rows by 16 bytes so ldmatrix reads hit distinct banks. One buffer
+// each: V(j) loads while S(j) is computed, K(j+1) while P(j) V(j) is. Head dims that are
+// multiples of 16 below D run in the D kernel with zero-padded columns; above 256 the value
+// columns are cut into chunks of DV = 128 (grid.z), each recomputing S.
+
+static __device__ inline uint32_t sgllm__cu_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+static __device__ inline void sgllm__cu_ldsm4(uint32_t r[4], const __half *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(sgllm__cu_smem_addr(p)));
+}
+
+static __device__ inline void sgllm__cu_ldsm4_t(uint32_t r[4], const __half *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(sgllm__cu_smem_addr(p)));
+}
+
+// c(16x8) += a(16x16, row) b(16x8, col), fp16 inputs, fp32 accumulators.
+static __device__ inline void sgllm__cu_mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16 bytes global -> shared, or 16 zero bytes when !valid (src is then not read).
+static __device__ inline void sgllm__cu_cp16z(__half *smem, const __half *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sgllm__cu_smem_addr(smem)), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+
+// 2^x by the special-function unit (ex2.approx: relative error about 2^-22, far below the
+// fp16 rounding of the probabilities it feeds); 2^-inf = 0.
+static __device__ inline float sgllm__cu_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+static __device__ inline uint32_t sgllm__cu_pack_h2(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *(uint32_t *)&h;
+}
+
+struct sgllm__cu_fa_args {
+    const float *q;        // (n_q, n_head * hd)
+    const __half *kc, *vc; // (rows, n_head_kv * hd)
+    const int32_t *pos, *pt;
+    int64_t n_q;
+    int32_t n_head, n_head_kv, hd, window, page_shift;
+    float qscale; // scale * log2(e)
+    float *out;   // (n_q, n_head * hd)
+};
+
+// Copies rows t0 .. t0 + BN - 1 (cols fp16 values each, a multiple of 8, from base + physical
+// row * stride) into dst (BN rows of ds halves); rows at or past kend become zeros.
+template <int BN, int NTH>
+static __device__ inline void sgllm__cu_fa_load(__half *dst, int ds, const __half *base, int64_t stride, int cols,
+                                                int64_t t0, int64_t kend, const int32_t *pt, int32_t shift) {
+    int chunks = cols / 8;
+    for (int i = threadIdx.x; i < BN * chunks; i += NTH) {
+        int n = i / chunks, c = i - n * chunks;
+        int64_t r = t0 + n;
+        bool ok = r < kend;
+        const __half *src = ok ? base + sgllm__cu_page_row(pt, shift, r) * stride + c * 8 : base;
+        sgllm__cu_cp16z(dst + n * ds + c * 8, src, ok);
+    }
+}
+
+template <int D, int DV, int BM, int BN, int W>
+static __global__ void __launch_bounds__(W * 32) sgllm__cu_fa_k(sgllm__cu_fa_args a) {
+    constexpr int MI = BM / (16 * W), SQ = D + 8, SV = DV + 8, NT = BN / 8, NO = DV / 8, NTH = W * 32;
+    static_assert(MI >= 1 && BM == MI * 16 * W && BN % 16 == 0 && D % 16 == 0 && DV % 16 == 0, "tile shape");
+    extern __shared__ __align__(16) uint8_t sm[];
+    __half *qs = (__half *)sm, *ks = qs + BM * SQ, *vs = ks + BN * SQ;
+    int32_t *range = (int32_t *)(vs + BN * SV); // lowest visible key, highest position of the block
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    int64_t m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * BM; // the longest rows start first
+    int32_t h = (int32_t)blockIdx.y, hd = a.hd, kvh = h / (a.n_head / a.n_head_kv), dv0 = (int32_t)blockIdx.z * DV;
+    int32_t dvn = min(DV, hd - dv0); // value columns of this chunk
+    int64_t kv_stride = (int64_t)a.n_head_kv * hd, q_stride = (int64_t)a.n_head * hd;
+    const __half *kbase = a.kc + (int64_t)kvh * hd, *vbase = a.vc + (int64_t)kvh * hd + dv0;
+
+    if (tid == 0) {
+        range[0] = INT32_MAX;
+        range[1] = -1;
+    }
+    // K and V columns past hd (padding) are never loaded and must read as zeros
+    for (int i = tid; i < BN * (SQ + SV) / 8; i += NTH) ((uint4 *)ks)[i] = make_uint4(0u, 0u, 0u, 0u);
+    for (int i = tid; i < BM * (D / 4); i += NTH) {
+        int r = i / (D / 4), d = (i - r * (D / 4)) * 4;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (m0 + r < a.n_q && d < hd) v = *(const float4 *)(a.q + (m0 + r) * q_stride + (int64_t)h * hd + d);
+        uint2 hv = make_uint2(sgllm__cu_pack_h2(v.x * a.qscale, v.y * a.qscale),
+                              sgllm__cu_pack_h2(v.z * a.qscale, v.w * a.qscale));
+        *(uint2 *)(qs + r * SQ + d) = hv;
+    }
+    __syncthreads();
+    for (int i = tid; i < BM; i += NTH)
+        if (m0 + i < a.n_q) {
+            int32_t p = a.pos[m0 + i];
+            atomicMin(&range[0], a.window > 0 ? max(0, p - a.window + 1) : 0);
+            atomicMax(&range[1], p);
+        }
+    // this thread's rows: g and g + 8 of each of the warp's MI fragments; rows past n_q see nothing
+    int32_t rpos[MI][2], rlo[MI][2];
+    int32_t wlo = INT32_MAX, whi = -1, wmaxlo = 0, wminpos = INT32_MAX;
+#pragma unroll
+    for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            int64_t row = m0 + (warp * MI + mi) * 16 + g + 8 * hf;
+            int32_t p = row < a.n_q ? a.pos[row] : -1, lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
+            rpos[mi][hf] = p;
+            rlo[mi][hf] = lo;
+            if (p >= 0) wlo = min(wlo, lo);
+            whi = max(whi, p);
+            wmaxlo = max(wmaxlo, lo);
+            wminpos = min(wminpos, p);
+        }
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        wlo = min(wlo, __shfl_xor_sync(0xffffffffu, wlo, o));
+        whi = max(whi, __shfl_xor_sync(0xffffffffu, whi, o));
+        wmaxlo = max(wmaxlo, __shfl_xor_sync(0xffffffffu, wmaxlo, o));
+        wminpos = min(wminpos, __shfl_xor_sync(0xffffffffu, wminpos, o));
+    }
+    __syncthreads();
+    int64_t kstart = range[0], kend = (int64_t)range[1] + 1;
+    int64_t n_tiles = kend > kstart ? (kend - kstart + BN - 1) / BN : 0;
+
+    float o[MI][NO][4], mrow[MI][2], lrow[MI][2];
+#pragma unroll
+    for (int mi = 0; mi < MI; mi++) {
+#pragma unroll
+        for (int j = 0; j < NO; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[mi][j][e] = 0.f;
+        mrow[mi][0] = mrow[mi][1] = -INFINITY;
+        lrow[mi][0] = lrow[mi][1] = 0.f;
+    }
+    if (n_tiles) sgllm__cu_fa_load<BN, NTH>(ks, SQ, kbase, kv_stride, hd, kstart, kend, a.pt, a.page_shift);
+    sgllm__cu_cp_commit();
+    for (int64_t it = 0; it < n_tiles; it++) {
+        int64_t t0 = kstart + it * BN;
+        sgllm__cu_fa_load<BN, NTH>(vs, SV, vbase, kv_stride, dvn, t0, kend, a.pt, a.page_shift);
+        sgllm__cu_cp_commit();
+        sgllm__cu_cp_wait<1>(); // K(it) has landed
+        __syncthreads();
+        bool active = t0 <= whi && t0 + BN - 1 >= wlo;
+        float s[MI][NT][4];
+        if (active) {
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) s[mi][j][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t af[MI][4];
+#pragma unroll
+                for (int mi = 0; mi < MI; mi++)
+                    sgllm__cu_ldsm4(af[mi], qs + ((warp * MI + mi) * 16 + (lane & 15)) * SQ + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+                for (int nb = 0; nb < BN / 16; nb++) {
+                    uint32_t b[4];
+                    sgllm__cu_ldsm4(b, ks + (nb * 16 + (lane & 7) + (lane >> 4) * 8) * SQ + kk * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+                    for (int mi = 0; mi < MI; mi++) {
+                        sgllm__cu_mma16816(s[mi][2 * nb], af[mi], b[0], b[1]);
+                        sgllm__cu_mma16816(s[mi][2 * nb + 1], af[mi], b[2], b[3]);
+                    }
+                }
+            }
+            if (t0 < wmaxlo || t0 + BN - 1 > wminpos) { // some key of the tile is hidden from some row
+#pragma unroll
+                for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+                    for (int j = 0; j < NT; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            int32_t key = (int32_t)t0 + j * 8 + 2 * t4 + (e & 1);
+                            if (key < rlo[mi][e >> 1] || key > rpos[mi][e >> 1]) s[mi][j][e] = -INFINITY;
+                        }
+            }
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    float mx = mrow[mi][hf];
+#pragma unroll
+                    for (int j = 0; j < NT; j++) mx = fmaxf(mx, fmaxf(s[mi][j][2 * hf], s[mi][j][2 * hf + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    float base = mx == -INFINITY ? 0.f : mx; // a row that has seen nothing keeps zeros
+                    float alpha = sgllm__cu_ex2(mrow[mi][hf] - base), sum = 0.f;
+                    mrow[mi][hf] = mx;
+#pragma unroll
+                    for (int j = 0; j < NT; j++) {
+                        float p0 = sgllm__cu_ex2(s[mi][j][2 * hf] - base), p1 = sgllm__cu_ex2(s[mi][j][2 * hf + 1] - base);
+                        s[mi][j][2 * hf] = p0;
+                        s[mi][j][2 * hf + 1] = p1;
+                        sum += p0 + p1;
+                    }
+                    lrow[mi][hf] = lrow[mi][hf] * alpha + sum; // this thread's columns; the quad is summed at the end
+#pragma unroll
+                    for (int j = 0; j < NO; j++) {
+                        o[mi][j][2 * hf] *= alpha;
+                        o[mi][j][2 * hf + 1] *= alpha;
+                    }
+                }
+        }
+        __syncthreads(); // every warp is done with K(it)
+        if (it + 1 < n_tiles)
+            sgllm__cu_fa_load<BN, NTH>(ks, SQ, kbase, kv_stride, hd, t0 + BN, kend, a.pt, a.page_shift);
+        sgllm__cu_cp_commit();
+        sgllm__cu_cp_wait<1>(); // V(it) has landed
+        __syncthreads();
+        if (active) {
+#pragma unroll
+            for (int kb = 0; kb < BN / 16; kb++) {
+                uint32_t pa[MI][4];
+#pragma unroll
+                for (int mi = 0; mi < MI; mi++) {
+                    pa[mi][0] = sgllm__cu_pack_h2(s[mi][2 * kb][0], s[mi][2 * kb][1]);
+                    pa[mi][1] = sgllm__cu_pack_h2(s[mi][2 * kb][2], s[mi][2 * kb][3]);
+                    pa[mi][2] = sgllm__cu_pack_h2(s[mi][2 * kb + 1][0], s[mi][2 * kb + 1][1]);
+                    pa[mi][3] = sgllm__cu_pack_h2(s[mi][2 * kb + 1][2], s[mi][2 * kb + 1][3]);
+                }
+#pragma unroll
+                for (int db = 0; db < DV / 16; db++) {
+                    uint32_t b[4];
+                    sgllm__cu_ldsm4_t(b, vs + (kb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SV + db * 16 + (lane >> 4) * 8);
+#pragma unroll
+                    for (int mi = 0; mi < MI; mi++) {
+                        sgllm__cu_mma16816(o[mi][2 * db], pa[mi], b[0], b[1]);
+                        sgllm__cu_mma16816(o[mi][2 * db + 1], pa[mi], b[2], b[3]);
+                    }
+                }
+            }
+        }
+        __syncthreads(); // every warp is done with V(it)
+    }
+#pragma unroll
+    for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            float l = lrow[mi][hf];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            float inv = l > 0.f ? 1.f / l : 0.f;
+            int64_t row = m0 + (warp * MI + mi) * 16 + g + 8 * hf;
+            if (row >= a.n_q) continue;
+            float *dst = a.out + row * q_stride + (int64_t)h * hd + dv0;
+#pragma unroll
+            for (int j = 0; j < NO; j++) {
+                int col = j * 8 + 2 * t4;
+                if (col < dvn) *(float2 *)(dst + col) = make_float2(o[mi][j][2 * hf] * inv, o[mi][j][2 * hf + 1] * inv);
+            }
+        }
+}
+
+// The compiled variants: (D, DV, BM, BN, W), per D largest tile first.
+struct sgllm__cu_fa_variant {
+    int d, dv, bm, bn, w;
+    void (*k)(sgllm__cu_fa_args);
+};
+#define SGLLM__FA(D, DV, BM, BN, W) {D, DV, BM, BN, W, sgllm__cu_fa_k<D, DV, BM, BN, W>}
+static const sgllm__cu_fa_variant sgllm__cu_fa_variants[] = {
+    SGLLM__FA(64, 64, 128, 64, 4),   SGLLM__FA(64, 64, 64, 64, 4),     SGLLM__FA(64, 64, 64, 32, 4),
+    SGLLM__FA(128, 128, 128, 64, 8), SGLLM__FA(128, 128, 128, 64, 4),  SGLLM__FA(128, 128, 64, 64, 4),
+    SGLLM__FA(128, 128, 64, 32, 4),
+    SGLLM__FA(256, 256, 64, 64, 4),  SGLLM__FA(256, 256, 64, 32, 4),   SGLLM__FA(256, 256, 32, 32, 2),
+    SGLLM__FA(512, 128, 32, 64, 2),  SGLLM__FA(512, 128, 32, 32, 2),
+};
+#undef SGLLM__FA
+
+static size_t sgllm__cu_fa_smem(const sgllm__cu_fa_variant *v) {
+    return ((size_t)(v->bm + v->bn) * (v->d + 8) + (size_t)v->bn * (v->dv + 8)) * 2 + 16;
+}
+
+// The variant for head_dim under the dispatch (tile no larger than the dispatch's bm x bn,
+// warps no more than its warps, fitting shared memory; else the smallest that fits), or NULL.
+static const sgllm__cu_fa_variant *sgllm__cu_fa_pick(const sgllm__cuda *c, int32_t head_dim) {
+    if (head_dim < 16 || head_dim > 512 || head_dim % 16) return NULL;
+    int d = head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : head_dim <= 256 ? 256 : 512;
+    int cls = head_dim <= 128 ? 0 : head_dim <= 256 ? 1 : 2;
+    int bm = c->disp.prefill_block_m[cls], bn = c->disp.prefill_block_n[cls], w = c->disp.prefill_warps[head_dim <= 64 ? 0 : 1];
+    const sgllm__cu_fa_variant *fit = NULL;
+    for (size_t i = 0; i < sizeof sgllm__cu_fa_variants / sizeof sgllm__cu_fa_variants[0]; i++) {
+        const sgllm__cu_fa_variant *v = &sgllm__cu_fa_variants[i];
+        if (v->d != d || sgllm__cu_fa_smem(v) > (size_t)c->smem_optin) continue;
+        if (v->bm <= bm && v->bn <= bn && v->w <= w) return v;
+        fit = v; // the list runs from large to small: the last that fits is the smallest
+    }
+    return fit;
+}
+
+extern "C" sgllm_status sgllm__cuda_attn_prefill(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
+                                                 const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
+                                                 int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos,
+                                                 int64_t n_q, int32_t window, float scale, float *out) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!q || !k_cache || !v_cache || !pos || !out || n_head <= 0 || n_head > 65535 || n_head_kv <= 0 ||
+        n_head % n_head_kv || head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 0 || window < 0 ||
+        (page_table && (page_size <= 0 || (page_size & (page_size - 1)))) || (uintptr_t)k_cache % 16 ||
+        (uintptr_t)v_cache % 16)
+        return sgllm__cu_bad(c, "attn_prefill", "bad pointer or shape (head_dim 8..512, a multiple of 8)");
+    if (!n_q) return SGLLM_OK;
+    const sgllm__cu_fa_variant *v = (uintptr_t)q % 16 ? NULL : sgllm__cu_fa_pick(c, head_dim);
+    if (!v) // head dims the tensor-core tiles do not cover: the decode kernel, one split (no scratch)
+        return sgllm__cuda_attn_decode(c, q, k_cache, v_cache, page_table, page_size, n_head, n_head_kv, head_dim, pos,
+                                       n_q, window, scale, 1, out);
+    int64_t m_tiles = (n_q + v->bm - 1) / v->bm;
+    if (m_tiles > INT32_MAX) return sgllm__cu_bad(c, "attn_prefill", "too many queries");
+    sgllm__cu_fa_args a;
+    a.q = q;
+    a.kc = (const __half *)k_cache;
+    a.vc = (const __half *)v_cache;
+    a.pos = pos;
+    a.pt = page_table;
+    a.n_q = n_q;
+    a.n_head = n_head;
+    a.n_head_kv = n_head_kv;
+    a.hd = head_dim;
+    a.window = window;
+    a.page_shift = sgllm__cu_page_shift(page_table, page_size);
+    a.qscale = scale * 1.4426950408889634f;
+    a.out = out;
+    size_t smem = sgllm__cu_fa_smem(v);
+    cudaSetDevice(c->device);
+    if (smem > 48 * 1024 &&
+        sgllm__cu_check(c, cudaFuncSetAttribute(v->k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                        "attn_prefill: shared memory"))
+        return SGLLM_ERR_BACKEND;
+    dim3 grid((unsigned)m_tiles, (unsigned)n_head, (unsigned)((head_dim + v->dv - 1) / v->dv));
+    v->k<<<grid, v->w * 32, smem, c->stream>>>(a);
+    return sgllm__cu_launched(c, "attn_prefill");
 }
 
 // --- 7. Benchmark and synthetic-weight helpers ---------------------------------------------
@@ -1858,13 +2230,14 @@ extern "C" sgllm_status sgllm__cuda_timer_stop(sgllm__cuda *c, float *ms) {
 // the fp16 KV-cache write, bias add, row gather, logit softcap, a greedy argmax, and capture
 // and replay of a CUDA graph on the context's stream.
 
-// grid (n_tok): row pos[t] of each cache receives token t's k and v rounded to fp16 (round to
-// nearest even, as the CPU cache does).
+// grid (n_tok): row pos[t] of each cache (through the page table) receives token t's k and v
+// rounded to fp16 (round to nearest even, as the CPU cache does).
 static __global__ void sgllm__cu_kv_write_k(const float *k, const float *v, int64_t stride, int64_t kvd,
-                                            const int32_t *pos, __half *kc, __half *vc) {
+                                            const int32_t *pos, __half *kc, __half *vc, const int32_t *pt,
+                                            int32_t page_shift) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
-    int64_t t = blockIdx.x, row = (int64_t)pos[t] * kvd;
+    int64_t t = blockIdx.x, row = sgllm__cu_page_row(pt, page_shift, pos[t]) * kvd;
     for (int64_t e = threadIdx.x; e < kvd; e += blockDim.x) {
         kc[row + e] = __float2half_rn(k[t * stride + e]);
         vc[row + e] = __float2half_rn(v[t * stride + e]);
@@ -1872,14 +2245,17 @@ static __global__ void sgllm__cu_kv_write_k(const float *k, const float *v, int6
 }
 
 extern "C" sgllm_status sgllm__cuda_kv_write(sgllm__cuda *c, const float *k, const float *v, int64_t stride, int64_t kvd,
-                                             const int32_t *pos, int64_t n_tok, uint16_t *k_cache, uint16_t *v_cache) {
+                                             const int32_t *pos, int64_t n_tok, uint16_t *k_cache, uint16_t *v_cache,
+                                             const int32_t *page_table, int32_t page_size) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
-    if (!k || !v || !pos || !k_cache || !v_cache || kvd <= 0 || stride < kvd || n_tok < 0 || n_tok > INT32_MAX)
+    if (!k || !v || !pos || !k_cache || !v_cache || kvd <= 0 || stride < kvd || n_tok < 0 || n_tok > INT32_MAX ||
+        (page_table && (page_size <= 0 || (page_size & (page_size - 1)))))
         return sgllm__cu_bad(c, "kv_write", "bad pointer or shape");
     if (!n_tok) return SGLLM_OK;
     cudaSetDevice(c->device);
     return sgllm__cu_launch(c, "kv_write", sgllm__cu_kv_write_k, dim3((unsigned)n_tok), dim3(256), 0, k, v, stride, kvd,
-                            pos, (__half *)k_cache, (__half *)v_cache);
+                            pos, (__half *)k_cache, (__half *)v_cache, page_table,
+                            sgllm__cu_page_shift(page_table, page_size));
 }
 
 static __global__ void sgllm__cu_add_bias_k(float *x, int64_t stride, const float *b, int64_t n) {

@@ -4573,15 +4573,16 @@ typedef struct sgllm__dispatch_row {
 
 // Fields: row, sm_count, matvec warps per block, matvec warps per SM, matvec max batch, decode max splits, decode min keys
 // per split, decode block n, prefill block m and n by head dim (<=128, <=256, >256), prefill
-// warps (head dim <= 64, > 64), qk-norm per-head threshold, norm threads, matvec int8 activations,
-// programmatic dependent launch (griddepcontrol: sm90 and newer only).
+// warps (head dim <= 64, > 64), fewest tokens for the prefill attention kernel (below it the
+// split-KV decode kernel fills the GPU better), qk-norm per-head threshold, norm threads,
+// matvec int8 activations, programmatic dependent launch (griddepcontrol: sm90 and newer only).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 256, 256, 1, 0}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1, 0}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1, 0}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 256, 256, 1, 1}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 256, 256, 1, 1}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 256, 256, 1, 1}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 0}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 1}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 1}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 1}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4656,7 +4657,7 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
     return snprintf(buf, cap,
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
                     "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles; prefill tiles %dx%d (d<=128) "
-                    "%dx%d (d<=256) %dx%d (d>256), %d/%d warps; qk-norm per head up to %d tokens; norms %d threads; "
+                    "%dx%d (d<=256) %dx%d (d>256), %d/%d warps, from %d tokens; qk-norm per head up to %d tokens; norms %d threads; "
                     "quantized matvec on %s activations; programmatic dependent launch %s",
                     p->name, p->major, p->minor, p->sm_count,
                     (p->smem_per_block_optin > p->smem_per_block ? p->smem_per_block_optin : p->smem_per_block) / 1024,
@@ -4664,8 +4665,8 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                     d->matvec_max_batch,
                     d->decode_max_splits, d->decode_min_keys, d->decode_block_n, d->prefill_block_m[0],
                     d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
-                    d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->qknorm_per_head_max_tokens,
-                    d->norm_threads, d->matvec_int8 ? "int8 (dp4a)" : "fp32",
+                    d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->prefill_min_tokens,
+                    d->qknorm_per_head_max_tokens, d->norm_threads, d->matvec_int8 ? "int8 (dp4a)" : "fp32",
                     d->pdl ? (p->major >= 9 ? "on" : "asked, needs sm90") : "off");
 }
 
@@ -4853,6 +4854,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"prefill_block_m", offsetof(sgllm__cuda_dispatch, prefill_block_m), 3, 16, 256, true},
     {"prefill_block_n", offsetof(sgllm__cuda_dispatch, prefill_block_n), 3, 16, 256, true},
     {"prefill_warps", offsetof(sgllm__cuda_dispatch, prefill_warps), 2, 1, 16, false},
+    {"prefill_min_tokens", offsetof(sgllm__cuda_dispatch, prefill_min_tokens), 1, 1, 1 << 20, false},
     {"qknorm_per_head_max_tokens", offsetof(sgllm__cuda_dispatch, qknorm_per_head_max_tokens), 1, 0, 1 << 20, false},
     {"norm_threads", offsetof(sgllm__cuda_dispatch, norm_threads), 1, 32, 1024, false},
     {"matvec_int8", offsetof(sgllm__cuda_dispatch, matvec_int8), 1, 0, 1, false},
@@ -5255,12 +5257,18 @@ sgllm_status sgllm__device_ceilings(int reps, double *read_bps, double *bf16_flo
     return s;
 }
 
+// Rows per page of the KV cache. The cache is a pool of pages that a page table maps a
+// sequence's rows onto (sgllm__cuda_attn_decode); a context starts with the identity table,
+// so a later prefix cache can share pages between sequences by editing tables only.
+enum { SGLLM__KV_PAGE = 64 };
+
 typedef struct sgllm__gpu_ctx {
     const sgllm_model *m;
     sgllm__cuda *cu;
     int32_t n_ctx, n_batch;
     void **allocs;                 // stb_ds array of device allocations
-    uint16_t **k_cache, **v_cache; // (n_layer) x (device) (n_ctx, n_head_kv * head_dim) fp16
+    uint16_t **k_cache, **v_cache; // (n_layer) x (device) (n_pages * SGLLM__KV_PAGE, n_head_kv * head_dim) fp16
+    int32_t *page_table;           // (device) (n_pages): the sequence's pages, shared by every layer's cache
     int32_t *io;                   // (device) (3, n_batch): token ids, positions, rows that give logits
     int32_t *host_io;              // (3, n_batch) staging of io
     float *x, *h, *o;              // (device) (n_batch, n_embd) residual, block input, block output
@@ -5341,12 +5349,18 @@ static sgllm_status sgllm__gpu_ctx_create(const sgllm_model *m, int32_t n_ctx, i
     c->k_cache = (uint16_t **)sgllm__calloc((size_t)m->n_layer, sizeof(uint16_t *));
     c->v_cache = (uint16_t **)sgllm__calloc((size_t)m->n_layer, sizeof(uint16_t *));
     c->host_io = (int32_t *)sgllm__calloc(3 * (size_t)B, sizeof(int32_t));
-    if (!c->k_cache || !c->v_cache || !c->host_io) s = SGLLM_ERR_OUT_OF_MEMORY;
+    int32_t n_pages = (int32_t)(((int64_t)n_ctx + SGLLM__KV_PAGE - 1) / SGLLM__KV_PAGE);
+    int32_t *pages = (int32_t *)sgllm__calloc((size_t)n_pages, sizeof(int32_t));
+    if (!c->k_cache || !c->v_cache || !c->host_io || !pages) s = SGLLM_ERR_OUT_OF_MEMORY;
     for (int32_t il = 0; !s && il < m->n_layer; il++) {
         size_t row = (size_t)m->layers[il].n_head_kv * (size_t)m->layers[il].head_dim * 2;
-        if (!(s = sgllm__gpu_alloc(c, (size_t)n_ctx * row, &c->k_cache[il])))
-            s = sgllm__gpu_alloc(c, (size_t)n_ctx * row, &c->v_cache[il]);
+        if (!(s = sgllm__gpu_alloc(c, (size_t)n_pages * SGLLM__KV_PAGE * row, &c->k_cache[il])))
+            s = sgllm__gpu_alloc(c, (size_t)n_pages * SGLLM__KV_PAGE * row, &c->v_cache[il]);
     }
+    for (int32_t i = 0; !s && i < n_pages; i++) pages[i] = i;
+    if (!s) s = sgllm__gpu_alloc(c, (size_t)n_pages * sizeof(int32_t), &c->page_table);
+    if (!s) s = sgllm__cuda_upload(c->cu, c->page_table, pages, (size_t)n_pages * sizeof(int32_t));
+    sgllm__free(pages);
     size_t f = sizeof(float);
     if (!s) s = sgllm__gpu_alloc(c, 3 * (size_t)B * sizeof(int32_t), &c->io);
     if (!s) s = sgllm__gpu_alloc(c, (size_t)(B * E) * f, &c->x);
@@ -5403,11 +5417,16 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, int32_t n, int32_t n_o
         sgllm__cuda_qkv_post_args qa = {c->q, c->k, c->v, qd, kvd, L->n_head, L->n_head_kv, hd, G->bq, G->bk, G->bv,
                                         G->q_norm || G->k_norm, G->q_norm, G->k_norm, m->eps, L->n_rot, pos, n,
                                         L->rope_scale, L->rope_theta, m->rope_neox, c->k_cache[il], c->v_cache[il],
-                                        NULL, 0};
+                                        c->page_table, SGLLM__KV_PAGE};
         SGLLM__TRY(sgllm__cuda_qkv_post(cu, &qa));
-        int32_t sp = splits > 0 ? splits : sgllm__gpu_splits(disp, L, n, max_keys);
-        SGLLM__TRY(sgllm__cuda_attn_decode(cu, c->q, c->k_cache[il], c->v_cache[il], L->n_head, L->n_head_kv, hd, pos, n,
-                                           L->window, L->attn_scale, sp, c->att));
+        if (n >= disp->prefill_min_tokens) {
+            SGLLM__TRY(sgllm__cuda_attn_prefill(cu, c->q, c->k_cache[il], c->v_cache[il], c->page_table, SGLLM__KV_PAGE,
+                                                L->n_head, L->n_head_kv, hd, pos, n, L->window, L->attn_scale, c->att));
+        } else {
+            int32_t sp = splits > 0 ? splits : sgllm__gpu_splits(disp, L, n, max_keys);
+            SGLLM__TRY(sgllm__cuda_attn_decode(cu, c->q, c->k_cache[il], c->v_cache[il], c->page_table, SGLLM__KV_PAGE,
+                                               L->n_head, L->n_head_kv, hd, pos, n, L->window, L->attn_scale, sp, c->att));
+        }
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wo.type, G->wo, E, qd, c->att, n, c->o));
         SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm(cu, c->x, c->o, G->post_attn_norm, G->ffn_norm, c->h, n, E, m->eps));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_gate.type, G->w_gate, L->n_ff, E, c->h, n, c->g));

@@ -1,9 +1,10 @@
 // sgllm-bench-kernels - kernel-level benchmarks of the CUDA backend against the device's own ceilings.
 //
-//   sgllm-bench-kernels [--reps N] [--sweep]
+//   sgllm-bench-kernels [--reps N] [--sweep] [--attn]
 //
 // --sweep also times the Llama-3-8B matvecs under other matrix-vector launch settings
-// (warps per block, warps per SM) to choose the values for configs/<device>.json.
+// (warps per block, warps per SM) and the prefill attention under other tiles, to choose the
+// values for configs/<device>.json. --attn runs only the ceilings and the prefill attention.
 // Measures the two ceilings itself: streaming read bandwidth (16-byte loads over 2 GiB) and
 // the cuBLAS bf16 GEMM rate (8192^3). Then times the decode matrix-vector kernel at
 // Llama-3-8B layer shapes in BF16, Q8_0 and Q4_K (random weights, rotated over enough copies
@@ -131,14 +132,109 @@ static double time_gemm(uint32_t t, int64_t rows, int64_t cols, int64_t n_tok, i
     return median(tm, r) * 1e-3;
 }
 
+// Median seconds of a causal attention over n_q tokens at positions 0 .. n_q - 1 (the
+// prefill of an empty cache), by the prefill kernel (decode = false) or the decode kernel
+// per query with the forward's split choice (the path before section 6b). Two copies of
+// every buffer alternate, together larger than L2.
+static double time_attn(bool decode, int32_t nh, int32_t nkv, int32_t hd, int32_t n_q, int reps) {
+    int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd;
+    float *q[2], *out[2];
+    uint16_t *kc[2], *vc[2];
+    for (int i = 0; i < 2; i++) {
+        q[i] = (float *)dev((size_t)(n_q * qd) * 4);
+        out[i] = (float *)dev((size_t)(n_q * qd) * 4);
+        kc[i] = (uint16_t *)dev((size_t)(n_q * kvd) * 2);
+        vc[i] = (uint16_t *)dev((size_t)(n_q * kvd) * 2);
+        TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F32, q[i], n_q, qd, 20 + (uint64_t)i), "fill");
+        TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F16, kc[i], n_q, kvd, 30 + (uint64_t)i), "fill");
+        TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F16, vc[i], n_q, kvd, 40 + (uint64_t)i), "fill");
+    }
+    int32_t *pos = (int32_t *)malloc((size_t)n_q * 4);
+    for (int32_t i = 0; i < n_q; i++) pos[i] = i;
+    int32_t *dpos = (int32_t *)dev((size_t)n_q * 4);
+    TRY(sgllm__cuda_upload(gpu, dpos, pos, (size_t)n_q * 4), "upload");
+    free(pos);
+    const sgllm__cuda_dispatch *d = sgllm__cuda_get_dispatch(gpu);
+    int32_t splits = sgllm__dispatch_decode_splits(d, (int64_t)n_q * nkv * ((nh / nkv + 7) / 8), n_q);
+    if (decode) TRY(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(nh, hd, n_q, splits)), "scratch");
+    float scale = 1.0f / sqrtf((float)hd), tm[MAX_REPS];
+    int r = reps < 30 ? reps : 30;
+    for (int i = -2; i < r; i++) {
+        if (i >= 0) TRY(sgllm__cuda_timer_start(gpu), "timer");
+        for (int k = 0; k < 2; k++) {
+            if (decode)
+                TRY(sgllm__cuda_attn_decode(gpu, q[k], kc[k], vc[k], NULL, 0, nh, nkv, hd, dpos, n_q, 0, scale, splits,
+                                            out[k]), "attention");
+            else
+                TRY(sgllm__cuda_attn_prefill(gpu, q[k], kc[k], vc[k], NULL, 0, nh, nkv, hd, dpos, n_q, 0, scale, out[k]),
+                    "attention");
+        }
+        if (i >= 0) {
+            TRY(sgllm__cuda_timer_stop(gpu, &tm[i]), "timer");
+            tm[i] /= 2;
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        sgllm__cuda_dfree(gpu, q[i]);
+        sgllm__cuda_dfree(gpu, out[i]);
+        sgllm__cuda_dfree(gpu, kc[i]);
+        sgllm__cuda_dfree(gpu, vc[i]);
+    }
+    sgllm__cuda_dfree(gpu, dpos);
+    return median(tm, r) * 1e-3;
+}
+
+// Causal prefill attention of 2048 tokens: FLOPs 4 n_head head_dim pairs (q.k and p.v, pairs
+// = visible keys summed over the queries), as TFLOP/s and a fraction of the cuBLAS rate; the
+// decode kernel per query (the old path) beside it. sweep: the prefill tile variants too.
+static void bench_prefill_attn(double flops, int reps, bool sweep) {
+    static const struct {
+        const char *name;
+        int32_t nh, nkv, hd;
+    } shapes[] = {{"Llama-3-8B", 32, 8, 128}, {"Gemma-3-27B", 32, 16, 128}, {"hd 256 (Gemma 3)", 8, 4, 256},
+                  {"hd 256, 16 heads", 16, 8, 256}, {"hd 64", 32, 8, 64}};
+    int32_t n = 2048;
+    double pairs = (double)n * (n + 1) / 2;
+    printf("\nprefill attention, causal, %d tokens (fraction of the measured cuBLAS bf16 rate)\n", (int)n);
+    printf("%-18s %-9s %10s %9s %7s %12s %9s\n", "shape", "heads", "us", "TFLOP/s", "frac", "decode us", "TFLOP/s");
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        double fl = 4.0 * shapes[si].nh * shapes[si].hd * pairs;
+        double tp = time_attn(false, shapes[si].nh, shapes[si].nkv, shapes[si].hd, n, reps);
+        double td = time_attn(true, shapes[si].nh, shapes[si].nkv, shapes[si].hd, n, reps < 5 ? reps : 5);
+        printf("%-18s %3d/%-2d/%-3d %9.1f %9.1f %6.1f%% %12.1f %9.1f\n", shapes[si].name, shapes[si].nh, shapes[si].nkv,
+               shapes[si].hd, tp * 1e6, fl / tp / 1e12, 100 * fl / tp / flops, td * 1e6, fl / td / 1e12);
+    }
+    if (!sweep) return;
+    static const int tiles[][3] = {{128, 64, 8}, {128, 64, 4}, {64, 64, 4}, {64, 32, 4}, {32, 32, 2}};
+    const sgllm__cuda_dispatch base = *sgllm__cuda_get_dispatch(gpu);
+    printf("sweep: prefill tile (bm, bn, warps) for every head-dim class, TFLOP/s per shape\n");
+    for (size_t k = 0; k < sizeof tiles / sizeof tiles[0]; k++) {
+        sgllm__cuda_dispatch dd = base;
+        for (int c = 0; c < 3; c++) {
+            dd.prefill_block_m[c] = tiles[k][0];
+            dd.prefill_block_n[c] = tiles[k][1];
+        }
+        dd.prefill_warps[0] = dd.prefill_warps[1] = tiles[k][2];
+        sgllm__cuda_set_dispatch(gpu, &dd);
+        printf("  (%3d, %2d, %d):", tiles[k][0], tiles[k][1], tiles[k][2]);
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            double fl = 4.0 * shapes[si].nh * shapes[si].hd * pairs;
+            printf("  %6.1f", fl / time_attn(false, shapes[si].nh, shapes[si].nkv, shapes[si].hd, n, reps) / 1e12);
+        }
+        printf("\n");
+    }
+    sgllm__cuda_set_dispatch(gpu, &base);
+}
+
 int main(int argc, char **argv) {
     int reps = 21;
-    bool sweep = false;
+    bool sweep = false, attn_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sweep")) sweep = true;
+        else if (!strcmp(argv[i], "--attn")) attn_only = true;
         else {
-            fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep]\n");
+            fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep] [--attn]\n");
             return 2;
         }
     }
@@ -173,6 +269,11 @@ int main(int argc, char **argv) {
     printf("device: %s, %d SMs\n", props.name, props.sm_count);
     printf("measured read bandwidth: %.0f GB/s (streaming 16-byte loads, 2 GiB)\n", bw / 1e9);
     printf("measured cuBLAS bf16 GEMM: %.0f TFLOP/s (8192^3, random data)\n\n", flops / 1e12);
+    if (attn_only) {
+        bench_prefill_attn(flops, reps, sweep);
+        sgllm__cuda_free(gpu);
+        return 0;
+    }
 
     static const struct {
         const char *name;
@@ -267,6 +368,7 @@ int main(int argc, char **argv) {
             printf("%-6s %-14s %6lldx%-6lld %10.1f %10.0f %7.1f%%\n", sgllm__type_name(ptypes[ti]), shapes[si].name,
                    (long long)shapes[si].rows, (long long)shapes[si].cols, t * 1e6, fl / t / 1e12, 100 * fl / flops / t);
         }
+    bench_prefill_attn(flops, reps, sweep);
     sgllm__cuda_free(gpu);
     return 0;
 }

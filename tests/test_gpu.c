@@ -36,6 +36,8 @@
 //   programmatic dependent launch: every row op runs with dispatch.pdl on and off, and a chain
 //     of dependent ops captured in a graph with it on gives bit for bit the eager result with
 //     it off.
+//   prefill attention (fp16 tensor cores): a per-element worst-case bound derived from its
+//     fp16 roundings of q and the probabilities (see test_prefill).
 // Every output buffer is poisoned with NaN bytes before each run, so a missed write fails.
 #define SGLLM_INTERNAL
 #include "../sgllm_impl.c"
@@ -551,7 +553,7 @@ static void test_attention(void) {
                     int32_t splits = splits_list[si];
                     CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(nh, hd, n_q, splits)) == SGLLM_OK);
                     poison(dout, (size_t)(n_q * qd) * 4);
-                    sgllm_status s = sgllm__cuda_attn_decode(gpu, dq, dk, dv, nh, nkv, hd, dpos, n_q, window, L.attn_scale,
+                    sgllm_status s = sgllm__cuda_attn_decode(gpu, dq, dk, dv, NULL, 0, nh, nkv, hd, dpos, n_q, window, L.attn_scale,
                                                              splits, dout);
                     CHECKF(s == SGLLM_OK, "attn: %s", sgllm__cuda_errmsg(gpu));
                     fetch(out, dout, (size_t)(n_q * qd) * 4);
@@ -672,7 +674,7 @@ static void test_qkv_post(void) {
                                        hd, n_tok, 1e-6f) == SGLLM_OK);
         CHECK(sgllm__cuda_rope(gpu, rq, qs, nq, hd, n_rot, dpos, n_tok, pscale, theta, neox) == SGLLM_OK);
         CHECK(sgllm__cuda_rope(gpu, rk, kvs, nkv, hd, n_rot, dpos, n_tok, pscale, theta, neox) == SGLLM_OK);
-        CHECK(sgllm__cuda_kv_write(gpu, rk, rv, kvs, kvd, dphys, n_tok, rkc, rvc) == SGLLM_OK);
+        CHECK(sgllm__cuda_kv_write(gpu, rk, rv, kvs, kvd, dphys, n_tok, rkc, rvc, NULL, 0) == SGLLM_OK);
         // fused
         float *fq = (float *)dev_copy(q, (size_t)(n_tok * qs) * 4), *fk = (float *)dev_copy(k, (size_t)(n_tok * kvs) * 4);
         float *fv = (float *)dev_copy(v, (size_t)(n_tok * kvs) * 4);
@@ -809,7 +811,7 @@ static void test_pdl_graph(void) {
                     sgllm__cuda_qkv_norm(gpu, q, nq * hd, nq, nw, k, nkv * hd, nkv, nw, NULL, nkv * hd, hd, 1, 1e-6f);
                     sgllm__cuda_rope(gpu, q, nq * hd, nq, hd, hd, pos, 1, 1.0f, 10000.0f, 1);
                     sgllm__cuda_rope(gpu, k, nkv * hd, nkv, hd, hd, pos, 1, 1.0f, 10000.0f, 1);
-                    sgllm__cuda_kv_write(gpu, k, v, nkv * hd, nkv * hd, pos, 1, kc, vc);
+                    sgllm__cuda_kv_write(gpu, k, v, nkv * hd, nkv * hd, pos, 1, kc, vc, NULL, 0);
                 }
             }
             CHECK(sgllm__cuda_graph_end(gpu, &g) == SGLLM_OK);
@@ -834,6 +836,187 @@ static void test_pdl_graph(void) {
     free(x0), free(d0), free(w0), free(hq), free(hk);
 }
 
+// Prefill attention (flash attention on the tensor cores) over a paged cache, against a
+// double-precision softmax attention from the definition, per output element:
+//   |gpu - exact| <= max|v| * (2^-11 + 2 ds + n * (2^-24 + 2^-25)) + 1e-6,
+// a first-order worst-case bound from its roundings: each probability rounded to fp16 moves
+// the output by at most 2^-11 of a value (2^-25 absolute below fp16's normal range, n keys);
+// q rounded to fp16 moves score i by at most ds = 2^-11 * scale * sum_d |q_d k_id| (taken
+// over the visible keys), which moves a softmax average by at most 2 ds max|v|; the fp32
+// sum of n probabilities adds n 2^-24. The same shuffled-page run is compared bit for bit with
+// a run on the contiguous cache (no page table), and within the same bound (plus the decode
+// kernel's 1e-5 relative) with the split-KV decode kernel on the paged cache.
+static void test_prefill(void) {
+    static const struct {
+        int32_t hd, nh, nkv, n_q, pos0, window;
+        bool shuffled; // positions a random permutation of pos0 .. pos0 + n_q - 1
+    } cases[] = {
+        {64, 4, 4, 300, 0, 0, false},    {64, 8, 1, 37, 500, 0, false},  {128, 8, 2, 300, 0, 0, false},
+        {128, 8, 1, 129, 1000, 0, false}, {128, 4, 4, 1, 77, 0, false},  {128, 8, 2, 200, 300, 64, false},
+        {128, 4, 1, 150, 20, 0, true},    {80, 4, 1, 100, 50, 0, false}, {96, 2, 2, 65, 0, 17, false},
+        {256, 8, 2, 150, 100, 0, false},  {256, 4, 4, 64, 0, 32, false}, {512, 2, 1, 70, 30, 0, false},
+        {512, 4, 4, 33, 0, 0, false},     {48, 4, 2, 50, 10, 0, false},  {16, 2, 1, 40, 3, 0, false},
+        {72, 4, 2, 20, 5, 0, false}, // not a multiple of 16: the decode kernel takes it
+    };
+    enum { PAGE = 16 };
+    sgllm__cuda_dispatch small = disp; // a second tile choice per case: other compiled variants
+    for (int c = 0; c < 3; c++) {
+        small.prefill_block_m[c] = c == 2 ? 32 : 64;
+        small.prefill_block_n[c] = 32;
+    }
+    small.prefill_warps[0] = small.prefill_warps[1] = 4;
+    double worst = 0, worst_dec = 0; // largest error / bound
+    int runs = 0;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        int32_t hd = cases[ci].hd, nh = cases[ci].nh, nkv = cases[ci].nkv, n_q = cases[ci].n_q, pos0 = cases[ci].pos0;
+        int32_t window = cases[ci].window, rows = pos0 + n_q, n_pages = (rows + PAGE - 1) / PAGE;
+        int64_t kvd = (int64_t)nkv * hd, qd = (int64_t)nh * hd, cache = (int64_t)n_pages * PAGE * kvd;
+        float scale = 1.0f / sqrtf((float)hd);
+        uint16_t *kc = (uint16_t *)calloc((size_t)cache, 2), *vc = (uint16_t *)calloc((size_t)cache, 2);
+        uint16_t *kp = (uint16_t *)calloc((size_t)cache, 2), *vp = (uint16_t *)calloc((size_t)cache, 2);
+        int32_t *pt = (int32_t *)malloc((size_t)n_pages * 4), *pos = (int32_t *)malloc((size_t)n_q * 4);
+        for (int32_t p = 0; p < n_pages; p++) pt[p] = p;
+        for (int32_t p = n_pages - 1; p > 0; p--) { // shuffle the pages
+            int32_t j = (int32_t)(test_u64() % (uint64_t)(p + 1)), tmp = pt[p];
+            pt[p] = pt[j];
+            pt[j] = tmp;
+        }
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t e = 0; e < kvd; e++) {
+                int64_t phys = ((int64_t)pt[r / PAGE] * PAGE + r % PAGE) * kvd + e;
+                kp[phys] = kc[r * kvd + e] = sgllm__f32_to_fp16(test_uniform(-1, 1));
+                vp[phys] = vc[r * kvd + e] = sgllm__f32_to_fp16(test_uniform(-1, 1));
+            }
+        for (int32_t i = 0; i < n_q; i++) pos[i] = pos0 + i;
+        for (int32_t i = n_q - 1; cases[ci].shuffled && i > 0; i--) {
+            int32_t j = (int32_t)(test_u64() % (uint64_t)(i + 1)), tmp = pos[i];
+            pos[i] = pos[j];
+            pos[j] = tmp;
+        }
+        float *q = rand_floats((int64_t)n_q * qd, -1, 1);
+        float *exact = (float *)malloc((size_t)(n_q * qd) * 4), *bound = (float *)malloc((size_t)(n_q * nh) * 4);
+        double *sc = (double *)malloc((size_t)rows * sizeof(double));
+        for (int32_t i = 0; i < n_q; i++)
+            for (int32_t h = 0; h < nh; h++) {
+                int32_t p_hi = pos[i], p_lo = window ? (p_hi - window + 1 > 0 ? p_hi - window + 1 : 0) : 0;
+                int64_t kvo = (int64_t)(h / (nh / nkv)) * hd;
+                const float *qr = q + (int64_t)i * qd + (int64_t)h * hd;
+                double mx = -INFINITY, sum = 0, ds = 0, vmax = 0;
+                for (int32_t p = p_lo; p <= p_hi; p++) {
+                    double dot = 0, adot = 0;
+                    for (int32_t d = 0; d < hd; d++) {
+                        double kv = sgllm__fp16_to_f32(kc[p * kvd + kvo + d]);
+                        dot += (double)qr[d] * kv;
+                        adot += fabs((double)qr[d] * kv);
+                        double av = fabs((double)sgllm__fp16_to_f32(vc[p * kvd + kvo + d]));
+                        vmax = av > vmax ? av : vmax;
+                    }
+                    sc[p] = dot * scale;
+                    mx = sc[p] > mx ? sc[p] : mx;
+                    ds = adot * scale > ds ? adot * scale : ds;
+                }
+                int32_t n = p_hi - p_lo + 1;
+                bound[i * nh + h] = (float)(vmax * (ldexp(1, -11) * (1 + 2 * ds) + n * (ldexp(1, -24) + ldexp(1, -25))) + 1e-6);
+                for (int32_t p = p_lo; p <= p_hi; p++) sum += (sc[p] = exp(sc[p] - mx));
+                for (int32_t d = 0; d < hd; d++) {
+                    double o = 0;
+                    for (int32_t p = p_lo; p <= p_hi; p++) o += sc[p] * sgllm__fp16_to_f32(vc[p * kvd + kvo + d]);
+                    exact[(int64_t)i * qd + (int64_t)h * hd + d] = (float)(o / sum);
+                }
+            }
+        free(sc);
+        void *dk = dev_copy(kp, (size_t)cache * 2), *dv = dev_copy(vp, (size_t)cache * 2);
+        void *dkc = dev_copy(kc, (size_t)cache * 2), *dvc = dev_copy(vc, (size_t)cache * 2);
+        float *dq = (float *)dev_copy(q, (size_t)(n_q * qd) * 4), *dout = (float *)dev((size_t)(n_q * qd) * 4);
+        int32_t *dpos = (int32_t *)dev_copy(pos, (size_t)n_q * 4), *dpt = (int32_t *)dev_copy(pt, (size_t)n_pages * 4);
+        float *out = (float *)malloc((size_t)(n_q * qd) * 4), *flat = (float *)malloc((size_t)(n_q * qd) * 4);
+        for (int vi = 0; vi < 2; vi++) {
+            sgllm__cuda_set_dispatch(gpu, vi ? &small : &disp);
+            poison(dout, (size_t)(n_q * qd) * 4);
+            sgllm_status s = sgllm__cuda_attn_prefill(gpu, dq, dkc, dvc, NULL, 0, nh, nkv, hd, dpos, n_q, window, scale, dout);
+            CHECKF(s == SGLLM_OK, "prefill: %s", sgllm__cuda_errmsg(gpu));
+            fetch(flat, dout, (size_t)(n_q * qd) * 4);
+            poison(dout, (size_t)(n_q * qd) * 4);
+            s = sgllm__cuda_attn_prefill(gpu, dq, dk, dv, dpt, PAGE, nh, nkv, hd, dpos, n_q, window, scale, dout);
+            CHECKF(s == SGLLM_OK, "prefill (paged): %s", sgllm__cuda_errmsg(gpu));
+            fetch(out, dout, (size_t)(n_q * qd) * 4);
+            CHECKF(!memcmp(out, flat, (size_t)(n_q * qd) * 4), "hd %d: the paged cache gave other bits than the contiguous one", hd);
+            double w = 0;
+            int64_t bad = -1;
+            for (int64_t e = 0; e < n_q * qd; e++) {
+                double r = fabs((double)out[e] - exact[e]) / bound[e / hd];
+                if (!(r <= 1)) bad = bad < 0 ? e : bad;
+                w = r > w || r != r ? r : w;
+            }
+            worst = w > worst || w != w ? w : worst;
+            runs++;
+            CHECKF(bad < 0, "prefill hd %d heads %d/%d n_q %d pos0 %d window %d tiles %d: element %lld got %g, exact %g, bound %g",
+                   hd, nh, nkv, n_q, pos0, window, vi, (long long)bad, bad < 0 ? 0.0 : (double)out[bad],
+                   bad < 0 ? 0.0 : (double)exact[bad], bad < 0 ? 0.0 : (double)bound[bad / hd]);
+        }
+        sgllm__cuda_set_dispatch(gpu, &disp);
+        // the decode kernel on the same paged cache: the same bound plus its own 1e-5 relative
+        float *dec = (float *)malloc((size_t)(n_q * qd) * 4);
+        CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(nh, hd, n_q, 4)) == SGLLM_OK);
+        poison(dout, (size_t)(n_q * qd) * 4);
+        sgllm_status s = sgllm__cuda_attn_decode(gpu, dq, dk, dv, dpt, PAGE, nh, nkv, hd, dpos, n_q, window, scale, 4, dout);
+        CHECKF(s == SGLLM_OK, "decode (paged): %s", sgllm__cuda_errmsg(gpu));
+        fetch(dec, dout, (size_t)(n_q * qd) * 4);
+        int64_t bad = -1;
+        for (int64_t e = 0; e < n_q * qd; e++) {
+            double r = fabs((double)out[e] - dec[e]) / (bound[e / hd] + 1e-5 * fabs((double)exact[e]) + 1e-6);
+            if (!(r <= 1)) bad = bad < 0 ? e : bad;
+            worst_dec = r > worst_dec || r != r ? r : worst_dec;
+        }
+        CHECKF(bad < 0, "prefill vs decode hd %d heads %d/%d n_q %d: element %lld: %g vs %g", hd, nh, nkv, n_q,
+               (long long)bad, bad < 0 ? 0.0 : (double)out[bad], bad < 0 ? 0.0 : (double)dec[bad]);
+        void *bufs[] = {dk, dv, dkc, dvc, dq, dout, dpos, dpt};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
+        free(kc), free(vc), free(kp), free(vp), free(pt), free(pos), free(q), free(exact), free(bound), free(out),
+            free(flat), free(dec);
+    }
+    printf("prefill attention: %d runs (head dims 16-512, GQA 1/4/8, 1-300 queries, offsets, windows, shuffled pages), "
+           "worst error %.3g of its bound vs double, %.3g vs the decode kernel\n", runs, worst, worst_dec);
+}
+
+// The cache write through a shuffled page table lands each row on its page.
+static void test_kv_write_paged(void) {
+    enum { PAGE = 8, PAGES = 6, KVD = 24, N = 30 };
+    int32_t pt[PAGES], pos[N];
+    for (int i = 0; i < PAGES; i++) pt[i] = i;
+    for (int i = PAGES - 1; i > 0; i--) {
+        int j = (int)(test_u64() % (uint64_t)(i + 1)), t = pt[i];
+        pt[i] = pt[j];
+        pt[j] = t;
+    }
+    for (int i = 0; i < N; i++) pos[i] = 5 + i;
+    float *k = rand_floats(N * KVD, -4, 4), *v = rand_floats(N * KVD, -4, 4);
+    void *dk = dev(PAGE * PAGES * KVD * 2), *dv = dev(PAGE * PAGES * KVD * 2);
+    CHECK(sgllm__cuda_memset(gpu, dk, 0, PAGE * PAGES * KVD * 2) == SGLLM_OK);
+    CHECK(sgllm__cuda_memset(gpu, dv, 0, PAGE * PAGES * KVD * 2) == SGLLM_OK);
+    float *dkf = (float *)dev_copy(k, N * KVD * 4), *dvf = (float *)dev_copy(v, N * KVD * 4);
+    int32_t *dpos = (int32_t *)dev_copy(pos, sizeof pos), *dpt = (int32_t *)dev_copy(pt, sizeof pt);
+    CHECK(sgllm__cuda_kv_write(gpu, dkf, dvf, KVD, KVD, dpos, N, (uint16_t *)dk, (uint16_t *)dv, dpt, PAGE) == SGLLM_OK);
+    uint16_t hk[PAGE * PAGES * KVD], hv[PAGE * PAGES * KVD];
+    fetch(hk, dk, sizeof hk);
+    fetch(hv, dv, sizeof hv);
+    int wrong = 0;
+    for (int r = 0; r < PAGE * PAGES; r++) {
+        int i = r - 5, phys = pt[r / PAGE] * PAGE + r % PAGE;
+        for (int e = 0; e < KVD; e++) {
+            uint16_t ek = i >= 0 && i < N ? sgllm__f32_to_fp16(k[i * KVD + e]) : 0;
+            uint16_t ev = i >= 0 && i < N ? sgllm__f32_to_fp16(v[i * KVD + e]) : 0;
+            wrong += hk[phys * KVD + e] != ek || hv[phys * KVD + e] != ev;
+        }
+    }
+    CHECKF(!wrong, "paged kv_write: %d values wrong", wrong);
+    CHECK(sgllm__cuda_kv_write(gpu, dkf, dvf, KVD, KVD, dpos, N, (uint16_t *)dk, (uint16_t *)dv, dpt, 12) ==
+          SGLLM_ERR_INVALID_ARGUMENT);
+    void *bufs[] = {dk, dv, dkf, dvf, dpos, dpt};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
+    free(k), free(v);
+}
+
 // Bad arguments are refused with a message, never launched.
 static void test_errors(void) {
     float *d = (float *)dev(4096 * 4);
@@ -842,10 +1025,16 @@ static void test_errors(void) {
     CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q8_1, d, 4, 64, d, 1, d) == SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q4_K, d, 4, 100, d, 1, d) == SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_embed(gpu, 99, d, 4, 64, (const int32_t *)d, 1, 1, d) == SGLLM_ERR_INVALID_ARGUMENT);
-    CHECK(sgllm__cuda_attn_decode(gpu, d, (uint16_t *)d, (uint16_t *)d, 8, 3, 64, (int32_t *)d, 1, 0, 1, 1, d) ==
+    CHECK(sgllm__cuda_attn_decode(gpu, d, (uint16_t *)d, (uint16_t *)d, NULL, 0, 8, 3, 64, (int32_t *)d, 1, 0, 1, 1, d) ==
           SGLLM_ERR_INVALID_ARGUMENT);
-    CHECK(sgllm__cuda_attn_decode(gpu, d, (uint16_t *)d, (uint16_t *)d, 8, 8, 520, (int32_t *)d, 1, 0, 1, 1, d) ==
+    CHECK(sgllm__cuda_attn_decode(gpu, d, (uint16_t *)d, (uint16_t *)d, NULL, 0, 8, 8, 520, (int32_t *)d, 1, 0, 1, 1, d) ==
           SGLLM_ERR_INVALID_ARGUMENT);
+    CHECK(sgllm__cuda_attn_prefill(gpu, d, (uint16_t *)d, (uint16_t *)d, NULL, 0, 8, 3, 64, (int32_t *)d, 1, 0, 1, d) ==
+          SGLLM_ERR_INVALID_ARGUMENT);
+    CHECK(sgllm__cuda_attn_prefill(gpu, d, (uint16_t *)d, (uint16_t *)d, (int32_t *)d, 48, 8, 8, 64, (int32_t *)d, 1, 0, 1,
+                                   d) == SGLLM_ERR_INVALID_ARGUMENT);
+    CHECK(sgllm__cuda_attn_decode(gpu, d, (uint16_t *)d, (uint16_t *)d, (int32_t *)d, 0, 8, 8, 64, (int32_t *)d, 1, 0, 1, 1,
+                                  d) == SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_rope(gpu, d, 64, 1, 64, 65, (int32_t *)d, 1, 1, 1e4f, 1) == SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_gated_act(gpu, 7, d, d, 4) == SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_gemm(gpu, SGLLM__T_Q8_0, d, 1 << 20, 4096, d, 1 << 16, d) == SGLLM_ERR_OUT_OF_MEMORY);
@@ -882,6 +1071,8 @@ int main(void) {
     test_quantize_act();
     test_matmul();
     test_attention();
+    test_prefill();
+    test_kv_write_paged();
     test_norm_add();
     test_qkv_post();
     test_pdl_graph();
