@@ -421,10 +421,11 @@ typedef struct sgllm__cuda_dispatch {
     int prefill_warps[2];         // warps for head dim <= 64, > 64
     int qknorm_per_head_max_tokens; // q/k norm: one block per (token, head) up to this many tokens
     int norm_threads;             // threads per block of the row-wise norm kernels
-    int matvec_int8;              // quantized weights: 1 = activations quantized to int8 blocks once per call
-                                  // and integer dot products (dp4a), weights read directly by each row's warp;
-                                  // 2 = the same arithmetic in the shared-memory staged kernel (per-block
-                                  // quantization; kept for comparison); 0 = the fp32-activation reference kernel
+    int matvec_int8;              // quantized weights: 1 = activations quantized to int8 blocks inside the
+                                  // matrix-vector kernel and integer dot products (dp4a); 2 = the same arithmetic
+                                  // with activations quantized once per call and each row's warp reading its
+                                  // weights directly (the fused launches' kernel, for every matrix); 0 = the
+                                  // fp32-activation reference kernel
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context
@@ -493,8 +494,10 @@ size_t sgllm__cuda_gemm_scratch_bytes(uint32_t type, int64_t rows, int64_t cols,
 // sgllm__cuda_gated_act, in one launch with no gate/up round trip through memory. Both fall
 // back to sgllm__cuda_matmul per matrix (and sgllm__cuda_gated_act, which then needs u (n_tok,
 // rows) as the up product's buffer; the fused path leaves u alone and accepts NULL) when the
-// types differ, n_tok > dispatch.matvec_max_batch, dispatch.matvec_int8 != 1 for quantized
-// types, or a matrix is not 16-byte aligned, so callers may use them unconditionally.
+// types differ, n_tok > dispatch.matvec_max_batch, a matrix is not 16-byte aligned, or for
+// quantized types dispatch.matvec_int8 is 0, or is 1 and the matrices hold over 32 MB together
+// (large matrices stream faster through the single-matrix kernel), so callers may use them
+// unconditionally.
 sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,
                                       const int64_t *rows, int64_t cols, const float *x, int64_t n_tok, float *const *y);
 sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate, uint32_t up_type,

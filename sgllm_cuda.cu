@@ -1139,7 +1139,11 @@ extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, 
     return sgllm__cu_launched(c, "quantize_act");
 }
 
-// Direct int8 path (dispatch.matvec_int8 = 1, the default; 2 selects the staged kernel above).
+// Direct int8 path: fused q/k/v and gate/up launches of quantized matrices up to
+// MV_FUSE_MAX_BYTES, and every quantized matrix-vector product with dispatch.matvec_int8 = 2.
+// (Measured on the H100, 2026-11-27: per byte it streams slower than the staged kernel above
+// (Q8_0 128256x4096 304 us against 200 us, Q6_K 631 against 232), so single large matrices
+// keep the staged kernel; it wins where launches are many and small.)
 // The activations are quantized once per call (or once per fused q/k/v or gate/up launch) by
 // sgllm__cu_xq_k into the context's buffer, where they stay in L2 for every block. Each warp
 // owns one output row (two for gate/up: the rows share every activation load) and its lanes
@@ -1496,7 +1500,7 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
         return sgllm__cu_bad(c, "matvec", "bad pointer, weight type or shape (n_tok must be <= 8)");
     if (!n_tok) return SGLLM_OK;
     bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
-    if (!is_float && c->disp.matvec_int8 == 1 && sgllm__cu_mvd_ok(type, w, rb, cols, x)) {
+    if (!is_float && c->disp.matvec_int8 == 2 && sgllm__cu_mvd_ok(type, w, rb, cols, x)) {
         sgllm__cu_mvd a = {};
         a.w[0] = (const uint8_t *)w, a.y[0] = y, a.rows[0] = rows, a.n_seg = 1, a.act = -1;
         a.row_bytes = rb, a.total_rows = rows;
@@ -1554,18 +1558,23 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
 }
 
 // Whether q/k/v-style or gate/up launches can be fused: same type, batch within the
-// matrix-vector range, the direct kernel's alignment, and for quantized types the direct
-// int8 path selected.
-static bool sgllm__cu_fusable(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w, int64_t cols,
-                              const float *x, int64_t n_tok, int64_t *rb) {
+// matrix-vector range, the direct kernel's alignment; quantized types need int8 activations
+// and, unless dispatch.matvec_int8 = 2, at most MV_FUSE_MAX_BYTES of weights (larger ones
+// stream faster through the staged kernel, one launch per matrix).
+enum { MV_FUSE_MAX_BYTES = 32 << 20 };
+static bool sgllm__cu_fusable(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w, const int64_t *rows,
+                              int64_t cols, const float *x, int64_t n_tok, int64_t *rb) {
     int max_batch = c->disp.matvec_max_batch < 1 ? 1 : c->disp.matvec_max_batch > 8 ? 8 : c->disp.matvec_max_batch;
     uint32_t t = types[0];
     *rb = sgllm__cu_row_bytes(t, cols);
     bool is_float = t == T_F32 || t == T_F16 || t == T_BF16;
-    if (!*rb || !x || n_tok < 1 || n_tok > max_batch || (!is_float && c->disp.matvec_int8 != 1)) return false;
-    for (int k = 0; k < n; k++)
+    if (!*rb || !x || n_tok < 1 || n_tok > max_batch || (!is_float && !c->disp.matvec_int8)) return false;
+    int64_t bytes = 0;
+    for (int k = 0; k < n; k++) {
         if (types[k] != t || !w[k] || !sgllm__cu_mvd_ok(t, w[k], *rb, cols, x)) return false;
-    return true;
+        bytes += rows[k] * *rb;
+    }
+    return is_float || c->disp.matvec_int8 == 2 || bytes <= MV_FUSE_MAX_BYTES;
 }
 
 extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,
@@ -1574,11 +1583,10 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (n < 1 || n > 3 || !types || !w || !rows || !y) return sgllm__cu_bad(c, "matvec_multi", "bad matrix list");
     int64_t rb, total = 0;
-    bool fused = sgllm__cu_fusable(c, n, types, w, cols, x, n_tok, &rb);
-    for (int k = 0; k < n; k++) {
-        if (!y[k] || rows[k] <= 0) fused = false;
-        total += rows[k] > 0 ? rows[k] : 0;
-    }
+    bool fused = true;
+    for (int k = 0; k < n; k++) fused = fused && y[k] && rows[k] > 0;
+    fused = fused && sgllm__cu_fusable(c, n, types, w, rows, cols, x, n_tok, &rb);
+    for (int k = 0; k < n; k++) total += rows[k] > 0 ? rows[k] : 0;
     if (!fused) {
         for (int k = 0; k < n; k++) {
             sgllm_status s = sgllm__cuda_matmul(c, types[k], w[k], rows[k], cols, x, n_tok, y[k]);
@@ -1602,8 +1610,9 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
         return sgllm__cu_bad(c, "matvec_gated", "bad pointer, shape or activation");
     const uint32_t types[2] = {gate_type, up_type};
     const void *w[2] = {w_gate, w_up};
+    const int64_t rr[2] = {rows, rows};
     int64_t rb;
-    if (!sgllm__cu_fusable(c, 2, types, w, cols, x, n_tok, &rb)) {
+    if (!sgllm__cu_fusable(c, 2, types, w, rr, cols, x, n_tok, &rb)) {
         if (!u) return sgllm__cu_bad(c, "matvec_gated", "the unfused path needs the up buffer");
         sgllm_status s = sgllm__cuda_matmul(c, gate_type, w_gate, rows, cols, x, n_tok, y);
         if (!s) s = sgllm__cuda_matmul(c, up_type, w_up, rows, cols, x, n_tok, u);

@@ -136,9 +136,10 @@ static double time_gemm(uint32_t t, int64_t rows, int64_t cols, int64_t n_tok, i
 // Whole decode steps' matrix-vector products as one CUDA graph (how the decode step runs): for
 // every layer q, k, v, o, gate, up, the gated activation, down, then the output matrix, at
 // batch 1. Layer weights are distinct per layer up to `copies` (then reused: one Llama-3-8B
-// layer alone is far larger than the L2). Three ways: the staged int8 kernel with separate
-// launches (matvec_int8 = 2, the previous default), the direct kernel with separate launches,
-// and the direct kernel with q/k/v and gate/up fused (matvec_multi, matvec_gated).
+// layer alone is far larger than the L2). Four ways: separate launches on the staged int8
+// kernel (matvec_int8 = 1, as before the fused launches) and on the direct kernel
+// (matvec_int8 = 2); q/k/v and gate/up through matvec_multi / matvec_gated as the forward
+// calls them (dispatch default) and with every launch on the direct kernel.
 typedef struct {
     const char *name;
     int64_t n_embd, q_dim, kv_dim, n_ff, n_layer, n_vocab;
@@ -188,17 +189,17 @@ static void decode_step(const decode_shape *sh, uint32_t type, const sgllm__cuda
     TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F32, x, 1, xmax, 5), "fill");
     for (int i = 0; i < 5; i++) y[i] = (float *)dev((size_t)(F > Q ? F : Q) * 4);
     y[5] = (float *)dev((size_t)sh->n_vocab * 4);
-    double floor_t = (double)floor_bytes / bw, t_way[3], t_out[2];
-    static const char *way_name[3] = {"staged, separate", "direct, separate", "direct, fused"};
-    for (int way = 0; way < 3; way++) {
+    double floor_t = (double)floor_bytes / bw, t_way[4], t_out[2];
+    static const char *way_name[4] = {"staged", "direct", "fused (default)", "fused, all direct"};
+    for (int way = 0; way < 4; way++) {
         sgllm__cuda_dispatch dd = *disp;
-        dd.matvec_int8 = way == 0 ? 2 : 1;
+        dd.matvec_int8 = way == 1 || way == 3 ? 2 : 1;
         sgllm__cuda_set_dispatch(gpu, &dd);
         void *graph = NULL;
         TRY(sgllm__cuda_graph_begin(gpu), "graph begin");
         for (int64_t l = 0; l < sh->n_layer; l++) {
             void **L = w[l % sh->copies];
-            if (way == 2) {
+            if (way >= 2) {
                 int64_t r3[3] = {Q, KV, KV};
                 const void *w3[3] = {L[0], L[1], L[2]};
                 float *y3[3] = {y[0], y[1], y[2]};
@@ -207,7 +208,7 @@ static void decode_step(const decode_shape *sh, uint32_t type, const sgllm__cuda
                 for (int m = 0; m < 3; m++) TRY(sgllm__cuda_matmul(gpu, types[m], L[m], rows[m], E, x, 1, y[m]), "matmul");
             }
             TRY(sgllm__cuda_matmul(gpu, types[3], L[3], E, Q, x, 1, y[3]), "matmul");
-            if (way == 2) {
+            if (way >= 2) {
                 TRY(sgllm__cuda_matvec_gated(gpu, SGLLM__CUDA_ACT_SILU, types[4], L[4], types[5], L[5], F, E, x, 1, y[0], y[1]),
                     "gated");
             } else {
@@ -231,8 +232,8 @@ static void decode_step(const decode_shape *sh, uint32_t type, const sgllm__cuda
     }
     sgllm__cuda_set_dispatch(gpu, disp);
     printf("%-11s %-5s %8.1f MB floor %8.1f us |", sh->name, sgllm__type_name(type), floor_bytes / 1e6, floor_t * 1e6);
-    for (int way = 0; way < 3; way++)
-        printf(" %s %8.1f us %5.1f%% |", way_name[way], t_way[way] * 1e6, 100 * floor_t / t_way[way]);
+    for (int way = 0; way < 4; way++)
+        printf(" %s %.1f us %.1f%% |", way_name[way], t_way[way] * 1e6, 100 * floor_t / t_way[way]);
     printf(" output %s %lldx%lld alone: staged %.1f us, direct %.1f us (floor %.1f us)\n", sgllm__type_name(ot),
            (long long)sh->n_vocab, (long long)E, t_out[0] * 1e6, t_out[1] * 1e6, (double)ob / bw * 1e6);
     fflush(stdout);
