@@ -423,8 +423,10 @@ typedef struct sgllm__cuda_dispatch {
     int qknorm_per_head_max_tokens; // q/k norm: one block per (token, head) up to this many tokens
     int norm_threads;             // threads per block of the row-wise norm kernels
     int matvec_int8;              // quantized weights: 1 = activations quantized to int8 blocks inside the
-                                  // matrix-vector kernel and integer dot products (dp4a); 0 = the fp32-activation
-                                  // reference kernel
+                                  // matrix-vector kernel and integer dot products (dp4a); 2 = the same arithmetic
+                                  // with activations quantized once per call and each row's warp reading its
+                                  // weights directly (the fused launches' kernel, for every matrix); 0 = the
+                                  // fp32-activation reference kernel
     int pdl;                      // 1 = programmatic dependent launch (sm90+ only; ignored below): a kernel may start
                                   // while its predecessor on the stream finishes and waits for it on the device
 } sgllm__cuda_dispatch;
@@ -523,6 +525,21 @@ sgllm_status sgllm__cuda_gemm(sgllm__cuda *c, uint32_t type, const void *w, int6
 sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
                                 const float *x, int64_t n_tok, float *y);
 size_t sgllm__cuda_gemm_scratch_bytes(uint32_t type, int64_t rows, int64_t cols, int64_t n_tok);
+// Fused decode launches over one activation x (n_tok, cols). matvec_multi: y[k](n_tok, rows[k])
+// = x . w[k]^T for n (1..3) matrices, e.g. q, k and v, in one launch (the activations are
+// quantized once). matvec_gated: y(n_tok, rows) = act(x . w_gate^T) * (x . w_up^T), act as
+// sgllm__cuda_gated_act, in one launch with no gate/up round trip through memory. Both fall
+// back to sgllm__cuda_matmul per matrix (and sgllm__cuda_gated_act, which then needs u (n_tok,
+// rows) as the up product's buffer; the fused path leaves u alone and accepts NULL) when the
+// types differ, n_tok > dispatch.matvec_max_batch, a matrix is not 16-byte aligned, or for
+// quantized types dispatch.matvec_int8 is 0, or is 1 and the matrices hold over 32 MB together
+// (large matrices stream faster through the single-matrix kernel), so callers may use them
+// unconditionally.
+sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,
+                                      const int64_t *rows, int64_t cols, const float *x, int64_t n_tok, float *const *y);
+sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate, uint32_t up_type,
+                                      const void *w_up, int64_t rows, int64_t cols, const float *x, int64_t n_tok,
+                                      float *y, float *u);
 // The activation quantization of the int8 matrix-vector path (dispatch.matvec_int8), on its
 // own for tests: x (n_tok <= 8, cols) -> qs (device, n_tok * cols int8) and ds (device,
 // n_tok * cols / 32 pairs of floats: the block scale d, then the integer sum of the block's

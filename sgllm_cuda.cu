@@ -38,6 +38,10 @@
 // cuBLAS never allocates behind our back, which graph capture forbids), a scratch buffer
 // shared by ops that run one after another on the stream, and the dispatch decisions.
 
+// Activation buffer of the direct matrix-vector kernels: up to 8 tokens of MV_XQ_COLS values
+// as int8 codes plus one float2 per 32 values (wider rows take the staged kernel).
+enum { MV_XQ_COLS = 65536, MV_XQ_BYTES = 8 * MV_XQ_COLS + 8 * (MV_XQ_COLS / 32) * 8 };
+
 struct sgllm__cuda {
     int device;
     cudaStream_t stream;
@@ -47,6 +51,7 @@ struct sgllm__cuda {
     void *scratch;        // (scratch_bytes) bf16 weights/activations for GEMM, attention partials
     size_t scratch_bytes;
     cudaEvent_t t0, t1;   // sgllm__cuda_timer_start/stop
+    void *mv_xq;          // (MV_XQ_BYTES) int8 activations of the direct matrix-vector kernels (section 4)
     sgllm__cuda_dispatch disp;
     int smem_optin, smem_sm; // shared memory a block may opt into, and per SM (bytes)
     int cc_major;         // compute capability major of the device
@@ -166,6 +171,7 @@ extern "C" void sgllm__cuda_free(sgllm__cuda *c) {
     if (c->t1) cudaEventDestroy(c->t1);
     cudaFree(c->blas_ws);
     cudaFree(c->scratch);
+    cudaFree(c->mv_xq);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
 }
@@ -197,6 +203,7 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreate(&c->t1), "event");
     c->blas_ws_bytes = (size_t)32 << 20;
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->blas_ws, c->blas_ws_bytes), "cuBLAS workspace");
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->mv_xq, MV_XQ_BYTES), "matvec activation buffer");
     if (s == SGLLM_OK && (cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS ||
                           cublasSetWorkspace(c->blas, c->blas_ws, c->blas_ws_bytes) != CUBLAS_STATUS_SUCCESS))
         s = sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "cuBLAS stream/workspace setup failed");
@@ -1369,6 +1376,296 @@ extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, 
     return sgllm__cu_launched(c, "quantize_act");
 }
 
+// Direct int8 path: fused q/k/v and gate/up launches of quantized matrices up to
+// MV_FUSE_MAX_BYTES, and every quantized matrix-vector product with dispatch.matvec_int8 = 2.
+// (Measured on the H100, 2026-11-27: per byte it streams slower than the staged kernel above
+// (Q8_0 128256x4096 304 us against 200 us, Q6_K 631 against 232), so single large matrices
+// keep the staged kernel; it wins where launches are many and small.)
+// The activations are quantized once per call (or once per fused q/k/v or gate/up launch) by
+// sgllm__cu_xq_k into the context's buffer, where they stay in L2 for every block. Each warp
+// owns one output row (two for gate/up: the rows share every activation load) and its lanes
+// read the weights straight from global memory through the read-only path, no shared-memory
+// staging and no barriers, so a row of 640 values costs the same per byte as a row of 14336.
+// A lane's unit is 4 consecutive values (8 lanes per 32-value block: a warp's loads cover 4
+// neighbouring blocks, coalesced) or, for Q4_K/Q5_K, two words of nibbles = 8 values of two
+// sub-blocks each (16 lanes per super-block: the scales are decoded once per 16 values);
+// U units per lane are loaded before any is used. Integer sums per block are the CPU engine's
+// (signed codes: the constant offsets of Q4_0/Q5_0/Q6_K are subtracted per byte, exactly);
+// block scales and the float combination follow.
+// Float weights (fused launches only) use the same kernel with one 16-byte word per unit and
+// fp32 activations.
+
+static __device__ inline uint32_t sgllm__cu_g16(const uint8_t *p) { return __ldg((const unsigned short *)p); }
+static __device__ inline uint32_t sgllm__cu_g32(const uint8_t *p) { return __ldg((const unsigned int *)p); }
+static __device__ inline uint32_t sgllm__cu_g32a2(const uint8_t *p) { return sgllm__cu_g16(p) | (sgllm__cu_g16(p + 2) << 16); }
+
+// Values per unit of type T.
+static __host__ __device__ constexpr int sgllm__cu_mvd_uv(int t) {
+    return t == T_F32 ? 4 : t == T_F16 || t == T_BF16 ? 8 : t == T_Q4_K || t == T_Q5_K ? 16 : 4;
+}
+
+struct sgllm__cu_mvd {
+    const uint8_t *w[3]; // segments: q/k/v (n_seg of them) or gate, up (gated)
+    float *y[3];         // (nt, rows[s]) each; gated: y[0] only
+    int64_t rows[3];
+    int n_seg, act;      // act: -1 plain, else SGLLM__CUDA_ACT_* of a gated pair
+    int64_t cols, row_bytes, total_rows;
+    const float *x;      // (nt, cols) float types
+    const int8_t *xq;    // (nt, cols) block-quantized types
+    const float2 *xd;    // (nt, cols / 32)
+    int nt;
+};
+
+// Adds unit i of each of the NR rows to acc (only when ok: a clamped duplicate otherwise).
+template <int T, int NT, int NR>
+static __device__ inline void sgllm__cu_mvd_unit(const uint8_t *const row[NR], int64_t i, bool ok,
+                                                 const sgllm__cu_mvd &a, float acc[NR][NT]) {
+    if (T == T_F32 || T == T_F16 || T == T_BF16) {
+        constexpr int VPL = sgllm__cu_mvd_uv(T);
+        float v[NR][8];
+#pragma unroll
+        for (int k = 0; k < NR; k++) {
+            uint4 q = __ldcs((const uint4 *)row[k] + i);
+            uint32_t wd[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                if (T == T_F32) v[k][e] = __uint_as_float(wd[e]);
+                else if (T == T_BF16) {
+                    v[k][2 * e] = __uint_as_float(wd[e] << 16);
+                    v[k][2 * e + 1] = __uint_as_float(wd[e] & 0xffff0000u);
+                } else {
+                    float2 f = __half22float2(*(const __half2 *)&wd[e]);
+                    v[k][2 * e] = f.x;
+                    v[k][2 * e + 1] = f.y;
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t >= a.nt) break;
+            const float4 *xp = (const float4 *)(a.x + t * a.cols + i * VPL);
+            float4 x0 = __ldg(xp), x1 = VPL == 8 ? __ldg(xp + 1) : x0;
+#pragma unroll
+            for (int k = 0; k < NR; k++) {
+                float s = v[k][0] * x0.x + v[k][1] * x0.y + v[k][2] * x0.z + v[k][3] * x0.w;
+                if (VPL == 8) s += v[k][4] * x1.x + v[k][5] * x1.y + v[k][6] * x1.z + v[k][7] * x1.w;
+                acc[k][t] += ok ? s : 0.0f;
+            }
+        }
+    } else if (T == T_Q4_K || T == T_Q5_K) {
+        // unit i: super-block i / 16, sub-block pair j, words 2 w2 and 2 w2 + 1 of the pair's 32
+        // bytes: low nibbles are values 8 w2 .. 8 w2 + 7 of sub-block 2j, high nibbles of 2j + 1
+        int64_t sb = i / 16;
+        int j = (int)(i % 16) / 4, w2 = (int)(i % 4);
+        int64_t g0 = sb * 8 + 2 * j; // the two 32-value pieces
+        uint32_t lo[NR][2], hi[NR][2];
+        float d0[NR], d1[NR], m0[NR], m1[NR]; // scale and min of each sub-block
+#pragma unroll
+        for (int k = 0; k < NR; k++) {
+            const uint8_t *b = row[k] + sb * (T == T_Q4_K ? 144 : 176);
+            uint32_t dd = sgllm__cu_g32(b);
+            uint2 q = __ldg((const uint2 *)(b + (T == T_Q4_K ? 16 : 48) + 32 * j + 8 * w2));
+            uint32_t s0 = sgllm__cu_g32(b + 4), s1 = sgllm__cu_g32(b + 8), s2 = sgllm__cu_g32(b + 12);
+            auto sc = [&](int n) { // byte n of the 12 scale bytes (registers, no local array)
+                uint32_t wv = n < 4 ? s0 : n < 8 ? s1 : s2;
+                return (int)((wv >> (8 * (n & 3))) & 255u);
+            };
+            int a0, b0, a1, b1;
+            // sub-blocks 2j and 2j + 1 (j < 2: both in the plain 6-bit half; j >= 2: both packed)
+            if (j < 2) {
+                a0 = sc(2 * j) & 63, b0 = sc(2 * j + 4) & 63, a1 = sc(2 * j + 1) & 63, b1 = sc(2 * j + 5) & 63;
+            } else {
+                int n = 2 * j; // 4 or 6
+                a0 = (sc(n + 4) & 15) | ((sc(n - 4) >> 6) << 4), b0 = (sc(n + 4) >> 4) | ((sc(n) >> 6) << 4);
+                a1 = (sc(n + 5) & 15) | ((sc(n - 3) >> 6) << 4), b1 = (sc(n + 5) >> 4) | ((sc(n + 1) >> 6) << 4);
+            }
+            float d = sgllm__cu_h16((uint16_t)(dd & 0xffff)), dm = sgllm__cu_h16((uint16_t)(dd >> 16));
+            d0[k] = d * (float)a0, d1[k] = d * (float)a1, m0[k] = dm * (float)b0, m1[k] = dm * (float)b1;
+            uint32_t qw[2] = {q.x, q.y};
+            uint2 h = T == T_Q5_K ? __ldg((const uint2 *)(b + 16 + 8 * w2)) : make_uint2(0u, 0u);
+            uint32_t hw[2] = {h.x, h.y};
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                lo[k][e] = qw[e] & 0x0F0F0F0Fu;
+                hi[k][e] = (qw[e] >> 4) & 0x0F0F0F0Fu;
+                if (T == T_Q5_K) {
+                    lo[k][e] |= ((hw[e] >> (2 * j)) & 0x01010101u) << 4;
+                    hi[k][e] |= ((hw[e] >> (2 * j + 1)) & 0x01010101u) << 4;
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t >= a.nt) break;
+            const int *xq = (const int *)(a.xq + t * a.cols);
+            int2 x0 = __ldg((const int2 *)(xq + g0 * 8 + 2 * w2)), x1 = __ldg((const int2 *)(xq + (g0 + 1) * 8 + 2 * w2));
+            float dx0 = __ldg(&a.xd[t * (a.cols / 32) + g0]).x, dx1 = __ldg(&a.xd[t * (a.cols / 32) + g0 + 1]).x;
+            int n0 = __dp4a(0x01010101, x0.x, __dp4a(0x01010101, x0.y, 0));
+            int n1 = __dp4a(0x01010101, x1.x, __dp4a(0x01010101, x1.y, 0));
+#pragma unroll
+            for (int k = 0; k < NR; k++) {
+                int s0 = __dp4a((int)lo[k][0], x0.x, __dp4a((int)lo[k][1], x0.y, 0));
+                int s1 = __dp4a((int)hi[k][0], x1.x, __dp4a((int)hi[k][1], x1.y, 0));
+                float v = dx0 * (d0[k] * (float)s0 - m0[k] * (float)n0) + dx1 * (d1[k] * (float)s1 - m1[k] * (float)n1);
+                acc[k][t] += ok ? v : 0.0f;
+            }
+        }
+    } else {
+        // unit i: values 4m .. 4m + 3 of the 32-value piece g
+        int64_t g = i / 8;
+        int m = (int)(i % 8);
+        int c[NR];
+        float dw[NR], mw[NR];
+#pragma unroll
+        for (int k = 0; k < NR; k++) {
+            uint32_t q;
+            mw[k] = 0.0f;
+            if (T == T_Q8_0) {
+                const uint8_t *b = row[k] + g * 34;
+                dw[k] = sgllm__cu_h16((uint16_t)sgllm__cu_g16(b));
+                q = sgllm__cu_g32a2(b + 2 + 4 * m);
+            } else if (T == T_Q4_0 || T == T_Q5_0) {
+                const uint8_t *b = row[k] + g * (T == T_Q4_0 ? 18 : 22);
+                dw[k] = sgllm__cu_h16((uint16_t)sgllm__cu_g16(b));
+                q = (sgllm__cu_g32a2(b + (T == T_Q4_0 ? 2 : 6) + 4 * (m & 3)) >> (m >= 4 ? 4 : 0)) & 0x0F0F0F0Fu;
+                if (T == T_Q5_0) q |= sgllm__cu_hb4(sgllm__cu_g32a2(b + 2) >> (4 * m));
+                q = __vsub4(q, T == T_Q4_0 ? 0x08080808u : 0x10101010u);
+            } else if (T == T_Q4_1 || T == T_Q5_1) {
+                const uint8_t *b = row[k] + g * (T == T_Q4_1 ? 20 : 24);
+                uint32_t dm = sgllm__cu_g32(b);
+                dw[k] = sgllm__cu_h16((uint16_t)(dm & 0xffff));
+                mw[k] = m == 0 ? sgllm__cu_h16((uint16_t)(dm >> 16)) : 0.0f; // the block's offset term, once
+                q = (sgllm__cu_g32(b + (T == T_Q4_1 ? 4 : 8) + 4 * (m & 3)) >> (m >= 4 ? 4 : 0)) & 0x0F0F0F0Fu;
+                if (T == T_Q5_1) q |= sgllm__cu_hb4(sgllm__cu_g32(b + 4) >> (4 * m));
+            } else { // Q6_K
+                const uint8_t *b = row[k] + (g / 8) * 210;
+                int piece = (int)(g % 8), hh = piece / 4, k4 = piece % 4;
+                dw[k] = sgllm__cu_h16((uint16_t)sgllm__cu_g16(b + 208)) *
+                        (float)(int8_t)__ldg(b + 192 + 8 * hh + m / 4 + 2 * k4);
+                uint32_t ql = sgllm__cu_g32a2(b + 64 * hh + 32 * (k4 & 1) + 4 * m), qh = sgllm__cu_g32a2(b + 128 + 32 * hh + 4 * m);
+                q = ((ql >> (k4 >= 2 ? 4 : 0)) & 0x0F0F0F0Fu) | (((qh >> (2 * k4)) & 0x03030303u) << 4);
+                q = __vsub4(q, 0x20202020u);
+            }
+            c[k] = (int)q;
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t >= a.nt) break;
+            int xw = __ldg((const int *)(a.xq + t * a.cols) + i);
+            float2 xs = __ldg(&a.xd[t * (a.cols / 32) + g]);
+#pragma unroll
+            for (int k = 0; k < NR; k++) {
+                float v = dw[k] * xs.x * (float)__dp4a(c[k], xw, 0);
+                if (T == T_Q4_1 || T == T_Q5_1) v += mw[k] * xs.y;
+                acc[k][t] += ok ? v : 0.0f;
+            }
+        }
+    }
+}
+
+// act(x) as sgllm__cu_gated_k computes it.
+static __device__ inline float sgllm__cu_act(int act, float x) {
+    if (act == SGLLM__CUDA_ACT_GELU_TANH) return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    return x / (1.0f + expf(-x));
+}
+
+template <int T, int NT, int NR>
+static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvd_k(const sgllm__cu_mvd a) {
+    constexpr int UV = sgllm__cu_mvd_uv(T), U = T == T_Q4_K || T == T_Q5_K ? 4 : T == T_F32 || T == T_F16 || T == T_BF16 ? 4 : 8;
+    int lane = threadIdx.x % 32;
+    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= a.total_rows) return; // whole warps: no barrier below
+    int s = 0;
+    if (NR == 1) {
+        if (r >= a.rows[0]) r -= a.rows[0], s = 1;
+        if (s == 1 && a.n_seg > 2 && r >= a.rows[1]) r -= a.rows[1], s = 2;
+    }
+    const uint8_t *row[NR];
+    if (NR == 1) row[0] = (s == 0 ? a.w[0] : s == 1 ? a.w[1] : a.w[2]) + r * a.row_bytes;
+    else
+#pragma unroll
+        for (int k = 0; k < NR; k++) row[k] = a.w[k] + r * a.row_bytes;
+    float acc[NR][NT];
+#pragma unroll
+    for (int k = 0; k < NR; k++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[k][t] = 0.0f;
+    int64_t n_u = a.cols / UV;
+    for (int64_t i0 = lane; i0 < n_u; i0 += 32 * U) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int64_t i = i0 + 32 * u;
+            bool ok = i < n_u;
+            sgllm__cu_mvd_unit<T, NT, NR>(row, ok ? i : n_u - 1, ok, a, acc);
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < NR; k++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[k][t] = sgllm__cu_warp_sum(acc[k][t]);
+    if (lane) return;
+    int64_t rows = s == 0 ? a.rows[0] : s == 1 ? a.rows[1] : a.rows[2];
+    float *y = s == 0 ? a.y[0] : s == 1 ? a.y[1] : a.y[2];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        if (t < a.nt) y[t * rows + r] = NR == 2 ? sgllm__cu_act(a.act, acc[0][t]) * acc[NR - 1][t] : acc[0][t];
+}
+
+template <int NT, int NR>
+static void sgllm__cu_mvd_launch(uint32_t type, unsigned blocks, int threads, cudaStream_t st, const sgllm__cu_mvd &a) {
+#define SGLLM__MVD(TT)                                                                                             \
+    case TT: sgllm__cu_mvd_k<TT, NT, NR><<<blocks, threads, 0, st>>>(a); return;
+    switch (type) {
+        SGLLM__MVD(T_F32) SGLLM__MVD(T_F16) SGLLM__MVD(T_BF16) SGLLM__MVD(T_Q4_0) SGLLM__MVD(T_Q4_1) SGLLM__MVD(T_Q5_0)
+        SGLLM__MVD(T_Q5_1) SGLLM__MVD(T_Q8_0) SGLLM__MVD(T_Q4_K) SGLLM__MVD(T_Q5_K) SGLLM__MVD(T_Q6_K)
+    default: return;
+    }
+#undef SGLLM__MVD
+}
+
+// Whether the direct kernel takes weights of type t at w (row_bytes rb): quantized types
+// need 16-byte aligned matrices, rows whole 4-byte words and cols within the activation
+// buffer; float types 16-byte aligned rows. x 16-byte aligned either way.
+static bool sgllm__cu_mvd_ok(uint32_t t, const void *w, int64_t rb, int64_t cols, const float *x) {
+    if ((uintptr_t)w % 16 || (uintptr_t)x % 16 || cols % 4) return false;
+    if (t == T_F32 || t == T_F16 || t == T_BF16) return rb % 16 == 0;
+    return rb % 4 == 0 && cols <= MV_XQ_COLS;
+}
+
+// Quantizes x (nt, cols) for weight type t into the context's buffer (direct kernel layout)
+// and fills a's activation fields; float types read x as is.
+static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *x, int64_t nt, int64_t cols,
+                                       sgllm__cu_mvd *a) {
+    a->x = x;
+    a->nt = (int)nt;
+    a->cols = cols;
+    a->xq = (const int8_t *)c->mv_xq;
+    a->xd = (const float2 *)((const int8_t *)c->mv_xq + 8 * MV_XQ_COLS);
+    if (t == T_F32 || t == T_F16 || t == T_BF16) return SGLLM_OK;
+    return sgllm__cuda_quantize_act(c, t, x, nt, cols, (int8_t *)a->xq, (float *)a->xd);
+}
+
+static sgllm_status sgllm__cu_mvd_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a, int nr) {
+    int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
+    int64_t blocks = (a.total_rows + warps - 1) / warps;
+    if (blocks > INT32_MAX) return sgllm__cu_bad(c, "matvec", "too many rows");
+    cudaStream_t st = c->stream;
+    unsigned b = (unsigned)blocks;
+    int th = 32 * warps;
+    if (nr == 2) {
+        if (a.nt == 1) sgllm__cu_mvd_launch<1, 2>(type, b, th, st, a);
+        else if (a.nt == 2) sgllm__cu_mvd_launch<2, 2>(type, b, th, st, a);
+        else if (a.nt <= 4) sgllm__cu_mvd_launch<4, 2>(type, b, th, st, a);
+        else sgllm__cu_mvd_launch<8, 2>(type, b, th, st, a);
+    } else {
+        if (a.nt == 1) sgllm__cu_mvd_launch<1, 1>(type, b, th, st, a);
+        else if (a.nt == 2) sgllm__cu_mvd_launch<2, 1>(type, b, th, st, a);
+        else if (a.nt <= 4) sgllm__cu_mvd_launch<4, 1>(type, b, th, st, a);
+        else sgllm__cu_mvd_launch<8, 1>(type, b, th, st, a);
+    }
+    return sgllm__cu_launched(c, "matvec (direct)");
+}
+
 // Dynamic shared memory of the quantized kernel: one ring of MV_STAGES chunk stages per warp.
 static size_t sgllm__cu_mv_smem(uint32_t t, int warps) {
     int cb = MV_CHUNK / sgllm__cu_blk_vals(t) * sgllm__cu_blk_bytes(t);
@@ -1439,6 +1736,14 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
     if (!w || !x || !y || rows <= 0 || !rb || n_tok < 0 || n_tok > 8)
         return sgllm__cu_bad(c, "matvec", "bad pointer, weight type or shape (n_tok must be <= 8)");
     if (!n_tok) return SGLLM_OK;
+    bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
+    if (!is_float && c->disp.matvec_int8 == 2 && sgllm__cu_mvd_ok(type, w, rb, cols, x)) {
+        sgllm__cu_mvd a = {};
+        a.w[0] = (const uint8_t *)w, a.y[0] = y, a.rows[0] = rows, a.n_seg = 1, a.act = -1;
+        a.row_bytes = rb, a.total_rows = rows;
+        sgllm_status s = sgllm__cu_mvd_prep(c, type, x, n_tok, cols, &a);
+        return s ? s : sgllm__cu_mvd_run(c, type, a, 1);
+    }
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
     // split rows over more warps until the grid has the dispatch's warps per SM (powers of two
     // dividing the block's warps)
@@ -1448,7 +1753,6 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
     int64_t rows_per_block = warps / split, blocks = (rows + rows_per_block - 1) / rows_per_block;
     if (blocks > INT32_MAX) return sgllm__cu_bad(c, "matvec", "too many rows");
     uintptr_t addr = (uintptr_t)w;
-    bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
     bool x_vec = (uintptr_t)x % 16 == 0 && cols % 4 == 0; // float4 activation reads
     sgllm__cu_mv_args a = {(const uint8_t *)w, rows, cols, rb, 4, x, (int)n_tok, y, split};
     int path = 2;
@@ -1488,6 +1792,75 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
     else if (n_tok <= 4) sgllm__cu_mv_launch<4>(type, path, grid, threads, smem, c->stream, a);
     else sgllm__cu_mv_launch<8>(type, path, grid, threads, smem, c->stream, a);
     return sgllm__cu_launched(c, "matvec");
+}
+
+// Whether q/k/v-style or gate/up launches can be fused: same type, batch within the
+// matrix-vector range, the direct kernel's alignment; quantized types need int8 activations
+// and, unless dispatch.matvec_int8 = 2, at most MV_FUSE_MAX_BYTES of weights (larger ones
+// stream faster through the staged kernel, one launch per matrix).
+enum { MV_FUSE_MAX_BYTES = 32 << 20 };
+static bool sgllm__cu_fusable(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w, const int64_t *rows,
+                              int64_t cols, const float *x, int64_t n_tok, int64_t *rb) {
+    int max_batch = c->disp.matvec_max_batch < 1 ? 1 : c->disp.matvec_max_batch > 8 ? 8 : c->disp.matvec_max_batch;
+    uint32_t t = types[0];
+    *rb = sgllm__cu_row_bytes(t, cols);
+    bool is_float = t == T_F32 || t == T_F16 || t == T_BF16;
+    if (!*rb || !x || n_tok < 1 || n_tok > max_batch || (!is_float && !c->disp.matvec_int8)) return false;
+    int64_t bytes = 0;
+    for (int k = 0; k < n; k++) {
+        if (types[k] != t || !w[k] || !sgllm__cu_mvd_ok(t, w[k], *rb, cols, x)) return false;
+        bytes += rows[k] * *rb;
+    }
+    return is_float || c->disp.matvec_int8 == 2 || bytes <= MV_FUSE_MAX_BYTES;
+}
+
+extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,
+                                                 const int64_t *rows, int64_t cols, const float *x, int64_t n_tok,
+                                                 float *const *y) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (n < 1 || n > 3 || !types || !w || !rows || !y) return sgllm__cu_bad(c, "matvec_multi", "bad matrix list");
+    int64_t rb, total = 0;
+    bool fused = true;
+    for (int k = 0; k < n; k++) fused = fused && y[k] && rows[k] > 0;
+    fused = fused && sgllm__cu_fusable(c, n, types, w, rows, cols, x, n_tok, &rb);
+    for (int k = 0; k < n; k++) total += rows[k] > 0 ? rows[k] : 0;
+    if (!fused) {
+        for (int k = 0; k < n; k++) {
+            sgllm_status s = sgllm__cuda_matmul(c, types[k], w[k], rows[k], cols, x, n_tok, y[k]);
+            if (s) return s;
+        }
+        return SGLLM_OK;
+    }
+    cudaSetDevice(c->device);
+    sgllm__cu_mvd a = {};
+    for (int k = 0; k < n; k++) a.w[k] = (const uint8_t *)w[k], a.y[k] = y[k], a.rows[k] = rows[k];
+    a.n_seg = n, a.act = -1, a.row_bytes = rb, a.total_rows = total;
+    sgllm_status s = sgllm__cu_mvd_prep(c, types[0], x, n_tok, cols, &a);
+    return s ? s : sgllm__cu_mvd_run(c, types[0], a, 1);
+}
+
+extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate,
+                                                 uint32_t up_type, const void *w_up, int64_t rows, int64_t cols,
+                                                 const float *x, int64_t n_tok, float *y, float *u) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!y || rows <= 0 || (act != SGLLM__CUDA_ACT_SILU && act != SGLLM__CUDA_ACT_GELU_TANH))
+        return sgllm__cu_bad(c, "matvec_gated", "bad pointer, shape or activation");
+    const uint32_t types[2] = {gate_type, up_type};
+    const void *w[2] = {w_gate, w_up};
+    const int64_t rr[2] = {rows, rows};
+    int64_t rb;
+    if (!sgllm__cu_fusable(c, 2, types, w, rr, cols, x, n_tok, &rb)) {
+        if (!u) return sgllm__cu_bad(c, "matvec_gated", "the unfused path needs the up buffer");
+        sgllm_status s = sgllm__cuda_matmul(c, gate_type, w_gate, rows, cols, x, n_tok, y);
+        if (!s) s = sgllm__cuda_matmul(c, up_type, w_up, rows, cols, x, n_tok, u);
+        return s ? s : sgllm__cuda_gated_act(c, act, y, u, n_tok * rows);
+    }
+    cudaSetDevice(c->device);
+    sgllm__cu_mvd a = {};
+    a.w[0] = (const uint8_t *)w_gate, a.w[1] = (const uint8_t *)w_up, a.y[0] = y, a.rows[0] = rows;
+    a.n_seg = 1, a.act = act, a.row_bytes = rb, a.total_rows = rows;
+    sgllm_status s = sgllm__cu_mvd_prep(c, gate_type, x, n_tok, cols, &a);
+    return s ? s : sgllm__cu_mvd_run(c, gate_type, a, 2);
 }
 
 // --- 5. Prefill GEMM -----------------------------------------------------------------------

@@ -5409,9 +5409,13 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, int32_t n, int32_t n_o
         int64_t qd = (int64_t)L->n_head * hd, kvd = (int64_t)L->n_head_kv * hd;
         // the previous block's output (post-normed) joins the residual in the same pass as this norm
         SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm(cu, c->x, il ? c->o : NULL, post_ffn, G->attn_norm, c->h, n, E, m->eps));
-        SGLLM__TRY(sgllm__cuda_matmul(cu, L->wq.type, G->wq, qd, E, c->h, n, c->q));
-        SGLLM__TRY(sgllm__cuda_matmul(cu, L->wk.type, G->wk, kvd, E, c->h, n, c->k));
-        SGLLM__TRY(sgllm__cuda_matmul(cu, L->wv.type, G->wv, kvd, E, c->h, n, c->v));
+        {
+            const uint32_t qkv_t[3] = {L->wq.type, L->wk.type, L->wv.type};
+            const void *qkv_w[3] = {G->wq, G->wk, G->wv};
+            const int64_t qkv_rows[3] = {qd, kvd, kvd};
+            float *qkv_y[3] = {c->q, c->k, c->v};
+            SGLLM__TRY(sgllm__cuda_matvec_multi(cu, 3, qkv_t, qkv_w, qkv_rows, E, c->h, n, qkv_y));
+        }
         // biases, q/k norms (both or neither: the families read them together), RoPE and the
         // cache write in one launch (the separate ops are its reference in tests/test_gpu.c)
         sgllm__cuda_qkv_post_args qa = {c->q, c->k, c->v, qd, kvd, L->n_head, L->n_head_kv, hd, G->bq, G->bk, G->bv,
@@ -5429,10 +5433,9 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, int32_t n, int32_t n_o
         }
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wo.type, G->wo, E, qd, c->att, n, c->o));
         SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm(cu, c->x, c->o, G->post_attn_norm, G->ffn_norm, c->h, n, E, m->eps));
-        SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_gate.type, G->w_gate, L->n_ff, E, c->h, n, c->g));
-        SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_up.type, G->w_up, L->n_ff, E, c->h, n, c->u));
-        SGLLM__TRY(sgllm__cuda_gated_act(cu, m->act == SGLLM__ACT_GELU_TANH ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU,
-                                         c->g, c->u, (int64_t)n * L->n_ff));
+        SGLLM__TRY(sgllm__cuda_matvec_gated(cu, m->act == SGLLM__ACT_GELU_TANH ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU,
+                                            L->w_gate.type, G->w_gate, L->w_up.type, G->w_up, L->n_ff, E, c->h, n, c->g,
+                                            c->u));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_down.type, G->w_down, E, L->n_ff, c->g, n, c->o));
         post_ffn = G->post_ffn_norm;
     }

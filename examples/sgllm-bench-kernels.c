@@ -1,7 +1,9 @@
 // sgllm-bench-kernels - kernel-level benchmarks of the CUDA backend against the device's own ceilings.
 //
-//   sgllm-bench-kernels [--reps N] [--sweep] [--attn]
+//   sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode]
 //
+// --decode: only the read bandwidth and whole decode steps' matrix-vector products replayed as
+// CUDA graphs (Llama-3-8B, Gemma 3 270M and SmolLM2-135M shapes), see decode_steps.
 // --sweep also times the Llama-3-8B matvecs under other matrix-vector launch settings
 // (warps per block, warps per SM) and the prefill attention under other tiles, to choose the
 // values for configs/<device>.json. --attn runs only the ceilings and the prefill attention.
@@ -226,15 +228,141 @@ static void bench_prefill_attn(double flops, int reps, bool sweep) {
     sgllm__cuda_set_dispatch(gpu, &base);
 }
 
+// Whole decode steps' matrix-vector products as one CUDA graph (how the decode step runs): for
+// every layer q, k, v, o, gate, up, the gated activation, down, then the output matrix, at
+// batch 1. Layer weights are distinct per layer up to `copies` (then reused: one Llama-3-8B
+// layer alone is far larger than the L2). Four ways: separate launches on the staged int8
+// kernel (matvec_int8 = 1, as before the fused launches) and on the direct kernel
+// (matvec_int8 = 2); q/k/v and gate/up through matvec_multi / matvec_gated as the forward
+// calls them (dispatch default) and with every launch on the direct kernel.
+typedef struct {
+    const char *name;
+    int64_t n_embd, q_dim, kv_dim, n_ff, n_layer, n_vocab;
+    int copies;
+    bool out_q8; // output matrix Q8_0 whatever the layer type (the small models' tied embeddings)
+} decode_shape;
+
+// t where cols is whole blocks of t, else Q8_0 (as the synthetic presets do)
+static uint32_t fit_type(uint32_t t, int64_t cols) { return cols % sgllm__types[t].block ? SGLLM__T_Q8_0 : t; }
+
+static double time_graph(void *graph, int reps) {
+    for (int i = 0; i < 3; i++) TRY(sgllm__cuda_graph_launch(gpu, graph), "graph launch");
+    float tm[MAX_REPS];
+    for (int r = 0; r < reps; r++) {
+        TRY(sgllm__cuda_timer_start(gpu), "timer");
+        TRY(sgllm__cuda_graph_launch(gpu, graph), "graph launch");
+        TRY(sgllm__cuda_timer_stop(gpu, &tm[r]), "timer");
+    }
+    return median(tm, reps) * 1e-3;
+}
+
+static void decode_step(const decode_shape *sh, uint32_t type, const sgllm__cuda_dispatch *disp, double bw, int reps) {
+    int64_t E = sh->n_embd, Q = sh->q_dim, KV = sh->kv_dim, F = sh->n_ff;
+    // per layer: q, k, v, o, gate, up, down
+    int64_t rows[7] = {Q, KV, KV, E, F, F, E}, cols[7] = {E, E, E, Q, E, E, F};
+    uint32_t types[7];
+    size_t bytes[7], floor_bytes = 0;
+    void *w[64][7];
+    for (int m = 0; m < 7; m++) {
+        types[m] = fit_type(type, cols[m]);
+        bytes[m] = (size_t)sgllm__row_bytes(types[m], (uint64_t)cols[m]) * (size_t)rows[m];
+    }
+    for (int l = 0; l < sh->copies; l++)
+        for (int m = 0; m < 7; m++) {
+            w[l][m] = dev(bytes[m]);
+            TRY(sgllm__cuda_fill_random(gpu, types[m], w[l][m], rows[m], cols[m], 1000 + 7 * (uint64_t)l + (uint64_t)m),
+                "fill");
+        }
+    for (int m = 0; m < 7; m++) floor_bytes += bytes[m] * (size_t)sh->n_layer;
+    uint32_t ot = sh->out_q8 ? SGLLM__T_Q8_0 : type;
+    size_t ob = (size_t)sgllm__row_bytes(ot, (uint64_t)E) * (size_t)sh->n_vocab;
+    void *wo = dev(ob);
+    TRY(sgllm__cuda_fill_random(gpu, ot, wo, sh->n_vocab, E, 999), "fill");
+    floor_bytes += ob;
+    int64_t xmax = F > Q ? F : Q;
+    float *x = (float *)dev((size_t)xmax * 4), *y[6];
+    TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F32, x, 1, xmax, 5), "fill");
+    for (int i = 0; i < 5; i++) y[i] = (float *)dev((size_t)(F > Q ? F : Q) * 4);
+    y[5] = (float *)dev((size_t)sh->n_vocab * 4);
+    double floor_t = (double)floor_bytes / bw, t_way[4], t_out[2];
+    static const char *way_name[4] = {"staged", "direct", "fused (default)", "fused, all direct"};
+    for (int way = 0; way < 4; way++) {
+        sgllm__cuda_dispatch dd = *disp;
+        dd.matvec_int8 = way == 1 || way == 3 ? 2 : 1;
+        sgllm__cuda_set_dispatch(gpu, &dd);
+        void *graph = NULL;
+        TRY(sgllm__cuda_graph_begin(gpu), "graph begin");
+        for (int64_t l = 0; l < sh->n_layer; l++) {
+            void **L = w[l % sh->copies];
+            if (way >= 2) {
+                int64_t r3[3] = {Q, KV, KV};
+                const void *w3[3] = {L[0], L[1], L[2]};
+                float *y3[3] = {y[0], y[1], y[2]};
+                TRY(sgllm__cuda_matvec_multi(gpu, 3, types, w3, r3, E, x, 1, y3), "multi");
+            } else {
+                for (int m = 0; m < 3; m++) TRY(sgllm__cuda_matmul(gpu, types[m], L[m], rows[m], E, x, 1, y[m]), "matmul");
+            }
+            TRY(sgllm__cuda_matmul(gpu, types[3], L[3], E, Q, x, 1, y[3]), "matmul");
+            if (way >= 2) {
+                TRY(sgllm__cuda_matvec_gated(gpu, SGLLM__CUDA_ACT_SILU, types[4], L[4], types[5], L[5], F, E, x, 1, y[0], y[1]),
+                    "gated");
+            } else {
+                TRY(sgllm__cuda_matmul(gpu, types[4], L[4], F, E, x, 1, y[0]), "matmul");
+                TRY(sgllm__cuda_matmul(gpu, types[5], L[5], F, E, x, 1, y[1]), "matmul");
+                TRY(sgllm__cuda_gated_act(gpu, SGLLM__CUDA_ACT_SILU, y[0], y[1], F), "gated act");
+            }
+            TRY(sgllm__cuda_matmul(gpu, types[6], L[6], E, F, x, 1, y[4]), "matmul");
+        }
+        TRY(sgllm__cuda_matmul(gpu, ot, wo, sh->n_vocab, E, x, 1, y[5]), "matmul");
+        TRY(sgllm__cuda_graph_end(gpu, &graph), "graph end");
+        t_way[way] = time_graph(graph, reps);
+        sgllm__cuda_graph_free(gpu, graph);
+        if (way < 2) { // the output matrix alone, in a graph of its own
+            TRY(sgllm__cuda_graph_begin(gpu), "graph begin");
+            TRY(sgllm__cuda_matmul(gpu, ot, wo, sh->n_vocab, E, x, 1, y[5]), "matmul");
+            TRY(sgllm__cuda_graph_end(gpu, &graph), "graph end");
+            t_out[way] = time_graph(graph, reps);
+            sgllm__cuda_graph_free(gpu, graph);
+        }
+    }
+    sgllm__cuda_set_dispatch(gpu, disp);
+    printf("%-11s %-5s %8.1f MB floor %8.1f us |", sh->name, sgllm__type_name(type), floor_bytes / 1e6, floor_t * 1e6);
+    for (int way = 0; way < 4; way++)
+        printf(" %s %.1f us %.1f%% |", way_name[way], t_way[way] * 1e6, 100 * floor_t / t_way[way]);
+    printf(" output %s %lldx%lld alone: staged %.1f us, direct %.1f us (floor %.1f us)\n", sgllm__type_name(ot),
+           (long long)sh->n_vocab, (long long)E, t_out[0] * 1e6, t_out[1] * 1e6, (double)ob / bw * 1e6);
+    fflush(stdout);
+    for (int l = 0; l < sh->copies; l++)
+        for (int m = 0; m < 7; m++) sgllm__cuda_dfree(gpu, w[l][m]);
+    sgllm__cuda_dfree(gpu, wo);
+    sgllm__cuda_dfree(gpu, x);
+    for (int i = 0; i < 6; i++) sgllm__cuda_dfree(gpu, y[i]);
+}
+
+static void decode_steps(const sgllm__cuda_dispatch *disp, double bw, int reps) {
+    static const decode_shape shapes[] = {{"Llama-3-8B", 4096, 4096, 1024, 14336, 32, 128256, 2, false},
+                                          {"Gemma3-270M", 640, 1024, 256, 2048, 18, 262144, 18, true},
+                                          {"SmolLM2-135M", 576, 576, 192, 1536, 30, 49152, 30, true}};
+    static const uint32_t types[] = {SGLLM__T_BF16, SGLLM__T_Q8_0, SGLLM__T_Q4_K, SGLLM__T_Q6_K, SGLLM__T_Q4_0};
+    printf("\ndecode step matrix-vector products as one CUDA graph (batch 1; fraction = weight bytes / read bandwidth "
+           "/ time; small shapes: rows not whole 256-blocks use Q8_0, output Q8_0)\n");
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+            if (si && types[ti] == SGLLM__T_Q6_K) continue;
+            decode_step(&shapes[si], types[ti], disp, bw, reps);
+        }
+}
+
 int main(int argc, char **argv) {
     int reps = 21;
-    bool sweep = false, attn_only = false;
+    bool sweep = false, attn_only = false, decode_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sweep")) sweep = true;
         else if (!strcmp(argv[i], "--attn")) attn_only = true;
+        else if (!strcmp(argv[i], "--decode")) decode_only = true;
         else {
-            fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep] [--attn]\n");
+            fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode]\n");
             return 2;
         }
     }
@@ -265,7 +393,15 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    double bw = read_bandwidth(reps), flops = cublas_rate(reps);
+    double bw = read_bandwidth(reps);
+    if (decode_only) {
+        printf("device: %s, %d SMs\nmeasured read bandwidth: %.0f GB/s (streaming 16-byte loads, 2 GiB)\n", props.name,
+               props.sm_count, bw / 1e9);
+        decode_steps(&disp, bw, reps);
+        sgllm__cuda_free(gpu);
+        return 0;
+    }
+    double flops = cublas_rate(reps);
     printf("device: %s, %d SMs\n", props.name, props.sm_count);
     printf("measured read bandwidth: %.0f GB/s (streaming 16-byte loads, 2 GiB)\n", bw / 1e9);
     printf("measured cuBLAS bf16 GEMM: %.0f TFLOP/s (8192^3, random data)\n\n", flops / 1e12);
@@ -369,6 +505,7 @@ int main(int argc, char **argv) {
                    (long long)shapes[si].rows, (long long)shapes[si].cols, t * 1e6, fl / t / 1e12, 100 * fl / flops / t);
         }
     bench_prefill_attn(flops, reps, sweep);
+    decode_steps(&disp, bw, reps);
     sgllm__cuda_free(gpu);
     return 0;
 }

@@ -403,13 +403,15 @@ static void test_matmul(void) {
             }
             // launch variants: the table's; one warp per row with few warps per SM (warps stream
             // over many rows); eight-warp blocks with rows split over up to 8 warps; for quantized
-            // types all three on int8 activations, then the fp32-activation reference kernel
+            // types the first two on the staged int8 kernel, the third on the direct int8 kernel
+            // (matvec_int8 = 2), then the fp32-activation reference kernel
             int n_var = quant ? 4 : 3;
             sgllm__cuda_dispatch variants[4] = {disp, disp, disp, disp};
             variants[1].matvec_warps_per_sm = 1;
             variants[2].matvec_warps = 8;
             variants[2].matvec_warps_per_sm = 64;
-            for (int v = 0; v < 3; v++) variants[v].matvec_int8 = 1;
+            variants[0].matvec_int8 = variants[1].matvec_int8 = 1; // staged kernel
+            variants[2].matvec_int8 = 2;                          // direct kernel
             variants[3].matvec_int8 = 0;
             for (int bi = 0; bi < 5 * n_var; bi++) {
                 int64_t nt = batches[bi % 5];
@@ -479,6 +481,138 @@ static void test_matmul(void) {
            worst_gemm);
     printf("matvec int8 activations: worst rel err %.2f x the expected rounding error, %.3g against the CPU engine's Q8 "
            "dot\n", worst_i8_ratio, worst_i8_cpu);
+}
+
+// Fused launches against the single-matrix path on the same device: matvec_multi (q/k/v
+// shapes) and matvec_gated (gate/up), every weight type, batches 1..8, short and long rows.
+// Tolerances: quantized types run the same per-row code as sgllm__cuda_matvec on the direct
+// kernel (matvec_int8 = 2), so multi must be bit-identical to it and gated within 1e-6 (only
+// where act(g) * u is computed differs); the staged kernel is held to the CPU engine's Q8
+// dot by test_matmul, and these shapes are under the fusion limit (32 MB); float
+// types take a different kernel for single matrices (another summation order): 1e-5.
+// Mixed types and batches past dispatch.matvec_max_batch take the unfused path: exact.
+static void test_matvec_fused(void) {
+    double worst_multi = 0, worst_gated = 0;
+    int fused_runs = 0;
+    for (int k = 0; k < N_TYPES; k++) {
+        uint32_t t = all_types[k];
+        int64_t blk = sgllm__types[t].block;
+        static const int64_t col_choice[2][2] = {{640, 4096}, {768, 2048}}; // 32-blocks, 256-blocks
+        for (int ci = 0; ci < 2; ci++) {
+            int64_t cols = col_choice[blk == 256][ci], rows3[3] = {96 + 64 * ci, 32, 40 + ci}, ff = 200 + 17 * ci;
+            size_t wb[5];
+            uint8_t *w[5];
+            void *dw[5];
+            int64_t rows_of[5] = {rows3[0], rows3[1], rows3[2], ff, ff};
+            for (int i = 0; i < 5; i++) {
+                w[i] = rand_weights(t, rows_of[i], cols, &wb[i]);
+                dw[i] = dev_copy(w[i], wb[i]);
+            }
+            int64_t max_tok = 9, ny = max_tok * (rows3[0] + rows3[1] + rows3[2] + 2 * ff);
+            float *x = rand_floats(max_tok * cols, -1, 1), *dx = (float *)dev_copy(x, (size_t)(max_tok * cols) * 4);
+            float *dy = (float *)dev((size_t)ny * 4), *dref = (float *)dev((size_t)ny * 4);
+            float *y = (float *)malloc((size_t)ny * 4), *ref = (float *)malloc((size_t)ny * 4);
+            CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_gemm_scratch_bytes(t, rows3[0] > ff ? rows3[0] : ff, cols, max_tok)) ==
+                  SGLLM_OK);
+            // references: single matrices on the direct kernel (matvec_int8 = 2) where the fused
+            // launch takes it, the same kernel per row
+            sgllm__cuda_dispatch direct = disp;
+            direct.matvec_int8 = 2;
+            bool quant = sgllm__vec_dot_type(t) != SGLLM__T_F32;
+            size_t rbt = (size_t)sgllm__row_bytes(t, (uint64_t)cols);
+            bool aligned = quant ? rbt % 4 == 0 : rbt % 16 == 0;
+            for (int64_t nt = 1; nt <= 9; nt++) {
+                bool fused = nt <= disp.matvec_max_batch && aligned;
+                // multi: 2 or 3 matrices
+                int n = nt % 2 ? 3 : 2;
+                uint32_t types[3] = {t, t, t};
+                const void *wm[3] = {dw[0], dw[1], dw[2]};
+                float *ym[3], *rm[3];
+                int64_t off = 0, n_out = 0;
+                for (int i = 0; i < n; i++) {
+                    ym[i] = dy + off, rm[i] = dref + off;
+                    off += nt * rows3[i];
+                }
+                n_out = off;
+                poison(dy, (size_t)ny * 4);
+                poison(dref, (size_t)ny * 4);
+                CHECKF(sgllm__cuda_matvec_multi(gpu, n, types, wm, rows3, cols, dx, nt, ym) == SGLLM_OK, "multi: %s",
+                       sgllm__cuda_errmsg(gpu));
+                sgllm__cuda_set_dispatch(gpu, &direct);
+                for (int i = 0; i < n; i++)
+                    CHECK(sgllm__cuda_matmul(gpu, t, wm[i], rows3[i], cols, dx, nt, rm[i]) == SGLLM_OK);
+                sgllm__cuda_set_dispatch(gpu, &disp);
+                fetch(y, dy, (size_t)ny * 4);
+                fetch(ref, dref, (size_t)ny * 4);
+                double e = rel_err(y, ref, n_out), tol = quant || !fused ? 0 : 1e-5;
+                if (fused) worst_multi = e > worst_multi ? e : worst_multi, fused_runs++;
+                CHECKF(e <= tol, "matvec_multi %s cols %lld n %d batch %lld: rel err %.3g", sgllm__type_name(t),
+                       (long long)cols, n, (long long)nt, e);
+                bool untouched = true;
+                for (int64_t i = n_out; i < ny; i++) untouched = untouched && isnan(y[i]);
+                CHECKF(untouched, "matvec_multi %s: wrote past its outputs", sgllm__type_name(t));
+                // gated: SiLU for odd batches, GELU for even ones; reference = two matmuls + gated_act
+                int act = nt % 2 ? SGLLM__CUDA_ACT_SILU : SGLLM__CUDA_ACT_GELU_TANH;
+                float *du = dref + nt * ff;
+                poison(dy, (size_t)ny * 4);
+                CHECKF(sgllm__cuda_matvec_gated(gpu, act, t, dw[3], t, dw[4], ff, cols, dx, nt, dy, dy + nt * ff) == SGLLM_OK,
+                       "gated: %s", sgllm__cuda_errmsg(gpu));
+                sgllm__cuda_set_dispatch(gpu, &direct);
+                CHECK(sgllm__cuda_matmul(gpu, t, dw[3], ff, cols, dx, nt, dref) == SGLLM_OK);
+                CHECK(sgllm__cuda_matmul(gpu, t, dw[4], ff, cols, dx, nt, du) == SGLLM_OK);
+                sgllm__cuda_set_dispatch(gpu, &disp);
+                CHECK(sgllm__cuda_gated_act(gpu, act, dref, du, nt * ff) == SGLLM_OK);
+                fetch(y, dy, (size_t)ny * 4);
+                fetch(ref, dref, (size_t)ny * 4);
+                e = rel_err(y, ref, nt * ff);
+                tol = !fused ? 0 : quant ? 1e-6 : 1e-5;
+                if (fused) worst_gated = e > worst_gated ? e : worst_gated;
+                CHECKF(e <= tol, "matvec_gated %s cols %lld batch %lld act %d: rel err %.3g", sgllm__type_name(t),
+                       (long long)cols, (long long)nt, act, e);
+                if (fused) { // the fused path writes y only
+                    untouched = true;
+                    for (int64_t i = nt * ff; i < ny; i++) untouched = untouched && isnan(y[i]);
+                    CHECKF(untouched, "matvec_gated %s: wrote past y", sgllm__type_name(t));
+                }
+            }
+            for (int i = 0; i < 5; i++) sgllm__cuda_dfree(gpu, dw[i]), free(w[i]);
+            sgllm__cuda_dfree(gpu, dx), sgllm__cuda_dfree(gpu, dy), sgllm__cuda_dfree(gpu, dref);
+            free(x), free(y), free(ref);
+        }
+    }
+    // mixed types take the unfused path: q8_0 gate with q4_0 up, and q/k/v of two types
+    {
+        int64_t rows = 70, cols = 640;
+        size_t b0, b1;
+        uint8_t *w0 = rand_weights(SGLLM__T_Q8_0, rows, cols, &b0), *w1 = rand_weights(SGLLM__T_Q4_0, rows, cols, &b1);
+        void *d0 = dev_copy(w0, b0), *d1 = dev_copy(w1, b1);
+        float *x = rand_floats(cols, -1, 1), *dx = (float *)dev_copy(x, (size_t)cols * 4);
+        float *dy = (float *)dev((size_t)rows * 16), *y = (float *)malloc((size_t)rows * 16), *ref = (float *)malloc((size_t)rows * 16);
+        poison(dy, (size_t)rows * 16);
+        CHECK(sgllm__cuda_matvec_gated(gpu, SGLLM__CUDA_ACT_SILU, SGLLM__T_Q8_0, d0, SGLLM__T_Q4_0, d1, rows, cols, dx, 1, dy,
+                                       dy + rows) == SGLLM_OK);
+        CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q8_0, d0, rows, cols, dx, 1, dy + 2 * rows) == SGLLM_OK);
+        CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q4_0, d1, rows, cols, dx, 1, dy + 3 * rows) == SGLLM_OK);
+        CHECK(sgllm__cuda_gated_act(gpu, SGLLM__CUDA_ACT_SILU, dy + 2 * rows, dy + 3 * rows, rows) == SGLLM_OK);
+        fetch(y, dy, (size_t)rows * 16);
+        CHECKF(rel_err(y, y + 2 * rows, rows) == 0, "matvec_gated mixed types: %.3g", rel_err(y, y + 2 * rows, rows));
+        uint32_t types[2] = {SGLLM__T_Q8_0, SGLLM__T_Q4_0};
+        const void *wm[2] = {d0, d1};
+        int64_t rr[2] = {rows, rows};
+        float *ym[2] = {dy, dy + rows};
+        poison(dy, (size_t)rows * 16);
+        CHECK(sgllm__cuda_matvec_multi(gpu, 2, types, wm, rr, cols, dx, 1, ym) == SGLLM_OK);
+        CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q8_0, d0, rows, cols, dx, 1, dy + 2 * rows) == SGLLM_OK);
+        CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q4_0, d1, rows, cols, dx, 1, dy + 3 * rows) == SGLLM_OK);
+        fetch(y, dy, (size_t)rows * 16);
+        memcpy(ref, y + 2 * rows, (size_t)rows * 8);
+        CHECKF(rel_err(y, ref, 2 * rows) == 0, "matvec_multi mixed types: %.3g", rel_err(y, ref, 2 * rows));
+        sgllm__cuda_dfree(gpu, d0), sgllm__cuda_dfree(gpu, d1), sgllm__cuda_dfree(gpu, dx), sgllm__cuda_dfree(gpu, dy);
+        free(w0), free(w1), free(x), free(y), free(ref);
+    }
+    CHECK(fused_runs > 0);
+    printf("fused matvec: %d fused multi runs; worst rel err against single matrices: multi %.3g, gated %.3g\n",
+           fused_runs, worst_multi, worst_gated);
 }
 
 // Decode attention against the CPU engine's attention task, on the same fp16 cache.
@@ -1070,6 +1204,7 @@ int main(void) {
     test_gated();
     test_quantize_act();
     test_matmul();
+    test_matvec_fused();
     test_attention();
     test_prefill();
     test_kv_write_paged();
