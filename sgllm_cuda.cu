@@ -94,7 +94,12 @@ static sgllm_status sgllm__cu_bad(sgllm__cuda *c, const char *op, const char *wh
 // attribute, or below sm90, both calls do nothing. Stream capture turns the attribute into
 // programmatic graph edges (CUDA 12.3+), so graphs keep the overlap. A kernel joins by
 // calling sgllm__cu_pdl_wait() first (and sgllm__cu_pdl_trigger() when its dependents may
-// start) and being launched through sgllm__cu_launch.
+// start) and being launched through sgllm__cu_launch. Work before the wait may read only
+// what no kernel of the stream writes: the matrix-vector kernels (section 4) start streaming
+// their weights there (uploaded or filled at load time, with a synchronization after).
+// The ops of sections 3-6 and 8 wait before their first read or write of activations and
+// trigger right after the wait, so at most one kernel's blocks sit waiting behind the one
+// running, and their weight loads overlap its tail.
 static __device__ inline void sgllm__cu_pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
@@ -853,6 +858,10 @@ extern "C" sgllm_status sgllm__cuda_gated_act(sgllm__cuda *c, int act, float *g,
 //   int8 blocks in shared memory and integer dot products (see sgllm__cu_mv_i8_k below); the
 //   fp32 kernel stays as the reference variant.
 // - anything else (odd row alignment): one value at a time (dq_elem), correct but slow.
+// Programmatic dependent launch: a kernel's weights are no predecessor's output, so before
+// sgllm__cu_pdl_wait each kernel already streams its first weight bytes (the staged kernels
+// fill their first ring stages, the float kernel loads its first step into registers, the
+// direct kernel prefetches the head of each row into L2); activations and outputs come after.
 
 enum { MV_CHUNK = 1024, MV_STAGES = 4, MV_MAX_CHUNK_BYTES = 1088, MV_MAX_WARPS = 8 };
 
@@ -920,40 +929,41 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    if (r < rows) {
-        uint8_t *ring = mv_smem + (int64_t)warp * MV_STAGES * CS;
-        const uint8_t *row = w + r * row_bytes;
-        int64_t n_chunks = (cols + MV_CHUNK - 1) / MV_CHUNK;
-        // this warp's chunks are sub, sub + split, ...; its k-th one sits in stage k % MV_STAGES
-        int64_t mine = n_chunks > sub ? (n_chunks - sub + split - 1) / split : 0;
-        auto issue = [&](int64_t k) {
-            if (k < mine) {
-                int64_t off = (sub + k * split) * CB, bytes = row_bytes - off < CB ? row_bytes - off : CB;
-                uint8_t *dst = ring + (k % MV_STAGES) * CS;
-                for (int64_t i = (int64_t)lane * copy_bytes; i < bytes; i += 32 * copy_bytes)
-                    sgllm__cu_cp_async(dst + i, row + off + i, copy_bytes);
-            }
-            sgllm__cu_cp_commit(); // an empty group keeps the wait count uniform
-        };
-#pragma unroll
-        for (int k = 0; k < MV_STAGES - 1; k++) issue(k);
-        for (int64_t k = 0; k < mine; k++) {
-            issue(k + MV_STAGES - 1);
-            sgllm__cu_cp_wait<MV_STAGES - 1>();
-            __syncwarp();
-            const uint8_t *st = ring + (k % MV_STAGES) * CS;
-            int64_t g0 = (sub + k * split) * (MV_CHUNK / 32); // first 32-value piece of the chunk
-#pragma unroll
-            for (int step = 0; step < 8; step++) {
-                int p = step * 4 + lane / 8, m = lane % 8; // piece of the chunk, quad of the piece
-                if ((g0 + p) * 32 < cols) {
-                    float v[4];
-                    sgllm__cu_dq4<T>(st, p, m, v);
-                    sgllm__cu_dot4<NT>(v, x + (g0 + p) * 32 + 4 * m, cols, nt, acc);
-                }
-            }
-            __syncwarp(); // the stage is refilled by the next iteration's issue
+    uint8_t *ring = mv_smem + (int64_t)warp * MV_STAGES * CS;
+    const uint8_t *row = w + (r < rows ? r : 0) * row_bytes;
+    int64_t n_chunks = (cols + MV_CHUNK - 1) / MV_CHUNK;
+    // this warp's chunks are sub, sub + split, ...; its k-th one sits in stage k % MV_STAGES
+    int64_t mine = r < rows && n_chunks > sub ? (n_chunks - sub + split - 1) / split : 0;
+    auto issue = [&](int64_t k) {
+        if (k < mine) {
+            int64_t off = (sub + k * split) * CB, bytes = row_bytes - off < CB ? row_bytes - off : CB;
+            uint8_t *dst = ring + (k % MV_STAGES) * CS;
+            for (int64_t i = (int64_t)lane * copy_bytes; i < bytes; i += 32 * copy_bytes)
+                sgllm__cu_cp_async(dst + i, row + off + i, copy_bytes);
         }
+        sgllm__cu_cp_commit(); // an empty group keeps the wait count uniform
+    };
+    // the first stages are weights only: in flight while the predecessor finishes
+#pragma unroll
+    for (int k = 0; k < MV_STAGES - 1; k++) issue(k);
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    for (int64_t k = 0; k < mine; k++) {
+        issue(k + MV_STAGES - 1);
+        sgllm__cu_cp_wait<MV_STAGES - 1>();
+        __syncwarp();
+        const uint8_t *st = ring + (k % MV_STAGES) * CS;
+        int64_t g0 = (sub + k * split) * (MV_CHUNK / 32); // first 32-value piece of the chunk
+#pragma unroll
+        for (int step = 0; step < 8; step++) {
+            int p = step * 4 + lane / 8, m = lane % 8; // piece of the chunk, quad of the piece
+            if ((g0 + p) * 32 < cols) {
+                float v[4];
+                sgllm__cu_dq4<T>(st, p, m, v);
+                sgllm__cu_dot4<NT>(v, x + (g0 + p) * 32 + 4 * m, cols, nt, acc);
+            }
+        }
+        __syncwarp(); // the stage is refilled by the next iteration's issue
     }
     sgllm__cu_mv_store<NT>(acc, y, rows, r, nt, split);
 }
@@ -971,41 +981,45 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    if (r < rows) {
-        const uint4 *row = (const uint4 *)(w + r * row_bytes);
-        int64_t n_words = cols / VPL;
-        for (int64_t base = (int64_t)sub * 32 * U; base < n_words; base += (int64_t)split * 32 * U) {
-            uint4 q[U];
+    const uint4 *row = (const uint4 *)(w + (r < rows ? r : 0) * row_bytes);
+    int64_t n_words = r < rows ? cols / VPL : 0, base0 = (int64_t)sub * 32 * U;
+    uint4 q[U];
+    auto load = [&](int64_t base) {
 #pragma unroll
-            for (int k = 0; k < U; k++) {
-                int64_t e = base + k * 32 + lane;
-                if (e < n_words) q[k] = __ldcs(row + e); // streamed once: do not keep in L1/L2
-            }
+        for (int k = 0; k < U; k++) {
+            int64_t e = base + k * 32 + lane;
+            if (e < n_words) q[k] = __ldcs(row + e); // streamed once: do not keep in L1/L2
+        }
+    };
+    load(base0); // the first step's weights are in flight while the predecessor finishes
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    for (int64_t base = base0; base < n_words; base += (int64_t)split * 32 * U) {
+        if (base != base0) load(base);
 #pragma unroll
-            for (int k = 0; k < U; k++) {
-                int64_t e = base + k * 32 + lane;
-                if (e >= n_words) continue;
-                float v[8];
-                uint32_t wd[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
-                if (T == T_F32) {
+        for (int k = 0; k < U; k++) {
+            int64_t e = base + k * 32 + lane;
+            if (e >= n_words) continue;
+            float v[8];
+            uint32_t wd[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
+            if (T == T_F32) {
 #pragma unroll
-                    for (int i = 0; i < 4; i++) v[i] = __uint_as_float(wd[i]);
-                } else {
+                for (int i = 0; i < 4; i++) v[i] = __uint_as_float(wd[i]);
+            } else {
 #pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        if (T == T_BF16) {
-                            v[2 * i] = __uint_as_float(wd[i] << 16);
-                            v[2 * i + 1] = __uint_as_float(wd[i] & 0xffff0000u);
-                        } else {
-                            float2 f = __half22float2(*(const __half2 *)&wd[i]);
-                            v[2 * i] = f.x;
-                            v[2 * i + 1] = f.y;
-                        }
+                for (int i = 0; i < 4; i++) {
+                    if (T == T_BF16) {
+                        v[2 * i] = __uint_as_float(wd[i] << 16);
+                        v[2 * i + 1] = __uint_as_float(wd[i] & 0xffff0000u);
+                    } else {
+                        float2 f = __half22float2(*(const __half2 *)&wd[i]);
+                        v[2 * i] = f.x;
+                        v[2 * i + 1] = f.y;
                     }
                 }
-                sgllm__cu_dot4<NT>(v, x + e * VPL, cols, nt, acc);
-                if (VPL == 8) sgllm__cu_dot4<NT>(v + 4, x + e * VPL + 4, cols, nt, acc);
             }
+            sgllm__cu_dot4<NT>(v, x + e * VPL, cols, nt, acc);
+            if (VPL == 8) sgllm__cu_dot4<NT>(v + 4, x + e * VPL + 4, cols, nt, acc);
         }
     }
     sgllm__cu_mv_store<NT>(acc, y, rows, r, nt, split);
@@ -1014,6 +1028,8 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
 template <int NT>
 static __global__ void sgllm__cu_mv_generic_k(uint32_t type, const uint8_t *w, int64_t rows, int64_t cols,
                                               int64_t row_bytes, const float *x, int nt, float *y, int split) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = warp % split;
     int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32 / split) + warp / split;
     float acc[NT];
@@ -1307,8 +1323,11 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
         ki++;
         sgllm__cu_cp_commit(); // an empty group keeps the wait count uniform
     };
+    // the first stages are weights only: in flight while the predecessor finishes
 #pragma unroll
     for (int k = 0; k < MV_STAGES - 1; k++) issue();
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     sgllm__cu_xq<sgllm__cu_xq_kind(T)>(x, cols, nt, xs, xd, warp, nw);
     __syncthreads();
     float acc[NT];
@@ -1357,6 +1376,8 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
 // compare its bytes with the CPU engine's). One warp per block of values.
 template <int K>
 static __global__ void sgllm__cu_xq_k(const float *x, int64_t cols, int nt, int8_t *qs, float2 *ds) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     sgllm__cu_xq<K>(x, cols, nt, qs, ds, (int)(blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32),
                     (int)(gridDim.x * (blockDim.x / 32)));
 }
@@ -1370,10 +1391,9 @@ extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, 
     cudaSetDevice(c->device);
     int kind = sgllm__cu_xq_kind((int)type);
     int64_t steps = (n_tok * cols + (kind == XQ_Q8_K ? 255 : 127)) / (kind == XQ_Q8_K ? 256 : 128), grid = (steps + 3) / 4;
-    if (kind == XQ_Q8_0) sgllm__cu_xq_k<XQ_Q8_0><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);
-    else if (kind == XQ_Q8_1) sgllm__cu_xq_k<XQ_Q8_1><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);
-    else sgllm__cu_xq_k<XQ_Q8_K><<<(unsigned)grid, 128, 0, c->stream>>>(x, cols, (int)n_tok, qs, (float2 *)ds);
-    return sgllm__cu_launched(c, "quantize_act");
+    void (*k)(const float *, int64_t, int, int8_t *, float2 *) =
+        kind == XQ_Q8_0 ? sgllm__cu_xq_k<XQ_Q8_0> : kind == XQ_Q8_1 ? sgllm__cu_xq_k<XQ_Q8_1> : sgllm__cu_xq_k<XQ_Q8_K>;
+    return sgllm__cu_launch(c, "quantize_act", k, dim3((unsigned)grid), dim3(128), 0, x, cols, (int)n_tok, qs, (float2 *)ds);
 }
 
 // Direct int8 path: fused q/k/v and gate/up launches of quantized matrices up to
@@ -1394,6 +1414,9 @@ extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, 
 // block scales and the float combination follow.
 // Float weights (fused launches only) use the same kernel with one 16-byte word per unit and
 // fp32 activations.
+
+// A hint: the 128-byte line holding p is fetched into L2; nothing waits for it.
+static __device__ inline void sgllm__cu_prefetch_l2(const void *p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 
 static __device__ inline uint32_t sgllm__cu_g16(const uint8_t *p) { return __ldg((const unsigned short *)p); }
 static __device__ inline uint32_t sgllm__cu_g32(const uint8_t *p) { return __ldg((const unsigned int *)p); }
@@ -1585,6 +1608,13 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvd_k(cons
     else
 #pragma unroll
         for (int k = 0; k < NR; k++) row[k] = a.w[k] + r * a.row_bytes;
+    // up to 4 KB of each row (a 128-byte line per lane) head for L2 while the predecessor
+    // finishes; everything else, the activations included, is read after the wait
+#pragma unroll
+    for (int k = 0; k < NR; k++)
+        if ((int64_t)lane * 128 < a.row_bytes) sgllm__cu_prefetch_l2(row[k] + lane * 128);
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     float acc[NR][NT];
 #pragma unroll
     for (int k = 0; k < NR; k++)
@@ -1612,13 +1642,14 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvd_k(cons
 }
 
 template <int NT, int NR>
-static void sgllm__cu_mvd_launch(uint32_t type, unsigned blocks, int threads, cudaStream_t st, const sgllm__cu_mvd &a) {
+static sgllm_status sgllm__cu_mvd_launch(sgllm__cuda *c, uint32_t type, unsigned blocks, int threads,
+                                         const sgllm__cu_mvd &a) {
 #define SGLLM__MVD(TT)                                                                                             \
-    case TT: sgllm__cu_mvd_k<TT, NT, NR><<<blocks, threads, 0, st>>>(a); return;
+    case TT: return sgllm__cu_launch(c, "matvec (direct)", sgllm__cu_mvd_k<TT, NT, NR>, dim3(blocks), dim3(threads), 0, a);
     switch (type) {
         SGLLM__MVD(T_F32) SGLLM__MVD(T_F16) SGLLM__MVD(T_BF16) SGLLM__MVD(T_Q4_0) SGLLM__MVD(T_Q4_1) SGLLM__MVD(T_Q5_0)
         SGLLM__MVD(T_Q5_1) SGLLM__MVD(T_Q8_0) SGLLM__MVD(T_Q4_K) SGLLM__MVD(T_Q5_K) SGLLM__MVD(T_Q6_K)
-    default: return;
+    default: return sgllm__cu_bad(c, "matvec (direct)", "no kernel for this weight type");
     }
 #undef SGLLM__MVD
 }
@@ -1649,21 +1680,18 @@ static sgllm_status sgllm__cu_mvd_run(sgllm__cuda *c, uint32_t type, const sgllm
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
     int64_t blocks = (a.total_rows + warps - 1) / warps;
     if (blocks > INT32_MAX) return sgllm__cu_bad(c, "matvec", "too many rows");
-    cudaStream_t st = c->stream;
     unsigned b = (unsigned)blocks;
     int th = 32 * warps;
     if (nr == 2) {
-        if (a.nt == 1) sgllm__cu_mvd_launch<1, 2>(type, b, th, st, a);
-        else if (a.nt == 2) sgllm__cu_mvd_launch<2, 2>(type, b, th, st, a);
-        else if (a.nt <= 4) sgllm__cu_mvd_launch<4, 2>(type, b, th, st, a);
-        else sgllm__cu_mvd_launch<8, 2>(type, b, th, st, a);
-    } else {
-        if (a.nt == 1) sgllm__cu_mvd_launch<1, 1>(type, b, th, st, a);
-        else if (a.nt == 2) sgllm__cu_mvd_launch<2, 1>(type, b, th, st, a);
-        else if (a.nt <= 4) sgllm__cu_mvd_launch<4, 1>(type, b, th, st, a);
-        else sgllm__cu_mvd_launch<8, 1>(type, b, th, st, a);
+        if (a.nt == 1) return sgllm__cu_mvd_launch<1, 2>(c, type, b, th, a);
+        if (a.nt == 2) return sgllm__cu_mvd_launch<2, 2>(c, type, b, th, a);
+        if (a.nt <= 4) return sgllm__cu_mvd_launch<4, 2>(c, type, b, th, a);
+        return sgllm__cu_mvd_launch<8, 2>(c, type, b, th, a);
     }
-    return sgllm__cu_launched(c, "matvec (direct)");
+    if (a.nt == 1) return sgllm__cu_mvd_launch<1, 1>(c, type, b, th, a);
+    if (a.nt == 2) return sgllm__cu_mvd_launch<2, 1>(c, type, b, th, a);
+    if (a.nt <= 4) return sgllm__cu_mvd_launch<4, 1>(c, type, b, th, a);
+    return sgllm__cu_mvd_launch<8, 1>(c, type, b, th, a);
 }
 
 // Dynamic shared memory of the quantized kernel: one ring of MV_STAGES chunk stages per warp.
@@ -1683,50 +1711,50 @@ struct sgllm__cu_mv_args {
 };
 
 template <int NT>
-static void sgllm__cu_mv_launch(uint32_t type, int path, dim3 grid, int threads, size_t smem, cudaStream_t st,
-                                const sgllm__cu_mv_args &a) {
+static sgllm_status sgllm__cu_mv_launch(sgllm__cuda *c, uint32_t type, int path, dim3 grid, int threads, size_t smem,
+                                        const sgllm__cu_mv_args &a) {
+    dim3 block(threads);
     if (path == 0) {
 #define SGLLM__MVF(TT)                                                                                               \
     case TT:                                                                                                         \
-        sgllm__cu_mv_float_k<TT, NT, 8><<<grid, threads, 0, st>>>(a.w, a.rows, a.cols, a.row_bytes, a.x, a.nt, a.y, \
-                                                                   a.split);                                        \
-        return;
+        return sgllm__cu_launch(c, "matvec", sgllm__cu_mv_float_k<TT, NT, 8>, grid, block, 0, a.w, a.rows, a.cols,   \
+                                a.row_bytes, a.x, a.nt, a.y, a.split);
         switch (type) {
             SGLLM__MVF(T_F32) SGLLM__MVF(T_F16) SGLLM__MVF(T_BF16)
-        default: return;
+        default: return sgllm__cu_bad(c, "matvec", "no float kernel for this weight type");
         }
 #undef SGLLM__MVF
     }
     if (path == 1) {
 #define SGLLM__MVQ(TT)                                                                                              \
     case TT:                                                                                                        \
-        sgllm__cu_mv_quant_k<TT, NT><<<grid, threads, sgllm__cu_mv_smem(TT, threads / 32), st>>>(                    \
-            a.w, a.rows, a.cols, a.row_bytes, a.copy_bytes, a.x, a.nt, a.y, a.split);                               \
-        return;
+        return sgllm__cu_launch(c, "matvec", sgllm__cu_mv_quant_k<TT, NT>, grid, block,                              \
+                                sgllm__cu_mv_smem(TT, threads / 32), a.w, a.rows, a.cols, a.row_bytes, a.copy_bytes, \
+                                a.x, a.nt, a.y, a.split);
         switch (type) {
             SGLLM__MVQ(T_Q4_0) SGLLM__MVQ(T_Q4_1) SGLLM__MVQ(T_Q5_0) SGLLM__MVQ(T_Q5_1) SGLLM__MVQ(T_Q8_0)
             SGLLM__MVQ(T_Q4_K) SGLLM__MVQ(T_Q5_K) SGLLM__MVQ(T_Q6_K)
-        default: return;
+        default: return sgllm__cu_bad(c, "matvec", "no staged kernel for this weight type");
         }
 #undef SGLLM__MVQ
     }
     if (path == 3) {
 #define SGLLM__MVI(TT)                                                                                              \
     case TT:                                                                                                        \
-        if (smem > 48 * 1024) /* a refusal makes the launch fail, which the caller reports */                    \
+        if (smem > 48 * 1024) /* a refusal makes the launch fail, which is reported */                              \
             (void)cudaFuncSetAttribute(sgllm__cu_mv_i8_k<TT, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,       \
                                        (int)smem);                                                                  \
-        sgllm__cu_mv_i8_k<TT, NT><<<grid, threads, smem, st>>>(a.w, a.rows, a.cols, a.row_bytes, a.copy_bytes, a.x,  \
-                                                               a.nt, a.y, a.split);                                 \
-        return;
+        return sgllm__cu_launch(c, "matvec", sgllm__cu_mv_i8_k<TT, NT>, grid, block, smem, a.w, a.rows, a.cols,      \
+                                a.row_bytes, a.copy_bytes, a.x, a.nt, a.y, a.split);
         switch (type) {
             SGLLM__MVI(T_Q4_0) SGLLM__MVI(T_Q4_1) SGLLM__MVI(T_Q5_0) SGLLM__MVI(T_Q5_1) SGLLM__MVI(T_Q8_0)
             SGLLM__MVI(T_Q4_K) SGLLM__MVI(T_Q5_K) SGLLM__MVI(T_Q6_K)
-        default: return;
+        default: return sgllm__cu_bad(c, "matvec", "no int8 kernel for this weight type");
         }
 #undef SGLLM__MVI
     }
-    sgllm__cu_mv_generic_k<NT><<<grid, threads, 0, st>>>(type, a.w, a.rows, a.cols, a.row_bytes, a.x, a.nt, a.y, a.split);
+    return sgllm__cu_launch(c, "matvec", sgllm__cu_mv_generic_k<NT>, grid, block, 0, type, a.w, a.rows, a.cols,
+                            a.row_bytes, a.x, a.nt, a.y, a.split);
 }
 
 extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
@@ -1787,11 +1815,10 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
     cudaSetDevice(c->device);
     dim3 grid((unsigned)blocks);
     int threads = 32 * warps;
-    if (n_tok == 1) sgllm__cu_mv_launch<1>(type, path, grid, threads, smem, c->stream, a);
-    else if (n_tok == 2) sgllm__cu_mv_launch<2>(type, path, grid, threads, smem, c->stream, a);
-    else if (n_tok <= 4) sgllm__cu_mv_launch<4>(type, path, grid, threads, smem, c->stream, a);
-    else sgllm__cu_mv_launch<8>(type, path, grid, threads, smem, c->stream, a);
-    return sgllm__cu_launched(c, "matvec");
+    if (n_tok == 1) return sgllm__cu_mv_launch<1>(c, type, path, grid, threads, smem, a);
+    if (n_tok == 2) return sgllm__cu_mv_launch<2>(c, type, path, grid, threads, smem, a);
+    if (n_tok <= 4) return sgllm__cu_mv_launch<4>(c, type, path, grid, threads, smem, a);
+    return sgllm__cu_mv_launch<8>(c, type, path, grid, threads, smem, a);
 }
 
 // Whether q/k/v-style or gate/up launches can be fused: same type, batch within the
@@ -1870,6 +1897,8 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
 
 static __global__ void sgllm__cu_to_bf16_k(uint32_t type, const uint8_t *w, int64_t cols, int64_t row_bytes,
                                            int64_t n, __nv_bfloat16 *out) {
+    sgllm__cu_pdl_wait(); // out may still be read by the GEMM before
+    sgllm__cu_pdl_trigger();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / cols, j = i % cols;
         out[i] = __float2bfloat16(sgllm__cu_dq_elem(type, w + r * row_bytes, j));
@@ -1900,16 +1929,18 @@ extern "C" sgllm_status sgllm__cuda_gemm(sgllm__cuda *c, uint32_t type, const vo
     const void *wb = w;
     if (type != T_BF16) {
         int64_t n = rows * cols;
-        sgllm__cu_to_bf16_k<<<(unsigned)((n + 255) / 256 < 65536 * 4 ? (n + 255) / 256 : 65536 * 4), 256, 0, c->stream>>>(
-            type, (const uint8_t *)w, cols, rb, n, (__nv_bfloat16 *)s);
-        if (sgllm__cu_launched(c, "gemm: weight to bf16")) return SGLLM_ERR_BACKEND;
+        if (sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_to_bf16_k,
+                             dim3((unsigned)((n + 255) / 256 < 65536 * 4 ? (n + 255) / 256 : 65536 * 4)), dim3(256), 0,
+                             type, (const uint8_t *)w, cols, rb, n, (__nv_bfloat16 *)s))
+            return SGLLM_ERR_BACKEND;
         wb = s;
         s += sgllm__cu_align256(n * 2);
     }
     int64_t nx = n_tok * cols;
-    sgllm__cu_to_bf16_k<<<(unsigned)((nx + 255) / 256 < 65536 * 4 ? (nx + 255) / 256 : 65536 * 4), 256, 0, c->stream>>>(
-        T_F32, (const uint8_t *)x, nx, nx * 4, nx, (__nv_bfloat16 *)s);
-    if (sgllm__cu_launched(c, "gemm: activations to bf16")) return SGLLM_ERR_BACKEND;
+    if (sgllm__cu_launch(c, "gemm: activations to bf16", sgllm__cu_to_bf16_k,
+                         dim3((unsigned)((nx + 255) / 256 < 65536 * 4 ? (nx + 255) / 256 : 65536 * 4)), dim3(256), 0,
+                         (uint32_t)T_F32, (const uint8_t *)x, nx, nx * 4, nx, (__nv_bfloat16 *)s))
+        return SGLLM_ERR_BACKEND;
     // Row-major y(n_tok, rows) is column-major (rows, n_tok) = W^T-as-stored (cols, rows)^T . X (cols, n_tok)
     float one = 1.0f, zero = 0.0f;
     cublasStatus_t st = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n_tok, (int)cols, &one, wb,
@@ -1933,7 +1964,8 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 // online softmax over tiles of BN keys staged in shared memory. Scores: one warp per key, the
 // lanes splitting head_dim. It writes the split's normalized output and log-sum-exp.
 // Stage 2, grid (n_head, n_q): merges the splits weighted by exp(lse - max lse). With one split
-// stage 1 writes the output directly.
+// stage 1 writes the output directly. Both wait for their predecessors first (the query and
+// the newest cache rows are theirs) and let their dependents launch right after.
 
 enum { ATT_HB = 8, ATT_THREADS = 128, ATT_MAX_HD = 512, ATT_ACC = ATT_HB * ATT_MAX_HD / ATT_THREADS };
 
@@ -1943,6 +1975,8 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, const int32_t *pt, int32_t page_shift,
                            int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale, int32_t n_splits, int32_t bn,
                            float *part_o, float *part_lse, float *out) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     extern __shared__ __align__(16) uint8_t sm[];
     int32_t group = n_head / n_head_kv, n_hgroups = (group + ATT_HB - 1) / ATT_HB;
     int32_t kvh = (int32_t)blockIdx.y / n_hgroups, h0 = kvh * group + ((int32_t)blockIdx.y % n_hgroups) * ATT_HB;
@@ -2053,6 +2087,8 @@ static __global__ void __launch_bounds__(ATT_THREADS)
 
 static __global__ void sgllm__cu_attn_merge_k(const float *part_o, const float *part_lse, int32_t n_head, int32_t hd,
                                               int32_t n_splits, float *out) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     int64_t row = (int64_t)blockIdx.y * n_head + blockIdx.x;
     const float *lse = part_lse + row * n_splits;
     float mx = -INFINITY;
@@ -2107,15 +2143,15 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
         sgllm__cu_check(c, cudaFuncSetAttribute(sgllm__cu_attn_split_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 (int)smem), "attn_decode: shared memory"))
         return SGLLM_ERR_BACKEND;
-    sgllm__cu_attn_split_k<<<dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)n_q), ATT_THREADS, smem,
-                             c->stream>>>(q, (const __half *)k_cache, (const __half *)v_cache, page_table,
-                                          sgllm__cu_page_shift(page_table, page_size), n_head, n_head_kv, head_dim,
-                                          pos, window, scale, n_splits, bn, part_o, part_lse, out);
-    if (sgllm__cu_launched(c, "attn_decode: split kernel")) return SGLLM_ERR_BACKEND;
+    if (sgllm__cu_launch(c, "attn_decode: split kernel", sgllm__cu_attn_split_k,
+                         dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)n_q), dim3(ATT_THREADS),
+                         smem, q, (const __half *)k_cache, (const __half *)v_cache, page_table,
+                         sgllm__cu_page_shift(page_table, page_size), n_head, n_head_kv, head_dim, pos, window, scale,
+                         n_splits, bn, part_o, part_lse, out))
+        return SGLLM_ERR_BACKEND;
     if (n_splits == 1) return SGLLM_OK;
-    sgllm__cu_attn_merge_k<<<dim3((unsigned)n_head, (unsigned)n_q), 128, 0, c->stream>>>(part_o, part_lse, n_head,
-                                                                                         head_dim, n_splits, out);
-    return sgllm__cu_launched(c, "attn_decode: merge kernel");
+    return sgllm__cu_launch(c, "attn_decode: merge kernel", sgllm__cu_attn_merge_k, dim3((unsigned)n_head, (unsigned)n_q),
+                            dim3(128), 0, (const float *)part_o, (const float *)part_lse, n_head, head_dim, n_splits, out);
 }
 
 // --- 6b. Prefill attention -----------------------------------------------------------------

@@ -36,6 +36,9 @@
 //   programmatic dependent launch: every row op runs with dispatch.pdl on and off, and a chain
 //     of dependent ops captured in a graph with it on gives bit for bit the eager result with
 //     it off.
+//   programmatic dependent launch of the matrix-vector, decode attention and GEMM-path kernels
+//     (test_pdl_chain): a chain of them for every weight type, each reading what the one before
+//     wrote, gives the same bits with dispatch.pdl on and off, eagerly and replayed from graphs.
 //   prefill attention (fp16 tensor cores): a per-element worst-case bound derived from its
 //     fp16 roundings of q and the probabilities (see test_prefill).
 // Every output buffer is poisoned with NaN bytes before each run, so a missed write fails.
@@ -970,6 +973,122 @@ static void test_pdl_graph(void) {
     free(x0), free(d0), free(w0), free(hq), free(hk);
 }
 
+// The chain of test_pdl_chain: D-wide rows, CHAIN_TOK of them; attention with 8 query heads
+// over 2 KV heads of D / 8.
+enum { CHAIN_D = 1536, CHAIN_TOK = 12, CHAIN_CTX = 600 };
+struct chain_bufs {
+    uint32_t t;
+    void *w, *w2;                 // (D, D) weights of type t
+    float *x, *xn, *y, *u, *nw;   // (CHAIN_TOK, D) residual, its norm (+4 floats), op output, up buffer; (D) norm weight
+    uint16_t *kc, *vc;            // (CHAIN_CTX, D / 4) fp16 caches
+    int32_t *pos;                 // (3) query positions
+};
+
+// The matrix-vector kernels (staged int8, direct, fp32 staged, one value at a time, fused
+// q/k/v-style and gate/up, the unfused gated path through the GEMM), decode attention with
+// and without the split merge, and the GEMM, each followed by x += op output and xn = norm(x)
+// (add_rmsnorm), which the next op reads: every kernel depends on the one before, and the
+// ops' outputs are rewritten while the ops before may still read them.
+static void chain_run(const struct chain_bufs *b) {
+    const int64_t D = CHAIN_D, rb = (int64_t)sgllm__row_bytes(b->t, (uint64_t)D), hd = D / 8;
+    const uint8_t *w = (const uint8_t *)b->w;
+    sgllm__cuda_dispatch base = *sgllm__cuda_get_dispatch(gpu);
+    for (int op = 0; op < 10; op++) {
+        CHECK(sgllm__cuda_add_rmsnorm(gpu, b->x, b->y, b->nw, b->xn, CHAIN_TOK, D, 1e-6f) == SGLLM_OK);
+        sgllm__cuda_dispatch d = base;
+        d.matvec_int8 = op == 1 ? 2 : op == 2 ? 0 : 1;
+        d.matvec_max_batch = op == 6 ? 1 : 8;
+        sgllm__cuda_set_dispatch(gpu, &d);
+        sgllm_status s = SGLLM_OK;
+        const uint32_t types[3] = {b->t, b->t, b->t};
+        const void *wm[3] = {w, w + D / 2 * rb, w + 3 * D / 4 * rb};
+        const int64_t rm[3] = {D / 2, D / 4, D / 4};
+        float *ym[3] = {b->y, b->y + 3 * D / 2, b->y + 9 * D / 4};
+        if (op <= 2) s = sgllm__cuda_matvec(gpu, b->t, w, D, D, b->xn, op + 1, b->y);
+        else if (op == 3) s = sgllm__cuda_matvec(gpu, b->t, w, D, D, b->xn + 1, 2, b->y); // unaligned x
+        else if (op == 4) s = sgllm__cuda_matvec_multi(gpu, 3, types, wm, rm, D, b->xn, 3, ym);
+        else if (op == 5 || op == 6)
+            s = sgllm__cuda_matvec_gated(gpu, op == 5 ? SGLLM__CUDA_ACT_SILU : SGLLM__CUDA_ACT_GELU_TANH, b->t, w, b->t,
+                                         b->w2, D, D, b->xn, 2, b->y, b->u);
+        else if (op == 7 || op == 8)
+            s = sgllm__cuda_attn_decode(gpu, b->xn, b->kc, b->vc, NULL, 0, 8, 2, (int32_t)hd, b->pos, op == 7 ? 3 : 1, 0,
+                                        1.0f / sqrtf((float)hd), op == 7 ? 4 : 1, b->y);
+        else s = sgllm__cuda_matmul(gpu, b->t, w, D, D, b->xn, CHAIN_TOK, b->y);
+        CHECKF(s == SGLLM_OK, "chain op %d (%s): %s", op, sgllm__type_name(b->t), sgllm__cuda_errmsg(gpu));
+    }
+    CHECK(sgllm__cuda_add_rmsnorm(gpu, b->x, b->y, b->nw, b->xn, CHAIN_TOK, D, 1e-6f) == SGLLM_OK);
+    sgllm__cuda_set_dispatch(gpu, &base);
+}
+
+// For every weight type, the chain above eagerly with PDL off is the reference; eagerly with
+// PDL on, replayed twice from a graph captured with it on, and from one captured with it off
+// must give the same bits (x and xn after the chain).
+static void test_pdl_chain(void) {
+    const int64_t D = CHAIN_D, n = CHAIN_TOK * D, kvd = D / 4;
+    int was = sgllm__cuda_get_dispatch(gpu)->pdl, same = 0, runs = 0;
+    struct chain_bufs b;
+    float *x0 = rand_floats(n, -1, 1), *nw0 = rand_floats(D, 0.5f, 1.5f);
+    uint16_t *kv = (uint16_t *)malloc((size_t)(CHAIN_CTX * kvd) * 2);
+    b.x = (float *)dev((size_t)n * 4), b.xn = (float *)dev((size_t)(n + 4) * 4), b.y = (float *)dev((size_t)n * 4);
+    b.u = (float *)dev((size_t)n * 4), b.nw = (float *)dev_copy(nw0, (size_t)D * 4);
+    for (int i = 0; i < 2; i++) {
+        for (int64_t k = 0; k < CHAIN_CTX * kvd; k++) kv[k] = sgllm__f32_to_fp16(test_uniform(-1, 1));
+        *(i ? &b.vc : &b.kc) = (uint16_t *)dev_copy(kv, (size_t)(CHAIN_CTX * kvd) * 2);
+    }
+    const int32_t pos[3] = {500, 501, 599};
+    b.pos = (int32_t *)dev_copy(pos, sizeof pos);
+    float *ref = (float *)malloc((size_t)n * 8), *got = (float *)malloc((size_t)n * 8);
+    for (int k = 0; k < N_TYPES; k++) {
+        b.t = all_types[k];
+        size_t wb;
+        uint8_t *w = rand_weights(b.t, D, D, &wb), *w2 = rand_weights(b.t, D, D, &wb);
+        b.w = dev_copy(w, wb), b.w2 = dev_copy(w2, wb);
+        size_t g = sgllm__cuda_gemm_scratch_bytes(b.t, D, D, CHAIN_TOK), a = sgllm__cuda_attn_scratch_bytes(8, (int32_t)(D / 8), 3, 4);
+        CHECK(sgllm__cuda_reserve(gpu, g > a ? g : a) == SGLLM_OK);
+        void *graph = NULL;
+        for (int mode = 0; mode < 6; mode++) { // off eager (reference), on eager, on graph x2, off graph x2
+            set_pdl(mode >= 1 && mode <= 3);
+            CHECK(sgllm__cuda_upload(gpu, b.x, x0, (size_t)n * 4) == SGLLM_OK);
+            CHECK(sgllm__cuda_memset(gpu, b.y, 0, (size_t)n * 4) == SGLLM_OK);
+            poison(b.xn, (size_t)(n + 4) * 4);
+            if (mode == 2 || mode == 4) {
+                CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
+                chain_run(&b);
+                CHECKF(sgllm__cuda_graph_end(gpu, &graph) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
+            }
+            if (mode >= 2 && graph) CHECK(sgllm__cuda_graph_launch(gpu, graph) == SGLLM_OK);
+            else if (mode < 2) chain_run(&b);
+            float *o = mode ? got : ref;
+            fetch(o, b.x, (size_t)n * 4);
+            fetch(o + n, b.xn, (size_t)n * 4);
+            if (!mode) {
+                bool finite = true;
+                for (int64_t i = 0; i < 2 * n; i++) finite = finite && isfinite(ref[i]);
+                CHECKF(finite, "pdl chain %s: the reference has non-finite values", sgllm__type_name(b.t));
+            } else {
+                bool eq = !memcmp(got, ref, (size_t)n * 8);
+                CHECKF(eq, "pdl chain %s mode %d differs from eager without pdl (rel %.3g)", sgllm__type_name(b.t), mode,
+                       rel_err(got, ref, 2 * n));
+                same += eq;
+                runs++;
+            }
+            if (mode == 3 || mode == 5) {
+                sgllm__cuda_graph_free(gpu, graph);
+                graph = NULL;
+            }
+        }
+        sgllm__cuda_dfree(gpu, b.w);
+        sgllm__cuda_dfree(gpu, b.w2);
+        free(w), free(w2);
+    }
+    set_pdl(was);
+    printf("pdl chain (matvec staged/direct/fp32/generic, multi, gated fused and through the GEMM, decode attention, "
+           "GEMM; 11 types): %d of %d runs bit for bit equal to eager without pdl\n", same, runs);
+    sgllm__cuda_dfree(gpu, b.x), sgllm__cuda_dfree(gpu, b.xn), sgllm__cuda_dfree(gpu, b.y), sgllm__cuda_dfree(gpu, b.u);
+    sgllm__cuda_dfree(gpu, b.nw), sgllm__cuda_dfree(gpu, b.kc), sgllm__cuda_dfree(gpu, b.vc), sgllm__cuda_dfree(gpu, b.pos);
+    free(x0), free(nw0), free(kv), free(ref), free(got);
+}
+
 // Prefill attention (flash attention on the tensor cores) over a paged cache, against a
 // double-precision softmax attention from the definition, per output element:
 //   |gpu - exact| <= max|v| * (2^-11 + 2 ds + n * (2^-24 + 2^-25)) + 1e-6,
@@ -1211,6 +1330,7 @@ int main(void) {
     test_norm_add();
     test_qkv_post();
     test_pdl_graph();
+    test_pdl_chain();
     // the row ops again with programmatic dependent launch flipped
     set_pdl(!disp.pdl);
     printf("row ops with pdl %d\n", sgllm__cuda_get_dispatch(gpu)->pdl);
