@@ -1829,7 +1829,7 @@ typedef struct sgllm__cu_smp_layout {
     int32_t *part_i;             // (SMP_STATS_BLOCKS) per-block argmax
     uint32_t *hist;              // (SMP_BUCKETS) counts of the top 11 key bits
     sgllm__cu_smp_state *state;
-    sgllm__cu_smp_cand *cand;    // (n) candidates, or the replayed top-k heap
+    sgllm__cu_smp_cand *cand;    // (2, n) candidates and the top-k set copied out of them, or the replayed heap
 } sgllm__cu_smp_layout;
 
 static size_t sgllm__cu_smp_layout_of(void *base, int64_t n, sgllm__cu_smp_layout *l) {
@@ -1845,7 +1845,7 @@ static size_t sgllm__cu_smp_layout_of(void *base, int64_t n, sgllm__cu_smp_layou
     l->part_i = (int32_t *)take(SMP_STATS_BLOCKS * 4);
     l->hist = (uint32_t *)take(SMP_BUCKETS * 4);
     l->state = (sgllm__cu_smp_state *)take(sizeof(sgllm__cu_smp_state));
-    l->cand = (sgllm__cu_smp_cand *)take((size_t)n * sizeof(sgllm__cu_smp_cand));
+    l->cand = (sgllm__cu_smp_cand *)take(2 * (size_t)n * sizeof(sgllm__cu_smp_cand));
     return off;
 }
 
@@ -1891,8 +1891,11 @@ static __device__ inline void sgllm__cu_better(float &bv, int32_t &bi, float v, 
 
 // Per block: max and its lowest index over a slice (NaN never wins), and the histogram of the
 // top 11 order-key bits of every number.
-static __global__ void __launch_bounds__(SMP_THREADS) sgllm__cu_smp_stats_k(const float *work, int64_t n, float *part_v,
-                                                                            int32_t *part_i, uint32_t *hist) {
+static __global__ void __launch_bounds__(SMP_THREADS)
+    sgllm__cu_smp_stats_k(const sgllm__cuda_sample_args *a, const float *work, int64_t n, float *part_v, int32_t *part_i,
+                          uint32_t *hist) {
+    // only the top-k path with top-p reads the histogram (sgllm__cu_smp_plan_k)
+    const bool need_hist = a->temperature > 0 && a->top_k > 0 && a->top_k < n && a->top_p < 1;
     __shared__ uint32_t h[SMP_BUCKETS];
     __shared__ float wv[32];
     __shared__ int32_t wi[32];
@@ -1901,11 +1904,16 @@ static __global__ void __launch_bounds__(SMP_THREADS) sgllm__cu_smp_stats_k(cons
     int64_t per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per, hi = lo + per < n ? lo + per : n;
     float bv = -INFINITY;
     int32_t bi = (int32_t)n;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        float v = work[i];
-        if (isnan(v)) continue;
-        sgllm__cu_better(bv, bi, v, (int32_t)i);
-        atomicAdd(&h[sgllm__cu_fkey(v) >> 21], 1u);
+    for (int64_t base = lo; base < hi; base += blockDim.x) { // warp-uniform trip count for the match below
+        int64_t i = base + threadIdx.x;
+        float v = i < hi ? work[i] : NAN;
+        bool ok = !isnan(v);
+        if (ok) sgllm__cu_better(bv, bi, v, (int32_t)i);
+        if (need_hist) { // logits crowd into few buckets: one shared atomic per bucket per warp
+            uint32_t b = ok ? sgllm__cu_fkey(v) >> 21 : 0xffffffffu;
+            unsigned peers = __match_any_sync(0xffffffffu, b);
+            if (ok && (int)(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&h[b], (uint32_t)__popc(peers));
+        }
     }
     for (int o = 16; o > 0; o >>= 1)
         sgllm__cu_better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
@@ -2254,13 +2262,23 @@ static __global__ void __launch_bounds__(SMP_THREADS)
     }
     if (mode != SMP_TOPK && mode != SMP_CUT) return;
     __shared__ sgllm__cu_smp_shared sh;
-    const uint32_t m = st->count;
+    uint32_t m = st->count;
     const float max = st->max, temp = a->temperature;
     for (uint32_t i = threadIdx.x; i < m; i += blockDim.x) cand[i].p = sgllm__cu_smp_weight(cand[i].logit, max, temp);
     __syncthreads();
     sgllm__cu_smp_member mem = {~0ull, -INFINITY};
-    if (mode == SMP_TOPK) // the k best: up to the k-th rank key
+    if (mode == SMP_TOPK) { // the k best: up to the k-th rank key, copied out so later searches scan only them
         mem.rank_max = sgllm__cu_smp_search(cand, m, mem, false, true, (double)a->top_k, false, sh);
+        __shared__ uint32_t nk;
+        if (threadIdx.x == 0) nk = 0;
+        __syncthreads();
+        sgllm__cu_smp_cand *kset = cand + n;
+        for (uint32_t i = threadIdx.x; i < m; i += blockDim.x)
+            if (sgllm__cu_is_member(cand[i], mem)) kset[atomicAdd(&nk, 1u)] = cand[i];
+        __syncthreads();
+        cand = kset;
+        m = nk;
+    }
     const double total = sgllm__cu_smp_total(cand, m, mem, sh.red); // top-p's fraction is of this mass
     if (a->min_p > 0) mem.p_min = a->min_p < 1 ? a->min_p : 1;
     if (a->top_p < 1) {
@@ -2296,7 +2314,7 @@ extern "C" sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, 
     if (pen_tokens && pen_counts)
         sgllm__cu_smp_pen_k<<<1, 256, 0, c->stream>>>(args, logits, pen_tokens, pen_counts, l.work, n_vocab);
     if ((s = sgllm__cu_check(c, cudaMemsetAsync(l.hist, 0, SMP_BUCKETS * 4, c->stream), "sample: memset"))) return s;
-    sgllm__cu_smp_stats_k<<<SMP_STATS_BLOCKS, SMP_THREADS, 0, c->stream>>>(l.work, n_vocab, l.part_v, l.part_i, l.hist);
+    sgllm__cu_smp_stats_k<<<SMP_STATS_BLOCKS, SMP_THREADS, 0, c->stream>>>(args, l.work, n_vocab, l.part_v, l.part_i, l.hist);
     sgllm__cu_smp_plan_k<<<1, 1, 0, c->stream>>>(args, n_vocab, l.part_v, l.part_i, l.hist, l.state, out);
     sgllm__cu_smp_collect_k<<<grid, 256, 0, c->stream>>>(l.work, n_vocab, l.state, l.cand);
     sgllm__cu_smp_final_k<<<1, SMP_THREADS, 0, c->stream>>>(args, l.work, n_vocab, l.state, l.cand, out);
