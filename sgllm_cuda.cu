@@ -863,7 +863,7 @@ extern "C" sgllm_status sgllm__cuda_gated_act(sgllm__cuda *c, int act, float *g,
 // Programmatic dependent launch: a kernel's weights are no predecessor's output, so before
 // sgllm__cu_pdl_wait each kernel already streams its first weight bytes (the staged kernels
 // fill their first ring stages, the float kernel loads its first step into registers, the
-// direct kernel prefetches the head of each row into L2); activations and outputs come after.
+// direct kernel prefetches rows of up to 4 KB into L2); activations and outputs come after.
 
 enum { MV_CHUNK = 1024, MV_STAGES = 4, MV_MAX_CHUNK_BYTES = 1088, MV_MAX_WARPS = 8 };
 
@@ -1610,11 +1610,13 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvd_k(cons
     else
 #pragma unroll
         for (int k = 0; k < NR; k++) row[k] = a.w[k] + r * a.row_bytes;
-    // up to 4 KB of each row (a 128-byte line per lane) head for L2 while the predecessor
-    // finishes; everything else, the activations included, is read after the wait
+    // rows of up to 4 KB (a 128-byte line per lane) head for L2 while the predecessor
+    // finishes; everything else, the activations included, is read after the wait. Longer
+    // rows are not prefetched: on the H100 a 4 KB head of Llama-3-8B's rows slowed the fused
+    // BF16 launches (decode matrix-vector graph 87% -> 85% of the floor; docs/PERF.md).
 #pragma unroll
     for (int k = 0; k < NR; k++)
-        if ((int64_t)lane * 128 < a.row_bytes) sgllm__cu_prefetch_l2(row[k] + lane * 128);
+        if (a.row_bytes <= 4096 && (int64_t)lane * 128 < a.row_bytes) sgllm__cu_prefetch_l2(row[k] + lane * 128);
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
     float acc[NR][NT];
