@@ -2076,8 +2076,8 @@ struct sgllm__cu_fa_variant {
 #define SGLLM__FA(D, DV, BM, BN, W) {D, DV, BM, BN, W, SGLLM__FA_QR(D, BM, W), sgllm__cu_fa_k<D, DV, BM, BN, W, SGLLM__FA_QR(D, BM, W)>}
 static const sgllm__cu_fa_variant sgllm__cu_fa_variants[] = {
     SGLLM__FA(64, 64, 128, 64, 4),   SGLLM__FA(64, 64, 64, 64, 4),     SGLLM__FA(64, 64, 64, 32, 4),
-    SGLLM__FA(128, 128, 128, 64, 8), SGLLM__FA(128, 128, 128, 64, 4),  SGLLM__FA(128, 128, 128, 32, 4),
-    SGLLM__FA(128, 128, 64, 64, 4),  SGLLM__FA(128, 128, 64, 32, 4),
+    SGLLM__FA(128, 128, 128, 64, 8), SGLLM__FA(128, 128, 128, 64, 4),  SGLLM__FA(128, 128, 64, 64, 4),
+    SGLLM__FA(128, 128, 64, 32, 4),
     SGLLM__FA(256, 256, 128, 32, 8), SGLLM__FA(256, 256, 64, 64, 4),   SGLLM__FA(256, 256, 64, 32, 4),
     SGLLM__FA(256, 256, 32, 32, 2),
     SGLLM__FA(512, 128, 32, 64, 2),  SGLLM__FA(512, 128, 32, 32, 2),   SGLLM__FA(512, 128, 16, 16, 1),
