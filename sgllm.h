@@ -630,6 +630,22 @@ sgllm_status sgllm__cuda_gather_rows(sgllm__cuda *c, const float *src, const int
                                      float *dst);
 sgllm_status sgllm__cuda_softcap(sgllm__cuda *c, float *x, int64_t n, float cap);
 sgllm_status sgllm__cuda_argmax(sgllm__cuda *c, const float *x, int64_t rows, int64_t n, int32_t *out);
+// Device sampling (sgllm_cuda.cu, section 9): the token sgllm_sampler_sample (sgllm_impl.c,
+// section 6) would pick from logits (device, n_vocab) for the uniform u, written to out (device,
+// one int32). args (device) holds the parameters; n_pen distinct tokens pen_tokens (device) that
+// occurred pen_counts (device) times in the penalty window are penalized (both may be NULL when
+// n_pen is 0). work (device) holds sgllm__cuda_sample_work_bytes(n_vocab) bytes. Only enqueues
+// kernels and a memset, so a CUDA graph may capture it.
+typedef struct sgllm__cuda_sample_args {
+    double u; // uniform in [0, 1): the sampler's draw
+    float temperature, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty;
+    int32_t top_k, n_pen;
+} sgllm__cuda_sample_args;
+size_t sgllm__cuda_sample_work_bytes(int64_t n_vocab);
+// Device-to-device copy, enqueued (capturable).
+sgllm_status sgllm__cuda_copy(sgllm__cuda *c, void *dst, const void *src, size_t bytes);
+sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, int64_t n_vocab, const sgllm__cuda_sample_args *args,
+                                const int32_t *pen_tokens, const int32_t *pen_counts, void *work, int32_t *out);
 // CUDA graphs: ops enqueued between begin and end are captured (not run); end instantiates
 // them into *graph (NULL on failure), launch replays it on the stream. No synchronizing call
 // (upload, download, reserve, alloc) may come between begin and end.

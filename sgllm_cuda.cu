@@ -13,6 +13,8 @@
 //   6. Decode attention: split-KV over an fp16 cache, log-sum-exp merge
 //   6b. Prefill attention: flash attention on the tensor cores (mma.sync), paged fp16 cache
 //   7. Benchmark and synthetic-weight helpers
+//   8. Forward helpers: KV-cache write, bias, row gather, softcap, argmax, CUDA graphs
+//   9. Sampling: the CPU sampler's semantics on the device (penalties, top-k, min-p, top-p, draw)
 //
 // Nothing lives at file scope: all state is in struct sgllm__cuda, so two models or contexts
 // can run in one process. Ops enqueue on the context's stream and never synchronize.
@@ -2945,4 +2947,544 @@ extern "C" void sgllm__cuda_graph_free(sgllm__cuda *c, void *graph) {
     if (!c || !graph) return;
     cudaSetDevice(c->device);
     cudaGraphExecDestroy((cudaGraphExec_t)graph);
+}
+
+// --- 9. Sampling ---------------------------------------------------------------------------
+// The CPU sampler (sgllm_impl.c, section 6) on the device, so a decode step downloads only its
+// token. Same semantics: penalties, then greedy argmax when temperature <= 0; else the top-k
+// set or the tokens within SGLLM__SAMPLER_CUT (40) of the top at this temperature, weights
+// exp((logit - max) / temperature) in double rounded to float, min-p, top-p, and a draw with
+// the caller's uniform u. Nothing sorts the vocabulary: a full pass finds the max and a
+// histogram of the top 11 bits of each logit's order key, a second pass collects the few
+// candidates above a threshold, and one block finds every cut (k-th token, top-p prefix, the
+// drawn token) by radix searches over the candidates' 64-bit rank keys (logit descending,
+// then id ascending: the CPU's tie rule), weighted by counts or by mass. The one order the
+// CPU takes from its data structure rather than from the ranking, the top-k heap's order
+// when top-p is off, is reproduced by replaying that heap over the vocabulary in one block.
+// Every kernel reads the parameters from device memory, so the whole sampler is one fixed
+// sequence of launches that a CUDA graph can capture.
+
+#define SMP_BUCKETS 2048 // 11-bit digits
+#define SMP_STATS_BLOCKS 128
+#define SMP_THREADS 1024
+
+enum { SMP_DONE = 0, SMP_TOPK = 1, SMP_CUT = 2, SMP_HEAP = 3 };
+
+typedef struct sgllm__cu_smp_state {
+    float max;          // largest penalized logit (NaN excluded)
+    int32_t argmax;     // its lowest index; n when every logit is NaN
+    int32_t mode;       // SMP_*
+    uint32_t key_lb;    // SMP_TOPK: candidates have order keys >= key_lb
+    float cut;          // SMP_CUT: candidates have logits >= cut
+    uint32_t count;     // candidates collected
+} sgllm__cu_smp_state;
+
+typedef struct sgllm__cu_smp_cand {
+    int32_t id;
+    float logit;
+    float p; // weight, filled by the final kernel
+} sgllm__cu_smp_cand;
+
+typedef struct sgllm__cu_smp_layout {
+    float *work;                 // (n) penalized logits
+    float *part_v;               // (SMP_STATS_BLOCKS) per-block max
+    int32_t *part_i;             // (SMP_STATS_BLOCKS) per-block argmax
+    uint32_t *hist;              // (SMP_BUCKETS) counts of the top 11 key bits
+    sgllm__cu_smp_state *state;
+    sgllm__cu_smp_cand *cand;    // (2, n) candidates and the top-k set copied out of them, or the replayed heap
+} sgllm__cu_smp_layout;
+
+static size_t sgllm__cu_smp_layout_of(void *base, int64_t n, sgllm__cu_smp_layout *l) {
+    size_t off = 0;
+    char *b = (char *)base;
+    auto take = [&](size_t bytes) {
+        char *p = b ? b + off : NULL;
+        off += (bytes + 255) / 256 * 256;
+        return (void *)p;
+    };
+    l->work = (float *)take((size_t)n * 4);
+    l->part_v = (float *)take(SMP_STATS_BLOCKS * 4);
+    l->part_i = (int32_t *)take(SMP_STATS_BLOCKS * 4);
+    l->hist = (uint32_t *)take(SMP_BUCKETS * 4);
+    l->state = (sgllm__cu_smp_state *)take(sizeof(sgllm__cu_smp_state));
+    l->cand = (sgllm__cu_smp_cand *)take(2 * (size_t)n * sizeof(sgllm__cu_smp_cand));
+    return off;
+}
+
+extern "C" size_t sgllm__cuda_sample_work_bytes(int64_t n_vocab) {
+    sgllm__cu_smp_layout l;
+    return n_vocab > 0 ? sgllm__cu_smp_layout_of(NULL, n_vocab, &l) : 0;
+}
+
+// Order-preserving unsigned key of a float (ascending key = ascending value).
+static __device__ inline uint32_t sgllm__cu_fkey(float f) {
+    uint32_t u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Rank key: ascending = the CPU's ranking (higher logit first, then lower id).
+static __device__ inline uint64_t sgllm__cu_rkey(float logit, int32_t id) {
+    return ((uint64_t)(~sgllm__cu_fkey(logit)) << 32) | (uint32_t)id;
+}
+
+static __global__ void sgllm__cu_smp_copy_k(const float *x, float *work, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        work[i] = x[i];
+}
+
+// The CPU's penalty arithmetic, rounded step by step (no fused multiply-add).
+static __global__ void sgllm__cu_smp_pen_k(const sgllm__cuda_sample_args *a, const float *x, const int32_t *tok,
+                                           const int32_t *cnt, float *work, int64_t n) {
+    for (int32_t j = threadIdx.x; j < a->n_pen; j += blockDim.x) {
+        int32_t t = tok[j];
+        if (t < 0 || t >= n) continue;
+        float l = x[t];
+        l = l > 0 ? __fdiv_rn(l, a->repeat_penalty) : __fmul_rn(l, a->repeat_penalty);
+        work[t] = __fsub_rn(__fsub_rn(l, __fmul_rn((float)cnt[j], a->frequency_penalty)), a->presence_penalty);
+    }
+}
+
+static __device__ inline void sgllm__cu_better(float &bv, int32_t &bi, float v, int32_t i) {
+    if (v > bv || (v == bv && i < bi)) {
+        bv = v;
+        bi = i;
+    }
+}
+
+// Per block: max and its lowest index over a slice (NaN never wins), and the histogram of the
+// top 11 order-key bits of every number.
+static __global__ void __launch_bounds__(SMP_THREADS)
+    sgllm__cu_smp_stats_k(const sgllm__cuda_sample_args *a, const float *work, int64_t n, float *part_v, int32_t *part_i,
+                          uint32_t *hist) {
+    // only the top-k path with top-p reads the histogram (sgllm__cu_smp_plan_k)
+    const bool need_hist = a->temperature > 0 && a->top_k > 0 && a->top_k < n && a->top_p < 1;
+    __shared__ uint32_t h[SMP_BUCKETS];
+    __shared__ float wv[32];
+    __shared__ int32_t wi[32];
+    for (int b = threadIdx.x; b < SMP_BUCKETS; b += blockDim.x) h[b] = 0;
+    __syncthreads();
+    int64_t per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per, hi = lo + per < n ? lo + per : n;
+    float bv = -INFINITY;
+    int32_t bi = (int32_t)n;
+    for (int64_t base = lo; base < hi; base += blockDim.x) { // warp-uniform trip count for the match below
+        int64_t i = base + threadIdx.x;
+        float v = i < hi ? work[i] : NAN;
+        bool ok = !isnan(v);
+        if (ok) sgllm__cu_better(bv, bi, v, (int32_t)i);
+        if (need_hist) { // logits crowd into few buckets: one shared atomic per bucket per warp
+            uint32_t b = ok ? sgllm__cu_fkey(v) >> 21 : 0xffffffffu;
+            unsigned peers = __match_any_sync(0xffffffffu, b);
+            if (ok && (int)(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&h[b], (uint32_t)__popc(peers));
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        sgllm__cu_better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+    if (threadIdx.x % 32 == 0) {
+        wv[threadIdx.x / 32] = bv;
+        wi[threadIdx.x / 32] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        int nw = blockDim.x / 32;
+        bv = threadIdx.x < nw ? wv[threadIdx.x] : -INFINITY;
+        bi = threadIdx.x < nw ? wi[threadIdx.x] : (int32_t)n;
+        for (int o = 16; o > 0; o >>= 1)
+            sgllm__cu_better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+        if (threadIdx.x == 0) {
+            part_v[blockIdx.x] = bv;
+            part_i[blockIdx.x] = bi;
+        }
+    }
+    for (int b = threadIdx.x; b < SMP_BUCKETS; b += blockDim.x)
+        if (h[b]) atomicAdd(&hist[b], h[b]);
+}
+
+// One thread: the global max, the greedy and degenerate answers, and the candidate threshold.
+static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, int64_t n, const float *part_v,
+                                            const int32_t *part_i, const uint32_t *hist, sgllm__cu_smp_state *st,
+                                            int32_t *out) {
+    float bv = -INFINITY;
+    int32_t bi = (int32_t)n;
+    for (int b = 0; b < SMP_STATS_BLOCKS; b++) sgllm__cu_better(bv, bi, part_v[b], part_i[b]);
+    st->max = bv;
+    st->argmax = bi;
+    st->count = 0;
+    st->mode = SMP_DONE;
+    const float temp = a->temperature;
+    if (bi >= n) { // every logit NaN: the CPU's argmax gives 0
+        *out = 0;
+        return;
+    }
+    if (temp <= 0 || !(bv > -INFINITY)) { // greedy, or nothing has weight: argmax as on the CPU
+        *out = bi;
+        return;
+    }
+    bool topk = a->top_k > 0 && a->top_k < n;
+    if (topk && a->top_p >= 1) {
+        st->mode = SMP_HEAP;
+        return;
+    }
+    if (topk) {
+        uint32_t cum = 0;
+        int b = SMP_BUCKETS - 1;
+        for (; b > 0; b--)
+            if ((cum += hist[b]) >= (uint32_t)a->top_k) break;
+        st->key_lb = (uint32_t)b << 21;
+        st->mode = SMP_TOPK;
+        return;
+    }
+    float depth = 40.0f; // SGLLM__SAMPLER_CUT
+    if (a->top_p >= 1 && a->min_p > 0) depth = fminf(depth, __fsub_rn(0.01f, logf(fminf(a->min_p, 1))));
+    st->cut = __fsub_rn(bv, __fmul_rn(depth, temp));
+    st->mode = SMP_CUT;
+}
+
+static __global__ void sgllm__cu_smp_collect_k(const float *work, int64_t n, sgllm__cu_smp_state *st,
+                                               sgllm__cu_smp_cand *cand) {
+    const int mode = st->mode;
+    if (mode != SMP_TOPK && mode != SMP_CUT) return;
+    const uint32_t lb = st->key_lb;
+    const float cut = st->cut;
+    for (int64_t base = blockIdx.x * (int64_t)blockDim.x; base < n; base += (int64_t)gridDim.x * blockDim.x) {
+        int64_t i = base + threadIdx.x;
+        float v = i < n ? work[i] : NAN;
+        bool take = !isnan(v) && (mode == SMP_TOPK ? sgllm__cu_fkey(v) >= lb : v >= cut);
+        unsigned mask = __ballot_sync(0xffffffffu, take);
+        if (!mask) continue;
+        int lane = threadIdx.x % 32, leader = __ffs(mask) - 1;
+        uint32_t slot = 0;
+        if (lane == leader) slot = atomicAdd(&st->count, (uint32_t)__popc(mask));
+        slot = __shfl_sync(0xffffffffu, slot, leader) + __popc(mask & ((1u << lane) - 1));
+        if (take) cand[slot] = sgllm__cu_smp_cand{(int32_t)i, v, 0.0f};
+    }
+}
+
+// Block-wide double sum (every thread gets it); deterministic order.
+static __device__ double sgllm__cu_block_dsum(double v, double *sh) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = v;
+    __syncthreads();
+    double t = 0;
+    for (int w = 0; w < (int)(blockDim.x / 32); w++) t += sh[w];
+    __syncthreads();
+    return t;
+}
+
+typedef struct sgllm__cu_smp_member {
+    uint64_t rank_max; // members have rank key <= rank_max
+    float p_min;       // and weight >= p_min
+} sgllm__cu_smp_member;
+
+static __device__ inline bool sgllm__cu_is_member(const sgllm__cu_smp_cand &c, const sgllm__cu_smp_member &m) {
+    return sgllm__cu_rkey(c.logit, c.id) <= m.rank_max && c.p >= m.p_min;
+}
+
+struct sgllm__cu_smp_shared {
+    double mass[SMP_BUCKETS];
+    uint32_t cnt[SMP_BUCKETS];
+    double red[32];
+    uint64_t prefix;
+    double cum;
+    int found; // 0: not yet, 1: found, -1: none reaches the target
+    int unique;
+};
+
+// Among the members of cand (m), ordered by rank key (by_id false) or by id (by_id true), the
+// key of the first whose inclusive cumulative weight (1 each when count, else p) is >= target
+// (> target when strict); the largest member key when none reaches it. 64-bit keys go in
+// 11-bit digits, most significant first; a digit that leaves a single member ends early.
+static __device__ uint64_t sgllm__cu_smp_search(const sgllm__cu_smp_cand *cand, uint32_t m,
+                                                const sgllm__cu_smp_member &mem, bool by_id, bool count, double target,
+                                                bool strict, sgllm__cu_smp_shared &sh) {
+    const int top_bits = by_id ? 32 : 64;
+    if (threadIdx.x == 0) {
+        sh.prefix = 0;
+        sh.cum = 0;
+        sh.found = 0;
+        sh.unique = 0;
+    }
+    __syncthreads();
+    for (int hi = top_bits; hi > 0;) {
+        int bits = hi >= 11 ? 11 : hi, shift = hi - bits;
+        for (int b = threadIdx.x; b < SMP_BUCKETS; b += blockDim.x) {
+            sh.mass[b] = 0;
+            sh.cnt[b] = 0;
+        }
+        __syncthreads();
+        const uint64_t prefix = sh.prefix;
+        for (uint32_t i = threadIdx.x; i < m; i += blockDim.x) {
+            sgllm__cu_smp_cand c = cand[i];
+            if (!sgllm__cu_is_member(c, mem)) continue;
+            uint64_t k = by_id ? (uint64_t)(uint32_t)c.id : sgllm__cu_rkey(c.logit, c.id);
+            if (hi < top_bits && (k >> hi) != (prefix >> hi)) continue;
+            int d = (int)((k >> shift) & ((1u << bits) - 1));
+            atomicAdd(&sh.cnt[d], 1u);
+            atomicAdd(&sh.mass[d], count ? 1.0 : (double)c.p);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) { // lane l owns buckets [64 l, 64 l + 64)
+            const int lane = threadIdx.x;
+            double s = 0;
+            for (int b = lane * 64; b < lane * 64 + 64; b++) s += sh.mass[b];
+            double incl = s;
+            for (int o = 1; o < 32; o <<= 1) {
+                double t = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += t;
+            }
+            const double cum = sh.cum;
+            bool hit = strict ? cum + incl > target : cum + incl >= target;
+            unsigned any = __ballot_sync(0xffffffffu, hit);
+            // none reaches: follow the last non-empty bucket (the largest key)
+            unsigned nonempty = __ballot_sync(0xffffffffu, s > 0 || [&] {
+                for (int b = lane * 64; b < lane * 64 + 64; b++)
+                    if (sh.cnt[b]) return true;
+                return false;
+            }());
+            int owner = any ? __ffs(any) - 1 : (nonempty ? 31 - __clz(nonempty) : -1);
+            if (lane == owner) {
+                double c0 = cum + incl - s;
+                int pick = -1;
+                for (int b = lane * 64; b < lane * 64 + 64; b++) {
+                    if (!sh.cnt[b]) continue;
+                    if (any) {
+                        double c1 = c0 + sh.mass[b];
+                        if (strict ? c1 > target : c1 >= target) {
+                            pick = b;
+                            break;
+                        }
+                        c0 = c1;
+                    } else {
+                        pick = b;
+                        c0 += sh.mass[b];
+                    }
+                }
+                if (any) {
+                    sh.cum = c0;
+                } else { // the cumulative weight of keys below the last bucket
+                    sh.cum = c0 - sh.mass[pick];
+                    sh.found = -1;
+                }
+                sh.prefix |= (uint64_t)pick << shift;
+                sh.unique = sh.cnt[pick] == 1;
+            }
+            if (owner < 0 && lane == 0) sh.found = -2; // no member at all
+        }
+        __syncthreads();
+        if (sh.found == -2) return 0;
+        hi = shift;
+        if (sh.unique && hi > 0) { // the one member with this prefix is the answer
+            const uint64_t pre = sh.prefix;
+            for (uint32_t i = threadIdx.x; i < m; i += blockDim.x) {
+                sgllm__cu_smp_cand c = cand[i];
+                if (!sgllm__cu_is_member(c, mem)) continue;
+                uint64_t k = by_id ? (uint64_t)(uint32_t)c.id : sgllm__cu_rkey(c.logit, c.id);
+                if ((k >> hi) == (pre >> hi)) sh.prefix = k;
+            }
+            __syncthreads();
+            break;
+        }
+        if (sh.found == -1) { // no member reaches the target: keep following the largest key
+            target = INFINITY;
+            strict = false;
+        }
+    }
+    uint64_t r = sh.prefix;
+    __syncthreads();
+    return r;
+}
+
+static __device__ double sgllm__cu_smp_total(const sgllm__cu_smp_cand *cand, uint32_t m, const sgllm__cu_smp_member &mem,
+                                             double *red) {
+    double s = 0;
+    for (uint32_t i = threadIdx.x; i < m; i += blockDim.x)
+        if (sgllm__cu_is_member(cand[i], mem)) s += cand[i].p;
+    return sgllm__cu_block_dsum(s, red);
+}
+
+static __device__ inline float sgllm__cu_smp_weight(float logit, float max, float temp) {
+    return logit >= max ? 1.0f : (float)exp(__ddiv_rn(__dsub_rn((double)logit, (double)max), (double)temp));
+}
+
+// The CPU's top-k heap (section 6, sgllm__sampler_top_k), replayed: tokens reach thread 0 in
+// index order, filtered by the heap's worst logit at the start of each chunk (a token the
+// heap would reject at once never changes it), so the final layout is the CPU's exactly.
+static __device__ bool sgllm__cu_heap_above(const sgllm__cu_smp_cand &a, const sgllm__cu_smp_cand &b) {
+    // min-heap on the ranking: a is above b when it ranks last
+    bool a_first = a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+    return !a_first;
+}
+
+static __device__ void sgllm__cu_heap_final(const sgllm__cuda_sample_args *a, const float *work, int64_t n,
+                                            sgllm__cu_smp_state *st, sgllm__cu_smp_cand *h, int32_t *out) {
+    __shared__ sgllm__cu_smp_cand buf[SMP_THREADS];
+    __shared__ int32_t wcount[32];
+    __shared__ int32_t hn, npass;
+    __shared__ float root;
+    const int64_t k = a->top_k;
+    if (threadIdx.x == 0) {
+        hn = 0;
+        root = -INFINITY;
+    }
+    __syncthreads();
+    for (int64_t base = 0; base < n; base += blockDim.x) {
+        int64_t i = base + threadIdx.x;
+        float v = i < n ? work[i] : NAN;
+        bool pass = !isnan(v) && (hn < k || v > root);
+        unsigned mask = __ballot_sync(0xffffffffu, pass);
+        int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+        if (lane == 0) wcount[w] = __popc(mask);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int32_t t = 0;
+            for (int j = 0; j < (int)(blockDim.x / 32); j++) {
+                int32_t c = wcount[j];
+                wcount[j] = t;
+                t += c;
+            }
+            npass = t;
+        }
+        __syncthreads();
+        if (pass) buf[wcount[w] + __popc(mask & ((1u << lane) - 1))] = sgllm__cu_smp_cand{(int32_t)i, v, 0.0f};
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int32_t m = hn;
+            for (int32_t j = 0; j < npass; j++) {
+                sgllm__cu_smp_cand c = buf[j];
+                if (m < k) { // push and sift up
+                    int64_t x = m++;
+                    h[x] = c;
+                    while (x > 0) {
+                        int64_t p = (x - 1) / 2;
+                        if (!sgllm__cu_heap_above(h[x], h[p])) break;
+                        sgllm__cu_smp_cand t = h[x];
+                        h[x] = h[p];
+                        h[p] = t;
+                        x = p;
+                    }
+                } else if (c.logit > h[0].logit) { // replace the root and sift down
+                    h[0] = c;
+                    int64_t x = 0;
+                    for (;;) {
+                        int64_t l = 2 * x + 1, r = l + 1, top = x;
+                        if (l < m && sgllm__cu_heap_above(h[l], h[top])) top = l;
+                        if (r < m && sgllm__cu_heap_above(h[r], h[top])) top = r;
+                        if (top == x) break;
+                        sgllm__cu_smp_cand t = h[x];
+                        h[x] = h[top];
+                        h[top] = t;
+                        x = top;
+                    }
+                }
+            }
+            hn = m;
+            root = m == k ? h[0].logit : -INFINITY;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x != 0) return;
+    // the rest in the CPU's order: weights, total, min-p (order kept), the draw
+    const int32_t m = hn;
+    const float temp = a->temperature;
+    float max = -INFINITY;
+    for (int32_t i = 0; i < m; i++) max = fmaxf(max, h[i].logit);
+    if (m == 0 || !(max > -INFINITY)) {
+        *out = st->argmax;
+        return;
+    }
+    for (int32_t i = 0; i < m; i++) h[i].p = sgllm__cu_smp_weight(h[i].logit, max, temp);
+    int32_t kept = m;
+    if (a->min_p > 0) {
+        const float thr = a->min_p < 1 ? a->min_p : 1;
+        kept = 0;
+        for (int32_t i = 0; i < m; i++)
+            if (h[i].p >= thr) h[kept++] = h[i];
+    }
+    double total = 0;
+    for (int32_t i = 0; i < kept; i++) total += h[i].p;
+    const double u = a->u * total;
+    double cum = 0;
+    for (int32_t i = 0; i < kept; i++) {
+        cum += h[i].p;
+        if (u < cum) {
+            *out = h[i].id;
+            return;
+        }
+    }
+    *out = h[kept - 1].id;
+}
+
+static __global__ void __launch_bounds__(SMP_THREADS)
+    sgllm__cu_smp_final_k(const sgllm__cuda_sample_args *a, const float *work, int64_t n, sgllm__cu_smp_state *st,
+                          sgllm__cu_smp_cand *cand, int32_t *out) {
+    const int mode = st->mode;
+    if (mode == SMP_HEAP) {
+        sgllm__cu_heap_final(a, work, n, st, cand, out);
+        return;
+    }
+    if (mode != SMP_TOPK && mode != SMP_CUT) return;
+    __shared__ sgllm__cu_smp_shared sh;
+    uint32_t m = st->count;
+    const float max = st->max, temp = a->temperature;
+    for (uint32_t i = threadIdx.x; i < m; i += blockDim.x) cand[i].p = sgllm__cu_smp_weight(cand[i].logit, max, temp);
+    __syncthreads();
+    sgllm__cu_smp_member mem = {~0ull, -INFINITY};
+    if (mode == SMP_TOPK) { // the k best: up to the k-th rank key, copied out so later searches scan only them
+        mem.rank_max = sgllm__cu_smp_search(cand, m, mem, false, true, (double)a->top_k, false, sh);
+        __shared__ uint32_t nk;
+        if (threadIdx.x == 0) nk = 0;
+        __syncthreads();
+        sgllm__cu_smp_cand *kset = cand + n;
+        for (uint32_t i = threadIdx.x; i < m; i += blockDim.x)
+            if (sgllm__cu_is_member(cand[i], mem)) kset[atomicAdd(&nk, 1u)] = cand[i];
+        __syncthreads();
+        cand = kset;
+        m = nk;
+    }
+    const double total = sgllm__cu_smp_total(cand, m, mem, sh.red); // top-p's fraction is of this mass
+    if (a->min_p > 0) mem.p_min = a->min_p < 1 ? a->min_p : 1;
+    if (a->top_p < 1) {
+        // the shortest best-first prefix of the kept tokens that holds top_p of the mass; the
+        // CPU then draws from it worst first: the drawn token is the first best-first one whose
+        // inclusive mass reaches (prefix mass - u * prefix mass)
+        const double goal = (double)a->top_p * total;
+        mem.rank_max = sgllm__cu_smp_search(cand, m, mem, false, false, goal, false, sh);
+        const double tf = sgllm__cu_smp_total(cand, m, mem, sh.red);
+        uint64_t r = sgllm__cu_smp_search(cand, m, mem, false, false, tf - a->u * tf, false, sh);
+        if (threadIdx.x == 0) *out = (int32_t)(uint32_t)r;
+    } else { // the kept tokens in index order (the CPU's collection order)
+        const double tk = sgllm__cu_smp_total(cand, m, mem, sh.red);
+        uint64_t r = sgllm__cu_smp_search(cand, m, mem, true, false, a->u * tk, true, sh);
+        if (threadIdx.x == 0) *out = (int32_t)r;
+    }
+}
+
+extern "C" sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, int64_t n_vocab,
+                                           const sgllm__cuda_sample_args *args, const int32_t *pen_tokens,
+                                           const int32_t *pen_counts, void *work, int32_t *out) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!logits || !args || !work || !out || n_vocab <= 0 || n_vocab > INT32_MAX)
+        return sgllm__cu_bad(c, "sample", "bad pointer or size");
+    cudaSetDevice(c->device);
+    sgllm__cu_smp_layout l;
+    sgllm__cu_smp_layout_of(work, n_vocab, &l);
+    sgllm_status s;
+    int64_t blocks = (n_vocab + 1023) / 1024;
+    unsigned grid = (unsigned)(blocks < 4 * c->disp.sm_count ? blocks : 4 * c->disp.sm_count);
+    if (grid < 1) grid = 1;
+    sgllm__cu_smp_copy_k<<<grid, 256, 0, c->stream>>>(logits, l.work, n_vocab);
+    if (pen_tokens && pen_counts)
+        sgllm__cu_smp_pen_k<<<1, 256, 0, c->stream>>>(args, logits, pen_tokens, pen_counts, l.work, n_vocab);
+    if ((s = sgllm__cu_check(c, cudaMemsetAsync(l.hist, 0, SMP_BUCKETS * 4, c->stream), "sample: memset"))) return s;
+    sgllm__cu_smp_stats_k<<<SMP_STATS_BLOCKS, SMP_THREADS, 0, c->stream>>>(args, l.work, n_vocab, l.part_v, l.part_i, l.hist);
+    sgllm__cu_smp_plan_k<<<1, 1, 0, c->stream>>>(args, n_vocab, l.part_v, l.part_i, l.hist, l.state, out);
+    sgllm__cu_smp_collect_k<<<grid, 256, 0, c->stream>>>(l.work, n_vocab, l.state, l.cand);
+    sgllm__cu_smp_final_k<<<1, SMP_THREADS, 0, c->stream>>>(args, l.work, n_vocab, l.state, l.cand, out);
+    return sgllm__cu_launched(c, "sample");
+}
+
+extern "C" sgllm_status sgllm__cuda_copy(sgllm__cuda *c, void *dst, const void *src, size_t bytes) {
+    if (!c || ((!dst || !src) && bytes)) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    return sgllm__cu_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream), "copy");
 }

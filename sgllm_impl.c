@@ -5280,11 +5280,20 @@ typedef struct sgllm__gpu_ctx {
     void *graph;                   // executable graph of the single-token step, or NULL
     bool graph_failed;             // capture was refused once: run that step without a graph
     int32_t graph_splits;          // decode-attention splits the graph was captured with
+    // device sampling (sgllm__gpu_forward_sample): smp holds (4) int32 (token, position, the
+    // sampled token, pad), sgllm__cuda_sample_args, (smp_cap) penalized tokens, (smp_cap) counts
+    void *smp, *smp_work;          // (device) smp; sgllm__cuda_sample_work_bytes(n_vocab)
+    unsigned char *smp_host;       // staging of smp
+    int32_t smp_cap;
+    void *smp_graph;               // the single-token step and the sampler, or NULL
+    bool smp_graph_failed;
 } sgllm__gpu_ctx;
 
 static void sgllm__gpu_ctx_free(sgllm__gpu_ctx *c) {
     if (!c) return;
     sgllm__cuda_graph_free(c->cu, c->graph);
+    sgllm__cuda_graph_free(c->cu, c->smp_graph);
+    sgllm__free(c->smp_host);
     for (ptrdiff_t i = 0; i < arrlen(c->allocs); i++) sgllm__cuda_dfree(c->cu, c->allocs[i]);
     arrfree(c->allocs);
     sgllm__free(c->k_cache);
@@ -5500,6 +5509,91 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
     if (!s && n_out) s = sgllm__cuda_download(c->cu, logits, c->logits, (size_t)n_out * (size_t)m->n_vocab * sizeof(float));
     if (!s && !n_out) s = sgllm__cuda_sync(c->cu);
     if (s) return sgllm__fail(d, s, "CUDA forward: %s", sgllm__cuda_errmsg(c->cu));
+    return SGLLM_OK;
+}
+
+// Device sampling: the single-token step and the sampler run on the device and only the
+// 4-byte token comes back. The token, its position, the sampler's parameters, its uniform and
+// the penalty list go up in one upload; the step reads its token and position from there
+// through two device copies, so one CUDA graph holds copies, step and sampler.
+#define SGLLM__SMP_ARGS 16 // byte offset of the arguments in smp
+
+static sgllm_status sgllm__gpu_sample_prepare(sgllm__gpu_ctx *c, int32_t cap, sgllm__diag *d) {
+    sgllm_status s = SGLLM_OK;
+    if (cap < 64) cap = 64;
+    if (!c->smp_work) s = sgllm__gpu_alloc(c, sgllm__cuda_sample_work_bytes(c->m->n_vocab), &c->smp_work);
+    if (!s && cap > c->smp_cap) { // a longer window than before: a new buffer, and a new graph reading it
+        size_t bytes = SGLLM__SMP_ARGS + sizeof(sgllm__cuda_sample_args) + 2 * (size_t)cap * sizeof(int32_t);
+        unsigned char *h = (unsigned char *)sgllm__calloc(bytes, 1);
+        if (!h) return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+        sgllm__free(c->smp_host);
+        c->smp_host = h;
+        c->smp_cap = 0;
+        sgllm__cuda_graph_free(c->cu, c->smp_graph);
+        c->smp_graph = NULL;
+        if (!(s = sgllm__gpu_alloc(c, bytes, &c->smp))) c->smp_cap = cap;
+    }
+    if (s) return sgllm__fail(d, s, "CUDA sampler: %s", sgllm__cuda_errmsg(c->cu));
+    return SGLLM_OK;
+}
+
+// Enqueues the sampler over the first row of c->logits; the token lands in smp's third int.
+static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c) {
+    unsigned char *b = (unsigned char *)c->smp;
+    const sgllm__cuda_sample_args *args = (const sgllm__cuda_sample_args *)(b + SGLLM__SMP_ARGS);
+    const int32_t *pen = (const int32_t *)(b + SGLLM__SMP_ARGS + sizeof *args);
+    return sgllm__cuda_sample(c->cu, c->logits, c->m->n_vocab, args, pen, pen + c->smp_cap, c->smp_work,
+                              (int32_t *)b + 2);
+}
+
+// The single-token step reading its token and position from smp, then the sampler.
+static sgllm_status sgllm__gpu_step_sample_enqueue(sgllm__gpu_ctx *c, int32_t splits) {
+    const int32_t *src = (const int32_t *)c->smp;
+    sgllm_status s = sgllm__cuda_copy(c->cu, c->io, src, sizeof(int32_t));
+    if (!s) s = sgllm__cuda_copy(c->cu, c->io + c->n_batch, src + 1, sizeof(int32_t));
+    if (!s) s = sgllm__gpu_enqueue(c, 1, 1, c->n_ctx, splits);
+    return s ? s : sgllm__gpu_sample_enqueue(c);
+}
+
+// Samples the next token: from the logits of the last forward when token < 0, else after the
+// single-token step of token at position pos. pen: n_pen penalized tokens then their counts.
+static sgllm_status sgllm__gpu_forward_sample(sgllm__gpu_ctx *c, sgllm_token token, int32_t pos,
+                                              const sgllm__cuda_sample_args *args, const int32_t *pen_tokens,
+                                              const int32_t *pen_counts, int32_t *out, sgllm__diag *d) {
+    sgllm_status s = sgllm__gpu_sample_prepare(c, args->n_pen, d);
+    if (s) return s;
+    int32_t head[4] = {token, pos, 0, 0};
+    memcpy(c->smp_host, head, sizeof head);
+    memcpy(c->smp_host + SGLLM__SMP_ARGS, args, sizeof *args);
+    int32_t *pen = (int32_t *)(c->smp_host + SGLLM__SMP_ARGS + sizeof *args);
+    memcpy(pen, pen_tokens, (size_t)args->n_pen * sizeof(int32_t));
+    memcpy(pen + c->smp_cap, pen_counts, (size_t)args->n_pen * sizeof(int32_t));
+    size_t bytes = SGLLM__SMP_ARGS + sizeof *args + 2 * (size_t)c->smp_cap * sizeof(int32_t);
+    s = sgllm__cuda_upload(c->cu, c->smp, c->smp_host, bytes);
+    if (!s && token < 0) {
+        s = sgllm__gpu_sample_enqueue(c);
+    } else if (!s) {
+        const sgllm_model *m = c->m;
+        int32_t splits = 0;
+        for (int32_t il = 0; il < m->n_layer; il++) { // one count for every position the graph will see
+            int32_t sp = sgllm__gpu_splits(sgllm__cuda_get_dispatch(c->cu), &m->layers[il], 1, c->n_ctx);
+            splits = splits > sp ? splits : sp;
+        }
+        if (!c->smp_graph && !c->smp_graph_failed) {
+            s = sgllm__cuda_graph_begin(c->cu);
+            sgllm_status se = s ? s : sgllm__gpu_step_sample_enqueue(c, splits);
+            if (!s) s = sgllm__cuda_graph_end(c->cu, &c->smp_graph);
+            if (se || s) { // capture refused: plain launches from now on
+                sgllm__log(d, SGLLM_LOG_WARN, "CUDA graph capture of the sampling step failed (%s)",
+                           sgllm__cuda_errmsg(c->cu));
+                c->smp_graph_failed = true;
+                s = SGLLM_OK;
+            }
+        }
+        s = c->smp_graph ? sgllm__cuda_graph_launch(c->cu, c->smp_graph) : sgllm__gpu_step_sample_enqueue(c, splits);
+    }
+    if (!s) s = sgllm__cuda_download(c->cu, out, (int32_t *)c->smp + 2, sizeof(int32_t));
+    if (s) return sgllm__fail(d, s, "CUDA sampler: %s", sgllm__cuda_errmsg(c->cu));
     return SGLLM_OK;
 }
 
@@ -5901,6 +5995,52 @@ static size_t sgllm__utf8_complete(const char *s, size_t n) {
     return n;
 }
 
+// The sampler's next draw as device arguments: its parameters, the uniform it would draw
+// (one per non-greedy sample, as sgllm_sampler_sample), and the distinct tokens of its
+// penalty window with their counts (tok, cnt: penalty_last_n each), as section 6 penalizes.
+static void sgllm__sampler_device_args(sgllm_sampler *s, sgllm__cuda_sample_args *a, int32_t *tok, int32_t *cnt) {
+    const sgllm_sampler_params *p = &s->params;
+    memset(a, 0, sizeof *a);
+    a->temperature = p->temperature;
+    a->top_k = p->top_k;
+    a->top_p = p->top_p;
+    a->min_p = p->min_p;
+    a->repeat_penalty = p->repeat_penalty;
+    a->frequency_penalty = p->frequency_penalty;
+    a->presence_penalty = p->presence_penalty;
+    a->u = p->temperature > 0 ? sgllm__rng_uniform(&s->rng) : 0;
+    if (!sgllm__sampler_has_penalties(s)) return;
+    int32_t cap = p->penalty_last_n, n = 0;
+    for (int32_t i = 0; i < s->window_len; i++) { // a listed token's count is negated until the list is done
+        sgllm_token t = s->window[(s->window_head + i) % cap];
+        if (s->counts[t] > 0) {
+            tok[n] = t;
+            cnt[n++] = s->counts[t];
+            s->counts[t] = -s->counts[t];
+        }
+    }
+    for (int32_t i = 0; i < n; i++) s->counts[tok[i]] = cnt[i];
+    a->n_pen = n;
+}
+
+#ifdef SGLLM_CUDA
+// sgllm_generate's step on the GPU: samples the next token on the device, from the last
+// forward's logits (token < 0) or after evaluating token at the end of the sequence.
+static sgllm_status sgllm__generate_gpu_step(sgllm_context *ctx, sgllm_sampler *smp, sgllm_token token,
+                                             sgllm_token *next) {
+    sgllm__cuda_sample_args a;
+    sgllm_status s = SGLLM_OK;
+    int32_t *pen = (int32_t *)sgllm__calloc(2 * (size_t)smp->params.penalty_last_n + 1, sizeof(int32_t));
+    if (!pen) return sgllm__fail(&ctx->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
+    sgllm__sampler_device_args(smp, &a, pen, pen + smp->params.penalty_last_n);
+    s = sgllm__gpu_forward_sample(ctx->gpu, token, ctx->n_past, &a, pen, pen + smp->params.penalty_last_n, next,
+                                  &ctx->diag);
+    sgllm__free(pen);
+    if (!s && token >= 0) ctx->history[ctx->n_past++] = token;
+    return s;
+}
+#endif
+
 sgllm_status sgllm_generate(sgllm_context *ctx, const char *prompt, const sgllm_generate_params *p,
                             sgllm_generate_stats *stats) {
     if (stats) memset(stats, 0, sizeof *stats);
@@ -5940,8 +6080,16 @@ sgllm_status sgllm_generate(sgllm_context *ctx, const char *prompt, const sgllm_
     sgllm__free(toks);
     sgllm_stop_reason why = SGLLM_STOP_MAX_TOKENS;
     int32_t n_gen = 0;
+    // on the GPU each step samples on the device and downloads only its token
+    sgllm_token next = -1;
+#ifdef SGLLM_CUDA
+    const bool on_gpu = ctx->gpu != NULL;
+    if (s == SGLLM_OK && on_gpu && p->max_tokens > 0) s = sgllm__generate_gpu_step(ctx, smp, -1, &next);
+#else
+    const bool on_gpu = false;
+#endif
     while (s == SGLLM_OK && n_gen < p->max_tokens) {
-        sgllm_token t = sgllm_sampler_sample(smp, ctx->logits);
+        sgllm_token t = on_gpu ? next : sgllm_sampler_sample(smp, ctx->logits);
         sgllm_sampler_accept(smp, t);
         n_gen++;
         if (sgllm__vocab_is_eog(&m->vocab, t)) {
@@ -5965,6 +6113,12 @@ sgllm_status sgllm_generate(sgllm_context *ctx, const char *prompt, const sgllm_
             why = SGLLM_STOP_CONTEXT_FULL;
             break;
         }
+#ifdef SGLLM_CUDA
+        if (on_gpu) {
+            s = sgllm__generate_gpu_step(ctx, smp, t, &next);
+            continue;
+        }
+#endif
         s = sgllm_evaluate(ctx, &t, 1, NULL, ctx->logits);
     }
     if (s == SGLLM_OK && arrlen(pending) && p->on_piece) p->on_piece(p->user_data, pending, (size_t)arrlen(pending));

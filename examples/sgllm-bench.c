@@ -1,6 +1,9 @@
 // sgllm-bench: prompt-processing and generation speed of a model file, measured the way
 // llama-bench does (pp: N prompt tokens evaluated from an empty context; tg: M tokens
-// evaluated one at a time from an empty context), with random token ids.
+// evaluated one at a time from an empty context), with random token ids. Then generation
+// through sgllm_generate (a short text prompt, -n tokens unless the model ends its turn
+// first), greedy and with the default sampler: on the GPU that loop samples on the device and
+// reads back only the token, so it is the decode rate an application sees.
 //
 //   build/sgllm-bench -m model.gguf [-p 512] [-n 128] [-t threads] [-b batch] [-r repetitions]
 //   build/sgllm-bench --bandwidth [-t threads]
@@ -285,7 +288,7 @@ int main(int argc, char **argv) {
     }
     sgllm_context_params cp;
     sgllm_context_default_params(&cp);
-    cp.n_ctx = (n_prompt > n_gen ? n_prompt : n_gen) + 1;
+    cp.n_ctx = (n_prompt > n_gen ? n_prompt : n_gen) + n_gen + 64; // room for generate's prompt and tokens
     cp.n_batch = batch;
     cp.n_threads = threads;
     sgllm_context *ctx;
@@ -326,6 +329,32 @@ int main(int argc, char **argv) {
             printf("| %s | %d | pp%d | %.1f | %.1f..%.1f |\n", name, threads, n_prompt, pp[reps / 2], pp[0], pp[reps - 1]);
         if (n_gen)
             printf("| %s | %d | tg%d | %.1f | %.1f..%.1f |\n", name, threads, n_gen, tg[reps / 2], tg[0], tg[reps - 1]);
+    }
+    // Decode through sgllm_generate (the sampler runs where the model runs: on the GPU the
+    // logits never leave the device), greedy and with the default sampler.
+    for (int mode = 0; mode < 2 && n_gen && !status; mode++) {
+        sgllm_generate_params gp;
+        sgllm_generate_default_params(&gp);
+        gp.max_tokens = n_gen;
+        if (mode == 0) gp.sampler.temperature = 0;
+        int32_t made = 0;
+        for (int r = -1; r < reps && !status; r++) {
+            sgllm_generate_stats st;
+            sgllm_context_rewind(ctx, 0);
+            if (sgllm_generate(ctx, "Once upon a time, in a small village by the sea,", &gp, &st) != SGLLM_OK) status = 1;
+            else if (r >= 0) {
+                tg[r] = st.gen_seconds > 0 ? st.n_generated / st.gen_seconds : 0;
+                made = st.n_generated;
+            }
+        }
+        if (status) {
+            fprintf(stderr, "sgllm-bench: %s\n", sgllm_context_errmsg(ctx));
+            break;
+        }
+        qsort(tg, (size_t)reps, sizeof(double), cmp_double);
+        const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        printf("| %s | %d | generate %d tokens, %s | %.1f | %.1f..%.1f |\n", name, threads, made,
+               mode == 0 ? "greedy" : "default sampler", tg[reps / 2], tg[0], tg[reps - 1]);
     }
     free(toks);
     free(logits);

@@ -1322,6 +1322,128 @@ static void test_errors(void) {
     sgllm__cuda_dfree(gpu, d);
 }
 
+// Device sampler against the CPU sampler (section 6) given the same uniform u, on fresh
+// random logits of both vocabulary sizes: peaked (a few spikes over noise), gaussian, flat
+// (every token within 0.1) and tied (8 distinct values), over random parameters and penalty
+// windows. The device must pick the CPU's token, except where the CPU's own answer moves
+// under u +- 1e-5 (the device sums the same weights in another order) or the two tokens'
+// penalized logits tie; such cases must stay under 1% of the draws and nothing else may differ.
+static sgllm_token draw_at(const sgllm__cand *c, int64_t n, double u) {
+    double total = 0, cum = 0;
+    for (int64_t i = 0; i < n; i++) total += c[i].p;
+    for (int64_t i = 0; i < n; i++)
+        if (u * total < (cum += c[i].p)) return c[i].id;
+    return c[n - 1].id;
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static void test_sample(void) {
+    const int64_t NMAX = 262144, vocabs[2] = {262144, 49152};
+    float *x = (float *)malloc((size_t)NMAX * sizeof(float));
+    float *d_x = (float *)dev((size_t)NMAX * sizeof(float));
+    void *work = dev(sgllm__cuda_sample_work_bytes(NMAX));
+    sgllm__cuda_sample_args *d_args = (sgllm__cuda_sample_args *)dev(sizeof *d_args);
+    int32_t *d_pen = (int32_t *)dev(2 * 64 * sizeof(int32_t)), *d_out = (int32_t *)dev(sizeof(int32_t));
+    static const float temps[] = {0, 0.3f, 0.8f, 1.5f}, top_ps[] = {1, 0.95f, 0.6f}, min_ps[] = {0, 0.05f, 0.3f};
+    static const int32_t top_ks[] = {0, 1, 40, 500, -1};
+    int draws = 0, differ = 0, unexplained = 0;
+    for (int vi = 0; vi < 2; vi++)
+        for (int dist = 0; dist < 4; dist++)
+            for (int trial = 0; trial < 40; trial++) {
+                const int64_t n = vocabs[vi];
+                for (int64_t i = 0; i < n; i++) {
+                    double g = sqrt(-2 * log(1 - (double)test_uniform(0, 1))) * cos(6.283185307179586 * test_uniform(0, 1));
+                    x[i] = dist == 0 ? (float)(3 * g) : dist == 1 ? (float)g : dist == 2 ? test_uniform(-0.05f, 0.05f)
+                                                                                         : (float)(test_u64() % 8);
+                }
+                if (dist == 0)
+                    for (int j = 0; j < 5; j++) x[test_u64() % (uint64_t)n] = test_uniform(12, 16);
+                sgllm_sampler_params sp;
+                sgllm_sampler_default_params(&sp);
+                sp.temperature = temps[test_u64() % 4];
+                sp.top_k = top_ks[test_u64() % 5];
+                if (sp.top_k < 0) sp.top_k = (int32_t)n;
+                sp.top_p = top_ps[test_u64() % 3];
+                sp.min_p = min_ps[test_u64() % 3];
+                bool pen = test_u64() % 2;
+                sp.repeat_penalty = pen ? test_uniform(1, 2) : 1.0f;
+                sp.frequency_penalty = pen ? test_uniform(0, 1) : 0.0f;
+                sp.presence_penalty = pen ? test_uniform(0, 1) : 0.0f;
+                sp.seed = test_u64();
+                sgllm_sampler *smp = NULL;
+                CHECK(sgllm_sampler_init(&sp, (int32_t)n, &smp) == SGLLM_OK);
+                int32_t hist = (int32_t)(test_u64() % 100);
+                for (int32_t i = 0; i < hist; i++) // often the top tokens, so penalties change the answer
+                    sgllm_sampler_accept(smp, test_u64() % 2 ? sgllm__argmax(x, n) : (sgllm_token)(test_u64() % (uint64_t)n));
+                sgllm__cuda_sample_args a;
+                int32_t pen_list[128];
+                sgllm__rng saved = smp->rng;
+                sgllm__sampler_device_args(smp, &a, pen_list, pen_list + 64);
+                smp->rng = saved;
+                CHECK(sgllm__cuda_upload(gpu, d_x, x, (size_t)n * sizeof(float)) == SGLLM_OK);
+                CHECK(sgllm__cuda_upload(gpu, d_args, &a, sizeof a) == SGLLM_OK);
+                CHECK(sgllm__cuda_upload(gpu, d_pen, pen_list, sizeof pen_list) == SGLLM_OK);
+                poison(d_out, sizeof(int32_t));
+                sgllm_status st = sgllm__cuda_sample(gpu, d_x, n, d_args, d_pen, d_pen + 64, work, d_out);
+                CHECKF(st == SGLLM_OK, "sample: %s", sgllm__cuda_errmsg(gpu));
+                int32_t got = -1;
+                fetch(&got, d_out, sizeof got);
+                sgllm_token want = sgllm_sampler_sample(smp, x);
+                draws++;
+                if (got != want) {
+                    differ++;
+                    const float *px = sgllm__sampler_penalized(smp, x);
+                    bool tie = got >= 0 && got < n && px[got] == px[want];
+                    bool edge = false;
+                    if (sp.temperature > 0) {
+                        const sgllm__cand *c;
+                        int64_t nc = sgllm__sampler_candidates(smp, x, &c);
+                        edge = nc > 0 && (draw_at(c, nc, a.u - 1e-5) == got || draw_at(c, nc, a.u + 1e-5) == got);
+                    }
+                    if (!tie && !edge) {
+                        unexplained++;
+                        printf("  sample: vocab %lld dist %d temp %g top_k %d top_p %g min_p %g pen %d u %.9f: device %d cpu %d\n",
+                               (long long)n, dist, sp.temperature, sp.top_k, sp.top_p, sp.min_p, pen, a.u, got, want);
+                    }
+                }
+                sgllm_sampler_free(smp);
+            }
+    printf("sample: %d draws, %d differ from the CPU (boundary or tie), %d unexplained\n", draws, differ, unexplained);
+    CHECKF(unexplained == 0, "sample: %d draws differ from the CPU sampler without a boundary or tie", unexplained);
+    CHECKF(differ * 100 < draws, "sample: %d of %d draws at a boundary (limit 1%%)", differ, draws);
+
+    // time: Gemma's vocabulary, peaked logits, greedy and the default parameters
+    for (int64_t i = 0; i < NMAX; i++) x[i] = test_uniform(-1.5f, 1.5f);
+    for (int j = 0; j < 5; j++) x[test_u64() % (uint64_t)NMAX] = 14;
+    CHECK(sgllm__cuda_upload(gpu, d_x, x, (size_t)NMAX * sizeof(float)) == SGLLM_OK);
+    for (int mode = 0; mode < 2; mode++) {
+        sgllm_sampler_params sp;
+        sgllm_sampler_default_params(&sp);
+        if (mode == 0) sp.temperature = 0;
+        sgllm__cuda_sample_args a;
+        memset(&a, 0, sizeof a);
+        a.temperature = sp.temperature, a.top_k = sp.top_k, a.top_p = sp.top_p, a.min_p = sp.min_p;
+        a.repeat_penalty = 1, a.u = 0.5;
+        CHECK(sgllm__cuda_upload(gpu, d_args, &a, sizeof a) == SGLLM_OK);
+        float t[50];
+        for (int r = -3; r < 50; r++) {
+            CHECK(sgllm__cuda_timer_start(gpu) == SGLLM_OK);
+            CHECK(sgllm__cuda_sample(gpu, d_x, NMAX, d_args, NULL, NULL, work, d_out) == SGLLM_OK);
+            float ms = 0;
+            CHECK(sgllm__cuda_timer_stop(gpu, &ms) == SGLLM_OK);
+            if (r >= 0) t[r] = ms;
+        }
+        qsort(t, 50, sizeof t[0], cmp_float);
+        printf("sample time, vocab 262144, %s: %.1f us (median of 50, device events)\n",
+               mode ? "temperature 0.8 top_k 40 top_p 0.95 min_p 0.05" : "greedy", 1e3 * t[25]);
+    }
+    free(x);
+}
+
 int main(void) {
     test_seed();
     int n_dev = sgllm__cuda_device_count();
@@ -1369,6 +1491,7 @@ int main(void) {
     test_qkv_post();
     set_pdl(disp.pdl);
     test_errors();
+    test_sample();
     CHECKF(sgllm__cuda_sync(gpu) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
     sgllm__cuda_free(gpu);
     return test_finish("test_gpu");

@@ -411,6 +411,111 @@ static void real_case(const char *file) {
     sgllm_model_free(gpu);
 }
 
+// sgllm_generate on the GPU samples on the device: greedy must give, token by token, the
+// argmax of the GPU's own logits from sgllm_evaluate; a sampled generate (with penalties) must
+// repeat itself for the same seed.
+static void generate_case(const char *arch, int n_layer, int window) {
+    tiny cfg = {arch, n_layer, window, (int)SGLLM__T_Q8_0, 300, false, false};
+    char path[] = "/tmp/sgllm_gpu_gen_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    build_tiny(&cfg, path);
+    sgllm_model *gpu = load(path, SGLLM_BACKEND_CUDA, NULL);
+    if (!gpu) {
+        remove(path);
+        return;
+    }
+    int V = sgllm_model_n_vocab(gpu);
+    sgllm_generate_params gp;
+    sgllm_generate_default_params(&gp);
+    gp.max_tokens = 40;
+    gp.sampler.temperature = 0;
+    sgllm_generate_stats st;
+    sgllm_context *g = context(gpu, 64, 8);
+    sgllm_status s = sgllm_generate(g, "hello", &gp, &st);
+    CHECKF(s == SGLLM_OK, "%s: generate: %s", arch, sgllm_context_errmsg(g));
+    CHECK(g->gpu->smp_graph && !g->gpu->smp_graph_failed); // the decode step and the sampler ran as one graph
+    // history holds the prompt and every generated token but the last (never evaluated)
+    int n_prompt = st.n_prompt, n_gen = st.n_generated, bad = 0;
+    CHECKF(g->n_past == n_prompt + n_gen - 1 && n_gen >= 1, "%s: %d prompt + %d generated, %d evaluated", arch, n_prompt,
+           n_gen, g->n_past);
+    sgllm_context *r = context(gpu, 64, 8);
+    float *lg = (float *)malloc((size_t)V * sizeof(float));
+    CHECK(sgllm_evaluate(r, g->history, n_prompt, NULL, lg) == SGLLM_OK);
+    for (int i = 0; i < n_gen - 1; i++) {
+        bad += sgllm__argmax(lg, V) != g->history[n_prompt + i];
+        CHECK(sgllm_evaluate(r, &g->history[n_prompt + i], 1, NULL, lg) == SGLLM_OK);
+    }
+    printf("generate %-6s greedy on the device: %d tokens, %d differ from the argmax of sgllm_evaluate's logits\n", arch,
+           n_gen - 1, bad);
+    CHECKF(bad == 0, "%s: greedy generate differs from argmax at %d tokens", arch, bad);
+
+    gp.sampler.temperature = 1.0f;
+    gp.sampler.repeat_penalty = 1.3f;
+    gp.sampler.presence_penalty = 0.2f;
+    gp.sampler.seed = test_u64();
+    sgllm_token seq[2][64];
+    int len[2];
+    for (int run = 0; run < 2; run++) {
+        sgllm_context *c = context(gpu, 64, 8);
+        CHECK(sgllm_generate(c, "hello", &gp, &st) == SGLLM_OK);
+        len[run] = c->n_past;
+        memcpy(seq[run], c->history, (size_t)c->n_past * sizeof(sgllm_token));
+        sgllm_context_free(c);
+    }
+    CHECKF(len[0] == len[1] && !memcmp(seq[0], seq[1], (size_t)len[0] * sizeof(sgllm_token)),
+           "%s: sampled generate with one seed differs between runs", arch);
+    free(lg);
+    sgllm_context_free(g);
+    sgllm_context_free(r);
+    sgllm_model_free(gpu);
+    remove(path);
+}
+
+// Decode rate of a synthetic model (no tokenizer, so not through sgllm_generate): 128 steps of
+// sgllm_generate's old GPU loop (evaluate, download the logits, sample on the host) against the
+// device-sampling step it now runs, greedy and with the default sampler.
+static void decode_rate(const char *preset, const char *type) {
+    sgllm_model *m = load_synthetic(preset, type, 7);
+    if (!m) return;
+    int V = sgllm_model_n_vocab(m);
+    float *lg = (float *)malloc((size_t)V * sizeof(float));
+    for (int greedy = 1; greedy >= 0; greedy--) {
+        double rate[2];
+        for (int dev = 0; dev < 2; dev++) {
+            sgllm_context *c = context(m, 512, 64);
+            sgllm_sampler_params sp;
+            sgllm_sampler_default_params(&sp);
+            if (greedy) sp.temperature = 0;
+            sgllm_sampler *smp = NULL;
+            CHECK(sgllm_sampler_init(&sp, V, &smp) == SGLLM_OK);
+            int32_t toks[16];
+            for (int i = 0; i < 16; i++) toks[i] = (int32_t)(test_u64() % (uint64_t)V);
+            CHECK(sgllm_evaluate(c, toks, 16, NULL, lg) == SGLLM_OK);
+            sgllm_token t = sgllm_sampler_sample(smp, lg);
+            double t0 = 0;
+            for (int i = -8; i < 128; i++) { // 8 untimed steps capture the graphs
+                if (i == 0) t0 = sgllm__now();
+                sgllm_sampler_accept(smp, t);
+                if (dev) {
+                    CHECK(sgllm__generate_gpu_step(c, smp, t, &t) == SGLLM_OK);
+                } else {
+                    CHECK(sgllm_evaluate(c, &t, 1, NULL, lg) == SGLLM_OK);
+                    t = sgllm_sampler_sample(smp, lg);
+                }
+            }
+            rate[dev] = 128 / (sgllm__now() - t0);
+            sgllm_sampler_free(smp);
+            sgllm_context_free(c);
+        }
+        printf("decode %-12s %-4s %-7s: %.0f tok/s host sampling (1 MB logits download), %.0f tok/s device sampling\n",
+               preset, type, greedy ? "greedy" : "default", rate[0], rate[1]);
+    }
+    free(lg);
+    sgllm_model_free(m);
+}
+
 int main(int argc, char **argv) {
     test_seed();
     bool tiny_only = argc > 1 && !strcmp(argv[1], "tiny"), real_only = argc > 1 && !strcmp(argv[1], "real");
@@ -422,6 +527,10 @@ int main(int argc, char **argv) {
             tiny_case("gemma3", 6, 8, types[t]);
         }
         kernel_config_case();
+        generate_case("llama", 2, 0);
+        generate_case("gemma3", 6, 8);
+        decode_rate("smollm2-135m", "q8_0");
+        decode_rate("gemma3-270m", "q8_0");
         static const char *stypes[3] = {"bf16", "q8_0", "q4_k"};
         for (int t = 0; t < 3; t++) {
             synthetic_case("smollm2-135m", stypes[t]);
