@@ -1826,6 +1826,8 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
     for (int k = 0; k < n; k++) fused = fused && y[k] && rows[k] > 0;
     fused = fused && sgllm__cu_fusable(c, n, types, w, rows, cols, x, n_tok, &rb);
     for (int k = 0; k < n; k++) total += rows[k] > 0 ? rows[k] : 0;
+    int max_batch = c->disp.matvec_max_batch < 1 ? 1 : c->disp.matvec_max_batch > 8 ? 8 : c->disp.matvec_max_batch;
+    if (!fused && n_tok > max_batch) return sgllm__cuda_gemm_multi(c, n, types, w, rows, cols, x, n_tok, y);
     if (!fused) {
         for (int k = 0; k < n; k++) {
             sgllm_status s = sgllm__cuda_matmul(c, types[k], w[k], rows[k], cols, x, n_tok, y[k]);
@@ -1853,8 +1855,11 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
     int64_t rb;
     if (!sgllm__cu_fusable(c, 2, types, w, rr, cols, x, n_tok, &rb)) {
         if (!u) return sgllm__cu_bad(c, "matvec_gated", "the unfused path needs the up buffer");
-        sgllm_status s = sgllm__cuda_matmul(c, gate_type, w_gate, rows, cols, x, n_tok, y);
-        if (!s) s = sgllm__cuda_matmul(c, up_type, w_up, rows, cols, x, n_tok, u);
+        int max_batch = c->disp.matvec_max_batch < 1 ? 1 : c->disp.matvec_max_batch > 8 ? 8 : c->disp.matvec_max_batch;
+        float *yu[2] = {y, u};
+        sgllm_status s = n_tok > max_batch ? sgllm__cuda_gemm_multi(c, 2, types, w, rr, cols, x, n_tok, yu)
+                                           : sgllm__cuda_matmul(c, gate_type, w_gate, rows, cols, x, n_tok, y);
+        if (!s && n_tok <= max_batch) s = sgllm__cuda_matmul(c, up_type, w_up, rows, cols, x, n_tok, u);
         return s ? s : sgllm__cuda_gated_act(c, act, y, u, n_tok * rows);
     }
     cudaSetDevice(c->device);
@@ -1868,7 +1873,9 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
 // --- 5. Prefill GEMM -----------------------------------------------------------------------
 // Large batches are compute-bound: the weight is dequantized into bf16 scratch (BF16 weights
 // are used as they are), the activations converted to bf16, and cuBLAS multiplies with fp32
-// accumulation and an fp32 result. Scratch layout: [weights bf16 (rows, cols)][x bf16 (n_tok, cols)].
+// accumulation and an fp32 result. Scratch layout: [x bf16 (n_tok, cols)][weights bf16 (rows, cols)],
+// so the matrices of one input (q/k/v, gate/up) share one converted x, each weight reusing
+// the same weight area in turn (one stream: each GEMM is done before the next dequantizes).
 
 static __global__ void sgllm__cu_to_bf16_k(uint32_t type, const uint8_t *w, int64_t cols, int64_t row_bytes,
                                            int64_t n, __nv_bfloat16 *out) {
@@ -1878,7 +1885,85 @@ static __global__ void sgllm__cu_to_bf16_k(uint32_t type, const uint8_t *w, int6
     }
 }
 
+static __device__ inline uint32_t sgllm__cu_pack_bf16(float a, float b) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *(uint32_t *)&h;
+}
+
+// Quantized weights, 8 values per thread: two sgllm__cu_dq4 calls (word loads, the block's
+// natural alignment) and one 16-byte store; the four threads of a 32-value piece are
+// neighbours, so stores coalesce. Byte-loading one value per thread made the dequantization
+// cost about as much as the GEMM. n8 = rows * cols / 8; rows start at multiples of row_bytes
+// from w (4-byte aligned), out is 16-byte aligned.
+template <int T>
+static __global__ void sgllm__cu_dq_bf16_k(const uint8_t *w, int64_t row_bytes, int64_t cols, int64_t n8,
+                                           __nv_bfloat16 *out) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    int64_t per_row = cols / 8;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / per_row, j = i - r * per_row;
+        float v[8];
+        sgllm__cu_dq4<T>(w + r * row_bytes, j / 4, (int)(j % 4) * 2, v);
+        sgllm__cu_dq4<T>(w + r * row_bytes, j / 4, (int)(j % 4) * 2 + 1, v + 4);
+        uint4 o = make_uint4(sgllm__cu_pack_bf16(v[0], v[1]), sgllm__cu_pack_bf16(v[2], v[3]),
+                             sgllm__cu_pack_bf16(v[4], v[5]), sgllm__cu_pack_bf16(v[6], v[7]));
+        *(uint4 *)(out + 8 * i) = o;
+    }
+}
+
+// fp32 activations to bf16, 4 per thread (16-byte loads, 8-byte stores); n4 = n / 4.
+static __global__ void sgllm__cu_f32_bf16_k(const float4 *x, int64_t n4, uint2 *out) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4; i += (int64_t)gridDim.x * blockDim.x) {
+        float4 v = x[i];
+        out[i] = make_uint2(sgllm__cu_pack_bf16(v.x, v.y), sgllm__cu_pack_bf16(v.z, v.w));
+    }
+}
+
 static int64_t sgllm__cu_align256(int64_t n) { return (n + 255) / 256 * 256; }
+
+static unsigned sgllm__cu_grid(int64_t n) {
+    int64_t b = (n + 255) / 256;
+    return (unsigned)(b < 65536 * 4 ? b : 65536 * 4);
+}
+
+// out (rows, cols) bf16 = w of any type: the vector kernel where the layout allows it (quantized
+// type, cols a multiple of 32, 4-byte aligned weights), else one value per thread.
+static sgllm_status sgllm__cu_weight_bf16(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                          int64_t rb, __nv_bfloat16 *out) {
+    int64_t n = rows * cols;
+    bool vec = sgllm__cu_blk_vals(type) >= 32 && (uintptr_t)w % 4 == 0;
+    if (!vec) {
+        sgllm__cu_to_bf16_k<<<sgllm__cu_grid(n), 256, 0, c->stream>>>(type, (const uint8_t *)w, cols, rb, n, out);
+        return sgllm__cu_launched(c, "gemm: weight to bf16");
+    }
+    const uint8_t *wb = (const uint8_t *)w;
+    dim3 g(sgllm__cu_grid(n / 8)), b(256);
+    sgllm_status s;
+    switch (type) {
+    case T_Q4_0: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q4_0>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q4_1: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q4_1>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q5_0: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q5_0>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q5_1: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q5_1>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q8_0: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q8_0>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q4_K: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q4_K>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q5_K: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q5_K>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    default: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q6_K>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    }
+    return s;
+}
+
+// out (n) bf16 = x (n) fp32.
+static sgllm_status sgllm__cu_act_bf16(sgllm__cuda *c, const float *x, int64_t n, __nv_bfloat16 *out) {
+    if (n % 4 || (uintptr_t)x % 16) {
+        sgllm__cu_to_bf16_k<<<sgllm__cu_grid(n), 256, 0, c->stream>>>(T_F32, (const uint8_t *)x, n, n * 4, n, out);
+        return sgllm__cu_launched(c, "gemm: activations to bf16");
+    }
+    return sgllm__cu_launch(c, "gemm: activations to bf16", sgllm__cu_f32_bf16_k, dim3(sgllm__cu_grid(n / 4)), dim3(256),
+                            0, (const float4 *)x, n / 4, (uint2 *)out);
+}
 
 extern "C" size_t sgllm__cuda_gemm_scratch_bytes(uint32_t type, int64_t rows, int64_t cols, int64_t n_tok) {
     if (rows <= 0 || cols <= 0 || n_tok <= 0) return 0;
@@ -1886,39 +1971,135 @@ extern "C" size_t sgllm__cuda_gemm_scratch_bytes(uint32_t type, int64_t rows, in
     return (size_t)(wbytes + sgllm__cu_align256(n_tok * cols * 2));
 }
 
-extern "C" sgllm_status sgllm__cuda_gemm(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
-                                         const float *x, int64_t n_tok, float *y) {
-    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
-    int64_t rb = sgllm__cu_row_bytes(type, cols);
-    if (!w || !x || !y || rows <= 0 || rows > INT32_MAX || !rb || cols > INT32_MAX || n_tok < 0 || n_tok > INT32_MAX)
-        return sgllm__cu_bad(c, "gemm", "bad pointer, weight type or shape");
-    if (!n_tok) return SGLLM_OK;
-    size_t need = sgllm__cuda_gemm_scratch_bytes(type, rows, cols, n_tok);
-    if (need > c->scratch_bytes)
-        return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "gemm: needs %zu bytes of scratch, %zu reserved", need,
-                              c->scratch_bytes);
-    cudaSetDevice(c->device);
-    uint8_t *s = (uint8_t *)c->scratch;
+static bool sgllm__cu_gemm_shape_ok(uint32_t type, const void *w, int64_t rows, int64_t cols, int64_t n_tok) {
+    return w && rows > 0 && rows <= INT32_MAX && sgllm__cu_row_bytes(type, cols) && cols <= INT32_MAX && n_tok >= 0 &&
+           n_tok <= INT32_MAX;
+}
+
+// y (n_tok, rows) of type yt (CUDA_R_32F or CUDA_R_16BF) = xb (n_tok, cols) bf16 . w^T, the
+// weight dequantized into wscratch unless it is BF16. The caller has checked shapes and scratch.
+static sgllm_status sgllm__cu_gemm_xb(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                      const void *xb, int64_t n_tok, void *y, cudaDataType yt, void *wscratch) {
     const void *wb = w;
     if (type != T_BF16) {
-        int64_t n = rows * cols;
-        sgllm__cu_to_bf16_k<<<(unsigned)((n + 255) / 256 < 65536 * 4 ? (n + 255) / 256 : 65536 * 4), 256, 0, c->stream>>>(
-            type, (const uint8_t *)w, cols, rb, n, (__nv_bfloat16 *)s);
-        if (sgllm__cu_launched(c, "gemm: weight to bf16")) return SGLLM_ERR_BACKEND;
-        wb = s;
-        s += sgllm__cu_align256(n * 2);
+        sgllm_status s = sgllm__cu_weight_bf16(c, type, w, rows, cols, sgllm__cu_row_bytes(type, cols),
+                                               (__nv_bfloat16 *)wscratch);
+        if (s) return s;
+        wb = wscratch;
     }
-    int64_t nx = n_tok * cols;
-    sgllm__cu_to_bf16_k<<<(unsigned)((nx + 255) / 256 < 65536 * 4 ? (nx + 255) / 256 : 65536 * 4), 256, 0, c->stream>>>(
-        T_F32, (const uint8_t *)x, nx, nx * 4, nx, (__nv_bfloat16 *)s);
-    if (sgllm__cu_launched(c, "gemm: activations to bf16")) return SGLLM_ERR_BACKEND;
     // Row-major y(n_tok, rows) is column-major (rows, n_tok) = W^T-as-stored (cols, rows)^T . X (cols, n_tok)
     float one = 1.0f, zero = 0.0f;
     cublasStatus_t st = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n_tok, (int)cols, &one, wb,
-                                     CUDA_R_16BF, (int)cols, s, CUDA_R_16BF, (int)cols, &zero, y, CUDA_R_32F, (int)rows,
+                                     CUDA_R_16BF, (int)cols, xb, CUDA_R_16BF, (int)cols, &zero, y, yt, (int)rows,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) return sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "gemm: cublasGemmEx status %d", (int)st);
     return SGLLM_OK;
+}
+
+// Checks n matrices of one input against the scratch (x once, the largest weight) and converts
+// x into its head; *wscratch receives the weight area.
+static sgllm_status sgllm__cu_gemm_prep(sgllm__cuda *c, const char *op, int n, const uint32_t *types,
+                                        const void *const *w, const int64_t *rows, int64_t cols, const float *x,
+                                        int64_t n_tok, void **wscratch) {
+    size_t need = 0;
+    for (int k = 0; k < n; k++) {
+        if (!sgllm__cu_gemm_shape_ok(types[k], w[k], rows[k], cols, n_tok) || !x)
+            return sgllm__cu_bad(c, op, "bad pointer, weight type or shape");
+        size_t b = sgllm__cuda_gemm_scratch_bytes(types[k], rows[k], cols, n_tok);
+        need = need > b ? need : b;
+    }
+    if (need > c->scratch_bytes)
+        return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "%s: needs %zu bytes of scratch, %zu reserved", op, need,
+                              c->scratch_bytes);
+    if (!n_tok) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    *wscratch = (uint8_t *)c->scratch + sgllm__cu_align256(n_tok * cols * 2);
+    return sgllm__cu_act_bf16(c, x, n_tok * cols, (__nv_bfloat16 *)c->scratch);
+}
+
+extern "C" sgllm_status sgllm__cuda_gemm(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                         const float *x, int64_t n_tok, float *y) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!y) return sgllm__cu_bad(c, "gemm", "bad pointer, weight type or shape");
+    void *ws = NULL;
+    sgllm_status s = sgllm__cu_gemm_prep(c, "gemm", 1, &type, &w, &rows, cols, x, n_tok, &ws);
+    if (s || !n_tok) return s;
+    return sgllm__cu_gemm_xb(c, type, w, rows, cols, c->scratch, n_tok, y, CUDA_R_32F, ws);
+}
+
+extern "C" sgllm_status sgllm__cuda_gemm_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,
+                                               const int64_t *rows, int64_t cols, const float *x, int64_t n_tok,
+                                               float *const *y) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (n < 1 || n > 3 || !types || !w || !rows || !y) return sgllm__cu_bad(c, "gemm_multi", "bad matrix list");
+    for (int k = 0; k < n; k++)
+        if (!y[k]) return sgllm__cu_bad(c, "gemm_multi", "bad matrix list");
+    void *ws = NULL;
+    sgllm_status s = sgllm__cu_gemm_prep(c, "gemm_multi", n, types, w, rows, cols, x, n_tok, &ws);
+    for (int k = 0; !s && n_tok && k < n; k++)
+        s = sgllm__cu_gemm_xb(c, types[k], w[k], rows[k], cols, c->scratch, n_tok, y[k], CUDA_R_32F, ws);
+    return s;
+}
+
+extern "C" sgllm_status sgllm__cuda_gemm_x16(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                             const void *xb, int64_t n_tok, float *y) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!xb || !y || !sgllm__cu_gemm_shape_ok(type, w, rows, cols, n_tok))
+        return sgllm__cu_bad(c, "gemm_x16", "bad pointer, weight type or shape");
+    size_t need = type == T_BF16 ? 0 : (size_t)sgllm__cu_align256(rows * cols * 2);
+    if (need > c->scratch_bytes)
+        return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "gemm_x16: needs %zu bytes of scratch, %zu reserved", need,
+                              c->scratch_bytes);
+    if (!n_tok) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    return sgllm__cu_gemm_xb(c, type, w, rows, cols, xb, n_tok, y, CUDA_R_32F, c->scratch);
+}
+
+// y = act(g) * u over bf16 g, u, written as bf16; 8 values per thread (16-byte loads and
+// stores) when vec, else one. The activation itself in fp32 (sgllm__cu_act).
+static __global__ void sgllm__cu_gated_bf16_k(int act, const __nv_bfloat16 *g, const __nv_bfloat16 *u, int64_t n,
+                                              int vec, __nv_bfloat16 *y) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    int64_t step = (int64_t)gridDim.x * blockDim.x, i0 = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (!vec) {
+        for (int64_t i = i0; i < n; i += step)
+            y[i] = __float2bfloat16(sgllm__cu_act(act, __bfloat162float(g[i])) * __bfloat162float(u[i]));
+        return;
+    }
+    for (int64_t i = i0; i < n / 8; i += step) {
+        uint4 gv = ((const uint4 *)g)[i], uv = ((const uint4 *)u)[i], o;
+        const __nv_bfloat162 *g2 = (const __nv_bfloat162 *)&gv, *u2 = (const __nv_bfloat162 *)&uv;
+        uint32_t *o32 = (uint32_t *)&o;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float2 gf = __bfloat1622float2(g2[e]), uf = __bfloat1622float2(u2[e]);
+            o32[e] = sgllm__cu_pack_bf16(sgllm__cu_act(act, gf.x) * uf.x, sgllm__cu_act(act, gf.y) * uf.y);
+        }
+        ((uint4 *)y)[i] = o;
+    }
+}
+
+extern "C" sgllm_status sgllm__cuda_gemm_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate,
+                                               uint32_t up_type, const void *w_up, int64_t rows, int64_t cols,
+                                               const float *x, int64_t n_tok, void *y, void *tmp) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!y || !tmp || (act != SGLLM__CUDA_ACT_SILU && act != SGLLM__CUDA_ACT_GELU_TANH))
+        return sgllm__cu_bad(c, "gemm_gated", "bad pointer, shape or activation");
+    const uint32_t types[2] = {gate_type, up_type};
+    const void *w[2] = {w_gate, w_up};
+    const int64_t rr[2] = {rows, rows};
+    void *ws = NULL;
+    sgllm_status s = sgllm__cu_gemm_prep(c, "gemm_gated", 2, types, w, rr, cols, x, n_tok, &ws);
+    if (s || !n_tok) return s;
+    int64_t n = n_tok * rows;
+    __nv_bfloat16 *g = (__nv_bfloat16 *)tmp, *u = g + n;
+    if ((s = sgllm__cu_gemm_xb(c, gate_type, w_gate, rows, cols, c->scratch, n_tok, g, CUDA_R_16BF, ws))) return s;
+    if ((s = sgllm__cu_gemm_xb(c, up_type, w_up, rows, cols, c->scratch, n_tok, u, CUDA_R_16BF, ws))) return s;
+    int vec = n % 8 == 0 && (uintptr_t)tmp % 16 == 0 && (uintptr_t)y % 16 == 0;
+    return sgllm__cu_launch(c, "gemm_gated: activation", sgllm__cu_gated_bf16_k, dim3(sgllm__cu_grid(vec ? n / 8 : n)),
+                            dim3(256), 0, act, (const __nv_bfloat16 *)g, (const __nv_bfloat16 *)u, n, vec,
+                            (__nv_bfloat16 *)y);
 }
 
 extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
