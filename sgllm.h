@@ -525,6 +525,22 @@ sgllm_status sgllm__cuda_gemm(sgllm__cuda *c, uint32_t type, const void *w, int6
 sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
                                 const float *x, int64_t n_tok, float *y);
 size_t sgllm__cuda_gemm_scratch_bytes(uint32_t type, int64_t rows, int64_t cols, int64_t n_tok);
+// The prefill forms of one input feeding several matrices (scratch: at most the largest of
+// sgllm__cuda_gemm_scratch_bytes over the matrices). gemm_multi: y[k](n_tok, rows[k]) = x .
+// w[k]^T for n (1..3) matrices with x converted to bf16 once, results as sgllm__cuda_gemm.
+// gemm_gated: y(n_tok, rows) bf16 = act(x . w_gate^T) * (x . w_up^T), act as
+// sgllm__cuda_gated_act: the two products come out of cuBLAS as bf16 (fp32 accumulation)
+// into tmp (2 * n_tok * rows bf16 values: the bytes of an fp32 (n_tok, rows) buffer), then one
+// pass writes y in bf16 for gemm_x16. gemm_x16: y(n_tok, rows) fp32 = xb(n_tok, cols) bf16 .
+// w^T, as sgllm__cuda_gemm but from bf16 activations (no conversion; scratch: the weight's
+// bf16 copy only).
+sgllm_status sgllm__cuda_gemm_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,
+                                    const int64_t *rows, int64_t cols, const float *x, int64_t n_tok, float *const *y);
+sgllm_status sgllm__cuda_gemm_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate, uint32_t up_type,
+                                    const void *w_up, int64_t rows, int64_t cols, const float *x, int64_t n_tok,
+                                    void *y, void *tmp);
+sgllm_status sgllm__cuda_gemm_x16(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                  const void *xb, int64_t n_tok, float *y);
 // Fused decode launches over one activation x (n_tok, cols). matvec_multi: y[k](n_tok, rows[k])
 // = x . w[k]^T for n (1..3) matrices, e.g. q, k and v, in one launch (the activations are
 // quantized once). matvec_gated: y(n_tok, rows) = act(x . w_gate^T) * (x . w_up^T), act as

@@ -1855,6 +1855,8 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
     for (int k = 0; k < n; k++) fused = fused && y[k] && rows[k] > 0;
     fused = fused && sgllm__cu_fusable(c, n, types, w, rows, cols, x, n_tok, &rb);
     for (int k = 0; k < n; k++) total += rows[k] > 0 ? rows[k] : 0;
+    int max_batch = c->disp.matvec_max_batch < 1 ? 1 : c->disp.matvec_max_batch > 8 ? 8 : c->disp.matvec_max_batch;
+    if (!fused && n_tok > max_batch) return sgllm__cuda_gemm_multi(c, n, types, w, rows, cols, x, n_tok, y);
     if (!fused) {
         for (int k = 0; k < n; k++) {
             sgllm_status s = sgllm__cuda_matmul(c, types[k], w[k], rows[k], cols, x, n_tok, y[k]);
@@ -1882,8 +1884,11 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
     int64_t rb;
     if (!sgllm__cu_fusable(c, 2, types, w, rr, cols, x, n_tok, &rb)) {
         if (!u) return sgllm__cu_bad(c, "matvec_gated", "the unfused path needs the up buffer");
-        sgllm_status s = sgllm__cuda_matmul(c, gate_type, w_gate, rows, cols, x, n_tok, y);
-        if (!s) s = sgllm__cuda_matmul(c, up_type, w_up, rows, cols, x, n_tok, u);
+        int max_batch = c->disp.matvec_max_batch < 1 ? 1 : c->disp.matvec_max_batch > 8 ? 8 : c->disp.matvec_max_batch;
+        float *yu[2] = {y, u};
+        sgllm_status s = n_tok > max_batch ? sgllm__cuda_gemm_multi(c, 2, types, w, rr, cols, x, n_tok, yu)
+                                           : sgllm__cuda_matmul(c, gate_type, w_gate, rows, cols, x, n_tok, y);
+        if (!s && n_tok <= max_batch) s = sgllm__cuda_matmul(c, up_type, w_up, rows, cols, x, n_tok, u);
         return s ? s : sgllm__cuda_gated_act(c, act, y, u, n_tok * rows);
     }
     cudaSetDevice(c->device);
@@ -1897,7 +1902,9 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
 // --- 5. Prefill GEMM -----------------------------------------------------------------------
 // Large batches are compute-bound: the weight is dequantized into bf16 scratch (BF16 weights
 // are used as they are), the activations converted to bf16, and cuBLAS multiplies with fp32
-// accumulation and an fp32 result. Scratch layout: [weights bf16 (rows, cols)][x bf16 (n_tok, cols)].
+// accumulation and an fp32 result. Scratch layout: [x bf16 (n_tok, cols)][weights bf16 (rows, cols)],
+// so the matrices of one input (q/k/v, gate/up) share one converted x, each weight reusing
+// the same weight area in turn (one stream: each GEMM is done before the next dequantizes).
 
 static __global__ void sgllm__cu_to_bf16_k(uint32_t type, const uint8_t *w, int64_t cols, int64_t row_bytes,
                                            int64_t n, __nv_bfloat16 *out) {
@@ -1909,7 +1916,85 @@ static __global__ void sgllm__cu_to_bf16_k(uint32_t type, const uint8_t *w, int6
     }
 }
 
+static __device__ inline uint32_t sgllm__cu_pack_bf16(float a, float b) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *(uint32_t *)&h;
+}
+
+// Quantized weights, 8 values per thread: two sgllm__cu_dq4 calls (word loads, the block's
+// natural alignment) and one 16-byte store; the four threads of a 32-value piece are
+// neighbours, so stores coalesce. Byte-loading one value per thread made the dequantization
+// cost about as much as the GEMM. n8 = rows * cols / 8; rows start at multiples of row_bytes
+// from w (4-byte aligned), out is 16-byte aligned.
+template <int T>
+static __global__ void sgllm__cu_dq_bf16_k(const uint8_t *w, int64_t row_bytes, int64_t cols, int64_t n8,
+                                           __nv_bfloat16 *out) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    int64_t per_row = cols / 8;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / per_row, j = i - r * per_row;
+        float v[8];
+        sgllm__cu_dq4<T>(w + r * row_bytes, j / 4, (int)(j % 4) * 2, v);
+        sgllm__cu_dq4<T>(w + r * row_bytes, j / 4, (int)(j % 4) * 2 + 1, v + 4);
+        uint4 o = make_uint4(sgllm__cu_pack_bf16(v[0], v[1]), sgllm__cu_pack_bf16(v[2], v[3]),
+                             sgllm__cu_pack_bf16(v[4], v[5]), sgllm__cu_pack_bf16(v[6], v[7]));
+        *(uint4 *)(out + 8 * i) = o;
+    }
+}
+
+// fp32 activations to bf16, 4 per thread (16-byte loads, 8-byte stores); n4 = n / 4.
+static __global__ void sgllm__cu_f32_bf16_k(const float4 *x, int64_t n4, uint2 *out) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4; i += (int64_t)gridDim.x * blockDim.x) {
+        float4 v = x[i];
+        out[i] = make_uint2(sgllm__cu_pack_bf16(v.x, v.y), sgllm__cu_pack_bf16(v.z, v.w));
+    }
+}
+
 static int64_t sgllm__cu_align256(int64_t n) { return (n + 255) / 256 * 256; }
+
+static unsigned sgllm__cu_grid(int64_t n) {
+    int64_t b = (n + 255) / 256;
+    return (unsigned)(b < 65536 * 4 ? b : 65536 * 4);
+}
+
+// out (rows, cols) bf16 = w of any type: the vector kernel where the layout allows it (quantized
+// type, cols a multiple of 32, 4-byte aligned weights), else one value per thread.
+static sgllm_status sgllm__cu_weight_bf16(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                          int64_t rb, __nv_bfloat16 *out) {
+    int64_t n = rows * cols;
+    bool vec = sgllm__cu_blk_vals(type) >= 32 && (uintptr_t)w % 4 == 0;
+    if (!vec) {
+        return sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_to_bf16_k, dim3(sgllm__cu_grid(n)), dim3(256), 0, type,
+                                (const uint8_t *)w, cols, rb, n, out);
+    }
+    const uint8_t *wb = (const uint8_t *)w;
+    dim3 g(sgllm__cu_grid(n / 8)), b(256);
+    sgllm_status s;
+    switch (type) {
+    case T_Q4_0: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q4_0>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q4_1: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q4_1>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q5_0: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q5_0>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q5_1: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q5_1>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q8_0: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q8_0>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q4_K: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q4_K>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    case T_Q5_K: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q5_K>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    default: s = sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_dq_bf16_k<T_Q6_K>, g, b, 0, wb, rb, cols, n / 8, out); break;
+    }
+    return s;
+}
+
+// out (n) bf16 = x (n) fp32.
+static sgllm_status sgllm__cu_act_bf16(sgllm__cuda *c, const float *x, int64_t n, __nv_bfloat16 *out) {
+    if (n % 4 || (uintptr_t)x % 16) {
+        return sgllm__cu_launch(c, "gemm: activations to bf16", sgllm__cu_to_bf16_k, dim3(sgllm__cu_grid(n)), dim3(256), 0,
+                                (uint32_t)T_F32, (const uint8_t *)x, n, n * 4, n, out);
+    }
+    return sgllm__cu_launch(c, "gemm: activations to bf16", sgllm__cu_f32_bf16_k, dim3(sgllm__cu_grid(n / 4)), dim3(256),
+                            0, (const float4 *)x, n / 4, (uint2 *)out);
+}
 
 extern "C" size_t sgllm__cuda_gemm_scratch_bytes(uint32_t type, int64_t rows, int64_t cols, int64_t n_tok) {
     if (rows <= 0 || cols <= 0 || n_tok <= 0) return 0;
@@ -1917,41 +2002,135 @@ extern "C" size_t sgllm__cuda_gemm_scratch_bytes(uint32_t type, int64_t rows, in
     return (size_t)(wbytes + sgllm__cu_align256(n_tok * cols * 2));
 }
 
-extern "C" sgllm_status sgllm__cuda_gemm(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
-                                         const float *x, int64_t n_tok, float *y) {
-    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
-    int64_t rb = sgllm__cu_row_bytes(type, cols);
-    if (!w || !x || !y || rows <= 0 || rows > INT32_MAX || !rb || cols > INT32_MAX || n_tok < 0 || n_tok > INT32_MAX)
-        return sgllm__cu_bad(c, "gemm", "bad pointer, weight type or shape");
-    if (!n_tok) return SGLLM_OK;
-    size_t need = sgllm__cuda_gemm_scratch_bytes(type, rows, cols, n_tok);
-    if (need > c->scratch_bytes)
-        return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "gemm: needs %zu bytes of scratch, %zu reserved", need,
-                              c->scratch_bytes);
-    cudaSetDevice(c->device);
-    uint8_t *s = (uint8_t *)c->scratch;
+static bool sgllm__cu_gemm_shape_ok(uint32_t type, const void *w, int64_t rows, int64_t cols, int64_t n_tok) {
+    return w && rows > 0 && rows <= INT32_MAX && sgllm__cu_row_bytes(type, cols) && cols <= INT32_MAX && n_tok >= 0 &&
+           n_tok <= INT32_MAX;
+}
+
+// y (n_tok, rows) of type yt (CUDA_R_32F or CUDA_R_16BF) = xb (n_tok, cols) bf16 . w^T, the
+// weight dequantized into wscratch unless it is BF16. The caller has checked shapes and scratch.
+static sgllm_status sgllm__cu_gemm_xb(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                      const void *xb, int64_t n_tok, void *y, cudaDataType yt, void *wscratch) {
     const void *wb = w;
     if (type != T_BF16) {
-        int64_t n = rows * cols;
-        if (sgllm__cu_launch(c, "gemm: weight to bf16", sgllm__cu_to_bf16_k,
-                             dim3((unsigned)((n + 255) / 256 < 65536 * 4 ? (n + 255) / 256 : 65536 * 4)), dim3(256), 0,
-                             type, (const uint8_t *)w, cols, rb, n, (__nv_bfloat16 *)s))
-            return SGLLM_ERR_BACKEND;
-        wb = s;
-        s += sgllm__cu_align256(n * 2);
+        sgllm_status s = sgllm__cu_weight_bf16(c, type, w, rows, cols, sgllm__cu_row_bytes(type, cols),
+                                               (__nv_bfloat16 *)wscratch);
+        if (s) return s;
+        wb = wscratch;
     }
-    int64_t nx = n_tok * cols;
-    if (sgllm__cu_launch(c, "gemm: activations to bf16", sgllm__cu_to_bf16_k,
-                         dim3((unsigned)((nx + 255) / 256 < 65536 * 4 ? (nx + 255) / 256 : 65536 * 4)), dim3(256), 0,
-                         (uint32_t)T_F32, (const uint8_t *)x, nx, nx * 4, nx, (__nv_bfloat16 *)s))
-        return SGLLM_ERR_BACKEND;
     // Row-major y(n_tok, rows) is column-major (rows, n_tok) = W^T-as-stored (cols, rows)^T . X (cols, n_tok)
     float one = 1.0f, zero = 0.0f;
     cublasStatus_t st = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n_tok, (int)cols, &one, wb,
-                                     CUDA_R_16BF, (int)cols, s, CUDA_R_16BF, (int)cols, &zero, y, CUDA_R_32F, (int)rows,
+                                     CUDA_R_16BF, (int)cols, xb, CUDA_R_16BF, (int)cols, &zero, y, yt, (int)rows,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) return sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "gemm: cublasGemmEx status %d", (int)st);
     return SGLLM_OK;
+}
+
+// Checks n matrices of one input against the scratch (x once, the largest weight) and converts
+// x into its head; *wscratch receives the weight area.
+static sgllm_status sgllm__cu_gemm_prep(sgllm__cuda *c, const char *op, int n, const uint32_t *types,
+                                        const void *const *w, const int64_t *rows, int64_t cols, const float *x,
+                                        int64_t n_tok, void **wscratch) {
+    size_t need = 0;
+    for (int k = 0; k < n; k++) {
+        if (!sgllm__cu_gemm_shape_ok(types[k], w[k], rows[k], cols, n_tok) || !x)
+            return sgllm__cu_bad(c, op, "bad pointer, weight type or shape");
+        size_t b = sgllm__cuda_gemm_scratch_bytes(types[k], rows[k], cols, n_tok);
+        need = need > b ? need : b;
+    }
+    if (need > c->scratch_bytes)
+        return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "%s: needs %zu bytes of scratch, %zu reserved", op, need,
+                              c->scratch_bytes);
+    if (!n_tok) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    *wscratch = (uint8_t *)c->scratch + sgllm__cu_align256(n_tok * cols * 2);
+    return sgllm__cu_act_bf16(c, x, n_tok * cols, (__nv_bfloat16 *)c->scratch);
+}
+
+extern "C" sgllm_status sgllm__cuda_gemm(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                         const float *x, int64_t n_tok, float *y) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!y) return sgllm__cu_bad(c, "gemm", "bad pointer, weight type or shape");
+    void *ws = NULL;
+    sgllm_status s = sgllm__cu_gemm_prep(c, "gemm", 1, &type, &w, &rows, cols, x, n_tok, &ws);
+    if (s || !n_tok) return s;
+    return sgllm__cu_gemm_xb(c, type, w, rows, cols, c->scratch, n_tok, y, CUDA_R_32F, ws);
+}
+
+extern "C" sgllm_status sgllm__cuda_gemm_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,
+                                               const int64_t *rows, int64_t cols, const float *x, int64_t n_tok,
+                                               float *const *y) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (n < 1 || n > 3 || !types || !w || !rows || !y) return sgllm__cu_bad(c, "gemm_multi", "bad matrix list");
+    for (int k = 0; k < n; k++)
+        if (!y[k]) return sgllm__cu_bad(c, "gemm_multi", "bad matrix list");
+    void *ws = NULL;
+    sgllm_status s = sgllm__cu_gemm_prep(c, "gemm_multi", n, types, w, rows, cols, x, n_tok, &ws);
+    for (int k = 0; !s && n_tok && k < n; k++)
+        s = sgllm__cu_gemm_xb(c, types[k], w[k], rows[k], cols, c->scratch, n_tok, y[k], CUDA_R_32F, ws);
+    return s;
+}
+
+extern "C" sgllm_status sgllm__cuda_gemm_x16(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
+                                             const void *xb, int64_t n_tok, float *y) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!xb || !y || !sgllm__cu_gemm_shape_ok(type, w, rows, cols, n_tok))
+        return sgllm__cu_bad(c, "gemm_x16", "bad pointer, weight type or shape");
+    size_t need = type == T_BF16 ? 0 : (size_t)sgllm__cu_align256(rows * cols * 2);
+    if (need > c->scratch_bytes)
+        return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "gemm_x16: needs %zu bytes of scratch, %zu reserved", need,
+                              c->scratch_bytes);
+    if (!n_tok) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    return sgllm__cu_gemm_xb(c, type, w, rows, cols, xb, n_tok, y, CUDA_R_32F, c->scratch);
+}
+
+// y = act(g) * u over bf16 g, u, written as bf16; 8 values per thread (16-byte loads and
+// stores) when vec, else one. The activation itself in fp32 (sgllm__cu_act).
+static __global__ void sgllm__cu_gated_bf16_k(int act, const __nv_bfloat16 *g, const __nv_bfloat16 *u, int64_t n,
+                                              int vec, __nv_bfloat16 *y) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    int64_t step = (int64_t)gridDim.x * blockDim.x, i0 = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (!vec) {
+        for (int64_t i = i0; i < n; i += step)
+            y[i] = __float2bfloat16(sgllm__cu_act(act, __bfloat162float(g[i])) * __bfloat162float(u[i]));
+        return;
+    }
+    for (int64_t i = i0; i < n / 8; i += step) {
+        uint4 gv = ((const uint4 *)g)[i], uv = ((const uint4 *)u)[i], o;
+        const __nv_bfloat162 *g2 = (const __nv_bfloat162 *)&gv, *u2 = (const __nv_bfloat162 *)&uv;
+        uint32_t *o32 = (uint32_t *)&o;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float2 gf = __bfloat1622float2(g2[e]), uf = __bfloat1622float2(u2[e]);
+            o32[e] = sgllm__cu_pack_bf16(sgllm__cu_act(act, gf.x) * uf.x, sgllm__cu_act(act, gf.y) * uf.y);
+        }
+        ((uint4 *)y)[i] = o;
+    }
+}
+
+extern "C" sgllm_status sgllm__cuda_gemm_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate,
+                                               uint32_t up_type, const void *w_up, int64_t rows, int64_t cols,
+                                               const float *x, int64_t n_tok, void *y, void *tmp) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!y || !tmp || (act != SGLLM__CUDA_ACT_SILU && act != SGLLM__CUDA_ACT_GELU_TANH))
+        return sgllm__cu_bad(c, "gemm_gated", "bad pointer, shape or activation");
+    const uint32_t types[2] = {gate_type, up_type};
+    const void *w[2] = {w_gate, w_up};
+    const int64_t rr[2] = {rows, rows};
+    void *ws = NULL;
+    sgllm_status s = sgllm__cu_gemm_prep(c, "gemm_gated", 2, types, w, rr, cols, x, n_tok, &ws);
+    if (s || !n_tok) return s;
+    int64_t n = n_tok * rows;
+    __nv_bfloat16 *g = (__nv_bfloat16 *)tmp, *u = g + n;
+    if ((s = sgllm__cu_gemm_xb(c, gate_type, w_gate, rows, cols, c->scratch, n_tok, g, CUDA_R_16BF, ws))) return s;
+    if ((s = sgllm__cu_gemm_xb(c, up_type, w_up, rows, cols, c->scratch, n_tok, u, CUDA_R_16BF, ws))) return s;
+    int vec = n % 8 == 0 && (uintptr_t)tmp % 16 == 0 && (uintptr_t)y % 16 == 0;
+    return sgllm__cu_launch(c, "gemm_gated: activation", sgllm__cu_gated_bf16_k, dim3(sgllm__cu_grid(vec ? n / 8 : n)),
+                            dim3(256), 0, act, (const __nv_bfloat16 *)g, (const __nv_bfloat16 *)u, n, vec,
+                            (__nv_bfloat16 *)y);
 }
 
 extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
@@ -2160,34 +2339,39 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
 
 // --- 6b. Prefill attention -----------------------------------------------------------------
 // Flash attention (FlashAttention-2 schedule) on the tensor cores for batches of queries, over
-// the same fp16 cache as section 6. Grid (query tiles, n_head, value chunks): a block owns BM
-// queries of one query head (the blocks of one GQA group run side by side, so their K/V tiles
-// come from L2) and walks the key tiles of BN keys between the lowest visible key and the
-// highest position of its queries; tiles outside a warp's causal/window range are skipped by
-// that warp. Each warp owns BM / W query rows, 16 per m16n8k16 fragment; S = Q K^T and
-// O += P V run as mma.sync (fp16 inputs, fp32 accumulation), the online softmax in fp32 in
-// the log2 domain (q is premultiplied by scale * log2(e) in fp32, then rounded to fp16: one
-// rounding of the scaled q, relative 2^-11, like the CPU engine's rounding of q), P rounded
-// to fp16 for the P V product (as the CPU engine rounds probabilities). The output is
-// normalized once at the end.
-// Shared memory: Q (BM, D + 8), K (BN, D + 8), V (BN, DV + 8) in fp16; the 8 extra halves per
-// row shift consecutive rows by 16 bytes so ldmatrix reads hit distinct banks. One buffer
-// each: V(j) loads while S(j) is computed, K(j+1) while P(j) V(j) is. Head dims that are
+// the same fp16 cache as section 6. Grid (query tiles x n_head, value chunks), the head
+// fastest: every head's longest query tile (the last positions) starts before any shorter
+// one, so the causal triangle's long blocks do not trail at the end (longest-first list
+// scheduling), and the blocks of one GQA group run side by side (their K/V tiles come from
+// L2). A block owns BM queries of one query head and walks the key tiles of BN keys between
+// the lowest visible key and the highest position of its queries; tiles outside a warp's
+// causal/window range are skipped by that warp. Each warp owns BM / W query rows, 16 per
+// m16n8k16 fragment; S = Q K^T and O += P V run as mma.sync (fp16 inputs, fp32
+// accumulation), the online softmax in fp32 in the log2 domain (q is premultiplied by
+// scale * log2(e) in fp32, then rounded to fp16: one rounding of the scaled q, relative
+// 2^-11, like the CPU engine's rounding of q), P rounded to fp16 for the P V product (as the
+// CPU engine rounds probabilities). The output is normalized once at the end.
+// Shared memory: two stages of K (BN, D + 8) and V (BN, DV + 8), and Q (BM, D + 8) unless the
+// warps hold Q in registers, all fp16; the 8 extra halves per row shift consecutive rows by
+// 16 bytes so ldmatrix reads hit distinct banks. Tile j + 1 is copied (cp.async) into the
+// other stage while tile j is computed: one block barrier per key tile. Head dims that are
 // multiples of 16 below D run in the D kernel with zero-padded columns; above 256 the value
 // columns are cut into chunks of DV = 128 (grid.z), each recomputing S.
 
 static __device__ inline uint32_t sgllm__cu_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
-static __device__ inline void sgllm__cu_ldsm4(uint32_t r[4], const __half *p) {
+// ldmatrix x4 (plain and transposed) at a shared-memory byte address: a base register plus
+// constant offsets in the unrolled loops, so no address registers per load.
+static __device__ inline void sgllm__cu_ldsm4(uint32_t r[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(sgllm__cu_smem_addr(p)));
+                 : "r"(addr));
 }
 
-static __device__ inline void sgllm__cu_ldsm4_t(uint32_t r[4], const __half *p) {
+static __device__ inline void sgllm__cu_ldsm4_t(uint32_t r[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(sgllm__cu_smem_addr(p)));
+                 : "r"(addr));
 }
 
 // c(16x8) += a(16x16, row) b(16x8, col), fp16 inputs, fp32 accumulators.
@@ -2222,36 +2406,43 @@ struct sgllm__cu_fa_args {
     const __half *kc, *vc; // (rows, n_head_kv * hd)
     const int32_t *pos, *pt;
     int64_t n_q;
-    int32_t n_head, n_head_kv, hd, window, page_shift;
+    int32_t n_head, n_head_kv, hd, window, page_shift, m_tiles;
     float qscale; // scale * log2(e)
     float *out;   // (n_q, n_head * hd)
 };
 
-// Copies rows t0 .. t0 + BN - 1 (cols fp16 values each, a multiple of 8, from base + physical
-// row * stride) into dst (BN rows of ds halves); rows at or past kend become zeros.
-template <int BN, int NTH>
-static __device__ inline void sgllm__cu_fa_load(__half *dst, int ds, const __half *base, int64_t stride, int cols,
-                                                int64_t t0, int64_t kend, const int32_t *pt, int32_t shift) {
-    int chunks = cols / 8;
-    for (int i = threadIdx.x; i < BN * chunks; i += NTH) {
-        int n = i / chunks, c = i - n * chunks;
+// Copies rows t0 .. t0 + BN - 1 of CH * 8 fp16 columns (from base + physical row * stride)
+// into dst (BN rows of CH * 8 + 8 halves); columns at or past cols and rows at or past kend
+// become zeros (cp.async reads no source bytes for them).
+template <int BN, int CH, int NTH>
+static __device__ inline void sgllm__cu_fa_load(__half *dst, const __half *base, int64_t stride, int cols, int64_t t0,
+                                                int64_t kend, const int32_t *pt, int32_t shift) {
+#pragma unroll 1
+    for (int k = 0; k < (BN * CH + NTH - 1) / NTH; k++) {
+        int i = (int)threadIdx.x + k * NTH, n = i / CH, c = i % CH;
+        if ((BN * CH) % NTH && i >= BN * CH) break;
         int64_t r = t0 + n;
-        bool ok = r < kend;
+        bool ok = r < kend && c * 8 < cols;
         const __half *src = ok ? base + sgllm__cu_page_row(pt, shift, r) * stride + c * 8 : base;
-        sgllm__cu_cp16z(dst + n * ds + c * 8, src, ok);
+        sgllm__cu_cp16z(dst + n * (CH * 8 + 8) + c * 8, src, ok);
     }
 }
 
-template <int D, int DV, int BM, int BN, int W>
+// QR: the warp's Q fragments live in registers for the whole key walk, read once from global
+// memory (no Q tile in shared memory, no ldmatrix of Q per key tile); for one 16-row fragment
+// per warp and D <= 128, where they fit beside the accumulators.
+template <int D, int DV, int BM, int BN, int W, bool QR>
 static __global__ void __launch_bounds__(W * 32) sgllm__cu_fa_k(sgllm__cu_fa_args a) {
     constexpr int MI = BM / (16 * W), SQ = D + 8, SV = DV + 8, NT = BN / 8, NO = DV / 8, NTH = W * 32;
     static_assert(MI >= 1 && BM == MI * 16 * W && BN % 16 == 0 && D % 16 == 0 && DV % 16 == 0, "tile shape");
     extern __shared__ __align__(16) uint8_t sm[];
-    __half *qs = (__half *)sm, *ks = qs + BM * SQ, *vs = ks + BN * SQ;
-    int32_t *range = (int32_t *)(vs + BN * SV); // lowest visible key, highest position of the block
+    __half *ks = (__half *)sm, *vs = ks + 2 * BN * SQ, *qs = vs + 2 * BN * SV; // K and V: two stages each
+    int32_t *range = (int32_t *)(qs + (QR ? 0 : BM * SQ)); // lowest visible key, highest position of the block
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
-    int64_t m0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * BM; // the longest rows start first
-    int32_t h = (int32_t)blockIdx.y, hd = a.hd, kvh = h / (a.n_head / a.n_head_kv), dv0 = (int32_t)blockIdx.z * DV;
+    // blockIdx.x = tile * n_head + head: every head's longest query tile starts before any shorter one
+    int32_t tile = (int32_t)(blockIdx.x / (unsigned)a.n_head), h = (int32_t)(blockIdx.x - (unsigned)tile * a.n_head);
+    int64_t m0 = (int64_t)(a.m_tiles - 1 - tile) * BM;
+    int32_t hd = a.hd, kvh = h / (a.n_head / a.n_head_kv), dv0 = (int32_t)blockIdx.z * DV;
     int32_t dvn = min(DV, hd - dv0); // value columns of this chunk
     int64_t kv_stride = (int64_t)a.n_head_kv * hd, q_stride = (int64_t)a.n_head * hd;
     const __half *kbase = a.kc + (int64_t)kvh * hd, *vbase = a.vc + (int64_t)kvh * hd + dv0;
@@ -2260,16 +2451,15 @@ static __global__ void __launch_bounds__(W * 32) sgllm__cu_fa_k(sgllm__cu_fa_arg
         range[0] = INT32_MAX;
         range[1] = -1;
     }
-    // K and V columns past hd (padding) are never loaded and must read as zeros
-    for (int i = tid; i < BN * (SQ + SV) / 8; i += NTH) ((uint4 *)ks)[i] = make_uint4(0u, 0u, 0u, 0u);
-    for (int i = tid; i < BM * (D / 4); i += NTH) {
-        int r = i / (D / 4), d = (i - r * (D / 4)) * 4;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (m0 + r < a.n_q && d < hd) v = *(const float4 *)(a.q + (m0 + r) * q_stride + (int64_t)h * hd + d);
-        uint2 hv = make_uint2(sgllm__cu_pack_h2(v.x * a.qscale, v.y * a.qscale),
-                              sgllm__cu_pack_h2(v.z * a.qscale, v.w * a.qscale));
-        *(uint2 *)(qs + r * SQ + d) = hv;
-    }
+    if constexpr (!QR)
+        for (int i = tid; i < BM * (D / 4); i += NTH) {
+            int r = i / (D / 4), d = (i - r * (D / 4)) * 4;
+            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (m0 + r < a.n_q && d < hd) v = *(const float4 *)(a.q + (m0 + r) * q_stride + (int64_t)h * hd + d);
+            uint2 hv = make_uint2(sgllm__cu_pack_h2(v.x * a.qscale, v.y * a.qscale),
+                                  sgllm__cu_pack_h2(v.z * a.qscale, v.w * a.qscale));
+            *(uint2 *)(qs + r * SQ + d) = hv;
+        }
     __syncthreads();
     for (int i = tid; i < BM; i += NTH)
         if (m0 + i < a.n_q) {
@@ -2300,10 +2490,31 @@ static __global__ void __launch_bounds__(W * 32) sgllm__cu_fa_k(sgllm__cu_fa_arg
         wmaxlo = max(wmaxlo, __shfl_xor_sync(0xffffffffu, wmaxlo, o));
         wminpos = min(wminpos, __shfl_xor_sync(0xffffffffu, wminpos, o));
     }
+    // the m16n8k16 A layout: register e holds row g + 8 (e & 1), columns 2 t4 + 8 (e >> 1) + {0, 1};
+    // the same fp32 -> fp16 rounding of q * qscale as the shared-memory path
+    uint32_t qf[QR ? MI : 1][QR ? D / 16 : 1][4];
+    if constexpr (QR) {
+#pragma unroll
+        for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int64_t row = m0 + (warp * MI + mi) * 16 + g + 8 * (e & 1);
+                const float *qr = a.q + row * q_stride + (int64_t)h * hd + 2 * t4 + 8 * (e >> 1);
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) {
+                    float2 v = make_float2(0.f, 0.f);
+                    if (row < a.n_q && kk * 16 + 2 * t4 + 8 * (e >> 1) < hd) v = *(const float2 *)(qr + kk * 16);
+                    qf[mi][kk][e] = sgllm__cu_pack_h2(v.x * a.qscale, v.y * a.qscale);
+                }
+            }
+    }
     __syncthreads();
     int64_t kstart = range[0], kend = (int64_t)range[1] + 1;
     int64_t n_tiles = kend > kstart ? (kend - kstart + BN - 1) / BN : 0;
 
+    uint32_t ks_a = sgllm__cu_smem_addr(ks + ((lane & 7) + (lane >> 4) * 8) * SQ + ((lane >> 3) & 1) * 8);
+    uint32_t vs_a = sgllm__cu_smem_addr(vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * SV + (lane >> 4) * 8);
+    uint32_t qs_a = sgllm__cu_smem_addr(qs + (warp * MI * 16 + (lane & 15)) * SQ + (lane >> 4) * 8);
     float o[MI][NO][4], mrow[MI][2], lrow[MI][2];
 #pragma unroll
     for (int mi = 0; mi < MI; mi++) {
@@ -2314,109 +2525,119 @@ static __global__ void __launch_bounds__(W * 32) sgllm__cu_fa_k(sgllm__cu_fa_arg
         mrow[mi][0] = mrow[mi][1] = -INFINITY;
         lrow[mi][0] = lrow[mi][1] = 0.f;
     }
-    if (n_tiles) sgllm__cu_fa_load<BN, NTH>(ks, SQ, kbase, kv_stride, hd, kstart, kend, a.pt, a.page_shift);
+    if (n_tiles) {
+        sgllm__cu_fa_load<BN, D / 8, NTH>(ks, kbase, kv_stride, hd, kstart, kend, a.pt, a.page_shift);
+        sgllm__cu_fa_load<BN, DV / 8, NTH>(vs, vbase, kv_stride, dvn, kstart, kend, a.pt, a.page_shift);
+    }
     sgllm__cu_cp_commit();
     for (int64_t it = 0; it < n_tiles; it++) {
         int64_t t0 = kstart + it * BN;
-        sgllm__cu_fa_load<BN, NTH>(vs, SV, vbase, kv_stride, dvn, t0, kend, a.pt, a.page_shift);
-        sgllm__cu_cp_commit();
-        sgllm__cu_cp_wait<1>(); // K(it) has landed
+        int st = (int)(it & 1);
+        // this lane's ldmatrix rows in stage st (byte addresses): K row-major as the col operand, V transposed
+        uint32_t ka = ks_a + (uint32_t)(st * BN * SQ * 2), va = vs_a + (uint32_t)(st * BN * SV * 2);
+        sgllm__cu_cp_wait<0>();
+        // one barrier per key tile: tile it has landed for every thread, and every warp is done
+        // with tile it - 1, whose stage the copy of tile it + 1 now overwrites (while tile it is
+        // computed)
         __syncthreads();
-        bool active = t0 <= whi && t0 + BN - 1 >= wlo;
+        if (it + 1 < n_tiles) {
+            sgllm__cu_fa_load<BN, D / 8, NTH>(ks + (st ^ 1) * BN * SQ, kbase, kv_stride, hd, t0 + BN, kend, a.pt,
+                                              a.page_shift);
+            sgllm__cu_fa_load<BN, DV / 8, NTH>(vs + (st ^ 1) * BN * SV, vbase, kv_stride, dvn, t0 + BN, kend, a.pt,
+                                               a.page_shift);
+        }
+        sgllm__cu_cp_commit();
+        if (t0 > whi || t0 + BN - 1 < wlo) continue; // no key of the tile is visible to this warp's rows
         float s[MI][NT][4];
-        if (active) {
+#pragma unroll
+        for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[mi][j][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t af[MI][4];
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++) {
+                if constexpr (QR) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) af[mi][e] = qf[mi][kk][e];
+                } else {
+                    sgllm__cu_ldsm4(af[mi], qs_a + (uint32_t)((mi * 16 * SQ + kk * 16) * 2));
+                }
+            }
+#pragma unroll
+            for (int nb = 0; nb < BN / 16; nb++) {
+                uint32_t b[4];
+                sgllm__cu_ldsm4(b, ka + (uint32_t)((nb * 16 * SQ + kk * 16) * 2));
+#pragma unroll
+                for (int mi = 0; mi < MI; mi++) {
+                    sgllm__cu_mma16816(s[mi][2 * nb], af[mi], b[0], b[1]);
+                    sgllm__cu_mma16816(s[mi][2 * nb + 1], af[mi], b[2], b[3]);
+                }
+            }
+        }
+        if (t0 < wmaxlo || t0 + BN - 1 > wminpos) { // some key of the tile is hidden from some row
 #pragma unroll
             for (int mi = 0; mi < MI; mi++)
 #pragma unroll
                 for (int j = 0; j < NT; j++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++) s[mi][j][e] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                uint32_t af[MI][4];
-#pragma unroll
-                for (int mi = 0; mi < MI; mi++)
-                    sgllm__cu_ldsm4(af[mi], qs + ((warp * MI + mi) * 16 + (lane & 15)) * SQ + kk * 16 + (lane >> 4) * 8);
-#pragma unroll
-                for (int nb = 0; nb < BN / 16; nb++) {
-                    uint32_t b[4];
-                    sgllm__cu_ldsm4(b, ks + (nb * 16 + (lane & 7) + (lane >> 4) * 8) * SQ + kk * 16 + ((lane >> 3) & 1) * 8);
-#pragma unroll
-                    for (int mi = 0; mi < MI; mi++) {
-                        sgllm__cu_mma16816(s[mi][2 * nb], af[mi], b[0], b[1]);
-                        sgllm__cu_mma16816(s[mi][2 * nb + 1], af[mi], b[2], b[3]);
+                    for (int e = 0; e < 4; e++) {
+                        int32_t key = (int32_t)t0 + j * 8 + 2 * t4 + (e & 1);
+                        if (key < rlo[mi][e >> 1] || key > rpos[mi][e >> 1]) s[mi][j][e] = -INFINITY;
                     }
-                }
-            }
-            if (t0 < wmaxlo || t0 + BN - 1 > wminpos) { // some key of the tile is hidden from some row
-#pragma unroll
-                for (int mi = 0; mi < MI; mi++)
-#pragma unroll
-                    for (int j = 0; j < NT; j++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            int32_t key = (int32_t)t0 + j * 8 + 2 * t4 + (e & 1);
-                            if (key < rlo[mi][e >> 1] || key > rpos[mi][e >> 1]) s[mi][j][e] = -INFINITY;
-                        }
-            }
-#pragma unroll
-            for (int mi = 0; mi < MI; mi++)
-#pragma unroll
-                for (int hf = 0; hf < 2; hf++) {
-                    float mx = mrow[mi][hf];
-#pragma unroll
-                    for (int j = 0; j < NT; j++) mx = fmaxf(mx, fmaxf(s[mi][j][2 * hf], s[mi][j][2 * hf + 1]));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                    float base = mx == -INFINITY ? 0.f : mx; // a row that has seen nothing keeps zeros
-                    float alpha = sgllm__cu_ex2(mrow[mi][hf] - base), sum = 0.f;
-                    mrow[mi][hf] = mx;
-#pragma unroll
-                    for (int j = 0; j < NT; j++) {
-                        float p0 = sgllm__cu_ex2(s[mi][j][2 * hf] - base), p1 = sgllm__cu_ex2(s[mi][j][2 * hf + 1] - base);
-                        s[mi][j][2 * hf] = p0;
-                        s[mi][j][2 * hf + 1] = p1;
-                        sum += p0 + p1;
-                    }
-                    lrow[mi][hf] = lrow[mi][hf] * alpha + sum; // this thread's columns; the quad is summed at the end
-#pragma unroll
-                    for (int j = 0; j < NO; j++) {
-                        o[mi][j][2 * hf] *= alpha;
-                        o[mi][j][2 * hf + 1] *= alpha;
-                    }
-                }
         }
-        __syncthreads(); // every warp is done with K(it)
-        if (it + 1 < n_tiles)
-            sgllm__cu_fa_load<BN, NTH>(ks, SQ, kbase, kv_stride, hd, t0 + BN, kend, a.pt, a.page_shift);
-        sgllm__cu_cp_commit();
-        sgllm__cu_cp_wait<1>(); // V(it) has landed
-        __syncthreads();
-        if (active) {
 #pragma unroll
-            for (int kb = 0; kb < BN / 16; kb++) {
-                uint32_t pa[MI][4];
+        for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                float mx = mrow[mi][hf];
+#pragma unroll
+                for (int j = 0; j < NT; j++) mx = fmaxf(mx, fmaxf(s[mi][j][2 * hf], s[mi][j][2 * hf + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                float base = mx == -INFINITY ? 0.f : mx; // a row that has seen nothing keeps zeros
+                float alpha = sgllm__cu_ex2(mrow[mi][hf] - base), sum = 0.f;
+                mrow[mi][hf] = mx;
+#pragma unroll
+                for (int j = 0; j < NT; j++) {
+                    float p0 = sgllm__cu_ex2(s[mi][j][2 * hf] - base), p1 = sgllm__cu_ex2(s[mi][j][2 * hf + 1] - base);
+                    s[mi][j][2 * hf] = p0;
+                    s[mi][j][2 * hf + 1] = p1;
+                    sum += p0 + p1;
+                }
+                lrow[mi][hf] = lrow[mi][hf] * alpha + sum; // this thread's columns; the quad is summed at the end
+#pragma unroll
+                for (int j = 0; j < NO; j++) {
+                    o[mi][j][2 * hf] *= alpha;
+                    o[mi][j][2 * hf + 1] *= alpha;
+                }
+            }
+#pragma unroll
+        for (int kb = 0; kb < BN / 16; kb++) {
+            uint32_t pa[MI][4];
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++) {
+                pa[mi][0] = sgllm__cu_pack_h2(s[mi][2 * kb][0], s[mi][2 * kb][1]);
+                pa[mi][1] = sgllm__cu_pack_h2(s[mi][2 * kb][2], s[mi][2 * kb][3]);
+                pa[mi][2] = sgllm__cu_pack_h2(s[mi][2 * kb + 1][0], s[mi][2 * kb + 1][1]);
+                pa[mi][3] = sgllm__cu_pack_h2(s[mi][2 * kb + 1][2], s[mi][2 * kb + 1][3]);
+            }
+#pragma unroll
+            for (int db = 0; db < DV / 16; db++) {
+                uint32_t b[4];
+                sgllm__cu_ldsm4_t(b, va + (uint32_t)((kb * 16 * SV + db * 16) * 2));
 #pragma unroll
                 for (int mi = 0; mi < MI; mi++) {
-                    pa[mi][0] = sgllm__cu_pack_h2(s[mi][2 * kb][0], s[mi][2 * kb][1]);
-                    pa[mi][1] = sgllm__cu_pack_h2(s[mi][2 * kb][2], s[mi][2 * kb][3]);
-                    pa[mi][2] = sgllm__cu_pack_h2(s[mi][2 * kb + 1][0], s[mi][2 * kb + 1][1]);
-                    pa[mi][3] = sgllm__cu_pack_h2(s[mi][2 * kb + 1][2], s[mi][2 * kb + 1][3]);
-                }
-#pragma unroll
-                for (int db = 0; db < DV / 16; db++) {
-                    uint32_t b[4];
-                    sgllm__cu_ldsm4_t(b, vs + (kb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SV + db * 16 + (lane >> 4) * 8);
-#pragma unroll
-                    for (int mi = 0; mi < MI; mi++) {
-                        sgllm__cu_mma16816(o[mi][2 * db], pa[mi], b[0], b[1]);
-                        sgllm__cu_mma16816(o[mi][2 * db + 1], pa[mi], b[2], b[3]);
-                    }
+                    sgllm__cu_mma16816(o[mi][2 * db], pa[mi], b[0], b[1]);
+                    sgllm__cu_mma16816(o[mi][2 * db + 1], pa[mi], b[2], b[3]);
                 }
             }
         }
-        __syncthreads(); // every warp is done with V(it)
     }
+    sgllm__cu_cp_wait<0>(); // nothing in flight at exit (the last group is empty)
 #pragma unroll
     for (int mi = 0; mi < MI; mi++)
 #pragma unroll
@@ -2436,23 +2657,29 @@ static __global__ void __launch_bounds__(W * 32) sgllm__cu_fa_k(sgllm__cu_fa_arg
         }
 }
 
-// The compiled variants: (D, DV, BM, BN, W), per D largest tile first.
+// The compiled variants: (D, DV, BM, BN, W), per D largest tile first; Q in registers where
+// each warp has one row fragment and D <= 128.
 struct sgllm__cu_fa_variant {
     int d, dv, bm, bn, w;
+    bool qr;
     void (*k)(sgllm__cu_fa_args);
 };
-#define SGLLM__FA(D, DV, BM, BN, W) {D, DV, BM, BN, W, sgllm__cu_fa_k<D, DV, BM, BN, W>}
+#define SGLLM__FA_QR(D, BM, W) ((BM) == 16 * (W) && (D) <= 128)
+#define SGLLM__FA(D, DV, BM, BN, W) {D, DV, BM, BN, W, SGLLM__FA_QR(D, BM, W), sgllm__cu_fa_k<D, DV, BM, BN, W, SGLLM__FA_QR(D, BM, W)>}
 static const sgllm__cu_fa_variant sgllm__cu_fa_variants[] = {
     SGLLM__FA(64, 64, 128, 64, 4),   SGLLM__FA(64, 64, 64, 64, 4),     SGLLM__FA(64, 64, 64, 32, 4),
     SGLLM__FA(128, 128, 128, 64, 8), SGLLM__FA(128, 128, 128, 64, 4),  SGLLM__FA(128, 128, 64, 64, 4),
     SGLLM__FA(128, 128, 64, 32, 4),
-    SGLLM__FA(256, 256, 64, 64, 4),  SGLLM__FA(256, 256, 64, 32, 4),   SGLLM__FA(256, 256, 32, 32, 2),
-    SGLLM__FA(512, 128, 32, 64, 2),  SGLLM__FA(512, 128, 32, 32, 2),
+    SGLLM__FA(256, 256, 128, 32, 8), SGLLM__FA(256, 256, 64, 64, 4),   SGLLM__FA(256, 256, 64, 32, 4),
+    SGLLM__FA(256, 256, 32, 32, 2),
+    SGLLM__FA(512, 128, 32, 64, 2),  SGLLM__FA(512, 128, 32, 32, 2),   SGLLM__FA(512, 128, 16, 16, 1),
 };
 #undef SGLLM__FA
+#undef SGLLM__FA_QR
 
+// Q (unless in registers), two stages of K and of V, the block's key range.
 static size_t sgllm__cu_fa_smem(const sgllm__cu_fa_variant *v) {
-    return ((size_t)(v->bm + v->bn) * (v->d + 8) + (size_t)v->bn * (v->dv + 8)) * 2 + 16;
+    return ((v->qr ? 0 : (size_t)v->bm * (v->d + 8)) + 2 * (size_t)v->bn * (v->d + 8) + 2 * (size_t)v->bn * (v->dv + 8)) * 2 + 16;
 }
 
 // The variant for head_dim under the dispatch (tile no larger than the dispatch's bm x bn,
@@ -2488,7 +2715,7 @@ extern "C" sgllm_status sgllm__cuda_attn_prefill(sgllm__cuda *c, const float *q,
         return sgllm__cuda_attn_decode(c, q, k_cache, v_cache, page_table, page_size, n_head, n_head_kv, head_dim, pos,
                                        n_q, window, scale, 1, out);
     int64_t m_tiles = (n_q + v->bm - 1) / v->bm;
-    if (m_tiles > INT32_MAX) return sgllm__cu_bad(c, "attn_prefill", "too many queries");
+    if (m_tiles * n_head > INT32_MAX) return sgllm__cu_bad(c, "attn_prefill", "too many queries");
     sgllm__cu_fa_args a;
     a.q = q;
     a.kc = (const __half *)k_cache;
@@ -2501,6 +2728,7 @@ extern "C" sgllm_status sgllm__cuda_attn_prefill(sgllm__cuda *c, const float *q,
     a.hd = head_dim;
     a.window = window;
     a.page_shift = sgllm__cu_page_shift(page_table, page_size);
+    a.m_tiles = (int32_t)m_tiles;
     a.qscale = scale * 1.4426950408889634f;
     a.out = out;
     size_t smem = sgllm__cu_fa_smem(v);
@@ -2509,7 +2737,7 @@ extern "C" sgllm_status sgllm__cuda_attn_prefill(sgllm__cuda *c, const float *q,
         sgllm__cu_check(c, cudaFuncSetAttribute(v->k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                         "attn_prefill: shared memory"))
         return SGLLM_ERR_BACKEND;
-    dim3 grid((unsigned)m_tiles, (unsigned)n_head, (unsigned)((head_dim + v->dv - 1) / v->dv));
+    dim3 grid((unsigned)(m_tiles * n_head), 1, (unsigned)((head_dim + v->dv - 1) / v->dv));
     v->k<<<grid, v->w * 32, smem, c->stream>>>(a);
     return sgllm__cu_launched(c, "attn_prefill");
 }

@@ -5442,10 +5442,17 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, int32_t n, int32_t n_o
         }
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wo.type, G->wo, E, qd, c->att, n, c->o));
         SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm(cu, c->x, c->o, G->post_attn_norm, G->ffn_norm, c->h, n, E, m->eps));
+        if (n > disp->matvec_max_batch) { // prefill: act(gate) * up reaches the down GEMM as bf16 in c->g
+            SGLLM__TRY(sgllm__cuda_gemm_gated(cu, m->act == SGLLM__ACT_GELU_TANH ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU,
+                                              L->w_gate.type, G->w_gate, L->w_up.type, G->w_up, L->n_ff, E, c->h, n, c->g,
+                                              c->u));
+            SGLLM__TRY(sgllm__cuda_gemm_x16(cu, L->w_down.type, G->w_down, E, L->n_ff, c->g, n, c->o));
+        } else {
         SGLLM__TRY(sgllm__cuda_matvec_gated(cu, m->act == SGLLM__ACT_GELU_TANH ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU,
                                             L->w_gate.type, G->w_gate, L->w_up.type, G->w_up, L->n_ff, E, c->h, n, c->g,
                                             c->u));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_down.type, G->w_down, E, L->n_ff, c->g, n, c->o));
+        }
         post_ffn = G->post_ffn_norm;
     }
     if (!n_out) return sgllm__cuda_norm_add_rmsnorm(cu, c->x, c->o, post_ffn, NULL, c->h, n, E, m->eps); // keeps x complete

@@ -618,6 +618,151 @@ static void test_matvec_fused(void) {
            fused_runs, worst_multi, worst_gated);
 }
 
+// The prefill GEMM forms against the CPU reference (double sums of the dequantized weights),
+// every weight type, batches 9..300 (bf16 products: 1e-2 relative, as test_matmul), and
+// against the single-matrix path: gemm_multi converts x once and multiplies the same bf16
+// values, so it must match sgllm__cuda_gemm per matrix bit for bit; the vector
+// dequantization (4-byte aligned weights) against the one-value kernel (a copy 2 bytes off
+// alignment) within 1e-3 (the same values up to fp32 rounding before the bf16 rounding).
+// gemm_gated's bf16 output: act(gate) * up with gate, up and the result rounded to bf16: 1e-2.
+// gemm_x16 on bf16 activations: the CPU reference of the same bf16 values, 1e-2.
+static void test_gemm_prefill(void) {
+    static const int64_t batches[] = {9, 77, 300};
+    double worst_ref = 0, worst_vec = 0, worst_gated = 0, worst_x16 = 0;
+    for (int k = 0; k < N_TYPES; k++) {
+        uint32_t t = all_types[k];
+        int64_t cols = sgllm__types[t].block == 256 ? 768 : 640, rows3[3] = {96, 32, 40}, ff = 136, max_tok = 300;
+        size_t wb[5];
+        uint8_t *w[5];
+        void *dw[5];
+        float *wf[5];
+        int64_t rows_of[5] = {rows3[0], rows3[1], rows3[2], ff, ff};
+        for (int i = 0; i < 5; i++) {
+            w[i] = rand_weights(t, rows_of[i], cols, &wb[i]);
+            wf[i] = deq_rows(t, w[i], rows_of[i], cols);
+            dw[i] = dev_copy(w[i], wb[i]);
+        }
+        uint8_t *dmis = (uint8_t *)dev(wb[0] + 16); // weight 0 at 2 bytes off 4-byte alignment
+        CHECK(sgllm__cuda_upload(gpu, dmis + 2, w[0], wb[0]) == SGLLM_OK);
+        float *x = rand_floats(max_tok * cols, -1, 1), *dx = (float *)dev_copy(x, (size_t)(max_tok * cols) * 4);
+        uint16_t *xb = (uint16_t *)malloc((size_t)(max_tok * cols) * 2);
+        float *xbf = (float *)malloc((size_t)(max_tok * cols) * 4);
+        for (int64_t i = 0; i < max_tok * cols; i++) {
+            uint32_t bits;
+            memcpy(&bits, &x[i], 4);
+            xb[i] = (uint16_t)(bits >> 16);
+            xbf[i] = sgllm__bf16_to_f32(xb[i]);
+        }
+        void *dxb = dev_copy(xb, (size_t)(max_tok * cols) * 2);
+        int64_t ny = max_tok * (rows3[0] + rows3[1] + rows3[2] + 2 * ff);
+        float *dy = (float *)dev((size_t)ny * 4), *dref = (float *)dev((size_t)ny * 4);
+        float *y = (float *)malloc((size_t)ny * 4), *yr = (float *)malloc((size_t)ny * 4), *ref = (float *)malloc((size_t)ny * 4);
+        CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_gemm_scratch_bytes(t, ff, cols, max_tok)) == SGLLM_OK);
+        for (int bi = 0; bi < 3; bi++) {
+            int64_t nt = batches[bi];
+            // q/k/v-shaped gemm_multi against the CPU and against gemm per matrix
+            float *ym[3], *rm[3];
+            int64_t off = 0;
+            for (int i = 0; i < 3; i++) {
+                ym[i] = dy + off, rm[i] = dref + off;
+                for (int64_t tt = 0; tt < nt; tt++)
+                    for (int64_t r = 0; r < rows3[i]; r++) {
+                        double s = 0;
+                        for (int64_t j = 0; j < cols; j++) s += (double)wf[i][r * cols + j] * x[tt * cols + j];
+                        ref[off + tt * rows3[i] + r] = (float)s;
+                    }
+                off += nt * rows3[i];
+            }
+            uint32_t types[3] = {t, t, t};
+            const void *wm[3] = {dw[0], dw[1], dw[2]};
+            poison(dy, (size_t)ny * 4);
+            poison(dref, (size_t)ny * 4);
+            CHECKF(sgllm__cuda_gemm_multi(gpu, 3, types, wm, rows3, cols, dx, nt, ym) == SGLLM_OK, "gemm_multi: %s",
+                   sgllm__cuda_errmsg(gpu));
+            for (int i = 0; i < 3; i++) CHECK(sgllm__cuda_gemm(gpu, t, wm[i], rows3[i], cols, dx, nt, rm[i]) == SGLLM_OK);
+            fetch(y, dy, (size_t)ny * 4);
+            fetch(yr, dref, (size_t)ny * 4);
+            double e = rel_err(y, ref, off), es = rel_err(y, yr, off);
+            worst_ref = e > worst_ref ? e : worst_ref;
+            CHECKF(e <= 1e-2 && es == 0, "gemm_multi %s batch %lld: rel err %.3g against the CPU, %.3g against gemm",
+                   sgllm__type_name(t), (long long)nt, e, es);
+            bool untouched = true;
+            for (int64_t i = off; i < ny; i++) untouched = untouched && isnan(y[i]);
+            CHECKF(untouched, "gemm_multi %s: wrote past its outputs", sgllm__type_name(t));
+            // the one-value dequantization kernel (misaligned copy) against the vector one
+            if (sgllm__types[t].block > 1) {
+            poison(dref, (size_t)ny * 4);
+            CHECK(sgllm__cuda_gemm(gpu, t, dmis + 2, rows3[0], cols, dx, nt, dref) == SGLLM_OK);
+            fetch(yr, dref, (size_t)(nt * rows3[0]) * 4);
+            e = rel_err(y, yr, nt * rows3[0]);
+            worst_vec = e > worst_vec ? e : worst_vec;
+            CHECKF(e <= 1e-3, "gemm %s batch %lld: vector against one-value dequantization %.3g", sgllm__type_name(t),
+                   (long long)nt, e);
+            }
+            // gated, bf16 out
+            int act = bi % 2 ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU;
+            for (int64_t tt = 0; tt < nt; tt++)
+                for (int64_t r = 0; r < ff; r++) {
+                    double g = 0, u = 0;
+                    for (int64_t j = 0; j < cols; j++) {
+                        g += (double)wf[3][r * cols + j] * x[tt * cols + j];
+                        u += (double)wf[4][r * cols + j] * x[tt * cols + j];
+                    }
+                    double a = act ? 0.5 * g * (1 + tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) : g / (1 + exp(-g));
+                    ref[tt * ff + r] = (float)(a * u);
+                }
+            poison(dy, (size_t)ny * 4);
+            CHECKF(sgllm__cuda_gemm_gated(gpu, act, t, dw[3], t, dw[4], ff, cols, dx, nt, dy, dref) == SGLLM_OK,
+                   "gemm_gated: %s", sgllm__cuda_errmsg(gpu));
+            fetch(y, dy, (size_t)ny * 4);
+            {
+                const uint16_t *yb = (const uint16_t *)y;
+                for (int64_t i = 0; i < nt * ff; i++) yr[i] = sgllm__bf16_to_f32(yb[i]);
+                untouched = true; // past the bf16 output the poison stays
+                for (int64_t i = nt * ff; i < 2 * ny; i++) untouched = untouched && yb[i] == 0xffff;
+                CHECKF(untouched, "gemm_gated %s: wrote past y", sgllm__type_name(t));
+            }
+            e = rel_err(yr, ref, nt * ff);
+            worst_gated = e > worst_gated ? e : worst_gated;
+            CHECKF(e <= 1e-2, "gemm_gated %s batch %lld act %d: rel err %.3g", sgllm__type_name(t), (long long)nt, act, e);
+            // x16: rows ff of weight 3 from bf16 activations
+            for (int64_t tt = 0; tt < nt; tt++)
+                for (int64_t r = 0; r < ff; r++) {
+                    double s = 0;
+                    for (int64_t j = 0; j < cols; j++) s += (double)wf[3][r * cols + j] * xbf[tt * cols + j];
+                    ref[tt * ff + r] = (float)s;
+                }
+            poison(dy, (size_t)ny * 4);
+            CHECKF(sgllm__cuda_gemm_x16(gpu, t, dw[3], ff, cols, dxb, nt, dy) == SGLLM_OK, "gemm_x16: %s",
+                   sgllm__cuda_errmsg(gpu));
+            fetch(y, dy, (size_t)ny * 4);
+            e = rel_err(y, ref, nt * ff);
+            worst_x16 = e > worst_x16 ? e : worst_x16;
+            CHECKF(e <= 1e-2, "gemm_x16 %s batch %lld: rel err %.3g", sgllm__type_name(t), (long long)nt, e);
+        }
+        for (int i = 0; i < 5; i++) sgllm__cuda_dfree(gpu, dw[i]), free(w[i]), free(wf[i]);
+        sgllm__cuda_dfree(gpu, dmis), sgllm__cuda_dfree(gpu, dx), sgllm__cuda_dfree(gpu, dxb);
+        sgllm__cuda_dfree(gpu, dy), sgllm__cuda_dfree(gpu, dref);
+        free(x), free(xb), free(xbf), free(y), free(yr), free(ref);
+    }
+    // too little scratch for the largest matrix of the list is refused, nothing launched
+    {
+        float *d = (float *)dev(4096 * 4);
+        uint32_t types[2] = {SGLLM__T_Q8_0, SGLLM__T_Q8_0};
+        const void *wm[2] = {d, d};
+        int64_t rr[2] = {64, 1 << 20};
+        float *ym[2] = {d, d};
+        CHECK(sgllm__cuda_gemm_multi(gpu, 2, types, wm, rr, 4096, d, 1 << 10, ym) == SGLLM_ERR_OUT_OF_MEMORY);
+        CHECK(sgllm__cuda_gemm_x16(gpu, SGLLM__T_Q4_K, d, 1 << 20, 4096, d, 9, d) == SGLLM_ERR_OUT_OF_MEMORY);
+        CHECK(sgllm__cuda_gemm_gated(gpu, 5, SGLLM__T_Q8_0, d, SGLLM__T_Q8_0, d, 64, 64, d, 9, d, d) ==
+              SGLLM_ERR_INVALID_ARGUMENT);
+        CHECK(sgllm__cuda_sync(gpu) == SGLLM_OK);
+        sgllm__cuda_dfree(gpu, d);
+    }
+    printf("prefill gemm (batches 9-300, all types): worst rel err multi %.3g, gated bf16 %.3g, x16 %.3g against the "
+           "CPU; vector vs one-value dequantization %.3g\n", worst_ref, worst_gated, worst_x16, worst_vec);
+}
+
 // Decode attention against the CPU engine's attention task, on the same fp16 cache.
 static void test_attention(void) {
     static const int32_t hds[] = {64, 128, 256, 512};
@@ -1446,6 +1591,7 @@ int main(void) {
     test_quantize_act();
     test_matmul();
     test_matvec_fused();
+    test_gemm_prefill();
     test_attention();
     test_prefill();
     test_kv_write_paged();
