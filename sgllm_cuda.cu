@@ -99,8 +99,8 @@ static sgllm_status sgllm__cu_bad(sgllm__cuda *c, const char *op, const char *wh
 // start) and being launched through sgllm__cu_launch. Work before the wait may read only
 // what no kernel of the stream writes: the matrix-vector kernels (section 4) start streaming
 // their weights there (uploaded or filled at load time, with a synchronization after).
-// The ops of sections 3-6 and 8 wait before their first read or write of activations and
-// trigger right after the wait, so at most one kernel's blocks sit waiting behind the one
+// The PDL ops (sections 3, 4, 5, 6 and 8) wait before their first read or write of
+// activations and trigger right after the wait, so at most one kernel's blocks sit waiting behind the one
 // running, and their weight loads overlap its tail.
 static __device__ inline void sgllm__cu_pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
