@@ -4857,7 +4857,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"prefill_min_tokens", offsetof(sgllm__cuda_dispatch, prefill_min_tokens), 1, 1, 1 << 20, false},
     {"qknorm_per_head_max_tokens", offsetof(sgllm__cuda_dispatch, qknorm_per_head_max_tokens), 1, 0, 1 << 20, false},
     {"norm_threads", offsetof(sgllm__cuda_dispatch, norm_threads), 1, 32, 1024, false},
-    {"matvec_int8", offsetof(sgllm__cuda_dispatch, matvec_int8), 1, 0, 1, false},
+    {"matvec_int8", offsetof(sgllm__cuda_dispatch, matvec_int8), 1, 0, 3, false},
     {"pdl", offsetof(sgllm__cuda_dispatch, pdl), 1, 0, 1, false},
 };
 
