@@ -4575,12 +4575,13 @@ typedef struct sgllm__dispatch_row {
 // per split, decode block n, prefill block m and n by head dim (<=128, <=256, >256), prefill
 // warps (head dim <= 64, > 64), fewest tokens for the prefill attention kernel (below it the
 // split-KV decode kernel fills the GPU better), qk-norm per-head threshold, norm threads,
-// matvec int8 activations, programmatic dependent launch (griddepcontrol: sm90 and newer only).
+// matvec int8 activations (3, the wide-load kernel, measured faster on the H100 only; 1 elsewhere),
+// programmatic dependent launch (griddepcontrol: sm90 and newer only).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
     {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 0}},
     {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0}},
     {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 1}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 1}},
     {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 1}},
     {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 1}},
 };
