@@ -425,8 +425,10 @@ typedef struct sgllm__cuda_dispatch {
     int matvec_int8;              // quantized weights: 1 = activations quantized to int8 blocks inside the
                                   // matrix-vector kernel and integer dot products (dp4a); 2 = the same arithmetic
                                   // with activations quantized once per call and each row's warp reading its
-                                  // weights directly (the fused launches' kernel, for every matrix); 0 = the
-                                  // fp32-activation reference kernel
+                                  // weights directly (the fused launches' kernel, for every matrix); 3 = activations
+                                  // quantized once per call and 16-byte weight loads, two rows per warp, for single
+                                  // matrices and fused launches whose rows are whole 16-byte words (others as 1);
+                                  // 0 = the fp32-activation reference kernel
     int pdl;                      // 1 = programmatic dependent launch (sm90+ only; ignored below): a kernel may start
                                   // while its predecessor on the stream finishes and waits for it on the device
 } sgllm__cuda_dispatch;
@@ -548,7 +550,8 @@ sgllm_status sgllm__cuda_gemm_x16(sgllm__cuda *c, uint32_t type, const void *w, 
 // back to sgllm__cuda_matmul per matrix (and sgllm__cuda_gated_act, which then needs u (n_tok,
 // rows) as the up product's buffer; the fused path leaves u alone and accepts NULL) when the
 // types differ, n_tok > dispatch.matvec_max_batch, a matrix is not 16-byte aligned, or for
-// quantized types dispatch.matvec_int8 is 0, or is 1 and the matrices hold over 32 MB together
+// quantized types dispatch.matvec_int8 is 0, or is 1 (or 3 with rows not whole 16-byte words)
+// and the matrices hold over 32 MB together
 // (large matrices stream faster through the single-matrix kernel), so callers may use them
 // unconditionally.
 sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,

@@ -9,6 +9,7 @@
 //   3. Row-wise ops: embedding gather, residual add + RMSNorm (and the fused post-norm + add +
 //      norm), per-head q/k/v RMSNorm, RoPE, the fused q/k/v epilogue, gated activations
 //   4. Matrix-vector with fused dequantization (decode and small batches)
+//   4b. Wide-load int8 matrix-vector: 16-byte weight loads, activations quantized once per call
 //   5. Prefill GEMM: dequantize to bf16 scratch, cuBLAS with fp32 accumulation
 //   6. Decode attention: split-KV over an fp16 cache, log-sum-exp merge
 //   6b. Prefill attention: flash attention on the tensor cores (mma.sync), paged fp16 cache
@@ -1761,6 +1762,10 @@ static sgllm_status sgllm__cu_mv_launch(sgllm__cuda *c, uint32_t type, int path,
                             a.row_bytes, a.x, a.nt, a.y, a.split);
 }
 
+// The wide-load kernel (section 4b, dispatch.matvec_int8 = 3).
+static bool sgllm__cu_mvw_ok(uint32_t t, const void *w, int64_t rb, int64_t cols, const float *x);
+static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a);
+
 extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
                                            const float *x, int64_t n_tok, float *y) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
@@ -1769,12 +1774,13 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
         return sgllm__cu_bad(c, "matvec", "bad pointer, weight type or shape (n_tok must be <= 8)");
     if (!n_tok) return SGLLM_OK;
     bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
-    if (!is_float && c->disp.matvec_int8 == 2 && sgllm__cu_mvd_ok(type, w, rb, cols, x)) {
+    bool wide = !is_float && c->disp.matvec_int8 == 3 && sgllm__cu_mvw_ok(type, w, rb, cols, x);
+    if (wide || (!is_float && c->disp.matvec_int8 == 2 && sgllm__cu_mvd_ok(type, w, rb, cols, x))) {
         sgllm__cu_mvd a = {};
         a.w[0] = (const uint8_t *)w, a.y[0] = y, a.rows[0] = rows, a.n_seg = 1, a.act = -1;
         a.row_bytes = rb, a.total_rows = rows;
         sgllm_status s = sgllm__cu_mvd_prep(c, type, x, n_tok, cols, &a);
-        return s ? s : sgllm__cu_mvd_run(c, type, a, 1);
+        return s ? s : wide ? sgllm__cu_mvw_run(c, type, a) : sgllm__cu_mvd_run(c, type, a, 1);
     }
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
     // split rows over more warps until the grid has the dispatch's warps per SM (powers of two
@@ -1830,6 +1836,13 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
 // and, unless dispatch.matvec_int8 = 2, at most MV_FUSE_MAX_BYTES of weights (larger ones
 // stream faster through the staged kernel, one launch per matrix).
 enum { MV_FUSE_MAX_BYTES = 32 << 20 };
+// Whether a fused launch takes the wide kernel (dispatch.matvec_int8 = 3, every matrix fit for it).
+static bool sgllm__cu_mvw_wide(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w, int64_t rb,
+                               int64_t cols, const float *x) {
+    bool ok = c->disp.matvec_int8 == 3;
+    for (int k = 0; k < n && ok; k++) ok = sgllm__cu_mvw_ok(types[k], w[k], rb, cols, x);
+    return ok;
+}
 static bool sgllm__cu_fusable(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w, const int64_t *rows,
                               int64_t cols, const float *x, int64_t n_tok, int64_t *rb) {
     int max_batch = c->disp.matvec_max_batch < 1 ? 1 : c->disp.matvec_max_batch > 8 ? 8 : c->disp.matvec_max_batch;
@@ -1842,7 +1855,8 @@ static bool sgllm__cu_fusable(sgllm__cuda *c, int n, const uint32_t *types, cons
         if (types[k] != t || !w[k] || !sgllm__cu_mvd_ok(t, w[k], *rb, cols, x)) return false;
         bytes += rows[k] * *rb;
     }
-    return is_float || c->disp.matvec_int8 == 2 || bytes <= MV_FUSE_MAX_BYTES;
+    return is_float || c->disp.matvec_int8 == 2 || sgllm__cu_mvw_wide(c, n, types, w, *rb, cols, x) ||
+           bytes <= MV_FUSE_MAX_BYTES;
 }
 
 extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,
@@ -1869,7 +1883,9 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
     for (int k = 0; k < n; k++) a.w[k] = (const uint8_t *)w[k], a.y[k] = y[k], a.rows[k] = rows[k];
     a.n_seg = n, a.act = -1, a.row_bytes = rb, a.total_rows = total;
     sgllm_status s = sgllm__cu_mvd_prep(c, types[0], x, n_tok, cols, &a);
-    return s ? s : sgllm__cu_mvd_run(c, types[0], a, 1);
+    if (s) return s;
+    return sgllm__cu_mvw_wide(c, n, types, w, rb, cols, x) ? sgllm__cu_mvw_run(c, types[0], a)
+                                                            : sgllm__cu_mvd_run(c, types[0], a, 1);
 }
 
 extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate,
@@ -1896,7 +1912,200 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
     a.w[0] = (const uint8_t *)w_gate, a.w[1] = (const uint8_t *)w_up, a.y[0] = y, a.rows[0] = rows;
     a.n_seg = 1, a.act = act, a.row_bytes = rb, a.total_rows = rows;
     sgllm_status s = sgllm__cu_mvd_prep(c, gate_type, x, n_tok, cols, &a);
-    return s ? s : sgllm__cu_mvd_run(c, gate_type, a, 2);
+    if (s) return s;
+    return sgllm__cu_mvw_wide(c, 2, types, w, rb, cols, x) ? sgllm__cu_mvw_run(c, gate_type, a)
+                                                          : sgllm__cu_mvd_run(c, gate_type, a, 2);
+}
+
+// --- 4b. Wide-load int8 matrix-vector ------------------------------------------------------
+// dispatch.matvec_int8 = 3: block-quantized weights whose rows are whole 16-byte words (16-byte
+// aligned matrix), single matrices and the fused q/k/v and gate/up launches alike. The direct
+// kernel above reads 2-4-byte words (Q8_0 blocks are only 2-byte aligned) and is bound by load
+// instructions; the staged kernel quantizes the activations again in every block. Here the
+// activations are quantized once per call into the context's buffer (L2/L1-resident, as for
+// the direct kernel), and each warp streams its rows in chunks of MVW_CV values: every lane
+// loads its 16-byte words of the chunk (words lane, lane + 32, ...: each load instruction
+// covers 512 contiguous bytes), the words go through a per-warp shared-memory slot so that
+// lanes can take whole 32-value pieces, and the next chunk's loads are issued before the
+// current one is computed (one chunk per row in flight per warp, in registers). Warps are
+// persistent: a warp walks row groups gw, gw + total warps, ..., its chunk pipeline running
+// across row ends, so no warp waits a full memory latency per row; there are no block-wide
+// barriers. NR rows per warp (two consecutive rows, or gate and up of a gated pair) share
+// the loop and the activation reads (L1 hits). A lane takes pieces lane, lane + 32, ... of
+// each chunk and computes each with sgllm__cu_piece_i8, the staged kernel's code, in the same
+// order, so a row's result is bit for bit the staged kernel's with one warp per row.
+
+// Values per chunk: 2048 for the 8-bit-ish types, 4096 for the 4-bit ones (~1.1-2.3 KB).
+static __host__ __device__ constexpr int sgllm__cu_mvw_cv(int t) {
+    return t == T_Q4_0 || t == T_Q4_1 || t == T_Q4_K || t == T_Q5_K ? 4096 : 2048;
+}
+static __host__ __device__ constexpr int sgllm__cu_mvw_cb(int t) { // chunk bytes (a multiple of 16)
+    return sgllm__cu_mvw_cv(t) / (t == T_Q4_K || t == T_Q5_K || t == T_Q6_K ? 256 : 32) *
+           (t == T_Q4_0 ? 18 : t == T_Q4_1 ? 20 : t == T_Q5_0 ? 22 : t == T_Q5_1 ? 24 : t == T_Q8_0 ? 34
+            : t == T_Q4_K ? 144 : t == T_Q5_K ? 176 : 210);
+}
+// Shared-memory slot of one row's chunk: 16 bytes beyond it for the over-read of sgllm__cu_ld_a2.
+static __host__ __device__ constexpr int sgllm__cu_mvw_cs(int t) { return sgllm__cu_mvw_cb(t) + 16; }
+
+template <int T, int NT, int NR>
+static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(const sgllm__cu_mvd a, int64_t groups) {
+    constexpr int CV = sgllm__cu_mvw_cv(T), CB = sgllm__cu_mvw_cb(T), CS = sgllm__cu_mvw_cs(T);
+    constexpr int W = CB / 16, U = (W + 31) / 32; // words per chunk, words per lane
+    extern __shared__ __align__(16) uint8_t mvw_smem[]; // (warps, NR, CS)
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    uint8_t *slot = mvw_smem + (size_t)warp * NR * CS;
+    int64_t gw = (int64_t)blockIdx.x * (blockDim.x / 32) + warp, n_w = (int64_t)gridDim.x * (blockDim.x / 32);
+    int n_ch = (int)((a.cols + CV - 1) / CV);
+    bool gated = a.act >= 0;
+    // rows of group g: gated, row g of w[0] and w[1]; else rows NR g .. NR g + NR - 1 of the
+    // concatenated segments (each segment's rows a multiple of NR)
+    auto locate = [&](int64_t g, int &s, int64_t &r) {
+        s = 0;
+        r = gated ? g : g * NR;
+        if (!gated && r >= a.rows[0]) r -= a.rows[0], s = 1;
+        if (s == 1 && a.n_seg > 2 && r >= a.rows[1]) r -= a.rows[1], s = 2;
+    };
+    auto row_ptr = [&](int s, int64_t r, int k) -> const uint8_t * {
+        if (gated) return a.w[k] + r * a.row_bytes;
+        return (s == 0 ? a.w[0] : s == 1 ? a.w[1] : a.w[2]) + (r + k) * a.row_bytes;
+    };
+    uint4 buf[NR][U];
+    auto load = [&](int64_t g, int ch) {
+        int s;
+        int64_t r;
+        locate(g, s, r);
+        int64_t off = (int64_t)ch * CB, left = a.row_bytes - off;
+        int nw = left < CB ? (int)(left / 16) : W;
+#pragma unroll
+        for (int k = 0; k < NR; k++) {
+            const uint4 *src = (const uint4 *)(row_ptr(s, r, k) + off);
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                if (lane + 32 * u < nw) buf[k][u] = __ldcs(src + lane + 32 * u); // streamed once
+        }
+    };
+    int64_t g = gw;
+    int ch = 0;
+    if (g < groups) load(g, ch); // weights do not depend on the previous kernel
+    sgllm__cu_pdl_wait();
+    float acc[NR][NT];
+#pragma unroll
+    for (int k = 0; k < NR; k++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[k][t] = 0.0f;
+    const int8_t *xq = a.xq;
+    const float2 *xd = a.xd;
+    while (g < groups) {
+#pragma unroll
+        for (int k = 0; k < NR; k++)
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                if (lane + 32 * u < W) ((uint4 *)(slot + k * CS))[lane + 32 * u] = buf[k][u];
+        __syncwarp();
+        int64_t cg = g; // the chunk in the slot
+        int cch = ch;
+        if (++ch == n_ch) ch = 0, g += n_w;
+        if (g < groups) load(g, ch);
+        int64_t g0 = (int64_t)cch * (CV / 32); // first piece of the chunk in the row
+#pragma unroll
+        for (int i = 0; i < CV / 1024; i++) {
+            int p = lane + 32 * i;
+            if ((g0 + p) * 32 < a.cols)
+#pragma unroll
+                for (int k = 0; k < NR; k++)
+                    sgllm__cu_piece_i8<T, NT>(slot + k * CS, p, g0 + p, xq, xd, a.cols, a.nt, acc[k]);
+        }
+        __syncwarp(); // the slot is rewritten by the next iteration
+        if (cch != n_ch - 1) continue;
+#pragma unroll
+        for (int k = 0; k < NR; k++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) acc[k][t] = sgllm__cu_warp_sum(acc[k][t]);
+        if (lane == 0) {
+            int s;
+            int64_t r;
+            locate(cg, s, r);
+            int64_t rows = s == 0 ? a.rows[0] : s == 1 ? a.rows[1] : a.rows[2];
+            float *y = s == 0 ? a.y[0] : s == 1 ? a.y[1] : a.y[2];
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (t >= a.nt) break;
+                if (gated) y[t * rows + r] = sgllm__cu_act(a.act, acc[0][t]) * acc[NR - 1][t];
+                else
+#pragma unroll
+                    for (int k = 0; k < NR; k++) y[t * rows + r + k] = acc[k][t];
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < NR; k++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) acc[k][t] = 0.0f;
+    }
+}
+
+// Whether the wide kernel takes weights of type t at w (row bytes rb): a block-quantized type,
+// 16-byte aligned matrix and rows, cols within the activation buffer, x 16-byte aligned.
+static bool sgllm__cu_mvw_ok(uint32_t t, const void *w, int64_t rb, int64_t cols, const float *x) {
+    bool quant = t == T_Q4_0 || t == T_Q4_1 || t == T_Q5_0 || t == T_Q5_1 || t == T_Q8_0 || t == T_Q4_K || t == T_Q5_K ||
+                 t == T_Q6_K;
+    return quant && (uintptr_t)w % 16 == 0 && rb % 16 == 0 && (uintptr_t)x % 16 == 0 && cols % 4 == 0 &&
+           cols <= MV_XQ_COLS;
+}
+
+template <int T, int NT, int NR>
+static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int64_t groups) {
+    int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
+    size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T);
+    // persistent grid: the resident blocks (by warps and shared memory per SM), then as few
+    // as give every warp the same number of row groups
+    int64_t per_sm = (c->disp.matvec_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
+    if (per_sm > fit) per_sm = fit;
+    if (per_sm < 1) per_sm = 1;
+    int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1), blocks = (groups + warps - 1) / warps;
+    if (blocks > cap) {
+        int64_t per_warp = (groups + cap * warps - 1) / (cap * warps);
+        blocks = ((groups + per_warp - 1) / per_warp + warps - 1) / warps;
+    }
+    return sgllm__cu_launch(c, "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR>, dim3((unsigned)blocks), dim3(32 * warps),
+                            smem, a, groups);
+}
+
+template <int NT, int NR>
+static sgllm_status sgllm__cu_mvw_type(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a, int64_t groups) {
+    switch (type) {
+    case T_Q4_0: return sgllm__cu_mvw_go<T_Q4_0, NT, NR>(c, a, groups);
+    case T_Q4_1: return sgllm__cu_mvw_go<T_Q4_1, NT, NR>(c, a, groups);
+    case T_Q5_0: return sgllm__cu_mvw_go<T_Q5_0, NT, NR>(c, a, groups);
+    case T_Q5_1: return sgllm__cu_mvw_go<T_Q5_1, NT, NR>(c, a, groups);
+    case T_Q8_0: return sgllm__cu_mvw_go<T_Q8_0, NT, NR>(c, a, groups);
+    case T_Q4_K: return sgllm__cu_mvw_go<T_Q4_K, NT, NR>(c, a, groups);
+    case T_Q5_K: return sgllm__cu_mvw_go<T_Q5_K, NT, NR>(c, a, groups);
+    case T_Q6_K: return sgllm__cu_mvw_go<T_Q6_K, NT, NR>(c, a, groups);
+    default: return sgllm__cu_bad(c, "matvec (wide)", "weight type");
+    }
+}
+
+// Runs a (fields as for the direct kernel, activations already quantized): two rows per warp
+// where every segment has an even row count (gated pairs always), else one.
+static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a) {
+    bool pairs = a.act >= 0;
+    if (!pairs) {
+        pairs = true;
+        for (int s = 0; s < a.n_seg; s++) pairs = pairs && a.rows[s] % 2 == 0;
+    }
+    int64_t groups = a.act >= 0 ? a.total_rows : pairs ? a.total_rows / 2 : a.total_rows;
+    if (groups > (int64_t)INT32_MAX * MV_MAX_WARPS) return sgllm__cu_bad(c, "matvec", "too many rows");
+    cudaSetDevice(c->device);
+    if (pairs) {
+        if (a.nt == 1) return sgllm__cu_mvw_type<1, 2>(c, type, a, groups);
+        if (a.nt == 2) return sgllm__cu_mvw_type<2, 2>(c, type, a, groups);
+        if (a.nt <= 4) return sgllm__cu_mvw_type<4, 2>(c, type, a, groups);
+        return sgllm__cu_mvw_type<8, 2>(c, type, a, groups);
+    }
+    if (a.nt == 1) return sgllm__cu_mvw_type<1, 1>(c, type, a, groups);
+    if (a.nt == 2) return sgllm__cu_mvw_type<2, 1>(c, type, a, groups);
+    if (a.nt <= 4) return sgllm__cu_mvw_type<4, 1>(c, type, a, groups);
+    return sgllm__cu_mvw_type<8, 1>(c, type, a, groups);
 }
 
 // --- 5. Prefill GEMM -----------------------------------------------------------------------

@@ -4575,7 +4575,8 @@ typedef struct sgllm__dispatch_row {
 // per split, decode block n, prefill block m and n by head dim (<=128, <=256, >256), prefill
 // warps (head dim <= 64, > 64), fewest tokens for the prefill attention kernel (below it the
 // split-KV decode kernel fills the GPU better), qk-norm per-head threshold, norm threads,
-// matvec int8 activations, programmatic dependent launch (griddepcontrol: sm90 and newer only).
+// matvec int8 activations (3, the wide-load kernel, measured faster on the H100 only; 1 elsewhere),
+// programmatic dependent launch (griddepcontrol: sm90 and newer only).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
     {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 0}},
     {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0}},
@@ -4857,7 +4858,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"prefill_min_tokens", offsetof(sgllm__cuda_dispatch, prefill_min_tokens), 1, 1, 1 << 20, false},
     {"qknorm_per_head_max_tokens", offsetof(sgllm__cuda_dispatch, qknorm_per_head_max_tokens), 1, 0, 1 << 20, false},
     {"norm_threads", offsetof(sgllm__cuda_dispatch, norm_threads), 1, 32, 1024, false},
-    {"matvec_int8", offsetof(sgllm__cuda_dispatch, matvec_int8), 1, 0, 1, false},
+    {"matvec_int8", offsetof(sgllm__cuda_dispatch, matvec_int8), 1, 0, 3, false},
     {"pdl", offsetof(sgllm__cuda_dispatch, pdl), 1, 0, 1, false},
 };
 

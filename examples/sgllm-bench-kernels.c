@@ -231,10 +231,12 @@ static void bench_prefill_attn(double flops, int reps, bool sweep) {
 // Whole decode steps' matrix-vector products as one CUDA graph (how the decode step runs): for
 // every layer q, k, v, o, gate, up, the gated activation, down, then the output matrix, at
 // batch 1. Layer weights are distinct per layer up to `copies` (then reused: one Llama-3-8B
-// layer alone is far larger than the L2). Four ways: separate launches on the staged int8
+// layer alone is far larger than the L2). Five ways: separate launches on the staged int8
 // kernel (matvec_int8 = 1, as before the fused launches) and on the direct kernel
 // (matvec_int8 = 2); q/k/v and gate/up through matvec_multi / matvec_gated as the forward
-// calls them (dispatch default) and with every launch on the direct kernel.
+// calls them (matvec_int8 = 1) and with every launch on the direct kernel; and every launch on
+// the wide-load kernel (matvec_int8 = 3, single and fused). With --sweep, the Llama-3-8B steps
+// also time the wide kernel under other launch shapes.
 typedef struct {
     const char *name;
     int64_t n_embd, q_dim, kv_dim, n_ff, n_layer, n_vocab;
@@ -256,7 +258,8 @@ static double time_graph(void *graph, int reps) {
     return median(tm, reps) * 1e-3;
 }
 
-static void decode_step(const decode_shape *sh, uint32_t type, const sgllm__cuda_dispatch *disp, double bw, int reps) {
+static void decode_step(const decode_shape *sh, uint32_t type, const sgllm__cuda_dispatch *disp, double bw, int reps,
+                        bool sweep) {
     int64_t E = sh->n_embd, Q = sh->q_dim, KV = sh->kv_dim, F = sh->n_ff;
     // per layer: q, k, v, o, gate, up, down
     int64_t rows[7] = {Q, KV, KV, E, F, F, E}, cols[7] = {E, E, E, Q, E, E, F};
@@ -284,53 +287,76 @@ static void decode_step(const decode_shape *sh, uint32_t type, const sgllm__cuda
     TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F32, x, 1, xmax, 5), "fill");
     for (int i = 0; i < 5; i++) y[i] = (float *)dev((size_t)(F > Q ? F : Q) * 4);
     y[5] = (float *)dev((size_t)sh->n_vocab * 4);
-    double floor_t = (double)floor_bytes / bw, t_way[4], t_out[2];
-    static const char *way_name[4] = {"staged", "direct", "fused (default)", "fused, all direct"};
-    for (int way = 0; way < 4; way++) {
+    double floor_t = (double)floor_bytes / bw, t_way[5], t_out[3];
+    static const char *way_name[5] = {"staged", "direct", "fused (matvec_int8 1)", "fused, all direct",
+                                      "wide (matvec_int8 3)"};
+    // one decode step's products under dispatch dd (fused: q/k/v and gate/up through the fused
+    // entry points), or the output matrix alone, as one graph
+    void *graph = NULL;
+#define STEP_GRAPH(dd, fused, out_only)                                                                                \
+    do {                                                                                                               \
+        sgllm__cuda_set_dispatch(gpu, &(dd));                                                                          \
+        TRY(sgllm__cuda_graph_begin(gpu), "graph begin");                                                              \
+        for (int64_t l = 0; l < (out_only ? 0 : sh->n_layer); l++) {                                                   \
+            void **L = w[l % sh->copies];                                                                              \
+            if (fused) {                                                                                               \
+                int64_t r3[3] = {Q, KV, KV};                                                                           \
+                const void *w3[3] = {L[0], L[1], L[2]};                                                                \
+                float *y3[3] = {y[0], y[1], y[2]};                                                                     \
+                TRY(sgllm__cuda_matvec_multi(gpu, 3, types, w3, r3, E, x, 1, y3), "multi");                           \
+            } else {                                                                                                   \
+                for (int m = 0; m < 3; m++)                                                                            \
+                    TRY(sgllm__cuda_matmul(gpu, types[m], L[m], rows[m], E, x, 1, y[m]), "matmul");                    \
+            }                                                                                                          \
+            TRY(sgllm__cuda_matmul(gpu, types[3], L[3], E, Q, x, 1, y[3]), "matmul");                                 \
+            if (fused) {                                                                                               \
+                TRY(sgllm__cuda_matvec_gated(gpu, SGLLM__CUDA_ACT_SILU, types[4], L[4], types[5], L[5], F, E, x, 1,    \
+                                             y[0], y[1]),                                                              \
+                    "gated");                                                                                          \
+            } else {                                                                                                   \
+                TRY(sgllm__cuda_matmul(gpu, types[4], L[4], F, E, x, 1, y[0]), "matmul");                              \
+                TRY(sgllm__cuda_matmul(gpu, types[5], L[5], F, E, x, 1, y[1]), "matmul");                              \
+                TRY(sgllm__cuda_gated_act(gpu, SGLLM__CUDA_ACT_SILU, y[0], y[1], F), "gated act");                     \
+            }                                                                                                          \
+            TRY(sgllm__cuda_matmul(gpu, types[6], L[6], E, F, x, 1, y[4]), "matmul");                                 \
+        }                                                                                                              \
+        TRY(sgllm__cuda_matmul(gpu, ot, wo, sh->n_vocab, E, x, 1, y[5]), "matmul");                                    \
+        TRY(sgllm__cuda_graph_end(gpu, &graph), "graph end");                                                          \
+    } while (0)
+    for (int way = 0; way < 5; way++) {
         sgllm__cuda_dispatch dd = *disp;
-        dd.matvec_int8 = way == 1 || way == 3 ? 2 : 1;
-        sgllm__cuda_set_dispatch(gpu, &dd);
-        void *graph = NULL;
-        TRY(sgllm__cuda_graph_begin(gpu), "graph begin");
-        for (int64_t l = 0; l < sh->n_layer; l++) {
-            void **L = w[l % sh->copies];
-            if (way >= 2) {
-                int64_t r3[3] = {Q, KV, KV};
-                const void *w3[3] = {L[0], L[1], L[2]};
-                float *y3[3] = {y[0], y[1], y[2]};
-                TRY(sgllm__cuda_matvec_multi(gpu, 3, types, w3, r3, E, x, 1, y3), "multi");
-            } else {
-                for (int m = 0; m < 3; m++) TRY(sgllm__cuda_matmul(gpu, types[m], L[m], rows[m], E, x, 1, y[m]), "matmul");
-            }
-            TRY(sgllm__cuda_matmul(gpu, types[3], L[3], E, Q, x, 1, y[3]), "matmul");
-            if (way >= 2) {
-                TRY(sgllm__cuda_matvec_gated(gpu, SGLLM__CUDA_ACT_SILU, types[4], L[4], types[5], L[5], F, E, x, 1, y[0], y[1]),
-                    "gated");
-            } else {
-                TRY(sgllm__cuda_matmul(gpu, types[4], L[4], F, E, x, 1, y[0]), "matmul");
-                TRY(sgllm__cuda_matmul(gpu, types[5], L[5], F, E, x, 1, y[1]), "matmul");
-                TRY(sgllm__cuda_gated_act(gpu, SGLLM__CUDA_ACT_SILU, y[0], y[1], F), "gated act");
-            }
-            TRY(sgllm__cuda_matmul(gpu, types[6], L[6], E, F, x, 1, y[4]), "matmul");
-        }
-        TRY(sgllm__cuda_matmul(gpu, ot, wo, sh->n_vocab, E, x, 1, y[5]), "matmul");
-        TRY(sgllm__cuda_graph_end(gpu, &graph), "graph end");
+        dd.matvec_int8 = way == 4 ? 3 : way == 1 || way == 3 ? 2 : 1;
+        STEP_GRAPH(dd, way >= 2, false);
         t_way[way] = time_graph(graph, reps);
         sgllm__cuda_graph_free(gpu, graph);
-        if (way < 2) { // the output matrix alone, in a graph of its own
-            TRY(sgllm__cuda_graph_begin(gpu), "graph begin");
-            TRY(sgllm__cuda_matmul(gpu, ot, wo, sh->n_vocab, E, x, 1, y[5]), "matmul");
-            TRY(sgllm__cuda_graph_end(gpu, &graph), "graph end");
-            t_out[way] = time_graph(graph, reps);
+        if (way < 2 || way == 4) { // the output matrix alone, in a graph of its own
+            STEP_GRAPH(dd, false, true);
+            t_out[way < 2 ? way : 2] = time_graph(graph, reps);
             sgllm__cuda_graph_free(gpu, graph);
         }
     }
     sgllm__cuda_set_dispatch(gpu, disp);
     printf("%-11s %-5s %8.1f MB floor %8.1f us |", sh->name, sgllm__type_name(type), floor_bytes / 1e6, floor_t * 1e6);
-    for (int way = 0; way < 4; way++)
+    for (int way = 0; way < 5; way++)
         printf(" %s %.1f us %.1f%% |", way_name[way], t_way[way] * 1e6, 100 * floor_t / t_way[way]);
-    printf(" output %s %lldx%lld alone: staged %.1f us, direct %.1f us (floor %.1f us)\n", sgllm__type_name(ot),
-           (long long)sh->n_vocab, (long long)E, t_out[0] * 1e6, t_out[1] * 1e6, (double)ob / bw * 1e6);
+    printf(" output %s %lldx%lld alone: staged %.1f us, direct %.1f us, wide %.1f us (floor %.1f us)\n",
+           sgllm__type_name(ot), (long long)sh->n_vocab, (long long)E, t_out[0] * 1e6, t_out[1] * 1e6, t_out[2] * 1e6,
+           (double)ob / bw * 1e6);
+    if (sweep && type != SGLLM__T_BF16) { // the wide kernel's launch shape
+        printf("  sweep wide, %% of floor by warps/block x warps/SM:");
+        static const int sw[3] = {2, 4, 8}, sps[5] = {8, 16, 24, 32, 48};
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 5; b++) {
+                sgllm__cuda_dispatch dd = *disp;
+                dd.matvec_int8 = 3, dd.matvec_warps = sw[a], dd.matvec_warps_per_sm = sps[b];
+                STEP_GRAPH(dd, true, false);
+                double tm = time_graph(graph, reps);
+                sgllm__cuda_graph_free(gpu, graph);
+                printf(" %dx%d %.1f%%", sw[a], sps[b], 100 * floor_t / tm);
+            }
+        printf("\n");
+    }
+#undef STEP_GRAPH
     fflush(stdout);
     for (int l = 0; l < sh->copies; l++)
         for (int m = 0; m < 7; m++) sgllm__cuda_dfree(gpu, w[l][m]);
@@ -339,7 +365,7 @@ static void decode_step(const decode_shape *sh, uint32_t type, const sgllm__cuda
     for (int i = 0; i < 6; i++) sgllm__cuda_dfree(gpu, y[i]);
 }
 
-static void decode_steps(const sgllm__cuda_dispatch *disp, double bw, int reps) {
+static void decode_steps(const sgllm__cuda_dispatch *disp, double bw, int reps, bool sweep) {
     static const decode_shape shapes[] = {{"Llama-3-8B", 4096, 4096, 1024, 14336, 32, 128256, 2, false},
                                           {"Gemma3-270M", 640, 1024, 256, 2048, 18, 262144, 18, true},
                                           {"SmolLM2-135M", 576, 576, 192, 1536, 30, 49152, 30, true}};
@@ -349,7 +375,7 @@ static void decode_steps(const sgllm__cuda_dispatch *disp, double bw, int reps) 
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
         for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
             if (si && types[ti] == SGLLM__T_Q6_K) continue;
-            decode_step(&shapes[si], types[ti], disp, bw, reps);
+            decode_step(&shapes[si], types[ti], disp, bw, reps, sweep && si == 0);
         }
 }
 
@@ -397,7 +423,7 @@ int main(int argc, char **argv) {
     if (decode_only) {
         printf("device: %s, %d SMs\nmeasured read bandwidth: %.0f GB/s (streaming 16-byte loads, 2 GiB)\n", props.name,
                props.sm_count, bw / 1e9);
-        decode_steps(&disp, bw, reps);
+        decode_steps(&disp, bw, reps, sweep);
         sgllm__cuda_free(gpu);
         return 0;
     }
@@ -505,7 +531,7 @@ int main(int argc, char **argv) {
                    (long long)shapes[si].rows, (long long)shapes[si].cols, t * 1e6, fl / t / 1e12, 100 * fl / flops / t);
         }
     bench_prefill_attn(flops, reps, sweep);
-    decode_steps(&disp, bw, reps);
+    decode_steps(&disp, bw, reps, sweep);
     sgllm__cuda_free(gpu);
     return 0;
 }

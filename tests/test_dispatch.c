@@ -167,6 +167,14 @@ static void test_json_override(void) {
     CHECK(d.norm_threads == 128);
     d.norm_threads = base.norm_threads;
     CHECK(!memcmp(&d, &base, sizeof d));
+    // every matrix-vector variant (0 fp32 activations, 1 staged, 2 direct, 3 wide loads) is accepted
+    for (int v = 0; v <= 3; v++) {
+        char js[64];
+        snprintf(js, sizeof js, "{\"matvec_int8\": %d}", v);
+        d = base;
+        CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.matvec_int8 == v);
+    }
+    d = base;
     const char *empty = " { } ";
     CHECK(sgllm__dispatch_apply_json(&d, empty, strlen(empty), "t", NULL) == SGLLM_OK && !memcmp(&d, &base, sizeof d));
 
@@ -194,6 +202,8 @@ static void test_json_override(void) {
         {"{\"decode_block_n\": 48}", "power of two"},
         {"{\"norm_threads\": 100}", "multiple of 32"},
         {"{\"pdl\": 2}", "[0, 1]"},
+        {"{\"matvec_int8\": 4}", "[0, 3]"},
+        {"{\"matvec_int8\": -1}", "[0, 3]"},
         {"{\"prefill_block_m\": [64, 64]}", "expected ','"},
         {"{\"prefill_block_m\": [64, 64, 32, 16]}", "exactly 3 values"},
         {"{\"prefill_block_m\": 64}", "expected '['"},

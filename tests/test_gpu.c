@@ -523,6 +523,12 @@ static void test_matvec_fused(void) {
             direct.matvec_int8 = 2;
             bool quant = sgllm__vec_dot_type(t) != SGLLM__T_F32;
             size_t rbt = (size_t)sgllm__row_bytes(t, (uint64_t)cols);
+            if (quant && disp.matvec_int8 == 3 && rbt % 16 == 0) {
+                // the wide kernel (section 4b) computes each row as the staged kernel with one
+                // warp per row does (see test_matvec_wide)
+                direct.matvec_int8 = 1;
+                direct.matvec_warps_per_sm = 0;
+            }
             bool aligned = quant ? rbt % 4 == 0 : rbt % 16 == 0;
             for (int64_t nt = 1; nt <= 9; nt++) {
                 bool fused = nt <= disp.matvec_max_batch && aligned;
@@ -1563,6 +1569,108 @@ static void test_sample(void) {
     free(x);
 }
 
+
+// The wide-load kernel (dispatch.matvec_int8 = 3, sgllm_cuda.cu section 4b) against the staged
+// int8 kernel with one warp per row (matvec_int8 = 1, matvec_warps_per_sm = 0: no row split):
+// both compute every 32-value piece with the same code, each lane the pieces lane, lane + 32,
+// ... in order, so the results must be bit for bit equal (the staged kernel is held to the CPU
+// engine's integer dots by test_matmul). Every block-quantized type, rows whole 16-byte words
+// (cols with a partial last chunk too), odd and even row counts (one or two rows per warp),
+// batches 1..8, two launch shapes (one of few warps per SM: each warp walks many rows);
+// matvec_multi (even and odd segments) and matvec_gated against the same staged singles plus
+// sgllm__cuda_gated_act (SiLU exact; GELU within 1e-6, where act(g) * u is computed differs).
+static void test_matvec_wide(void) {
+    static const uint32_t types[] = {SGLLM__T_Q4_0, SGLLM__T_Q4_1, SGLLM__T_Q5_0, SGLLM__T_Q5_1,
+                                     SGLLM__T_Q8_0, SGLLM__T_Q4_K, SGLLM__T_Q5_K, SGLLM__T_Q6_K};
+    sgllm__cuda_dispatch ref_d = disp, wide[2] = {disp, disp};
+    ref_d.matvec_int8 = 1, ref_d.matvec_warps_per_sm = 0;
+    wide[0].matvec_int8 = wide[1].matvec_int8 = 3;
+    wide[1].matvec_warps = 8, wide[1].matvec_warps_per_sm = 1;
+    int runs = 0;
+    double worst_gelu = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        uint32_t t = types[ti];
+        bool k6 = t == SGLLM__T_Q6_K; // 210-byte blocks: rows whole 16-byte words from 2048 values
+        int64_t col_choice[3] = {k6 ? 2048 : 768, k6 ? 6144 : 2304, k6 ? 4096 : 4352};
+        for (int ci = 0; ci < 3; ci++) {
+            int64_t cols = col_choice[ci];
+            int64_t rows_of[5] = {1 + 64 * ci + (int64_t)(test_u64() % 40), 32, 17 + 2 * ci, 130, 131};
+            rows_of[3] = rows_of[4] = 30 + 61 * ci; // gate, up
+            size_t wb[5];
+            uint8_t *w[5];
+            void *dw[5];
+            for (int i = 0; i < 5; i++) {
+                w[i] = rand_weights(t, rows_of[i], cols, &wb[i]);
+                dw[i] = dev_copy(w[i], wb[i]);
+            }
+            int64_t rsum = rows_of[0] + rows_of[1] + rows_of[2], ny = 8 * (rsum + 2 * rows_of[3]);
+            float *x = rand_floats(8 * cols, -1, 1), *dx = (float *)dev_copy(x, (size_t)(8 * cols) * 4);
+            float *dy = (float *)dev((size_t)ny * 4), *dref = (float *)dev((size_t)ny * 4);
+            float *y = (float *)malloc((size_t)ny * 4), *ref = (float *)malloc((size_t)ny * 4);
+            for (int64_t nt = 1; nt <= 8; nt++) {
+                for (int v = 0; v < 2; v++) {
+                    // single matrices, then q/k/v: segments even (two rows per warp) when nt is even
+                    int64_t r3[3] = {rows_of[0] + (rows_of[0] + nt) % 2, rows_of[1], rows_of[2] + nt % 2 - 1};
+                    float *ym[3] = {dy, dy + nt * r3[0], dy + nt * (r3[0] + r3[1])};
+                    float *rm[3] = {dref, dref + nt * r3[0], dref + nt * (r3[0] + r3[1])};
+                    int64_t n_out = nt * (r3[0] + r3[1] + r3[2]);
+                    poison(dy, (size_t)ny * 4);
+                    poison(dref, (size_t)ny * 4);
+                    sgllm__cuda_set_dispatch(gpu, &wide[v]);
+                    for (int i = 0; i < 3; i++)
+                        CHECKF(sgllm__cuda_matvec(gpu, t, dw[i], r3[i], cols, dx, nt, ym[i]) == SGLLM_OK, "wide: %s",
+                               sgllm__cuda_errmsg(gpu));
+                    sgllm__cuda_set_dispatch(gpu, &ref_d);
+                    for (int i = 0; i < 3; i++) CHECK(sgllm__cuda_matvec(gpu, t, dw[i], r3[i], cols, dx, nt, rm[i]) == SGLLM_OK);
+                    fetch(y, dy, (size_t)ny * 4);
+                    fetch(ref, dref, (size_t)ny * 4);
+                    bool same = !memcmp(y, ref, (size_t)n_out * 4);
+                    for (int64_t i = n_out; i < ny; i++) same = same && isnan(y[i]);
+                    CHECKF(same, "matvec wide %s %lldx%lld batch %lld variant %d: rel err %.3g against the staged kernel",
+                           sgllm__type_name(t), (long long)r3[0], (long long)cols, (long long)nt, v, rel_err(y, ref, n_out));
+                    uint32_t tt[3] = {t, t, t};
+                    const void *wm[3] = {dw[0], dw[1], dw[2]};
+                    poison(dy, (size_t)ny * 4);
+                    sgllm__cuda_set_dispatch(gpu, &wide[v]);
+                    CHECKF(sgllm__cuda_matvec_multi(gpu, 3, tt, wm, r3, cols, dx, nt, ym) == SGLLM_OK, "multi: %s",
+                           sgllm__cuda_errmsg(gpu));
+                    fetch(y, dy, (size_t)ny * 4);
+                    same = !memcmp(y, ref, (size_t)n_out * 4);
+                    for (int64_t i = n_out; i < ny; i++) same = same && isnan(y[i]);
+                    CHECKF(same, "matvec_multi wide %s cols %lld batch %lld variant %d: rel err %.3g", sgllm__type_name(t),
+                           (long long)cols, (long long)nt, v, rel_err(y, ref, n_out));
+                    // gated
+                    int act = (nt + v) % 2 ? SGLLM__CUDA_ACT_SILU : SGLLM__CUDA_ACT_GELU_TANH;
+                    int64_t ff = rows_of[3];
+                    poison(dy, (size_t)ny * 4);
+                    CHECKF(sgllm__cuda_matvec_gated(gpu, act, t, dw[3], t, dw[4], ff, cols, dx, nt, dy, dy + nt * ff) ==
+                               SGLLM_OK, "gated: %s", sgllm__cuda_errmsg(gpu));
+                    sgllm__cuda_set_dispatch(gpu, &ref_d);
+                    CHECK(sgllm__cuda_matvec(gpu, t, dw[3], ff, cols, dx, nt, dref) == SGLLM_OK);
+                    CHECK(sgllm__cuda_matvec(gpu, t, dw[4], ff, cols, dx, nt, dref + nt * ff) == SGLLM_OK);
+                    CHECK(sgllm__cuda_gated_act(gpu, act, dref, dref + nt * ff, nt * ff) == SGLLM_OK);
+                    fetch(y, dy, (size_t)ny * 4);
+                    fetch(ref, dref, (size_t)ny * 4);
+                    double e = rel_err(y, ref, nt * ff);
+                    if (act == SGLLM__CUDA_ACT_GELU_TANH) worst_gelu = e > worst_gelu ? e : worst_gelu;
+                    CHECKF(act == SGLLM__CUDA_ACT_SILU ? e == 0 : e <= 1e-6,
+                           "matvec_gated wide %s cols %lld batch %lld act %d: rel err %.3g", sgllm__type_name(t),
+                           (long long)cols, (long long)nt, act, e);
+                    bool untouched = true; // the fused path writes y only
+                    for (int64_t i = nt * ff; i < ny; i++) untouched = untouched && isnan(y[i]);
+                    CHECKF(untouched, "matvec_gated wide %s: wrote past y", sgllm__type_name(t));
+                    runs++;
+                }
+            }
+            sgllm__cuda_set_dispatch(gpu, &disp);
+            for (int i = 0; i < 5; i++) sgllm__cuda_dfree(gpu, dw[i]), free(w[i]);
+            sgllm__cuda_dfree(gpu, dx), sgllm__cuda_dfree(gpu, dy), sgllm__cuda_dfree(gpu, dref);
+            free(x), free(y), free(ref);
+        }
+    }
+    printf("matvec wide loads: %d runs bit-identical to the staged kernel (gated GELU worst %.3g)\n", runs, worst_gelu);
+}
+
 int main(void) {
     test_seed();
     int n_dev = sgllm__cuda_device_count();
@@ -1592,6 +1700,7 @@ int main(void) {
     test_matmul();
     test_matvec_fused();
     test_gemm_prefill();
+    test_matvec_wide();
     test_attention();
     test_prefill();
     test_kv_write_paged();
