@@ -4997,7 +4997,14 @@ SGLLM__MAYBE_UNUSED static sgllm_status sgllm__dispatch_load_config(sgllm__cuda_
 // and downloads the requested logits: the download is its only synchronization. The
 // single-token step is captured once as a CUDA graph and replayed (its token and position
 // live in device buffers the graph reads), which removes the per-launch overhead that bounds
-// small models.
+// small models. A layer is: norm (fused with the previous block's post-norm and residual
+// add), one q/k/v launch, one epilogue (biases, q/k norms, RoPE, cache write), attention
+// (split-KV decode kernel for small batches, tensor-core flash attention from
+// dispatch.prefill_min_tokens tokens), o projection, norm, one gate/up launch with the
+// activation, down projection. The KV cache is paged (SGLLM__KV_PAGE rows a page, an identity
+// page table for now, so a prefix cache can later share pages). sgllm_generate's decode loop
+// runs the step and the device sampler as one graph and reads back only the token
+// (sgllm__gpu_forward_sample).
 
 // Picks the backend for a loaded model description (m->backend, m->device_info) and, for
 // CUDA, uploads the weights. kernel_config: an optional JSON file applied over the dispatch.
