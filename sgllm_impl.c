@@ -4198,12 +4198,19 @@ static sgllm_status sgllm__model_describe_preset(sgllm_model *m, const sgllm__pr
 // pos0..pos0+n-1 through every layer descriptor: matrix products go through sgllm__matmul
 // (section 3) on the context's thread pool, attention runs one task per (token, head) over
 // a KV cache stored as fp16 (as llama.cpp does by default), the rest is plain loops.
+// A sliding-window layer keeps only window + n_batch - 1 rows, a ring (position p in row
+// p % rows): enough for every query of a batch to see its window after the whole batch is
+// written. Rows of overwritten positions are gone, so a rewind further back than the ring
+// reaches makes the next evaluate recompute the sequence from its tokens
+// (sgllm__cpu_kv_intact, section 9).
 
 typedef struct sgllm__cpu {
     const sgllm_model *m;
     sgllm__pool *pool;
     int32_t n_ctx, n_batch;
-    uint16_t **k_cache, **v_cache; // (n_layer) x (n_ctx, n_head_kv * head_dim) fp16
+    uint16_t **k_cache, **v_cache; // (n_layer) x (kv_rows[il], n_head_kv * head_dim) fp16
+    int32_t *kv_rows;              // (n_layer) rows of each layer's cache: n_ctx, or a window's ring
+    int32_t *kv_lost;              // (n_layer) positions below this one lost their rows (ring layers)
     float *x;                      // (n_batch, n_embd) residual stream
     float *h;                      // (n_batch, n_embd) normalized input of a block
     float *q;                      // (n_batch, max n_head * head_dim)
@@ -4224,6 +4231,8 @@ static void sgllm__cpu_free(sgllm__cpu *c) {
         }
     sgllm__free(c->k_cache);
     sgllm__free(c->v_cache);
+    sgllm__free(c->kv_rows);
+    sgllm__free(c->kv_lost);
     float *bufs[] = {c->x, c->h, c->q, c->k, c->v, c->att, c->o, c->g, c->u, c->att_work};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__free(bufs[i]);
     sgllm__free(c->mm_scratch);
@@ -4254,11 +4263,16 @@ static sgllm_status sgllm__cpu_init(sgllm__cpu *c, const sgllm_model *m, int32_t
     c->pool = sgllm__pool_create(n_threads);
     c->k_cache = (uint16_t **)sgllm__calloc((size_t)m->n_layer, sizeof(uint16_t *));
     c->v_cache = (uint16_t **)sgllm__calloc((size_t)m->n_layer, sizeof(uint16_t *));
-    bool ok = c->pool && c->k_cache && c->v_cache;
+    c->kv_rows = (int32_t *)sgllm__calloc((size_t)m->n_layer, sizeof(int32_t));
+    c->kv_lost = (int32_t *)sgllm__calloc((size_t)m->n_layer, sizeof(int32_t));
+    bool ok = c->pool && c->k_cache && c->v_cache && c->kv_rows && c->kv_lost;
     for (int32_t il = 0; ok && il < m->n_layer; il++) {
-        size_t row = (size_t)m->layers[il].n_head_kv * (size_t)m->layers[il].head_dim;
-        ok = (c->k_cache[il] = (uint16_t *)sgllm__calloc((size_t)n_ctx * row, 2)) &&
-             (c->v_cache[il] = (uint16_t *)sgllm__calloc((size_t)n_ctx * row, 2));
+        const sgllm__layer *L = &m->layers[il];
+        size_t row = (size_t)L->n_head_kv * (size_t)L->head_dim;
+        int64_t ring = L->window > 0 ? (int64_t)L->window + n_batch - 1 : n_ctx;
+        c->kv_rows[il] = (int32_t)(ring < n_ctx ? ring : n_ctx);
+        ok = (c->k_cache[il] = (uint16_t *)sgllm__calloc((size_t)c->kv_rows[il] * row, 2)) &&
+             (c->v_cache[il] = (uint16_t *)sgllm__calloc((size_t)c->kv_rows[il] * row, 2));
     }
     size_t B = (size_t)n_batch;
     ok = ok && (c->x = (float *)sgllm__calloc(B * (size_t)m->n_embd, 4)) &&
@@ -4458,6 +4472,7 @@ static void sgllm__att_task(void *arg, int64_t task, int thread) {
     memcpy(q, qsrc, (size_t)hd * sizeof(float));
     sgllm__f16_round_row(q, hd);
     const uint16_t *K = c->k_cache[j->il] + (int64_t)kvh * hd, *V = c->v_cache[j->il] + (int64_t)kvh * hd;
+    const int32_t rows = c->kv_rows[j->il]; // row of position p: p % rows (p itself without a ring)
 #if SGLLM__X86
     bool avx2 = sgllm__use_avx2();
 #define SGLLM__DOT_F16(k, x, n) (avx2 ? sgllm__dot_f16_avx2(k, x, n) : sgllm__dot_f16_ref(k, x, n))
@@ -4467,8 +4482,8 @@ static void sgllm__att_task(void *arg, int64_t task, int thread) {
 #define SGLLM__AXPY_F16(y, a, x, n) sgllm__axpy_f16_ref(y, a, x, n)
 #endif
     float mx = -INFINITY;
-    for (int32_t p = lo; p <= pos; p++) {
-        float s = SGLLM__DOT_F16(K + (int64_t)p * kv_stride, q, hd) * L->attn_scale;
+    for (int32_t p = lo, r = lo % rows; p <= pos; p++, r = r + 1 == rows ? 0 : r + 1) {
+        float s = SGLLM__DOT_F16(K + (int64_t)r * kv_stride, q, hd) * L->attn_scale;
         scores[p - lo] = s;
         mx = s > mx ? s : mx;
     }
@@ -4479,7 +4494,8 @@ static void sgllm__att_task(void *arg, int64_t task, int thread) {
     for (int32_t p = 0; p < n_keys; p++) scores[p] *= inv;
     sgllm__f16_round_row(scores, n_keys);
     memset(out, 0, (size_t)hd * sizeof(float));
-    for (int32_t p = lo; p <= pos; p++) SGLLM__AXPY_F16(out, scores[p - lo], V + (int64_t)p * kv_stride, hd);
+    for (int32_t p = lo, r = lo % rows; p <= pos; p++, r = r + 1 == rows ? 0 : r + 1)
+        SGLLM__AXPY_F16(out, scores[p - lo], V + (int64_t)r * kv_stride, hd);
 #undef SGLLM__DOT_F16
 #undef SGLLM__AXPY_F16
     memcpy(c->att + (int64_t)i * L->n_head * hd + (int64_t)h * hd, out, (size_t)hd * sizeof(float));
@@ -4519,9 +4535,12 @@ static void sgllm__cpu_forward(sgllm__cpu *c, const int32_t *tokens, int32_t n, 
             float p = (float)(pos0 + i) * L->rope_scale;
             sgllm__rope(q, L->n_head, hd, L->n_rot, p, L->rope_theta, m->rope_neox);
             sgllm__rope(k, L->n_head_kv, hd, L->n_rot, p, L->rope_theta, m->rope_neox);
-            sgllm__f16_from_f32(k, c->k_cache[il] + (int64_t)(pos0 + i) * kvd, kvd);
-            sgllm__f16_from_f32(v, c->v_cache[il] + (int64_t)(pos0 + i) * kvd, kvd);
+            int64_t row = (pos0 + i) % c->kv_rows[il];
+            sgllm__f16_from_f32(k, c->k_cache[il] + row * kvd, kvd);
+            sgllm__f16_from_f32(v, c->v_cache[il] + row * kvd, kvd);
         }
+        int32_t lost = pos0 + n - c->kv_rows[il]; // the batch's rows overwrote these positions' rows
+        if (lost > c->kv_lost[il]) c->kv_lost[il] = lost;
         sgllm__att_job job = {c, L, il, pos0};
         sgllm__pool_run(c->pool, (int64_t)n * L->n_head, sgllm__att_task, &job);
         sgllm__matmul(c->pool, &L->wo, c->att, n, c->o, c->mm_scratch);
@@ -4552,6 +4571,18 @@ static void sgllm__cpu_forward(sgllm__cpu *c, const int32_t *tokens, int32_t n, 
     }
 }
 
+// Whether the cache still holds every row a token at position pos needs from positions
+// below it (every window layer's last window - 1 positions).
+static bool sgllm__cpu_kv_intact(const sgllm__cpu *c, int32_t pos) {
+    for (int32_t il = 0; il < c->m->n_layer; il++) {
+        int32_t w = c->m->layers[il].window, need = w > 0 && pos - w + 1 > 0 ? pos - w + 1 : 0;
+        if (w > 0 && need < pos && need < c->kv_lost[il]) return false;
+    }
+    return true;
+}
+
+// Forgets every position (the next forward starts at position 0).
+static void sgllm__cpu_kv_clear(sgllm__cpu *c) { memset(c->kv_lost, 0, (size_t)c->m->n_layer * sizeof(int32_t)); }
 
 // --- 8b. Architecture dispatch -------------------------------------------------------------
 // Which kernel variants and block sizes the CUDA backend uses on a device. A compiled-in table
@@ -5947,6 +5978,21 @@ sgllm_status sgllm_context_rewind(sgllm_context *ctx, int32_t n_keep) {
     return SGLLM_OK;
 }
 
+// A rewind may have gone further back than a sliding-window layer's ring still reaches: then
+// the sequence's tokens run through the model again (no logits) to rebuild the cache.
+static void sgllm__cpu_kv_restore(sgllm_context *ctx) {
+    if (ctx->n_past == 0) sgllm__cpu_kv_clear(&ctx->cpu);
+    if (sgllm__cpu_kv_intact(&ctx->cpu, ctx->n_past)) return;
+    sgllm__log(&ctx->diag, SGLLM_LOG_DEBUG, "recomputing %d tokens: the sliding-window cache no longer holds them",
+               (int)ctx->n_past);
+    sgllm__cpu_kv_clear(&ctx->cpu);
+    memset(ctx->mask, 0, (size_t)ctx->n_batch);
+    for (int32_t b = 0; b < ctx->n_past; b += ctx->n_batch) {
+        int32_t nb = ctx->n_past - b < ctx->n_batch ? ctx->n_past - b : ctx->n_batch;
+        sgllm__cpu_forward(&ctx->cpu, ctx->history + b, nb, b, ctx->mask, NULL);
+    }
+}
+
 sgllm_status sgllm_evaluate(sgllm_context *ctx, const sgllm_token *tokens, int32_t n, const uint8_t *want, float *logits) {
     if (!ctx) return SGLLM_ERR_INVALID_ARGUMENT;
     ctx->diag.msg[0] = 0;
@@ -5963,6 +6009,10 @@ sgllm_status sgllm_evaluate(sgllm_context *ctx, const sgllm_token *tokens, int32
         n_want += want ? want[i] != 0 : i == n - 1;
     }
     if (n_want && !logits) return sgllm__fail(&ctx->diag, SGLLM_ERR_INVALID_ARGUMENT, "sgllm_evaluate: logits is NULL");
+#ifdef SGLLM_CUDA
+    if (!ctx->gpu)
+#endif
+        sgllm__cpu_kv_restore(ctx);
     float *out = logits;
     for (int32_t b = 0; b < n; b += ctx->n_batch) {
         int32_t nb = n - b < ctx->n_batch ? n - b : ctx->n_batch, rows = 0;

@@ -174,6 +174,25 @@ static void test_family(const tiny *cfg, double tol) {
     for (size_t i = 0; i < N * V; i++) d1 = fmax(d1, fabs(got[i] - got2[i]));
     CHECKF(d1 < 1e-3, "%s: token-by-token logits differ from batched by %.3g", cfg->arch, d1);
 
+    // sliding-window layers keep a ring of window + n_batch - 1 rows; a rewind beyond what the
+    // ring still holds rebuilds the cache from the sequence's tokens: the same logits again
+    for (int32_t il = 0; il < m->n_layer; il++) {
+        int32_t w = m->layers[il].window;
+        CHECKF(c->cpu.kv_rows[il] == (w ? w + 16 - 1 : 64) && c1->cpu.kv_rows[il] == (w ? w : 64),
+               "%s layer %d (window %d): cache rows %d (batch 16), %d (batch 1)", cfg->arch, (int)il, (int)w,
+               (int)c->cpu.kv_rows[il], (int)c1->cpu.kv_rows[il]);
+    }
+    if (cfg->window) {
+        float *got3 = (float *)malloc(N * V * sizeof(float));
+        CHECK(!sgllm__cpu_kv_intact(&c1->cpu, 10)); // position 6 was overwritten by position 6 + window
+        CHECK(sgllm_context_rewind(c1, 10) == SGLLM_OK);
+        for (int i = 10; i < N; i++) CHECK(sgllm_evaluate(c1, toks + i, 1, NULL, got3 + i * V) == SGLLM_OK);
+        double d3 = 0;
+        for (size_t i = 10 * V; i < N * V; i++) d3 = fmax(d3, fabs(got3[i] - got2[i]));
+        CHECKF(d3 == 0, "%s: logits after a rewind beyond the window's ring differ by %.3g", cfg->arch, d3);
+        free(got3);
+    }
+
     // rewind and continue: the same logits as the first time
     CHECK(sgllm_context_rewind(c, 10) == SGLLM_OK && sgllm_context_length(c) == 10);
     CHECK(sgllm_evaluate(c, toks + 10, N - 10, all + 10, got2) == SGLLM_OK);
