@@ -3559,20 +3559,27 @@ static bool sgllm__sampler_has_penalties(const sgllm_sampler *s) {
            (p->repeat_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f);
 }
 
-// The logits the rest of the pipeline reads: the caller's row, or a penalized copy in work.
-static const float *sgllm__sampler_penalized(sgllm_sampler *s, const float *logits) {
-    if (!sgllm__sampler_has_penalties(s)) return logits;
+// The distinct tokens of the penalty window (tokens, oldest first) and their counts; returns
+// how many (at most penalty_last_n).
+static int32_t sgllm__sampler_penalty_list(sgllm_sampler *s, sgllm_token *tokens, int32_t *counts) {
     int32_t cap = s->params.penalty_last_n, n = 0;
     // Collect each token once: a listed token's count is negated until the list is done.
     for (int32_t i = 0; i < s->window_len; i++) {
         sgllm_token t = s->window[(s->window_head + i) % cap];
         if (s->counts[t] > 0) {
-            s->pen_tokens[n] = t;
-            s->pen_counts[n++] = s->counts[t];
+            tokens[n] = t;
+            counts[n++] = s->counts[t];
             s->counts[t] = -s->counts[t];
         }
     }
-    for (int32_t i = 0; i < n; i++) s->counts[s->pen_tokens[i]] = s->pen_counts[i];
+    for (int32_t i = 0; i < n; i++) s->counts[tokens[i]] = counts[i];
+    return n;
+}
+
+// The logits the rest of the pipeline reads: the caller's row, or a penalized copy in work.
+static const float *sgllm__sampler_penalized(sgllm_sampler *s, const float *logits) {
+    if (!sgllm__sampler_has_penalties(s)) return logits;
+    int32_t n = sgllm__sampler_penalty_list(s, s->pen_tokens, s->pen_counts);
     memcpy(s->work, logits, (size_t)s->n_vocab * sizeof(float));
     sgllm__sampler_apply_penalties(s->work, s->pen_tokens, s->pen_counts, n, s->params.repeat_penalty,
                                    s->params.frequency_penalty, s->params.presence_penalty);
@@ -6053,6 +6060,7 @@ static size_t sgllm__utf8_complete(const char *s, size_t n) {
     return n;
 }
 
+#ifdef SGLLM_CUDA
 // The sampler's next draw as device arguments: its parameters, the uniform it would draw
 // (one per non-greedy sample, as sgllm_sampler_sample), and the distinct tokens of its
 // penalty window with their counts (tok, cnt: penalty_last_n each), as section 6 penalizes.
@@ -6067,21 +6075,9 @@ static void sgllm__sampler_device_args(sgllm_sampler *s, sgllm__cuda_sample_args
     a->frequency_penalty = p->frequency_penalty;
     a->presence_penalty = p->presence_penalty;
     a->u = p->temperature > 0 ? sgllm__rng_uniform(&s->rng) : 0;
-    if (!sgllm__sampler_has_penalties(s)) return;
-    int32_t cap = p->penalty_last_n, n = 0;
-    for (int32_t i = 0; i < s->window_len; i++) { // a listed token's count is negated until the list is done
-        sgllm_token t = s->window[(s->window_head + i) % cap];
-        if (s->counts[t] > 0) {
-            tok[n] = t;
-            cnt[n++] = s->counts[t];
-            s->counts[t] = -s->counts[t];
-        }
-    }
-    for (int32_t i = 0; i < n; i++) s->counts[tok[i]] = cnt[i];
-    a->n_pen = n;
+    if (sgllm__sampler_has_penalties(s)) a->n_pen = sgllm__sampler_penalty_list(s, tok, cnt);
 }
 
-#ifdef SGLLM_CUDA
 // sgllm_generate's step on the GPU: samples the next token on the device, from the last
 // forward's logits (token < 0) or after evaluating token at the end of the sequence.
 static sgllm_status sgllm__generate_gpu_step(sgllm_context *ctx, sgllm_sampler *smp, sgllm_token token,
