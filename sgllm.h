@@ -168,7 +168,9 @@ SGLLM_API sgllm_backend sgllm_model_backend(const sgllm_model *model);     // CP
    by the device's compute capability, then from configs/<device name, spaces as '_'>.json
    (relative to the working directory) when that file exists, then from params.kernel_config
    when set: a JSON object with any of the keys of the files under configs/, e.g.
-   {"matvec_max_batch": 4, "decode_max_splits": 8}. The decision is logged at load (INFO). */
+   {"matvec_max_batch": 4, "decode_max_splits": 8}. The decision is logged at load (INFO).
+   On CUDA, sgllm_generate also samples on the device (the same choice sgllm_sampler_sample
+   makes from the same logits and seed): a decode step reads back only the token. */
 
 // One line: "cpu (...)" or "cuda dispatch: <device> ... -> row sm90 + <config files>: ...".
 // Borrowed, valid as long as the model.
@@ -234,6 +236,9 @@ SGLLM_API int sgllm_token_is_control(const sgllm_model *model, sgllm_token token
    4. Contexts
    A context holds one sequence: its KV cache, scratch memory and a thread pool. Tokens are
    appended at the end of the sequence; sgllm_context_rewind drops tokens from the end.
+   On the CPU, sliding-window layers (Gemma 3's local layers) keep only window + n_batch - 1
+   cache rows; after a rewind further back than those rows reach, the next evaluate first
+   recomputes the kept tokens (correct, but it costs a prompt's evaluation).
    --------------------------------------------------------------------------------------- */
 
 typedef struct sgllm_context sgllm_context; // opaque; one thread at a time
