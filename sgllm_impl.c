@@ -6060,11 +6060,11 @@ static size_t sgllm__utf8_complete(const char *s, size_t n) {
     return n;
 }
 
-#ifdef SGLLM_CUDA
 // The sampler's next draw as device arguments: its parameters, the uniform it would draw
 // (one per non-greedy sample, as sgllm_sampler_sample), and the distinct tokens of its
 // penalty window with their counts (tok, cnt: penalty_last_n each), as section 6 penalizes.
-static void sgllm__sampler_device_args(sgllm_sampler *s, sgllm__cuda_sample_args *a, int32_t *tok, int32_t *cnt) {
+SGLLM__MAYBE_UNUSED static void sgllm__sampler_device_args(sgllm_sampler *s, sgllm__cuda_sample_args *a, int32_t *tok,
+                                                           int32_t *cnt) {
     const sgllm_sampler_params *p = &s->params;
     memset(a, 0, sizeof *a);
     a->temperature = p->temperature;
@@ -6078,6 +6078,7 @@ static void sgllm__sampler_device_args(sgllm_sampler *s, sgllm__cuda_sample_args
     if (sgllm__sampler_has_penalties(s)) a->n_pen = sgllm__sampler_penalty_list(s, tok, cnt);
 }
 
+#ifdef SGLLM_CUDA
 // sgllm_generate's step on the GPU: samples the next token on the device, from the last
 // forward's logits (token < 0) or after evaluating token at the end of the sequence.
 static sgllm_status sgllm__generate_gpu_step(sgllm_context *ctx, sgllm_sampler *smp, sgllm_token token,
