@@ -20,7 +20,9 @@
 //      relative per operand).
 //    - token at a time against batches of 4 on the GPU: 1e-4 (both fp32 matrix-vector
 //      kernels; only the attention split count and so the fp32 summation order differ).
-//    Subsets of positions (want[]) give the matching rows.
+//    Subsets of positions (want[]) give the matching rows. The one-batch prompt also runs on a
+//    model whose kernel_config sends batches of 16+ tokens to the tensor-core prefill attention
+//    (fp16 q and probabilities, as the CPU rounds them): the GEMM tolerance, 3e-2.
 // 1b. Synthetic models (sgllm_model_load_synthetic, weights made on the device: no CPU
 //    reference exists): the two small presets in bf16, q8_0 and q4_k, 40 random tokens,
 //    every logit finite and not all zero; one token at a time (graph) against batches of 4
@@ -162,6 +164,28 @@ static void tiny_case(const char *arch, int n_layer, int window, uint32_t wtype)
         }
     CHECKF(e_sub <= 1e-6, "%s: selected rows differ from the full run's by %.3e", arch, e_sub);
     free(sub);
+
+    // the same prompt through the tensor-core prefill attention: a model whose dispatch sends
+    // batches of 16 or more tokens there (prefill_min_tokens, 64 by default, above N_TOK)
+    char cfg_path[] = "/tmp/sgllm_gpu_model_cfg_XXXXXX";
+    int cfd = mkstemp(cfg_path);
+    CHECK(cfd >= 0);
+    const char *cfg_json = "{\"prefill_min_tokens\": 16}";
+    CHECK(cfd >= 0 && write(cfd, cfg_json, strlen(cfg_json)) == (ssize_t)strlen(cfg_json));
+    if (cfd >= 0) close(cfd);
+    sgllm_model *gpu_pf = load(path, SGLLM_BACKEND_CUDA, cfg_path);
+    if (gpu_pf) {
+        CHECKF(strstr(sgllm_model_device_info(gpu_pf), "from 16 tokens") != NULL, "%s", sgllm_model_device_info(gpu_pf));
+        sgllm_context *g_pf = context(gpu_pf, 64, 64);
+        eval_all(g_pf, toks, N_TOK, N_TOK, small, V);
+        double e_pf = err(small, ref, n);
+        printf("%-6s %-4s layers %d window %2d: gemm + prefill attention %.2e vs cpu\n", arch, f32 ? "F32" : "Q8_0",
+               n_layer, window, e_pf);
+        CHECKF(e_pf <= 3e-2, "%s: gemm + prefill attention path vs cpu %.3e", arch, e_pf);
+        sgllm_context_free(g_pf);
+        sgllm_model_free(gpu_pf);
+    }
+    remove(cfg_path);
 
     sgllm_context_free(cc);
     sgllm_context_free(g_batch);
