@@ -89,7 +89,7 @@ $(BUILD)/test_gpu_model: tests/test_gpu_model.c sgllm_impl.c sgllm.h $(wildcard 
 	$(CC) $(CPPFLAGS) -DSGLLM_CUDA $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
 
 $(BUILD)/sgllm-bench-kernels: examples/sgllm-bench-kernels.c sgllm_impl.c sgllm.h $(BUILD)/sgllm_cuda.o
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
+	$(CC) $(CPPFLAGS) -DSGLLM_CUDA $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
 
 cuda-compile: $(GPU_PROGS)
 

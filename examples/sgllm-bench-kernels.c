@@ -1,7 +1,14 @@
 // sgllm-bench-kernels - kernel-level benchmarks of the CUDA backend against the device's own ceilings.
 //
-//   sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode]
+//   sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch]
 //
+// --launch: only launch-bound single-token ops as CUDA graphs of 200 launches (us per launch,
+// with programmatic dependent launch on and off): the fused norm at 640 floats by threads per
+// block, the fused q/k/v epilogue against the four ops it replaces (Gemma 3 270M shape), and
+// the device sampler over Gemma's 262144-token vocabulary (greedy and default parameters), and
+// the decode step of the small synthetic presets: sgllm_evaluate with its graph (upload, replay,
+// logits download), the graph replay alone, and generate's step with host sampling (logits
+// download) against device sampling (only the token read back).
 // --decode: only the read bandwidth and whole decode steps' matrix-vector products replayed as
 // CUDA graphs (Llama-3-8B, Gemma 3 270M and SmolLM2-135M shapes), see decode_steps.
 // --sweep also times the Llama-3-8B matvecs under other matrix-vector launch settings
@@ -15,8 +22,7 @@
 // rate. Times are medians of CUDA-event measurements after warm-up.
 //
 // It drives the backend's internal interface (it includes sgllm_impl.c like the tests do);
-// model-level prefill/decode tok/s on the GPU belong in sgllm-bench once the CUDA forward pass
-// is reachable through the public API.
+// model-level prefill/decode tok/s of files and presets are sgllm-bench's.
 #define SGLLM_INTERNAL
 #include "../sgllm_impl.c"
 
@@ -379,16 +385,191 @@ static void decode_steps(const sgllm__cuda_dispatch *disp, double bw, int reps, 
         }
 }
 
+// Median seconds per launch of n_ops enqueued by enqueue(arg) into one graph (replays timed).
+static double time_launches(void (*enqueue)(void *), void *arg, int n_ops, int reps) {
+    void *g = NULL;
+    TRY(sgllm__cuda_graph_begin(gpu), "graph capture");
+    enqueue(arg);
+    TRY(sgllm__cuda_graph_end(gpu, &g), "graph capture");
+    double t = time_graph(g, reps) / n_ops;
+    sgllm__cuda_graph_free(gpu, g);
+    return t;
+}
+
+typedef struct {
+    float *x, *d, *w, *y;                 // norm: (640) each
+    float *q, *k, *v, *nw;                // epilogue: q (4 x 256), k and v (256), norm weight (256)
+    int32_t *pos;                         // (1)
+    uint16_t *kc, *vc;                    // (512, 256) fp16 caches
+    bool fused;
+} launch_bufs;
+
+static void enqueue_norms(void *arg) {
+    launch_bufs *b = (launch_bufs *)arg;
+    for (int i = 0; i < 200; i++) TRY(sgllm__cuda_norm_add_rmsnorm(gpu, b->x, b->d, b->w, b->w, b->y, 1, 640, 1e-6f), "norm");
+}
+
+static void enqueue_epilogues(void *arg) {
+    launch_bufs *b = (launch_bufs *)arg;
+    const int32_t hd = 256, nq = 4, nkv = 1;
+    for (int i = 0; i < (b->fused ? 200 : 50); i++) {
+        if (b->fused) {
+            sgllm__cuda_qkv_post_args a = {b->q,  b->k,  b->v,  nq * hd, nkv * hd, nq, nkv,   hd,    NULL, NULL, NULL, 1, b->nw,
+                                           b->nw, 1e-6f, hd, b->pos, 1,  1.0f,     10000.0f, 1, b->kc, b->vc, NULL, 0};
+            TRY(sgllm__cuda_qkv_post(gpu, &a), "qkv_post");
+        } else {
+            TRY(sgllm__cuda_qkv_norm(gpu, b->q, nq * hd, nq, b->nw, b->k, nkv * hd, nkv, b->nw, NULL, nkv * hd, hd, 1, 1e-6f),
+                "qkv_norm");
+            TRY(sgllm__cuda_rope(gpu, b->q, nq * hd, nq, hd, hd, b->pos, 1, 1.0f, 10000.0f, 1), "rope");
+            TRY(sgllm__cuda_rope(gpu, b->k, nkv * hd, nkv, hd, hd, b->pos, 1, 1.0f, 10000.0f, 1), "rope");
+            TRY(sgllm__cuda_kv_write(gpu, b->k, b->v, nkv * hd, nkv * hd, b->pos, 1, b->kc, b->vc, NULL, 0), "kv_write");
+        }
+    }
+}
+
+static void fill_dev(float *d, int64_t n, uint64_t seed, float lo, float hi) {
+    float *h = (float *)malloc((size_t)n * sizeof(float));
+    if (!h) die("out of memory");
+    for (int64_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] = lo + (hi - lo) * (float)((seed >> 40) / 16777216.0);
+    }
+    TRY(sgllm__cuda_upload(gpu, d, h, (size_t)n * sizeof(float)), "upload");
+    free(h);
+}
+
+static void bench_launches(int reps) {
+    launch_bufs b;
+    memset(&b, 0, sizeof b);
+    b.x = (float *)dev(640 * 4), b.d = (float *)dev(640 * 4), b.w = (float *)dev(640 * 4), b.y = (float *)dev(640 * 4);
+    b.q = (float *)dev(1024 * 4), b.k = (float *)dev(256 * 4), b.v = (float *)dev(256 * 4), b.nw = (float *)dev(256 * 4);
+    b.pos = (int32_t *)dev(4);
+    b.kc = (uint16_t *)dev(512 * 256 * 2), b.vc = (uint16_t *)dev(512 * 256 * 2);
+    fill_dev(b.x, 640, 1, -2, 2), fill_dev(b.d, 640, 2, -2, 2), fill_dev(b.w, 640, 3, 0.5f, 1.5f);
+    fill_dev(b.q, 1024, 4, -1, 1), fill_dev(b.k, 256, 5, -1, 1), fill_dev(b.v, 256, 6, -1, 1), fill_dev(b.nw, 256, 7, 0.5f, 1.5f);
+    int32_t p0 = 100;
+    TRY(sgllm__cuda_upload(gpu, b.pos, &p0, 4), "upload");
+    sgllm__cuda_dispatch base = *sgllm__cuda_get_dispatch(gpu);
+    static const int threads[] = {32, 64, 128, 160, 256};
+    printf("launch-bound ops, us per launch (graph of 200 launches, median of %d replays)\n", reps);
+    for (int pdl = 1; pdl >= 0; pdl--) {
+        sgllm__cuda_dispatch d = base;
+        d.pdl = pdl;
+        printf("  pdl %d: fused norm, 640 floats, by threads per block:", pdl);
+        for (int ti = 0; ti < 5; ti++) {
+            d.norm_threads = threads[ti];
+            sgllm__cuda_set_dispatch(gpu, &d);
+            printf(" %d: %.2f", threads[ti], 1e6 * time_launches(enqueue_norms, &b, 200, reps));
+        }
+        d.norm_threads = base.norm_threads;
+        sgllm__cuda_set_dispatch(gpu, &d);
+        b.fused = true;
+        double fused = time_launches(enqueue_epilogues, &b, 200, reps);
+        b.fused = false;
+        double separate = time_launches(enqueue_epilogues, &b, 50, reps);
+        printf("\n  pdl %d: q/k/v epilogue (Gemma 3 270M, 1 token): fused %.2f us, the 4 separate ops %.2f us\n", pdl,
+               1e6 * fused, 1e6 * separate);
+    }
+    sgllm__cuda_set_dispatch(gpu, &base);
+
+    // the device sampler over 262144 logits: uniform in [-1.5, 1.5] plus 5 spikes of 14
+    const int64_t V = 262144;
+    float *logits = (float *)dev((size_t)V * sizeof(float));
+    fill_dev(logits, V, 8, -1.5f, 1.5f);
+    float spike = 14;
+    for (int j = 0; j < 5; j++) TRY(sgllm__cuda_upload(gpu, logits + (j * 52421 + 977) % V, &spike, 4), "upload");
+    void *work = dev(sgllm__cuda_sample_work_bytes(V));
+    sgllm__cuda_sample_args *d_args = (sgllm__cuda_sample_args *)dev(sizeof *d_args);
+    int32_t *d_out = (int32_t *)dev(sizeof(int32_t));
+    for (int mode = 0; mode < 2; mode++) {
+        sgllm_sampler_params sp;
+        sgllm_sampler_default_params(&sp);
+        sgllm__cuda_sample_args a;
+        memset(&a, 0, sizeof a);
+        a.temperature = mode ? sp.temperature : 0, a.top_k = sp.top_k, a.top_p = sp.top_p, a.min_p = sp.min_p;
+        a.repeat_penalty = 1, a.u = 0.5;
+        TRY(sgllm__cuda_upload(gpu, d_args, &a, sizeof a), "upload");
+        float t[MAX_REPS];
+        for (int r = -3; r < reps; r++) {
+            TRY(sgllm__cuda_timer_start(gpu), "timer");
+            TRY(sgllm__cuda_sample(gpu, logits, V, d_args, NULL, NULL, work, d_out), "sample");
+            float ms = 0;
+            TRY(sgllm__cuda_timer_stop(gpu, &ms), "timer");
+            if (r >= 0) t[r] = ms;
+        }
+        printf("  device sampler, vocab 262144, %s: %.1f us (median of %d)\n",
+               mode ? "temperature 0.8, top_k 40, top_p 0.95, min_p 0.05" : "greedy", 1e3 * median(t, reps), reps);
+    }
+    void *bufs[] = {b.x, b.d, b.w, b.y, b.q, b.k, b.v, b.nw, b.pos, b.kc, b.vc, logits, work, d_args, d_out};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
+}
+
+// One decode step of a synthetic preset (no tokenizer, so sgllm_generate itself cannot run):
+// microseconds per step of each way, 128 timed steps after 8 untimed ones.
+static void bench_model_step(const char *preset, const char *type) {
+    enum { STEPS = 128 };
+    sgllm_model_params mp;
+    sgllm_model_default_params(&mp);
+    mp.backend = SGLLM_BACKEND_CUDA;
+    sgllm_model *m = NULL;
+    char err[512];
+    if (sgllm_model_load_synthetic(preset, type, 7, &mp, &m, err, sizeof err) != SGLLM_OK) {
+        fprintf(stderr, "sgllm-bench-kernels: %s\n", err);
+        exit(1);
+    }
+    int V = sgllm_model_n_vocab(m);
+    float *lg = (float *)malloc((size_t)V * sizeof(float));
+    if (!lg) die("out of memory");
+    double us[5]; // evaluate, replay alone, host greedy, device greedy, device default sampler
+    for (int way = 0; way < 5; way++) {
+        sgllm_context_params cp;
+        sgllm_context_default_params(&cp);
+        cp.n_ctx = 512, cp.n_batch = 64;
+        sgllm_context *c = NULL;
+        if (sgllm_context_create(m, &cp, &c) != SGLLM_OK) die("context");
+        sgllm_sampler_params sp;
+        sgllm_sampler_default_params(&sp);
+        if (way < 4) sp.temperature = 0;
+        sgllm_sampler *smp = NULL;
+        if (sgllm_sampler_init(&sp, V, &smp) != SGLLM_OK) die("sampler");
+        sgllm_token t = 1;
+        if (sgllm_evaluate(c, &t, 1, NULL, lg) != SGLLM_OK) die("evaluate");
+        double t0 = 0;
+        for (int i = -8; i < STEPS; i++) {
+            if (i == 0) t0 = sgllm__now();
+            if (way == 0 || way == 2) {
+                if (sgllm_evaluate(c, &t, 1, NULL, lg) != SGLLM_OK) die("evaluate");
+                if (way == 2) t = sgllm_sampler_sample(smp, lg);
+            } else if (way == 1) {
+                TRY(sgllm__cuda_graph_launch(c->gpu->cu, c->gpu->graph), "graph launch");
+            } else {
+                sgllm_sampler_accept(smp, t);
+                if (sgllm__generate_gpu_step(c, smp, t, &t) != SGLLM_OK) die("device sampling step");
+            }
+        }
+        if (way == 1) TRY(sgllm__cuda_sync(c->gpu->cu), "sync");
+        us[way] = 1e6 * (sgllm__now() - t0) / STEPS;
+        sgllm_sampler_free(smp);
+        sgllm_context_free(c);
+    }
+    printf("  %s %s decode step: evaluate %.1f us (graph replay alone %.1f us); generate's step with host sampling "
+           "%.1f us (greedy), device sampling %.1f us (greedy) / %.1f us (default sampler) = %.0f tok/s\n",
+           preset, type, us[0], us[1], us[2], us[3], us[4], 1e6 / us[3]);
+    free(lg);
+    sgllm_model_free(m);
+}
+
 int main(int argc, char **argv) {
     int reps = 21;
-    bool sweep = false, attn_only = false, decode_only = false;
+    bool sweep = false, attn_only = false, decode_only = false, launch_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sweep")) sweep = true;
         else if (!strcmp(argv[i], "--attn")) attn_only = true;
         else if (!strcmp(argv[i], "--decode")) decode_only = true;
+        else if (!strcmp(argv[i], "--launch")) launch_only = true;
         else {
-            fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode]\n");
+            fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch]\n");
             return 2;
         }
     }
@@ -419,6 +600,14 @@ int main(int argc, char **argv) {
         return 1;
     }
 
+    if (launch_only) {
+        printf("device: %s, %d SMs\n", props.name, props.sm_count);
+        bench_launches(reps);
+        bench_model_step("gemma3-270m", "q8_0");
+        bench_model_step("smollm2-135m", "q8_0");
+        sgllm__cuda_free(gpu);
+        return 0;
+    }
     double bw = read_bandwidth(reps);
     if (decode_only) {
         printf("device: %s, %d SMs\nmeasured read bandwidth: %.0f GB/s (streaming 16-byte loads, 2 GiB)\n", props.name,

@@ -996,11 +996,6 @@ static void test_qkv_post(void) {
            sgllm__cuda_get_dispatch(gpu)->pdl);
 }
 
-static int cmp_f32(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
 static void set_pdl(int on) {
     sgllm__cuda_dispatch d = *sgllm__cuda_get_dispatch(gpu);
     d.pdl = on;
@@ -1018,10 +1013,8 @@ static void chain_ops(float *x, float *d, const float *w, float *y) {
 }
 
 // The chain eagerly with PDL off is the reference; eagerly with PDL on and replayed from a
-// graph captured with PDL on (three times) must give the same bits. Then times graphs of 200
-// launches of one op (us per launch, replay of the whole graph on device events): the fused
-// norm at 640 floats by thread count, and the fused q/k/v epilogue against the five ops it
-// replaces (Gemma 3 270M shape: q/k norm, two RoPEs, the cache write), with PDL on and off.
+// graph captured with PDL on (three times) must give the same bits. (The launch timings of
+// these ops are in sgllm-bench-kernels --launch.)
 static void test_pdl_graph(void) {
     const int64_t dim = 640;
     float *x0 = rand_floats(dim, -2, 2), *d0 = rand_floats(dim, -2, 2), *w0 = rand_floats(dim, 0.5f, 1.5f);
@@ -1044,84 +1037,11 @@ static void test_pdl_graph(void) {
                          rel_err(got, ref, dim));
         if (mode == 4) sgllm__cuda_graph_free(gpu, graph);
     }
-    // timing
-    printf("launch-bound ops, us per launch (graph of 200, median of 5 replays):\n");
-    int base_threads = disp.norm_threads;
-    static const int threads[] = {32, 64, 128, 256};
-    for (int pdl = 1; pdl >= 0; pdl--) {
-        printf("  pdl %d: norm_add 640 floats by norm_threads", pdl);
-        for (int ti = 0; ti < 4; ti++) {
-            sgllm__cuda_dispatch dd = *sgllm__cuda_get_dispatch(gpu);
-            dd.norm_threads = threads[ti];
-            dd.pdl = pdl;
-            sgllm__cuda_set_dispatch(gpu, &dd);
-            void *g = NULL;
-            CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
-            for (int i = 0; i < 200; i++) sgllm__cuda_norm_add_rmsnorm(gpu, x, d, w, w, y, 1, dim, 1e-6f);
-            CHECK(sgllm__cuda_graph_end(gpu, &g) == SGLLM_OK);
-            float t[5];
-            for (int r = -1; r < 5; r++) {
-                float ms = 0;
-                CHECK(sgllm__cuda_timer_start(gpu) == SGLLM_OK && sgllm__cuda_graph_launch(gpu, g) == SGLLM_OK &&
-                      sgllm__cuda_timer_stop(gpu, &ms) == SGLLM_OK);
-                if (r >= 0) t[r] = ms;
-            }
-            qsort(t, 5, sizeof t[0], cmp_f32);
-            printf(" %d: %.2f", threads[ti], 1e3 * t[2] / 200);
-            sgllm__cuda_graph_free(gpu, g);
-        }
-        printf("\n");
-    }
-    sgllm__cuda_dispatch dd = *sgllm__cuda_get_dispatch(gpu);
-    dd.norm_threads = base_threads;
-    sgllm__cuda_set_dispatch(gpu, &dd);
-    // Gemma 3 270M attention shape: 4 q heads, 1 kv head, head dim 256, one token
-    int32_t hd = 256, nq = 4, nkv = 1, p0 = 100;
-    float *hq = rand_floats(nq * hd, -1, 1), *hk = rand_floats(nkv * hd, -1, 1);
-    float *q = (float *)dev_copy(hq, (size_t)(nq * hd) * 4), *k = (float *)dev_copy(hk, (size_t)(nkv * hd) * 4);
-    float *v = (float *)dev_copy(hk, (size_t)(nkv * hd) * 4);
-    float *nw = (float *)dev_copy(w0, (size_t)hd * 4);
-    int32_t *pos = (int32_t *)dev_copy(&p0, 4);
-    uint16_t *kc = (uint16_t *)dev(512 * 256 * 2), *vc = (uint16_t *)dev(512 * 256 * 2);
-    for (int pdl = 1; pdl >= 0; pdl--) {
-        set_pdl(pdl);
-        float per[2];
-        for (int fused = 1; fused >= 0; fused--) {
-            void *g = NULL;
-            CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
-            int n_ops = fused ? 200 : 50;
-            for (int i = 0; i < n_ops; i++) {
-                if (fused) {
-                    sgllm__cuda_qkv_post_args a = {q, k, v, nq * hd, nkv * hd, nq, nkv, hd, NULL, NULL, NULL, 1, nw, nw,
-                                                   1e-6f, hd, pos, 1, 1.0f, 10000.0f, 1, kc, vc, NULL, 0};
-                    sgllm__cuda_qkv_post(gpu, &a);
-                } else {
-                    sgllm__cuda_qkv_norm(gpu, q, nq * hd, nq, nw, k, nkv * hd, nkv, nw, NULL, nkv * hd, hd, 1, 1e-6f);
-                    sgllm__cuda_rope(gpu, q, nq * hd, nq, hd, hd, pos, 1, 1.0f, 10000.0f, 1);
-                    sgllm__cuda_rope(gpu, k, nkv * hd, nkv, hd, hd, pos, 1, 1.0f, 10000.0f, 1);
-                    sgllm__cuda_kv_write(gpu, k, v, nkv * hd, nkv * hd, pos, 1, kc, vc, NULL, 0);
-                }
-            }
-            CHECK(sgllm__cuda_graph_end(gpu, &g) == SGLLM_OK);
-            float t[5];
-            for (int r = -1; r < 5; r++) {
-                float ms = 0;
-                CHECK(sgllm__cuda_timer_start(gpu) == SGLLM_OK && sgllm__cuda_graph_launch(gpu, g) == SGLLM_OK &&
-                      sgllm__cuda_timer_stop(gpu, &ms) == SGLLM_OK);
-                if (r >= 0) t[r] = ms;
-            }
-            qsort(t, 5, sizeof t[0], cmp_f32);
-            per[fused] = 1e3f * t[2] / (float)n_ops; // us per q/k/v epilogue
-            sgllm__cuda_graph_free(gpu, g);
-        }
-        printf("  pdl %d: q/k/v epilogue (Gemma 3 270M, 1 token): fused %.2f us, separate ops (4 launches) "
-               "%.2f us\n", pdl, per[1], per[0]);
-    }
     set_pdl(was);
     CHECK(sgllm__cuda_sync(gpu) == SGLLM_OK);
-    void *dptrs[] = {x, d, y, w, q, k, v, nw, pos, kc, vc};
+    void *dptrs[] = {x, d, y, w};
     for (size_t i = 0; i < sizeof dptrs / sizeof dptrs[0]; i++) sgllm__cuda_dfree(gpu, dptrs[i]);
-    free(x0), free(d0), free(w0), free(hq), free(hk);
+    free(x0), free(d0), free(w0);
 }
 
 // The chain of test_pdl_chain: D-wide rows, CHAIN_TOK of them; attention with 8 query heads
@@ -1461,11 +1381,6 @@ static sgllm_token draw_at(const sgllm__cand *c, int64_t n, double u) {
     return c[n - 1].id;
 }
 
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
 static void test_sample(void) {
     const int64_t NMAX = 262144, vocabs[2] = {262144, 49152};
     float *x = (float *)malloc((size_t)NMAX * sizeof(float));
@@ -1541,31 +1456,6 @@ static void test_sample(void) {
     CHECKF(unexplained == 0, "sample: %d draws differ from the CPU sampler without a boundary or tie", unexplained);
     CHECKF(differ * 100 < draws, "sample: %d of %d draws at a boundary (limit 1%%)", differ, draws);
 
-    // time: Gemma's vocabulary, peaked logits, greedy and the default parameters
-    for (int64_t i = 0; i < NMAX; i++) x[i] = test_uniform(-1.5f, 1.5f);
-    for (int j = 0; j < 5; j++) x[test_u64() % (uint64_t)NMAX] = 14;
-    CHECK(sgllm__cuda_upload(gpu, d_x, x, (size_t)NMAX * sizeof(float)) == SGLLM_OK);
-    for (int mode = 0; mode < 2; mode++) {
-        sgllm_sampler_params sp;
-        sgllm_sampler_default_params(&sp);
-        if (mode == 0) sp.temperature = 0;
-        sgllm__cuda_sample_args a;
-        memset(&a, 0, sizeof a);
-        a.temperature = sp.temperature, a.top_k = sp.top_k, a.top_p = sp.top_p, a.min_p = sp.min_p;
-        a.repeat_penalty = 1, a.u = 0.5;
-        CHECK(sgllm__cuda_upload(gpu, d_args, &a, sizeof a) == SGLLM_OK);
-        float t[50];
-        for (int r = -3; r < 50; r++) {
-            CHECK(sgllm__cuda_timer_start(gpu) == SGLLM_OK);
-            CHECK(sgllm__cuda_sample(gpu, d_x, NMAX, d_args, NULL, NULL, work, d_out) == SGLLM_OK);
-            float ms = 0;
-            CHECK(sgllm__cuda_timer_stop(gpu, &ms) == SGLLM_OK);
-            if (r >= 0) t[r] = ms;
-        }
-        qsort(t, 50, sizeof t[0], cmp_float);
-        printf("sample time, vocab 262144, %s: %.1f us (median of 50, device events)\n",
-               mode ? "temperature 0.8 top_k 40 top_p 0.95 min_p 0.05" : "greedy", 1e3 * t[25]);
-    }
     free(x);
 }
 

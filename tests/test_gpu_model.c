@@ -321,42 +321,6 @@ typedef struct tf_stats {
     double nll, max_err;
 } tf_stats;
 
-// Times single-token steps of a GPU context from an empty sequence: whole sgllm_evaluate calls
-// (upload, graph, logits download) and graph replays alone (kernel time). Prints only.
-static void decode_profile(const sgllm_model *gpu, const char *file) {
-    enum { STEPS = 128 };
-    sgllm_context *c = context(gpu, 1024, 8);
-    int V = sgllm_model_n_vocab(gpu);
-    float *logits = (float *)malloc((size_t)V * sizeof(float));
-    int32_t t = 1;
-    CHECK(sgllm_evaluate(c, &t, 1, NULL, logits) == SGLLM_OK); // captures the graph
-    double t0 = sgllm__now();
-    for (int i = 0; i < STEPS; i++) {
-        t = 3 + (int32_t)(test_u64() % (uint64_t)(V - 3));
-        CHECK(sgllm_evaluate(c, &t, 1, NULL, logits) == SGLLM_OK);
-    }
-    double t1 = sgllm__now();
-    for (int i = 0; i < STEPS; i++) CHECK(sgllm__cuda_graph_launch(c->gpu->cu, c->gpu->graph) == SGLLM_OK);
-    CHECK(sgllm__cuda_sync(c->gpu->cu) == SGLLM_OK);
-    double t2 = sgllm__now();
-    CHECK(sgllm_context_rewind(c, 0) == SGLLM_OK);
-    c->gpu->graph_failed = true; // plain launches
-    sgllm__cuda_graph_free(c->gpu->cu, c->gpu->graph);
-    c->gpu->graph = NULL;
-    double t3 = sgllm__now();
-    for (int i = 0; i < STEPS; i++) {
-        t = 3 + (int32_t)(test_u64() % (uint64_t)(V - 3));
-        CHECK(sgllm_evaluate(c, &t, 1, NULL, logits) == SGLLM_OK);
-    }
-    double t4 = sgllm__now();
-    printf("  decode step: evaluate with graph %.1f us (%.0f tok/s), graph replay alone %.1f us, evaluate "
-           "without graph %.1f us\n",
-           1e6 * (t1 - t0) / STEPS, STEPS / (t1 - t0), 1e6 * (t2 - t1) / STEPS, 1e6 * (t4 - t3) / STEPS);
-    (void)file;
-    free(logits);
-    sgllm_context_free(c);
-}
-
 static void real_case(const char *file) {
     char path[1024];
     test_model_path(path, sizeof path, file);
@@ -423,7 +387,6 @@ static void real_case(const char *file) {
         CHECKF(fabs(ppl / ppl_c - 1) <= 0.005, "%s: perplexity gpu %.4f cpu %.4f", file, ppl, ppl_c);
     }
     printf("  %s\n", sgllm_model_device_info(gpu));
-    decode_profile(gpu, file);
     sgllm_context_free(cc);
     sgllm_context_free(gc[0]);
     sgllm_context_free(gc[1]);
@@ -497,49 +460,6 @@ static void generate_case(const char *arch, int n_layer, int window) {
     remove(path);
 }
 
-// Decode rate of a synthetic model (no tokenizer, so not through sgllm_generate): 128 steps of
-// sgllm_generate's old GPU loop (evaluate, download the logits, sample on the host) against the
-// device-sampling step it now runs, greedy and with the default sampler.
-static void decode_rate(const char *preset, const char *type) {
-    sgllm_model *m = load_synthetic(preset, type, 7);
-    if (!m) return;
-    int V = sgllm_model_n_vocab(m);
-    float *lg = (float *)malloc((size_t)V * sizeof(float));
-    for (int greedy = 1; greedy >= 0; greedy--) {
-        double rate[2];
-        for (int dev = 0; dev < 2; dev++) {
-            sgllm_context *c = context(m, 512, 64);
-            sgllm_sampler_params sp;
-            sgllm_sampler_default_params(&sp);
-            if (greedy) sp.temperature = 0;
-            sgllm_sampler *smp = NULL;
-            CHECK(sgllm_sampler_init(&sp, V, &smp) == SGLLM_OK);
-            int32_t toks[16];
-            for (int i = 0; i < 16; i++) toks[i] = (int32_t)(test_u64() % (uint64_t)V);
-            CHECK(sgllm_evaluate(c, toks, 16, NULL, lg) == SGLLM_OK);
-            sgllm_token t = sgllm_sampler_sample(smp, lg);
-            double t0 = 0;
-            for (int i = -8; i < 128; i++) { // 8 untimed steps capture the graphs
-                if (i == 0) t0 = sgllm__now();
-                sgllm_sampler_accept(smp, t);
-                if (dev) {
-                    CHECK(sgllm__generate_gpu_step(c, smp, t, &t) == SGLLM_OK);
-                } else {
-                    CHECK(sgllm_evaluate(c, &t, 1, NULL, lg) == SGLLM_OK);
-                    t = sgllm_sampler_sample(smp, lg);
-                }
-            }
-            rate[dev] = 128 / (sgllm__now() - t0);
-            sgllm_sampler_free(smp);
-            sgllm_context_free(c);
-        }
-        printf("decode %-12s %-4s %-7s: %.0f tok/s host sampling (1 MB logits download), %.0f tok/s device sampling\n",
-               preset, type, greedy ? "greedy" : "default", rate[0], rate[1]);
-    }
-    free(lg);
-    sgllm_model_free(m);
-}
-
 int main(int argc, char **argv) {
     test_seed();
     bool tiny_only = argc > 1 && !strcmp(argv[1], "tiny"), real_only = argc > 1 && !strcmp(argv[1], "real");
@@ -553,8 +473,6 @@ int main(int argc, char **argv) {
         kernel_config_case();
         generate_case("llama", 2, 0);
         generate_case("gemma3", 6, 8);
-        decode_rate("smollm2-135m", "q8_0");
-        decode_rate("gemma3-270m", "q8_0");
         static const char *stypes[3] = {"bf16", "q8_0", "q4_k"};
         for (int t = 0; t < 3; t++) {
             synthetic_case("smollm2-135m", stypes[t]);
