@@ -4217,7 +4217,8 @@ typedef struct sgllm__cpu {
     int32_t n_ctx, n_batch;
     uint16_t **k_cache, **v_cache; // (n_layer) x (kv_rows[il], n_head_kv * head_dim) fp16
     int32_t *kv_rows;              // (n_layer) rows of each layer's cache: n_ctx, or a window's ring
-    int32_t *kv_lost;              // (n_layer) positions below this one lost their rows (ring layers)
+    int32_t kv_end;                // highest end (pos0 + n) of a forward since the cache was cleared: a
+                                   // ring layer has lost the rows of positions below kv_end - kv_rows[il]
     float *x;                      // (n_batch, n_embd) residual stream
     float *h;                      // (n_batch, n_embd) normalized input of a block
     float *q;                      // (n_batch, max n_head * head_dim)
@@ -4239,7 +4240,6 @@ static void sgllm__cpu_free(sgllm__cpu *c) {
     sgllm__free(c->k_cache);
     sgllm__free(c->v_cache);
     sgllm__free(c->kv_rows);
-    sgllm__free(c->kv_lost);
     float *bufs[] = {c->x, c->h, c->q, c->k, c->v, c->att, c->o, c->g, c->u, c->att_work};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__free(bufs[i]);
     sgllm__free(c->mm_scratch);
@@ -4271,8 +4271,7 @@ static sgllm_status sgllm__cpu_init(sgllm__cpu *c, const sgllm_model *m, int32_t
     c->k_cache = (uint16_t **)sgllm__calloc((size_t)m->n_layer, sizeof(uint16_t *));
     c->v_cache = (uint16_t **)sgllm__calloc((size_t)m->n_layer, sizeof(uint16_t *));
     c->kv_rows = (int32_t *)sgllm__calloc((size_t)m->n_layer, sizeof(int32_t));
-    c->kv_lost = (int32_t *)sgllm__calloc((size_t)m->n_layer, sizeof(int32_t));
-    bool ok = c->pool && c->k_cache && c->v_cache && c->kv_rows && c->kv_lost;
+    bool ok = c->pool && c->k_cache && c->v_cache && c->kv_rows;
     for (int32_t il = 0; ok && il < m->n_layer; il++) {
         const sgllm__layer *L = &m->layers[il];
         size_t row = (size_t)L->n_head_kv * (size_t)L->head_dim;
@@ -4546,8 +4545,6 @@ static void sgllm__cpu_forward(sgllm__cpu *c, const int32_t *tokens, int32_t n, 
             sgllm__f16_from_f32(k, c->k_cache[il] + row * kvd, kvd);
             sgllm__f16_from_f32(v, c->v_cache[il] + row * kvd, kvd);
         }
-        int32_t lost = pos0 + n - c->kv_rows[il]; // the batch's rows overwrote these positions' rows
-        if (lost > c->kv_lost[il]) c->kv_lost[il] = lost;
         sgllm__att_job job = {c, L, il, pos0};
         sgllm__pool_run(c->pool, (int64_t)n * L->n_head, sgllm__att_task, &job);
         sgllm__matmul(c->pool, &L->wo, c->att, n, c->o, c->mm_scratch);
@@ -4566,6 +4563,7 @@ static void sgllm__cpu_forward(sgllm__cpu *c, const int32_t *tokens, int32_t n, 
         if (L->post_ffn_norm) sgllm__rmsnorm(c->o, c->o, L->post_ffn_norm, n, E, m->eps);
         for (int64_t e = 0; e < n * E; e++) c->x[e] += c->o[e];
     }
+    if (pos0 + n > c->kv_end) c->kv_end = pos0 + n; // the ring layers' rows of earlier positions are overwritten
     // final norm of the selected rows only, then the vocabulary projection
     int32_t n_out = 0;
     for (int32_t i = 0; i < n; i++)
@@ -4583,13 +4581,13 @@ static void sgllm__cpu_forward(sgllm__cpu *c, const int32_t *tokens, int32_t n, 
 static bool sgllm__cpu_kv_intact(const sgllm__cpu *c, int32_t pos) {
     for (int32_t il = 0; il < c->m->n_layer; il++) {
         int32_t w = c->m->layers[il].window, need = w > 0 && pos - w + 1 > 0 ? pos - w + 1 : 0;
-        if (w > 0 && need < pos && need < c->kv_lost[il]) return false;
+        if (w > 0 && need < pos && need < c->kv_end - c->kv_rows[il]) return false;
     }
     return true;
 }
 
 // Forgets every position (the next forward starts at position 0).
-static void sgllm__cpu_kv_clear(sgllm__cpu *c) { memset(c->kv_lost, 0, (size_t)c->m->n_layer * sizeof(int32_t)); }
+static void sgllm__cpu_kv_clear(sgllm__cpu *c) { c->kv_end = 0; }
 
 // --- 8b. Architecture dispatch -------------------------------------------------------------
 // Which kernel variants and block sizes the CUDA backend uses on a device. A compiled-in table
@@ -5325,7 +5323,6 @@ typedef struct sgllm__gpu_ctx {
     float *logits;                 // (device) (n_batch, n_vocab)
     void *graph;                   // executable graph of the single-token step, or NULL
     bool graph_failed;             // capture was refused once: run that step without a graph
-    int32_t graph_splits;          // decode-attention splits the graph was captured with
     // device sampling (sgllm__gpu_forward_sample): smp holds (4) int32 (token, position, the
     // sampled token, pad), sgllm__cuda_sample_args, (smp_cap) penalized tokens, (smp_cap) counts
     void *smp, *smp_work;          // (device) smp; sgllm__cuda_sample_work_bytes(n_vocab)
@@ -5363,6 +5360,17 @@ static int32_t sgllm__gpu_splits(const sgllm__cuda_dispatch *d, const sgllm__lay
     int64_t blocks = n * L->n_head_kv * ((group + 7) / 8); // ATT_HB = 8 query heads per block
     if (L->window > 0 && L->window < max_keys) max_keys = L->window;
     return sgllm__dispatch_decode_splits(d, blocks, max_keys);
+}
+
+// The split count of the single-token step, fixed for every position a captured graph will
+// see: the largest any layer wants at the full context.
+static int32_t sgllm__gpu_step_splits(const sgllm__gpu_ctx *c) {
+    int32_t splits = 1;
+    for (int32_t il = 0; il < c->m->n_layer; il++) {
+        int32_t sp = sgllm__gpu_splits(sgllm__cuda_get_dispatch(c->cu), &c->m->layers[il], 1, c->n_ctx);
+        splits = splits > sp ? splits : sp;
+    }
+    return splits;
 }
 
 static sgllm_status sgllm__gpu_ctx_create(const sgllm_model *m, int32_t n_ctx, int32_t n_batch, sgllm__diag *d,
@@ -5532,13 +5540,8 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
     sgllm_status s = sgllm__cuda_upload(c->cu, c->io, c->host_io, 3 * (size_t)B * sizeof(int32_t));
     if (!s && n == 1 && n_out == 1 && !c->graph_failed) {
         if (!c->graph) {
-            c->graph_splits = 0;
-            for (int32_t il = 0; il < m->n_layer; il++) { // one count for every position the graph will see
-                int32_t sp = sgllm__gpu_splits(sgllm__cuda_get_dispatch(c->cu), &m->layers[il], 1, c->n_ctx);
-                c->graph_splits = c->graph_splits > sp ? c->graph_splits : sp;
-            }
             s = sgllm__cuda_graph_begin(c->cu);
-            sgllm_status se = s ? s : sgllm__gpu_enqueue(c, 1, 1, c->n_ctx, c->graph_splits);
+            sgllm_status se = s ? s : sgllm__gpu_enqueue(c, 1, 1, c->n_ctx, sgllm__gpu_step_splits(c));
             if (!s) s = sgllm__cuda_graph_end(c->cu, &c->graph);
             if (se || s) { // capture refused (e.g. a driver without it): plain launches from now on
                 sgllm__log(d, SGLLM_LOG_WARN, "CUDA graph capture failed (%s); decoding without a graph",
@@ -5619,15 +5622,9 @@ static sgllm_status sgllm__gpu_forward_sample(sgllm__gpu_ctx *c, sgllm_token tok
     if (!s && token < 0) {
         s = sgllm__gpu_sample_enqueue(c);
     } else if (!s) {
-        const sgllm_model *m = c->m;
-        int32_t splits = 0;
-        for (int32_t il = 0; il < m->n_layer; il++) { // one count for every position the graph will see
-            int32_t sp = sgllm__gpu_splits(sgllm__cuda_get_dispatch(c->cu), &m->layers[il], 1, c->n_ctx);
-            splits = splits > sp ? splits : sp;
-        }
         if (!c->smp_graph && !c->smp_graph_failed) {
             s = sgllm__cuda_graph_begin(c->cu);
-            sgllm_status se = s ? s : sgllm__gpu_step_sample_enqueue(c, splits);
+            sgllm_status se = s ? s : sgllm__gpu_step_sample_enqueue(c, sgllm__gpu_step_splits(c));
             if (!s) s = sgllm__cuda_graph_end(c->cu, &c->smp_graph);
             if (se || s) { // capture refused: plain launches from now on
                 sgllm__log(d, SGLLM_LOG_WARN, "CUDA graph capture of the sampling step failed (%s)",
@@ -5636,7 +5633,8 @@ static sgllm_status sgllm__gpu_forward_sample(sgllm__gpu_ctx *c, sgllm_token tok
                 s = SGLLM_OK;
             }
         }
-        s = c->smp_graph ? sgllm__cuda_graph_launch(c->cu, c->smp_graph) : sgllm__gpu_step_sample_enqueue(c, splits);
+        s = c->smp_graph ? sgllm__cuda_graph_launch(c->cu, c->smp_graph)
+                         : sgllm__gpu_step_sample_enqueue(c, sgllm__gpu_step_splits(c));
     }
     if (!s) s = sgllm__cuda_download(c->cu, out, (int32_t *)c->smp + 2, sizeof(int32_t));
     if (s) return sgllm__fail(d, s, "CUDA sampler: %s", sgllm__cuda_errmsg(c->cu));
@@ -6083,14 +6081,10 @@ SGLLM__MAYBE_UNUSED static void sgllm__sampler_device_args(sgllm_sampler *s, sgl
 // forward's logits (token < 0) or after evaluating token at the end of the sequence.
 static sgllm_status sgllm__generate_gpu_step(sgllm_context *ctx, sgllm_sampler *smp, sgllm_token token,
                                              sgllm_token *next) {
-    sgllm__cuda_sample_args a;
-    sgllm_status s = SGLLM_OK;
-    int32_t *pen = (int32_t *)sgllm__calloc(2 * (size_t)smp->params.penalty_last_n + 1, sizeof(int32_t));
-    if (!pen) return sgllm__fail(&ctx->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
-    sgllm__sampler_device_args(smp, &a, pen, pen + smp->params.penalty_last_n);
-    s = sgllm__gpu_forward_sample(ctx->gpu, token, ctx->n_past, &a, pen, pen + smp->params.penalty_last_n, next,
-                                  &ctx->diag);
-    sgllm__free(pen);
+    sgllm__cuda_sample_args a; // the penalty list goes through the sampler's own scratch
+    sgllm__sampler_device_args(smp, &a, smp->pen_tokens, smp->pen_counts);
+    sgllm_status s = sgllm__gpu_forward_sample(ctx->gpu, token, ctx->n_past, &a, smp->pen_tokens, smp->pen_counts,
+                                               next, &ctx->diag);
     if (!s && token >= 0) ctx->history[ctx->n_past++] = token;
     return s;
 }

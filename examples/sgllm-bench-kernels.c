@@ -559,6 +559,30 @@ static void bench_model_step(const char *preset, const char *type) {
     sgllm_model_free(m);
 }
 
+// The matrix-vector products of one Llama-3-8B decode token, by shape.
+static const struct {
+    const char *name;
+    int64_t rows, cols;
+    int per_layer; // times per layer (0: once per token)
+} llama_mats[] = {{"attn q / o", 4096, 4096, 2},
+              {"attn k / v", 1024, 4096, 2},
+              {"ffn gate / up", 14336, 4096, 2},
+              {"ffn down", 4096, 14336, 1},
+              {"lm head", 128256, 4096, 0}};
+
+// Seconds of one Llama-3-8B token's matrix-vector products of type t (32 layers and the lm head)
+// under the current dispatch, and their bandwidth floor.
+static void llama_token_matvecs(uint32_t t, double bw, int reps, double *time, double *floor_time) {
+    *time = *floor_time = 0;
+    for (size_t si = 0; si < sizeof llama_mats / sizeof llama_mats[0]; si++) {
+        size_t wb;
+        double tm = time_matvec(t, llama_mats[si].rows, llama_mats[si].cols, 1, reps, &wb);
+        double times = llama_mats[si].per_layer ? 32.0 * llama_mats[si].per_layer : 1.0;
+        *time += times * tm;
+        *floor_time += times * (double)wb / bw;
+    }
+}
+
 int main(int argc, char **argv) {
     int reps = 21;
     bool sweep = false, attn_only = false, decode_only = false, launch_only = false;
@@ -626,26 +650,20 @@ int main(int argc, char **argv) {
         return 0;
     }
 
-    static const struct {
-        const char *name;
-        int64_t rows, cols;
-        int per_layer; // times per Llama-3-8B layer (0: once per token)
-    } shapes[] = {{"attn q / o", 4096, 4096, 2},     {"attn k / v", 1024, 4096, 2}, {"ffn gate / up", 14336, 4096, 2},
-                  {"ffn down", 4096, 14336, 1},       {"lm head", 128256, 4096, 0}};
     static const uint32_t types[] = {SGLLM__T_BF16, SGLLM__T_Q8_0, SGLLM__T_Q4_K};
     static const double target[] = {0.85, 0.80, 0.70};
     printf("decode matvec, batch 1 (fraction = weight bytes / read bandwidth / time)\n");
     printf("%-6s %-14s %-13s %10s %10s %10s %8s\n", "type", "matrix", "rows x cols", "MB", "us", "floor us", "frac");
     double token_time[3] = {0}, token_floor[3] = {0};
     for (int ti = 0; ti < 3; ti++) {
-        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        for (size_t si = 0; si < sizeof llama_mats / sizeof llama_mats[0]; si++) {
             size_t wb;
-            double t = time_matvec(types[ti], shapes[si].rows, shapes[si].cols, 1, reps, &wb);
+            double t = time_matvec(types[ti], llama_mats[si].rows, llama_mats[si].cols, 1, reps, &wb);
             double floor_t = (double)wb / bw;
-            printf("%-6s %-14s %6lldx%-6lld %10.1f %10.1f %10.1f %7.1f%%\n", sgllm__type_name(types[ti]), shapes[si].name,
-                   (long long)shapes[si].rows, (long long)shapes[si].cols, (double)wb / 1e6, t * 1e6, floor_t * 1e6,
+            printf("%-6s %-14s %6lldx%-6lld %10.1f %10.1f %10.1f %7.1f%%\n", sgllm__type_name(types[ti]), llama_mats[si].name,
+                   (long long)llama_mats[si].rows, (long long)llama_mats[si].cols, (double)wb / 1e6, t * 1e6, floor_t * 1e6,
                    100 * floor_t / t);
-            double times = shapes[si].per_layer ? 32.0 * shapes[si].per_layer : 1.0;
+            double times = llama_mats[si].per_layer ? 32.0 * llama_mats[si].per_layer : 1.0;
             token_time[ti] += times * t;
             token_floor[ti] += times * floor_t;
         }
@@ -665,14 +683,8 @@ int main(int argc, char **argv) {
         sgllm__cuda_dispatch dd = disp;
         if (ref) dd.matvec_int8 = 0;
         sgllm__cuda_set_dispatch(gpu, &dd);
-        double tt = 0, tf = 0;
-        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-            size_t wb;
-            double t = time_matvec(more[k], shapes[si].rows, shapes[si].cols, 1, reps, &wb);
-            double times = shapes[si].per_layer ? 32.0 * shapes[si].per_layer : 1.0;
-            tt += times * t;
-            tf += times * (double)wb / bw;
-        }
+        double tt, tf;
+        llama_token_matvecs(more[k], bw, reps, &tt, &tf);
         printf("  %-5s %7.2f ms (floor %6.2f ms) = %5.1f%% of the bandwidth floor%s\n", sgllm__type_name(more[k]),
                tt * 1e3, tf * 1e3, 100 * tf / tt, ref ? " (fp32-activation reference kernel)" : "");
     }
@@ -688,14 +700,8 @@ int main(int argc, char **argv) {
             sgllm__cuda_set_dispatch(gpu, &dd);
             printf("  (%d, %2d):", settings[k][0], settings[k][1]);
             for (int ti = 0; ti < 3; ti++) {
-                double tt = 0, tf = 0;
-                for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-                    size_t wb;
-                    double t = time_matvec(types[ti], shapes[si].rows, shapes[si].cols, 1, reps, &wb);
-                    double times = shapes[si].per_layer ? 32.0 * shapes[si].per_layer : 1.0;
-                    tt += times * t;
-                    tf += times * (double)wb / bw;
-                }
+                double tt, tf;
+                llama_token_matvecs(types[ti], bw, reps, &tt, &tf);
                 printf("  %s %5.1f%%", sgllm__type_name(types[ti]), 100 * tf / tt);
             }
             printf("\n");
@@ -714,10 +720,10 @@ int main(int argc, char **argv) {
     static const uint32_t ptypes[] = {SGLLM__T_BF16, SGLLM__T_Q4_K};
     for (int ti = 0; ti < 2; ti++)
         for (size_t si = 0; si < 4; si++) {
-            double t = time_gemm(ptypes[ti], shapes[si].rows, shapes[si].cols, 2048, reps);
-            double fl = 2.0 * (double)shapes[si].rows * (double)shapes[si].cols * 2048;
-            printf("%-6s %-14s %6lldx%-6lld %10.1f %10.0f %7.1f%%\n", sgllm__type_name(ptypes[ti]), shapes[si].name,
-                   (long long)shapes[si].rows, (long long)shapes[si].cols, t * 1e6, fl / t / 1e12, 100 * fl / flops / t);
+            double t = time_gemm(ptypes[ti], llama_mats[si].rows, llama_mats[si].cols, 2048, reps);
+            double fl = 2.0 * (double)llama_mats[si].rows * (double)llama_mats[si].cols * 2048;
+            printf("%-6s %-14s %6lldx%-6lld %10.1f %10.0f %7.1f%%\n", sgllm__type_name(ptypes[ti]), llama_mats[si].name,
+                   (long long)llama_mats[si].rows, (long long)llama_mats[si].cols, t * 1e6, fl / t / 1e12, 100 * fl / flops / t);
         }
     bench_prefill_attn(flops, reps, sweep);
     decode_steps(&disp, bw, reps, sweep);
