@@ -4617,7 +4617,7 @@ static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
     {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 0}},
     {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0}},
     {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 1}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 1}},
     {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 1}},
     {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 1}},
 };
@@ -4703,7 +4703,7 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                     d->decode_max_splits, d->decode_min_keys, d->decode_block_n, d->prefill_block_m[0],
                     d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
                     d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->prefill_min_tokens,
-                    d->qknorm_per_head_max_tokens, d->norm_threads, d->matvec_int8 ? "int8 (dp4a)" : "fp32",
+                    d->qknorm_per_head_max_tokens, d->norm_threads, d->matvec_int8 == 3 ? "int8 (dp4a), wide loads" : d->matvec_int8 ? "int8 (dp4a)" : "fp32",
                     d->pdl ? (p->major >= 9 ? "on" : "asked, needs sm90") : "off");
 }
 

@@ -507,8 +507,8 @@ static void test_matvec_fused(void) {
             uint8_t *w[5];
             void *dw[5];
             int64_t rows_of[5] = {rows3[0], rows3[1], rows3[2], ff, ff};
-            for (int i = 0; i < 5; i++) {
-                w[i] = rand_weights(t, rows_of[i], cols, &wb[i]);
+            for (int i = 0; i < 5; i++) { // one spare row: r3[0] below may be rows_of[0] + 1
+                w[i] = rand_weights(t, rows_of[i] + (i == 0), cols, &wb[i]);
                 dw[i] = dev_copy(w[i], wb[i]);
             }
             int64_t max_tok = 9, ny = max_tok * (rows3[0] + rows3[1] + rows3[2] + 2 * ff);
@@ -799,6 +799,8 @@ static void test_attention(void) {
                 sgllm__cpu c;
                 memset(&c, 0, sizeof c);
                 c.n_ctx = n_ctx;
+                int32_t kv_rows = n_ctx; // no ring: position p at row p
+                c.kv_rows = &kv_rows;
                 c.k_cache = &kc;
                 c.v_cache = &vc;
                 c.q = q;
@@ -1489,8 +1491,8 @@ static void test_matvec_wide(void) {
             size_t wb[5];
             uint8_t *w[5];
             void *dw[5];
-            for (int i = 0; i < 5; i++) {
-                w[i] = rand_weights(t, rows_of[i], cols, &wb[i]);
+            for (int i = 0; i < 5; i++) { // one spare row: r3[0] below may be rows_of[0] + 1
+                w[i] = rand_weights(t, rows_of[i] + (i == 0), cols, &wb[i]);
                 dw[i] = dev_copy(w[i], wb[i]);
             }
             int64_t rsum = rows_of[0] + rows_of[1] + rows_of[2], ny = 8 * (rsum + 2 * rows_of[3]);
@@ -1562,6 +1564,7 @@ static void test_matvec_wide(void) {
 }
 
 int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0); // a crash keeps the lines before it
     test_seed();
     int n_dev = sgllm__cuda_device_count();
     CHECKF(n_dev > 0, "no CUDA device: run this test on a GPU machine");

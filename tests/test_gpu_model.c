@@ -461,6 +461,7 @@ static void generate_case(const char *arch, int n_layer, int window) {
 }
 
 int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0); // a crash keeps the lines before it
     test_seed();
     bool tiny_only = argc > 1 && !strcmp(argv[1], "tiny"), real_only = argc > 1 && !strcmp(argv[1], "real");
     if (!real_only) {
