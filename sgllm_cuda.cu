@@ -2056,9 +2056,9 @@ template <int T, int NT, int NR>
 static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int64_t groups) {
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
     size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T);
-    // persistent grid: the resident blocks (by warps and shared memory per SM), then as few
-    // as give every warp the same number of row groups
-    int64_t per_sm = (c->disp.matvec_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
+    // persistent grid: the resident blocks (by the wide kernel's warps and shared memory per
+    // SM), then as few as give every warp the same number of row groups
+    int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
     if (per_sm > fit) per_sm = fit;
     if (per_sm < 1) per_sm = 1;
     int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1), blocks = (groups + warps - 1) / warps;

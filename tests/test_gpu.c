@@ -507,8 +507,8 @@ static void test_matvec_fused(void) {
             uint8_t *w[5];
             void *dw[5];
             int64_t rows_of[5] = {rows3[0], rows3[1], rows3[2], ff, ff};
-            for (int i = 0; i < 5; i++) { // one spare row: r3[0] below may be rows_of[0] + 1
-                w[i] = rand_weights(t, rows_of[i] + (i == 0), cols, &wb[i]);
+            for (int i = 0; i < 5; i++) {
+                w[i] = rand_weights(t, rows_of[i], cols, &wb[i]);
                 dw[i] = dev_copy(w[i], wb[i]);
             }
             int64_t max_tok = 9, ny = max_tok * (rows3[0] + rows3[1] + rows3[2] + 2 * ff);
@@ -1477,7 +1477,7 @@ static void test_matvec_wide(void) {
     sgllm__cuda_dispatch ref_d = disp, wide[2] = {disp, disp};
     ref_d.matvec_int8 = 1, ref_d.matvec_warps_per_sm = 0;
     wide[0].matvec_int8 = wide[1].matvec_int8 = 3;
-    wide[1].matvec_warps = 8, wide[1].matvec_warps_per_sm = 1;
+    wide[1].matvec_warps = 8, wide[1].matvec_wide_warps_per_sm = 1;
     int runs = 0;
     double worst_gelu = 0;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
