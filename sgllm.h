@@ -461,6 +461,10 @@ sgllm_status sgllm__cuda_alloc(sgllm__cuda *c, size_t bytes, void **out); // (de
 void sgllm__cuda_dfree(sgllm__cuda *c, void *p);                        // NULL is a no-op
 sgllm_status sgllm__cuda_upload(sgllm__cuda *c, void *dst, const void *src, size_t bytes);   // returns when done
 sgllm_status sgllm__cuda_download(sgllm__cuda *c, void *dst, const void *src, size_t bytes); // waits for the stream
+// Enqueues an upload and returns at once: src is first copied into pinned staging memory, so the
+// caller may reuse it immediately; the device copy runs in stream order (only ops of the same
+// context may rely on it). Sizes over 16 MB, or no pinned memory, take sgllm__cuda_upload.
+sgllm_status sgllm__cuda_upload_async(sgllm__cuda *c, void *dst, const void *src, size_t bytes);
 sgllm_status sgllm__cuda_memset(sgllm__cuda *c, void *dst, int byte, size_t bytes);          // enqueued
 sgllm_status sgllm__cuda_sync(sgllm__cuda *c);
 // Makes the context's scratch buffer at least bytes large (synchronous; outside any graph).

@@ -5556,7 +5556,7 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
         if (want ? want[i] : i == n - 1) rows[n_out++] = i;
     }
     // one upload of the three arrays: everything in front of rows[n_out] that the step reads
-    sgllm_status s = sgllm__cuda_upload(c->cu, c->io, c->host_io, 3 * (size_t)B * sizeof(int32_t));
+    sgllm_status s = sgllm__cuda_upload_async(c->cu, c->io, c->host_io, 3 * (size_t)B * sizeof(int32_t));
     if (!s && n == 1 && n_out == 1 && !c->graph_failed) {
         if (!c->graph) {
             s = sgllm__cuda_graph_begin(c->cu);
@@ -5637,7 +5637,7 @@ static sgllm_status sgllm__gpu_forward_sample(sgllm__gpu_ctx *c, sgllm_token tok
     memcpy(pen, pen_tokens, (size_t)args->n_pen * sizeof(int32_t));
     memcpy(pen + c->smp_cap, pen_counts, (size_t)args->n_pen * sizeof(int32_t));
     size_t bytes = SGLLM__SMP_ARGS + sizeof *args + 2 * (size_t)c->smp_cap * sizeof(int32_t);
-    s = sgllm__cuda_upload(c->cu, c->smp, c->smp_host, bytes);
+    s = sgllm__cuda_upload_async(c->cu, c->smp, c->smp_host, bytes);
     if (!s && token < 0) {
         s = sgllm__gpu_sample_enqueue(c);
     } else if (!s) {
