@@ -41,6 +41,9 @@
 // cuBLAS never allocates behind our back, which graph capture forbids), a scratch buffer
 // shared by ops that run one after another on the stream, and the dispatch decisions.
 
+// Bytes of one slot of the read-back ring (sgllm__cuda_readback_start).
+enum { SGLLM__CU_RING_SLOT = 64 };
+
 // Activation buffer of the direct matrix-vector kernels: up to 8 tokens of MV_XQ_COLS values
 // as int8 codes plus one float2 per 32 values (wider rows take the staged kernel).
 enum { MV_XQ_COLS = 65536, MV_XQ_BYTES = 8 * MV_XQ_COLS + 8 * (MV_XQ_COLS / 32) * 8 };
@@ -60,6 +63,8 @@ struct sgllm__cuda {
     void *stage_up;       // (stage_up_bytes) pinned host memory of sgllm__cuda_upload_async
     size_t stage_up_bytes;
     cudaEvent_t stage_up_done; // recorded after the copy out of stage_up: its next write waits for it
+    void *ring;           // (2, SGLLM__CU_RING_SLOT) pinned: small results read back while the stream runs on
+    cudaEvent_t ring_ev[2]; // recorded after each slot's copy
     sgllm__cuda_dispatch disp;
     int smem_optin, smem_sm; // shared memory a block may opt into, and per SM (bytes)
     int cc_major;         // compute capability major of the device
@@ -187,6 +192,9 @@ extern "C" void sgllm__cuda_free(sgllm__cuda *c) {
     cudaFree(c->mv_xq);
     cudaFreeHost(c->stage);
     if (c->stage_up_done) cudaEventDestroy(c->stage_up_done);
+    for (int i = 0; i < 2; i++)
+        if (c->ring_ev[i]) cudaEventDestroy(c->ring_ev[i]);
+    cudaFreeHost(c->ring);
     cudaFreeHost(c->stage_up);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
@@ -218,6 +226,9 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreate(&c->t0), "event");
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreate(&c->t1), "event");
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreateWithFlags(&c->stage_up_done, cudaEventDisableTiming), "event");
+    for (int i = 0; i < 2 && s == SGLLM_OK; i++)
+        s = sgllm__cu_check(c, cudaEventCreateWithFlags(&c->ring_ev[i], cudaEventDisableTiming), "event");
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaHostAlloc(&c->ring, 2 * SGLLM__CU_RING_SLOT, cudaHostAllocDefault), "pinned memory");
     c->blas_ws_bytes = (size_t)32 << 20;
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->blas_ws, c->blas_ws_bytes), "cuBLAS workspace");
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->mv_xq, MV_XQ_BYTES), "matvec activation buffer");
@@ -310,6 +321,22 @@ extern "C" sgllm_status sgllm__cuda_download(sgllm__cuda *c, void *dst, const vo
     }
     sgllm_status s = sgllm__cu_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream), "download");
     return s ? s : sgllm__cu_check(c, cudaStreamSynchronize(c->stream), "download");
+}
+
+extern "C" sgllm_status sgllm__cuda_readback_start(sgllm__cuda *c, int slot, const void *src, size_t bytes) {
+    if (!c || slot < 0 || slot > 1 || !src || !bytes || bytes > SGLLM__CU_RING_SLOT) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    sgllm_status s = sgllm__cu_check(c, cudaMemcpyAsync((char *)c->ring + slot * SGLLM__CU_RING_SLOT, src, bytes,
+                                                        cudaMemcpyDeviceToHost, c->stream), "read back");
+    return s ? s : sgllm__cu_check(c, cudaEventRecord(c->ring_ev[slot], c->stream), "read back");
+}
+
+extern "C" sgllm_status sgllm__cuda_readback_wait(sgllm__cuda *c, int slot, void *dst, size_t bytes) {
+    if (!c || slot < 0 || slot > 1 || !dst || !bytes || bytes > SGLLM__CU_RING_SLOT) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    sgllm_status s = sgllm__cu_check(c, cudaEventSynchronize(c->ring_ev[slot]), "read back");
+    if (!s) memcpy(dst, (const char *)c->ring + slot * SGLLM__CU_RING_SLOT, bytes);
+    return s;
 }
 
 extern "C" sgllm_status sgllm__cuda_memset(sgllm__cuda *c, void *dst, int byte, size_t bytes) {

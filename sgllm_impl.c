@@ -5059,7 +5059,7 @@ SGLLM__MAYBE_UNUSED static sgllm_status sgllm__dispatch_load_config(sgllm__cuda_
 // activation, down projection. The KV cache is paged (SGLLM__KV_PAGE rows a page, an identity
 // page table for now, so a prefix cache can later share pages). sgllm_generate's decode loop
 // runs the step and the device sampler as one graph and reads back only the token
-// (sgllm__gpu_forward_sample).
+// (sgllm__gpu_produce).
 
 // Picks the backend for a loaded model description (m->backend, m->device_info) and, for
 // CUDA, uploads the weights. kernel_config: an optional JSON file applied over the dispatch.
@@ -5342,19 +5342,19 @@ typedef struct sgllm__gpu_ctx {
     float *logits;                 // (device) (n_batch, n_vocab)
     void *graph;                   // executable graph of the single-token step, or NULL
     bool graph_failed;             // capture was refused once: run that step without a graph
-    // device sampling (sgllm__gpu_forward_sample): smp holds (4) int32 (token, position, the
-    // sampled token, pad), sgllm__cuda_sample_args, (smp_cap) penalized tokens, (smp_cap) counts
-    void *smp, *smp_work;          // (device) smp; sgllm__cuda_sample_work_bytes(n_vocab)
-    unsigned char *smp_host;       // staging of smp
+    // device sampling (sgllm__gpu_produce): two buffers, each (4) int32 (token, position, pad,
+    // pad), sgllm__cuda_sample_args, (smp_cap) penalized tokens, (smp_cap) counts
+    void *smp[2], *smp_work;       // (device) smp; sgllm__cuda_sample_work_bytes(n_vocab)
+    unsigned char *smp_host;       // staging of one smp buffer
     int32_t smp_cap;
-    void *smp_graph;               // the single-token step and the sampler, or NULL
+    void *smp_graph[2];            // the single-token step reading smp[b] and the sampler, or NULL
     bool smp_graph_failed;
 } sgllm__gpu_ctx;
 
 static void sgllm__gpu_ctx_free(sgllm__gpu_ctx *c) {
     if (!c) return;
     sgllm__cuda_graph_free(c->cu, c->graph);
-    sgllm__cuda_graph_free(c->cu, c->smp_graph);
+    for (int b = 0; b < 2; b++) sgllm__cuda_graph_free(c->cu, c->smp_graph[b]);
     sgllm__free(c->smp_host);
     for (ptrdiff_t i = 0; i < arrlen(c->allocs); i++) sgllm__cuda_dfree(c->cu, c->allocs[i]);
     arrfree(c->allocs);
@@ -5581,70 +5581,87 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
 }
 
 // Device sampling: the single-token step and the sampler run on the device and only the
-// 4-byte token comes back. The token, its position, the sampler's parameters, its uniform and
-// the penalty list go up in one upload; the step reads its token and position from there
-// through two device copies, so one CUDA graph holds copies, step and sampler.
-#define SGLLM__SMP_ARGS 16 // byte offset of the arguments in smp
+// 4-byte token comes back. A generate loop's tokens are productions 0, 1, 2, ...: production 0
+// samples from the last forward's logits, production i >= 1 evaluates token i - 1 and samples
+// token i. Production i takes its position, sampler arguments and penalty list from buffer
+// smp[(i + 1) % 2] (one upload) and its input token from the same buffer's first int, where
+// production i - 1's sampler wrote it; it writes token i to smp[i % 2]'s first int. So the token
+// never needs the host between steps: the host may enqueue production i + 1 before it reads
+// token i (generate does when no penalty depends on the tokens), and each production's one
+// upload leaves the token slot alone. Token i is read back into ring slot i % 2. The two step
+// graphs (one per input buffer) hold the copies, the step and the sampler.
+#define SGLLM__SMP_ARGS 16 // byte offset of the arguments in an smp buffer
 
+// Makes the buffers for penalty lists of up to cap tokens (at least 64). A longer list than
+// before replaces the buffers and graphs, so it must come before a generate loop's first
+// production, never between two.
 static sgllm_status sgllm__gpu_sample_prepare(sgllm__gpu_ctx *c, int32_t cap, sgllm__diag *d) {
     sgllm_status s = SGLLM_OK;
     if (cap < 64) cap = 64;
     if (!c->smp_work) s = sgllm__gpu_alloc(c, sgllm__cuda_sample_work_bytes(c->m->n_vocab), &c->smp_work);
-    if (!s && cap > c->smp_cap) { // a longer window than before: a new buffer, and a new graph reading it
+    if (!s && cap > c->smp_cap) {
         size_t bytes = SGLLM__SMP_ARGS + sizeof(sgllm__cuda_sample_args) + 2 * (size_t)cap * sizeof(int32_t);
         unsigned char *h = (unsigned char *)sgllm__calloc(bytes, 1);
         if (!h) return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
         sgllm__free(c->smp_host);
         c->smp_host = h;
         c->smp_cap = 0;
-        sgllm__cuda_graph_free(c->cu, c->smp_graph);
-        c->smp_graph = NULL;
-        if (!(s = sgllm__gpu_alloc(c, bytes, &c->smp))) c->smp_cap = cap;
+        for (int b = 0; b < 2; b++) {
+            sgllm__cuda_graph_free(c->cu, c->smp_graph[b]);
+            c->smp_graph[b] = NULL;
+        }
+        for (int b = 0; b < 2 && !s; b++) s = sgllm__gpu_alloc(c, bytes, &c->smp[b]);
+        if (!s) c->smp_cap = cap;
     }
     if (s) return sgllm__fail(d, s, "CUDA sampler: %s", sgllm__cuda_errmsg(c->cu));
     return SGLLM_OK;
 }
 
-// Enqueues the sampler over the first row of c->logits; the token lands in smp's third int.
-static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c) {
-    unsigned char *b = (unsigned char *)c->smp;
-    const sgllm__cuda_sample_args *args = (const sgllm__cuda_sample_args *)(b + SGLLM__SMP_ARGS);
-    const int32_t *pen = (const int32_t *)(b + SGLLM__SMP_ARGS + sizeof *args);
+// Enqueues the sampler over the first row of c->logits with buffer b's arguments; the token
+// goes to the first int of buffer 1 - b.
+static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b) {
+    unsigned char *buf = (unsigned char *)c->smp[b];
+    const sgllm__cuda_sample_args *args = (const sgllm__cuda_sample_args *)(buf + SGLLM__SMP_ARGS);
+    const int32_t *pen = (const int32_t *)(buf + SGLLM__SMP_ARGS + sizeof *args);
     return sgllm__cuda_sample(c->cu, c->logits, c->m->n_vocab, args, pen, pen + c->smp_cap, c->smp_work,
-                              (int32_t *)b + 2);
+                              (int32_t *)c->smp[1 - b]);
 }
 
-// The single-token step reading its token and position from smp, then the sampler.
-static sgllm_status sgllm__gpu_step_sample_enqueue(sgllm__gpu_ctx *c, int32_t splits) {
-    const int32_t *src = (const int32_t *)c->smp;
+// The single-token step reading its token and position from buffer b, then the sampler.
+static sgllm_status sgllm__gpu_step_sample_enqueue(sgllm__gpu_ctx *c, int b, int32_t splits) {
+    const int32_t *src = (const int32_t *)c->smp[b];
     sgllm_status s = sgllm__cuda_copy(c->cu, c->io, src, sizeof(int32_t));
     if (!s) s = sgllm__cuda_copy(c->cu, c->io + c->n_batch, src + 1, sizeof(int32_t));
     if (!s) s = sgllm__gpu_enqueue(c, 1, 1, c->n_ctx, splits);
-    return s ? s : sgllm__gpu_sample_enqueue(c);
+    return s ? s : sgllm__gpu_sample_enqueue(c, b);
 }
 
-// Samples the next token: from the logits of the last forward when token < 0, else after the
-// single-token step of token at position pos. pen: n_pen penalized tokens then their counts.
-static sgllm_status sgllm__gpu_forward_sample(sgllm__gpu_ctx *c, sgllm_token token, int32_t pos,
-                                              const sgllm__cuda_sample_args *args, const int32_t *pen_tokens,
-                                              const int32_t *pen_counts, int32_t *out, sgllm__diag *d) {
-    sgllm_status s = sgllm__gpu_sample_prepare(c, args->n_pen, d);
-    if (s) return s;
-    int32_t head[4] = {token, pos, 0, 0};
+// Enqueues production i (see above) with its position pos (i >= 1: where token i - 1 goes),
+// sampler arguments and penalty list (pen: n_pen tokens, then their counts), and the read-back
+// of its token; sgllm__gpu_produced waits for that token. sgllm__gpu_sample_prepare comes first.
+static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos, const sgllm__cuda_sample_args *args,
+                                       const int32_t *pen_tokens, const int32_t *pen_counts, sgllm__diag *d) {
+    if (args->n_pen < 0 || args->n_pen > c->smp_cap)
+        return sgllm__fail(d, SGLLM_ERR_INVALID_ARGUMENT, "CUDA sampler: %d penalized tokens, room for %d",
+                           (int)args->n_pen, (int)c->smp_cap);
+    int b = (int)((i + 1) % 2);
+    int32_t head[4] = {0, pos, 0, 0};
     memcpy(c->smp_host, head, sizeof head);
     memcpy(c->smp_host + SGLLM__SMP_ARGS, args, sizeof *args);
     int32_t *pen = (int32_t *)(c->smp_host + SGLLM__SMP_ARGS + sizeof *args);
     memcpy(pen, pen_tokens, (size_t)args->n_pen * sizeof(int32_t));
     memcpy(pen + c->smp_cap, pen_counts, (size_t)args->n_pen * sizeof(int32_t));
     size_t bytes = SGLLM__SMP_ARGS + sizeof *args + 2 * (size_t)c->smp_cap * sizeof(int32_t);
-    s = sgllm__cuda_upload_async(c->cu, c->smp, c->smp_host, bytes);
-    if (!s && token < 0) {
-        s = sgllm__gpu_sample_enqueue(c);
+    // everything but the token slot, which the previous production's sampler fills
+    sgllm_status s = sgllm__cuda_upload_async(c->cu, (unsigned char *)c->smp[b] + sizeof(int32_t),
+                                              c->smp_host + sizeof(int32_t), bytes - sizeof(int32_t));
+    if (!s && i == 0) {
+        s = sgllm__gpu_sample_enqueue(c, b);
     } else if (!s) {
-        if (!c->smp_graph && !c->smp_graph_failed) {
+        if (!c->smp_graph[b] && !c->smp_graph_failed) {
             s = sgllm__cuda_graph_begin(c->cu);
-            sgllm_status se = s ? s : sgllm__gpu_step_sample_enqueue(c, sgllm__gpu_step_splits(c));
-            if (!s) s = sgllm__cuda_graph_end(c->cu, &c->smp_graph);
+            sgllm_status se = s ? s : sgllm__gpu_step_sample_enqueue(c, b, sgllm__gpu_step_splits(c));
+            if (!s) s = sgllm__cuda_graph_end(c->cu, &c->smp_graph[b]);
             if (se || s) { // capture refused: plain launches from now on
                 sgllm__log(d, SGLLM_LOG_WARN, "CUDA graph capture of the sampling step failed (%s)",
                            sgllm__cuda_errmsg(c->cu));
@@ -5652,10 +5669,17 @@ static sgllm_status sgllm__gpu_forward_sample(sgllm__gpu_ctx *c, sgllm_token tok
                 s = SGLLM_OK;
             }
         }
-        s = c->smp_graph ? sgllm__cuda_graph_launch(c->cu, c->smp_graph)
-                         : sgllm__gpu_step_sample_enqueue(c, sgllm__gpu_step_splits(c));
+        s = c->smp_graph[b] ? sgllm__cuda_graph_launch(c->cu, c->smp_graph[b])
+                            : sgllm__gpu_step_sample_enqueue(c, b, sgllm__gpu_step_splits(c));
     }
-    if (!s) s = sgllm__cuda_download(c->cu, out, (int32_t *)c->smp + 2, sizeof(int32_t));
+    if (!s) s = sgllm__cuda_readback_start(c->cu, (int)(i % 2), c->smp[1 - b], sizeof(int32_t));
+    if (s) return sgllm__fail(d, s, "CUDA sampler: %s", sgllm__cuda_errmsg(c->cu));
+    return SGLLM_OK;
+}
+
+// Waits for production i's token (productions after it may still run).
+static sgllm_status sgllm__gpu_produced(sgllm__gpu_ctx *c, int64_t i, int32_t *token, sgllm__diag *d) {
+    sgllm_status s = sgllm__cuda_readback_wait(c->cu, (int)(i % 2), token, sizeof *token);
     if (s) return sgllm__fail(d, s, "CUDA sampler: %s", sgllm__cuda_errmsg(c->cu));
     return SGLLM_OK;
 }
@@ -6097,16 +6121,15 @@ SGLLM__MAYBE_UNUSED static void sgllm__sampler_device_args(sgllm_sampler *s, sgl
 }
 
 #ifdef SGLLM_CUDA
-// sgllm_generate's step on the GPU: samples the next token on the device, from the last
-// forward's logits (token < 0) or after evaluating token at the end of the sequence.
-static sgllm_status sgllm__generate_gpu_step(sgllm_context *ctx, sgllm_sampler *smp, sgllm_token token,
-                                             sgllm_token *next) {
+// Enqueues production i of sgllm_generate's tokens on the GPU (sgllm__gpu_produce) with the
+// sampler's next draw: i = 0 samples from the last forward's logits, i >= 1 evaluates token
+// i - 1 at position pos first. The caller records that token in the history once it keeps it.
+static sgllm_status sgllm__generate_gpu_produce(sgllm_context *ctx, sgllm_sampler *smp, int64_t i, int32_t pos) {
+    sgllm_status s = i == 0 ? sgllm__gpu_sample_prepare(ctx->gpu, smp->params.penalty_last_n, &ctx->diag) : SGLLM_OK;
+    if (s) return s;
     sgllm__cuda_sample_args a; // the penalty list goes through the sampler's own scratch
     sgllm__sampler_device_args(smp, &a, smp->pen_tokens, smp->pen_counts);
-    sgllm_status s = sgllm__gpu_forward_sample(ctx->gpu, token, ctx->n_past, &a, smp->pen_tokens, smp->pen_counts,
-                                               next, &ctx->diag);
-    if (!s && token >= 0) ctx->history[ctx->n_past++] = token;
-    return s;
+    return sgllm__gpu_produce(ctx->gpu, i, pos, &a, smp->pen_tokens, smp->pen_counts, &ctx->diag);
 }
 #endif
 
@@ -6149,16 +6172,28 @@ sgllm_status sgllm_generate(sgllm_context *ctx, const char *prompt, const sgllm_
     sgllm__free(toks);
     sgllm_stop_reason why = SGLLM_STOP_MAX_TOKENS;
     int32_t n_gen = 0;
-    // on the GPU each step samples on the device and downloads only its token
-    sgllm_token next = -1;
+    // On the GPU token i is production i (sgllm__gpu_produce): sampled on the device, only the
+    // token read back. Without penalties no token changes the sampler's arguments, so production
+    // i + 1, which evaluates token i, is enqueued before token i is read: the device always has
+    // the next step queued while the host streams the last token. A production whose token is
+    // not kept (a stop) wrote only past the sequence's end, which nothing reads.
+    bool on_gpu = false;
 #ifdef SGLLM_CUDA
-    const bool on_gpu = ctx->gpu != NULL;
-    if (s == SGLLM_OK && on_gpu && p->max_tokens > 0) s = sgllm__generate_gpu_step(ctx, smp, -1, &next);
-#else
-    const bool on_gpu = false;
+    on_gpu = ctx->gpu != NULL;
+    const bool ahead = on_gpu && !sgllm__sampler_has_penalties(smp);
+    int64_t made = 0; // productions enqueued
+    if (s == SGLLM_OK && on_gpu && p->max_tokens > 0 && !(s = sgllm__generate_gpu_produce(ctx, smp, 0, 0))) made = 1;
 #endif
     while (s == SGLLM_OK && n_gen < p->max_tokens) {
-        sgllm_token t = on_gpu ? next : sgllm_sampler_sample(smp, ctx->logits);
+        sgllm_token t = -1;
+#ifdef SGLLM_CUDA
+        if (on_gpu && ahead && made == n_gen + 1 && n_gen + 1 < p->max_tokens && ctx->n_past < ctx->n_ctx &&
+            !(s = sgllm__generate_gpu_produce(ctx, smp, made, ctx->n_past)))
+            made++;
+        if (on_gpu && !s) s = sgllm__gpu_produced(ctx->gpu, n_gen, &t, &ctx->diag);
+        if (s) break;
+#endif
+        if (!on_gpu) t = sgllm_sampler_sample(smp, ctx->logits);
         sgllm_sampler_accept(smp, t);
         n_gen++;
         if (sgllm__vocab_is_eog(&m->vocab, t)) {
@@ -6183,13 +6218,21 @@ sgllm_status sgllm_generate(sgllm_context *ctx, const char *prompt, const sgllm_
             break;
         }
 #ifdef SGLLM_CUDA
-        if (on_gpu) {
-            s = sgllm__generate_gpu_step(ctx, smp, t, &next);
+        if (on_gpu) { // production n_gen evaluates t (enqueued ahead, or now)
+            if (made == n_gen && !(s = sgllm__generate_gpu_produce(ctx, smp, made, ctx->n_past))) made++;
+            if (!s) ctx->history[ctx->n_past++] = t;
             continue;
         }
 #endif
         s = sgllm_evaluate(ctx, &t, 1, NULL, ctx->logits);
     }
+#ifdef SGLLM_CUDA
+    // a production enqueued ahead of a stop may still run: nothing follows it unfinished
+    if (on_gpu && made > n_gen) {
+        sgllm_status se = sgllm__cuda_sync(ctx->gpu->cu);
+        if (s == SGLLM_OK && se) s = sgllm__fail(&ctx->diag, se, "CUDA: %s", sgllm__cuda_errmsg(ctx->gpu->cu));
+    }
+#endif
     if (s == SGLLM_OK && arrlen(pending) && p->on_piece) p->on_piece(p->user_data, pending, (size_t)arrlen(pending));
     arrfree(pending);
     sgllm_sampler_free(smp);

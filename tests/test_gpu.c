@@ -1347,7 +1347,8 @@ static void test_kv_write_paged(void) {
 // right after each call (the staging copy must have been taken), many in a row without a
 // synchronization (each waits for the staging buffer's previous copy), one over the 16 MB
 // staging limit (the synchronous path); downloads of growing sizes (the staging buffer grows,
-// the last one over the limit). Every byte must arrive.
+// the last one over the limit); read-backs into both ring slots with more work enqueued behind
+// them, waited for in either order, and bad slots or sizes refused. Every byte must arrive.
 static void test_transfers(void) {
     const size_t big = (size_t)17 << 20;
     uint8_t *h = (uint8_t *)malloc(big), *back = (uint8_t *)malloc(big), *want = (uint8_t *)malloc(big);
@@ -1371,6 +1372,23 @@ static void test_transfers(void) {
         fetch(back, d, down[i]);
         CHECKF(!memcmp(back, want, down[i]), "download of %zu bytes differs", down[i]);
     }
+    for (int round = 0; round < 20; round++) {
+        int32_t vals[2][16], got[2][16];
+        for (int sl = 0; sl < 2; sl++) {
+            for (int j = 0; j < 16; j++) vals[sl][j] = (int32_t)test_u64();
+            CHECK(sgllm__cuda_upload_async(gpu, d + 64 * sl, vals[sl], sizeof vals[sl]) == SGLLM_OK);
+            CHECK(sgllm__cuda_readback_start(gpu, sl, d + 64 * sl, sizeof vals[sl]) == SGLLM_OK);
+        }
+        CHECK(sgllm__cuda_upload_async(gpu, d, want, 4096) == SGLLM_OK); // behind the read-backs
+        for (int k = 0; k < 2; k++) {
+            int sl = (round + k) % 2;
+            CHECK(sgllm__cuda_readback_wait(gpu, sl, got[sl], sizeof got[sl]) == SGLLM_OK);
+            CHECKF(!memcmp(got[sl], vals[sl], sizeof vals[sl]), "read-back slot %d, round %d differs", sl, round);
+        }
+    }
+    CHECK(sgllm__cuda_readback_start(gpu, 2, d, 4) == SGLLM_ERR_INVALID_ARGUMENT);
+    CHECK(sgllm__cuda_readback_start(gpu, 0, d, 65) == SGLLM_ERR_INVALID_ARGUMENT);
+    CHECK(sgllm__cuda_sync(gpu) == SGLLM_OK);
     sgllm__cuda_dfree(gpu, d);
     free(h), free(back), free(want);
 }

@@ -402,9 +402,18 @@ static void real_case(const char *file) {
     sgllm_model_free(gpu);
 }
 
+static int stop_after_3(void *user, const char *piece, size_t len) {
+    (void)piece, (void)len;
+    return ++*(int *)user >= 3;
+}
+
 // sgllm_generate on the GPU samples on the device: greedy must give, token by token, the
 // argmax of the GPU's own logits from sgllm_evaluate; a sampled generate (with penalties) must
-// repeat itself for the same seed.
+// repeat itself for the same seed. Without penalties the next step is enqueued before the token
+// is read: a seeded sampled generate must then give the very tokens of the one-step-at-a-time
+// order (forced by a presence penalty of 1e-30, which moves no logit), and every stop (maximum
+// tokens, a full context, the callback) must report its reason and leave the history at prompt
+// + kept tokens - 1.
 static void generate_case(const char *arch, int n_layer, int window) {
     tiny cfg = {arch, n_layer, window, (int)SGLLM__T_Q8_0, 300, false, false};
     char path[] = "/tmp/sgllm_gpu_gen_XXXXXX";
@@ -457,6 +466,39 @@ static void generate_case(const char *arch, int n_layer, int window) {
     }
     CHECKF(len[0] == len[1] && !memcmp(seq[0], seq[1], (size_t)len[0] * sizeof(sgllm_token)),
            "%s: sampled generate with one seed differs between runs", arch);
+
+    gp.sampler.repeat_penalty = 1.0f;
+    for (int run = 0; run < 2; run++) { // run 0 enqueued ahead, run 1 one step at a time
+        gp.sampler.presence_penalty = run ? 1e-30f : 0.0f;
+        sgllm_context *c = context(gpu, 64, 8);
+        CHECK(sgllm_generate(c, "hello", &gp, &st) == SGLLM_OK);
+        len[run] = c->n_past;
+        memcpy(seq[run], c->history, (size_t)c->n_past * sizeof(sgllm_token));
+        CHECKF(c->n_past == st.n_prompt + st.n_generated - 1, "%s: run %d: %d evaluated for %d + %d", arch, run,
+               c->n_past, st.n_prompt, st.n_generated);
+        sgllm_context_free(c);
+    }
+    CHECKF(len[0] == len[1] && !memcmp(seq[0], seq[1], (size_t)len[0] * sizeof(sgllm_token)),
+           "%s: sampled generate enqueued ahead differs from one step at a time", arch);
+    // stops: at 5 tokens, at a full context of 16, by the callback after 3 pieces
+    gp.sampler.presence_penalty = 0.0f;
+    gp.sampler.temperature = 0;
+    for (int stop = 0; stop < 3; stop++) {
+        sgllm_context *c = context(gpu, stop == 1 ? 16 : 64, 8);
+        int pieces = 0;
+        gp.max_tokens = stop == 0 ? 5 : 40;
+        gp.on_piece = stop == 2 ? stop_after_3 : NULL;
+        gp.user_data = &pieces;
+        s = sgllm_generate(c, "hello", &gp, &st);
+        sgllm_stop_reason want = stop == 0 ? SGLLM_STOP_MAX_TOKENS : stop == 1 ? SGLLM_STOP_CONTEXT_FULL : SGLLM_STOP_CALLBACK;
+        CHECKF(s == SGLLM_OK && st.stop_reason == want, "%s: stop %d: status %d, reason %d", arch, stop, (int)s,
+               (int)st.stop_reason);
+        CHECKF(c->n_past == st.n_prompt + st.n_generated - 1 && c->n_past <= c->n_ctx, "%s: stop %d: %d evaluated for %d + %d",
+               arch, stop, c->n_past, st.n_prompt, st.n_generated);
+        gp.max_tokens = 40;
+        gp.on_piece = NULL;
+        sgllm_context_free(c);
+    }
     free(lg);
     sgllm_context_free(g);
     sgllm_context_free(r);
