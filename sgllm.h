@@ -663,8 +663,6 @@ typedef struct sgllm__cuda_sample_args {
     int32_t top_k, n_pen;
 } sgllm__cuda_sample_args;
 size_t sgllm__cuda_sample_work_bytes(int64_t n_vocab);
-// Device-to-device copy, enqueued (capturable).
-sgllm_status sgllm__cuda_copy(sgllm__cuda *c, void *dst, const void *src, size_t bytes);
 sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, int64_t n_vocab, const sgllm__cuda_sample_args *args,
                                 const int32_t *pen_tokens, const int32_t *pen_counts, void *work, int32_t *out);
 // CUDA graphs: ops enqueued between begin and end are captured (not run); end instantiates

@@ -3396,7 +3396,13 @@ static __device__ inline uint64_t sgllm__cu_rkey(float logit, int32_t id) {
     return ((uint64_t)(~sgllm__cu_fkey(logit)) << 32) | (uint32_t)id;
 }
 
-static __global__ void sgllm__cu_smp_copy_k(const float *x, float *work, int64_t n) {
+// Copies the logits to the work row and zeroes the histogram. Like every sampler kernel it
+// waits for its predecessors first (programmatic dependent launch) and lets the next start.
+static __global__ void sgllm__cu_smp_copy_k(const float *x, float *work, int64_t n, uint32_t *hist) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    if (blockIdx.x == 0)
+        for (int b = threadIdx.x; b < SMP_BUCKETS; b += blockDim.x) hist[b] = 0;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         work[i] = x[i];
 }
@@ -3404,6 +3410,8 @@ static __global__ void sgllm__cu_smp_copy_k(const float *x, float *work, int64_t
 // The CPU's penalty arithmetic, rounded step by step (no fused multiply-add).
 static __global__ void sgllm__cu_smp_pen_k(const sgllm__cuda_sample_args *a, const float *x, const int32_t *tok,
                                            const int32_t *cnt, float *work, int64_t n) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     for (int32_t j = threadIdx.x; j < a->n_pen; j += blockDim.x) {
         int32_t t = tok[j];
         if (t < 0 || t >= n) continue;
@@ -3426,6 +3434,8 @@ static __global__ void __launch_bounds__(SMP_THREADS)
     sgllm__cu_smp_stats_k(const sgllm__cuda_sample_args *a, const float *work, int64_t n, float *part_v, int32_t *part_i,
                           uint32_t *hist) {
     // only the top-k path with top-p reads the histogram (sgllm__cu_smp_plan_k)
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     const bool need_hist = a->temperature > 0 && a->top_k > 0 && a->top_k < n && a->top_p < 1;
     __shared__ uint32_t h[SMP_BUCKETS];
     __shared__ float wv[32];
@@ -3472,6 +3482,8 @@ static __global__ void __launch_bounds__(SMP_THREADS)
 static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, int64_t n, const float *part_v,
                                             const int32_t *part_i, const uint32_t *hist, sgllm__cu_smp_state *st,
                                             int32_t *out) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     float bv = -INFINITY;
     int32_t bi = (int32_t)n;
     for (int b = 0; b < SMP_STATS_BLOCKS; b++) sgllm__cu_better(bv, bi, part_v[b], part_i[b]);
@@ -3510,6 +3522,8 @@ static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, in
 
 static __global__ void sgllm__cu_smp_collect_k(const float *work, int64_t n, sgllm__cu_smp_state *st,
                                                sgllm__cu_smp_cand *cand) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     const int mode = st->mode;
     if (mode != SMP_TOPK && mode != SMP_CUT) return;
     const uint32_t lb = st->key_lb;
@@ -3786,6 +3800,8 @@ static __device__ void sgllm__cu_heap_final(const sgllm__cuda_sample_args *a, co
 static __global__ void __launch_bounds__(SMP_THREADS)
     sgllm__cu_smp_final_k(const sgllm__cuda_sample_args *a, const float *work, int64_t n, sgllm__cu_smp_state *st,
                           sgllm__cu_smp_cand *cand, int32_t *out) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
     const int mode = st->mode;
     if (mode == SMP_HEAP) {
         sgllm__cu_heap_final(a, work, n, st, cand, out);
@@ -3841,19 +3857,21 @@ extern "C" sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, 
     int64_t blocks = (n_vocab + 1023) / 1024;
     unsigned grid = (unsigned)(blocks < 4 * c->disp.sm_count ? blocks : 4 * c->disp.sm_count);
     if (grid < 1) grid = 1;
-    sgllm__cu_smp_copy_k<<<grid, 256, 0, c->stream>>>(logits, l.work, n_vocab);
-    if (pen_tokens && pen_counts)
-        sgllm__cu_smp_pen_k<<<1, 256, 0, c->stream>>>(args, logits, pen_tokens, pen_counts, l.work, n_vocab);
-    if ((s = sgllm__cu_check(c, cudaMemsetAsync(l.hist, 0, SMP_BUCKETS * 4, c->stream), "sample: memset"))) return s;
-    sgllm__cu_smp_stats_k<<<SMP_STATS_BLOCKS, SMP_THREADS, 0, c->stream>>>(args, l.work, n_vocab, l.part_v, l.part_i, l.hist);
-    sgllm__cu_smp_plan_k<<<1, 1, 0, c->stream>>>(args, n_vocab, l.part_v, l.part_i, l.hist, l.state, out);
-    sgllm__cu_smp_collect_k<<<grid, 256, 0, c->stream>>>(l.work, n_vocab, l.state, l.cand);
-    sgllm__cu_smp_final_k<<<1, SMP_THREADS, 0, c->stream>>>(args, l.work, n_vocab, l.state, l.cand, out);
-    return sgllm__cu_launched(c, "sample");
+    if ((s = sgllm__cu_launch(c, "sample: copy", sgllm__cu_smp_copy_k, dim3(grid), dim3(256), 0, logits, l.work, n_vocab,
+                              l.hist)))
+        return s;
+    if (pen_tokens && pen_counts &&
+        (s = sgllm__cu_launch(c, "sample: penalties", sgllm__cu_smp_pen_k, dim3(1), dim3(256), 0, args, logits, pen_tokens,
+                              pen_counts, l.work, n_vocab)))
+        return s;
+    if ((s = sgllm__cu_launch(c, "sample: stats", sgllm__cu_smp_stats_k, dim3(SMP_STATS_BLOCKS), dim3(SMP_THREADS), 0, args,
+                              (const float *)l.work, n_vocab, l.part_v, l.part_i, l.hist)) ||
+        (s = sgllm__cu_launch(c, "sample: plan", sgllm__cu_smp_plan_k, dim3(1), dim3(1), 0, args, n_vocab,
+                              (const float *)l.part_v, (const int32_t *)l.part_i, (const uint32_t *)l.hist, l.state, out)) ||
+        (s = sgllm__cu_launch(c, "sample: collect", sgllm__cu_smp_collect_k, dim3(grid), dim3(256), 0, (const float *)l.work,
+                              n_vocab, l.state, l.cand)))
+        return s;
+    return sgllm__cu_launch(c, "sample: final", sgllm__cu_smp_final_k, dim3(1), dim3(SMP_THREADS), 0, args,
+                            (const float *)l.work, n_vocab, l.state, l.cand, out);
 }
 
-extern "C" sgllm_status sgllm__cuda_copy(sgllm__cuda *c, void *dst, const void *src, size_t bytes) {
-    if (!c || ((!dst || !src) && bytes)) return SGLLM_ERR_INVALID_ARGUMENT;
-    cudaSetDevice(c->device);
-    return sgllm__cu_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream), "copy");
-}

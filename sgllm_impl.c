@@ -5467,16 +5467,18 @@ static sgllm_status sgllm__gpu_ctx_create(const sgllm_model *m, int32_t n_ctx, i
     return SGLLM_OK;
 }
 
-// Enqueues the forward of n tokens whose ids, positions and output rows (n_out of them) are
-// already in c->io; the logits end in c->logits (n_out, n_vocab). splits > 0 fixes the
-// decode-attention split count (the graph's), else each layer picks for max_keys keys.
-static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, int32_t n, int32_t n_out, int64_t max_keys, int32_t splits) {
+// Enqueues the forward of n tokens whose ids (tok) and positions (pos) are on the device (c->io
+// or a sampling buffer), and whose output rows (n_out of them) are in c->io's third part; the
+// logits end in c->logits (n_out, n_vocab). splits > 0 fixes the decode-attention split count
+// (the graph's), else each layer picks for max_keys keys.
+static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, const int32_t *pos, int32_t n,
+                                       int32_t n_out, int64_t max_keys, int32_t splits) {
     const sgllm_model *m = c->m;
     const sgllm__gpu_model *gm = m->gpu;
     sgllm__cuda *cu = c->cu;
     const sgllm__cuda_dispatch *disp = sgllm__cuda_get_dispatch(cu);
     int64_t E = m->n_embd;
-    const int32_t *tok = c->io, *pos = c->io + c->n_batch, *rows = c->io + 2 * c->n_batch;
+    const int32_t *rows = c->io + 2 * c->n_batch;
     sgllm_status s;
 #define SGLLM__TRY(call)                                                                                                 \
     do {                                                                                                                 \
@@ -5560,7 +5562,8 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
     if (!s && n == 1 && n_out == 1 && !c->graph_failed) {
         if (!c->graph) {
             s = sgllm__cuda_graph_begin(c->cu);
-            sgllm_status se = s ? s : sgllm__gpu_enqueue(c, 1, 1, c->n_ctx, sgllm__gpu_step_splits(c));
+            sgllm_status se = s ? s : sgllm__gpu_enqueue(c, c->io, c->io + c->n_batch, 1, 1, c->n_ctx,
+                                                                sgllm__gpu_step_splits(c));
             if (!s) s = sgllm__cuda_graph_end(c->cu, &c->graph);
             if (se || s) { // capture refused (e.g. a driver without it): plain launches from now on
                 sgllm__log(d, SGLLM_LOG_WARN, "CUDA graph capture failed (%s); decoding without a graph",
@@ -5570,9 +5573,9 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
             }
         }
         if (c->graph) s = sgllm__cuda_graph_launch(c->cu, c->graph);
-        else s = sgllm__gpu_enqueue(c, n, n_out, pos0 + n, 0);
+        else s = sgllm__gpu_enqueue(c, c->io, c->io + c->n_batch, n, n_out, pos0 + n, 0);
     } else if (!s) {
-        s = sgllm__gpu_enqueue(c, n, n_out, pos0 + n, 0);
+        s = sgllm__gpu_enqueue(c, c->io, c->io + c->n_batch, n, n_out, pos0 + n, 0);
     }
     if (!s && n_out) s = sgllm__cuda_download(c->cu, logits, c->logits, (size_t)n_out * (size_t)m->n_vocab * sizeof(float));
     if (!s && !n_out) s = sgllm__cuda_sync(c->cu);
@@ -5589,7 +5592,8 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
 // never needs the host between steps: the host may enqueue production i + 1 before it reads
 // token i (generate does when no penalty depends on the tokens), and each production's one
 // upload leaves the token slot alone. Token i is read back into ring slot i % 2. The two step
-// graphs (one per input buffer) hold the copies, the step and the sampler.
+// graphs (one per input buffer, whose token and position the step reads in place) hold the
+// step and the sampler.
 #define SGLLM__SMP_ARGS 16 // byte offset of the arguments in an smp buffer
 
 // Makes the buffers for penalty lists of up to cap tokens (at least 64). A longer list than
@@ -5630,9 +5634,7 @@ static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b) {
 // The single-token step reading its token and position from buffer b, then the sampler.
 static sgllm_status sgllm__gpu_step_sample_enqueue(sgllm__gpu_ctx *c, int b, int32_t splits) {
     const int32_t *src = (const int32_t *)c->smp[b];
-    sgllm_status s = sgllm__cuda_copy(c->cu, c->io, src, sizeof(int32_t));
-    if (!s) s = sgllm__cuda_copy(c->cu, c->io + c->n_batch, src + 1, sizeof(int32_t));
-    if (!s) s = sgllm__gpu_enqueue(c, 1, 1, c->n_ctx, splits);
+    sgllm_status s = sgllm__gpu_enqueue(c, src, src + 1, 1, 1, c->n_ctx, splits);
     return s ? s : sgllm__gpu_sample_enqueue(c, b);
 }
 
