@@ -4612,14 +4612,16 @@ typedef struct sgllm__dispatch_row {
 // warps (head dim <= 64, > 64), fewest tokens for the prefill attention kernel (below it the
 // split-KV decode kernel fills the GPU better), qk-norm per-head threshold, norm threads,
 // matvec int8 activations (3, the wide-load kernel, measured faster on the H100 only; 1 elsewhere),
-// programmatic dependent launch (griddepcontrol: sm90 and newer only).
+// programmatic dependent launch (griddepcontrol: sm90 and newer only), activation quantization
+// inside the direct/wide kernels up to cols x tokens (measured on the H100 only; 0 elsewhere:
+// a separate launch), the wide kernel's smallest row word (8 on the H100; 16 elsewhere).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 0}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 1}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 1}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 1}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 0, 0, 16}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0, 0, 16}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0, 0, 16}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 1, 16384, 8}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 1, 0, 16}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 1, 0, 16}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4695,7 +4697,8 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
                     "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles; prefill tiles %dx%d (d<=128) "
                     "%dx%d (d<=256) %dx%d (d>256), %d/%d warps, from %d tokens; qk-norm per head up to %d tokens; norms %d threads; "
-                    "quantized matvec on %s activations; programmatic dependent launch %s",
+                    "quantized matvec on %s activations (quantized in-kernel up to %d values, wide loads of rows of "
+                    "%d-byte words); programmatic dependent launch %s",
                     p->name, p->major, p->minor, p->sm_count,
                     (p->smem_per_block_optin > p->smem_per_block ? p->smem_per_block_optin : p->smem_per_block) / 1024,
                     d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_warps_per_sm,
@@ -4704,7 +4707,7 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                     d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
                     d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->prefill_min_tokens,
                     d->qknorm_per_head_max_tokens, d->norm_threads, d->matvec_int8 == 3 ? "int8 (dp4a), wide loads" : d->matvec_int8 ? "int8 (dp4a)" : "fp32",
-                    d->pdl ? (p->major >= 9 ? "on" : "asked, needs sm90") : "off");
+                    d->matvec_xq_inline, d->matvec_wide_align, d->pdl ? (p->major >= 9 ? "on" : "asked, needs sm90") : "off");
 }
 
 // A strict JSON reader over untrusted bytes (RFC 8259 grammar; every read bounds-checked;
@@ -4896,6 +4899,8 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"norm_threads", offsetof(sgllm__cuda_dispatch, norm_threads), 1, 32, 1024, false},
     {"matvec_int8", offsetof(sgllm__cuda_dispatch, matvec_int8), 1, 0, 3, false},
     {"pdl", offsetof(sgllm__cuda_dispatch, pdl), 1, 0, 1, false},
+    {"matvec_xq_inline", offsetof(sgllm__cuda_dispatch, matvec_xq_inline), 1, 0, 32768, false},
+    {"matvec_wide_align", offsetof(sgllm__cuda_dispatch, matvec_wide_align), 1, 8, 16, true},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {
