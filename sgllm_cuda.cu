@@ -1704,9 +1704,12 @@ static bool sgllm__cu_mvd_ok(uint32_t t, const void *w, int64_t rb, int64_t cols
 // dispatch.matvec_xq_inline values, whose int8 blocks then take at most 40 KB of the block's
 // shared memory, beside under 48 KB of the wide kernel's slots) or quantize x here, in a
 // launch of its own, into the context's buffer (direct kernel layout).
-// (Measured on the H100, docs/PERF.md "Activation quantization inside the matrix-vector
-// kernels": the separate launch costs a kernel boundary in the PDL chain, the in-block
-// quantization a pass over x from L2 in every block.)
+// (Measured on the H100, docs/PERF.md "In-kernel activation quantization and 8-byte wide
+// rows": with PDL the separate launch overlaps the matrix-vector kernel's first weight loads,
+// while the in-block prologue puts a read of x from L2 and a block barrier on every block's
+// path; in-block was slower for every Gemma 3 / SmolLM2 shape (by 10-13% of the step's
+// products) and 1.5% faster only for Llama-3-8B's 4096-value single-token products, so the
+// table keeps 0.)
 static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *x, int64_t nt, int64_t cols,
                                        sgllm__cu_mvd *a) {
     a->x = x;

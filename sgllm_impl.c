@@ -4613,13 +4613,15 @@ typedef struct sgllm__dispatch_row {
 // split-KV decode kernel fills the GPU better), qk-norm per-head threshold, norm threads,
 // matvec int8 activations (3, the wide-load kernel, measured faster on the H100 only; 1 elsewhere),
 // programmatic dependent launch (griddepcontrol: sm90 and newer only), activation quantization
-// inside the direct/wide kernels up to cols x tokens (measured on the H100 only; 0 elsewhere:
-// a separate launch), the wide kernel's smallest row word (8 on the H100; 16 elsewhere).
+// inside the direct/wide kernels up to cols x tokens (0 everywhere: on the H100 the separate
+// launch, overlapped by PDL, was faster for every small-model shape; docs/PERF.md), the wide
+// kernel's smallest row word (8 on the H100, where 8-byte loads beat the other kernels; 16
+// elsewhere, unmeasured).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
     {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 0, 0, 16}},
     {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0, 0, 16}},
     {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0, 0, 16}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 1, 16384, 8}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 1, 0, 8}},
     {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 1, 0, 16}},
     {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 1, 0, 16}},
 };
@@ -4697,8 +4699,8 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
                     "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles; prefill tiles %dx%d (d<=128) "
                     "%dx%d (d<=256) %dx%d (d>256), %d/%d warps, from %d tokens; qk-norm per head up to %d tokens; norms %d threads; "
-                    "quantized matvec on %s activations (quantized in-kernel up to %d values, wide loads of rows of "
-                    "%d-byte words); programmatic dependent launch %s",
+                    "quantized matvec on %s activations (quantized in-kernel up to %d values, 0: in a launch of their own; "
+                    "wide loads of rows of %d-byte words); programmatic dependent launch %s",
                     p->name, p->major, p->minor, p->sm_count,
                     (p->smem_per_block_optin > p->smem_per_block ? p->smem_per_block_optin : p->smem_per_block) / 1024,
                     d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_warps_per_sm,

@@ -52,9 +52,10 @@ static void test_rows(void) {
         CHECK(d.prefill_warps[0] == 4 && d.prefill_warps[1] == 8);
         CHECK(d.qknorm_per_head_max_tokens == 256);
         CHECKF(d.pdl == (cases[i].major >= 9), "%s: pdl %d", cases[i].name, d.pdl); // griddepcontrol needs sm90
-        // in-kernel activation quantization and 8-byte wide-kernel rows: measured on the H100 only
+        // in-kernel activation quantization off everywhere (slower on the H100); 8-byte
+        // wide-kernel rows measured on the H100 only
         bool h100 = !strcmp(d.row, "sm90");
-        CHECKF(d.matvec_xq_inline == (h100 ? 16384 : 0) && d.matvec_wide_align == (h100 ? 8 : 16), "%s: %d %d",
+        CHECKF(d.matvec_xq_inline == 0 && d.matvec_wide_align == (h100 ? 8 : 16), "%s: %d %d",
                cases[i].name, d.matvec_xq_inline, d.matvec_wide_align);
     }
 }
@@ -141,7 +142,8 @@ static void test_splits_and_tiles(void) {
     CHECK(strstr(line, "128x64 (d<=128)") != NULL);
     sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
     CHECK(strstr(line, "row sm90:") && strstr(line, "programmatic dependent launch on"));
-    CHECK(strstr(line, "quantized in-kernel up to 16384 values, wide loads of rows of 8-byte words") != NULL);
+    CHECK(strstr(line, "quantized in-kernel up to 0 values, 0: in a launch of their own; wide loads of rows of 8-byte words") !=
+          NULL);
     char small[16];
     n = sgllm__dispatch_format(&d, &p, NULL, small, sizeof small);
     CHECK(n > (int)sizeof small && strlen(small) == sizeof small - 1);
