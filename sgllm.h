@@ -436,9 +436,9 @@ typedef struct sgllm__cuda_dispatch {
                                   // 0 = the fp32-activation reference kernel
     int pdl;                      // 1 = programmatic dependent launch (sm90+ only; ignored below): a kernel may start
                                   // while its predecessor on the stream finishes and waits for it on the device
-    int matvec_xq_inline;         // the direct and wide int8 kernels (matvec_int8 2, 3) quantize the activations
-                                  // themselves, each block into its shared memory, when cols x tokens is at most this;
-                                  // above it (or at 0) a separate launch quantizes them once per call (0..32768)
+    int matvec_xq_inline;         // the wide int8 kernel (matvec_int8 3) quantizes the activations itself, each block
+                                  // into its shared memory, when cols x tokens is at most this; above it (or at 0),
+                                  // and for the direct kernel, a separate launch quantizes them once per call (0..32768)
     int matvec_wide_align;        // the wide kernel (matvec_int8 3) takes rows that are whole words of this many bytes
                                   // (16 or 8; each row is loaded in its widest whole words)
 } sgllm__cuda_dispatch;

@@ -1079,8 +1079,8 @@ static size_t sgllm__cu_xq_bytes(int64_t nt, int64_t cols) { return (size_t)(nt 
 // above. A warp step covers 128 values (four 32-blocks, eight lanes each) or one 256-block;
 // warp w of nw takes steps w, w + nw, ..., loading B steps (one float4 per lane each) before
 // reducing any, so that a block's prologue costs about one L2 round trip, not one per block.
-// B changes only how many loads are in flight, never the bytes written: the direct and wide
-// kernels' prologues (sgllm__cu_xq_in) take half as many, whose registers add to theirs.
+// B changes only how many loads are in flight, never the bytes written: the wide kernel's
+// prologue (sgllm__cu_xq_in) takes half as many, whose registers add to its own.
 template <int K, int B = K == XQ_Q8_K ? 4 : 8>
 static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t *qs, float2 *ds, int warp, int nw) {
     constexpr int V = K == XQ_Q8_K ? 2 : 1; // float4 per lane per step
@@ -1163,9 +1163,9 @@ static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t
     }
 }
 
-// The in-kernel prologue of the direct and wide kernels (dispatch.matvec_xq_inline): x (nt,
-// cols) quantized for weight type T into the block's shared memory at qs (then ds), by all
-// its warps; the caller puts the barrier after it.
+// The in-kernel prologue of the wide kernel (dispatch.matvec_xq_inline): x (nt, cols)
+// quantized for weight type T into the block's shared memory at qs (then ds), by all its
+// warps; the caller puts the barrier after it.
 template <int T>
 static __device__ inline void sgllm__cu_xq_in(const float *x, int64_t cols, int nt, int8_t *qs) {
     constexpr int K = sgllm__cu_xq_kind(T);
@@ -1452,16 +1452,13 @@ struct sgllm__cu_mvd {
     const int8_t *xq;    // (nt, cols) block-quantized types
     const float2 *xd;    // (nt, cols / 32)
     int nt;
-    int inl;             // 1: each block quantizes x into its shared memory itself (xq / xd unused)
+    int inl;             // 1 (wide kernel only): each block quantizes x into its shared memory itself (xq / xd unused)
 };
 
 // Adds unit i of each of the NR rows to acc (only when ok: a clamped duplicate otherwise).
-// The quantized activations xq / xd are the context's buffer or the block's shared memory
-// (dispatch.matvec_xq_inline), so they are read through generic pointers.
 template <int T, int NT, int NR>
 static __device__ inline void sgllm__cu_mvd_unit(const uint8_t *const row[NR], int64_t i, bool ok,
-                                                 const sgllm__cu_mvd &a, const int8_t *xqs, const float2 *xds,
-                                                 float acc[NR][NT]) {
+                                                 const sgllm__cu_mvd &a, float acc[NR][NT]) {
     if (T == T_F32 || T == T_F16 || T == T_BF16) {
         constexpr int VPL = sgllm__cu_mvd_uv(T);
         float v[NR][8];
@@ -1539,9 +1536,9 @@ static __device__ inline void sgllm__cu_mvd_unit(const uint8_t *const row[NR], i
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             if (t >= a.nt) break;
-            const int *xq = (const int *)(xqs + t * a.cols);
-            int2 x0 = *(const int2 *)(xq + g0 * 8 + 2 * w2), x1 = *(const int2 *)(xq + (g0 + 1) * 8 + 2 * w2);
-            float dx0 = xds[t * (a.cols / 32) + g0].x, dx1 = xds[t * (a.cols / 32) + g0 + 1].x;
+            const int *xq = (const int *)(a.xq + t * a.cols);
+            int2 x0 = __ldg((const int2 *)(xq + g0 * 8 + 2 * w2)), x1 = __ldg((const int2 *)(xq + (g0 + 1) * 8 + 2 * w2));
+            float dx0 = __ldg(&a.xd[t * (a.cols / 32) + g0]).x, dx1 = __ldg(&a.xd[t * (a.cols / 32) + g0 + 1]).x;
             int n0 = __dp4a(0x01010101, x0.x, __dp4a(0x01010101, x0.y, 0));
             int n1 = __dp4a(0x01010101, x1.x, __dp4a(0x01010101, x1.y, 0));
 #pragma unroll
@@ -1593,8 +1590,8 @@ static __device__ inline void sgllm__cu_mvd_unit(const uint8_t *const row[NR], i
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             if (t >= a.nt) break;
-            int xw = ((const int *)(xqs + t * a.cols))[i];
-            float2 xs = xds[t * (a.cols / 32) + g];
+            int xw = __ldg((const int *)(a.xq + t * a.cols) + i);
+            float2 xs = __ldg(&a.xd[t * (a.cols / 32) + g]);
 #pragma unroll
             for (int k = 0; k < NR; k++) {
                 float v = dw[k] * xs.x * (float)__dp4a(c[k], xw, 0);
@@ -1611,18 +1608,12 @@ static __device__ inline float sgllm__cu_act(int act, float x) {
     return x / (1.0f + expf(-x));
 }
 
-// With a.inl the block first quantizes x into its shared memory (dynamic, sgllm__cu_xq_bytes):
-// every warp of the block joins that and its barrier, rows or not.
 template <int T, int NT, int NR>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvd_k(const sgllm__cu_mvd a) {
-    constexpr bool FL = T == T_F32 || T == T_F16 || T == T_BF16;
-    constexpr int UV = sgllm__cu_mvd_uv(T), U = T == T_Q4_K || T == T_Q5_K ? 4 : FL ? 4 : 8;
-    extern __shared__ __align__(16) uint8_t mvd_smem[]; // a.inl: qs (nt, cols) int8, ds (nt, cols / 32) float2
+    constexpr int UV = sgllm__cu_mvd_uv(T), U = T == T_Q4_K || T == T_Q5_K ? 4 : T == T_F32 || T == T_F16 || T == T_BF16 ? 4 : 8;
     int lane = threadIdx.x % 32;
     int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    bool live = r < a.total_rows;
-    if (!live && (FL || !a.inl)) return; // whole warps: no barrier below
-    if (!live) r = 0;
+    if (r >= a.total_rows) return; // whole warps: no barrier below
     int s = 0;
     if (NR == 1) {
         if (r >= a.rows[0]) r -= a.rows[0], s = 1;
@@ -1639,17 +1630,9 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvd_k(cons
     // BF16 launches (decode matrix-vector graph 87% -> 85% of the floor; docs/PERF.md).
 #pragma unroll
     for (int k = 0; k < NR; k++)
-        if (live && a.row_bytes <= 4096 && (int64_t)lane * 128 < a.row_bytes) sgllm__cu_prefetch_l2(row[k] + lane * 128);
+        if (a.row_bytes <= 4096 && (int64_t)lane * 128 < a.row_bytes) sgllm__cu_prefetch_l2(row[k] + lane * 128);
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
-    const int8_t *xq = a.xq;
-    const float2 *xd = a.xd;
-    if (!FL && a.inl) {
-        sgllm__cu_xq_in<T>(a.x, a.cols, a.nt, (int8_t *)mvd_smem);
-        __syncthreads();
-        if (!live) return;
-        xq = (const int8_t *)mvd_smem, xd = (const float2 *)(mvd_smem + (int64_t)a.nt * a.cols);
-    }
     float acc[NR][NT];
 #pragma unroll
     for (int k = 0; k < NR; k++)
@@ -1661,7 +1644,7 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvd_k(cons
         for (int u = 0; u < U; u++) {
             int64_t i = i0 + 32 * u;
             bool ok = i < n_u;
-            sgllm__cu_mvd_unit<T, NT, NR>(row, ok ? i : n_u - 1, ok, a, xq, xd, acc);
+            sgllm__cu_mvd_unit<T, NT, NR>(row, ok ? i : n_u - 1, ok, a, acc);
         }
     }
 #pragma unroll
@@ -1679,9 +1662,8 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvd_k(cons
 template <int NT, int NR>
 static sgllm_status sgllm__cu_mvd_launch(sgllm__cuda *c, uint32_t type, unsigned blocks, int threads,
                                          const sgllm__cu_mvd &a) {
-    size_t smem = a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0; // under 48 KB (sgllm__cu_mvd_prep)
 #define SGLLM__MVD(TT)                                                                                             \
-    case TT: return sgllm__cu_launch(c, "matvec (direct)", sgllm__cu_mvd_k<TT, NT, NR>, dim3(blocks), dim3(threads), smem, a);
+    case TT: return sgllm__cu_launch(c, "matvec (direct)", sgllm__cu_mvd_k<TT, NT, NR>, dim3(blocks), dim3(threads), 0, a);
     switch (type) {
         SGLLM__MVD(T_F32) SGLLM__MVD(T_F16) SGLLM__MVD(T_BF16) SGLLM__MVD(T_Q4_0) SGLLM__MVD(T_Q4_1) SGLLM__MVD(T_Q5_0)
         SGLLM__MVD(T_Q5_1) SGLLM__MVD(T_Q8_0) SGLLM__MVD(T_Q4_K) SGLLM__MVD(T_Q5_K) SGLLM__MVD(T_Q6_K)
@@ -1700,17 +1682,18 @@ static bool sgllm__cu_mvd_ok(uint32_t t, const void *w, int64_t rb, int64_t cols
 }
 
 // Fills a's activation fields for weight type t and x (nt, cols): float types read x as is;
-// quantized ones either leave the quantization to the kernel's blocks (a->inl: at most
-// dispatch.matvec_xq_inline values, whose int8 blocks then take at most 40 KB of the block's
-// shared memory, beside under 48 KB of the wide kernel's slots) or quantize x here, in a
-// launch of its own, into the context's buffer (direct kernel layout).
+// quantized ones for the wide kernel (wide) either leave the quantization to the kernel's
+// blocks (a->inl: at most dispatch.matvec_xq_inline values, whose int8 blocks then take at
+// most 40 KB of the block's shared memory, beside under 48 KB of slots) or, like those for
+// the direct kernel, are quantized here, in a launch of their own, into the context's buffer.
 // (Measured on the H100, docs/PERF.md "In-kernel activation quantization and 8-byte wide
 // rows": with PDL the separate launch overlaps the matrix-vector kernel's first weight loads,
 // while the in-block prologue puts a read of x from L2 and a block barrier on every block's
 // path; in-block was slower for every Gemma 3 / SmolLM2 shape (by 10-13% of the step's
-// products) and 1.5% faster only for Llama-3-8B's 4096-value single-token products, so the
-// table keeps 0.)
-static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *x, int64_t nt, int64_t cols,
+// products; in the direct kernel too, which therefore has no such prologue: its registers
+// also slowed its plain launches) and 1.5% faster only for Llama-3-8B's 4096-value
+// single-token products, so the table keeps 0.)
+static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *x, int64_t nt, int64_t cols, bool wide,
                                        sgllm__cu_mvd *a) {
     a->x = x;
     a->nt = (int)nt;
@@ -1719,7 +1702,7 @@ static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *
     a->xd = (const float2 *)((const int8_t *)c->mv_xq + 8 * MV_XQ_COLS);
     a->inl = 0;
     if (t == T_F32 || t == T_F16 || t == T_BF16) return SGLLM_OK;
-    if (nt * cols <= c->disp.matvec_xq_inline && sgllm__cu_xq_bytes(nt, cols) + 48 * 1024 <= (size_t)c->smem_optin) {
+    if (wide && nt * cols <= c->disp.matvec_xq_inline && sgllm__cu_xq_bytes(nt, cols) + 48 * 1024 <= (size_t)c->smem_optin) {
         a->inl = 1;
         return SGLLM_OK;
     }
@@ -1824,7 +1807,7 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
         sgllm__cu_mvd a = {};
         a.w[0] = (const uint8_t *)w, a.y[0] = y, a.rows[0] = rows, a.n_seg = 1, a.act = -1;
         a.row_bytes = rb, a.total_rows = rows;
-        sgllm_status s = sgllm__cu_mvd_prep(c, type, x, n_tok, cols, &a);
+        sgllm_status s = sgllm__cu_mvd_prep(c, type, x, n_tok, cols, wide, &a);
         return s ? s : wide ? sgllm__cu_mvw_run(c, type, a) : sgllm__cu_mvd_run(c, type, a, 1);
     }
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
@@ -1933,10 +1916,10 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
     sgllm__cu_mvd a = {};
     for (int k = 0; k < n; k++) a.w[k] = (const uint8_t *)w[k], a.y[k] = y[k], a.rows[k] = rows[k];
     a.n_seg = n, a.act = -1, a.row_bytes = rb, a.total_rows = total;
-    sgllm_status s = sgllm__cu_mvd_prep(c, types[0], x, n_tok, cols, &a);
+    bool wide = sgllm__cu_mvw_wide(c, n, types, w, rb, cols, x);
+    sgllm_status s = sgllm__cu_mvd_prep(c, types[0], x, n_tok, cols, wide, &a);
     if (s) return s;
-    return sgllm__cu_mvw_wide(c, n, types, w, rb, cols, x) ? sgllm__cu_mvw_run(c, types[0], a)
-                                                            : sgllm__cu_mvd_run(c, types[0], a, 1);
+    return wide ? sgllm__cu_mvw_run(c, types[0], a) : sgllm__cu_mvd_run(c, types[0], a, 1);
 }
 
 extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate,
@@ -1962,10 +1945,10 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
     sgllm__cu_mvd a = {};
     a.w[0] = (const uint8_t *)w_gate, a.w[1] = (const uint8_t *)w_up, a.y[0] = y, a.rows[0] = rows;
     a.n_seg = 1, a.act = act, a.row_bytes = rb, a.total_rows = rows;
-    sgllm_status s = sgllm__cu_mvd_prep(c, gate_type, x, n_tok, cols, &a);
+    bool wide = sgllm__cu_mvw_wide(c, 2, types, w, rb, cols, x);
+    sgllm_status s = sgllm__cu_mvd_prep(c, gate_type, x, n_tok, cols, wide, &a);
     if (s) return s;
-    return sgllm__cu_mvw_wide(c, 2, types, w, rb, cols, x) ? sgllm__cu_mvw_run(c, gate_type, a)
-                                                          : sgllm__cu_mvd_run(c, gate_type, a, 2);
+    return wide ? sgllm__cu_mvw_run(c, gate_type, a) : sgllm__cu_mvd_run(c, gate_type, a, 2);
 }
 
 // --- 4b. Wide-load int8 matrix-vector ------------------------------------------------------

@@ -4613,7 +4613,7 @@ typedef struct sgllm__dispatch_row {
 // split-KV decode kernel fills the GPU better), qk-norm per-head threshold, norm threads,
 // matvec int8 activations (3, the wide-load kernel, measured faster on the H100 only; 1 elsewhere),
 // programmatic dependent launch (griddepcontrol: sm90 and newer only), activation quantization
-// inside the direct/wide kernels up to cols x tokens (0 everywhere: on the H100 the separate
+// inside the wide kernel up to cols x tokens (0 everywhere: on the H100 the separate
 // launch, overlapped by PDL, was faster for every small-model shape; docs/PERF.md), the wide
 // kernel's smallest row word (8 on the H100, where 8-byte loads beat the other kernels; 16
 // elsewhere, unmeasured).

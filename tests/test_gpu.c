@@ -1563,15 +1563,13 @@ static void test_matvec_wide(void) {
     printf("matvec wide loads: %d runs bit-identical to the staged kernel (gated GELU worst %.3g)\n", runs, worst_gelu);
 }
 
-// Activation quantization inside the direct and wide kernels (dispatch.matvec_xq_inline) and
-// the wide kernel's 8-byte row words (dispatch.matvec_wide_align = 8). The blocks run
-// the quantization code of the separate launch, so the int8 blocks are the same bytes, and the
-// kernels' per-row code is unchanged: every result must be bit for bit what the same kernel
-// gives with the separate launch (direct kernel) or what the staged kernel gives with one warp
-// per row (wide kernel, as in test_matvec_wide; GELU gated products within 1e-6, where act(g)
-// * u is computed differs). Every block-quantized type, rows of 16-, 8- and 4-byte words (the
-// last: the direct kernel only, the wide one does not take them), odd and even row counts,
-// batches 1..8; q/k/v through matvec_multi of one type (odd batches) or
+// Activation quantization inside the wide kernel (dispatch.matvec_xq_inline) and its 8-byte
+// row words (dispatch.matvec_wide_align = 8). The blocks run the quantization code of the
+// separate launch, so the int8 blocks are the same bytes, and the per-row code is unchanged:
+// every result must be bit for bit what the staged kernel gives with one warp per row (as in
+// test_matvec_wide; GELU gated products within 1e-6, where act(g) * u is computed differs),
+// with the in-block quantization (two launch shapes) and with the separate launch. Every
+// block-quantized type, rows of 16- and 8-byte words, odd and even row counts, batches 1..8; q/k/v through matvec_multi of one type (odd batches) or
 // with v of another type (even batches: Q5_0 q/k with Q8_0 v, as in Gemma 3's file), gated
 // launches; and chains where a kernel rewrites x right before the products (PDL on: the
 // in-block quantization must wait for it), eager and replayed from a graph, against the
@@ -1651,17 +1649,17 @@ static bool xq_same(const xq_case *c, const float *got, const float *ref, bool c
 static void test_matvec_xq_inline(void) {
     static const uint32_t types[] = {SGLLM__T_Q4_0, SGLLM__T_Q4_1, SGLLM__T_Q5_0, SGLLM__T_Q5_1,
                                      SGLLM__T_Q8_0, SGLLM__T_Q4_K, SGLLM__T_Q5_K, SGLLM__T_Q6_K};
-    // 32-value blocks: rows of 4-, 8- and 16-byte words among these (e.g. Q5_0 396, 440, 1408
-    // bytes; Q8_0 612, 680, 2176); Q4_K / Q5_K rows are always whole 16-byte words; Q6_K 420,
-    // 840, 1680 bytes
-    static const int64_t cols32[4] = {544, 576, 640, 2048}, colsk[4] = {768, 1024, 3072, 0}, cols6[4] = {512, 1024, 2048, 0};
-    sgllm__cuda_dispatch st = disp, wide[3] = {disp, disp, disp}, dir = disp, dir_sep = disp;
+    // 32-value blocks: rows of 8- and 16-byte words among these (e.g. Q5_0 440 and 1408 bytes,
+    // Q8_0 680 and 2176, Q4_1 360 and 400; rows of 4-byte words, e.g. Q8_0's 612, are not the
+    // wide kernel's and are skipped); Q4_K / Q5_K rows are always whole 16-byte words; Q6_K 840
+    // and 1680 bytes
+    static const int64_t cols32[4] = {544, 576, 640, 2048}, colsk[4] = {768, 1024, 3072, 0}, cols6[4] = {1024, 2048, 0, 0};
+    sgllm__cuda_dispatch st = disp, wide[3] = {disp, disp, disp};
     st.matvec_int8 = 1, st.matvec_warps_per_sm = 0; // staged, one warp per row
     for (int v = 0; v < 3; v++) wide[v].matvec_int8 = 3, wide[v].matvec_wide_align = 8, wide[v].matvec_xq_inline = 32768;
     wide[1].matvec_warps = 8, wide[1].matvec_warps_per_sm = 1; // few warps: each walks many rows
     wide[2].matvec_xq_inline = 0;                              // separate quantization launch
-    dir.matvec_int8 = dir_sep.matvec_int8 = 2, dir.matvec_xq_inline = 32768, dir_sep.matvec_xq_inline = 0;
-    int runs = 0, chains = 0, by_word[3] = {0, 0, 0};
+    int runs = 0, chains = 0, by_word[2] = {0, 0};
     double worst_gelu = 0;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         uint32_t t = types[ti], tv0 = t == SGLLM__T_Q8_0 ? SGLLM__T_Q5_0 : SGLLM__T_Q8_0;
@@ -1669,11 +1667,12 @@ static void test_matvec_xq_inline(void) {
         const int64_t *cl = t == SGLLM__T_Q6_K ? cols6 : blk == 256 ? colsk : cols32;
         for (int ci = 0; ci < 4 && cl[ci]; ci++) {
             int64_t cols = cl[ci], rb = (int64_t)sgllm__row_bytes(t, (uint64_t)cols);
-            if (rb % 4) continue; // rows of 2-byte words take the one-value kernel
+            if (rb % 8) continue;
             // v of another type where its rows are whole 4-byte words too (the one-value kernel
-            // splits rows by the launch setting, so the staged reference would differ in order)
+            // splits rows by the launch setting, so the staged reference would differ in order;
+            // single chunks of the staged kernel do not)
             uint32_t tv = sgllm__row_bytes(tv0, (uint64_t)cols) % 4 ? t : tv0;
-            by_word[rb % 16 == 0 ? 2 : rb % 8 == 0]++;
+            by_word[rb % 16 == 0]++;
             int64_t rows_of[4] = {33 + 2 * (int64_t)(test_u64() % 20), 32, 17, 41}; // q (+1), k, v (+1), gate and up (+1)
             size_t wb[6];
             uint8_t *w[6];
@@ -1704,8 +1703,8 @@ static void test_matvec_xq_inline(void) {
                 int act = nt % 3 == 0 ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU;
                 bool gelu = act == SGLLM__CUDA_ACT_GELU_TANH;
                 // the wide kernel (three launch variants) against the staged singles
-                if (rb % 8 == 0) xq_result(&c, &st, 1, true, act, false, false, x0, ref);
-                for (int v = 0; v < (rb % 8 ? 0 : 3); v++) {
+                xq_result(&c, &st, 1, true, act, false, false, x0, ref);
+                for (int v = 0; v < 3; v++) {
                     xq_result(&c, &wide[v], 1, false, act, false, false, x0, got);
                     CHECKF(xq_same(&c, got, ref, false, gelu, &worst_gelu),
                            "wide %s cols %lld (%lld-byte rows) batch %lld variant %d%s: rel err %.3g / gated %.3g",
@@ -1713,26 +1712,16 @@ static void test_matvec_xq_inline(void) {
                            rel_err(got, ref, c.off[4]), rel_err(got + c.off[4], ref + c.off[4], c.off[5] - c.off[4]));
                     runs++;
                 }
-                // the direct kernel quantizing in-block against itself with the separate launch
-                xq_result(&c, &dir_sep, 1, false, act, false, false, x0, ref);
-                xq_result(&c, &dir, 1, false, act, false, false, x0, got);
-                CHECKF(xq_same(&c, got, ref, false, false, NULL), "direct %s cols %lld batch %lld%s: rel err %.3g / gated %.3g",
-                       sgllm__type_name(t), (long long)cols, (long long)nt, mixed ? " mixed q/k/v" : "",
-                       rel_err(got, ref, c.off[4]), rel_err(got + c.off[4], ref + c.off[4], c.off[5] - c.off[4]));
-                runs++;
                 if (nt % 3 != 1) continue;
-                // chains (SiLU): PDL on, eager and as graph replays, against the reference without PDL
-                for (int k = rb % 8 ? 1 : 0; k < 2; k++) {
-                    const sgllm__cuda_dispatch *rd = k ? &dir_sep : &st, *td = k ? &dir : &wide[0];
-                    xq_result(&c, rd, 0, !k, SGLLM__CUDA_ACT_SILU, true, false, x0, ref);
-                    for (int gr = 0; gr < 2; gr++) {
-                        xq_result(&c, td, 1, false, SGLLM__CUDA_ACT_SILU, true, gr, x0, got);
-                        CHECKF(xq_same(&c, got, ref, true, false, NULL),
-                               "%s chain %s cols %lld batch %lld %s: rel err %.3g / second q %.3g", k ? "direct" : "wide",
-                               sgllm__type_name(t), (long long)cols, (long long)nt, gr ? "graph" : "eager",
-                               rel_err(got, ref, c.off[4]), rel_err(got + c.off[6], ref + c.off[6], c.off[7] - c.off[6]));
-                        chains++;
-                    }
+                // chains (SiLU): PDL on, eager and as graph replays, against the staged reference
+                // without PDL
+                xq_result(&c, &st, 0, true, SGLLM__CUDA_ACT_SILU, true, false, x0, ref);
+                for (int gr = 0; gr < 2; gr++) {
+                    xq_result(&c, &wide[0], 1, false, SGLLM__CUDA_ACT_SILU, true, gr, x0, got);
+                    CHECKF(xq_same(&c, got, ref, true, false, NULL), "wide chain %s cols %lld batch %lld %s: rel err %.3g / "
+                           "second q %.3g", sgllm__type_name(t), (long long)cols, (long long)nt, gr ? "graph" : "eager",
+                           rel_err(got, ref, c.off[4]), rel_err(got + c.off[6], ref + c.off[6], c.off[7] - c.off[6]));
+                    chains++;
                 }
             }
             for (int i = 0; i < 6; i++) sgllm__cuda_dfree(gpu, dw[i]), free(w[i]);
@@ -1740,8 +1729,9 @@ static void test_matvec_xq_inline(void) {
             free(x0), free(ref), free(got);
         }
     }
-    printf("matvec in-kernel activation quantization: %d runs and %d PDL chains bit-identical (rows of 4/8/16-byte "
-           "words: %d/%d/%d shapes; gated GELU worst %.3g)\n", runs, chains, by_word[0], by_word[1], by_word[2], worst_gelu);
+    printf("matvec wide in-kernel activation quantization and 8-byte rows: %d runs and %d PDL chains bit-identical "
+           "(rows of 8/16-byte words: %d/%d shapes; gated GELU worst %.3g)\n", runs, chains, by_word[0], by_word[1],
+           worst_gelu);
 }
 
 int main(void) {
