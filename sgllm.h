@@ -440,6 +440,11 @@ typedef struct sgllm__cuda_dispatch {
     int matvec_wide_warps_per_sm; // resident warps per SM of the wide-load kernel (matvec_int8 3): its grid
     int pdl;                      // 1 = programmatic dependent launch (sm90+ only; ignored below): a kernel may start
                                   // while its predecessor on the stream finishes and waits for it on the device
+    int matvec_xq_inline;         // the wide int8 kernel (matvec_int8 3) quantizes the activations itself, each block
+                                  // into its shared memory, when cols x tokens is at most this; above it (or at 0),
+                                  // and for the direct kernel, a separate launch quantizes them once per call (0..32768)
+    int matvec_wide_align;        // the wide kernel (matvec_int8 3) takes rows that are whole words of this many bytes
+                                  // (16 or 8; each row is loaded in its widest whole words)
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context
@@ -568,10 +573,11 @@ sgllm_status sgllm__cuda_gemm_x16(sgllm__cuda *c, uint32_t type, const void *w, 
 // back to sgllm__cuda_matmul per matrix (and sgllm__cuda_gated_act, which then needs u (n_tok,
 // rows) as the up product's buffer; the fused path leaves u alone and accepts NULL) when the
 // types differ, n_tok > dispatch.matvec_max_batch, a matrix is not 16-byte aligned, or for
-// quantized types dispatch.matvec_int8 is 0, or is 1 (or 3 with rows not whole 16-byte words)
-// and the matrices hold over 32 MB together
+// quantized types dispatch.matvec_int8 is 0, or is 1 (or 3 with rows not whole words of
+// dispatch.matvec_wide_align bytes) and the matrices hold over 32 MB together
 // (large matrices stream faster through the single-matrix kernel), so callers may use them
-// unconditionally.
+// unconditionally. Where matvec_multi's types differ, each run of equal neighbours is one
+// fused launch (q and k of one type with v of another: two launches).
 sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,
                                       const int64_t *rows, int64_t cols, const float *x, int64_t n_tok, float *const *y);
 sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate, uint32_t up_type,

@@ -1154,9 +1154,11 @@ static size_t sgllm__cu_xq_bytes(int64_t nt, int64_t cols) { return (size_t)(nt 
 // above. A warp step covers 128 values (four 32-blocks, eight lanes each) or one 256-block;
 // warp w of nw takes steps w, w + nw, ..., loading B steps (one float4 per lane each) before
 // reducing any, so that a block's prologue costs about one L2 round trip, not one per block.
-template <int K>
+// B changes only how many loads are in flight, never the bytes written: the wide kernel's
+// prologue (sgllm__cu_xq_in) takes half as many, whose registers add to its own.
+template <int K, int B = K == XQ_Q8_K ? 4 : 8>
 static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t *qs, float2 *ds, int warp, int nw) {
-    constexpr int V = K == XQ_Q8_K ? 2 : 1, B = K == XQ_Q8_K ? 4 : 8; // float4 per lane per step; steps in flight
+    constexpr int V = K == XQ_Q8_K ? 2 : 1; // float4 per lane per step
     int lane = threadIdx.x % 32;
     const float4 *x4 = (const float4 *)x;
     uint32_t *q4 = (uint32_t *)qs; // four codes per word
@@ -1234,6 +1236,16 @@ static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t
             }
         }
     }
+}
+
+// The in-kernel prologue of the wide kernel (dispatch.matvec_xq_inline): x (nt, cols)
+// quantized for weight type T into the block's shared memory at qs (then ds), by all its
+// warps; the caller puts the barrier after it.
+template <int T>
+static __device__ inline void sgllm__cu_xq_in(const float *x, int64_t cols, int nt, int8_t *qs) {
+    constexpr int K = sgllm__cu_xq_kind(T);
+    sgllm__cu_xq<K, K == XQ_Q8_K ? 2 : 4>(x, cols, nt, qs, (float2 *)(qs + (int64_t)nt * cols), (int)(threadIdx.x / 32),
+                                          (int)(blockDim.x / 32));
 }
 
 // N words from a 2-byte aligned address (shared memory): N + 1 aligned loads and funnel shifts.
@@ -1515,6 +1527,7 @@ struct sgllm__cu_mvd {
     const int8_t *xq;    // (nt, cols) block-quantized types
     const float2 *xd;    // (nt, cols / 32)
     int nt;
+    int inl;             // 1 (wide kernel only): each block quantizes x into its shared memory itself (xq / xd unused)
 };
 
 // Adds unit i of each of the NR rows to acc (only when ok: a clamped duplicate otherwise).
@@ -1743,16 +1756,31 @@ static bool sgllm__cu_mvd_ok(uint32_t t, const void *w, int64_t rb, int64_t cols
     return rb % 4 == 0 && cols <= MV_XQ_COLS;
 }
 
-// Quantizes x (nt, cols) for weight type t into the context's buffer (direct kernel layout)
-// and fills a's activation fields; float types read x as is.
-static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *x, int64_t nt, int64_t cols,
+// Fills a's activation fields for weight type t and x (nt, cols): float types read x as is;
+// quantized ones for the wide kernel (wide) either leave the quantization to the kernel's
+// blocks (a->inl: at most dispatch.matvec_xq_inline values, whose int8 blocks then take at
+// most 40 KB of the block's shared memory, beside under 48 KB of slots) or, like those for
+// the direct kernel, are quantized here, in a launch of their own, into the context's buffer.
+// (Measured on the H100, docs/PERF.md "In-kernel activation quantization and 8-byte wide
+// rows": with PDL the separate launch overlaps the matrix-vector kernel's first weight loads,
+// while the in-block prologue puts a read of x from L2 and a block barrier on every block's
+// path; in-block was slower for every Gemma 3 / SmolLM2 shape (by 10-13% of the step's
+// products; in the direct kernel too, which therefore has no such prologue: its registers
+// also slowed its plain launches) and 1.5% faster only for Llama-3-8B's 4096-value
+// single-token products, so the table keeps 0.)
+static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *x, int64_t nt, int64_t cols, bool wide,
                                        sgllm__cu_mvd *a) {
     a->x = x;
     a->nt = (int)nt;
     a->cols = cols;
     a->xq = (const int8_t *)c->mv_xq;
     a->xd = (const float2 *)((const int8_t *)c->mv_xq + 8 * MV_XQ_COLS);
+    a->inl = 0;
     if (t == T_F32 || t == T_F16 || t == T_BF16) return SGLLM_OK;
+    if (wide && nt * cols <= c->disp.matvec_xq_inline && sgllm__cu_xq_bytes(nt, cols) + 48 * 1024 <= (size_t)c->smem_optin) {
+        a->inl = 1;
+        return SGLLM_OK;
+    }
     return sgllm__cuda_quantize_act(c, t, x, nt, cols, (int8_t *)a->xq, (float *)a->xd);
 }
 
@@ -1838,7 +1866,7 @@ static sgllm_status sgllm__cu_mv_launch(sgllm__cuda *c, uint32_t type, int path,
 }
 
 // The wide-load kernel (section 4b, dispatch.matvec_int8 = 3).
-static bool sgllm__cu_mvw_ok(uint32_t t, const void *w, int64_t rb, int64_t cols, const float *x);
+static bool sgllm__cu_mvw_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t rb, int64_t cols, const float *x);
 static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a);
 
 extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
@@ -1849,12 +1877,12 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
         return sgllm__cu_bad(c, "matvec", "bad pointer, weight type or shape (n_tok must be <= 8)");
     if (!n_tok) return SGLLM_OK;
     bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
-    bool wide = !is_float && c->disp.matvec_int8 == 3 && sgllm__cu_mvw_ok(type, w, rb, cols, x);
+    bool wide = !is_float && c->disp.matvec_int8 == 3 && sgllm__cu_mvw_ok(c, type, w, rb, cols, x);
     if (wide || (!is_float && c->disp.matvec_int8 == 2 && sgllm__cu_mvd_ok(type, w, rb, cols, x))) {
         sgllm__cu_mvd a = {};
         a.w[0] = (const uint8_t *)w, a.y[0] = y, a.rows[0] = rows, a.n_seg = 1, a.act = -1;
         a.row_bytes = rb, a.total_rows = rows;
-        sgllm_status s = sgllm__cu_mvd_prep(c, type, x, n_tok, cols, &a);
+        sgllm_status s = sgllm__cu_mvd_prep(c, type, x, n_tok, cols, wide, &a);
         return s ? s : wide ? sgllm__cu_mvw_run(c, type, a) : sgllm__cu_mvd_run(c, type, a, 1);
     }
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
@@ -1915,7 +1943,7 @@ enum { MV_FUSE_MAX_BYTES = 32 << 20 };
 static bool sgllm__cu_mvw_wide(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w, int64_t rb,
                                int64_t cols, const float *x) {
     bool ok = c->disp.matvec_int8 == 3;
-    for (int k = 0; k < n && ok; k++) ok = sgllm__cu_mvw_ok(types[k], w[k], rb, cols, x);
+    for (int k = 0; k < n && ok; k++) ok = sgllm__cu_mvw_ok(c, types[k], w[k], rb, cols, x);
     return ok;
 }
 static bool sgllm__cu_fusable(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w, const int64_t *rows,
@@ -1946,21 +1974,27 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
     for (int k = 0; k < n; k++) total += rows[k] > 0 ? rows[k] : 0;
     int max_batch = c->disp.matvec_max_batch < 1 ? 1 : c->disp.matvec_max_batch > 8 ? 8 : c->disp.matvec_max_batch;
     if (!fused && n_tok > max_batch) return sgllm__cuda_gemm_multi(c, n, types, w, rows, cols, x, n_tok, y);
-    if (!fused) {
-        for (int k = 0; k < n; k++) {
-            sgllm_status s = sgllm__cuda_matmul(c, types[k], w[k], rows[k], cols, x, n_tok, y[k]);
-            if (s) return s;
-        }
-        return SGLLM_OK;
+    bool mixed = false;
+    for (int k = 1; k < n; k++) mixed = mixed || types[k] != types[0];
+    // mixed types (Gemma 3's Q5_0 q/k with a Q8_0 v): each run of equal neighbours fused on
+    // its own (a run is of one type, so the call below does not come back here)
+    for (int k = 0; !fused && k < n;) {
+        int e = k + 1;
+        while (mixed && e < n && types[e] == types[k]) e++;
+        sgllm_status s = e - k > 1 ? sgllm__cuda_matvec_multi(c, e - k, types + k, w + k, rows + k, cols, x, n_tok, y + k)
+                                   : sgllm__cuda_matmul(c, types[k], w[k], rows[k], cols, x, n_tok, y[k]);
+        if (s) return s;
+        k = e;
     }
+    if (!fused) return SGLLM_OK;
     cudaSetDevice(c->device);
     sgllm__cu_mvd a = {};
     for (int k = 0; k < n; k++) a.w[k] = (const uint8_t *)w[k], a.y[k] = y[k], a.rows[k] = rows[k];
     a.n_seg = n, a.act = -1, a.row_bytes = rb, a.total_rows = total;
-    sgllm_status s = sgllm__cu_mvd_prep(c, types[0], x, n_tok, cols, &a);
+    bool wide = sgllm__cu_mvw_wide(c, n, types, w, rb, cols, x);
+    sgllm_status s = sgllm__cu_mvd_prep(c, types[0], x, n_tok, cols, wide, &a);
     if (s) return s;
-    return sgllm__cu_mvw_wide(c, n, types, w, rb, cols, x) ? sgllm__cu_mvw_run(c, types[0], a)
-                                                            : sgllm__cu_mvd_run(c, types[0], a, 1);
+    return wide ? sgllm__cu_mvw_run(c, types[0], a) : sgllm__cu_mvd_run(c, types[0], a, 1);
 }
 
 extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate,
@@ -1986,15 +2020,16 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
     sgllm__cu_mvd a = {};
     a.w[0] = (const uint8_t *)w_gate, a.w[1] = (const uint8_t *)w_up, a.y[0] = y, a.rows[0] = rows;
     a.n_seg = 1, a.act = act, a.row_bytes = rb, a.total_rows = rows;
-    sgllm_status s = sgllm__cu_mvd_prep(c, gate_type, x, n_tok, cols, &a);
+    bool wide = sgllm__cu_mvw_wide(c, 2, types, w, rb, cols, x);
+    sgllm_status s = sgllm__cu_mvd_prep(c, gate_type, x, n_tok, cols, wide, &a);
     if (s) return s;
-    return sgllm__cu_mvw_wide(c, 2, types, w, rb, cols, x) ? sgllm__cu_mvw_run(c, gate_type, a)
-                                                          : sgllm__cu_mvd_run(c, gate_type, a, 2);
+    return wide ? sgllm__cu_mvw_run(c, gate_type, a) : sgllm__cu_mvd_run(c, gate_type, a, 2);
 }
 
 // --- 4b. Wide-load int8 matrix-vector ------------------------------------------------------
-// dispatch.matvec_int8 = 3: block-quantized weights whose rows are whole 16-byte words (16-byte
-// aligned matrix), single matrices and the fused q/k/v and gate/up launches alike. The direct
+// dispatch.matvec_int8 = 3: block-quantized weights whose rows are whole words of
+// dispatch.matvec_wide_align bytes (16 or 8; 16-byte aligned matrix), single matrices and the
+// fused q/k/v and gate/up launches alike. The direct
 // kernel above reads 2-4-byte words (Q8_0 blocks are only 2-byte aligned) and is bound by load
 // instructions; the staged kernel quantizes the activations again in every block. Here the
 // activations are quantized once per call into the context's buffer (L2/L1-resident, as for
@@ -2009,6 +2044,13 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
 // the loop and the activation reads (L1 hits). A lane takes pieces lane, lane + 32, ... of
 // each chunk and computes each with sgllm__cu_piece_i8, the staged kernel's code, in the same
 // order, so a row's result is bit for bit the staged kernel's with one warp per row.
+// Rows are loaded in their widest whole words: 16 bytes, else 8 (Gemma 3's 640-value Q5_0 and
+// Q8_0 rows, 440 and 680 bytes; SmolLM2's 576-value Q4_1 rows, 360 bytes); lane l takes words
+// l, l + 32, ... either way, so each load instruction covers 32 contiguous words. (4-byte
+// words, e.g. SmolLM2's 612-byte Q8_0 rows, are left to the other kernels: their 64-bit
+// addresses took the wide kernel to 170+ registers in some instantiations.)
+// With a.inl (sgllm__cu_mvd_prep) each block quantizes x into shared memory after the slots,
+// once, after the PDL wait, and all its warps meet at one barrier before the first chunk.
 
 // Values per chunk: 2048 for the 8-bit-ish types, 4096 for the 4-bit ones (~1.1-2.3 KB).
 static __host__ __device__ constexpr int sgllm__cu_mvw_cv(int t) {
@@ -2025,8 +2067,8 @@ static __host__ __device__ constexpr int sgllm__cu_mvw_cs(int t) { return sgllm_
 template <int T, int NT, int NR>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(const sgllm__cu_mvd a, int64_t groups) {
     constexpr int CV = sgllm__cu_mvw_cv(T), CB = sgllm__cu_mvw_cb(T), CS = sgllm__cu_mvw_cs(T);
-    constexpr int W = CB / 16, U = (W + 31) / 32; // words per chunk, words per lane
-    extern __shared__ __align__(16) uint8_t mvw_smem[]; // (warps, NR, CS)
+    constexpr int U = (CB / 16 + 31) / 32; // 16-byte words per lane; 8-byte words fit the same registers
+    extern __shared__ __align__(16) uint8_t mvw_smem[]; // slots (warps, NR, CS); a.inl: qs (nt, cols), ds (nt, cols / 32)
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     uint8_t *slot = mvw_smem + (size_t)warp * NR * CS;
     int64_t gw = (int64_t)blockIdx.x * (blockDim.x / 32) + warp, n_w = (int64_t)gridDim.x * (blockDim.x / 32);
@@ -2044,38 +2086,86 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
         if (gated) return a.w[k] + r * a.row_bytes;
         return (s == 0 ? a.w[0] : s == 1 ? a.w[1] : a.w[2]) + (r + k) * a.row_bytes;
     };
-    uint4 buf[NR][U];
+    // word bytes of every row (uniform: row_bytes is); buf[k] holds the lane's words of row k's
+    // chunk, 4 registers per 16-byte word, 2 per 8-byte word
+    const int lw = a.row_bytes % 16 == 0 ? 16 : 8;
+    uint32_t buf[NR][4 * U];
     auto load = [&](int64_t g, int ch) {
         int s;
         int64_t r;
         locate(g, s, r);
         int64_t off = (int64_t)ch * CB, left = a.row_bytes - off;
-        int nw = left < CB ? (int)(left / 16) : W;
+        int nw = (int)((left < CB ? left : CB) / lw);
 #pragma unroll
         for (int k = 0; k < NR; k++) {
-            const uint4 *src = (const uint4 *)(row_ptr(s, r, k) + off);
+            const uint8_t *src = row_ptr(s, r, k) + off;
+            if (lw == 16) {
 #pragma unroll
-            for (int u = 0; u < U; u++)
-                if (lane + 32 * u < nw) buf[k][u] = __ldcs(src + lane + 32 * u); // streamed once
+                for (int u = 0; u < U; u++)
+                    if (lane + 32 * u < nw) { // streamed once
+                        uint4 v = __ldcs((const uint4 *)src + lane + 32 * u);
+                        buf[k][4 * u] = v.x, buf[k][4 * u + 1] = v.y, buf[k][4 * u + 2] = v.z, buf[k][4 * u + 3] = v.w;
+                    }
+            } else {
+#pragma unroll
+                for (int u = 0; u < 2 * U; u++)
+                    if (lane + 32 * u < nw) {
+                        uint2 v = __ldcs((const uint2 *)src + lane + 32 * u);
+                        buf[k][2 * u] = v.x, buf[k][2 * u + 1] = v.y;
+                    }
+            }
         }
     };
     int64_t g = gw;
     int ch = 0;
-    if (g < groups) load(g, ch); // weights do not depend on the previous kernel
-    sgllm__cu_pdl_wait();
+    const int8_t *xq = a.xq;
+    const float2 *xd = a.xd;
+    // weights do not depend on the previous kernel: the first chunk is in flight during the
+    // PDL wait, in registers, or with a.inl only headed for L2 (the prologue's registers would
+    // add to the chunk's), loaded after the prologue
+    if (a.inl) {
+        if (g < groups) {
+            int s;
+            int64_t r;
+            locate(g, s, r);
+            int64_t n_pf = ((a.row_bytes < CB ? a.row_bytes : CB) + 127) / 128; // lines of the chunk per row
+#pragma unroll
+            for (int k = 0; k < NR; k++)
+                for (int64_t i = lane; i < n_pf; i += 32) sgllm__cu_prefetch_l2(row_ptr(s, r, k) + 128 * i);
+        }
+        sgllm__cu_pdl_wait();
+        int8_t *qs = (int8_t *)(mvw_smem + (size_t)(blockDim.x / 32) * NR * CS);
+        sgllm__cu_xq_in<T>(a.x, a.cols, a.nt, qs);
+        __syncthreads();
+        xq = qs, xd = (const float2 *)(qs + (int64_t)a.nt * a.cols);
+        if (g < groups) load(g, ch);
+    } else {
+        if (g < groups) load(g, ch);
+        sgllm__cu_pdl_wait();
+    }
     float acc[NR][NT];
 #pragma unroll
     for (int k = 0; k < NR; k++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[k][t] = 0.0f;
-    const int8_t *xq = a.xq;
-    const float2 *xd = a.xd;
     while (g < groups) {
+        // whole chunks go to the slot (a row's last, shorter chunk leaves stale words past its
+        // end, in pieces past cols that are never computed)
 #pragma unroll
-        for (int k = 0; k < NR; k++)
+        for (int k = 0; k < NR; k++) {
+            if (lw == 16) {
 #pragma unroll
-            for (int u = 0; u < U; u++)
-                if (lane + 32 * u < W) ((uint4 *)(slot + k * CS))[lane + 32 * u] = buf[k][u];
+                for (int u = 0; u < U; u++)
+                    if (lane + 32 * u < CB / 16)
+                        ((uint4 *)(slot + k * CS))[lane + 32 * u] =
+                            make_uint4(buf[k][4 * u], buf[k][4 * u + 1], buf[k][4 * u + 2], buf[k][4 * u + 3]);
+            } else {
+#pragma unroll
+                for (int u = 0; u < 2 * U; u++)
+                    if (lane + 32 * u < CB / 8)
+                        ((uint2 *)(slot + k * CS))[lane + 32 * u] = make_uint2(buf[k][2 * u], buf[k][2 * u + 1]);
+            }
+        }
         __syncwarp();
         int64_t cg = g; // the chunk in the slot
         int cch = ch;
@@ -2119,22 +2209,32 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
 }
 
 // Whether the wide kernel takes weights of type t at w (row bytes rb): a block-quantized type,
-// 16-byte aligned matrix and rows, cols within the activation buffer, x 16-byte aligned.
-static bool sgllm__cu_mvw_ok(uint32_t t, const void *w, int64_t rb, int64_t cols, const float *x) {
+// 16-byte aligned matrix, rows whole words of dispatch.matvec_wide_align bytes (8 at least),
+// cols within the activation buffer, x 16-byte aligned.
+static bool sgllm__cu_mvw_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t rb, int64_t cols, const float *x) {
     bool quant = t == T_Q4_0 || t == T_Q4_1 || t == T_Q5_0 || t == T_Q5_1 || t == T_Q8_0 || t == T_Q4_K || t == T_Q5_K ||
                  t == T_Q6_K;
-    return quant && (uintptr_t)w % 16 == 0 && rb % 16 == 0 && (uintptr_t)x % 16 == 0 && cols % 4 == 0 &&
+    int64_t align = c->disp.matvec_wide_align < 8 ? 8 : c->disp.matvec_wide_align;
+    return quant && (uintptr_t)w % 16 == 0 && rb % align == 0 && (uintptr_t)x % 16 == 0 && cols % 4 == 0 &&
            cols <= MV_XQ_COLS;
 }
 
 template <int T, int NT, int NR>
 static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int64_t groups) {
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
-    size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T);
+    size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T) + (a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0);
     // persistent grid: the resident blocks (by the wide kernel's warps and shared memory per
     // SM), then as few as give every warp the same number of row groups
     int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
     if (per_sm > fit) per_sm = fit;
+    if (smem > 48 * 1024) // a refusal makes the launch fail, which is reported
+        (void)cudaFuncSetAttribute(sgllm__cu_mvw_k<T, NT, NR>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    // and by registers: a grid past the resident blocks runs a second, mostly empty wave
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, sgllm__cu_mvw_k<T, NT, NR>, 32 * warps, smem) != cudaSuccess)
+        cudaGetLastError(); // not sticky; the launch reports what matters
+    else if (occ > 0 && per_sm > occ)
+        per_sm = occ;
     if (per_sm < 1) per_sm = 1;
     int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1), blocks = (groups + warps - 1) / warps;
     if (blocks > cap) {

@@ -4627,15 +4627,18 @@ typedef struct sgllm__dispatch_row {
 // split-KV decode kernel fills the GPU better), qk-norm per-head threshold, norm threads,
 // matvec int8 activations (3, the wide-load kernel, measured faster on the H100 only; 1 elsewhere),
 // the wide-load kernel's resident warps per SM (16 on the H100: fewer, longer-lived blocks stream
-// faster there, while the float kernel keeps 32),
-// programmatic dependent launch (griddepcontrol: sm90 and newer only).
+// faster there, while the float kernel keeps 32), programmatic dependent launch (griddepcontrol:
+// sm90 and newer only), activation quantization inside the wide kernel up to cols x tokens (0
+// everywhere: on the H100 the separate launch, overlapped by PDL, was faster for every
+// small-model shape; docs/PERF.md), the wide kernel's smallest row word (8 on the H100, where
+// 8-byte loads beat the other kernels; 16 elsewhere, unmeasured).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4707,8 +4710,10 @@ SGLLM__MAYBE_UNUSED static void sgllm__dispatch_prefill_tile(const sgllm__cuda_d
 // One line describing the decision (for the log and for users); returns snprintf's count.
 SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch *d, const sgllm__cuda_props *p, const char *config,
                                   char *buf, size_t cap) {
-    char wide[48] = "";
-    if (d->matvec_int8 == 3) snprintf(wide, sizeof wide, " with wide loads, %d warps/SM", d->matvec_wide_warps_per_sm);
+    char wide[128] = "";
+    if (d->matvec_int8 == 3)
+        snprintf(wide, sizeof wide, " with wide loads of %d-byte row words, %d warps/SM, quantized %s", d->matvec_wide_align,
+                 d->matvec_wide_warps_per_sm, d->matvec_xq_inline ? "in-kernel up to a limit" : "by a launch of their own");
     return snprintf(buf, cap,
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
                     "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles; prefill tiles %dx%d (d<=128) "
@@ -4915,6 +4920,8 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"matvec_int8", offsetof(sgllm__cuda_dispatch, matvec_int8), 1, 0, 3, false},
     {"matvec_wide_warps_per_sm", offsetof(sgllm__cuda_dispatch, matvec_wide_warps_per_sm), 1, 1, 64, false},
     {"pdl", offsetof(sgllm__cuda_dispatch, pdl), 1, 0, 1, false},
+    {"matvec_xq_inline", offsetof(sgllm__cuda_dispatch, matvec_xq_inline), 1, 0, 32768, false},
+    {"matvec_wide_align", offsetof(sgllm__cuda_dispatch, matvec_wide_align), 1, 8, 16, true},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {

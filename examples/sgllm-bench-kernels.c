@@ -1,7 +1,9 @@
 // sgllm-bench-kernels - kernel-level benchmarks of the CUDA backend against the device's own ceilings.
 //
-//   sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch]
+//   sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch] [--xq]
 //
+// --xq: only the read bandwidth and decode steps' matrix-vector products under the settings of
+// the in-kernel activation quantization and the wide kernel's row words, see xq_steps.
 // --launch: only launch-bound single-token ops as CUDA graphs of 200 launches (us per launch,
 // with programmatic dependent launch on and off): the fused norm at 640 floats by threads per
 // block, the fused q/k/v epilogue against the four ops it replaces (Gemma 3 270M shape), and
@@ -386,6 +388,107 @@ static void decode_steps(const sgllm__cuda_dispatch *disp, double bw, int reps, 
         }
 }
 
+// --xq: decode steps' matrix-vector products as one graph each (fused launches as the forward
+// calls them, matvec_int8 3) under settings of dispatch.matvec_wide_align (the wide kernel's
+// smallest row word) and matvec_xq_inline (activation values up to which the kernels quantize
+// in-block instead of in a launch of their own), at batches 1 and 4. The first setting (16, 0)
+// is the behaviour before both fields. Shapes: Llama-3-8B in Q8_0 and Q4_K; Gemma 3 270M and
+// SmolLM2-135M as the synthetic q8_0 presets build them (all Q8_0) and with their files' type
+// mix (Gemma: Q5_0 q/k/gate/up, v Q5_0 / Q8_0 and down Q4_K / Q6_K on alternate layers, o
+// Q4_K; SmolLM2: all Q4_1; both with a Q8_0 output matrix); the output matrix also alone.
+typedef struct {
+    const char *name;
+    int64_t n_embd, q_dim, kv_dim, n_ff, n_layer, n_vocab;
+    int copies;
+    uint32_t lt[2][7]; // layer types (even, odd layers): q, k, v, o, gate, up, down
+    uint32_t out;
+} xq_shape;
+
+static void xq_step(const xq_shape *sh, const sgllm__cuda_dispatch *disp, double bw, int reps) {
+    static const int set[][2] = {{16, 0}, {16, 32768}, {8, 0}, {8, 2048}, {8, 4096}, {8, 16384}, {8, 32768}};
+    enum { N_SET = sizeof set / sizeof set[0] };
+    int64_t E = sh->n_embd, Q = sh->q_dim, KV = sh->kv_dim, F = sh->n_ff;
+    int64_t rows[7] = {Q, KV, KV, E, F, F, E}, cols[7] = {E, E, E, Q, E, E, F};
+    void *w[64][7];
+    size_t floor_bytes = 0;
+    for (int l = 0; l < sh->copies; l++)
+        for (int m = 0; m < 7; m++) {
+            uint32_t t = sh->lt[l % 2][m];
+            size_t b = (size_t)sgllm__row_bytes(t, (uint64_t)cols[m]) * (size_t)rows[m];
+            w[l][m] = dev(b);
+            TRY(sgllm__cuda_fill_random(gpu, t, w[l][m], rows[m], cols[m], 2000 + 7 * (uint64_t)l + (uint64_t)m), "fill");
+        }
+    for (int64_t l = 0; l < sh->n_layer; l++)
+        for (int m = 0; m < 7; m++) floor_bytes += (size_t)sgllm__row_bytes(sh->lt[l % 2][m], (uint64_t)cols[m]) * (size_t)rows[m];
+    size_t ob = (size_t)sgllm__row_bytes(sh->out, (uint64_t)E) * (size_t)sh->n_vocab;
+    void *wo = dev(ob);
+    TRY(sgllm__cuda_fill_random(gpu, sh->out, wo, sh->n_vocab, E, 1999), "fill");
+    floor_bytes += ob;
+    int64_t xmax = F > Q ? F : Q;
+    float *x = (float *)dev((size_t)(4 * xmax) * 4), *y[5];
+    TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F32, x, 4, xmax, 5), "fill");
+    for (int i = 0; i < 4; i++) y[i] = (float *)dev((size_t)(4 * xmax) * 4);
+    y[4] = (float *)dev((size_t)(4 * sh->n_vocab) * 4);
+    for (int64_t nt = 1; nt <= 4; nt *= 4) {
+        double t_step[N_SET], t_out[N_SET];
+        for (int k = 0; k < N_SET; k++) {
+            sgllm__cuda_dispatch dd = *disp;
+            dd.matvec_int8 = 3, dd.matvec_wide_align = set[k][0], dd.matvec_xq_inline = set[k][1];
+            sgllm__cuda_set_dispatch(gpu, &dd);
+            for (int whole = 1; whole >= 0; whole--) {
+                void *graph = NULL;
+                TRY(sgllm__cuda_graph_begin(gpu), "graph begin");
+                for (int64_t l = 0; whole && l < sh->n_layer; l++) {
+                    void **L = w[l % sh->copies];
+                    const uint32_t *lt = sh->lt[l % 2];
+                    const void *w3[3] = {L[0], L[1], L[2]};
+                    float *y3[3] = {y[0], y[1], y[2]};
+                    TRY(sgllm__cuda_matvec_multi(gpu, 3, lt, w3, rows, E, x, nt, y3), "multi");
+                    TRY(sgllm__cuda_matmul(gpu, lt[3], L[3], E, Q, x, nt, y[3]), "matmul");
+                    TRY(sgllm__cuda_matvec_gated(gpu, SGLLM__CUDA_ACT_SILU, lt[4], L[4], lt[5], L[5], F, E, x, nt, y[0], y[1]),
+                        "gated");
+                    TRY(sgllm__cuda_matmul(gpu, lt[6], L[6], E, F, x, nt, y[3]), "matmul");
+                }
+                TRY(sgllm__cuda_matmul(gpu, sh->out, wo, sh->n_vocab, E, x, nt, y[4]), "matmul");
+                TRY(sgllm__cuda_graph_end(gpu, &graph), "graph end");
+                (whole ? t_step : t_out)[k] = time_graph(graph, reps);
+                sgllm__cuda_graph_free(gpu, graph);
+            }
+        }
+        printf("%-22s n=%lld floor %7.1f us |", sh->name, (long long)nt, (double)floor_bytes / bw * 1e6);
+        for (int k = 0; k < N_SET; k++)
+            printf(" %2d/%-5d %7.1f us %5.1f%% |", set[k][0], set[k][1], t_step[k] * 1e6, 100 * (double)floor_bytes / bw / t_step[k]);
+        printf(" output alone (floor %.1f us):", (double)ob / bw * 1e6);
+        for (int k = 0; k < N_SET; k++) printf(" %.1f", t_out[k] * 1e6);
+        printf("\n");
+        fflush(stdout);
+    }
+    sgllm__cuda_set_dispatch(gpu, disp);
+    for (int l = 0; l < sh->copies; l++)
+        for (int m = 0; m < 7; m++) sgllm__cuda_dfree(gpu, w[l][m]);
+    sgllm__cuda_dfree(gpu, wo);
+    sgllm__cuda_dfree(gpu, x);
+    for (int i = 0; i < 5; i++) sgllm__cuda_dfree(gpu, y[i]);
+}
+
+static void xq_steps(const sgllm__cuda_dispatch *disp, double bw, int reps) {
+    enum { A = SGLLM__T_Q8_0, K4 = SGLLM__T_Q4_K, K6 = SGLLM__T_Q6_K, F5 = SGLLM__T_Q5_0, F1 = SGLLM__T_Q4_1 };
+    static const xq_shape shapes[] = {
+        {"Llama-3-8B Q8_0", 4096, 4096, 1024, 14336, 32, 128256, 2, {{A, A, A, A, A, A, A}, {A, A, A, A, A, A, A}}, A},
+        {"Llama-3-8B Q4_K", 4096, 4096, 1024, 14336, 32, 128256, 2,
+         {{K4, K4, K4, K4, K4, K4, K4}, {K4, K4, K4, K4, K4, K4, K4}}, K4},
+        {"Gemma3-270M q8_0", 640, 1024, 256, 2048, 18, 262144, 18, {{A, A, A, A, A, A, A}, {A, A, A, A, A, A, A}}, A},
+        {"Gemma3-270M file mix", 640, 1024, 256, 2048, 18, 262144, 18,
+         {{F5, F5, F5, K4, F5, F5, K4}, {F5, F5, A, K4, F5, F5, K6}}, A},
+        {"SmolLM2-135M q8_0", 576, 576, 192, 1536, 30, 49152, 30, {{A, A, A, A, A, A, A}, {A, A, A, A, A, A, A}}, A},
+        {"SmolLM2-135M file mix", 576, 576, 192, 1536, 30, 49152, 30,
+         {{F1, F1, F1, F1, F1, F1, F1}, {F1, F1, F1, F1, F1, F1, F1}}, A},
+    };
+    printf("\ndecode step matrix-vector products as one graph by (matvec_wide_align / matvec_xq_inline), matvec_int8 3 "
+           "(fraction = weight bytes / read bandwidth / time; 16/0 = before)\n");
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) xq_step(&shapes[si], disp, bw, reps);
+}
+
 // Median seconds per launch of n_ops enqueued by enqueue(arg) into one graph (replays timed).
 static double time_launches(void (*enqueue)(void *), void *arg, int n_ops, int reps) {
     void *g = NULL;
@@ -596,15 +699,16 @@ static void llama_token_matvecs(uint32_t t, double bw, int reps, double *time, d
 
 int main(int argc, char **argv) {
     int reps = 21;
-    bool sweep = false, attn_only = false, decode_only = false, launch_only = false;
+    bool sweep = false, attn_only = false, decode_only = false, launch_only = false, xq_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sweep")) sweep = true;
         else if (!strcmp(argv[i], "--attn")) attn_only = true;
         else if (!strcmp(argv[i], "--decode")) decode_only = true;
         else if (!strcmp(argv[i], "--launch")) launch_only = true;
+        else if (!strcmp(argv[i], "--xq")) xq_only = true;
         else {
-            fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch]\n");
+            fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch] [--xq]\n");
             return 2;
         }
     }
@@ -644,6 +748,13 @@ int main(int argc, char **argv) {
         return 0;
     }
     double bw = read_bandwidth(reps);
+    if (xq_only) {
+        printf("device: %s, %d SMs\nmeasured read bandwidth: %.0f GB/s (streaming 16-byte loads, 2 GiB)\n", props.name,
+               props.sm_count, bw / 1e9);
+        xq_steps(&disp, bw, reps);
+        sgllm__cuda_free(gpu);
+        return 0;
+    }
     if (decode_only) {
         printf("device: %s, %d SMs\nmeasured read bandwidth: %.0f GB/s (streaming 16-byte loads, 2 GiB)\n", props.name,
                props.sm_count, bw / 1e9);

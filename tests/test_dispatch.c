@@ -54,6 +54,11 @@ static void test_rows(void) {
         CHECK(d.prefill_warps[0] == 4 && d.prefill_warps[1] == 8);
         CHECK(d.qknorm_per_head_max_tokens == 256);
         CHECKF(d.pdl == (cases[i].major >= 9), "%s: pdl %d", cases[i].name, d.pdl); // griddepcontrol needs sm90
+        // in-kernel activation quantization off everywhere (slower on the H100); 8-byte
+        // wide-kernel rows measured on the H100 only
+        bool h100 = !strcmp(d.row, "sm90");
+        CHECKF(d.matvec_xq_inline == 0 && d.matvec_wide_align == (h100 ? 8 : 16), "%s: %d %d",
+               cases[i].name, d.matvec_xq_inline, d.matvec_wide_align);
     }
 }
 
@@ -139,7 +144,8 @@ static void test_splits_and_tiles(void) {
     CHECK(strstr(line, "128x64 (d<=128)") != NULL);
     sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
     CHECK(strstr(line, "row sm90:") && strstr(line, "programmatic dependent launch on"));
-    CHECK(strstr(line, "int8 (dp4a) activations with wide loads, 16 warps/SM"));
+    CHECK(strstr(line, "int8 (dp4a) activations with wide loads of 8-byte row words, 16 warps/SM, quantized by a launch of "
+                       "their own"));
     char small[16];
     n = sgllm__dispatch_format(&d, &p, NULL, small, sizeof small);
     CHECK(n > (int)sizeof small && strlen(small) == sizeof small - 1);
@@ -171,6 +177,14 @@ static void test_json_override(void) {
     CHECK(d.norm_threads == 128);
     d.norm_threads = base.norm_threads;
     CHECK(!memcmp(&d, &base, sizeof d));
+    // the in-kernel quantization threshold over its range, the wide kernel's row words 8, 16
+    for (int v = 0; v <= 32768; v += 4096) {
+        char js[96];
+        snprintf(js, sizeof js, "{\"matvec_xq_inline\": %d, \"matvec_wide_align\": %d}", v, 8 << (v / 4096 % 2));
+        d = base;
+        CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.matvec_xq_inline == v &&
+              d.matvec_wide_align == 8 << (v / 4096 % 2));
+    }
     // every matrix-vector variant (0 fp32 activations, 1 staged, 2 direct, 3 wide loads) is accepted
     for (int v = 0; v <= 3; v++) {
         char js[64];
@@ -209,6 +223,11 @@ static void test_json_override(void) {
         {"{\"matvec_int8\": 4}", "[0, 3]"},
         {"{\"matvec_int8\": -1}", "[0, 3]"},
         {"{\"matvec_wide_warps_per_sm\": 0}", "[1, 64]"},
+        {"{\"matvec_xq_inline\": 32769}", "[0, 32768]"},
+        {"{\"matvec_xq_inline\": -1}", "[0, 32768]"},
+        {"{\"matvec_wide_align\": 12}", "power of two"},
+        {"{\"matvec_wide_align\": 4}", "[8, 16]"},
+        {"{\"matvec_wide_align\": 32}", "[8, 16]"},
         {"{\"prefill_block_m\": [64, 64]}", "expected ','"},
         {"{\"prefill_block_m\": [64, 64, 32, 16]}", "exactly 3 values"},
         {"{\"prefill_block_m\": 64}", "expected '['"},

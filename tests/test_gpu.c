@@ -523,7 +523,7 @@ static void test_matvec_fused(void) {
             direct.matvec_int8 = 2;
             bool quant = sgllm__vec_dot_type(t) != SGLLM__T_F32;
             size_t rbt = (size_t)sgllm__row_bytes(t, (uint64_t)cols);
-            if (quant && disp.matvec_int8 == 3 && rbt % 16 == 0) {
+            if (quant && disp.matvec_int8 == 3 && rbt % (size_t)disp.matvec_wide_align == 0) {
                 // the wide kernel (section 4b) computes each row as the staged kernel with one
                 // warp per row does (see test_matvec_wide)
                 direct.matvec_int8 = 1;
@@ -1613,6 +1613,177 @@ static void test_matvec_wide(void) {
     printf("matvec wide loads: %d runs bit-identical to the staged kernel (gated GELU worst %.3g)\n", runs, worst_gelu);
 }
 
+// Activation quantization inside the wide kernel (dispatch.matvec_xq_inline) and its 8-byte
+// row words (dispatch.matvec_wide_align = 8). The blocks run the quantization code of the
+// separate launch, so the int8 blocks are the same bytes, and the per-row code is unchanged:
+// every result must be bit for bit what the staged kernel gives with one warp per row (as in
+// test_matvec_wide; GELU gated products within 1e-6, where act(g) * u is computed differs),
+// with the in-block quantization (two launch shapes) and with the separate launch. Every
+// block-quantized type, rows of 16- and 8-byte words, odd and even row counts, batches 1..8; q/k/v through matvec_multi of one type (odd batches) or
+// with v of another type (even batches: Q5_0 q/k with Q8_0 v, as in Gemma 3's file), gated
+// launches; and chains where a kernel rewrites x right before the products (PDL on: the
+// in-block quantization must wait for it), eager and replayed from a graph, against the
+// reference chain run eagerly without PDL.
+typedef struct {
+    uint32_t t[3];    // q, k, v weight types (gate and up: t[0])
+    void *w[5];       // q, k, v, gate, up
+    int64_t rows[5];  // gate and up: rows[3]
+    int64_t cols, nt;
+    float *x;         // (nt, cols)
+    float *y;         // (off[7]) outputs at off[i]: single q, multi q, k, v, gated, up (reference only), second q
+    int64_t off[8];
+} xq_case;
+
+// The case's products under the current dispatch: singles (every product by matvec, the gated
+// one through gated_act: the reference) or the fused entry points; chain: softcap rewrites x
+// before the first product and again before a second single q product.
+static void xq_ops(const xq_case *c, bool singles, int act, bool chain) {
+    int64_t nt = c->nt, cols = c->cols;
+    float *y = c->y;
+    if (chain) CHECK(sgllm__cuda_softcap(gpu, c->x, nt * cols, 3.0f) == SGLLM_OK);
+    CHECKF(sgllm__cuda_matvec(gpu, c->t[0], c->w[0], c->rows[0], cols, c->x, nt, y) == SGLLM_OK, "%s",
+           sgllm__cuda_errmsg(gpu));
+    float *ym[3] = {y + c->off[1], y + c->off[2], y + c->off[3]};
+    if (singles) {
+        for (int i = 0; i < 3; i++) CHECK(sgllm__cuda_matvec(gpu, c->t[i], c->w[i], c->rows[i], cols, c->x, nt, ym[i]) == SGLLM_OK);
+        CHECK(sgllm__cuda_matvec(gpu, c->t[0], c->w[3], c->rows[3], cols, c->x, nt, y + c->off[4]) == SGLLM_OK);
+        CHECK(sgllm__cuda_matvec(gpu, c->t[0], c->w[4], c->rows[3], cols, c->x, nt, y + c->off[5]) == SGLLM_OK);
+        CHECK(sgllm__cuda_gated_act(gpu, act, y + c->off[4], y + c->off[5], nt * c->rows[3]) == SGLLM_OK);
+    } else {
+        const void *wm[3] = {c->w[0], c->w[1], c->w[2]};
+        CHECKF(sgllm__cuda_matvec_multi(gpu, 3, c->t, wm, c->rows, cols, c->x, nt, ym) == SGLLM_OK, "multi: %s",
+               sgllm__cuda_errmsg(gpu));
+        CHECKF(sgllm__cuda_matvec_gated(gpu, act, c->t[0], c->w[3], c->t[0], c->w[4], c->rows[3], cols, c->x, nt,
+                                        y + c->off[4], NULL) == SGLLM_OK, "gated: %s", sgllm__cuda_errmsg(gpu));
+    }
+    if (chain) {
+        CHECK(sgllm__cuda_softcap(gpu, c->x, nt * cols, 3.0f) == SGLLM_OK);
+        CHECK(sgllm__cuda_matvec(gpu, c->t[0], c->w[0], c->rows[0], cols, c->x, nt, y + c->off[6]) == SGLLM_OK);
+    }
+}
+
+// Runs the case (x uploaded from x0 first; graph: captured once, replayed twice) and fetches
+// its outputs; out holds c->off[7] floats.
+static void xq_result(const xq_case *c, const sgllm__cuda_dispatch *d, int pdl, bool singles, int act, bool chain,
+                      bool graph, const float *x0, float *out) {
+    sgllm__cuda_dispatch dd = *d;
+    dd.pdl = pdl;
+    sgllm__cuda_set_dispatch(gpu, &dd);
+    poison(c->y, (size_t)c->off[7] * 4);
+    void *g = NULL;
+    if (graph) {
+        CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
+        xq_ops(c, singles, act, chain);
+        CHECKF(sgllm__cuda_graph_end(gpu, &g) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
+    }
+    for (int rep = 0; rep < (graph ? 2 : 1); rep++) {
+        CHECK(sgllm__cuda_upload(gpu, c->x, x0, (size_t)(c->nt * c->cols) * 4) == SGLLM_OK);
+        if (graph && g) CHECK(sgllm__cuda_graph_launch(gpu, g) == SGLLM_OK);
+        else if (!graph) xq_ops(c, singles, act, chain);
+    }
+    sgllm__cuda_graph_free(gpu, g);
+    fetch(out, c->y, (size_t)c->off[7] * 4);
+    sgllm__cuda_set_dispatch(gpu, &disp);
+}
+
+// got against ref over the case's outputs (the up buffer excluded: only the reference writes
+// it); gated GELU within 1e-6 where gelu_tol, else everything bit for bit.
+static bool xq_same(const xq_case *c, const float *got, const float *ref, bool chain, bool gelu_tol, double *worst) {
+    const int64_t *o = c->off;
+    bool same = !memcmp(got, ref, (size_t)o[4] * 4) && (!chain || !memcmp(got + o[6], ref + o[6], (size_t)(o[7] - o[6]) * 4));
+    double e = rel_err(got + o[4], ref + o[4], o[5] - o[4]);
+    if (gelu_tol && worst) *worst = e > *worst ? e : *worst;
+    return same && (gelu_tol ? e <= 1e-6 : !memcmp(got + o[4], ref + o[4], (size_t)(o[5] - o[4]) * 4));
+}
+
+static void test_matvec_xq_inline(void) {
+    static const uint32_t types[] = {SGLLM__T_Q4_0, SGLLM__T_Q4_1, SGLLM__T_Q5_0, SGLLM__T_Q5_1,
+                                     SGLLM__T_Q8_0, SGLLM__T_Q4_K, SGLLM__T_Q5_K, SGLLM__T_Q6_K};
+    // 32-value blocks: rows of 8- and 16-byte words among these (e.g. Q5_0 440 and 1408 bytes,
+    // Q8_0 680 and 2176, Q4_1 360 and 400; rows of 4-byte words, e.g. Q8_0's 612, are not the
+    // wide kernel's and are skipped); Q4_K / Q5_K rows are always whole 16-byte words; Q6_K 840
+    // and 1680 bytes
+    static const int64_t cols32[4] = {544, 576, 640, 2048}, colsk[4] = {768, 1024, 3072, 0}, cols6[4] = {1024, 2048, 0, 0};
+    sgllm__cuda_dispatch st = disp, wide[3] = {disp, disp, disp};
+    st.matvec_int8 = 1, st.matvec_warps_per_sm = 0; // staged, one warp per row
+    for (int v = 0; v < 3; v++) wide[v].matvec_int8 = 3, wide[v].matvec_wide_align = 8, wide[v].matvec_xq_inline = 32768;
+    wide[1].matvec_warps = 8, wide[1].matvec_wide_warps_per_sm = 1; // few warps: each walks many rows
+    wide[2].matvec_xq_inline = 0;                              // separate quantization launch
+    int runs = 0, chains = 0, by_word[2] = {0, 0};
+    double worst_gelu = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        uint32_t t = types[ti], tv0 = t == SGLLM__T_Q8_0 ? SGLLM__T_Q5_0 : SGLLM__T_Q8_0;
+        int64_t blk = sgllm__types[t].block;
+        const int64_t *cl = t == SGLLM__T_Q6_K ? cols6 : blk == 256 ? colsk : cols32;
+        for (int ci = 0; ci < 4 && cl[ci]; ci++) {
+            int64_t cols = cl[ci], rb = (int64_t)sgllm__row_bytes(t, (uint64_t)cols);
+            if (rb % 8) continue;
+            // v of another type where its rows are whole 4-byte words too (the one-value kernel
+            // splits rows by the launch setting, so the staged reference would differ in order;
+            // single chunks of the staged kernel do not)
+            uint32_t tv = sgllm__row_bytes(tv0, (uint64_t)cols) % 4 ? t : tv0;
+            by_word[rb % 16 == 0]++;
+            int64_t rows_of[4] = {33 + 2 * (int64_t)(test_u64() % 20), 32, 17, 41}; // q (+1), k, v (+1), gate and up (+1)
+            size_t wb[6];
+            uint8_t *w[6];
+            void *dw[6];
+            for (int i = 0; i < 6; i++) { // q, k, v, gate, up of t; v of tv
+                uint32_t ty = i == 5 ? tv : t;
+                int64_t r = i == 5 ? rows_of[2] + 1 : rows_of[i < 4 ? i : 3] + 1;
+                w[i] = rand_weights(ty, r, cols, &wb[i]);
+                dw[i] = dev_copy(w[i], wb[i]);
+            }
+            float *x0 = rand_floats(8 * cols, -1, 1);
+            xq_case c;
+            c.cols = cols;
+            c.x = (float *)dev((size_t)(8 * cols) * 4);
+            int64_t ymax = 8 * (3 * (rows_of[0] + 1) + rows_of[1] + rows_of[2] + 1 + 2 * rows_of[3]);
+            c.y = (float *)dev((size_t)ymax * 4);
+            float *ref = (float *)malloc((size_t)ymax * 4), *got = (float *)malloc((size_t)ymax * 4);
+            for (int64_t nt = 1; nt <= 8; nt++) {
+                bool mixed = nt % 2 == 0;
+                c.nt = nt;
+                c.t[0] = c.t[1] = t, c.t[2] = mixed ? tv : t;
+                c.w[0] = dw[0], c.w[1] = dw[1], c.w[2] = mixed ? dw[5] : dw[2], c.w[3] = dw[3], c.w[4] = dw[4];
+                c.rows[0] = rows_of[0] + nt % 2, c.rows[1] = rows_of[1], c.rows[2] = rows_of[2] + (nt % 4 == 1);
+                c.rows[3] = c.rows[4] = rows_of[3] + (nt >= 5);
+                int64_t sizes[7] = {c.rows[0], c.rows[0], c.rows[1], c.rows[2], c.rows[3], c.rows[3], c.rows[0]};
+                c.off[0] = 0;
+                for (int i = 0; i < 7; i++) c.off[i + 1] = c.off[i] + nt * sizes[i];
+                int act = nt % 3 == 0 ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU;
+                bool gelu = act == SGLLM__CUDA_ACT_GELU_TANH;
+                // the wide kernel (three launch variants) against the staged singles
+                xq_result(&c, &st, 1, true, act, false, false, x0, ref);
+                for (int v = 0; v < 3; v++) {
+                    xq_result(&c, &wide[v], 1, false, act, false, false, x0, got);
+                    CHECKF(xq_same(&c, got, ref, false, gelu, &worst_gelu),
+                           "wide %s cols %lld (%lld-byte rows) batch %lld variant %d%s: rel err %.3g / gated %.3g",
+                           sgllm__type_name(t), (long long)cols, (long long)rb, (long long)nt, v, mixed ? " mixed q/k/v" : "",
+                           rel_err(got, ref, c.off[4]), rel_err(got + c.off[4], ref + c.off[4], c.off[5] - c.off[4]));
+                    runs++;
+                }
+                if (nt % 3 != 1) continue;
+                // chains (SiLU): PDL on, eager and as graph replays, against the staged reference
+                // without PDL
+                xq_result(&c, &st, 0, true, SGLLM__CUDA_ACT_SILU, true, false, x0, ref);
+                for (int gr = 0; gr < 2; gr++) {
+                    xq_result(&c, &wide[0], 1, false, SGLLM__CUDA_ACT_SILU, true, gr, x0, got);
+                    CHECKF(xq_same(&c, got, ref, true, false, NULL), "wide chain %s cols %lld batch %lld %s: rel err %.3g / "
+                           "second q %.3g", sgllm__type_name(t), (long long)cols, (long long)nt, gr ? "graph" : "eager",
+                           rel_err(got, ref, c.off[4]), rel_err(got + c.off[6], ref + c.off[6], c.off[7] - c.off[6]));
+                    chains++;
+                }
+            }
+            for (int i = 0; i < 6; i++) sgllm__cuda_dfree(gpu, dw[i]), free(w[i]);
+            sgllm__cuda_dfree(gpu, c.x), sgllm__cuda_dfree(gpu, c.y);
+            free(x0), free(ref), free(got);
+        }
+    }
+    printf("matvec wide in-kernel activation quantization and 8-byte rows: %d runs and %d PDL chains bit-identical "
+           "(rows of 8/16-byte words: %d/%d shapes; gated GELU worst %.3g)\n", runs, chains, by_word[0], by_word[1],
+           worst_gelu);
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0); // a crash keeps the lines before it
     test_seed();
@@ -1644,6 +1815,7 @@ int main(void) {
     test_matvec_fused();
     test_gemm_prefill();
     test_matvec_wide();
+    test_matvec_xq_inline();
     test_attention();
     test_prefill();
     test_kv_write_paged();
