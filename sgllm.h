@@ -510,6 +510,15 @@ sgllm_status sgllm__cuda_rope(sgllm__cuda *c, float *x, int64_t x_stride, int32_
 // y may be x. Threads per row: enough for one float4 per thread, at most dispatch.norm_threads.
 sgllm_status sgllm__cuda_norm_add_rmsnorm(sgllm__cuda *c, float *x, const float *delta, const float *delta_w,
                                           const float *w, float *y, int64_t rows, int64_t dim, float eps);
+// The same, where quant_for is the weight type of the matrix-vector product that reads y next:
+// for a block-quantized type (and rows <= 8, float4-aligned rows) the launch also quantizes y
+// into the context's activation buffer in that type's activation format, and the matrix-vector
+// ops of the direct and wide kernels (matvec_int8 2 and 3) reading y with a type of the same
+// format then skip their quantization launch. The caller must not change y in between by
+// other means (a quantization launch for other activations ends the reuse).
+sgllm_status sgllm__cuda_norm_add_rmsnorm_q(sgllm__cuda *c, float *x, const float *delta, const float *delta_w,
+                                            const float *w, float *y, int64_t rows, int64_t dim, float eps,
+                                            uint32_t quant_for);
 // qkv_post: everything between the q/k/v projections and attention, in one launch: per token
 // t and head, bias add (each bias optional), per-head RMSNorm of q and k (qk_norm; weights
 // optional, as sgllm__cuda_qkv_norm), RoPE of q and k (as sgllm__cuda_rope), then q is

@@ -58,6 +58,9 @@ struct sgllm__cuda {
     size_t scratch_bytes;
     cudaEvent_t t0, t1;   // sgllm__cuda_timer_start/stop
     void *mv_xq;          // (MV_XQ_BYTES) int8 activations of the direct matrix-vector kernels (section 4)
+    const float *xq_of;   // the activations mv_xq holds (xq_nt rows of xq_cols, format xq_kind), or NULL
+    int xq_kind;
+    int64_t xq_nt, xq_cols;
     void *stage;          // (stage_bytes) pinned host memory that small downloads (a token's logits) go through
     size_t stage_bytes;
     void *stage_up;       // (stage_up_bytes) pinned host memory of sgllm__cuda_upload_async
@@ -653,10 +656,8 @@ template <int V> static __device__ inline void sgllm__cu_stv(float *p, const flo
 // One block per row, V floats per thread per step: x += rmsnorm(delta) * dw (or + delta),
 // then y = rmsnorm(x) * w. Each thread reads back only what it wrote, so y may be x.
 template <int V>
-static __global__ void sgllm__cu_norm_add_k(float *x, const float *delta, const float *dw, const float *w, float *y,
-                                            int64_t dim, float eps) {
-    sgllm__cu_pdl_wait();
-    sgllm__cu_pdl_trigger();
+static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delta, const float *dw, const float *w,
+                                                     float *y, int64_t dim, float eps) {
     int64_t r = blockIdx.x, step = (int64_t)blockDim.x * V;
     float *xr = x + r * dim, *yr = y + r * dim;
     const float *dr = delta ? delta + r * dim : NULL;
@@ -694,10 +695,30 @@ static __global__ void sgllm__cu_norm_add_k(float *x, const float *delta, const 
     }
 }
 
+template <int V>
+static __global__ void sgllm__cu_norm_add_k(float *x, const float *delta, const float *dw, const float *w, float *y,
+                                            int64_t dim, float eps) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    sgllm__cu_norm_add_row<V>(x, delta, dw, w, y, dim, eps);
+}
+
 static bool sgllm__cu_al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+// The same rows also quantized for the next matrix-vector product (section 4); false when
+// the shape does not allow it (then nothing is launched).
+static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, const float *delta, const float *delta_w,
+                                  const float *w, float *y, int64_t rows, int64_t dim, float eps, int threads,
+                                  sgllm_status *s);
 
 extern "C" sgllm_status sgllm__cuda_norm_add_rmsnorm(sgllm__cuda *c, float *x, const float *delta, const float *delta_w,
                                                      const float *w, float *y, int64_t rows, int64_t dim, float eps) {
+    return sgllm__cuda_norm_add_rmsnorm_q(c, x, delta, delta_w, w, y, rows, dim, eps, T_F32);
+}
+
+extern "C" sgllm_status sgllm__cuda_norm_add_rmsnorm_q(sgllm__cuda *c, float *x, const float *delta,
+                                                       const float *delta_w, const float *w, float *y, int64_t rows,
+                                                       int64_t dim, float eps, uint32_t quant_for) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!x || !y || (delta_w && !delta) || rows < 0 || rows > INT32_MAX || dim <= 0 || !(eps >= 0))
         return sgllm__cu_bad(c, "norm_add_rmsnorm", "bad pointer or shape");
@@ -710,6 +731,9 @@ extern "C" sgllm_status sgllm__cuda_norm_add_rmsnorm(sgllm__cuda *c, float *x, c
     int64_t per = v4 ? dim / 4 : dim;
     int cap = sgllm__cu_threads(c->disp.norm_threads, 32, 1024);
     int threads = sgllm__cu_threads(per + 31 < cap ? (int)(per + 31) : cap, 32, 1024);
+    if (c->xq_of == y) c->xq_of = NULL; // y changes: the activation buffer no longer holds it
+    sgllm_status s = SGLLM_OK;
+    if (v4 && sgllm__cu_norm_add_xq(c, quant_for, x, delta, delta_w, w, y, rows, dim, eps, threads, &s)) return s;
     if (v4)
         return sgllm__cu_launch(c, "norm_add_rmsnorm", sgllm__cu_norm_add_k<4>, dim3((unsigned)rows), dim3(threads), 0, x,
                                 delta, delta_w, w, y, dim, eps);
@@ -1483,7 +1507,40 @@ extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, 
     int64_t steps = (n_tok * cols + (kind == XQ_Q8_K ? 255 : 127)) / (kind == XQ_Q8_K ? 256 : 128), grid = (steps + 3) / 4;
     void (*k)(const float *, int64_t, int, int8_t *, float2 *) =
         kind == XQ_Q8_0 ? sgllm__cu_xq_k<XQ_Q8_0> : kind == XQ_Q8_1 ? sgllm__cu_xq_k<XQ_Q8_1> : sgllm__cu_xq_k<XQ_Q8_K>;
+    if ((void *)qs == c->mv_xq) c->xq_of = NULL; // no longer what a norm put there
     return sgllm__cu_launch(c, "quantize_act", k, dim3((unsigned)grid), dim3(128), 0, x, cols, (int)n_tok, qs, (float2 *)ds);
+}
+
+// sgllm__cuda_norm_add_rmsnorm_q: each block normalizes its row (sgllm__cu_norm_add_row) and
+// then quantizes it, as sgllm__cu_xq_k would, into the context's activation buffer, so the
+// matrix-vector product that follows needs no quantization launch of its own.
+template <int K>
+static __global__ void sgllm__cu_norm_add_xq_k(float *x, const float *delta, const float *dw, const float *w, float *y,
+                                               int64_t dim, float eps, int8_t *qs, float2 *ds) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    sgllm__cu_norm_add_row<4>(x, delta, dw, w, y, dim, eps);
+    __syncthreads(); // the row's y, written by every thread of the block, is read back by all
+    int64_t r = blockIdx.x;
+    sgllm__cu_xq<K>(y + r * dim, dim, 1, qs + r * dim, ds + r * (dim / 32), (int)(threadIdx.x / 32), (int)(blockDim.x / 32));
+}
+
+static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, const float *delta, const float *delta_w,
+                                  const float *w, float *y, int64_t rows, int64_t dim, float eps, int threads,
+                                  sgllm_status *s) {
+    bool quant = quant_for != T_F32 && quant_for != T_F16 && quant_for != T_BF16 && sgllm__cu_row_bytes(quant_for, dim) > 0;
+    if (!quant || rows > 8 || dim > MV_XQ_COLS) return false;
+    int kind = sgllm__cu_xq_kind((int)quant_for);
+    int8_t *qs = (int8_t *)c->mv_xq;
+    float2 *ds = (float2 *)((int8_t *)c->mv_xq + 8 * MV_XQ_COLS);
+    void (*k)(float *, const float *, const float *, const float *, float *, int64_t, float, int8_t *, float2 *) =
+        kind == XQ_Q8_0 ? sgllm__cu_norm_add_xq_k<XQ_Q8_0>
+                        : kind == XQ_Q8_1 ? sgllm__cu_norm_add_xq_k<XQ_Q8_1> : sgllm__cu_norm_add_xq_k<XQ_Q8_K>;
+    *s = sgllm__cu_launch(c, "norm_add_rmsnorm", k, dim3((unsigned)rows), dim3(threads), 0, x, delta, delta_w, w, y, dim, eps,
+                          qs, ds);
+    c->xq_of = *s ? NULL : y;
+    c->xq_kind = kind, c->xq_nt = rows, c->xq_cols = dim;
+    return true;
 }
 
 // Direct int8 path: fused q/k/v and gate/up launches of quantized matrices up to
@@ -1781,6 +1838,8 @@ static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *
         a->inl = 1;
         return SGLLM_OK;
     }
+    // already there: quantized by the norm that wrote x (sgllm__cuda_norm_add_rmsnorm_q)
+    if (c->xq_of == x && c->xq_kind == sgllm__cu_xq_kind((int)t) && c->xq_nt == nt && c->xq_cols == cols) return SGLLM_OK;
     return sgllm__cuda_quantize_act(c, t, x, nt, cols, (int8_t *)a->xq, (float *)a->xd);
 }
 
@@ -3578,7 +3637,8 @@ static __global__ void __launch_bounds__(SMP_THREADS)
         if (h[b]) atomicAdd(&hist[b], h[b]);
 }
 
-// One thread: the global max, the greedy and degenerate answers, and the candidate threshold.
+// One warp: the global max (its lanes reduce the blocks' partials: one L2 round trip, not one
+// per block), then one thread: the greedy and degenerate answers and the candidate threshold.
 static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, int64_t n, const float *part_v,
                                             const int32_t *part_i, const uint32_t *hist, sgllm__cu_smp_state *st,
                                             int32_t *out) {
@@ -3586,7 +3646,10 @@ static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, in
     sgllm__cu_pdl_trigger();
     float bv = -INFINITY;
     int32_t bi = (int32_t)n;
-    for (int b = 0; b < SMP_STATS_BLOCKS; b++) sgllm__cu_better(bv, bi, part_v[b], part_i[b]);
+    for (int b = threadIdx.x; b < SMP_STATS_BLOCKS; b += 32) sgllm__cu_better(bv, bi, part_v[b], part_i[b]);
+    for (int o = 16; o > 0; o >>= 1)
+        sgllm__cu_better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+    if (threadIdx.x) return;
     st->max = bv;
     st->argmax = bi;
     st->count = 0;
@@ -3966,7 +4029,7 @@ extern "C" sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, 
         return s;
     if ((s = sgllm__cu_launch(c, "sample: stats", sgllm__cu_smp_stats_k, dim3(SMP_STATS_BLOCKS), dim3(SMP_THREADS), 0, args,
                               (const float *)l.work, n_vocab, l.part_v, l.part_i, l.hist)) ||
-        (s = sgllm__cu_launch(c, "sample: plan", sgllm__cu_smp_plan_k, dim3(1), dim3(1), 0, args, n_vocab,
+        (s = sgllm__cu_launch(c, "sample: plan", sgllm__cu_smp_plan_k, dim3(1), dim3(32), 0, args, n_vocab,
                               (const float *)l.part_v, (const int32_t *)l.part_i, (const uint32_t *)l.hist, l.state, out)) ||
         (s = sgllm__cu_launch(c, "sample: collect", sgllm__cu_smp_collect_k, dim3(grid), dim3(256), 0, (const float *)l.work,
                               n_vocab, l.state, l.cand)))

@@ -5498,8 +5498,10 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
         const sgllm__gpu_layer *G = &gm->layers[il];
         int32_t hd = L->head_dim;
         int64_t qd = (int64_t)L->n_head * hd, kvd = (int64_t)L->n_head_kv * hd;
-        // the previous block's output (post-normed) joins the residual in the same pass as this norm
-        SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm(cu, c->x, il ? c->o : NULL, post_ffn, G->attn_norm, c->h, n, E, m->eps));
+        // the previous block's output (post-normed) joins the residual in the same pass as this
+        // norm, which also quantizes its output for the q/k/v product (one launch fewer)
+        SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm_q(cu, c->x, il ? c->o : NULL, post_ffn, G->attn_norm, c->h, n, E, m->eps,
+                                                  L->wq.type));
         {
             const uint32_t qkv_t[3] = {L->wq.type, L->wk.type, L->wv.type};
             const void *qkv_w[3] = {G->wq, G->wk, G->wv};
@@ -5523,7 +5525,8 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
                                                L->n_head, L->n_head_kv, hd, pos, n, L->window, L->attn_scale, sp, c->att));
         }
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wo.type, G->wo, E, qd, c->att, n, c->o));
-        SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm(cu, c->x, c->o, G->post_attn_norm, G->ffn_norm, c->h, n, E, m->eps));
+        SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm_q(cu, c->x, c->o, G->post_attn_norm, G->ffn_norm, c->h, n, E, m->eps,
+                                                  L->w_gate.type));
         if (n > disp->matvec_max_batch) { // prefill: act(gate) * up reaches the down GEMM as bf16 in c->g
             SGLLM__TRY(sgllm__cuda_gemm_gated(cu, m->act == SGLLM__ACT_GELU_TANH ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU,
                                               L->w_gate.type, G->w_gate, L->w_up.type, G->w_up, L->n_ff, E, c->h, n, c->g,
@@ -5538,7 +5541,8 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
         post_ffn = G->post_ffn_norm;
     }
     if (!n_out) return sgllm__cuda_norm_add_rmsnorm(cu, c->x, c->o, post_ffn, NULL, c->h, n, E, m->eps); // keeps x complete
-    SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm(cu, c->x, c->o, post_ffn, gm->output_norm, c->h, n, E, m->eps));
+    SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm_q(cu, c->x, c->o, post_ffn, gm->output_norm, c->h, n, E, m->eps,
+                                              m->output.type));
     const float *in = c->h;
     if (n_out < n) {
         SGLLM__TRY(sgllm__cuda_gather_rows(cu, c->h, rows, n_out, E, c->sel));

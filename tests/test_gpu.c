@@ -1343,6 +1343,77 @@ static void test_kv_write_paged(void) {
     free(k), free(v);
 }
 
+// norm_add_rmsnorm_q: the norm that also quantizes its output for the next product. Its y must
+// be the plain norm's bit for bit, and the products after it (q/k/v of one type and of two
+// types of the same activation format, gate/up, on the wide and the direct kernels) must equal
+// those after the plain norm, where they quantize y themselves. A quantization of other
+// activations in between must end the reuse (the product then quantizes y again), and more
+// than 8 rows or a float type take the plain norm.
+static void test_norm_add_xq(void) {
+    static const uint32_t types[] = {SGLLM__T_Q5_0, SGLLM__T_Q8_0, SGLLM__T_Q4_1, SGLLM__T_Q4_K, SGLLM__T_Q6_K};
+    int runs = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (int di = 0; di < 2; di++) {
+            uint32_t t = types[ti], t2 = t == SGLLM__T_Q5_0 ? SGLLM__T_Q8_0 : t == SGLLM__T_Q4_K ? SGLLM__T_Q6_K : t;
+            bool k = sgllm__types[t].block == 256;
+            int64_t dim = di ? 4096 : k ? 768 : 640, rows3[3] = {96, 32, 32};
+            size_t wb[3];
+            uint8_t *w[3];
+            void *dw[3];
+            for (int i = 0; i < 3; i++) {
+                w[i] = rand_weights(i == 2 ? t2 : t, rows3[i], dim, &wb[i]);
+                dw[i] = dev_copy(w[i], wb[i]);
+            }
+            int64_t ny = 9 * 160;
+            float *x0 = rand_floats(9 * dim, -2, 2), *d0 = rand_floats(9 * dim, -2, 2), *g0 = rand_floats(dim, 0.5f, 1.5f);
+            float *dx = (float *)dev(9 * dim * 4), *dd = (float *)dev_copy(d0, 9 * dim * 4), *dg = (float *)dev_copy(g0, dim * 4);
+            float *dy = (float *)dev(9 * dim * 4), *dz = (float *)dev_copy(x0, 9 * dim * 4);
+            float *out = (float *)dev(ny * 4), *out_ref = (float *)dev(ny * 4);
+            float *h = (float *)malloc(9 * dim * 4), *h_ref = (float *)malloc(9 * dim * 4);
+            float *o = (float *)malloc(ny * 4), *o_ref = (float *)malloc(ny * 4);
+            for (int kern = 2; kern <= 3; kern++)
+                for (int64_t n = 1; n <= 9; n += 4) {
+                    sgllm__cuda_dispatch dd2 = disp;
+                    dd2.matvec_int8 = kern;
+                    sgllm__cuda_set_dispatch(gpu, &dd2);
+                    for (int mode = 0; mode < 4; mode++) {
+                        // mode 0: plain norm (the reference); 1: quantizing norm; 2: quantizing
+                        // norm, then another product quantizes z; 3: quantizing norm for a float type
+                        CHECK(sgllm__cuda_upload(gpu, dx, x0, 9 * dim * 4) == SGLLM_OK);
+                        poison(dy, 9 * dim * 4);
+                        uint32_t qf = mode == 0 ? SGLLM__T_F32 : mode == 3 ? SGLLM__T_BF16 : t;
+                        CHECK(sgllm__cuda_norm_add_rmsnorm_q(gpu, dx, dd, dg, dg, dy, n, dim, 1e-6f, qf) == SGLLM_OK);
+                        float *dst = mode ? out : out_ref;
+                        poison(dst, ny * 4);
+                        if (mode == 2) CHECK(sgllm__cuda_matvec(gpu, t, dw[1], rows3[1], dim, dz, n, dst + 96 * n) == SGLLM_OK);
+                        uint32_t tt[3] = {t, t, t2};
+                        const void *wm[3] = {dw[0], dw[1], dw[2]};
+                        float *ym[3] = {dst, dst + 96 * n, dst + 128 * n};
+                        CHECKF(sgllm__cuda_matvec_multi(gpu, 3, tt, wm, rows3, dim, dy, n, ym) == SGLLM_OK, "%s",
+                               sgllm__cuda_errmsg(gpu));
+                        fetch(mode ? h : h_ref, dy, (size_t)(n * dim) * 4);
+                        fetch(mode ? o : o_ref, dst, (size_t)(160 * n) * 4);
+                        if (mode) {
+                            CHECKF(!memcmp(h, h_ref, (size_t)(n * dim) * 4), "norm_q %s dim %lld rows %lld mode %d: y differs",
+                                   sgllm__type_name(t), (long long)dim, (long long)n, mode);
+                            CHECKF(!memcmp(o, o_ref, (size_t)(160 * n) * 4),
+                                   "norm_q %s+%s dim %lld rows %lld kernel %d mode %d: products differ (rel err %.3g)",
+                                   sgllm__type_name(t), sgllm__type_name(t2), (long long)dim, (long long)n, kern, mode,
+                                   rel_err(o, o_ref, 160 * n));
+                            runs++;
+                        }
+                    }
+                }
+            sgllm__cuda_set_dispatch(gpu, &disp);
+            for (int i = 0; i < 3; i++) sgllm__cuda_dfree(gpu, dw[i]), free(w[i]);
+            void *bufs[] = {dx, dd, dg, dy, dz, out, out_ref};
+            for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
+            free(x0), free(d0), free(g0), free(h), free(h_ref), free(o), free(o_ref);
+        }
+    printf("norm_add_rmsnorm_q: %d runs (5 types, mixed q/k/v, direct and wide kernels, 1-9 rows) bit for bit the plain "
+           "norm's and the products after it\n", runs);
+}
+
 // Transfers: asynchronous uploads through the pinned staging buffer, the host source changed
 // right after each call (the staging copy must have been taken), many in a row without a
 // synchronization (each waits for the staging buffer's previous copy), one over the 16 MB
@@ -1820,6 +1891,7 @@ int main(void) {
     test_prefill();
     test_kv_write_paged();
     test_norm_add();
+    test_norm_add_xq();
     test_qkv_post();
     test_pdl_graph();
     test_pdl_chain();
