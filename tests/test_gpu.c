@@ -1385,7 +1385,8 @@ static void test_norm_add_xq(void) {
                         CHECK(sgllm__cuda_norm_add_rmsnorm_q(gpu, dx, dd, dg, dg, dy, n, dim, 1e-6f, qf) == SGLLM_OK);
                         float *dst = mode ? out : out_ref;
                         poison(dst, ny * 4);
-                        if (mode == 2) CHECK(sgllm__cuda_matvec(gpu, t, dw[1], rows3[1], dim, dz, n, dst + 96 * n) == SGLLM_OK);
+                        if (mode == 2 && n <= 8)
+                            CHECK(sgllm__cuda_matvec(gpu, t, dw[1], rows3[1], dim, dz, n, dst + 96 * n) == SGLLM_OK);
                         uint32_t tt[3] = {t, t, t2};
                         const void *wm[3] = {dw[0], dw[1], dw[2]};
                         float *ym[3] = {dst, dst + 96 * n, dst + 128 * n};
