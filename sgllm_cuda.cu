@@ -45,6 +45,11 @@
 // as int8 codes plus one float2 per 32 values (wider rows take the staged kernel).
 enum { MV_XQ_COLS = 65536, MV_XQ_BYTES = 8 * MV_XQ_COLS + 8 * (MV_XQ_COLS / 32) * 8 };
 
+// Arrival counters of decode attention's split blocks (section 6), one per head group of a
+// launch (larger launches are cut into several): zero between launches, so graph replays
+// reuse them. Their own buffer, since the scratch is rewritten by other ops.
+enum { ATT_COUNTERS = 65536 };
+
 struct sgllm__cuda {
     int device;
     cudaStream_t stream;
@@ -55,6 +60,7 @@ struct sgllm__cuda {
     size_t scratch_bytes;
     cudaEvent_t t0, t1;   // sgllm__cuda_timer_start/stop
     void *mv_xq;          // (MV_XQ_BYTES) int8 activations of the direct matrix-vector kernels (section 4)
+    unsigned *att_cnt;    // (ATT_COUNTERS) split arrivals of decode attention (section 6), zeroed at creation
     sgllm__cuda_dispatch disp;
     int smem_optin, smem_sm; // shared memory a block may opt into, and per SM (bytes)
     int cc_major;         // compute capability major of the device
@@ -180,6 +186,7 @@ extern "C" void sgllm__cuda_free(sgllm__cuda *c) {
     cudaFree(c->blas_ws);
     cudaFree(c->scratch);
     cudaFree(c->mv_xq);
+    cudaFree(c->att_cnt);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
 }
@@ -212,6 +219,11 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
     c->blas_ws_bytes = (size_t)32 << 20;
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->blas_ws, c->blas_ws_bytes), "cuBLAS workspace");
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->mv_xq, MV_XQ_BYTES), "matvec activation buffer");
+    if (s == SGLLM_OK)
+        s = sgllm__cu_check(c, cudaMalloc(&c->att_cnt, ATT_COUNTERS * sizeof(unsigned)), "attention counters");
+    if (s == SGLLM_OK)
+        s = sgllm__cu_check(c, cudaMemsetAsync(c->att_cnt, 0, ATT_COUNTERS * sizeof(unsigned), c->stream),
+                            "attention counters");
     if (s == SGLLM_OK && (cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS ||
                           cublasSetWorkspace(c->blas, c->blas_ws, c->blas_ws_bytes) != CUBLAS_STATUS_SUCCESS))
         s = sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "cuBLAS stream/workspace setup failed");
@@ -2351,29 +2363,74 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 }
 
 // --- 6. Decode attention -------------------------------------------------------------------
-// Stage 1, grid (n_splits, n_head_kv * head groups, n_q): a block takes up to ATT_HB query
-// heads that share one KV head (GQA) and one split of its query's visible keys, and runs an
-// online softmax over tiles of BN keys staged in shared memory. Scores: one warp per key, the
-// lanes splitting head_dim. It writes the split's normalized output and log-sum-exp.
-// Stage 2, grid (n_head, n_q): merges the splits weighted by exp(lse - max lse). With one split
-// stage 1 writes the output directly. Both wait for their predecessors first (the query and
-// the newest cache rows are theirs) and let their dependents launch right after.
+// Grid (n_splits, n_head_kv * head groups, n_q): a block takes up to ATT_HB query heads that
+// share one KV head (GQA) and one split of its query's visible keys, and runs an online
+// softmax over tiles of BN keys staged in shared memory. Scores: one warp per key, the lanes
+// splitting head_dim. With one split it writes the output directly; else each block writes its
+// split's normalized output and log-sum-exp to the scratch, and the splits are merged weighted
+// by exp(lse - max lse), in split order: by the last block of the head group to finish
+// (dispatch.decode_merge 0: it counts arrivals on a per-group counter, which it returns to
+// zero for the next launch), or by a second kernel, grid (n_head, n_q) (decode_merge 1). Both
+// merges run the same function, so their bits agree, and neither depends on which block
+// finishes last. The kernels wait for their predecessors first (the query and the newest
+// cache rows are theirs) and let their dependents launch right after.
 
-enum { ATT_HB = 8, ATT_THREADS = 128, ATT_MAX_HD = 512, ATT_ACC = ATT_HB * ATT_MAX_HD / ATT_THREADS };
+enum { ATT_HB = 8, ATT_THREADS = 128, ATT_MAX_HD = 512, ATT_ACC = ATT_HB * ATT_MAX_HD / ATT_THREADS, ATT_MV = 8 };
 
-
+// Merges the n_splits partials of hb heads, rows row .. row + hb - 1 of (n_q * n_head), into
+// out: split s weighs exp(lse_s - max lse) (0 for an empty split), summed in split order, so
+// every caller gets the same bits. ws: (hb * n_splits + hb) floats of shared memory. The
+// partials come through L2 (ld.cg): other blocks of the same launch may have written them.
+// Each thread holds ATT_MV outputs, so a split's loads are in flight together.
+static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *part_lse, int64_t row, int hb, int32_t hd,
+                                            int32_t n_splits, float *ws, float *out) {
+    int tid = threadIdx.x, nth = blockDim.x;
+    float *den = ws + hb * n_splits; // (hb)
+    for (int i = tid; i < hb * n_splits; i += nth) ws[i] = __ldcg(part_lse + row * n_splits + i);
+    __syncthreads();
+    for (int h = tid; h < hb; h += nth) {
+        float *w = ws + h * n_splits, mx = -INFINITY, sum = 0.0f;
+        for (int32_t sp = 0; sp < n_splits; sp++) mx = fmaxf(mx, w[sp]);
+        for (int32_t sp = 0; sp < n_splits; sp++) {
+            w[sp] = w[sp] == -INFINITY ? 0.0f : expf(w[sp] - mx);
+            sum += w[sp];
+        }
+        den[h] = sum;
+    }
+    __syncthreads();
+    for (int e0 = 0; e0 < hb * hd; e0 += nth * ATT_MV) {
+        float num[ATT_MV];
+        const float *src[ATT_MV], *wgt[ATT_MV];
+#pragma unroll
+        for (int k = 0; k < ATT_MV; k++) {
+            int e = min(e0 + tid + k * nth, hb * hd - 1), h = e / hd; // past the end: a repeat of the last, not stored
+            num[k] = 0.0f;
+            src[k] = part_o + (row + h) * n_splits * hd + (e - h * hd);
+            wgt[k] = ws + h * n_splits;
+        }
+#pragma unroll 4
+        for (int32_t sp = 0; sp < n_splits; sp++)
+#pragma unroll
+            for (int k = 0; k < ATT_MV; k++) num[k] += wgt[k][sp] * __ldcg(src[k] + (int64_t)sp * hd);
+#pragma unroll
+        for (int k = 0; k < ATT_MV; k++) {
+            int e = e0 + tid + k * nth, h = e / hd;
+            if (e < hb * hd) out[row * hd + e] = den[h] > 0 ? num[k] / den[h] : 0.0f;
+        }
+    }
+}
 
 static __global__ void __launch_bounds__(ATT_THREADS)
     sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, const int32_t *pt, int32_t page_shift,
                            int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale, int32_t n_splits, int32_t bn,
-                           float *part_o, float *part_lse, float *out) {
+                           float *part_o, float *part_lse, float *out, unsigned *cnt, int32_t q0) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
     extern __shared__ __align__(16) uint8_t sm[];
     int32_t group = n_head / n_head_kv, n_hgroups = (group + ATT_HB - 1) / ATT_HB;
     int32_t kvh = (int32_t)blockIdx.y / n_hgroups, h0 = kvh * group + ((int32_t)blockIdx.y % n_hgroups) * ATT_HB;
     int32_t hb = min(ATT_HB, kvh * group + group - h0); // heads of this block
-    int64_t qi = blockIdx.z;
+    int64_t qi = q0 + (int64_t)blockIdx.z;
     int32_t split = (int32_t)blockIdx.x;
     float *qs = (float *)sm;                      // (hb, hd)
     float *ps = qs + ATT_HB * hd;                 // (hb, bn) scores, then probabilities
@@ -2475,26 +2532,30 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         }
     }
     if (n_splits > 1 && tid < hb) part_lse[(row + tid) * n_splits + split] = ls[tid] > 0 ? ms[tid] + logf(ls[tid]) : -INFINITY;
+    if (n_splits == 1 || !cnt) return;
+    // Each thread fences its partials before the block counts itself, so the block that
+    // counts last sees every split's; it alone merges, and zeroes the counter for the next
+    // launch (no other block of this group touches it again in this one).
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        unsigned *ct = cnt + (int64_t)blockIdx.z * gridDim.y + blockIdx.y;
+        last = atomicAdd(ct, 1u) == (unsigned)n_splits - 1;
+        if (last) atomicExch(ct, 0u);
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    sgllm__cu_attn_merge(part_o, part_lse, row, hb, hd, n_splits, (float *)(tile + bn * hd), out);
 }
 
 static __global__ void sgllm__cu_attn_merge_k(const float *part_o, const float *part_lse, int32_t n_head, int32_t hd,
                                               int32_t n_splits, float *out) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
-    int64_t row = (int64_t)blockIdx.y * n_head + blockIdx.x;
-    const float *lse = part_lse + row * n_splits;
-    float mx = -INFINITY;
-    for (int s = 0; s < n_splits; s++) mx = fmaxf(mx, lse[s]);
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float num = 0.0f, den = 0.0f;
-        for (int s = 0; s < n_splits; s++) {
-            if (lse[s] == -INFINITY) continue;
-            float wgt = expf(lse[s] - mx);
-            num += wgt * part_o[(row * n_splits + s) * hd + d];
-            den += wgt;
-        }
-        out[row * hd + d] = den > 0 ? num / den : 0.0f;
-    }
+    extern __shared__ float ws[]; // (n_splits + 1)
+    sgllm__cu_attn_merge(part_o, part_lse, (int64_t)blockIdx.y * n_head + blockIdx.x, 1, hd, n_splits, ws, out);
 }
 
 extern "C" size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_dim, int64_t n_q, int32_t n_splits) {
@@ -2524,8 +2585,12 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
     // the key tile holds at most 8192 fp16 values (16 KB): fewer keys for wide heads
     int32_t bn = c->disp.decode_block_n < 8 ? 8 : c->disp.decode_block_n > 128 ? 128 : c->disp.decode_block_n;
     while (bn > 8 && bn * head_dim > 8192) bn /= 2;
+    // one launch merges its splits unless the dispatch asks for the merge kernel; the counters
+    // cover ATT_COUNTERS head groups, so more queries than that take several launches
+    bool merge_here = n_splits > 1 && !c->disp.decode_merge;
     size_t smem = (size_t)ATT_HB * head_dim * 4 + (size_t)ATT_HB * bn * 4 + (3 * ATT_HB + 4) * 4 +
-                  (size_t)bn * head_dim * 2;
+                  (size_t)bn * head_dim * 2 + (merge_here ? ((size_t)ATT_HB * n_splits + ATT_HB) * 4 : 0);
+    int64_t per_launch = merge_here ? ATT_COUNTERS / ((int64_t)n_head_kv * n_hgroups) : n_q; // at least 1
     cudaSetDevice(c->device);
     float *part_o = (float *)c->scratch;
     float *part_lse = part_o ? (float *)((uint8_t *)c->scratch +
@@ -2535,15 +2600,20 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
         sgllm__cu_check(c, cudaFuncSetAttribute(sgllm__cu_attn_split_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 (int)smem), "attn_decode: shared memory"))
         return SGLLM_ERR_BACKEND;
-    if (sgllm__cu_launch(c, "attn_decode: split kernel", sgllm__cu_attn_split_k,
-                         dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)n_q), dim3(ATT_THREADS),
-                         smem, q, (const __half *)k_cache, (const __half *)v_cache, page_table,
-                         sgllm__cu_page_shift(page_table, page_size), n_head, n_head_kv, head_dim, pos, window, scale,
-                         n_splits, bn, part_o, part_lse, out))
-        return SGLLM_ERR_BACKEND;
-    if (n_splits == 1) return SGLLM_OK;
+    for (int64_t q0 = 0; q0 < n_q; q0 += per_launch) {
+        int64_t nz = n_q - q0 < per_launch ? n_q - q0 : per_launch;
+        if (sgllm__cu_launch(c, "attn_decode: split kernel", sgllm__cu_attn_split_k,
+                             dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)nz), dim3(ATT_THREADS),
+                             smem, q, (const __half *)k_cache, (const __half *)v_cache, page_table,
+                             sgllm__cu_page_shift(page_table, page_size), n_head, n_head_kv, head_dim, pos, window,
+                             scale, n_splits, bn, part_o, part_lse, out, merge_here ? c->att_cnt : (unsigned *)NULL,
+                             (int32_t)q0))
+            return SGLLM_ERR_BACKEND;
+    }
+    if (n_splits == 1 || merge_here) return SGLLM_OK;
     return sgllm__cu_launch(c, "attn_decode: merge kernel", sgllm__cu_attn_merge_k, dim3((unsigned)n_head, (unsigned)n_q),
-                            dim3(128), 0, (const float *)part_o, (const float *)part_lse, n_head, head_dim, n_splits, out);
+                            dim3(128), (size_t)(n_splits + 1) * 4, (const float *)part_o, (const float *)part_lse,
+                            n_head, head_dim, n_splits, out);
 }
 
 // --- 6b. Prefill attention -----------------------------------------------------------------

@@ -52,6 +52,7 @@ static void test_rows(void) {
         CHECK(d.prefill_warps[0] == 4 && d.prefill_warps[1] == 8);
         CHECK(d.qknorm_per_head_max_tokens == 256);
         CHECKF(d.pdl == (cases[i].major >= 9), "%s: pdl %d", cases[i].name, d.pdl); // griddepcontrol needs sm90
+        CHECK(d.decode_merge == 0); // decode attention merges its splits in the split kernel everywhere
     }
 }
 
@@ -136,7 +137,7 @@ static void test_splits_and_tiles(void) {
     CHECK(strstr(line, "NVIDIA H100 80GB HBM3") && strstr(line, "row sm90 + configs/X.json") && !strchr(line, '\n'));
     CHECK(strstr(line, "128x64 (d<=128)") != NULL);
     sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
-    CHECK(strstr(line, "row sm90:") && strstr(line, "programmatic dependent launch on"));
+    CHECK(strstr(line, "row sm90:") && strstr(line, "programmatic dependent launch on") && strstr(line, "merged by the last split"));
     char small[16];
     n = sgllm__dispatch_format(&d, &p, NULL, small, sizeof small);
     CHECK(n > (int)sizeof small && strlen(small) == sizeof small - 1);
@@ -174,6 +175,13 @@ static void test_json_override(void) {
         d = base;
         CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.matvec_int8 == v);
     }
+    // both decode-attention merges (0 in the split kernel, 1 the merge kernel)
+    for (int v = 0; v <= 1; v++) {
+        char js[64];
+        snprintf(js, sizeof js, "{\"decode_merge\": %d}", v);
+        d = base;
+        CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.decode_merge == v);
+    }
     d = base;
     const char *empty = " { } ";
     CHECK(sgllm__dispatch_apply_json(&d, empty, strlen(empty), "t", NULL) == SGLLM_OK && !memcmp(&d, &base, sizeof d));
@@ -202,6 +210,8 @@ static void test_json_override(void) {
         {"{\"decode_block_n\": 48}", "power of two"},
         {"{\"norm_threads\": 100}", "multiple of 32"},
         {"{\"pdl\": 2}", "[0, 1]"},
+        {"{\"decode_merge\": 2}", "[0, 1]"},
+        {"{\"decode_merge\": -1}", "[0, 1]"},
         {"{\"matvec_int8\": 4}", "[0, 3]"},
         {"{\"matvec_int8\": -1}", "[0, 3]"},
         {"{\"prefill_block_m\": [64, 64]}", "expected ','"},
