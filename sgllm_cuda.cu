@@ -2441,7 +2441,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
 
     int32_t p_hi = pos[qi], p_lo = window > 0 ? max(0, p_hi - window + 1) : 0;
     int32_t len = p_hi - p_lo + 1, per = (len + n_splits - 1) / n_splits;
-    per = (per + 31) / 32 * 32;
+    per = (per + 15) / 16 * 16; // whole 16-key steps: up to 32 splits of 512 keys (as decode_min_keys allows)
     int32_t k0 = p_lo + split * per, k1 = min(p_hi + 1, k0 + per); // this split's keys [k0, k1)
 
     int64_t kv_stride = (int64_t)n_head_kv * hd;

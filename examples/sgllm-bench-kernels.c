@@ -540,36 +540,38 @@ static void bench_decode_attn(int reps) {
            base.pdl);
     printf("%-14s %6s %6s %12s %12s %8s %10s\n", "shape", "keys", "splits", "2 launches", "1 launch", "saved", "GB/s");
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
-        for (size_t ki = 0; ki < sizeof keys / sizeof keys[0]; ki++) {
-            attn_bufs b;
-            b.nh = shapes[si].nh, b.nkv = shapes[si].nkv, b.hd = shapes[si].hd;
-            b.kv_elems = (int64_t)keys[ki] * b.nkv * b.hd;
-            int64_t copy_bytes = 2 * b.kv_elems * 2;
-            b.copies = (int32_t)((((int64_t)128 << 20) + copy_bytes - 1) / copy_bytes);
-            b.copies = b.copies > 200 ? 200 : b.copies;
-            b.splits = sgllm__dispatch_decode_splits(&base, (int64_t)b.nkv * ((b.nh / b.nkv + 7) / 8), keys[ki]);
-            b.q = (float *)dev((size_t)(b.nh * b.hd) * 4), b.out = (float *)dev((size_t)(b.nh * b.hd) * 4);
-            b.kc = (uint16_t *)dev((size_t)(b.copies * b.kv_elems) * 2), b.vc = (uint16_t *)dev((size_t)(b.copies * b.kv_elems) * 2);
-            b.pos = (int32_t *)dev(4);
-            TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F32, b.q, 1, (int64_t)b.nh * b.hd, 50), "fill");
-            TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F16, b.kc, b.copies, b.kv_elems, 51), "fill");
-            TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F16, b.vc, b.copies, b.kv_elems, 52), "fill");
-            int32_t p = keys[ki] - 1;
-            TRY(sgllm__cuda_upload(gpu, b.pos, &p, 4), "upload");
-            TRY(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(b.nh, b.hd, 1, b.splits)), "scratch");
-            double t[2];
-            for (int m = 0; m < 2; m++) {
-                sgllm__cuda_dispatch d = base;
-                d.decode_merge = 1 - m;
-                sgllm__cuda_set_dispatch(gpu, &d);
-                t[m] = time_launches(enqueue_attn, &b, 200, reps);
+        for (size_t ki = 0; ki < sizeof keys / sizeof keys[0]; ki++)
+            for (int sw = 0; sw < 4; sw++) { // the forward's split count, then 32, 64 and 128 where splits keep 16 keys
+                attn_bufs b;
+                b.nh = shapes[si].nh, b.nkv = shapes[si].nkv, b.hd = shapes[si].hd;
+                b.kv_elems = (int64_t)keys[ki] * b.nkv * b.hd;
+                int64_t copy_bytes = 2 * b.kv_elems * 2;
+                b.copies = (int32_t)((((int64_t)128 << 20) + copy_bytes - 1) / copy_bytes);
+                b.copies = b.copies > 200 ? 200 : b.copies;
+                b.splits = sw ? 16 << sw : sgllm__dispatch_decode_splits(&base, (int64_t)b.nkv * ((b.nh / b.nkv + 7) / 8), keys[ki]);
+                if (sw && b.splits * 16 > keys[ki]) continue;
+                b.q = (float *)dev((size_t)(b.nh * b.hd) * 4), b.out = (float *)dev((size_t)(b.nh * b.hd) * 4);
+                b.kc = (uint16_t *)dev((size_t)(b.copies * b.kv_elems) * 2), b.vc = (uint16_t *)dev((size_t)(b.copies * b.kv_elems) * 2);
+                b.pos = (int32_t *)dev(4);
+                TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F32, b.q, 1, (int64_t)b.nh * b.hd, 50), "fill");
+                TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F16, b.kc, b.copies, b.kv_elems, 51), "fill");
+                TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F16, b.vc, b.copies, b.kv_elems, 52), "fill");
+                int32_t p = keys[ki] - 1;
+                TRY(sgllm__cuda_upload(gpu, b.pos, &p, 4), "upload");
+                TRY(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(b.nh, b.hd, 1, b.splits)), "scratch");
+                double t[2];
+                for (int m = 0; m < 2; m++) {
+                    sgllm__cuda_dispatch d = base;
+                    d.decode_merge = 1 - m;
+                    sgllm__cuda_set_dispatch(gpu, &d);
+                    t[m] = time_launches(enqueue_attn, &b, 200, reps);
+                }
+                sgllm__cuda_set_dispatch(gpu, &base);
+                printf("%-14s %6d %6d %12.2f %12.2f %8.2f %10.0f\n", shapes[si].name, keys[ki], b.splits, 1e6 * t[0],
+                       1e6 * t[1], 1e6 * (t[0] - t[1]), (double)copy_bytes / t[1] / 1e9);
+                void *bufs[] = {b.q, b.out, b.kc, b.vc, b.pos};
+                for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
             }
-            sgllm__cuda_set_dispatch(gpu, &base);
-            printf("%-14s %6d %6d %12.2f %12.2f %8.2f %10.0f\n", shapes[si].name, keys[ki], b.splits, 1e6 * t[0],
-                   1e6 * t[1], 1e6 * (t[0] - t[1]), (double)copy_bytes / t[1] / 1e9);
-            void *bufs[] = {b.q, b.out, b.kc, b.vc, b.pos};
-            for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
-        }
 }
 
 // One decode step of a synthetic preset (no tokenizer, so sgllm_generate itself cannot run):
