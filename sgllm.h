@@ -186,8 +186,11 @@ SGLLM_API const char *sgllm_model_device_info(const sgllm_model *model);
                        window 1024 on 5 of every 6 layers
        "gemma3-270m"   gemma3 640 wide, 18 layers, 4/1 heads of 256, ff 2048, vocab 262144, window 512
        "smollm2-135m"  llama  576 wide, 30 layers, 9/3 heads of 64, ff 1536, vocab 49152
-   weight_type "bf16", "q8_0" or "q4_k" is the type of every matrix, the embedding included
-   (q4_k: matrices whose rows are not a multiple of 256 values use q8_0); norm weights are
+   weight_type "bf16", "q8_0", "q4_1" or "q4_k" is the type of every matrix, the embedding
+   included; "q4_k_m" is the mix of llama.cpp's Q4_K_M files (q4_k, with q6_k for the output
+   matrix and for attn_v and ffn_down of every other layer). Where a row is not a whole number
+   of 256-value blocks, q4_k becomes q5_0 and q6_k becomes q8_0, as llama.cpp's quantizer does
+   (so "gemma3-270m" "q4_k_m" has the types of the Gemma 3 270M Q4_K_M file). Norm weights are
    f32. The same preset, type and seed give the same weights. params: path is ignored;
    backend must be SGLLM_BACKEND_AUTO or SGLLM_BACKEND_CUDA; log and kernel_config apply.
    The vocabulary has the preset's size but no tokenizer: sgllm_tokenize (and so generate)
@@ -434,6 +437,7 @@ typedef struct sgllm__cuda_dispatch {
                                   // quantized once per call and 16-byte weight loads, two rows per warp, for single
                                   // matrices and fused launches whose rows are whole 16-byte words (others as 1);
                                   // 0 = the fp32-activation reference kernel
+    int matvec_wide_warps_per_sm; // resident warps per SM of the wide-load kernel (matvec_int8 3): its grid
     int pdl;                      // 1 = programmatic dependent launch (sm90+ only; ignored below): a kernel may start
                                   // while its predecessor on the stream finishes and waits for it on the device
     int decode_merge;             // split-KV decode attention: 0 = the last split block of each head group to finish
@@ -460,6 +464,10 @@ sgllm_status sgllm__cuda_alloc(sgllm__cuda *c, size_t bytes, void **out); // (de
 void sgllm__cuda_dfree(sgllm__cuda *c, void *p);                        // NULL is a no-op
 sgllm_status sgllm__cuda_upload(sgllm__cuda *c, void *dst, const void *src, size_t bytes);   // returns when done
 sgllm_status sgllm__cuda_download(sgllm__cuda *c, void *dst, const void *src, size_t bytes); // waits for the stream
+// Enqueues an upload and returns at once: src is first copied into pinned staging memory, so the
+// caller may reuse it immediately; the device copy runs in stream order (only ops of the same
+// context may rely on it). Sizes over 16 MB, or no pinned memory, take sgllm__cuda_upload.
+sgllm_status sgllm__cuda_upload_async(sgllm__cuda *c, void *dst, const void *src, size_t bytes);
 sgllm_status sgllm__cuda_memset(sgllm__cuda *c, void *dst, int byte, size_t bytes);          // enqueued
 sgllm_status sgllm__cuda_sync(sgllm__cuda *c);
 // Makes the context's scratch buffer at least bytes large (synchronous; outside any graph).

@@ -61,6 +61,11 @@ struct sgllm__cuda {
     cudaEvent_t t0, t1;   // sgllm__cuda_timer_start/stop
     void *mv_xq;          // (MV_XQ_BYTES) int8 activations of the direct matrix-vector kernels (section 4)
     unsigned *att_cnt;    // (ATT_COUNTERS) split arrivals of decode attention (section 6), zeroed at creation
+    void *stage;          // (stage_bytes) pinned host memory that small downloads (a token's logits) go through
+    size_t stage_bytes;
+    void *stage_up;       // (stage_up_bytes) pinned host memory of sgllm__cuda_upload_async
+    size_t stage_up_bytes;
+    cudaEvent_t stage_up_done; // recorded after the copy out of stage_up: its next write waits for it
     sgllm__cuda_dispatch disp;
     int smem_optin, smem_sm; // shared memory a block may opt into, and per SM (bytes)
     int cc_major;         // compute capability major of the device
@@ -187,6 +192,9 @@ extern "C" void sgllm__cuda_free(sgllm__cuda *c) {
     cudaFree(c->scratch);
     cudaFree(c->mv_xq);
     cudaFree(c->att_cnt);
+    cudaFreeHost(c->stage);
+    if (c->stage_up_done) cudaEventDestroy(c->stage_up_done);
+    cudaFreeHost(c->stage_up);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
 }
@@ -216,6 +224,7 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
                             "device attribute");
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreate(&c->t0), "event");
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreate(&c->t1), "event");
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreateWithFlags(&c->stage_up_done, cudaEventDisableTiming), "event");
     c->blas_ws_bytes = (size_t)32 << 20;
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->blas_ws, c->blas_ws_bytes), "cuBLAS workspace");
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->mv_xq, MV_XQ_BYTES), "matvec activation buffer");
@@ -269,9 +278,48 @@ extern "C" sgllm_status sgllm__cuda_upload(sgllm__cuda *c, void *dst, const void
     return s ? s : sgllm__cu_check(c, cudaStreamSynchronize(c->stream), "upload");
 }
 
+// Downloads up to this many bytes go through the context's pinned staging buffer: a copy into
+// pageable memory is staged by the driver in pieces, and for one token's logits (1 MB for a
+// 262144-token vocabulary) that cost several times the pinned copy plus a host memcpy.
+enum { SGLLM__CU_STAGE_MAX = 16 << 20 };
+
+// Grows a pinned staging buffer to at least bytes; false (buffer unchanged) when the host refuses.
+static bool sgllm__cu_stage_fit(void **buf, size_t *cap, size_t bytes) {
+    if (bytes <= *cap) return true;
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
+        cudaGetLastError(); // a refused allocation is not an error of the stream
+        return false;
+    }
+    cudaFreeHost(*buf);
+    *buf = p;
+    *cap = bytes;
+    return true;
+}
+
+extern "C" sgllm_status sgllm__cuda_upload_async(sgllm__cuda *c, void *dst, const void *src, size_t bytes) {
+    if (!c || ((!dst || !src) && bytes)) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!bytes) return SGLLM_OK;
+    cudaSetDevice(c->device);
+    // the previous copy out of the staging buffer must be done before it is written again
+    sgllm_status s = sgllm__cu_check(c, cudaEventSynchronize(c->stage_up_done), "upload");
+    if (s) return s;
+    if (bytes > SGLLM__CU_STAGE_MAX || !sgllm__cu_stage_fit(&c->stage_up, &c->stage_up_bytes, bytes))
+        return sgllm__cuda_upload(c, dst, src, bytes);
+    memcpy(c->stage_up, src, bytes);
+    s = sgllm__cu_check(c, cudaMemcpyAsync(dst, c->stage_up, bytes, cudaMemcpyHostToDevice, c->stream), "upload");
+    return s ? s : sgllm__cu_check(c, cudaEventRecord(c->stage_up_done, c->stream), "upload");
+}
+
 extern "C" sgllm_status sgllm__cuda_download(sgllm__cuda *c, void *dst, const void *src, size_t bytes) {
     if (!c || ((!dst || !src) && bytes)) return SGLLM_ERR_INVALID_ARGUMENT;
     cudaSetDevice(c->device);
+    if (bytes && bytes <= SGLLM__CU_STAGE_MAX && sgllm__cu_stage_fit(&c->stage, &c->stage_bytes, bytes)) {
+        sgllm_status s = sgllm__cu_check(c, cudaMemcpyAsync(c->stage, src, bytes, cudaMemcpyDeviceToHost, c->stream), "download");
+        if (!s) s = sgllm__cu_check(c, cudaStreamSynchronize(c->stream), "download");
+        if (!s) memcpy(dst, c->stage, bytes);
+        return s;
+    }
     sgllm_status s = sgllm__cu_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream), "download");
     return s ? s : sgllm__cu_check(c, cudaStreamSynchronize(c->stream), "download");
 }
@@ -2068,9 +2116,9 @@ template <int T, int NT, int NR>
 static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int64_t groups) {
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
     size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T);
-    // persistent grid: the resident blocks (by warps and shared memory per SM), then as few
-    // as give every warp the same number of row groups
-    int64_t per_sm = (c->disp.matvec_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
+    // persistent grid: the resident blocks (by the wide kernel's warps and shared memory per
+    // SM), then as few as give every warp the same number of row groups
+    int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
     if (per_sm > fit) per_sm = fit;
     if (per_sm < 1) per_sm = 1;
     int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1), blocks = (groups + warps - 1) / warps;

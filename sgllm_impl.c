@@ -4084,10 +4084,18 @@ static const sgllm__preset sgllm__presets[] = {
     {"smollm2-135m", "llama", 576, 30, 9, 3, 64, 1536, 49152, 8192, 0, 100000.0, 1e-5, true},
 };
 
+// A synthetic model's weight types: one type for every matrix, or "q4_k_m", the mix of
+// llama.cpp's Q4_K_M files (Q4_K; Q6_K for the output and for attn_v and ffn_down of every
+// other layer), which the Gemma 3 270M file has. A type of 256-value blocks falls back, for
+// rows that are not whole blocks (the small models' 576- and 640-wide rows), to the type
+// llama.cpp's quantizer picks instead: Q5_0 for Q4_K, Q8_0 for Q6_K.
 static const struct {
     const char *name;
     uint32_t type;
-} sgllm__synth_types[] = {{"bf16", SGLLM__T_BF16}, {"q8_0", SGLLM__T_Q8_0}, {"q4_k", SGLLM__T_Q4_K}};
+    bool k_mix; // Q4_K_M's mix
+} sgllm__synth_types[] = {{"bf16", SGLLM__T_BF16, false}, {"q8_0", SGLLM__T_Q8_0, false},
+                          {"q4_1", SGLLM__T_Q4_1, false}, {"q4_k", SGLLM__T_Q4_K, false},
+                          {"q4_k_m", SGLLM__T_Q4_K, true}};
 
 static const sgllm__preset *sgllm__preset_find(const char *name) {
     for (size_t i = 0; name && i < sizeof sgllm__presets / sizeof sgllm__presets[0]; i++)
@@ -4095,18 +4103,21 @@ static const sgllm__preset *sgllm__preset_find(const char *name) {
     return NULL;
 }
 
-// The weight type named by a synthetic model's type string, or SGLLM__T_COUNT.
-static uint32_t sgllm__synth_type(const char *name) {
+// The weight type named by a synthetic model's type string (k_mix: Q4_K_M's mix), or
+// SGLLM__T_COUNT.
+static uint32_t sgllm__synth_type(const char *name, bool *k_mix) {
     for (size_t i = 0; name && i < sizeof sgllm__synth_types / sizeof sgllm__synth_types[0]; i++)
-        if (!strcmp(name, sgllm__synth_types[i].name)) return sgllm__synth_types[i].type;
+        if (!strcmp(name, sgllm__synth_types[i].name)) {
+            *k_mix = sgllm__synth_types[i].k_mix;
+            return sgllm__synth_types[i].type;
+        }
     return SGLLM__T_COUNT;
 }
 
-// A matrix of a synthetic model: shape and type, no data. Rows that are not whole blocks of
-// the type (the small models' 576- and 640-wide rows in Q4_K's 256-value blocks) fall back
-// to Q8_0, as a quantizer must.
+// A matrix of a synthetic model: shape and type, no data (rows that are not whole blocks of
+// the type take its fallback, see sgllm__synth_types).
 static void sgllm__synth_mat(uint32_t type, int64_t rows, int64_t cols, sgllm__mat *out) {
-    if (cols % sgllm__types[type].block) type = SGLLM__T_Q8_0;
+    if (cols % sgllm__types[type].block) type = type == SGLLM__T_Q4_K ? SGLLM__T_Q5_0 : SGLLM__T_Q8_0;
     memset(out, 0, sizeof *out);
     out->type = type;
     out->rows = rows;
@@ -4131,9 +4142,10 @@ static sgllm_status sgllm__synth_vec(sgllm_model *m, int64_t n, uint64_t *rng, c
 }
 
 // Fills m (zeroed, diag set) from preset p: hyperparameters, descriptors, matrices of type
-// wtype without data, norm weights from seed, and a vocabulary of n_vocab empty pieces and no
+// wtype (k_mix: Q4_K_M's mix) without data, norm weights from seed, and a vocabulary of n_vocab empty pieces and no
 // tokenizer (kind 0: sgllm_tokenize refuses it).
-static sgllm_status sgllm__model_describe_preset(sgllm_model *m, const sgllm__preset *p, uint32_t wtype, uint64_t seed) {
+static sgllm_status sgllm__model_describe_preset(sgllm_model *m, const sgllm__preset *p, uint32_t wtype, bool k_mix,
+                                                  uint64_t seed) {
     for (size_t i = 0; i < sizeof sgllm__families / sizeof sgllm__families[0]; i++)
         if (!strcmp(p->arch, sgllm__families[i].arch)) m->family = &sgllm__families[i];
     const sgllm__family *f = m->family;
@@ -4160,12 +4172,13 @@ static sgllm_status sgllm__model_describe_preset(sgllm_model *m, const sgllm__pr
     int64_t E = m->n_embd;
     uint64_t rng = seed;
     sgllm_status s;
-    sgllm__synth_mat(wtype, m->n_vocab, E, &m->tok_embd);
+    // a tied matrix takes the output's type
+    sgllm__synth_mat(k_mix && p->tied ? SGLLM__T_Q6_K : wtype, m->n_vocab, E, &m->tok_embd);
     if (p->tied) {
         m->output = m->tok_embd;
         m->output_tied = true;
     } else {
-        sgllm__synth_mat(wtype, m->n_vocab, E, &m->output);
+        sgllm__synth_mat(k_mix ? SGLLM__T_Q6_K : wtype, m->n_vocab, E, &m->output);
     }
     if ((s = sgllm__synth_vec(m, E, &rng, &m->output_norm))) return s;
     for (int32_t il = 0; il < m->n_layer; il++) {
@@ -4182,11 +4195,12 @@ static sgllm_status sgllm__model_describe_preset(sgllm_model *m, const sgllm__pr
         int64_t qd = (int64_t)p->n_head * p->head_dim, kvd = (int64_t)p->n_head_kv * p->head_dim;
         sgllm__synth_mat(wtype, qd, E, &L->wq);
         sgllm__synth_mat(wtype, kvd, E, &L->wk);
-        sgllm__synth_mat(wtype, kvd, E, &L->wv);
+        uint32_t more_bits = k_mix && il % 2 == 0 ? SGLLM__T_Q6_K : wtype; // Q4_K_M's attn_v, ffn_down
+        sgllm__synth_mat(more_bits, kvd, E, &L->wv);
         sgllm__synth_mat(wtype, E, qd, &L->wo);
         sgllm__synth_mat(wtype, p->n_ff, E, &L->w_gate);
         sgllm__synth_mat(wtype, p->n_ff, E, &L->w_up);
-        sgllm__synth_mat(wtype, E, p->n_ff, &L->w_down);
+        sgllm__synth_mat(more_bits, E, p->n_ff, &L->w_down);
         if ((s = sgllm__synth_vec(m, E, &rng, &L->attn_norm)) || (s = sgllm__synth_vec(m, E, &rng, &L->ffn_norm)))
             return s;
         if (f->qk_norm && ((s = sgllm__synth_vec(m, p->head_dim, &rng, &L->q_norm)) ||
@@ -4612,15 +4626,17 @@ typedef struct sgllm__dispatch_row {
 // warps (head dim <= 64, > 64), fewest tokens for the prefill attention kernel (below it the
 // split-KV decode kernel fills the GPU better), qk-norm per-head threshold, norm threads,
 // matvec int8 activations (3, the wide-load kernel, measured faster on the H100 only; 1 elsewhere),
+// the wide-load kernel's resident warps per SM (16 on the H100: fewer, longer-lived blocks stream
+// faster there, while the float kernel keeps 32),
 // programmatic dependent launch (griddepcontrol: sm90 and newer only), decode attention's
 // merge of its splits (0: inside the split kernel, one launch).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 0, 0}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0, 0}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 0, 0}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 1, 0}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 1, 0}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 1, 0}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4692,11 +4708,13 @@ SGLLM__MAYBE_UNUSED static void sgllm__dispatch_prefill_tile(const sgllm__cuda_d
 // One line describing the decision (for the log and for users); returns snprintf's count.
 SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch *d, const sgllm__cuda_props *p, const char *config,
                                   char *buf, size_t cap) {
+    char wide[48] = "";
+    if (d->matvec_int8 == 3) snprintf(wide, sizeof wide, " with wide loads, %d warps/SM", d->matvec_wide_warps_per_sm);
     return snprintf(buf, cap,
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
                     "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles, merged %s; prefill tiles %dx%d (d<=128) "
                     "%dx%d (d<=256) %dx%d (d>256), %d/%d warps, from %d tokens; qk-norm per head up to %d tokens; norms %d threads; "
-                    "quantized matvec on %s activations; programmatic dependent launch %s",
+                    "quantized matvec on %s activations%s; programmatic dependent launch %s",
                     p->name, p->major, p->minor, p->sm_count,
                     (p->smem_per_block_optin > p->smem_per_block ? p->smem_per_block_optin : p->smem_per_block) / 1024,
                     d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_warps_per_sm,
@@ -4705,7 +4723,7 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                     d->decode_merge ? "by a second kernel" : "by the last split", d->prefill_block_m[0],
                     d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
                     d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->prefill_min_tokens,
-                    d->qknorm_per_head_max_tokens, d->norm_threads, d->matvec_int8 == 3 ? "int8 (dp4a), wide loads" : d->matvec_int8 ? "int8 (dp4a)" : "fp32",
+                    d->qknorm_per_head_max_tokens, d->norm_threads, d->matvec_int8 ? "int8 (dp4a)" : "fp32", wide,
                     d->pdl ? (p->major >= 9 ? "on" : "asked, needs sm90") : "off");
 }
 
@@ -4897,6 +4915,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"qknorm_per_head_max_tokens", offsetof(sgllm__cuda_dispatch, qknorm_per_head_max_tokens), 1, 0, 1 << 20, false},
     {"norm_threads", offsetof(sgllm__cuda_dispatch, norm_threads), 1, 32, 1024, false},
     {"matvec_int8", offsetof(sgllm__cuda_dispatch, matvec_int8), 1, 0, 3, false},
+    {"matvec_wide_warps_per_sm", offsetof(sgllm__cuda_dispatch, matvec_wide_warps_per_sm), 1, 1, 64, false},
     {"pdl", offsetof(sgllm__cuda_dispatch, pdl), 1, 0, 1, false},
     {"decode_merge", offsetof(sgllm__cuda_dispatch, decode_merge), 1, 0, 1, false},
 };
@@ -5540,7 +5559,7 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
         if (want ? want[i] : i == n - 1) rows[n_out++] = i;
     }
     // one upload of the three arrays: everything in front of rows[n_out] that the step reads
-    sgllm_status s = sgllm__cuda_upload(c->cu, c->io, c->host_io, 3 * (size_t)B * sizeof(int32_t));
+    sgllm_status s = sgllm__cuda_upload_async(c->cu, c->io, c->host_io, 3 * (size_t)B * sizeof(int32_t));
     if (!s && n == 1 && n_out == 1 && !c->graph_failed) {
         if (!c->graph) {
             s = sgllm__cuda_graph_begin(c->cu);
@@ -5621,7 +5640,7 @@ static sgllm_status sgllm__gpu_forward_sample(sgllm__gpu_ctx *c, sgllm_token tok
     memcpy(pen, pen_tokens, (size_t)args->n_pen * sizeof(int32_t));
     memcpy(pen + c->smp_cap, pen_counts, (size_t)args->n_pen * sizeof(int32_t));
     size_t bytes = SGLLM__SMP_ARGS + sizeof *args + 2 * (size_t)c->smp_cap * sizeof(int32_t);
-    s = sgllm__cuda_upload(c->cu, c->smp, c->smp_host, bytes);
+    s = sgllm__cuda_upload_async(c->cu, c->smp, c->smp_host, bytes);
     if (!s && token < 0) {
         s = sgllm__gpu_sample_enqueue(c);
     } else if (!s) {
@@ -5791,7 +5810,8 @@ sgllm_status sgllm_model_load_synthetic(const char *preset, const char *weight_t
     sgllm_status s = SGLLM_OK;
     sgllm_model *m = NULL;
     const sgllm__preset *pr = sgllm__preset_find(preset);
-    uint32_t wtype = sgllm__synth_type(weight_type);
+    bool k_mix = false;
+    uint32_t wtype = sgllm__synth_type(weight_type, &k_mix);
     if (!p || !out || p->struct_size < sizeof *p) {
         s = sgllm__fail(&d, SGLLM_ERR_INVALID_ARGUMENT, "sgllm_model_load_synthetic: params and out_model are required "
                         "(initialize params with sgllm_model_default_params)");
@@ -5833,7 +5853,7 @@ sgllm_status sgllm_model_load_synthetic(const char *preset, const char *weight_t
         s = sgllm__fail(&m->diag, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
         goto done;
     }
-    if ((s = sgllm__model_describe_preset(m, pr, wtype, seed))) goto done;
+    if ((s = sgllm__model_describe_preset(m, pr, wtype, k_mix, seed))) goto done;
     if ((s = sgllm__gpu_model_init(m, SGLLM_BACKEND_CUDA, p->kernel_config))) goto done;
     if (m->diag.log && m->diag.level >= SGLLM_LOG_INFO) m->diag.log(m->diag.log_user, SGLLM_LOG_INFO, m->device_info);
     sgllm__log(&m->diag, SGLLM_LOG_INFO, "made %s (%s): %d layers, %d embd, %d vocab, on the GPU, %.2f s", m->name,

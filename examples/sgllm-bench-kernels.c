@@ -10,7 +10,8 @@
 // with programmatic dependent launch on and off): the fused norm at 640 floats by threads per
 // block, the fused q/k/v epilogue against the four ops it replaces (Gemma 3 270M shape), and
 // the device sampler over Gemma's 262144-token vocabulary (greedy and default parameters), and
-// the decode step of the small synthetic presets: sgllm_evaluate with its graph (upload, replay,
+// the decode step of the small synthetic presets with the real files' weight types (gemma3-270m
+// q4_k_m, smollm2-135m q4_1): sgllm_evaluate with its graph (upload, replay,
 // logits download), the graph replay alone, and generate's step with host sampling (logits
 // download) against device sampling (only the token read back).
 // --decode: only the read bandwidth and whole decode steps' matrix-vector products replayed as
@@ -358,7 +359,7 @@ static void decode_step(const decode_shape *sh, uint32_t type, const sgllm__cuda
         for (int a = 0; a < 3; a++)
             for (int b = 0; b < 5; b++) {
                 sgllm__cuda_dispatch dd = *disp;
-                dd.matvec_int8 = 3, dd.matvec_warps = sw[a], dd.matvec_warps_per_sm = sps[b];
+                dd.matvec_int8 = 3, dd.matvec_warps = sw[a], dd.matvec_wide_warps_per_sm = sps[b];
                 STEP_GRAPH(dd, true, false);
                 double tm = time_graph(graph, reps);
                 sgllm__cuda_graph_free(gpu, graph);
@@ -704,8 +705,8 @@ int main(int argc, char **argv) {
     if (launch_only) {
         printf("device: %s, %d SMs\n", props.name, props.sm_count);
         bench_launches(reps);
-        bench_model_step("gemma3-270m", "q8_0");
-        bench_model_step("smollm2-135m", "q8_0");
+        bench_model_step("gemma3-270m", "q4_k_m");
+        bench_model_step("smollm2-135m", "q4_1");
         sgllm__cuda_free(gpu);
         return 0;
     }

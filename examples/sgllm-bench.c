@@ -7,8 +7,8 @@
 //
 //   build/sgllm-bench -m model.gguf [-p 512] [-n 128] [-t threads] [-b batch] [-r repetitions]
 //   build/sgllm-bench --bandwidth [-t threads]
-//   build/sgllm-bench --preset NAME --type bf16|q8_0|q4_k [--seed N] [--ctx 512,4096] [-p 2048]
-//                     [-n 64] [-r 5]
+//   build/sgllm-bench --preset NAME --type bf16|q8_0|q4_1|q4_k|q4_k_m [--seed N] [--ctx 512,4096]
+//                     [-p 2048] [-n 64] [-r 5]
 //
 // Prints one table row per test with the median and the spread over the repetitions.
 // --bandwidth measures the host's memory read bandwidth (the decode floor on the CPU: every
@@ -94,7 +94,7 @@ static void usage(void) {
     fprintf(stderr, "usage: sgllm-bench -m model.gguf [-p prompt_tokens=512] [-n gen_tokens=128] [-t threads=all]\n"
                     "                   [-b batch=512] [-r repetitions=3]\n"
                     "       sgllm-bench --bandwidth [-t threads=2]\n"
-                    "       sgllm-bench --preset NAME --type bf16|q8_0|q4_k [--seed N=1] [--ctx L1,L2,..=512,4096]\n"
+                    "       sgllm-bench --preset NAME --type bf16|q8_0|q4_1|q4_k|q4_k_m [--seed N=1] [--ctx L1,L2,..=512,4096]\n"
                     "                   [-p prefill_tokens=2048] [-n decode_samples=64] [-r repetitions=5]\n");
 }
 

@@ -48,6 +48,8 @@ static void test_rows(void) {
                    "%s class %d: %dx%d", cases[i].name, c, d.prefill_block_m[c], d.prefill_block_n[c]);
         CHECK(d.matvec_warps >= 1 && d.matvec_warps <= 8 && d.matvec_max_batch >= 1 && d.matvec_max_batch <= 8);
         CHECK(d.matvec_warps_per_sm == 32);
+        CHECK(d.matvec_int8 == (cases[i].major == 9 ? 3 : 1)); // the wide kernel measured on sm90 only
+        CHECK(d.matvec_wide_warps_per_sm == (cases[i].major == 9 ? 16 : 32));
         CHECK(d.decode_max_splits >= 1 && d.decode_block_n >= 8 && d.norm_threads % 32 == 0);
         CHECK(d.prefill_warps[0] == 4 && d.prefill_warps[1] == 8);
         CHECK(d.qknorm_per_head_max_tokens == 256);
@@ -138,6 +140,7 @@ static void test_splits_and_tiles(void) {
     CHECK(strstr(line, "128x64 (d<=128)") != NULL);
     sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
     CHECK(strstr(line, "row sm90:") && strstr(line, "programmatic dependent launch on") && strstr(line, "merged by the last split"));
+    CHECK(strstr(line, "int8 (dp4a) activations with wide loads, 16 warps/SM"));
     char small[16];
     n = sgllm__dispatch_format(&d, &p, NULL, small, sizeof small);
     CHECK(n > (int)sizeof small && strlen(small) == sizeof small - 1);
@@ -147,7 +150,7 @@ static const char *valid_json = "{\n  \"device\": \"NVIDIA H100 80GB HBM3\",\n  
                                 "  \"matvec_warps\": 8, \"matvec_warps_per_sm\": 16, \"matvec_max_batch\": 4,\n  \"decode_max_splits\": 32,\n"
                                 "  \"decode_min_keys\": 128, \"decode_block_n\": 32,\n  \"prefill_block_m\": [64, 32, 16],\n"
                                 "  \"prefill_block_n\": [32, 32, 16], \"prefill_warps\": [2, 4],\n"
-                                "  \"qknorm_per_head_max_tokens\": 0, \"norm_threads\": 512, \"pdl\": 0\n}\n";
+                                "  \"qknorm_per_head_max_tokens\": 0, \"norm_threads\": 512, \"matvec_wide_warps_per_sm\": 24, \"pdl\": 0\n}\n";
 
 static void test_json_override(void) {
     sgllm__cuda_props p = fake("NVIDIA H100 80GB HBM3", 9, 0, 132, 227);
@@ -160,6 +163,7 @@ static void test_json_override(void) {
     CHECK(d.decode_block_n == 32 && d.prefill_block_m[0] == 64 && d.prefill_block_m[2] == 16);
     CHECK(d.prefill_block_n[1] == 32 && d.prefill_warps[0] == 2 && d.prefill_warps[1] == 4);
     CHECK(d.qknorm_per_head_max_tokens == 0 && d.norm_threads == 512 && d.pdl == 0 && base.pdl == 1);
+    CHECK(d.matvec_wide_warps_per_sm == 24 && base.matvec_wide_warps_per_sm == 16);
     CHECK(!strcmp(d.row, "sm90") && d.sm_count == 132); // not overridable
     // a partial file changes only what it names
     d = base;
@@ -214,6 +218,7 @@ static void test_json_override(void) {
         {"{\"decode_merge\": -1}", "[0, 1]"},
         {"{\"matvec_int8\": 4}", "[0, 3]"},
         {"{\"matvec_int8\": -1}", "[0, 3]"},
+        {"{\"matvec_wide_warps_per_sm\": 0}", "[1, 64]"},
         {"{\"prefill_block_m\": [64, 64]}", "expected ','"},
         {"{\"prefill_block_m\": [64, 64, 32, 16]}", "exactly 3 values"},
         {"{\"prefill_block_m\": 64}", "expected '['"},

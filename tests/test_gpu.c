@@ -512,8 +512,8 @@ static void test_matvec_fused(void) {
             uint8_t *w[5];
             void *dw[5];
             int64_t rows_of[5] = {rows3[0], rows3[1], rows3[2], ff, ff};
-            for (int i = 0; i < 5; i++) { // one spare row: r3[0] below may be rows_of[0] + 1
-                w[i] = rand_weights(t, rows_of[i] + (i == 0), cols, &wb[i]);
+            for (int i = 0; i < 5; i++) {
+                w[i] = rand_weights(t, rows_of[i], cols, &wb[i]);
                 dw[i] = dev_copy(w[i], wb[i]);
             }
             int64_t max_tok = 9, ny = max_tok * (rows3[0] + rows3[1] + rows3[2] + 2 * ff);
@@ -1450,6 +1450,38 @@ static void test_kv_write_paged(void) {
     free(k), free(v);
 }
 
+// Transfers: asynchronous uploads through the pinned staging buffer, the host source changed
+// right after each call (the staging copy must have been taken), many in a row without a
+// synchronization (each waits for the staging buffer's previous copy), one over the 16 MB
+// staging limit (the synchronous path); downloads of growing sizes (the staging buffer grows,
+// the last one over the limit). Every byte must arrive.
+static void test_transfers(void) {
+    const size_t big = (size_t)17 << 20;
+    uint8_t *h = (uint8_t *)malloc(big), *back = (uint8_t *)malloc(big), *want = (uint8_t *)malloc(big);
+    uint8_t *d = (uint8_t *)dev(big);
+    size_t off = 0, sizes[40];
+    for (int i = 0; i < 40; i++) {
+        sizes[i] = 1 + (size_t)(test_u64() % 65536);
+        for (size_t j = 0; j < sizes[i]; j++) want[off + j] = h[j] = (uint8_t)test_u64();
+        CHECK(sgllm__cuda_upload_async(gpu, d + off, h, sizes[i]) == SGLLM_OK);
+        memset(h, 0xA5, sizes[i]);
+        off += sizes[i];
+    }
+    fetch(back, d, off);
+    CHECKF(!memcmp(back, want, off), "upload_async: %zu bytes in 40 uploads differ", off);
+    for (size_t j = 0; j < big; j++) want[j] = h[j] = (uint8_t)(j * 131 + 7);
+    CHECK(sgllm__cuda_upload_async(gpu, d, h, big) == SGLLM_OK);
+    memset(h, 0, big);
+    static const size_t down[4] = {1000, (size_t)2 << 20, (size_t)3 << 20, (size_t)17 << 20};
+    for (int i = 0; i < 4; i++) {
+        memset(back, 0, down[i]);
+        fetch(back, d, down[i]);
+        CHECKF(!memcmp(back, want, down[i]), "download of %zu bytes differs", down[i]);
+    }
+    sgllm__cuda_dfree(gpu, d);
+    free(h), free(back), free(want);
+}
+
 // Bad arguments are refused with a message, never launched.
 static void test_errors(void) {
     float *d = (float *)dev(4096 * 4);
@@ -1584,7 +1616,7 @@ static void test_matvec_wide(void) {
     sgllm__cuda_dispatch ref_d = disp, wide[2] = {disp, disp};
     ref_d.matvec_int8 = 1, ref_d.matvec_warps_per_sm = 0;
     wide[0].matvec_int8 = wide[1].matvec_int8 = 3;
-    wide[1].matvec_warps = 8, wide[1].matvec_warps_per_sm = 1;
+    wide[1].matvec_warps = 8, wide[1].matvec_wide_warps_per_sm = 1;
     int runs = 0;
     double worst_gelu = 0;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
@@ -1721,6 +1753,7 @@ int main(void) {
     test_qkv_post();
     set_pdl(disp.pdl);
     test_errors();
+    test_transfers();
     test_sample();
     CHECKF(sgllm__cuda_sync(gpu) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
     sgllm__cuda_free(gpu);

@@ -63,9 +63,10 @@ static void preset_case(const char *name, const char *type, double published_wei
     sgllm_model *m = (sgllm_model *)sgllm__calloc(1, sizeof *m);
     CHECK(m != NULL);
     if (!m) return;
-    uint32_t wt = sgllm__synth_type(type);
-    CHECK(wt != SGLLM__T_COUNT);
-    CHECK(sgllm__model_describe_preset(m, p, wt, 7) == SGLLM_OK);
+    bool k_mix = true;
+    uint32_t wt = sgllm__synth_type(type, &k_mix);
+    CHECK(wt != SGLLM__T_COUNT && k_mix == !strcmp(type, "q4_k_m"));
+    CHECK(sgllm__model_describe_preset(m, p, wt, k_mix, 7) == SGLLM_OK);
     sgllm__cost c;
     CHECK(sgllm__model_cost(m, 0, 0, &c) == SGLLM_OK);
     CHECKF(c.n_weights == published_weights, "%s: %.0f weights, published %.0f", name, c.n_weights, published_weights);
@@ -85,10 +86,12 @@ static void preset_case(const char *name, const char *type, double published_wei
         CHECK(L->window == 0 || L->window == p->window);
         const sgllm__mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
         for (int i = 0; i < 7; i++) {
-            // the requested type, or Q8_0 where a row is not whole 256-value blocks
-            bool fallback = mats[i]->cols % sgllm__types[wt].block != 0;
-            CHECKF(mats[i]->type == (fallback ? SGLLM__T_Q8_0 : wt), "%s layer %d matrix %d type %u", name, (int)il, i,
-                   mats[i]->type);
+            // the requested type (Q4_K_M: Q6_K for v and down of even layers), or where a row is
+            // not whole 256-value blocks the quantizer's fallback: Q5_0 for Q4_K, Q8_0 for Q6_K
+            uint32_t want = k_mix && il % 2 == 0 && (i == 2 || i == 6) ? SGLLM__T_Q6_K : wt;
+            if (mats[i]->cols % sgllm__types[want].block) want = want == SGLLM__T_Q4_K ? SGLLM__T_Q5_0 : SGLLM__T_Q8_0;
+            CHECKF(mats[i]->type == want, "%s layer %d matrix %d type %u, expected %u", name, (int)il, i, mats[i]->type,
+                   want);
             CHECK(mats[i]->row_bytes == (size_t)sgllm__row_bytes(mats[i]->type, (uint64_t)mats[i]->cols));
             bytes += (double)mats[i]->row_bytes * (double)mats[i]->rows;
         }
@@ -99,6 +102,10 @@ static void preset_case(const char *name, const char *type, double published_wei
     int expect_full = m->family->swa_period ? m->n_layer / m->family->swa_period : m->n_layer;
     CHECKF(n_full == expect_full, "%s: %d full-attention layers, expected %d", name, n_full, expect_full);
     bytes += (double)m->output.row_bytes * (double)m->output.rows + 4.0 * p->n_embd;
+    uint32_t want_out = k_mix ? (p->n_embd % 256 ? SGLLM__T_Q8_0 : SGLLM__T_Q6_K)
+                              : (p->n_embd % sgllm__types[wt].block ? (wt == SGLLM__T_Q4_K ? SGLLM__T_Q5_0 : SGLLM__T_Q8_0) : wt);
+    CHECKF(m->output.type == want_out && m->tok_embd.type == (p->tied || !k_mix ? want_out : wt), "%s %s: output type %u",
+           name, type, m->output.type);
     CHECKF(c.weight_bytes == bytes, "%s: %.0f bytes per token, expected %.0f", name, c.weight_bytes, bytes);
     // KV bytes read at position 4095: k and v fp16 rows over each layer's visible keys
     CHECK(sgllm__model_cost(m, 4095, 2048, &c) == SGLLM_OK);
@@ -131,6 +138,9 @@ int main(void) {
     preset_case("qwen3-8b", "q8_0", 8190735360.0);
     preset_case("smollm2-135m", "q4_k", 134515008.0);
     preset_case("gemma3-270m", "q4_k", 268098176.0);
+    preset_case("gemma3-270m", "q4_k_m", 268098176.0);
+    preset_case("smollm2-135m", "q4_1", 134515008.0);
+    preset_case("llama3-8b", "q4_k_m", 8030261248.0);
     // gemma3-27b: 62 layers of 412.9 M matrix weights + 8 norms, the 262144 x 5376 embedding
     preset_case("gemma3-27b", "q8_0", 62.0 * (5376.0 * (4096 + 2048 + 2048 + 4096 + 3 * 21504) + 4 * 5376 + 2 * 128) +
                                           262144.0 * 5376 + 5376);
