@@ -2411,25 +2411,35 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 }
 
 // --- 6. Decode attention -------------------------------------------------------------------
-// Grid (n_splits, n_head_kv * head groups, n_q): a block takes up to ATT_HB query heads that
-// share one KV head (GQA) and one split of its query's visible keys, and runs an online
-// softmax over tiles of BN keys staged in shared memory. Scores: one warp per key, the lanes
-// splitting head_dim. With one split it writes the output directly; else each block writes its
-// split's normalized output and log-sum-exp to the scratch, and the splits are merged weighted
-// by exp(lse - max lse), in split order: by the last block of the head group to finish
+// Grid (n_splits, n_head_kv * head groups, n_q): a block takes up to HB query heads that share
+// one KV head (GQA) and one split of its query's visible keys, and runs an online softmax over
+// tiles of bn keys. The kernel is latency-bound (a split holds a few dozen keys), so each phase
+// keeps many independent operations in flight: a tile's keys and values arrive together with
+// cp.async (the next tile's while this one is used), scores take 8 lanes per key (a block
+// scores 16 keys at once, three shuffles per head), and the values are summed by thread slices
+// that each own 8 dims x HB heads for every KS-th key, added up once at the end. HB (1, 2, 4 or
+// 8) is the smallest that covers the group, so registers follow the shape.
+// With one split it writes the output directly; else each block writes its split's normalized
+// output and log-sum-exp to the scratch, and the splits are merged weighted by
+// exp(lse - max lse), in split order: by the last block of the head group to finish
 // (dispatch.decode_merge 0: it counts arrivals on a per-group counter, which it returns to
 // zero for the next launch), or by a second kernel, grid (n_head, n_q) (decode_merge 1). Both
 // merges run the same function, so their bits agree, and neither depends on which block
 // finishes last. The kernels wait for their predecessors first (the query and the newest
 // cache rows are theirs) and let their dependents launch right after.
 
-enum { ATT_HB = 8, ATT_THREADS = 128, ATT_MAX_HD = 512, ATT_ACC = ATT_HB * ATT_MAX_HD / ATT_THREADS, ATT_MV = 8 };
+// ATT_TILE: fp16 values of one key (and one value) tile; ATT_G: lanes per key when scoring;
+// ATT_CH: 16-byte pieces of a key tile per thread.
+enum {
+    ATT_HB = 8, ATT_THREADS = 128, ATT_MAX_HD = 512, ATT_MV = 8, ATT_TILE = 8192, ATT_G = 8,
+    ATT_CH = ATT_TILE / 8 / ATT_THREADS
+};
 
 // Merges the n_splits partials of hb heads, rows row .. row + hb - 1 of (n_q * n_head), into
 // out: split s weighs exp(lse_s - max lse) (0 for an empty split), summed in split order, so
 // every caller gets the same bits. ws: (hb * n_splits + hb) floats of shared memory. The
 // partials come through L2 (ld.cg): other blocks of the same launch may have written them.
-// Each thread holds ATT_MV outputs, so a split's loads are in flight together.
+// Each thread holds ATT_MV outputs and loads 8 splits of each at once.
 static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *part_lse, int64_t row, int hb, int32_t hd,
                                             int32_t n_splits, float *ws, float *out) {
     int tid = threadIdx.x, nth = blockDim.x;
@@ -2456,7 +2466,7 @@ static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *pa
             src[k] = part_o + (row + h) * n_splits * hd + (e - h * hd);
             wgt[k] = ws + h * n_splits;
         }
-#pragma unroll 4
+#pragma unroll 8
         for (int32_t sp = 0; sp < n_splits; sp++)
 #pragma unroll
             for (int k = 0; k < ATT_MV; k++) num[k] += wgt[k][sp] * __ldcg(src[k] + (int64_t)sp * hd);
@@ -2468,74 +2478,128 @@ static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *pa
     }
 }
 
+// Starts the copy of keys [t0, t0 + nk) of one KV head, (nk, hd) each, into kt and vt as one
+// cp.async group: the page-table reads first, all at once, then every 16-byte piece.
+static __device__ inline void sgllm__cu_attn_issue(const __half *kb, const __half *vb, int64_t kv_stride,
+                                                   const int32_t *pt, int32_t shift, int32_t t0, int32_t nk, int words,
+                                                   __half *kt, __half *vt) {
+    int64_t rows[ATT_CH];
+#pragma unroll
+    for (int j = 0; j < ATT_CH; j++) {
+        int i = (int)threadIdx.x + j * ATT_THREADS;
+        rows[j] = i < nk * words ? sgllm__cu_page_row(pt, shift, t0 + i / words) * kv_stride + (i % words) * 8 : 0;
+    }
+#pragma unroll
+    for (int j = 0; j < ATT_CH; j++) {
+        int i = (int)threadIdx.x + j * ATT_THREADS;
+        if (i < nk * words) {
+            sgllm__cu_cp_async(kt + i * 8, kb + rows[j], 16);
+            sgllm__cu_cp_async(vt + i * 8, vb + rows[j], 16);
+        }
+    }
+    sgllm__cu_cp_commit();
+}
+
+// Shared memory of the split kernel: a union region (two stages of key and value tiles; then
+// the value slices' partial sums; then the in-kernel merge's weights), the scaled queries
+// (HB, hd), the tile's scores (HB, bn) and three (HB) softmax statistics.
+static size_t sgllm__cu_attn_region(int hb_t, int32_t hd, int32_t bn, int32_t n_splits, bool merge_here) {
+    size_t tiles = (size_t)4 * bn * hd * 2, red = (size_t)(ATT_THREADS / (hd / 8)) * hb_t * hd * 4;
+    size_t ws = merge_here ? ((size_t)hb_t * n_splits + hb_t) * 4 : 0, r = tiles > red ? tiles : red;
+    r = r > ws ? r : ws;
+    return (r + 15) / 16 * 16;
+}
+
+template <int HB>
 static __global__ void __launch_bounds__(ATT_THREADS)
     sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, const int32_t *pt, int32_t page_shift,
-                           int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale, int32_t n_splits, int32_t bn,
-                           float *part_o, float *part_lse, float *out, unsigned *cnt, int32_t q0) {
+                           int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale,
+                           int32_t n_splits, int32_t bn, int32_t region, float *part_o, float *part_lse, float *out,
+                           unsigned *cnt, int32_t q0) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
     extern __shared__ __align__(16) uint8_t sm[];
-    int32_t group = n_head / n_head_kv, n_hgroups = (group + ATT_HB - 1) / ATT_HB;
-    int32_t kvh = (int32_t)blockIdx.y / n_hgroups, h0 = kvh * group + ((int32_t)blockIdx.y % n_hgroups) * ATT_HB;
-    int32_t hb = min(ATT_HB, kvh * group + group - h0); // heads of this block
+    int32_t group = n_head / n_head_kv, n_hgroups = (group + HB - 1) / HB;
+    int32_t kvh = (int32_t)blockIdx.y / n_hgroups, h0 = kvh * group + ((int32_t)blockIdx.y % n_hgroups) * HB;
+    int32_t hb = min(HB, kvh * group + group - h0); // heads of this block
     int64_t qi = q0 + (int64_t)blockIdx.z;
     int32_t split = (int32_t)blockIdx.x;
-    float *qs = (float *)sm;                      // (hb, hd)
-    float *ps = qs + ATT_HB * hd;                 // (hb, bn) scores, then probabilities
-    float *ms = ps + ATT_HB * bn;                 // (hb) running max, sum, rescale factor
-    float *ls = ms + ATT_HB, *as = ls + ATT_HB;
-    __half *tile = (__half *)(as + ATT_HB + 4);   // (bn, hd) keys, then values; 16-byte aligned
+    __half *tiles = (__half *)sm;              // stage s: keys at 2 s bn hd, values at (2 s + 1) bn hd
+    float *red = (float *)sm;                  // after the tiles: (KS, HB, hd) value sums per slice
+    float *qs = (float *)(sm + region);        // (HB, hd) queries times scale
+    float *ps = qs + HB * hd;                  // (HB, bn) scores, then probabilities
+    float *ms = ps + HB * bn, *ls = ms + HB, *as = ls + HB; // (HB) running max, sum, rescale factor
     int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    int words = hd / 8, ks = ATT_THREADS / words; // 16-byte pieces per row; value slices
+    int vc_piece = tid % words, slice = tid / words;
 
     int32_t p_hi = pos[qi], p_lo = window > 0 ? max(0, p_hi - window + 1) : 0;
     int32_t len = p_hi - p_lo + 1, per = (len + n_splits - 1) / n_splits;
     per = (per + 15) / 16 * 16; // whole 16-key steps: up to 32 splits of 512 keys (as decode_min_keys allows)
     int32_t k0 = p_lo + split * per, k1 = min(p_hi + 1, k0 + per); // this split's keys [k0, k1)
+    int32_t n_tiles = k1 > k0 ? (k1 - k0 + bn - 1) / bn : 0;
 
     int64_t kv_stride = (int64_t)n_head_kv * hd;
-    for (int i = tid; i < hb * hd; i += ATT_THREADS) qs[i] = q[qi * n_head * hd + (int64_t)h0 * hd + i] * scale;
-    if (tid < ATT_HB) {
+    const __half *kb = kc + (int64_t)kvh * hd, *vb = vc + (int64_t)kvh * hd;
+    int32_t stage = bn * hd;
+    if (n_tiles > 0) sgllm__cu_attn_issue(kb, vb, kv_stride, pt, page_shift, k0, min(bn, k1 - k0), words, tiles, tiles + stage);
+    {
+        const float4 *q4 = (const float4 *)(q + qi * n_head * hd + (int64_t)h0 * hd);
+        for (int i = tid; i < hb * hd / 4; i += ATT_THREADS) {
+            float4 v = q4[i];
+            ((float4 *)qs)[i] = make_float4(v.x * scale, v.y * scale, v.z * scale, v.w * scale);
+        }
+    }
+    if (tid < HB) {
         ms[tid] = -INFINITY;
         ls[tid] = 0.0f;
     }
-    float acc[ATT_ACC];
+    float acc[HB][8];
 #pragma unroll
-    for (int k = 0; k < ATT_ACC; k++) acc[k] = 0.0f;
-    int words = hd / 8; // 16-byte words per cache row
-    for (int32_t t0 = k0; t0 < k1; t0 += bn) {
-        int32_t nk = min(bn, k1 - t0);
-        __syncthreads(); // previous tile fully consumed
-        for (int i = tid; i < nk * words; i += ATT_THREADS) {
-            int n = i / words, wd = i % words;
-            ((uint4 *)tile)[i] = ((const uint4 *)(kc + sgllm__cu_page_row(pt, page_shift, t0 + n) * kv_stride + (int64_t)kvh * hd))[wd];
+    for (int h = 0; h < HB; h++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[h][j] = 0.0f;
+    for (int32_t t = 0; t < n_tiles; t++) {
+        int32_t t0 = k0 + t * bn, nk = min(bn, k1 - t0);
+        if (t + 1 < n_tiles) {
+            __half *nt = tiles + (size_t)((t + 1) & 1) * 2 * stage;
+            sgllm__cu_attn_issue(kb, vb, kv_stride, pt, page_shift, t0 + bn, min(bn, k1 - t0 - bn), words, nt, nt + stage);
+            sgllm__cu_cp_wait<1>();
+        } else {
+            sgllm__cu_cp_wait<0>();
         }
-        __syncthreads();
-        for (int n = warp; n < nk; n += ATT_THREADS / 32) {
-            float s[ATT_HB];
+        __syncthreads(); // this tile (and the queries) visible to every thread
+        const __half *kt = tiles + (size_t)(t & 1) * 2 * stage, *vt = kt + stage;
+        // scores: 8 lanes per key, each lane a 16-byte piece of the row in turn; whole warps go
+        // round the loop together for the shuffles
+        for (int n0 = 0; n0 < nk; n0 += ATT_THREADS / ATT_G) {
+            int n = n0 + tid / ATT_G;
+            float s[HB];
 #pragma unroll
-            for (int h = 0; h < ATT_HB; h++) s[h] = 0.0f;
-            const __half2 *kr = (const __half2 *)(tile + n * hd);
-            for (int d2 = lane; d2 < hd / 2; d2 += 32) {
-                float2 kv = __half22float2(kr[d2]);
+            for (int h = 0; h < HB; h++) s[h] = 0.0f;
+            for (int w = tid % ATT_G; n < nk && w < words; w += ATT_G) {
+                uint4 raw = ((const uint4 *)(kt + n * hd))[w];
+                const __half2 *k2 = (const __half2 *)&raw;
+                float2 ka = __half22float2(k2[0]), kb2 = __half22float2(k2[1]), kc2 = __half22float2(k2[2]),
+                       kd = __half22float2(k2[3]);
 #pragma unroll
-                for (int h = 0; h < ATT_HB; h++)
+                for (int h = 0; h < HB; h++)
                     if (h < hb) {
-                        float2 qv = ((const float2 *)qs)[h * (hd / 2) + d2];
-                        s[h] += qv.x * kv.x + qv.y * kv.y;
+                        float4 qa = ((const float4 *)(qs + h * hd))[2 * w], qb = ((const float4 *)(qs + h * hd))[2 * w + 1];
+                        s[h] += qa.x * ka.x + qa.y * ka.y + qa.z * kb2.x + qa.w * kb2.y + qb.x * kc2.x + qb.y * kc2.y +
+                                qb.z * kd.x + qb.w * kd.y;
                     }
             }
 #pragma unroll
-            for (int h = 0; h < ATT_HB; h++) {
-                float v = sgllm__cu_warp_sum(s[h]);
-                if (lane == 0 && h < hb) ps[h * bn + n] = v;
-            }
+            for (int h = 0; h < HB; h++)
+#pragma unroll
+                for (int o = ATT_G / 2; o > 0; o /= 2) s[h] += __shfl_xor_sync(0xffffffffu, s[h], o);
+            if (tid % ATT_G == 0 && n < nk)
+#pragma unroll
+                for (int h = 0; h < HB; h++)
+                    if (h < hb) ps[h * bn + n] = s[h];
         }
         __syncthreads();
-        // values replace keys in the tile while each head's softmax statistics are updated
-        for (int i = tid; i < nk * words; i += ATT_THREADS) {
-            int n = i / words, wd = i % words;
-            ((uint4 *)tile)[i] = ((const uint4 *)(vc + sgllm__cu_page_row(pt, page_shift, t0 + n) * kv_stride + (int64_t)kvh * hd))[wd];
-        }
         for (int h = warp; h < hb; h += ATT_THREADS / 32) {
             float mx = -INFINITY;
             for (int n = lane; n < nk; n += 32) mx = fmaxf(mx, ps[h * bn + n]);
@@ -2556,28 +2620,55 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         __syncthreads();
+        // values: slice s takes keys s, s + ks, ... for its 16-byte piece of every head
+        if (slice < ks) {
 #pragma unroll
-        for (int k = 0; k < ATT_ACC; k++) {
-            int e = tid + k * ATT_THREADS;
-            if (e < hb * hd) {
-                int h = e / hd, d = e % hd;
-                float a = acc[k] * as[h];
-                for (int n = 0; n < nk; n++) a += ps[h * bn + n] * __half2float(tile[n * hd + d]);
-                acc[k] = a;
+            for (int h = 0; h < HB; h++)
+                if (h < hb) {
+                    float a = as[h];
+#pragma unroll
+                    for (int j = 0; j < 8; j++) acc[h][j] *= a;
+                }
+            for (int n = slice; n < nk; n += ks) {
+                uint4 raw = ((const uint4 *)(vt + n * hd))[vc_piece];
+                const __half2 *v2 = (const __half2 *)&raw;
+                float v[8];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float2 f = __half22float2(v2[j]);
+                    v[2 * j] = f.x;
+                    v[2 * j + 1] = f.y;
+                }
+#pragma unroll
+                for (int h = 0; h < HB; h++)
+                    if (h < hb) {
+                        float p = ps[h * bn + n];
+#pragma unroll
+                        for (int j = 0; j < 8; j++) acc[h][j] += p * v[j];
+                    }
             }
         }
+        __syncthreads(); // this stage consumed before the next issue overwrites it
     }
     __syncthreads();
-    int64_t row = qi * n_head + h0; // first head's row in (n_q, n_head)
+    if (n_tiles > 0 && slice < ks)
 #pragma unroll
-    for (int k = 0; k < ATT_ACC; k++) {
-        int e = tid + k * ATT_THREADS;
-        if (e < hb * hd) {
-            int h = e / hd, d = e % hd;
-            float l = ls[h], o = l > 0 ? acc[k] / l : 0.0f;
-            if (n_splits == 1) out[(row + h) * hd + d] = o;
-            else part_o[((row + h) * n_splits + split) * hd + d] = o;
-        }
+        for (int h = 0; h < HB; h++)
+            if (h < hb) {
+                float4 *r = (float4 *)(red + ((int64_t)slice * HB + h) * hd + vc_piece * 8);
+                r[0] = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
+                r[1] = make_float4(acc[h][4], acc[h][5], acc[h][6], acc[h][7]);
+            }
+    __syncthreads();
+    int64_t row = qi * n_head + h0; // first head's row in (n_q, n_head)
+    for (int e = tid; e < hb * hd; e += ATT_THREADS) {
+        int h = e / hd, d = e - h * hd;
+        float o = 0.0f, l = ls[h];
+        if (n_tiles > 0)
+            for (int s = 0; s < ks; s++) o += red[((int64_t)s * HB + h) * hd + d];
+        o = l > 0 ? o / l : 0.0f;
+        if (n_splits == 1) out[(row + h) * hd + d] = o;
+        else part_o[((row + h) * n_splits + split) * hd + d] = o;
     }
     if (n_splits > 1 && tid < hb) part_lse[(row + tid) * n_splits + split] = ls[tid] > 0 ? ms[tid] + logf(ls[tid]) : -INFINITY;
     if (n_splits == 1 || !cnt) return;
@@ -2595,7 +2686,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     __syncthreads();
     if (!last) return;
     __threadfence();
-    sgllm__cu_attn_merge(part_o, part_lse, row, hb, hd, n_splits, (float *)(tile + bn * hd), out);
+    sgllm__cu_attn_merge(part_o, part_lse, row, hb, hd, n_splits, (float *)sm, out);
 }
 
 static __global__ void sgllm__cu_attn_merge_k(const float *part_o, const float *part_lse, int32_t n_head, int32_t hd,
@@ -2612,6 +2703,35 @@ extern "C" size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_di
     return (size_t)sgllm__cu_align256((int64_t)(rows * (size_t)head_dim * 4)) + rows * 4;
 }
 
+// One instance of the split kernel per heads-per-block class.
+template <int HB>
+static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const __half *kc, const __half *vc,
+                                          const int32_t *pt, int32_t page_size, int32_t n_head, int32_t n_head_kv,
+                                          int32_t hd, const int32_t *pos, int64_t n_q, int32_t window, float scale,
+                                          int32_t n_splits, int32_t bn, bool merge_here, float *part_o, float *part_lse,
+                                          float *out) {
+    int32_t group = n_head / n_head_kv, n_hgroups = (group + HB - 1) / HB;
+    if ((int64_t)n_head_kv * n_hgroups > 65535) return sgllm__cu_bad(c, "attn_decode", "too many heads");
+    size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, merge_here);
+    size_t smem = region + (size_t)HB * hd * 4 + (size_t)HB * bn * 4 + (size_t)3 * HB * 4;
+    if (smem > 48 * 1024 &&
+        sgllm__cu_check(c, cudaFuncSetAttribute(sgllm__cu_attn_split_k<HB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                (int)smem), "attn_decode: shared memory"))
+        return SGLLM_ERR_BACKEND;
+    // the counters cover ATT_COUNTERS head groups, so more queries than that take several launches
+    int64_t per_launch = merge_here ? ATT_COUNTERS / ((int64_t)n_head_kv * n_hgroups) : n_q; // at least 1
+    for (int64_t q0 = 0; q0 < n_q; q0 += per_launch) {
+        int64_t nz = n_q - q0 < per_launch ? n_q - q0 : per_launch;
+        if (sgllm__cu_launch(c, "attn_decode: split kernel", sgllm__cu_attn_split_k<HB>,
+                             dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)nz), dim3(ATT_THREADS),
+                             smem, q, kc, vc, pt, sgllm__cu_page_shift(pt, page_size), n_head, n_head_kv, hd, pos, window,
+                             scale, n_splits, bn, (int32_t)region, part_o, part_lse, out,
+                             merge_here ? c->att_cnt : (unsigned *)NULL, (int32_t)q0))
+            return SGLLM_ERR_BACKEND;
+    }
+    return SGLLM_OK;
+}
+
 extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
                                                 const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
                                                 int32_t n_head, int32_t n_head_kv,
@@ -2620,45 +2740,36 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!q || !k_cache || !v_cache || !pos || !out || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv ||
         head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 0 || n_q > 65535 || window < 0 ||
-        n_splits < 1 || n_splits > 1024 || (uintptr_t)k_cache % 16 || (uintptr_t)v_cache % 16 ||
+        n_splits < 1 || n_splits > 1024 || (uintptr_t)q % 16 || (uintptr_t)k_cache % 16 || (uintptr_t)v_cache % 16 ||
         (page_table && (page_size <= 0 || (page_size & (page_size - 1)))))
         return sgllm__cu_bad(c, "attn_decode", "bad pointer or shape (head_dim 8..512, a multiple of 8)");
     if (!n_q) return SGLLM_OK;
-    int32_t group = n_head / n_head_kv, n_hgroups = (group + ATT_HB - 1) / ATT_HB;
-    if ((int64_t)n_head_kv * n_hgroups > 65535) return sgllm__cu_bad(c, "attn_decode", "too many heads");
     size_t need = sgllm__cuda_attn_scratch_bytes(n_head, head_dim, n_q, n_splits);
     if (need > c->scratch_bytes)
         return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "attn_decode: needs %zu bytes of scratch, %zu reserved",
                               need, c->scratch_bytes);
-    // the key tile holds at most 8192 fp16 values (16 KB): fewer keys for wide heads
+    // a key tile holds at most ATT_TILE fp16 values: fewer keys for wide heads
     int32_t bn = c->disp.decode_block_n < 8 ? 8 : c->disp.decode_block_n > 128 ? 128 : c->disp.decode_block_n;
-    while (bn > 8 && bn * head_dim > 8192) bn /= 2;
-    // one launch merges its splits unless the dispatch asks for the merge kernel; the counters
-    // cover ATT_COUNTERS head groups, so more queries than that take several launches
+    while (bn > 8 && bn * head_dim > ATT_TILE) bn /= 2;
+    // one launch merges its splits unless the dispatch asks for the merge kernel
     bool merge_here = n_splits > 1 && !c->disp.decode_merge;
-    size_t smem = (size_t)ATT_HB * head_dim * 4 + (size_t)ATT_HB * bn * 4 + (3 * ATT_HB + 4) * 4 +
-                  (size_t)bn * head_dim * 2 + (merge_here ? ((size_t)ATT_HB * n_splits + ATT_HB) * 4 : 0);
-    int64_t per_launch = merge_here ? ATT_COUNTERS / ((int64_t)n_head_kv * n_hgroups) : n_q; // at least 1
     cudaSetDevice(c->device);
     float *part_o = (float *)c->scratch;
     float *part_lse = part_o ? (float *)((uint8_t *)c->scratch +
                                          sgllm__cu_align256((int64_t)n_q * n_head * n_splits * head_dim * 4))
                              : NULL;
-    if (smem > 48 * 1024 &&
-        sgllm__cu_check(c, cudaFuncSetAttribute(sgllm__cu_attn_split_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                (int)smem), "attn_decode: shared memory"))
-        return SGLLM_ERR_BACKEND;
-    for (int64_t q0 = 0; q0 < n_q; q0 += per_launch) {
-        int64_t nz = n_q - q0 < per_launch ? n_q - q0 : per_launch;
-        if (sgllm__cu_launch(c, "attn_decode: split kernel", sgllm__cu_attn_split_k,
-                             dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)nz), dim3(ATT_THREADS),
-                             smem, q, (const __half *)k_cache, (const __half *)v_cache, page_table,
-                             sgllm__cu_page_shift(page_table, page_size), n_head, n_head_kv, head_dim, pos, window,
-                             scale, n_splits, bn, part_o, part_lse, out, merge_here ? c->att_cnt : (unsigned *)NULL,
-                             (int32_t)q0))
-            return SGLLM_ERR_BACKEND;
-    }
-    if (n_splits == 1 || merge_here) return SGLLM_OK;
+    int32_t group = n_head / n_head_kv;
+    const __half *kc = (const __half *)k_cache, *vc = (const __half *)v_cache;
+    sgllm_status s =
+        group > 4 ? sgllm__cu_attn_launch<ATT_HB>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out)
+        : group > 2 ? sgllm__cu_attn_launch<4>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out)
+        : group > 1 ? sgllm__cu_attn_launch<2>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out)
+                    : sgllm__cu_attn_launch<1>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out);
+    if (s || n_splits == 1 || merge_here) return s;
     return sgllm__cu_launch(c, "attn_decode: merge kernel", sgllm__cu_attn_merge_k, dim3((unsigned)n_head, (unsigned)n_q),
                             dim3(128), (size_t)(n_splits + 1) * 4, (const float *)part_o, (const float *)part_lse,
                             n_head, head_dim, n_splits, out);

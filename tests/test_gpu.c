@@ -783,15 +783,20 @@ static void set_decode_merge(int separate) {
 
 // Decode attention against the CPU engine's attention task, on the same fp16 cache.
 static void test_attention(void) {
-    static const int32_t hds[] = {64, 128, 256, 512};
-    static const int32_t heads[][2] = {{8, 8}, {8, 2}, {16, 1}, {12, 4}};
+    // head dims of every kernel class and odd piece counts (40: 5 pieces a row, 136: 17); GQA
+    // groups 1, 4, 16, 3, 8 and 12 (heads per block 1, 4, 8 + 8, 4, 8 and 8 + 4)
+    static const int32_t hds[] = {8, 40, 64, 72, 96, 128, 136, 256, 512};
+    static const int32_t heads[][2] = {{8, 8}, {8, 2}, {16, 1}, {12, 4}, {16, 2}, {24, 2}};
+    enum { N_HD = sizeof hds / sizeof hds[0], N_HEADS = sizeof heads / sizeof heads[0], PAGE = 16 };
     double worst = 0, worst_cpu = 0;
-    int runs = 0, same = 0;
-    for (int hi = 0; hi < 4; hi++)
-        for (int gi = 0; gi < 4; gi++)
+    int runs = 0, same = 0, paged_same = 0, paged_runs = 0;
+    for (int hi = 0; hi < N_HD; hi++)
+        for (int gi = 0; gi < N_HEADS; gi++)
             for (int wi = 0; wi < 2; wi++) {
                 int32_t hd = hds[hi], nh = heads[gi][0], nkv = heads[gi][1], window = wi ? 100 : 0;
-                int32_t n_q = 1 + 2 * ((hi + gi + wi) % 3), n_ctx = 1600, pos0 = 1 + (int32_t)(test_u64() % 1500);
+                int32_t n_q = 1 + 2 * ((hi + gi + wi) % 3), n_ctx = 1600;
+                // a quarter start near the beginning, where most splits are empty
+                int32_t pos0 = (hi + gi + wi) % 4 == 0 ? (int32_t)(test_u64() % 40) : 1 + (int32_t)(test_u64() % 1500);
                 int64_t kvd = (int64_t)nkv * hd, qd = (int64_t)nh * hd;
                 uint16_t *kc = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2), *vc = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2);
                 for (int64_t i = 0; i < n_ctx * kvd; i++) {
@@ -848,6 +853,21 @@ static void test_attention(void) {
                 void *dk = dev_copy(kc, (size_t)(n_ctx * kvd) * 2), *dv = dev_copy(vc, (size_t)(n_ctx * kvd) * 2);
                 float *dq = (float *)dev_copy(q, (size_t)(n_q * qd) * 4), *dout = (float *)dev((size_t)(n_q * qd) * 4);
                 int32_t *dpos = (int32_t *)dev_copy(pos, sizeof pos);
+                // the same cache behind a shuffled page table: pages of PAGE rows
+                int32_t n_pages = n_ctx / PAGE, *pt = (int32_t *)malloc((size_t)n_pages * 4);
+                for (int32_t i = 0; i < n_pages; i++) pt[i] = i;
+                for (int32_t i = n_pages - 1; i > 0; i--) {
+                    int32_t j = (int32_t)(test_u64() % (uint64_t)(i + 1)), t = pt[i];
+                    pt[i] = pt[j], pt[j] = t;
+                }
+                uint16_t *kp = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2), *vp = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2);
+                for (int32_t r = 0; r < n_ctx; r++) {
+                    int64_t pr = (int64_t)pt[r / PAGE] * PAGE + r % PAGE;
+                    memcpy(kp + pr * kvd, kc + (int64_t)r * kvd, (size_t)kvd * 2);
+                    memcpy(vp + pr * kvd, vc + (int64_t)r * kvd, (size_t)kvd * 2);
+                }
+                void *dkp = dev_copy(kp, (size_t)(n_ctx * kvd) * 2), *dvp = dev_copy(vp, (size_t)(n_ctx * kvd) * 2);
+                int32_t *dpt = (int32_t *)dev_copy(pt, (size_t)n_pages * 4);
                 int32_t n_groups = (nh / nkv + 7) / 8;
                 int32_t auto_splits = sgllm__dispatch_decode_splits(&disp, (int64_t)n_q * nkv * n_groups, pos0 + n_q);
                 int32_t splits_list[] = {1, 2, 3, 7, 16, 33, auto_splits};
@@ -894,8 +914,23 @@ static void test_attention(void) {
                                "%.3g (CPU)", hd, nh, nkv, window, n_q, pos0, splits, run, ex, e);
                     }
                     sgllm__cuda_graph_free(gpu, graph);
+                    // the paged cache gives the contiguous cache's bits
+                    poison(dout, out_bytes);
+                    CHECKF(sgllm__cuda_attn_decode(gpu, dq, dkp, dvp, dpt, PAGE, nh, nkv, hd, dpos, n_q, window,
+                                                   L.attn_scale, splits, dout) == SGLLM_OK,
+                           "attn (paged): %s", sgllm__cuda_errmsg(gpu));
+                    fetch(out, dout, out_bytes);
+                    bool eq = !memcmp(out, first, out_bytes);
+                    CHECKF(eq, "attn hd %d heads %d/%d window %d n_q %d splits %d: the paged cache gave other bits", hd,
+                           nh, nkv, window, n_q, splits);
+                    paged_same += eq;
+                    paged_runs++;
                 }
                 set_decode_merge(disp.decode_merge);
+                sgllm__cuda_dfree(gpu, dkp);
+                sgllm__cuda_dfree(gpu, dvp);
+                sgllm__cuda_dfree(gpu, dpt);
+                free(kp), free(vp), free(pt);
                 free(first);
                 sgllm__cuda_dfree(gpu, dk);
                 sgllm__cuda_dfree(gpu, dv);
@@ -904,9 +939,10 @@ static void test_attention(void) {
                 sgllm__cuda_dfree(gpu, dpos);
                 free(kc), free(vc), free(q), free(ref), free(out), free(c.att_work), free(exact);
             }
-    printf("attention: %d runs (head dims 64-512, MHA/GQA, windows, 1-5 queries, 1-33 splits), worst rel err %.3g vs "
-           "double, %.3g vs the CPU engine; %d runs (in-kernel merge x3, graph replays x3) bit for bit the merge "
-           "kernel's\n", runs, worst, worst_cpu, same);
+    printf("attention: %d runs (head dims 8-512, GQA groups 1/3/4/8/12/16, windows, 1-5 queries, 1-33 splits), worst "
+           "rel err %.3g vs double, %.3g vs the CPU engine; %d runs (in-kernel merge x3, graph replays x3) bit for bit "
+           "the merge kernel's; %d of %d paged runs bit for bit the contiguous cache's\n", runs, worst, worst_cpu, same,
+           paged_same, paged_runs);
 }
 
 // More head groups than the arrival counters (16 KV heads x 4200 queries > 65536): the op cuts
