@@ -2431,7 +2431,7 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 // ATT_TILE: fp16 values of one key (and one value) tile; ATT_G: lanes per key when scoring;
 // ATT_CH: 16-byte pieces of a key tile per thread.
 enum {
-    ATT_HB = 8, ATT_THREADS = 128, ATT_MAX_HD = 512, ATT_MV = 8, ATT_TILE = 8192, ATT_G = 8,
+    ATT_HB = 8, ATT_THREADS = 256, ATT_MAX_HD = 512, ATT_MV = 8, ATT_TILE = 8192, ATT_G = 8,
     ATT_CH = ATT_TILE / 8 / ATT_THREADS
 };
 
@@ -2439,29 +2439,33 @@ enum {
 // out: split s weighs exp(lse_s - max lse) (0 for an empty split), summed in split order, so
 // every caller gets the same bits. ws: (hb * n_splits + hb) floats of shared memory. The
 // partials come through L2 (ld.cg): other blocks of the same launch may have written them.
-// Each thread holds ATT_MV outputs and loads 8 splits of each at once.
+// Each thread holds up to ATT_MV outputs and loads 8 splits of each at once.
 static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *part_lse, int64_t row, int hb, int32_t hd,
                                             int32_t n_splits, float *ws, float *out) {
     int tid = threadIdx.x, nth = blockDim.x;
     float *den = ws + hb * n_splits; // (hb)
     for (int i = tid; i < hb * n_splits; i += nth) ws[i] = __ldcg(part_lse + row * n_splits + i);
     __syncthreads();
-    for (int h = tid; h < hb; h += nth) {
+    for (int h = tid / 32; h < hb; h += nth / 32) { // a warp per head: lanes over the splits
         float *w = ws + h * n_splits, mx = -INFINITY, sum = 0.0f;
-        for (int32_t sp = 0; sp < n_splits; sp++) mx = fmaxf(mx, w[sp]);
-        for (int32_t sp = 0; sp < n_splits; sp++) {
+        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) mx = fmaxf(mx, w[sp]);
+        mx = sgllm__cu_warp_max(mx);
+        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) {
             w[sp] = w[sp] == -INFINITY ? 0.0f : expf(w[sp] - mx);
             sum += w[sp];
         }
-        den[h] = sum;
+        sum = sgllm__cu_warp_sum(sum);
+        if (tid % 32 == 0) den[h] = sum;
     }
     __syncthreads();
     for (int e0 = 0; e0 < hb * hd; e0 += nth * ATT_MV) {
         float num[ATT_MV];
         const float *src[ATT_MV], *wgt[ATT_MV];
+        bool live[ATT_MV];
 #pragma unroll
         for (int k = 0; k < ATT_MV; k++) {
-            int e = min(e0 + tid + k * nth, hb * hd - 1), h = e / hd; // past the end: a repeat of the last, not stored
+            int e = e0 + tid + k * nth, h = min(e, hb * hd - 1) / hd;
+            live[k] = e < hb * hd;
             num[k] = 0.0f;
             src[k] = part_o + (row + h) * n_splits * hd + (e - h * hd);
             wgt[k] = ws + h * n_splits;
@@ -2469,11 +2473,12 @@ static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *pa
 #pragma unroll 8
         for (int32_t sp = 0; sp < n_splits; sp++)
 #pragma unroll
-            for (int k = 0; k < ATT_MV; k++) num[k] += wgt[k][sp] * __ldcg(src[k] + (int64_t)sp * hd);
+            for (int k = 0; k < ATT_MV; k++)
+                if (live[k]) num[k] += wgt[k][sp] * __ldcg(src[k] + (int64_t)sp * hd);
 #pragma unroll
         for (int k = 0; k < ATT_MV; k++) {
-            int e = e0 + tid + k * nth, h = e / hd;
-            if (e < hb * hd) out[row * hd + e] = den[h] > 0 ? num[k] / den[h] : 0.0f;
+            int e = e0 + tid + k * nth, h = min(e, hb * hd - 1) / hd;
+            if (live[k]) out[row * hd + e] = den[h] > 0 ? num[k] / den[h] : 0.0f;
         }
     }
 }
@@ -2484,10 +2489,13 @@ static __device__ inline void sgllm__cu_attn_issue(const __half *kb, const __hal
                                                    const int32_t *pt, int32_t shift, int32_t t0, int32_t nk, int words,
                                                    __half *kt, __half *vt) {
     int64_t rows[ATT_CH];
+    int n = (int)threadIdx.x / words, w = (int)threadIdx.x % words; // piece i = n words + w, i += ATT_THREADS
+    const int dn = ATT_THREADS / words, dw = ATT_THREADS % words;
 #pragma unroll
     for (int j = 0; j < ATT_CH; j++) {
-        int i = (int)threadIdx.x + j * ATT_THREADS;
-        rows[j] = i < nk * words ? sgllm__cu_page_row(pt, shift, t0 + i / words) * kv_stride + (i % words) * 8 : 0;
+        rows[j] = n < nk ? sgllm__cu_page_row(pt, shift, t0 + n) * kv_stride + w * 8 : 0;
+        n += dn, w += dw;
+        if (w >= words) n++, w -= words;
     }
 #pragma unroll
     for (int j = 0; j < ATT_CH; j++) {
@@ -2661,14 +2669,18 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             }
     __syncthreads();
     int64_t row = qi * n_head + h0; // first head's row in (n_q, n_head)
-    for (int e = tid; e < hb * hd; e += ATT_THREADS) {
-        int h = e / hd, d = e - h * hd;
-        float o = 0.0f, l = ls[h];
-        if (n_tiles > 0)
-            for (int s = 0; s < ks; s++) o += red[((int64_t)s * HB + h) * hd + d];
-        o = l > 0 ? o / l : 0.0f;
-        if (n_splits == 1) out[(row + h) * hd + d] = o;
-        else part_o[((row + h) * n_splits + split) * hd + d] = o;
+    for (int i = tid; i < hb * words; i += ATT_THREADS) { // 8 outputs of one head per thread
+        int h = i / words, d = (i - h * words) * 8;
+        float4 o0 = make_float4(0, 0, 0, 0), o1 = o0;
+        for (int sl = 0; n_tiles > 0 && sl < ks; sl++) {
+            const float4 *r = (const float4 *)(red + ((int64_t)sl * HB + h) * hd + d);
+            float4 a = r[0], b = r[1];
+            o0.x += a.x, o0.y += a.y, o0.z += a.z, o0.w += a.w, o1.x += b.x, o1.y += b.y, o1.z += b.z, o1.w += b.w;
+        }
+        float l = ls[h], inv = l > 0 ? 1.0f / l : 0.0f;
+        float4 *dst = (float4 *)(n_splits == 1 ? out + (row + h) * hd + d : part_o + ((row + h) * n_splits + split) * hd + d);
+        dst[0] = make_float4(o0.x * inv, o0.y * inv, o0.z * inv, o0.w * inv);
+        dst[1] = make_float4(o1.x * inv, o1.y * inv, o1.z * inv, o1.w * inv);
     }
     if (n_splits > 1 && tid < hb) part_lse[(row + tid) * n_splits + split] = ls[tid] > 0 ? ms[tid] + logf(ls[tid]) : -INFINITY;
     if (n_splits == 1 || !cnt) return;
@@ -2740,7 +2752,7 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!q || !k_cache || !v_cache || !pos || !out || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv ||
         head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 0 || n_q > 65535 || window < 0 ||
-        n_splits < 1 || n_splits > 1024 || (uintptr_t)q % 16 || (uintptr_t)k_cache % 16 || (uintptr_t)v_cache % 16 ||
+        n_splits < 1 || n_splits > 1024 || (uintptr_t)q % 16 || (uintptr_t)out % 16 || (uintptr_t)k_cache % 16 || (uintptr_t)v_cache % 16 ||
         (page_table && (page_size <= 0 || (page_size & (page_size - 1)))))
         return sgllm__cu_bad(c, "attn_decode", "bad pointer or shape (head_dim 8..512, a multiple of 8)");
     if (!n_q) return SGLLM_OK;
