@@ -1530,6 +1530,11 @@ static void test_errors(void) {
           SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_attn_decode(gpu, d, (uint16_t *)d, (uint16_t *)d, NULL, 0, 8, 8, 520, (int32_t *)d, 1, 0, 1, 1, d) ==
           SGLLM_ERR_INVALID_ARGUMENT);
+    // the decode kernel moves queries and outputs 16 bytes at a time
+    CHECK(sgllm__cuda_attn_decode(gpu, d + 1, (uint16_t *)d, (uint16_t *)d, NULL, 0, 8, 8, 64, (int32_t *)d, 1, 0, 1, 1, d) ==
+          SGLLM_ERR_INVALID_ARGUMENT);
+    CHECK(sgllm__cuda_attn_decode(gpu, d, (uint16_t *)d, (uint16_t *)d, NULL, 0, 8, 8, 64, (int32_t *)d, 1, 0, 1, 1, d + 1) ==
+          SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_attn_prefill(gpu, d, (uint16_t *)d, (uint16_t *)d, NULL, 0, 8, 3, 64, (int32_t *)d, 1, 0, 1, d) ==
           SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_attn_prefill(gpu, d, (uint16_t *)d, (uint16_t *)d, (int32_t *)d, 48, 8, 8, 64, (int32_t *)d, 1, 0, 1,
