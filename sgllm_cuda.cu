@@ -48,6 +48,11 @@ enum { SGLLM__CU_RING_SLOT = 64 };
 // as int8 codes plus one float2 per 32 values (wider rows take the staged kernel).
 enum { MV_XQ_COLS = 65536, MV_XQ_BYTES = 8 * MV_XQ_COLS + 8 * (MV_XQ_COLS / 32) * 8 };
 
+// Arrival counters of decode attention's split blocks (section 6), one per head group of a
+// launch (larger launches are cut into several): zero between launches, so graph replays
+// reuse them. Their own buffer, since the scratch is rewritten by other ops.
+enum { ATT_COUNTERS = 65536 };
+
 struct sgllm__cuda {
     int device;
     cudaStream_t stream;
@@ -61,6 +66,7 @@ struct sgllm__cuda {
     const float *xq_of;   // the activations mv_xq holds (xq_nt rows of xq_cols, format xq_kind), or NULL
     int xq_kind;
     int64_t xq_nt, xq_cols;
+    unsigned *att_cnt;    // (ATT_COUNTERS) split arrivals of decode attention (section 6), zeroed at creation
     void *stage;          // (stage_bytes) pinned host memory that small downloads (a token's logits) go through
     size_t stage_bytes;
     void *stage_up;       // (stage_up_bytes) pinned host memory of sgllm__cuda_upload_async
@@ -193,6 +199,7 @@ extern "C" void sgllm__cuda_free(sgllm__cuda *c) {
     cudaFree(c->blas_ws);
     cudaFree(c->scratch);
     cudaFree(c->mv_xq);
+    cudaFree(c->att_cnt);
     cudaFreeHost(c->stage);
     if (c->stage_up_done) cudaEventDestroy(c->stage_up_done);
     for (int i = 0; i < 2; i++)
@@ -235,6 +242,11 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
     c->blas_ws_bytes = (size_t)32 << 20;
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->blas_ws, c->blas_ws_bytes), "cuBLAS workspace");
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->mv_xq, MV_XQ_BYTES), "matvec activation buffer");
+    if (s == SGLLM_OK)
+        s = sgllm__cu_check(c, cudaMalloc(&c->att_cnt, ATT_COUNTERS * sizeof(unsigned)), "attention counters");
+    if (s == SGLLM_OK)
+        s = sgllm__cu_check(c, cudaMemsetAsync(c->att_cnt, 0, ATT_COUNTERS * sizeof(unsigned), c->stream),
+                            "attention counters");
     if (s == SGLLM_OK && (cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS ||
                           cublasSetWorkspace(c->blas, c->blas_ws, c->blas_ws_bytes) != CUBLAS_STATUS_SUCCESS))
         s = sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "cuBLAS stream/workspace setup failed");
@@ -2585,86 +2597,203 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 }
 
 // --- 6. Decode attention -------------------------------------------------------------------
-// Stage 1, grid (n_splits, n_head_kv * head groups, n_q): a block takes up to ATT_HB query
-// heads that share one KV head (GQA) and one split of its query's visible keys, and runs an
-// online softmax over tiles of BN keys staged in shared memory. Scores: one warp per key, the
-// lanes splitting head_dim. It writes the split's normalized output and log-sum-exp.
-// Stage 2, grid (n_head, n_q): merges the splits weighted by exp(lse - max lse). With one split
-// stage 1 writes the output directly. Both wait for their predecessors first (the query and
-// the newest cache rows are theirs) and let their dependents launch right after.
+// Grid (n_splits, n_head_kv * head groups, n_q): a block takes up to HB query heads that share
+// one KV head (GQA) and one split of its query's visible keys, and runs an online softmax over
+// tiles of bn keys. The kernel is latency-bound (a split holds a few dozen keys), so each phase
+// keeps many independent operations in flight: a tile's keys and values arrive together with
+// cp.async (the next tile's while this one is used), scores take 8 lanes per key (a block
+// scores 16 keys at once, three shuffles per head), and the values are summed by thread slices
+// that each own 8 dims x HB heads for every KS-th key, added up once at the end. HB (1, 2, 4 or
+// 8) is the smallest that covers the group, so registers follow the shape.
+// With one split it writes the output directly; else each block writes its split's normalized
+// output and log-sum-exp to the scratch, and the splits are merged weighted by
+// exp(lse - max lse), in split order: by the last block of the head group to finish
+// (dispatch.decode_merge 0: it counts arrivals on a per-group counter, which it returns to
+// zero for the next launch), or by a second kernel, grid (n_head, n_q) (decode_merge 1). Both
+// merges run the same function, so their bits agree, and neither depends on which block
+// finishes last. The kernels wait for their predecessors first (the query and the newest
+// cache rows are theirs) and let their dependents launch right after.
 
-enum { ATT_HB = 8, ATT_THREADS = 128, ATT_MAX_HD = 512, ATT_ACC = ATT_HB * ATT_MAX_HD / ATT_THREADS };
+// ATT_TILE: fp16 values of one key (and one value) tile; ATT_G: lanes per key when scoring;
+// ATT_CH: 16-byte pieces of a key tile per thread.
+enum {
+    ATT_HB = 8, ATT_THREADS = 256, ATT_MAX_HD = 512, ATT_MV = 8, ATT_TILE = 8192, ATT_G = 8,
+    ATT_CH = ATT_TILE / 8 / ATT_THREADS
+};
 
+// Merges the n_splits partials of hb heads, rows row .. row + hb - 1 of (n_q * n_head), into
+// out: split s weighs exp(lse_s - max lse) (0 for an empty split), summed in split order, so
+// every caller gets the same bits. ws: (hb * n_splits + hb) floats of shared memory. The
+// partials come through L2 (ld.cg): other blocks of the same launch may have written them.
+// Each thread holds up to ATT_MV outputs and loads 8 splits of each at once.
+static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *part_lse, int64_t row, int hb, int32_t hd,
+                                            int32_t n_splits, float *ws, float *out) {
+    int tid = threadIdx.x, nth = blockDim.x;
+    float *den = ws + hb * n_splits; // (hb)
+    for (int i = tid; i < hb * n_splits; i += nth) ws[i] = __ldcg(part_lse + row * n_splits + i);
+    __syncthreads();
+    for (int h = tid / 32; h < hb; h += nth / 32) { // a warp per head: lanes over the splits
+        float *w = ws + h * n_splits, mx = -INFINITY, sum = 0.0f;
+        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) mx = fmaxf(mx, w[sp]);
+        mx = sgllm__cu_warp_max(mx);
+        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) {
+            w[sp] = w[sp] == -INFINITY ? 0.0f : expf(w[sp] - mx);
+            sum += w[sp];
+        }
+        sum = sgllm__cu_warp_sum(sum);
+        if (tid % 32 == 0) den[h] = sum;
+    }
+    __syncthreads();
+    for (int e0 = 0; e0 < hb * hd; e0 += nth * ATT_MV) {
+        float num[ATT_MV];
+        const float *src[ATT_MV], *wgt[ATT_MV];
+        bool live[ATT_MV];
+#pragma unroll
+        for (int k = 0; k < ATT_MV; k++) {
+            int e = e0 + tid + k * nth, h = min(e, hb * hd - 1) / hd;
+            live[k] = e < hb * hd;
+            num[k] = 0.0f;
+            src[k] = part_o + (row + h) * n_splits * hd + (e - h * hd);
+            wgt[k] = ws + h * n_splits;
+        }
+#pragma unroll 8
+        for (int32_t sp = 0; sp < n_splits; sp++)
+#pragma unroll
+            for (int k = 0; k < ATT_MV; k++)
+                if (live[k]) num[k] += wgt[k][sp] * __ldcg(src[k] + (int64_t)sp * hd);
+#pragma unroll
+        for (int k = 0; k < ATT_MV; k++) {
+            int e = e0 + tid + k * nth, h = min(e, hb * hd - 1) / hd;
+            if (live[k]) out[row * hd + e] = den[h] > 0 ? num[k] / den[h] : 0.0f;
+        }
+    }
+}
 
+// Starts the copy of keys [t0, t0 + nk) of one KV head, (nk, hd) each, into kt and vt as one
+// cp.async group: the page-table reads first, all at once, then every 16-byte piece.
+static __device__ inline void sgllm__cu_attn_issue(const __half *kb, const __half *vb, int64_t kv_stride,
+                                                   const int32_t *pt, int32_t shift, int32_t t0, int32_t nk, int words,
+                                                   __half *kt, __half *vt) {
+    int64_t rows[ATT_CH];
+    int n = (int)threadIdx.x / words, w = (int)threadIdx.x % words; // piece i = n words + w, i += ATT_THREADS
+    const int dn = ATT_THREADS / words, dw = ATT_THREADS % words;
+#pragma unroll
+    for (int j = 0; j < ATT_CH; j++) {
+        rows[j] = n < nk ? sgllm__cu_page_row(pt, shift, t0 + n) * kv_stride + w * 8 : 0;
+        n += dn, w += dw;
+        if (w >= words) n++, w -= words;
+    }
+#pragma unroll
+    for (int j = 0; j < ATT_CH; j++) {
+        int i = (int)threadIdx.x + j * ATT_THREADS;
+        if (i < nk * words) {
+            sgllm__cu_cp_async(kt + i * 8, kb + rows[j], 16);
+            sgllm__cu_cp_async(vt + i * 8, vb + rows[j], 16);
+        }
+    }
+    sgllm__cu_cp_commit();
+}
 
+// Shared memory of the split kernel: a union region (two stages of key and value tiles; then
+// the value slices' partial sums; then the in-kernel merge's weights), the scaled queries
+// (HB, hd), the tile's scores (HB, bn) and three (HB) softmax statistics.
+static size_t sgllm__cu_attn_region(int hb_t, int32_t hd, int32_t bn, int32_t n_splits, bool merge_here) {
+    size_t tiles = (size_t)4 * bn * hd * 2, red = (size_t)(ATT_THREADS / (hd / 8)) * hb_t * hd * 4;
+    size_t ws = merge_here ? ((size_t)hb_t * n_splits + hb_t) * 4 : 0, r = tiles > red ? tiles : red;
+    r = r > ws ? r : ws;
+    return (r + 15) / 16 * 16;
+}
+
+template <int HB>
 static __global__ void __launch_bounds__(ATT_THREADS)
     sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, const int32_t *pt, int32_t page_shift,
-                           int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale, int32_t n_splits, int32_t bn,
-                           float *part_o, float *part_lse, float *out) {
+                           int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale,
+                           int32_t n_splits, int32_t bn, int32_t region, float *part_o, float *part_lse, float *out,
+                           unsigned *cnt, int32_t q0) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
     extern __shared__ __align__(16) uint8_t sm[];
-    int32_t group = n_head / n_head_kv, n_hgroups = (group + ATT_HB - 1) / ATT_HB;
-    int32_t kvh = (int32_t)blockIdx.y / n_hgroups, h0 = kvh * group + ((int32_t)blockIdx.y % n_hgroups) * ATT_HB;
-    int32_t hb = min(ATT_HB, kvh * group + group - h0); // heads of this block
-    int64_t qi = blockIdx.z;
+    int32_t group = n_head / n_head_kv, n_hgroups = (group + HB - 1) / HB;
+    int32_t kvh = (int32_t)blockIdx.y / n_hgroups, h0 = kvh * group + ((int32_t)blockIdx.y % n_hgroups) * HB;
+    int32_t hb = min(HB, kvh * group + group - h0); // heads of this block
+    int64_t qi = q0 + (int64_t)blockIdx.z;
     int32_t split = (int32_t)blockIdx.x;
-    float *qs = (float *)sm;                      // (hb, hd)
-    float *ps = qs + ATT_HB * hd;                 // (hb, bn) scores, then probabilities
-    float *ms = ps + ATT_HB * bn;                 // (hb) running max, sum, rescale factor
-    float *ls = ms + ATT_HB, *as = ls + ATT_HB;
-    __half *tile = (__half *)(as + ATT_HB + 4);   // (bn, hd) keys, then values; 16-byte aligned
+    __half *tiles = (__half *)sm;              // stage s: keys at 2 s bn hd, values at (2 s + 1) bn hd
+    float *red = (float *)sm;                  // after the tiles: (KS, HB, hd) value sums per slice
+    float *qs = (float *)(sm + region);        // (HB, hd) queries times scale
+    float *ps = qs + HB * hd;                  // (HB, bn) scores, then probabilities
+    float *ms = ps + HB * bn, *ls = ms + HB, *as = ls + HB; // (HB) running max, sum, rescale factor
     int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    int words = hd / 8, ks = ATT_THREADS / words; // 16-byte pieces per row; value slices
+    int vc_piece = tid % words, slice = tid / words;
 
     int32_t p_hi = pos[qi], p_lo = window > 0 ? max(0, p_hi - window + 1) : 0;
     int32_t len = p_hi - p_lo + 1, per = (len + n_splits - 1) / n_splits;
-    per = (per + 31) / 32 * 32;
+    per = (per + 15) / 16 * 16; // whole 16-key steps: up to 32 splits of 512 keys (as decode_min_keys allows)
     int32_t k0 = p_lo + split * per, k1 = min(p_hi + 1, k0 + per); // this split's keys [k0, k1)
+    int32_t n_tiles = k1 > k0 ? (k1 - k0 + bn - 1) / bn : 0;
 
     int64_t kv_stride = (int64_t)n_head_kv * hd;
-    for (int i = tid; i < hb * hd; i += ATT_THREADS) qs[i] = q[qi * n_head * hd + (int64_t)h0 * hd + i] * scale;
-    if (tid < ATT_HB) {
+    const __half *kb = kc + (int64_t)kvh * hd, *vb = vc + (int64_t)kvh * hd;
+    int32_t stage = bn * hd;
+    if (n_tiles > 0) sgllm__cu_attn_issue(kb, vb, kv_stride, pt, page_shift, k0, min(bn, k1 - k0), words, tiles, tiles + stage);
+    {
+        const float4 *q4 = (const float4 *)(q + qi * n_head * hd + (int64_t)h0 * hd);
+        for (int i = tid; i < hb * hd / 4; i += ATT_THREADS) {
+            float4 v = q4[i];
+            ((float4 *)qs)[i] = make_float4(v.x * scale, v.y * scale, v.z * scale, v.w * scale);
+        }
+    }
+    if (tid < HB) {
         ms[tid] = -INFINITY;
         ls[tid] = 0.0f;
     }
-    float acc[ATT_ACC];
+    float acc[HB][8];
 #pragma unroll
-    for (int k = 0; k < ATT_ACC; k++) acc[k] = 0.0f;
-    int words = hd / 8; // 16-byte words per cache row
-    for (int32_t t0 = k0; t0 < k1; t0 += bn) {
-        int32_t nk = min(bn, k1 - t0);
-        __syncthreads(); // previous tile fully consumed
-        for (int i = tid; i < nk * words; i += ATT_THREADS) {
-            int n = i / words, wd = i % words;
-            ((uint4 *)tile)[i] = ((const uint4 *)(kc + sgllm__cu_page_row(pt, page_shift, t0 + n) * kv_stride + (int64_t)kvh * hd))[wd];
+    for (int h = 0; h < HB; h++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[h][j] = 0.0f;
+    for (int32_t t = 0; t < n_tiles; t++) {
+        int32_t t0 = k0 + t * bn, nk = min(bn, k1 - t0);
+        if (t + 1 < n_tiles) {
+            __half *nt = tiles + (size_t)((t + 1) & 1) * 2 * stage;
+            sgllm__cu_attn_issue(kb, vb, kv_stride, pt, page_shift, t0 + bn, min(bn, k1 - t0 - bn), words, nt, nt + stage);
+            sgllm__cu_cp_wait<1>();
+        } else {
+            sgllm__cu_cp_wait<0>();
         }
-        __syncthreads();
-        for (int n = warp; n < nk; n += ATT_THREADS / 32) {
-            float s[ATT_HB];
+        __syncthreads(); // this tile (and the queries) visible to every thread
+        const __half *kt = tiles + (size_t)(t & 1) * 2 * stage, *vt = kt + stage;
+        // scores: 8 lanes per key, each lane a 16-byte piece of the row in turn; whole warps go
+        // round the loop together for the shuffles
+        for (int n0 = 0; n0 < nk; n0 += ATT_THREADS / ATT_G) {
+            int n = n0 + tid / ATT_G;
+            float s[HB];
 #pragma unroll
-            for (int h = 0; h < ATT_HB; h++) s[h] = 0.0f;
-            const __half2 *kr = (const __half2 *)(tile + n * hd);
-            for (int d2 = lane; d2 < hd / 2; d2 += 32) {
-                float2 kv = __half22float2(kr[d2]);
+            for (int h = 0; h < HB; h++) s[h] = 0.0f;
+            for (int w = tid % ATT_G; n < nk && w < words; w += ATT_G) {
+                uint4 raw = ((const uint4 *)(kt + n * hd))[w];
+                const __half2 *k2 = (const __half2 *)&raw;
+                float2 ka = __half22float2(k2[0]), kb2 = __half22float2(k2[1]), kc2 = __half22float2(k2[2]),
+                       kd = __half22float2(k2[3]);
 #pragma unroll
-                for (int h = 0; h < ATT_HB; h++)
+                for (int h = 0; h < HB; h++)
                     if (h < hb) {
-                        float2 qv = ((const float2 *)qs)[h * (hd / 2) + d2];
-                        s[h] += qv.x * kv.x + qv.y * kv.y;
+                        float4 qa = ((const float4 *)(qs + h * hd))[2 * w], qb = ((const float4 *)(qs + h * hd))[2 * w + 1];
+                        s[h] += qa.x * ka.x + qa.y * ka.y + qa.z * kb2.x + qa.w * kb2.y + qb.x * kc2.x + qb.y * kc2.y +
+                                qb.z * kd.x + qb.w * kd.y;
                     }
             }
 #pragma unroll
-            for (int h = 0; h < ATT_HB; h++) {
-                float v = sgllm__cu_warp_sum(s[h]);
-                if (lane == 0 && h < hb) ps[h * bn + n] = v;
-            }
+            for (int h = 0; h < HB; h++)
+#pragma unroll
+                for (int o = ATT_G / 2; o > 0; o /= 2) s[h] += __shfl_xor_sync(0xffffffffu, s[h], o);
+            if (tid % ATT_G == 0 && n < nk)
+#pragma unroll
+                for (int h = 0; h < HB; h++)
+                    if (h < hb) ps[h * bn + n] = s[h];
         }
         __syncthreads();
-        // values replace keys in the tile while each head's softmax statistics are updated
-        for (int i = tid; i < nk * words; i += ATT_THREADS) {
-            int n = i / words, wd = i % words;
-            ((uint4 *)tile)[i] = ((const uint4 *)(vc + sgllm__cu_page_row(pt, page_shift, t0 + n) * kv_stride + (int64_t)kvh * hd))[wd];
-        }
         for (int h = warp; h < hb; h += ATT_THREADS / 32) {
             float mx = -INFINITY;
             for (int n = lane; n < nk; n += 32) mx = fmaxf(mx, ps[h * bn + n]);
@@ -2685,56 +2814,120 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         __syncthreads();
+        // values: slice s takes keys s, s + ks, ... for its 16-byte piece of every head
+        if (slice < ks) {
 #pragma unroll
-        for (int k = 0; k < ATT_ACC; k++) {
-            int e = tid + k * ATT_THREADS;
-            if (e < hb * hd) {
-                int h = e / hd, d = e % hd;
-                float a = acc[k] * as[h];
-                for (int n = 0; n < nk; n++) a += ps[h * bn + n] * __half2float(tile[n * hd + d]);
-                acc[k] = a;
+            for (int h = 0; h < HB; h++)
+                if (h < hb) {
+                    float a = as[h];
+#pragma unroll
+                    for (int j = 0; j < 8; j++) acc[h][j] *= a;
+                }
+            for (int n = slice; n < nk; n += ks) {
+                uint4 raw = ((const uint4 *)(vt + n * hd))[vc_piece];
+                const __half2 *v2 = (const __half2 *)&raw;
+                float v[8];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float2 f = __half22float2(v2[j]);
+                    v[2 * j] = f.x;
+                    v[2 * j + 1] = f.y;
+                }
+#pragma unroll
+                for (int h = 0; h < HB; h++)
+                    if (h < hb) {
+                        float p = ps[h * bn + n];
+#pragma unroll
+                        for (int j = 0; j < 8; j++) acc[h][j] += p * v[j];
+                    }
             }
         }
+        __syncthreads(); // this stage consumed before the next issue overwrites it
     }
     __syncthreads();
-    int64_t row = qi * n_head + h0; // first head's row in (n_q, n_head)
+    if (n_tiles > 0 && slice < ks)
 #pragma unroll
-    for (int k = 0; k < ATT_ACC; k++) {
-        int e = tid + k * ATT_THREADS;
-        if (e < hb * hd) {
-            int h = e / hd, d = e % hd;
-            float l = ls[h], o = l > 0 ? acc[k] / l : 0.0f;
-            if (n_splits == 1) out[(row + h) * hd + d] = o;
-            else part_o[((row + h) * n_splits + split) * hd + d] = o;
+        for (int h = 0; h < HB; h++)
+            if (h < hb) {
+                float4 *r = (float4 *)(red + ((int64_t)slice * HB + h) * hd + vc_piece * 8);
+                r[0] = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
+                r[1] = make_float4(acc[h][4], acc[h][5], acc[h][6], acc[h][7]);
+            }
+    __syncthreads();
+    int64_t row = qi * n_head + h0; // first head's row in (n_q, n_head)
+    for (int i = tid; i < hb * words; i += ATT_THREADS) { // 8 outputs of one head per thread
+        int h = i / words, d = (i - h * words) * 8;
+        float4 o0 = make_float4(0, 0, 0, 0), o1 = o0;
+        for (int sl = 0; n_tiles > 0 && sl < ks; sl++) {
+            const float4 *r = (const float4 *)(red + ((int64_t)sl * HB + h) * hd + d);
+            float4 a = r[0], b = r[1];
+            o0.x += a.x, o0.y += a.y, o0.z += a.z, o0.w += a.w, o1.x += b.x, o1.y += b.y, o1.z += b.z, o1.w += b.w;
         }
+        float l = ls[h], inv = l > 0 ? 1.0f / l : 0.0f;
+        float4 *dst = (float4 *)(n_splits == 1 ? out + (row + h) * hd + d : part_o + ((row + h) * n_splits + split) * hd + d);
+        dst[0] = make_float4(o0.x * inv, o0.y * inv, o0.z * inv, o0.w * inv);
+        dst[1] = make_float4(o1.x * inv, o1.y * inv, o1.z * inv, o1.w * inv);
     }
     if (n_splits > 1 && tid < hb) part_lse[(row + tid) * n_splits + split] = ls[tid] > 0 ? ms[tid] + logf(ls[tid]) : -INFINITY;
+    if (n_splits == 1 || !cnt) return;
+    // Each thread fences its partials before the block counts itself, so the block that
+    // counts last sees every split's; it alone merges, and zeroes the counter for the next
+    // launch (no other block of this group touches it again in this one).
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        unsigned *ct = cnt + (int64_t)blockIdx.z * gridDim.y + blockIdx.y;
+        last = atomicAdd(ct, 1u) == (unsigned)n_splits - 1;
+        if (last) atomicExch(ct, 0u);
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    sgllm__cu_attn_merge(part_o, part_lse, row, hb, hd, n_splits, (float *)sm, out);
 }
 
 static __global__ void sgllm__cu_attn_merge_k(const float *part_o, const float *part_lse, int32_t n_head, int32_t hd,
                                               int32_t n_splits, float *out) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
-    int64_t row = (int64_t)blockIdx.y * n_head + blockIdx.x;
-    const float *lse = part_lse + row * n_splits;
-    float mx = -INFINITY;
-    for (int s = 0; s < n_splits; s++) mx = fmaxf(mx, lse[s]);
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float num = 0.0f, den = 0.0f;
-        for (int s = 0; s < n_splits; s++) {
-            if (lse[s] == -INFINITY) continue;
-            float wgt = expf(lse[s] - mx);
-            num += wgt * part_o[(row * n_splits + s) * hd + d];
-            den += wgt;
-        }
-        out[row * hd + d] = den > 0 ? num / den : 0.0f;
-    }
+    extern __shared__ float ws[]; // (n_splits + 1)
+    sgllm__cu_attn_merge(part_o, part_lse, (int64_t)blockIdx.y * n_head + blockIdx.x, 1, hd, n_splits, ws, out);
 }
 
 extern "C" size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_dim, int64_t n_q, int32_t n_splits) {
     if (n_head <= 0 || head_dim <= 0 || n_q <= 0 || n_splits <= 1) return 0;
     size_t rows = (size_t)n_q * (size_t)n_head * (size_t)n_splits;
     return (size_t)sgllm__cu_align256((int64_t)(rows * (size_t)head_dim * 4)) + rows * 4;
+}
+
+// One instance of the split kernel per heads-per-block class.
+template <int HB>
+static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const __half *kc, const __half *vc,
+                                          const int32_t *pt, int32_t page_size, int32_t n_head, int32_t n_head_kv,
+                                          int32_t hd, const int32_t *pos, int64_t n_q, int32_t window, float scale,
+                                          int32_t n_splits, int32_t bn, bool merge_here, float *part_o, float *part_lse,
+                                          float *out) {
+    int32_t group = n_head / n_head_kv, n_hgroups = (group + HB - 1) / HB;
+    if ((int64_t)n_head_kv * n_hgroups > 65535) return sgllm__cu_bad(c, "attn_decode", "too many heads");
+    size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, merge_here);
+    size_t smem = region + (size_t)HB * hd * 4 + (size_t)HB * bn * 4 + (size_t)3 * HB * 4;
+    if (smem > 48 * 1024 &&
+        sgllm__cu_check(c, cudaFuncSetAttribute(sgllm__cu_attn_split_k<HB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                (int)smem), "attn_decode: shared memory"))
+        return SGLLM_ERR_BACKEND;
+    // the counters cover ATT_COUNTERS head groups, so more queries than that take several launches
+    int64_t per_launch = merge_here ? ATT_COUNTERS / ((int64_t)n_head_kv * n_hgroups) : n_q; // at least 1
+    for (int64_t q0 = 0; q0 < n_q; q0 += per_launch) {
+        int64_t nz = n_q - q0 < per_launch ? n_q - q0 : per_launch;
+        if (sgllm__cu_launch(c, "attn_decode: split kernel", sgllm__cu_attn_split_k<HB>,
+                             dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)nz), dim3(ATT_THREADS),
+                             smem, q, kc, vc, pt, sgllm__cu_page_shift(pt, page_size), n_head, n_head_kv, hd, pos, window,
+                             scale, n_splits, bn, (int32_t)region, part_o, part_lse, out,
+                             merge_here ? c->att_cnt : (unsigned *)NULL, (int32_t)q0))
+            return SGLLM_ERR_BACKEND;
+    }
+    return SGLLM_OK;
 }
 
 extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
@@ -2745,39 +2938,39 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!q || !k_cache || !v_cache || !pos || !out || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv ||
         head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 0 || n_q > 65535 || window < 0 ||
-        n_splits < 1 || n_splits > 1024 || (uintptr_t)k_cache % 16 || (uintptr_t)v_cache % 16 ||
+        n_splits < 1 || n_splits > 1024 || (uintptr_t)q % 16 || (uintptr_t)out % 16 || (uintptr_t)k_cache % 16 || (uintptr_t)v_cache % 16 ||
         (page_table && (page_size <= 0 || (page_size & (page_size - 1)))))
         return sgllm__cu_bad(c, "attn_decode", "bad pointer or shape (head_dim 8..512, a multiple of 8)");
     if (!n_q) return SGLLM_OK;
-    int32_t group = n_head / n_head_kv, n_hgroups = (group + ATT_HB - 1) / ATT_HB;
-    if ((int64_t)n_head_kv * n_hgroups > 65535) return sgllm__cu_bad(c, "attn_decode", "too many heads");
     size_t need = sgllm__cuda_attn_scratch_bytes(n_head, head_dim, n_q, n_splits);
     if (need > c->scratch_bytes)
         return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "attn_decode: needs %zu bytes of scratch, %zu reserved",
                               need, c->scratch_bytes);
-    // the key tile holds at most 8192 fp16 values (16 KB): fewer keys for wide heads
+    // a key tile holds at most ATT_TILE fp16 values: fewer keys for wide heads
     int32_t bn = c->disp.decode_block_n < 8 ? 8 : c->disp.decode_block_n > 128 ? 128 : c->disp.decode_block_n;
-    while (bn > 8 && bn * head_dim > 8192) bn /= 2;
-    size_t smem = (size_t)ATT_HB * head_dim * 4 + (size_t)ATT_HB * bn * 4 + (3 * ATT_HB + 4) * 4 +
-                  (size_t)bn * head_dim * 2;
+    while (bn > 8 && bn * head_dim > ATT_TILE) bn /= 2;
+    // one launch merges its splits unless the dispatch asks for the merge kernel
+    bool merge_here = n_splits > 1 && !c->disp.decode_merge;
     cudaSetDevice(c->device);
     float *part_o = (float *)c->scratch;
     float *part_lse = part_o ? (float *)((uint8_t *)c->scratch +
                                          sgllm__cu_align256((int64_t)n_q * n_head * n_splits * head_dim * 4))
                              : NULL;
-    if (smem > 48 * 1024 &&
-        sgllm__cu_check(c, cudaFuncSetAttribute(sgllm__cu_attn_split_k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                (int)smem), "attn_decode: shared memory"))
-        return SGLLM_ERR_BACKEND;
-    if (sgllm__cu_launch(c, "attn_decode: split kernel", sgllm__cu_attn_split_k,
-                         dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)n_q), dim3(ATT_THREADS),
-                         smem, q, (const __half *)k_cache, (const __half *)v_cache, page_table,
-                         sgllm__cu_page_shift(page_table, page_size), n_head, n_head_kv, head_dim, pos, window, scale,
-                         n_splits, bn, part_o, part_lse, out))
-        return SGLLM_ERR_BACKEND;
-    if (n_splits == 1) return SGLLM_OK;
+    int32_t group = n_head / n_head_kv;
+    const __half *kc = (const __half *)k_cache, *vc = (const __half *)v_cache;
+    sgllm_status s =
+        group > 4 ? sgllm__cu_attn_launch<ATT_HB>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out)
+        : group > 2 ? sgllm__cu_attn_launch<4>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out)
+        : group > 1 ? sgllm__cu_attn_launch<2>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out)
+                    : sgllm__cu_attn_launch<1>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out);
+    if (s || n_splits == 1 || merge_here) return s;
     return sgllm__cu_launch(c, "attn_decode: merge kernel", sgllm__cu_attn_merge_k, dim3((unsigned)n_head, (unsigned)n_q),
-                            dim3(128), 0, (const float *)part_o, (const float *)part_lse, n_head, head_dim, n_splits, out);
+                            dim3(128), (size_t)(n_splits + 1) * 4, (const float *)part_o, (const float *)part_lse,
+                            n_head, head_dim, n_splits, out);
 }
 
 // --- 6b. Prefill attention -----------------------------------------------------------------

@@ -4631,14 +4631,15 @@ typedef struct sgllm__dispatch_row {
 // sm90 and newer only), activation quantization inside the wide kernel up to cols x tokens (0
 // everywhere: on the H100 the separate launch, overlapped by PDL, was faster for every
 // small-model shape; docs/PERF.md), the wide kernel's smallest row word (8 on the H100, where
-// 8-byte loads beat the other kernels; 16 elsewhere, unmeasured).
+// 8-byte loads beat the other kernels; 16 elsewhere, unmeasured), decode attention's merge of
+// its splits (1: a second kernel; merging inside the split kernel was slower on the H100).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 1}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4716,14 +4717,15 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                  d->matvec_wide_warps_per_sm, d->matvec_xq_inline ? "in-kernel up to a limit" : "by a launch of their own");
     return snprintf(buf, cap,
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
-                    "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles; prefill tiles %dx%d (d<=128) "
+                    "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles, merged %s; prefill tiles %dx%d (d<=128) "
                     "%dx%d (d<=256) %dx%d (d>256), %d/%d warps, from %d tokens; qk-norm per head up to %d tokens; norms %d threads; "
                     "quantized matvec on %s activations%s; programmatic dependent launch %s",
                     p->name, p->major, p->minor, p->sm_count,
                     (p->smem_per_block_optin > p->smem_per_block ? p->smem_per_block_optin : p->smem_per_block) / 1024,
                     d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_warps_per_sm,
                     d->matvec_max_batch,
-                    d->decode_max_splits, d->decode_min_keys, d->decode_block_n, d->prefill_block_m[0],
+                    d->decode_max_splits, d->decode_min_keys, d->decode_block_n,
+                    d->decode_merge ? "by a second kernel" : "by the last split", d->prefill_block_m[0],
                     d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
                     d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->prefill_min_tokens,
                     d->qknorm_per_head_max_tokens, d->norm_threads, d->matvec_int8 ? "int8 (dp4a)" : "fp32", wide,
@@ -4922,6 +4924,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"pdl", offsetof(sgllm__cuda_dispatch, pdl), 1, 0, 1, false},
     {"matvec_xq_inline", offsetof(sgllm__cuda_dispatch, matvec_xq_inline), 1, 0, 32768, false},
     {"matvec_wide_align", offsetof(sgllm__cuda_dispatch, matvec_wide_align), 1, 8, 16, true},
+    {"decode_merge", offsetof(sgllm__cuda_dispatch, decode_merge), 1, 0, 1, false},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {

@@ -1,9 +1,13 @@
 // sgllm-bench-kernels - kernel-level benchmarks of the CUDA backend against the device's own ceilings.
 //
-//   sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch] [--xq]
+//   sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch] [--xq] [--decode-attn]
 //
 // --xq: only the read bandwidth and decode steps' matrix-vector products under the settings of
 // the in-kernel activation quantization and the wide kernel's row words, see xq_steps.
+// --decode-attn: only single-token decode attention as CUDA graphs of 200 launches (Gemma 3
+// 270M and Llama-3-8B shapes at 512 and 4096 keys, the forward's split count): the splits
+// merged inside the split kernel (one launch, dispatch.decode_merge 0) against the merge
+// kernel (two launches, decode_merge 1).
 // --launch: only launch-bound single-token ops as CUDA graphs of 200 launches (us per launch,
 // with programmatic dependent launch on and off): the fused norm at 640 floats by threads per
 // block, the fused q/k/v epilogue against the four ops it replaces (Gemma 3 270M shape), and
@@ -608,6 +612,72 @@ static void bench_launches(int reps) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
 }
 
+typedef struct {
+    int32_t nh, nkv, hd, splits, copies;
+    int64_t kv_elems;         // one copy of one cache: keys x n_head_kv x head_dim
+    float *q, *out;           // (nh * hd)
+    uint16_t *kc, *vc;        // (copies, kv_elems) fp16
+    int32_t *pos;             // (1): keys - 1
+} attn_bufs;
+
+static void enqueue_attn(void *arg) {
+    attn_bufs *b = (attn_bufs *)arg;
+    for (int i = 0; i < 200; i++) {
+        int64_t o = (int64_t)(i % b->copies) * b->kv_elems;
+        TRY(sgllm__cuda_attn_decode(gpu, b->q, b->kc + o, b->vc + o, NULL, 0, b->nh, b->nkv, b->hd, b->pos, 1, 0,
+                                    1.0f / sqrtf((float)b->hd), b->splits, b->out),
+            "attention");
+    }
+}
+
+// One query's decode attention at Gemma 3 270M and Llama-3-8B shapes: us per launch of both
+// merges, and the cache bytes read per second by the one-launch form. The caches rotate over
+// copies that together exceed the L2 (as a decode step's layers do for Llama-3-8B).
+static void bench_decode_attn(int reps) {
+    static const struct {
+        const char *name;
+        int32_t nh, nkv, hd;
+    } shapes[] = {{"Gemma-3-270M", 4, 1, 256}, {"Llama-3-8B", 32, 8, 128}};
+    static const int32_t keys[] = {512, 4096};
+    const sgllm__cuda_dispatch base = *sgllm__cuda_get_dispatch(gpu);
+    printf("decode attention, 1 token, us per launch (graph of 200 launches, median of %d replays, pdl %d)\n", reps,
+           base.pdl);
+    printf("%-14s %6s %6s %12s %12s %8s %10s\n", "shape", "keys", "splits", "2 launches", "1 launch", "saved", "GB/s");
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (size_t ki = 0; ki < sizeof keys / sizeof keys[0]; ki++)
+            for (int sw = 0; sw < 4; sw++) { // the forward's split count, then 32, 64 and 128 where splits keep 16 keys
+                attn_bufs b;
+                b.nh = shapes[si].nh, b.nkv = shapes[si].nkv, b.hd = shapes[si].hd;
+                b.kv_elems = (int64_t)keys[ki] * b.nkv * b.hd;
+                int64_t copy_bytes = 2 * b.kv_elems * 2;
+                b.copies = (int32_t)((((int64_t)128 << 20) + copy_bytes - 1) / copy_bytes);
+                b.copies = b.copies > 200 ? 200 : b.copies;
+                b.splits = sw ? 16 << sw : sgllm__dispatch_decode_splits(&base, (int64_t)b.nkv * ((b.nh / b.nkv + 7) / 8), keys[ki]);
+                if (sw && b.splits * 16 > keys[ki]) continue;
+                b.q = (float *)dev((size_t)(b.nh * b.hd) * 4), b.out = (float *)dev((size_t)(b.nh * b.hd) * 4);
+                b.kc = (uint16_t *)dev((size_t)(b.copies * b.kv_elems) * 2), b.vc = (uint16_t *)dev((size_t)(b.copies * b.kv_elems) * 2);
+                b.pos = (int32_t *)dev(4);
+                TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F32, b.q, 1, (int64_t)b.nh * b.hd, 50), "fill");
+                TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F16, b.kc, b.copies, b.kv_elems, 51), "fill");
+                TRY(sgllm__cuda_fill_random(gpu, SGLLM__T_F16, b.vc, b.copies, b.kv_elems, 52), "fill");
+                int32_t p = keys[ki] - 1;
+                TRY(sgllm__cuda_upload(gpu, b.pos, &p, 4), "upload");
+                TRY(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(b.nh, b.hd, 1, b.splits)), "scratch");
+                double t[2];
+                for (int m = 0; m < 2; m++) {
+                    sgllm__cuda_dispatch d = base;
+                    d.decode_merge = 1 - m;
+                    sgllm__cuda_set_dispatch(gpu, &d);
+                    t[m] = time_launches(enqueue_attn, &b, 200, reps);
+                }
+                sgllm__cuda_set_dispatch(gpu, &base);
+                printf("%-14s %6d %6d %12.2f %12.2f %8.2f %10.0f\n", shapes[si].name, keys[ki], b.splits, 1e6 * t[0],
+                       1e6 * t[1], 1e6 * (t[0] - t[1]), (double)copy_bytes / t[1] / 1e9);
+                void *bufs[] = {b.q, b.out, b.kc, b.vc, b.pos};
+                for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
+            }
+}
+
 // One decode step of a synthetic preset (no tokenizer, so sgllm_generate itself cannot run):
 // microseconds per step of each way, 128 timed steps after 8 untimed ones.
 static void bench_model_step(const char *preset, const char *type) {
@@ -699,7 +769,7 @@ static void llama_token_matvecs(uint32_t t, double bw, int reps, double *time, d
 
 int main(int argc, char **argv) {
     int reps = 21;
-    bool sweep = false, attn_only = false, decode_only = false, launch_only = false, xq_only = false;
+    bool sweep = false, attn_only = false, decode_only = false, launch_only = false, xq_only = false, dattn_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sweep")) sweep = true;
@@ -707,8 +777,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--decode")) decode_only = true;
         else if (!strcmp(argv[i], "--launch")) launch_only = true;
         else if (!strcmp(argv[i], "--xq")) xq_only = true;
+        else if (!strcmp(argv[i], "--decode-attn")) dattn_only = true;
         else {
-            fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch] [--xq]\n");
+            fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch] [--xq] "
+                            "[--decode-attn]\n");
             return 2;
         }
     }
@@ -739,6 +811,12 @@ int main(int argc, char **argv) {
         return 1;
     }
 
+    if (dattn_only) {
+        printf("device: %s, %d SMs\n", props.name, props.sm_count);
+        bench_decode_attn(reps);
+        sgllm__cuda_free(gpu);
+        return 0;
+    }
     if (launch_only) {
         printf("device: %s, %d SMs\n", props.name, props.sm_count);
         bench_launches(reps);

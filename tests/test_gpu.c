@@ -29,6 +29,11 @@
 //   decode attention over the same fp16 cache: 1e-5 against a double-precision softmax
 //     attention (the split-KV merge and online softmax reorder fp32 sums); 2e-3 against the CPU
 //     engine's attention task, which rounds q and the softmax weights to fp16 as llama.cpp does.
+//     The merge of the splits inside the split kernel (dispatch.decode_merge 0, the last block
+//     of a head group merges) and by the merge kernel (1) give the same bits (one merge
+//     function, split order); so do three launches in a row and three replays of a graph of one
+//     (the arrival counters return to zero), and launches cut in several (more head groups
+//     than counters).
 //   fused norms (norm_add_rmsnorm) against the CPU: 1e-5 as the norms above; against the two
 //     separate GPU norms: 1e-6 (only the reduction order of the sums of squares differs).
 //   fused q/k/v epilogue (qkv_post) against add_bias, qkv_norm, rope and kv_write run one after
@@ -769,17 +774,29 @@ static void test_gemm_prefill(void) {
            "CPU; vector vs one-value dequantization %.3g\n", worst_ref, worst_gated, worst_x16, worst_vec);
 }
 
+// dispatch.decode_merge: 1 = the merge kernel, 0 = the merge inside the split kernel.
+static void set_decode_merge(int separate) {
+    sgllm__cuda_dispatch d = *sgllm__cuda_get_dispatch(gpu);
+    d.decode_merge = separate;
+    sgllm__cuda_set_dispatch(gpu, &d);
+}
+
 // Decode attention against the CPU engine's attention task, on the same fp16 cache.
 static void test_attention(void) {
-    static const int32_t hds[] = {64, 128, 256, 512};
-    static const int32_t heads[][2] = {{8, 8}, {8, 2}, {16, 1}, {12, 4}};
+    // head dims of every kernel class and odd piece counts (40: 5 pieces a row, 136: 17); GQA
+    // groups 1, 4, 16, 3, 8 and 12 (heads per block 1, 4, 8 + 8, 4, 8 and 8 + 4)
+    static const int32_t hds[] = {8, 40, 64, 72, 96, 128, 136, 256, 512};
+    static const int32_t heads[][2] = {{8, 8}, {8, 2}, {16, 1}, {12, 4}, {16, 2}, {24, 2}};
+    enum { N_HD = sizeof hds / sizeof hds[0], N_HEADS = sizeof heads / sizeof heads[0], PAGE = 16 };
     double worst = 0, worst_cpu = 0;
-    int runs = 0;
-    for (int hi = 0; hi < 4; hi++)
-        for (int gi = 0; gi < 4; gi++)
+    int runs = 0, same = 0, paged_same = 0, paged_runs = 0;
+    for (int hi = 0; hi < N_HD; hi++)
+        for (int gi = 0; gi < N_HEADS; gi++)
             for (int wi = 0; wi < 2; wi++) {
                 int32_t hd = hds[hi], nh = heads[gi][0], nkv = heads[gi][1], window = wi ? 100 : 0;
-                int32_t n_q = (hi + gi) % 2 ? 3 : 1, n_ctx = 1600, pos0 = 1 + (int32_t)(test_u64() % 1500);
+                int32_t n_q = 1 + 2 * ((hi + gi + wi) % 3), n_ctx = 1600;
+                // a quarter start near the beginning, where most splits are empty
+                int32_t pos0 = (hi + gi + wi) % 4 == 0 ? (int32_t)(test_u64() % 40) : 1 + (int32_t)(test_u64() % 1500);
                 int64_t kvd = (int64_t)nkv * hd, qd = (int64_t)nh * hd;
                 uint16_t *kc = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2), *vc = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2);
                 for (int64_t i = 0; i < n_ctx * kvd; i++) {
@@ -832,29 +849,89 @@ static void test_attention(void) {
                     }
                 free(sc);
 
-                int32_t pos[3] = {pos0, pos0 + 1, pos0 + 2};
+                int32_t pos[5] = {pos0, pos0 + 1, pos0 + 2, pos0 + 3, pos0 + 4};
                 void *dk = dev_copy(kc, (size_t)(n_ctx * kvd) * 2), *dv = dev_copy(vc, (size_t)(n_ctx * kvd) * 2);
                 float *dq = (float *)dev_copy(q, (size_t)(n_q * qd) * 4), *dout = (float *)dev((size_t)(n_q * qd) * 4);
                 int32_t *dpos = (int32_t *)dev_copy(pos, sizeof pos);
+                // the same cache behind a shuffled page table: pages of PAGE rows
+                int32_t n_pages = n_ctx / PAGE, *pt = (int32_t *)malloc((size_t)n_pages * 4);
+                for (int32_t i = 0; i < n_pages; i++) pt[i] = i;
+                for (int32_t i = n_pages - 1; i > 0; i--) {
+                    int32_t j = (int32_t)(test_u64() % (uint64_t)(i + 1)), t = pt[i];
+                    pt[i] = pt[j], pt[j] = t;
+                }
+                uint16_t *kp = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2), *vp = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2);
+                for (int32_t r = 0; r < n_ctx; r++) {
+                    int64_t pr = (int64_t)pt[r / PAGE] * PAGE + r % PAGE;
+                    memcpy(kp + pr * kvd, kc + (int64_t)r * kvd, (size_t)kvd * 2);
+                    memcpy(vp + pr * kvd, vc + (int64_t)r * kvd, (size_t)kvd * 2);
+                }
+                void *dkp = dev_copy(kp, (size_t)(n_ctx * kvd) * 2), *dvp = dev_copy(vp, (size_t)(n_ctx * kvd) * 2);
+                int32_t *dpt = (int32_t *)dev_copy(pt, (size_t)n_pages * 4);
                 int32_t n_groups = (nh / nkv + 7) / 8;
                 int32_t auto_splits = sgllm__dispatch_decode_splits(&disp, (int64_t)n_q * nkv * n_groups, pos0 + n_q);
-                int32_t splits_list[3] = {1, 7, auto_splits};
-                for (int si = 0; si < 3; si++) {
+                int32_t splits_list[] = {1, 2, 3, 7, 16, 33, auto_splits};
+                size_t out_bytes = (size_t)(n_q * qd) * 4;
+                float *first = (float *)malloc(out_bytes);
+                for (size_t si = 0; si < sizeof splits_list / sizeof splits_list[0]; si++) {
                     int32_t splits = splits_list[si];
                     CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(nh, hd, n_q, splits)) == SGLLM_OK);
-                    poison(dout, (size_t)(n_q * qd) * 4);
-                    sgllm_status s = sgllm__cuda_attn_decode(gpu, dq, dk, dv, NULL, 0, nh, nkv, hd, dpos, n_q, window, L.attn_scale,
-                                                             splits, dout);
-                    CHECKF(s == SGLLM_OK, "attn: %s", sgllm__cuda_errmsg(gpu));
-                    fetch(out, dout, (size_t)(n_q * qd) * 4);
-                    double e = rel_err(out, ref, n_q * qd), ex = rel_err(out, exact, n_q * qd);
-                    worst = ex > worst ? ex : worst;
-                    worst_cpu = e > worst_cpu ? e : worst_cpu;
-                    runs++;
-                    CHECKF(ex <= 1e-5 && e <= 2e-3,
-                           "attn hd %d heads %d/%d window %d n_q %d pos %d splits %d: rel err %.3g (double), %.3g (CPU)", hd,
-                           nh, nkv, window, n_q, pos0, splits, ex, e);
+                    // the merge kernel first (decode_merge 1), then the merge inside the split kernel three
+                    // times, then three replays of a graph of one launch: all the same bits
+                    void *graph = NULL;
+                    for (int run = 0; run < 7; run++) {
+                        set_decode_merge(run == 0);
+                        poison(dout, out_bytes);
+                        sgllm_status s;
+                        if (run < 4) {
+                            s = sgllm__cuda_attn_decode(gpu, dq, dk, dv, NULL, 0, nh, nkv, hd, dpos, n_q, window, L.attn_scale,
+                                                        splits, dout);
+                        } else {
+                            if (!graph) {
+                                CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
+                                CHECK(sgllm__cuda_attn_decode(gpu, dq, dk, dv, NULL, 0, nh, nkv, hd, dpos, n_q, window,
+                                                              L.attn_scale, splits, dout) == SGLLM_OK);
+                                CHECKF(sgllm__cuda_graph_end(gpu, &graph) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
+                            }
+                            s = graph ? sgllm__cuda_graph_launch(gpu, graph) : SGLLM_ERR_BACKEND;
+                        }
+                        CHECKF(s == SGLLM_OK, "attn: %s", sgllm__cuda_errmsg(gpu));
+                        fetch(out, dout, out_bytes);
+                        if (run == 0) memcpy(first, out, out_bytes);
+                        else {
+                            bool eq = !memcmp(out, first, out_bytes);
+                            CHECKF(eq, "attn hd %d heads %d/%d window %d n_q %d splits %d: run %d (%s) differs from the "
+                                   "merge kernel's bits (rel %.3g)", hd, nh, nkv, window, n_q, splits, run,
+                                   run < 4 ? "eager" : "graph", rel_err(out, first, n_q * qd));
+                            same += eq;
+                        }
+                        double e = rel_err(out, ref, n_q * qd), ex = rel_err(out, exact, n_q * qd);
+                        worst = ex > worst ? ex : worst;
+                        worst_cpu = e > worst_cpu ? e : worst_cpu;
+                        runs++;
+                        CHECKF(ex <= 1e-5 && e <= 2e-3,
+                               "attn hd %d heads %d/%d window %d n_q %d pos %d splits %d run %d: rel err %.3g (double), "
+                               "%.3g (CPU)", hd, nh, nkv, window, n_q, pos0, splits, run, ex, e);
+                    }
+                    sgllm__cuda_graph_free(gpu, graph);
+                    // the paged cache gives the contiguous cache's bits
+                    poison(dout, out_bytes);
+                    CHECKF(sgllm__cuda_attn_decode(gpu, dq, dkp, dvp, dpt, PAGE, nh, nkv, hd, dpos, n_q, window,
+                                                   L.attn_scale, splits, dout) == SGLLM_OK,
+                           "attn (paged): %s", sgllm__cuda_errmsg(gpu));
+                    fetch(out, dout, out_bytes);
+                    bool eq = !memcmp(out, first, out_bytes);
+                    CHECKF(eq, "attn hd %d heads %d/%d window %d n_q %d splits %d: the paged cache gave other bits", hd,
+                           nh, nkv, window, n_q, splits);
+                    paged_same += eq;
+                    paged_runs++;
                 }
+                set_decode_merge(disp.decode_merge);
+                sgllm__cuda_dfree(gpu, dkp);
+                sgllm__cuda_dfree(gpu, dvp);
+                sgllm__cuda_dfree(gpu, dpt);
+                free(kp), free(vp), free(pt);
+                free(first);
                 sgllm__cuda_dfree(gpu, dk);
                 sgllm__cuda_dfree(gpu, dv);
                 sgllm__cuda_dfree(gpu, dq);
@@ -862,8 +939,74 @@ static void test_attention(void) {
                 sgllm__cuda_dfree(gpu, dpos);
                 free(kc), free(vc), free(q), free(ref), free(out), free(c.att_work), free(exact);
             }
-    printf("attention: %d runs (head dims 64-512, MHA/GQA, windows, 1-3 queries, splits), worst rel err %.3g vs "
-           "double, %.3g vs the CPU engine\n", runs, worst, worst_cpu);
+    printf("attention: %d runs (head dims 8-512, GQA groups 1/3/4/8/12/16, windows, 1-5 queries, 1-33 splits), worst "
+           "rel err %.3g vs double, %.3g vs the CPU engine; %d runs (in-kernel merge x3, graph replays x3) bit for bit "
+           "the merge kernel's; %d of %d paged runs bit for bit the contiguous cache's\n", runs, worst, worst_cpu, same,
+           paged_same, paged_runs);
+}
+
+// More head groups than the arrival counters (16 KV heads x 4200 queries > 65536): the op cuts
+// the launch in two. The in-kernel merge twice, against the merge kernel bit for bit and
+// against a double-precision attention on 24 random queries (1e-5 as above).
+static void test_attention_many(void) {
+    const int32_t nh = 16, nkv = 16, hd = 64, n_q = 4200, n_ctx = 800, splits = 3;
+    const int64_t kvd = (int64_t)nkv * hd, qd = (int64_t)nh * hd;
+    uint16_t *kc = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2), *vc = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2);
+    for (int64_t i = 0; i < n_ctx * kvd; i++) {
+        kc[i] = sgllm__f32_to_fp16(test_uniform(-1, 1));
+        vc[i] = sgllm__f32_to_fp16(test_uniform(-1, 1));
+    }
+    float *q = rand_floats(n_q * qd, -1, 1), *ref = (float *)malloc((size_t)(n_q * qd) * 4);
+    float *out = (float *)malloc((size_t)(n_q * qd) * 4);
+    int32_t *pos = (int32_t *)malloc((size_t)n_q * 4);
+    for (int32_t i = 0; i < n_q; i++) pos[i] = (int32_t)(test_u64() % (uint64_t)n_ctx);
+    void *dk = dev_copy(kc, (size_t)(n_ctx * kvd) * 2), *dv = dev_copy(vc, (size_t)(n_ctx * kvd) * 2);
+    float *dq = (float *)dev_copy(q, (size_t)(n_q * qd) * 4), *dout = (float *)dev((size_t)(n_q * qd) * 4);
+    int32_t *dpos = (int32_t *)dev_copy(pos, (size_t)n_q * 4);
+    float scale = 1.0f / sqrtf((float)hd);
+    CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(nh, hd, n_q, splits)) == SGLLM_OK);
+    double worst = 0;
+    int same = 0;
+    for (int run = 0; run < 3; run++) { // the merge kernel, then the in-kernel merge twice
+        set_decode_merge(run == 0);
+        poison(dout, (size_t)(n_q * qd) * 4);
+        sgllm_status s = sgllm__cuda_attn_decode(gpu, dq, dk, dv, NULL, 0, nh, nkv, hd, dpos, n_q, 0, scale, splits, dout);
+        CHECKF(s == SGLLM_OK, "attn many: %s", sgllm__cuda_errmsg(gpu));
+        fetch(run ? out : ref, dout, (size_t)(n_q * qd) * 4);
+        if (run) {
+            bool eq = !memcmp(out, ref, (size_t)(n_q * qd) * 4);
+            CHECKF(eq, "attn many run %d differs from the merge kernel (rel %.3g)", run, rel_err(out, ref, n_q * qd));
+            same += eq;
+        }
+    }
+    set_decode_merge(disp.decode_merge);
+    double sc[800];
+    for (int t = 0; t < 24; t++) {
+        int32_t i = t < 2 ? t * (n_q - 1) : (int32_t)(test_u64() % (uint64_t)n_q), h = (int32_t)(test_u64() % (uint64_t)nh);
+        double mx = -INFINITY, sum = 0;
+        for (int32_t p = 0; p <= pos[i]; p++) {
+            double dot = 0;
+            for (int32_t d = 0; d < hd; d++)
+                dot += (double)q[(int64_t)i * qd + (int64_t)h * hd + d] * sgllm__fp16_to_f32(kc[p * kvd + (int64_t)h * hd + d]);
+            sc[p] = dot * scale;
+            mx = sc[p] > mx ? sc[p] : mx;
+        }
+        for (int32_t p = 0; p <= pos[i]; p++) sum += (sc[p] = exp(sc[p] - mx));
+        float exact[64];
+        for (int32_t d = 0; d < hd; d++) {
+            double o = 0;
+            for (int32_t p = 0; p <= pos[i]; p++) o += sc[p] * sgllm__fp16_to_f32(vc[p * kvd + (int64_t)h * hd + d]);
+            exact[d] = (float)(o / sum);
+        }
+        double e = rel_err(out + (int64_t)i * qd + (int64_t)h * hd, exact, hd);
+        worst = e > worst ? e : worst;
+        CHECKF(e <= 1e-5, "attn many: query %d head %d (position %d): rel err %.3g", i, h, pos[i], e);
+    }
+    printf("attention, %d queries x 16 KV heads (two launches of counters): %d of 2 in-kernel merges bit for bit the merge "
+           "kernel's, worst rel err %.3g vs double on 24 queries\n", n_q, same, worst);
+    sgllm__cuda_dfree(gpu, dk), sgllm__cuda_dfree(gpu, dv), sgllm__cuda_dfree(gpu, dq), sgllm__cuda_dfree(gpu, dout);
+    sgllm__cuda_dfree(gpu, dpos);
+    free(kc), free(vc), free(q), free(ref), free(out), free(pos);
 }
 
 // norm_add_rmsnorm: x += rmsnorm(delta) * dw (or + delta), y = rmsnorm(x) * w, against the CPU
@@ -1477,6 +1620,11 @@ static void test_errors(void) {
           SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_attn_decode(gpu, d, (uint16_t *)d, (uint16_t *)d, NULL, 0, 8, 8, 520, (int32_t *)d, 1, 0, 1, 1, d) ==
           SGLLM_ERR_INVALID_ARGUMENT);
+    // the decode kernel moves queries and outputs 16 bytes at a time
+    CHECK(sgllm__cuda_attn_decode(gpu, d + 1, (uint16_t *)d, (uint16_t *)d, NULL, 0, 8, 8, 64, (int32_t *)d, 1, 0, 1, 1, d) ==
+          SGLLM_ERR_INVALID_ARGUMENT);
+    CHECK(sgllm__cuda_attn_decode(gpu, d, (uint16_t *)d, (uint16_t *)d, NULL, 0, 8, 8, 64, (int32_t *)d, 1, 0, 1, 1, d + 1) ==
+          SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_attn_prefill(gpu, d, (uint16_t *)d, (uint16_t *)d, NULL, 0, 8, 3, 64, (int32_t *)d, 1, 0, 1, d) ==
           SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_attn_prefill(gpu, d, (uint16_t *)d, (uint16_t *)d, (int32_t *)d, 48, 8, 8, 64, (int32_t *)d, 1, 0, 1,
@@ -1889,6 +2037,7 @@ int main(void) {
     test_matvec_wide();
     test_matvec_xq_inline();
     test_attention();
+    test_attention_many();
     test_prefill();
     test_kv_write_paged();
     test_norm_add();
