@@ -170,7 +170,9 @@ SGLLM_API sgllm_backend sgllm_model_backend(const sgllm_model *model);     // CP
    when set: a JSON object with any of the keys of the files under configs/, e.g.
    {"matvec_max_batch": 4, "decode_max_splits": 8}. The decision is logged at load (INFO).
    On CUDA, sgllm_generate also samples on the device (the same choice sgllm_sampler_sample
-   makes from the same logits and seed): a decode step reads back only the token. */
+   makes from the same logits and seed): a decode step reads back only the token, and without
+   repeat/frequency/presence penalties the next step is already queued while the on_piece
+   callback runs, so the callback's time overlaps the device's work. */
 
 // One line: "cpu (...)" or "cuda dispatch: <device> ... -> row sm90 + <config files>: ...".
 // Borrowed, valid as long as the model.
