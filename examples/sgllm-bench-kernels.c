@@ -13,9 +13,10 @@
 // block, the fused q/k/v epilogue against the four ops it replaces (Gemma 3 270M shape), and
 // the device sampler over Gemma's 262144-token vocabulary (greedy and default parameters), and
 // the decode step of the small synthetic presets with the real files' weight types (gemma3-270m
-// q4_k_m, smollm2-135m q4_1): sgllm_evaluate with its graph (upload, replay,
-// logits download), the graph replay alone, and generate's step with host sampling (logits
-// download) against device sampling (only the token read back).
+// q4_k_m, smollm2-135m q4_1): sgllm_evaluate with its graph (upload, replay, logits download),
+// the graph replay alone, and generate's step with host sampling (logits download) against
+// device sampling (only the token read back), one step at a time and with the next step
+// enqueued before the token is read (as sgllm_generate runs without penalties).
 // --decode: only the read bandwidth and whole decode steps' matrix-vector products replayed as
 // CUDA graphs (Llama-3-8B, Gemma 3 270M and SmolLM2-135M shapes), see decode_steps.
 // --sweep also times the Llama-3-8B matvecs under other matrix-vector launch settings
