@@ -3780,6 +3780,12 @@ static __device__ inline void sgllm__cu_better(float &bv, int32_t &bi, float v, 
     }
 }
 
+// The warp's best (value, index) by sgllm__cu_better, in every lane.
+static __device__ inline void sgllm__cu_warp_better(float &bv, int32_t &bi) {
+    for (int o = 16; o > 0; o >>= 1)
+        sgllm__cu_better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+}
+
 // Per block: max and its lowest index over a slice (NaN never wins), and the histogram of the
 // top 11 order-key bits of every number.
 static __global__ void __launch_bounds__(SMP_THREADS)
@@ -3808,8 +3814,7 @@ static __global__ void __launch_bounds__(SMP_THREADS)
             if (ok && (int)(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&h[b], (uint32_t)__popc(peers));
         }
     }
-    for (int o = 16; o > 0; o >>= 1)
-        sgllm__cu_better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+    sgllm__cu_warp_better(bv, bi);
     if (threadIdx.x % 32 == 0) {
         wv[threadIdx.x / 32] = bv;
         wi[threadIdx.x / 32] = bi;
@@ -3819,8 +3824,7 @@ static __global__ void __launch_bounds__(SMP_THREADS)
         int nw = blockDim.x / 32;
         bv = threadIdx.x < nw ? wv[threadIdx.x] : -INFINITY;
         bi = threadIdx.x < nw ? wi[threadIdx.x] : (int32_t)n;
-        for (int o = 16; o > 0; o >>= 1)
-            sgllm__cu_better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+        sgllm__cu_warp_better(bv, bi);
         if (threadIdx.x == 0) {
             part_v[blockIdx.x] = bv;
             part_i[blockIdx.x] = bi;
@@ -3840,8 +3844,7 @@ static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, in
     float bv = -INFINITY;
     int32_t bi = (int32_t)n;
     for (int b = threadIdx.x; b < SMP_STATS_BLOCKS; b += 32) sgllm__cu_better(bv, bi, part_v[b], part_i[b]);
-    for (int o = 16; o > 0; o >>= 1)
-        sgllm__cu_better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+    sgllm__cu_warp_better(bv, bi);
     if (threadIdx.x) return;
     st->max = bv;
     st->argmax = bi;

@@ -57,6 +57,13 @@
 
 enum { N_TOK = 40 };
 
+// Writes json to a new temporary file named from tmpl (a mkstemp template, filled in here).
+static void temp_config(char *tmpl, const char *json) {
+    int fd = mkstemp(tmpl);
+    CHECKF(fd >= 0 && write(fd, json, strlen(json)) == (ssize_t)strlen(json), "temporary config %s", tmpl);
+    if (fd >= 0) close(fd);
+}
+
 static sgllm_model *load(const char *path, sgllm_backend backend, const char *kernel_config) {
     sgllm_model_params mp;
     sgllm_model_default_params(&mp);
@@ -175,11 +182,7 @@ static void tiny_case(const char *arch, int n_layer, int window, uint32_t wtype)
     // the same prompt through the tensor-core prefill attention: a model whose dispatch sends
     // batches of 16 or more tokens there (prefill_min_tokens, 64 by default, above N_TOK)
     char cfg_path[] = "/tmp/sgllm_gpu_model_cfg_XXXXXX";
-    int cfd = mkstemp(cfg_path);
-    CHECK(cfd >= 0);
-    const char *cfg_json = "{\"prefill_min_tokens\": 16}";
-    CHECK(cfd >= 0 && write(cfd, cfg_json, strlen(cfg_json)) == (ssize_t)strlen(cfg_json));
-    if (cfd >= 0) close(cfd);
+    temp_config(cfg_path, "{\"prefill_min_tokens\": 16}");
     sgllm_model *gpu_pf = load(path, SGLLM_BACKEND_CUDA, cfg_path);
     if (gpu_pf) {
         CHECKF(strstr(sgllm_model_device_info(gpu_pf), "from 16 tokens") != NULL, "%s", sgllm_model_device_info(gpu_pf));
@@ -225,10 +228,7 @@ static void synthetic_case(const char *preset, const char *type) {
     // an eager batch's follows its keys, and splits merged in another grouping round
     // differently (test_gpu holds every split count to the CPU and to double precision)
     char conf[] = "/tmp/sgllm_gpu_split_XXXXXX";
-    int fc = mkstemp(conf);
-    const char *json = "{\"decode_max_splits\": 1}";
-    CHECK(fc >= 0 && write(fc, json, strlen(json)) == (ssize_t)strlen(json));
-    close(fc);
+    temp_config(conf, "{\"decode_max_splits\": 1}");
     uint64_t seed = test_u64();
     sgllm_model *m = load_synthetic(preset, type, seed, conf), *same = load_synthetic(preset, type, seed, conf),
                 *other = load_synthetic(preset, type, seed + 1, conf);
@@ -278,13 +278,11 @@ static void synthetic_case(const char *preset, const char *type) {
 static void kernel_config_case(void) {
     tiny cfg = {"llama", 1, 0, SGLLM__T_F32, 300, false, false};
     char path[] = "/tmp/sgllm_gpu_model_XXXXXX", conf[] = "/tmp/sgllm_gpu_conf_XXXXXX";
-    int fd = mkstemp(path), fc = mkstemp(conf);
-    CHECK(fd >= 0 && fc >= 0);
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
     close(fd);
     build_tiny(&cfg, path);
-    const char *json = "{\"matvec_max_batch\": 3, \"decode_max_splits\": 5}";
-    CHECK(write(fc, json, strlen(json)) == (ssize_t)strlen(json));
-    close(fc);
+    temp_config(conf, "{\"matvec_max_batch\": 3, \"decode_max_splits\": 5}");
     sgllm_model *m = load(path, SGLLM_BACKEND_AUTO, conf);
     if (m) {
         const char *info = sgllm_model_device_info(m);
@@ -293,7 +291,7 @@ static void kernel_config_case(void) {
         printf("device: %s\n", info);
     }
     sgllm_model_free(m);
-    fc = open(conf, O_WRONLY | O_TRUNC);
+    int fc = open(conf, O_WRONLY | O_TRUNC);
     CHECK(fc >= 0 && write(fc, "{\"matvec_max_batch\": 99}", 24) == 24);
     close(fc);
     sgllm_model_params mp;
