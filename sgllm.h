@@ -621,6 +621,16 @@ sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint1
                                      int32_t n_head, int32_t n_head_kv, int32_t head_dim,
                                      const int32_t *pos, int64_t n_q, int32_t window, float scale,
                                      int32_t n_splits, float *out);
+// The same, where quant_for is the weight type of the o projection that reads out next: when
+// the merge kernel runs (n_splits > 1, dispatch.decode_merge 1), each head is whole blocks of
+// that type's activation format and n_q <= 8, the merge kernel also quantizes out into the
+// context's activation buffer, and the direct / wide matrix-vector kernels reading out skip
+// their quantization launch (as after sgllm__cuda_norm_add_rmsnorm_q).
+sgllm_status sgllm__cuda_attn_decode_q(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
+                                       const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
+                                       int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos,
+                                       int64_t n_q, int32_t window, float scale, int32_t n_splits, float *out,
+                                       uint32_t quant_for);
 // Prefill attention: the same inputs and result as attn_decode, computed as flash attention
 // on the tensor cores (fp16 q, k, v and probabilities, fp32 accumulation and softmax), for
 // batches of queries; tiles from dispatch.prefill_block_m/n and prefill_warps. Head dims that

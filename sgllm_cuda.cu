@@ -2895,6 +2895,22 @@ static __global__ void sgllm__cu_attn_merge_k(const float *part_o, const float *
     sgllm__cu_attn_merge(part_o, part_lse, (int64_t)blockIdx.y * n_head + blockIdx.x, 1, hd, n_splits, ws, out);
 }
 
+// The merge kernel that then quantizes its head's output, as sgllm__cu_xq_k would, into the
+// context's activation buffer (sgllm__cuda_attn_decode_q): a head is whole blocks of the
+// format, so the bytes are those of quantizing the whole (n_q, n_head * hd) output at once.
+template <int K>
+static __global__ void sgllm__cu_attn_merge_xq_k(const float *part_o, const float *part_lse, int32_t n_head, int32_t hd,
+                                                 int32_t n_splits, float *out, int8_t *qs, float2 *ds) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    extern __shared__ float ws[]; // (n_splits + 1)
+    int64_t row = (int64_t)blockIdx.y * n_head + blockIdx.x;
+    sgllm__cu_attn_merge(part_o, part_lse, row, 1, hd, n_splits, ws, out);
+    __syncthreads(); // the head's output, written by the whole block, is read back by all
+    sgllm__cu_xq<K>(out + row * hd, hd, 1, qs + row * hd, ds + row * (hd / 32), (int)(threadIdx.x / 32),
+                    (int)(blockDim.x / 32));
+}
+
 extern "C" size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_dim, int64_t n_q, int32_t n_splits) {
     if (n_head <= 0 || head_dim <= 0 || n_q <= 0 || n_splits <= 1) return 0;
     size_t rows = (size_t)n_q * (size_t)n_head * (size_t)n_splits;
@@ -2935,6 +2951,15 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
                                                 int32_t n_head, int32_t n_head_kv,
                                                 int32_t head_dim, const int32_t *pos, int64_t n_q, int32_t window,
                                                 float scale, int32_t n_splits, float *out) {
+    return sgllm__cuda_attn_decode_q(c, q, k_cache, v_cache, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+                                     window, scale, n_splits, out, T_F32);
+}
+
+extern "C" sgllm_status sgllm__cuda_attn_decode_q(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
+                                                  const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
+                                                  int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos,
+                                                  int64_t n_q, int32_t window, float scale, int32_t n_splits, float *out,
+                                                  uint32_t quant_for) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!q || !k_cache || !v_cache || !pos || !out || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv ||
         head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 0 || n_q > 65535 || window < 0 ||
@@ -2967,10 +2992,29 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
                                                window, scale, n_splits, bn, merge_here, part_o, part_lse, out)
                     : sgllm__cu_attn_launch<1>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
                                                window, scale, n_splits, bn, merge_here, part_o, part_lse, out);
+    if (c->xq_of == out) c->xq_of = NULL; // out changes: the activation buffer no longer holds it
     if (s || n_splits == 1 || merge_here) return s;
-    return sgllm__cu_launch(c, "attn_decode: merge kernel", sgllm__cu_attn_merge_k, dim3((unsigned)n_head, (unsigned)n_q),
-                            dim3(128), (size_t)(n_splits + 1) * 4, (const float *)part_o, (const float *)part_lse,
-                            n_head, head_dim, n_splits, out);
+    // the merge kernel also quantizes for the product that reads out next, when every head is
+    // whole blocks of its activation format (as sgllm__cuda_norm_add_rmsnorm_q)
+    bool quant = quant_for != T_F32 && quant_for != T_F16 && quant_for != T_BF16 &&
+                 sgllm__cu_row_bytes(quant_for, (int64_t)n_head * head_dim) > 0 && n_q <= 8 &&
+                 (int64_t)n_head * head_dim <= MV_XQ_COLS;
+    int kind = quant ? sgllm__cu_xq_kind((int)quant_for) : XQ_Q8_0;
+    if (quant && head_dim % (kind == XQ_Q8_K ? 256 : 32)) quant = false;
+    size_t ws = (size_t)(n_splits + 1) * 4;
+    if (!quant)
+        return sgllm__cu_launch(c, "attn_decode: merge kernel", sgllm__cu_attn_merge_k, dim3((unsigned)n_head, (unsigned)n_q),
+                                dim3(128), ws, (const float *)part_o, (const float *)part_lse, n_head, head_dim, n_splits,
+                                out);
+    void (*k)(const float *, const float *, int32_t, int32_t, int32_t, float *, int8_t *, float2 *) =
+        kind == XQ_Q8_0 ? sgllm__cu_attn_merge_xq_k<XQ_Q8_0>
+                        : kind == XQ_Q8_1 ? sgllm__cu_attn_merge_xq_k<XQ_Q8_1> : sgllm__cu_attn_merge_xq_k<XQ_Q8_K>;
+    s = sgllm__cu_launch(c, "attn_decode: merge kernel", k, dim3((unsigned)n_head, (unsigned)n_q), dim3(128), ws,
+                         (const float *)part_o, (const float *)part_lse, n_head, head_dim, n_splits, out,
+                         (int8_t *)c->mv_xq, (float2 *)((int8_t *)c->mv_xq + 8 * MV_XQ_COLS));
+    c->xq_of = s ? NULL : out;
+    c->xq_kind = kind, c->xq_nt = n_q, c->xq_cols = (int64_t)n_head * head_dim;
+    return s;
 }
 
 // --- 6b. Prefill attention -----------------------------------------------------------------
@@ -3346,6 +3390,7 @@ extern "C" sgllm_status sgllm__cuda_attn_prefill(sgllm__cuda *c, const float *q,
         (uintptr_t)v_cache % 16)
         return sgllm__cu_bad(c, "attn_prefill", "bad pointer or shape (head_dim 8..512, a multiple of 8)");
     if (!n_q) return SGLLM_OK;
+    if (c->xq_of == out) c->xq_of = NULL; // out changes: the activation buffer no longer holds it
     const sgllm__cu_fa_variant *v = (uintptr_t)q % 16 ? NULL : sgllm__cu_fa_pick(c, head_dim);
     if (!v) // head dims the tensor-core tiles do not cover: the decode kernel, one split (no scratch)
         return sgllm__cuda_attn_decode(c, q, k_cache, v_cache, page_table, page_size, n_head, n_head_kv, head_dim, pos,

@@ -5524,8 +5524,9 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
                                                 L->n_head, L->n_head_kv, hd, pos, n, L->window, L->attn_scale, c->att));
         } else {
             int32_t sp = splits > 0 ? splits : sgllm__gpu_splits(disp, L, n, max_keys);
-            SGLLM__TRY(sgllm__cuda_attn_decode(cu, c->q, c->k_cache[il], c->v_cache[il], c->page_table, SGLLM__KV_PAGE,
-                                               L->n_head, L->n_head_kv, hd, pos, n, L->window, L->attn_scale, sp, c->att));
+            SGLLM__TRY(sgllm__cuda_attn_decode_q(cu, c->q, c->k_cache[il], c->v_cache[il], c->page_table,
+                                                 SGLLM__KV_PAGE, L->n_head, L->n_head_kv, hd, pos, n, L->window,
+                                                 L->attn_scale, sp, c->att, L->wo.type));
         }
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wo.type, G->wo, E, qd, c->att, n, c->o));
         SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm_q(cu, c->x, c->o, G->post_attn_norm, G->ffn_norm, c->h, n, E, m->eps,

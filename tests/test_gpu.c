@@ -1558,6 +1558,72 @@ static void test_norm_add_xq(void) {
            "norm's and the products after it\n", runs);
 }
 
+// attn_decode_q: the merge kernel that also quantizes its output for the o projection. Its output
+// must be the plain attention's bit for bit and the o projection after it (wide and direct
+// kernels) the one after the plain attention, where the product quantizes for itself; heads
+// that are not whole blocks of the format (Q8_K with head dim 64 or 128) and one split take the
+// plain path. Shapes of Gemma 3 270M, SmolLM2 and Llama-3-8B; 1-3 queries.
+static void test_attn_xq(void) {
+    static const int32_t shapes[3][3] = {{4, 1, 256}, {9, 3, 64}, {32, 8, 128}};
+    static const uint32_t types[3] = {SGLLM__T_Q8_0, SGLLM__T_Q4_1, SGLLM__T_Q4_K};
+    sgllm__cuda_dispatch d = disp;
+    d.decode_merge = 1;
+    int runs = 0;
+    for (int si = 0; si < 3; si++) {
+        int32_t nh = shapes[si][0], nkv = shapes[si][1], hd = shapes[si][2], n_ctx = 300;
+        int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, rows = 192;
+        uint16_t *kv = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2);
+        for (int64_t i = 0; i < n_ctx * kvd; i++) kv[i] = sgllm__f32_to_fp16(test_uniform(-1, 1));
+        void *dk = dev_copy(kv, (size_t)(n_ctx * kvd) * 2), *dv = dev_copy(kv, (size_t)(n_ctx * kvd) * 2);
+        float *q = rand_floats(3 * qd, -1, 1), *dq = (float *)dev_copy(q, (size_t)(3 * qd) * 4);
+        int32_t pos[3] = {200 + (int32_t)(test_u64() % 90), 0, 0};
+        pos[1] = pos[0] + 1, pos[2] = pos[0] + 2;
+        int32_t *dpos = (int32_t *)dev_copy(pos, sizeof pos);
+        float *att = (float *)dev((size_t)(3 * qd) * 4), *att_ref = (float *)dev((size_t)(3 * qd) * 4);
+        float *y = (float *)dev((size_t)(3 * rows) * 4), *y_ref = (float *)dev((size_t)(3 * rows) * 4);
+        float *h[4];
+        for (int i = 0; i < 4; i++) h[i] = (float *)malloc((size_t)(3 * qd) * 4);
+        CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(nh, hd, 3, 16)) == SGLLM_OK);
+        for (int ti = 0; ti < 3; ti++) {
+            uint32_t t = types[ti];
+            if (qd % sgllm__types[t].block) continue;
+            size_t wb;
+            uint8_t *w = rand_weights(t, rows, qd, &wb);
+            void *dw = dev_copy(w, wb);
+            for (int kern = 2; kern <= 3; kern++)
+                for (int64_t n = 1; n <= 3; n++)
+                    for (int sp = 1; sp <= 16; sp += 15) {
+                        d.matvec_int8 = kern;
+                        sgllm__cuda_set_dispatch(gpu, &d);
+                        float sc = 1.0f / sqrtf((float)hd);
+                        poison(att_ref, (size_t)(3 * qd) * 4), poison(att, (size_t)(3 * qd) * 4);
+                        CHECK(sgllm__cuda_attn_decode(gpu, dq, (uint16_t *)dk, (uint16_t *)dv, NULL, 0, nh, nkv, hd, dpos, n, 0,
+                                                      sc, sp, att_ref) == SGLLM_OK);
+                        CHECK(sgllm__cuda_matvec(gpu, t, dw, rows, qd, att_ref, n, y_ref) == SGLLM_OK);
+                        CHECKF(sgllm__cuda_attn_decode_q(gpu, dq, (uint16_t *)dk, (uint16_t *)dv, NULL, 0, nh, nkv, hd, dpos, n,
+                                                         0, sc, sp, att, t) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
+                        CHECK(sgllm__cuda_matvec(gpu, t, dw, rows, qd, att, n, y) == SGLLM_OK);
+                        fetch(h[0], att_ref, (size_t)(n * qd) * 4), fetch(h[1], att, (size_t)(n * qd) * 4);
+                        fetch(h[2], y_ref, (size_t)(n * rows) * 4), fetch(h[3], y, (size_t)(n * rows) * 4);
+                        CHECKF(!memcmp(h[0], h[1], (size_t)(n * qd) * 4) && !memcmp(h[2], h[3], (size_t)(n * rows) * 4),
+                               "attn_decode_q heads %d/%d dim %d %s kernel %d queries %lld splits %d: output or o "
+                               "projection differs (rel err %.3g)", nh, nkv, hd, sgllm__type_name(t), kern, (long long)n, sp,
+                               rel_err(h[3], h[2], n * rows));
+                        runs++;
+                    }
+            sgllm__cuda_dfree(gpu, dw);
+            free(w);
+        }
+        sgllm__cuda_set_dispatch(gpu, &disp);
+        void *bufs[] = {dk, dv, dq, dpos, att, att_ref, y, y_ref};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
+        for (int i = 0; i < 4; i++) free(h[i]);
+        free(kv), free(q);
+    }
+    printf("attn_decode_q: %d runs (3 shapes, 3 activation formats, direct and wide kernels, 1-3 queries, 1 and 16 "
+           "splits) bit for bit the plain attention and the o projection after it\n", runs);
+}
+
 // Transfers: asynchronous uploads through the pinned staging buffer, the host source changed
 // right after each call (the staging copy must have been taken), many in a row without a
 // synchronization (each waits for the staging buffer's previous copy), one over the 16 MB
@@ -2042,6 +2108,7 @@ int main(void) {
     test_kv_write_paged();
     test_norm_add();
     test_norm_add_xq();
+    test_attn_xq();
     test_qkv_post();
     test_pdl_graph();
     test_pdl_chain();
