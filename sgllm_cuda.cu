@@ -45,8 +45,23 @@
 enum { SGLLM__CU_RING_SLOT = 64 };
 
 // Activation buffer of the direct matrix-vector kernels: up to 8 tokens of MV_XQ_COLS values
-// as int8 codes plus one float2 per 32 values (wider rows take the staged kernel).
+// as int8 codes plus one float2 per 32 values (wider rows take the staged kernel). Two slots:
+// slot 1 is written only by the gated product that quantizes its output for the next product
+// (sgllm__cuda_matvec_gated_q) while it reads its own input from slot 0; every other producer
+// writes slot 0.
 enum { MV_XQ_COLS = 65536, MV_XQ_BYTES = 8 * MV_XQ_COLS + 8 * (MV_XQ_COLS / 32) * 8 };
+
+// What one slot of the activation buffer holds: the quantization of of (nt rows of cols
+// values) in format kind, or nothing (of NULL).
+struct sgllm__cu_xq_slot {
+    const float *of;
+    int kind;
+    int64_t nt, cols;
+};
+
+// Arrival counters of the gated product's output groups (sgllm__cuda_matvec_gated_q): one per
+// MV_OQ_MIN rows of a launch, zero between launches.
+enum { MV_OQ_MIN = 128, MV_OQ_COUNTERS = MV_XQ_COLS / MV_OQ_MIN };
 
 // Arrival counters of decode attention's split blocks (section 6), one per head group of a
 // launch (larger launches are cut into several): zero between launches, so graph replays
@@ -62,11 +77,10 @@ struct sgllm__cuda {
     void *scratch;        // (scratch_bytes) bf16 weights/activations for GEMM, attention partials
     size_t scratch_bytes;
     cudaEvent_t t0, t1;   // sgllm__cuda_timer_start/stop
-    void *mv_xq;          // (MV_XQ_BYTES) int8 activations of the direct matrix-vector kernels (section 4)
-    const float *xq_of;   // the activations mv_xq holds (xq_nt rows of xq_cols, format xq_kind), or NULL
-    int xq_kind;
-    int64_t xq_nt, xq_cols;
-    unsigned *att_cnt;    // (ATT_COUNTERS) split arrivals of decode attention (section 6), zeroed at creation
+    void *mv_xq;          // (2, MV_XQ_BYTES) int8 activations of the matrix-vector kernels (section 4)
+    sgllm__cu_xq_slot xq[2]; // what each slot of mv_xq holds
+    unsigned *att_cnt;    // (ATT_COUNTERS + MV_OQ_COUNTERS) split arrivals of decode attention (section 6),
+                          // then the gated product's group arrivals (section 4b); zeroed at creation
     void *stage;          // (stage_bytes) pinned host memory that small downloads (a token's logits) go through
     size_t stage_bytes;
     void *stage_up;       // (stage_up_bytes) pinned host memory of sgllm__cuda_upload_async
@@ -104,6 +118,24 @@ static sgllm_status sgllm__cu_launched(sgllm__cuda *c, const char *kernel) {
 
 static sgllm_status sgllm__cu_bad(sgllm__cuda *c, const char *op, const char *why) {
     return sgllm__cu_fail(c, SGLLM_ERR_INVALID_ARGUMENT, "%s: %s", op, why);
+}
+
+// Slot i of the activation buffer: codes (8, MV_XQ_COLS), then scales (8, MV_XQ_COLS / 32).
+static int8_t *sgllm__cu_xq_codes(sgllm__cuda *c, int i) { return (int8_t *)c->mv_xq + (size_t)i * MV_XQ_BYTES; }
+static float2 *sgllm__cu_xq_scales(sgllm__cuda *c, int i) { return (float2 *)(sgllm__cu_xq_codes(c, i) + 8 * MV_XQ_COLS); }
+
+// y is about to change: no slot holds its quantization any more.
+static void sgllm__cu_xq_forget(sgllm__cuda *c, const float *y) {
+    for (int i = 0; i < 2; i++)
+        if (c->xq[i].of == y) c->xq[i].of = NULL;
+}
+
+// After a launch that wrote slot i: it holds x (nt rows of cols, format kind) if the launch
+// was accepted, nothing otherwise.
+static void sgllm__cu_xq_set(sgllm__cuda *c, int i, sgllm_status s, const float *x, int kind, int64_t nt, int64_t cols) {
+    sgllm__cu_xq_forget(c, x);
+    c->xq[i].of = s ? NULL : x;
+    c->xq[i].kind = kind, c->xq[i].nt = nt, c->xq[i].cols = cols;
 }
 
 // Programmatic dependent launch (sm90+, dispatch.pdl). A kernel launched with it may start
@@ -241,12 +273,11 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaHostAlloc(&c->ring, 2 * SGLLM__CU_RING_SLOT, cudaHostAllocDefault), "pinned memory");
     c->blas_ws_bytes = (size_t)32 << 20;
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->blas_ws, c->blas_ws_bytes), "cuBLAS workspace");
-    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->mv_xq, MV_XQ_BYTES), "matvec activation buffer");
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->mv_xq, 2 * (size_t)MV_XQ_BYTES), "matvec activation buffer");
+    size_t cnt_bytes = (ATT_COUNTERS + MV_OQ_COUNTERS) * sizeof(unsigned);
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->att_cnt, cnt_bytes), "arrival counters");
     if (s == SGLLM_OK)
-        s = sgllm__cu_check(c, cudaMalloc(&c->att_cnt, ATT_COUNTERS * sizeof(unsigned)), "attention counters");
-    if (s == SGLLM_OK)
-        s = sgllm__cu_check(c, cudaMemsetAsync(c->att_cnt, 0, ATT_COUNTERS * sizeof(unsigned), c->stream),
-                            "attention counters");
+        s = sgllm__cu_check(c, cudaMemsetAsync(c->att_cnt, 0, cnt_bytes, c->stream), "arrival counters");
     if (s == SGLLM_OK && (cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS ||
                           cublasSetWorkspace(c->blas, c->blas_ws, c->blas_ws_bytes) != CUBLAS_STATUS_SUCCESS))
         s = sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "cuBLAS stream/workspace setup failed");
@@ -743,7 +774,7 @@ extern "C" sgllm_status sgllm__cuda_norm_add_rmsnorm_q(sgllm__cuda *c, float *x,
     int64_t per = v4 ? dim / 4 : dim;
     int cap = sgllm__cu_threads(c->disp.norm_threads, 32, 1024);
     int threads = sgllm__cu_threads(per + 31 < cap ? (int)(per + 31) : cap, 32, 1024);
-    if (c->xq_of == y) c->xq_of = NULL; // y changes: the activation buffer no longer holds it
+    sgllm__cu_xq_forget(c, y); // y changes: the activation buffer no longer holds it
     sgllm_status s = SGLLM_OK;
     if (v4 && sgllm__cu_norm_add_xq(c, quant_for, x, delta, delta_w, w, y, rows, dim, eps, threads, &s)) return s;
     if (v4)
@@ -817,14 +848,21 @@ extern "C" sgllm_status sgllm__cuda_qkv_norm(sgllm__cuda *c, float *q, int64_t q
 // Rotates pair i of the head at p (global or shared memory) by angle fp * base^(-2i/n_rot),
 // computed as the CPU reference does (float position times powf of the base), so both agree
 // to rounding; rope_k and qkv_post_k share it and agree bit for bit.
-static __device__ inline void sgllm__cu_rope_pair(float *p, int32_t i, int32_t n_rot, float fp, float theta_base,
-                                                  int neox) {
+// The angle and the rotation are separate so that decode attention can take the angles before
+// its inputs are ready (sgllm__cuda_attn_decode_post).
+static __device__ inline float2 sgllm__cu_rope_cs(int32_t i, int32_t n_rot, float fp, float theta_base) {
     float theta = fp * powf(theta_base, -2.0f * (float)i / (float)n_rot);
-    float cs = cosf(theta), sn = sinf(theta);
+    return make_float2(cosf(theta), sinf(theta));
+}
+static __device__ inline void sgllm__cu_rope_rot(float *p, int32_t i, int32_t n_rot, float2 r, int neox) {
     int32_t half = n_rot / 2, ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
     float x0 = p[ia], x1 = p[ib];
-    p[ia] = x0 * cs - x1 * sn;
-    p[ib] = x0 * sn + x1 * cs;
+    p[ia] = x0 * r.x - x1 * r.y;
+    p[ib] = x0 * r.y + x1 * r.x;
+}
+static __device__ inline void sgllm__cu_rope_pair(float *p, int32_t i, int32_t n_rot, float fp, float theta_base,
+                                                  int neox) {
+    sgllm__cu_rope_rot(p, i, n_rot, sgllm__cu_rope_cs(i, n_rot, fp, theta_base), neox);
 }
 
 // grid (n_tok, n_heads); thread i rotates pair i of the head.
@@ -866,6 +904,25 @@ static int32_t sgllm__cu_page_shift(const int32_t *page_table, int32_t page_size
     return sh;
 }
 
+// One warp: s (hd floats, shared memory) = src + b (b optional), then with norm RMS-normalized
+// and times w (optional). The first half of qkv_post for one q or k head (RoPE follows).
+static __device__ inline void sgllm__cu_head_post(const float *src, const float *b, int norm, const float *w, float eps,
+                                                  int32_t hd, float *s) {
+    int lane = threadIdx.x % 32;
+    float ss = 0.0f;
+    for (int i = lane; i < hd; i += 32) {
+        float v = src[i];
+        if (b) v += b[i];
+        s[i] = v;
+        ss += v * v;
+    }
+    if (norm) {
+        float scale = rsqrtf(sgllm__cu_warp_sum(ss) / (float)hd + eps);
+        for (int i = lane; i < hd; i += 32) s[i] = s[i] * scale * (w ? w[i] : 1.0f);
+    }
+    __syncwarp();
+}
+
 // grid (n_tok, head groups), one warp per head (q heads first, then kv heads), each with
 // head_dim floats of dynamic shared memory. The arithmetic is that of add_bias, head_norm,
 // rope_pair and kv_write in the same order, so the result matches them bit for bit.
@@ -882,20 +939,7 @@ static __global__ void sgllm__cu_qkv_post_k(sgllm__cuda_qkv_post_args a) {
     int32_t hh = is_q ? h : h - a.n_head;
     const float *src = is_q ? a.q + t * a.q_stride + (int64_t)hh * hd : a.k + t * a.kv_stride + (int64_t)hh * hd;
     const float *b = is_q ? a.bq : a.bk;
-    if (b) b += (int64_t)hh * hd;
-    float ss = 0.0f;
-    for (int i = lane; i < hd; i += 32) {
-        float v = src[i];
-        if (b) v += b[i];
-        s[i] = v;
-        ss += v * v;
-    }
-    if (a.qk_norm) {
-        const float *w = is_q ? a.q_w : a.k_w;
-        float scale = rsqrtf(sgllm__cu_warp_sum(ss) / (float)hd + a.eps);
-        for (int i = lane; i < hd; i += 32) s[i] = s[i] * scale * (w ? w[i] : 1.0f);
-    }
-    __syncwarp();
+    sgllm__cu_head_post(src, b ? b + (int64_t)hh * hd : NULL, a.qk_norm, is_q ? a.q_w : a.k_w, a.eps, hd, s);
     float fp = (float)a.pos[t] * a.pos_scale;
     for (int32_t i = lane; i < a.n_rot / 2; i += 32) sgllm__cu_rope_pair(s, i, a.n_rot, fp, a.theta_base, a.neox);
     __syncwarp();
@@ -1191,8 +1235,9 @@ static size_t sgllm__cu_xq_bytes(int64_t nt, int64_t cols) { return (size_t)(nt 
 // warp w of nw takes steps w, w + nw, ..., loading B steps (one float4 per lane each) before
 // reducing any, so that a block's prologue costs about one L2 round trip, not one per block.
 // B changes only how many loads are in flight, never the bytes written: the wide kernel's
-// prologue (sgllm__cu_xq_in) takes half as many, whose registers add to its own.
-template <int K, int B = K == XQ_Q8_K ? 4 : 8>
+// prologue (sgllm__cu_xq_in) takes half as many, whose registers add to its own. CG: x is
+// read through L2 only (written by other blocks of the same launch).
+template <int K, int B = K == XQ_Q8_K ? 4 : 8, bool CG = false>
 static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t *qs, float2 *ds, int warp, int nw) {
     constexpr int V = K == XQ_Q8_K ? 2 : 1; // float4 per lane per step
     int lane = threadIdx.x % 32;
@@ -1208,7 +1253,8 @@ static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t
 #pragma unroll
             for (int i = 0; i < V; i++) {
                 int64_t e = (s0 + (int64_t)u * nw) * 32 * V + 32 * i + lane;
-                v[u][i] = s0 + (int64_t)u * nw < n_steps && e < n_vec ? x4[e] : make_float4(0.f, 0.f, 0.f, 0.f);
+                v[u][i] = s0 + (int64_t)u * nw < n_steps && e < n_vec ? (CG ? __ldcg(x4 + e) : x4[e])
+                                                                     : make_float4(0.f, 0.f, 0.f, 0.f);
             }
 #pragma unroll
         for (int u = 0; u < B; u++) {
@@ -1519,7 +1565,8 @@ extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, 
     int64_t steps = (n_tok * cols + (kind == XQ_Q8_K ? 255 : 127)) / (kind == XQ_Q8_K ? 256 : 128), grid = (steps + 3) / 4;
     void (*k)(const float *, int64_t, int, int8_t *, float2 *) =
         kind == XQ_Q8_0 ? sgllm__cu_xq_k<XQ_Q8_0> : kind == XQ_Q8_1 ? sgllm__cu_xq_k<XQ_Q8_1> : sgllm__cu_xq_k<XQ_Q8_K>;
-    if ((void *)qs == c->mv_xq) c->xq_of = NULL; // no longer what a norm put there
+    for (int i = 0; i < 2; i++)
+        if (qs == sgllm__cu_xq_codes(c, i)) c->xq[i].of = NULL; // no longer what a producer put there
     return sgllm__cu_launch(c, "quantize_act", k, dim3((unsigned)grid), dim3(128), 0, x, cols, (int)n_tok, qs, (float2 *)ds);
 }
 
@@ -1543,15 +1590,14 @@ static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, 
     bool quant = quant_for != T_F32 && quant_for != T_F16 && quant_for != T_BF16 && sgllm__cu_row_bytes(quant_for, dim) > 0;
     if (!quant || rows > 8 || dim > MV_XQ_COLS) return false;
     int kind = sgllm__cu_xq_kind((int)quant_for);
-    int8_t *qs = (int8_t *)c->mv_xq;
-    float2 *ds = (float2 *)((int8_t *)c->mv_xq + 8 * MV_XQ_COLS);
+    int8_t *qs = sgllm__cu_xq_codes(c, 0);
+    float2 *ds = sgllm__cu_xq_scales(c, 0);
     void (*k)(float *, const float *, const float *, const float *, float *, int64_t, float, int8_t *, float2 *) =
         kind == XQ_Q8_0 ? sgllm__cu_norm_add_xq_k<XQ_Q8_0>
                         : kind == XQ_Q8_1 ? sgllm__cu_norm_add_xq_k<XQ_Q8_1> : sgllm__cu_norm_add_xq_k<XQ_Q8_K>;
     *s = sgllm__cu_launch(c, "norm_add_rmsnorm", k, dim3((unsigned)rows), dim3(threads), 0, x, delta, delta_w, w, y, dim, eps,
                           qs, ds);
-    c->xq_of = *s ? NULL : y;
-    c->xq_kind = kind, c->xq_nt = rows, c->xq_cols = dim;
+    sgllm__cu_xq_set(c, 0, *s, y, kind, rows, dim);
     return true;
 }
 
@@ -1597,6 +1643,13 @@ struct sgllm__cu_mvd {
     const float2 *xd;    // (nt, cols / 32)
     int nt;
     int inl;             // 1 (wide kernel only): each block quantizes x into its shared memory itself (xq / xd unused)
+    // wide gated launches only (sgllm__cuda_matvec_gated_q): oq_cnt set quantizes y[0] in
+    // format oq_kind into oq_q / oq_d (layout of the activation buffer, cols = rows[0]) by groups of
+    // oq_g rows, each group by the warp whose row completes it (arrivals counted in oq_cnt)
+    int oq_kind, oq_g;
+    int8_t *oq_q;
+    float2 *oq_d;
+    unsigned *oq_cnt;
 };
 
 // Adds unit i of each of the NR rows to acc (only when ok: a clamped duplicate otherwise).
@@ -1842,16 +1895,23 @@ static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *
     a->x = x;
     a->nt = (int)nt;
     a->cols = cols;
-    a->xq = (const int8_t *)c->mv_xq;
-    a->xd = (const float2 *)((const int8_t *)c->mv_xq + 8 * MV_XQ_COLS);
+    a->xq = sgllm__cu_xq_codes(c, 0);
+    a->xd = sgllm__cu_xq_scales(c, 0);
     a->inl = 0;
     if (t == T_F32 || t == T_F16 || t == T_BF16) return SGLLM_OK;
     if (wide && nt * cols <= c->disp.matvec_xq_inline && sgllm__cu_xq_bytes(nt, cols) + 48 * 1024 <= (size_t)c->smem_optin) {
         a->inl = 1;
         return SGLLM_OK;
     }
-    // already there: quantized by the norm that wrote x (sgllm__cuda_norm_add_rmsnorm_q)
-    if (c->xq_of == x && c->xq_kind == sgllm__cu_xq_kind((int)t) && c->xq_nt == nt && c->xq_cols == cols) return SGLLM_OK;
+    // already there: quantized by the launch that wrote x (a norm, attention's merge, a gated product)
+    for (int i = 0; i < 2; i++) {
+        const sgllm__cu_xq_slot *q = &c->xq[i];
+        if (q->of == x && q->kind == sgllm__cu_xq_kind((int)t) && q->nt == nt && q->cols == cols) {
+            a->xq = sgllm__cu_xq_codes(c, i);
+            a->xd = sgllm__cu_xq_scales(c, i);
+            return SGLLM_OK;
+        }
+    }
     return sgllm__cuda_quantize_act(c, t, x, nt, cols, (int8_t *)a->xq, (float *)a->xd);
 }
 
@@ -1947,6 +2007,7 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
     if (!w || !x || !y || rows <= 0 || !rb || n_tok < 0 || n_tok > 8)
         return sgllm__cu_bad(c, "matvec", "bad pointer, weight type or shape (n_tok must be <= 8)");
     if (!n_tok) return SGLLM_OK;
+    sgllm__cu_xq_forget(c, y);
     bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
     bool wide = !is_float && c->disp.matvec_int8 == 3 && sgllm__cu_mvw_ok(c, type, w, rb, cols, x);
     if (wide || (!is_float && c->disp.matvec_int8 == 2 && sgllm__cu_mvd_ok(type, w, rb, cols, x))) {
@@ -2038,6 +2099,7 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
                                                  float *const *y) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (n < 1 || n > 3 || !types || !w || !rows || !y) return sgllm__cu_bad(c, "matvec_multi", "bad matrix list");
+    for (int k = 0; k < n; k++) sgllm__cu_xq_forget(c, y[k]);
     int64_t rb, total = 0;
     bool fused = true;
     for (int k = 0; k < n; k++) fused = fused && y[k] && rows[k] > 0;
@@ -2071,9 +2133,17 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
 extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate,
                                                  uint32_t up_type, const void *w_up, int64_t rows, int64_t cols,
                                                  const float *x, int64_t n_tok, float *y, float *u) {
+    return sgllm__cuda_matvec_gated_q(c, act, gate_type, w_gate, up_type, w_up, rows, cols, x, n_tok, y, u, T_F32);
+}
+
+extern "C" sgllm_status sgllm__cuda_matvec_gated_q(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate,
+                                                   uint32_t up_type, const void *w_up, int64_t rows, int64_t cols,
+                                                   const float *x, int64_t n_tok, float *y, float *u, uint32_t quant_for) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!y || rows <= 0 || (act != SGLLM__CUDA_ACT_SILU && act != SGLLM__CUDA_ACT_GELU_TANH))
         return sgllm__cu_bad(c, "matvec_gated", "bad pointer, shape or activation");
+    sgllm__cu_xq_forget(c, y);
+    if (u) sgllm__cu_xq_forget(c, u);
     const uint32_t types[2] = {gate_type, up_type};
     const void *w[2] = {w_gate, w_up};
     const int64_t rr[2] = {rows, rows};
@@ -2094,7 +2164,21 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
     bool wide = sgllm__cu_mvw_wide(c, 2, types, w, rb, cols, x);
     sgllm_status s = sgllm__cu_mvd_prep(c, gate_type, x, n_tok, cols, wide, &a);
     if (s) return s;
-    return wide ? sgllm__cu_mvw_run(c, gate_type, a) : sgllm__cu_mvd_run(c, gate_type, a, 2);
+    if (!wide) return sgllm__cu_mvd_run(c, gate_type, a, 2);
+    // the wide kernel quantizes y for the product that reads it next (slot 1; its own input
+    // must come from slot 0), when y is whole blocks of that format and that product's rows
+    // take a kernel that reads the buffer (the wide kernel's word alignment)
+    int kind = sgllm__cu_xq_kind((int)quant_for);
+    int64_t g = kind == XQ_Q8_K ? 256 : MV_OQ_MIN, next_rb = sgllm__cu_row_bytes(quant_for, rows);
+    int64_t align = c->disp.matvec_wide_align < 8 ? 8 : c->disp.matvec_wide_align;
+    if (quant_for != T_F32 && quant_for != T_F16 && quant_for != T_BF16 && next_rb > 0 && next_rb % align == 0 &&
+        rows % (kind == XQ_Q8_K ? 256 : 32) == 0 && rows <= MV_XQ_COLS && !a.inl && a.xq != sgllm__cu_xq_codes(c, 1)) {
+        a.oq_kind = kind, a.oq_g = (int)g, a.oq_cnt = c->att_cnt + ATT_COUNTERS;
+        a.oq_q = sgllm__cu_xq_codes(c, 1), a.oq_d = sgllm__cu_xq_scales(c, 1);
+    }
+    s = sgllm__cu_mvw_run(c, gate_type, a);
+    if (a.oq_cnt) sgllm__cu_xq_set(c, 1, s, y, kind, n_tok, rows);
+    return s;
 }
 
 // --- 4b. Wide-load int8 matrix-vector ------------------------------------------------------
@@ -2134,6 +2218,31 @@ static __host__ __device__ constexpr int sgllm__cu_mvw_cb(int t) { // chunk byte
 }
 // Shared-memory slot of one row's chunk: 16 bytes beyond it for the over-read of sgllm__cu_ld_a2.
 static __host__ __device__ constexpr int sgllm__cu_mvw_cs(int t) { return sgllm__cu_mvw_cb(t) + 16; }
+
+// A gated launch's output quantization (a.oq_cnt set), after row r of y is stored: lane 0
+// fences the row and counts it in its group; the warp whose row completes the group quantizes
+// the group's rows of every token (a group is whole blocks of the format, so the bytes are
+// those of quantizing all of y at once) and returns the counter to zero for the next launch.
+static __device__ __noinline__ void sgllm__cu_mvw_oq(const sgllm__cu_mvd &a, int64_t r) {
+    int64_t rows = a.rows[0], first = r / a.oq_g * a.oq_g, n_in = rows - first < a.oq_g ? rows - first : a.oq_g;
+    unsigned last = 0;
+    if (threadIdx.x % 32 == 0) {
+        __threadfence();
+        unsigned *cnt = a.oq_cnt + r / a.oq_g;
+        last = atomicAdd(cnt, 1u) == (unsigned)n_in - 1;
+        if (last) *cnt = 0; // every row of the group has arrived: no other access in this launch
+    }
+    if (!__shfl_sync(0xffffffffu, last, 0)) return;
+    __threadfence();
+    for (int t = 0; t < a.nt; t++) {
+        const float *x = a.y[0] + t * rows + first;
+        int8_t *q = a.oq_q + t * rows + first;
+        float2 *d = a.oq_d + t * (rows / 32) + first / 32;
+        if (a.oq_kind == XQ_Q8_0) sgllm__cu_xq<XQ_Q8_0, 1, true>(x, n_in, 1, q, d, 0, 1);
+        else if (a.oq_kind == XQ_Q8_1) sgllm__cu_xq<XQ_Q8_1, 1, true>(x, n_in, 1, q, d, 0, 1);
+        else sgllm__cu_xq<XQ_Q8_K, 1, true>(x, n_in, 1, q, d, 0, 1);
+    }
+}
 
 template <int T, int NT, int NR>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(const sgllm__cu_mvd a, int64_t groups) {
@@ -2257,10 +2366,10 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
         for (int k = 0; k < NR; k++)
 #pragma unroll
             for (int t = 0; t < NT; t++) acc[k][t] = sgllm__cu_warp_sum(acc[k][t]);
+        int s;
+        int64_t r;
+        locate(cg, s, r);
         if (lane == 0) {
-            int s;
-            int64_t r;
-            locate(cg, s, r);
             int64_t rows = s == 0 ? a.rows[0] : s == 1 ? a.rows[1] : a.rows[2];
             float *y = s == 0 ? a.y[0] : s == 1 ? a.y[1] : a.y[2];
 #pragma unroll
@@ -2272,6 +2381,7 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
                     for (int k = 0; k < NR; k++) y[t * rows + r + k] = acc[k][t];
             }
         }
+        if (gated && a.oq_cnt) sgllm__cu_mvw_oq(a, r);
 #pragma unroll
         for (int k = 0; k < NR; k++)
 #pragma unroll
@@ -2507,6 +2617,7 @@ extern "C" sgllm_status sgllm__cuda_gemm(sgllm__cuda *c, uint32_t type, const vo
                                          const float *x, int64_t n_tok, float *y) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!y) return sgllm__cu_bad(c, "gemm", "bad pointer, weight type or shape");
+    sgllm__cu_xq_forget(c, y);
     void *ws = NULL;
     sgllm_status s = sgllm__cu_gemm_prep(c, "gemm", 1, &type, &w, &rows, cols, x, n_tok, &ws);
     if (s || !n_tok) return s;
@@ -2520,6 +2631,7 @@ extern "C" sgllm_status sgllm__cuda_gemm_multi(sgllm__cuda *c, int n, const uint
     if (n < 1 || n > 3 || !types || !w || !rows || !y) return sgllm__cu_bad(c, "gemm_multi", "bad matrix list");
     for (int k = 0; k < n; k++)
         if (!y[k]) return sgllm__cu_bad(c, "gemm_multi", "bad matrix list");
+    for (int k = 0; k < n; k++) sgllm__cu_xq_forget(c, y[k]);
     void *ws = NULL;
     sgllm_status s = sgllm__cu_gemm_prep(c, "gemm_multi", n, types, w, rows, cols, x, n_tok, &ws);
     for (int k = 0; !s && n_tok && k < n; k++)
@@ -2532,6 +2644,7 @@ extern "C" sgllm_status sgllm__cuda_gemm_x16(sgllm__cuda *c, uint32_t type, cons
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!xb || !y || !sgllm__cu_gemm_shape_ok(type, w, rows, cols, n_tok))
         return sgllm__cu_bad(c, "gemm_x16", "bad pointer, weight type or shape");
+    sgllm__cu_xq_forget(c, y);
     size_t need = type == T_BF16 ? 0 : (size_t)sgllm__cu_align256(rows * cols * 2);
     if (need > c->scratch_bytes)
         return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "gemm_x16: needs %zu bytes of scratch, %zu reserved", need,
@@ -2572,6 +2685,7 @@ extern "C" sgllm_status sgllm__cuda_gemm_gated(sgllm__cuda *c, int act, uint32_t
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!y || !tmp || (act != SGLLM__CUDA_ACT_SILU && act != SGLLM__CUDA_ACT_GELU_TANH))
         return sgllm__cu_bad(c, "gemm_gated", "bad pointer, shape or activation");
+    sgllm__cu_xq_forget(c, (const float *)y);
     const uint32_t types[2] = {gate_type, up_type};
     const void *w[2] = {w_gate, w_up};
     const int64_t rr[2] = {rows, rows};
@@ -2670,7 +2784,8 @@ static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *pa
 }
 
 // Starts the copy of keys [t0, t0 + nk) of one KV head, (nk, hd) each, into kt and vt as one
-// cp.async group: the page-table reads first, all at once, then every 16-byte piece.
+// cp.async group: the page-table reads first, all at once, then every 16-byte piece. (The
+// fused kernel leaves the newest key out: its row is written from registers.)
 static __device__ inline void sgllm__cu_attn_issue(const __half *kb, const __half *vb, int64_t kv_stride,
                                                    const int32_t *pt, int32_t shift, int32_t t0, int32_t nk, int words,
                                                    __half *kt, __half *vt) {
@@ -2704,14 +2819,29 @@ static size_t sgllm__cu_attn_region(int hb_t, int32_t hd, int32_t bn, int32_t n_
     return (r + 15) / 16 * 16;
 }
 
-template <int HB>
+// Shared memory after the softmax statistics in the fused kernel (POST): the new key and value
+// as fp16 (hd each), the key's float row (hd) and the RoPE angles (n_rot / 2 float2).
+static __host__ __device__ inline size_t sgllm__cu_attn_post_off(int hb_t, int32_t hd, int32_t bn, size_t region) {
+    return (region + (size_t)hb_t * hd * 4 + (size_t)hb_t * bn * 4 + (size_t)3 * hb_t * 4 + 15) / 16 * 16;
+}
+static size_t sgllm__cu_attn_post_bytes(int32_t hd, int32_t n_rot) { return (size_t)hd * 8 + (size_t)(n_rot / 2) * 8; }
+
+// POST (sgllm__cuda_attn_decode_post, one query): q, k and v are the raw projections and the
+// kernel does qkv_post's work itself: each block takes its own heads' bias, norm and RoPE (the
+// same functions as sgllm__cu_qkv_post_k, so the same bits), the block whose split holds the
+// newest key makes that key and value, puts them into its last tile (their cache row is not
+// read) and, for the first head group, into the cache. Since no key the kernel reads is then
+// its predecessor's output, the first tile's copy and the RoPE angles start before the PDL wait.
+template <int HB, bool POST>
 static __global__ void __launch_bounds__(ATT_THREADS)
     sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, const int32_t *pt, int32_t page_shift,
                            int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale,
                            int32_t n_splits, int32_t bn, int32_t region, float *part_o, float *part_lse, float *out,
-                           unsigned *cnt, int32_t q0) {
-    sgllm__cu_pdl_wait();
-    sgllm__cu_pdl_trigger();
+                           unsigned *cnt, int32_t q0, const sgllm__cuda_qkv_post_args post) {
+    if (!POST) {
+        sgllm__cu_pdl_wait();
+        sgllm__cu_pdl_trigger();
+    }
     extern __shared__ __align__(16) uint8_t sm[];
     int32_t group = n_head / n_head_kv, n_hgroups = (group + HB - 1) / HB;
     int32_t kvh = (int32_t)blockIdx.y / n_hgroups, h0 = kvh * group + ((int32_t)blockIdx.y % n_hgroups) * HB;
@@ -2736,8 +2866,54 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     int64_t kv_stride = (int64_t)n_head_kv * hd;
     const __half *kb = kc + (int64_t)kvh * hd, *vb = vc + (int64_t)kvh * hd;
     int32_t stage = bn * hd;
-    if (n_tiles > 0) sgllm__cu_attn_issue(kb, vb, kv_stride, pt, page_shift, k0, min(bn, k1 - k0), words, tiles, tiles + stage);
-    {
+    // POST: the split that holds the newest key (p_hi) reads its row from kn / vn, not the cache
+    bool has_new = POST && k0 <= p_hi && p_hi < k1;
+    auto copied = [&](int32_t t0, int32_t nk) { return has_new && t0 + nk - 1 == p_hi ? nk - 1 : nk; };
+    if (n_tiles > 0) {
+        int32_t nk = min(bn, k1 - k0);
+        sgllm__cu_attn_issue(kb, vb, kv_stride, pt, page_shift, k0, copied(k0, nk), words, tiles, tiles + stage);
+    }
+    __half *kn = NULL, *vn = NULL;
+    if (POST) {
+        uint8_t *pb = sm + sgllm__cu_attn_post_off(HB, hd, bn, (size_t)region);
+        kn = (__half *)pb, vn = kn + hd;
+        float *kf = (float *)(vn + hd);
+        float2 *rot = (float2 *)(kf + hd);
+        float fp = (float)p_hi * post.pos_scale;
+        for (int32_t i = tid; i < post.n_rot / 2; i += ATT_THREADS) rot[i] = sgllm__cu_rope_cs(i, post.n_rot, fp, post.theta_base);
+        sgllm__cu_pdl_wait();
+        sgllm__cu_pdl_trigger();
+        __syncthreads(); // the angles
+        // warp j < hb: query head h0 + j into qs; warp hb: the new key and value
+        for (int j = warp; j < hb + (has_new ? 1 : 0); j += ATT_THREADS / 32) {
+            bool is_q = j < hb;
+            int32_t h = is_q ? h0 + j : kvh;
+            float *sr = is_q ? qs + j * hd : kf;
+            sgllm__cu_head_post(is_q ? post.q + (int64_t)h * hd : post.k + (int64_t)h * hd,
+                                is_q ? (post.bq ? post.bq + (int64_t)h * hd : NULL) : (post.bk ? post.bk + (int64_t)h * hd : NULL),
+                                post.qk_norm, is_q ? post.q_w : post.k_w, post.eps, hd, sr);
+            for (int32_t i = lane; i < post.n_rot / 2; i += 32) sgllm__cu_rope_rot(sr, i, post.n_rot, rot[i], post.neox);
+            __syncwarp();
+            if (is_q) {
+                for (int i = lane; i < hd; i += 32) sr[i] *= scale;
+                continue;
+            }
+            const float *vs = post.v + (int64_t)h * hd, *bv = post.bv ? post.bv + (int64_t)h * hd : NULL;
+            bool write = (int32_t)blockIdx.y % n_hgroups == 0; // one block writes the cache rows
+            int64_t crow = write ? sgllm__cu_page_row(pt, page_shift, p_hi) * kv_stride + (int64_t)h * hd : 0;
+            for (int i = lane; i < hd; i += 32) {
+                float v = vs[i];
+                if (bv) v += bv[i];
+                kn[i] = __float2half_rn(sr[i]);
+                vn[i] = __float2half_rn(v);
+                if (write) {
+                    post.k_cache[crow + i] = __half_as_ushort(kn[i]);
+                    post.v_cache[crow + i] = __half_as_ushort(vn[i]);
+                }
+            }
+        }
+        __syncthreads(); // kn / vn before the tile that holds them is completed
+    } else {
         const float4 *q4 = (const float4 *)(q + qi * n_head * hd + (int64_t)h0 * hd);
         for (int i = tid; i < hb * hd / 4; i += ATT_THREADS) {
             float4 v = q4[i];
@@ -2757,10 +2933,18 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         int32_t t0 = k0 + t * bn, nk = min(bn, k1 - t0);
         if (t + 1 < n_tiles) {
             __half *nt = tiles + (size_t)((t + 1) & 1) * 2 * stage;
-            sgllm__cu_attn_issue(kb, vb, kv_stride, pt, page_shift, t0 + bn, min(bn, k1 - t0 - bn), words, nt, nt + stage);
+            int32_t nk1 = min(bn, k1 - t0 - bn);
+            sgllm__cu_attn_issue(kb, vb, kv_stride, pt, page_shift, t0 + bn, copied(t0 + bn, nk1), words, nt, nt + stage);
             sgllm__cu_cp_wait<1>();
         } else {
             sgllm__cu_cp_wait<0>();
+        }
+        if (POST && copied(t0, nk) < nk) { // the newest key's row, made above (kn / vn ready: a barrier since)
+            __half *kr = tiles + (size_t)(t & 1) * 2 * stage + (size_t)(nk - 1) * hd;
+            for (int i = tid; i < hd / 8; i += ATT_THREADS) {
+                ((uint4 *)kr)[i] = ((const uint4 *)kn)[i];
+                ((uint4 *)(kr + stage))[i] = ((const uint4 *)vn)[i];
+            }
         }
         __syncthreads(); // this tile (and the queries) visible to every thread
         const __half *kt = tiles + (size_t)(t & 1) * 2 * stage, *vt = kt + stage;
@@ -2917,30 +3101,35 @@ extern "C" size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_di
     return (size_t)sgllm__cu_align256((int64_t)(rows * (size_t)head_dim * 4)) + rows * 4;
 }
 
-// One instance of the split kernel per heads-per-block class.
+// One instance of the split kernel per heads-per-block class (and with post, the fused one).
 template <int HB>
 static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const __half *kc, const __half *vc,
                                           const int32_t *pt, int32_t page_size, int32_t n_head, int32_t n_head_kv,
                                           int32_t hd, const int32_t *pos, int64_t n_q, int32_t window, float scale,
                                           int32_t n_splits, int32_t bn, bool merge_here, float *part_o, float *part_lse,
-                                          float *out) {
+                                          float *out, const sgllm__cuda_qkv_post_args *post) {
     int32_t group = n_head / n_head_kv, n_hgroups = (group + HB - 1) / HB;
     if ((int64_t)n_head_kv * n_hgroups > 65535) return sgllm__cu_bad(c, "attn_decode", "too many heads");
     size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, merge_here);
     size_t smem = region + (size_t)HB * hd * 4 + (size_t)HB * bn * 4 + (size_t)3 * HB * 4;
+    if (post) smem = sgllm__cu_attn_post_off(HB, hd, bn, region) + sgllm__cu_attn_post_bytes(hd, post->n_rot);
+    void (*kern)(const float *, const __half *, const __half *, const int32_t *, int32_t, int32_t, int32_t, int32_t,
+                 const int32_t *, int32_t, float, int32_t, int32_t, int32_t, float *, float *, float *, unsigned *, int32_t,
+                 const sgllm__cuda_qkv_post_args) = post ? sgllm__cu_attn_split_k<HB, true> : sgllm__cu_attn_split_k<HB, false>;
+    sgllm__cuda_qkv_post_args none = {};
     if (smem > 48 * 1024 &&
-        sgllm__cu_check(c, cudaFuncSetAttribute(sgllm__cu_attn_split_k<HB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                (int)smem), "attn_decode: shared memory"))
+        sgllm__cu_check(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                        "attn_decode: shared memory"))
         return SGLLM_ERR_BACKEND;
     // the counters cover ATT_COUNTERS head groups, so more queries than that take several launches
     int64_t per_launch = merge_here ? ATT_COUNTERS / ((int64_t)n_head_kv * n_hgroups) : n_q; // at least 1
     for (int64_t q0 = 0; q0 < n_q; q0 += per_launch) {
         int64_t nz = n_q - q0 < per_launch ? n_q - q0 : per_launch;
-        if (sgllm__cu_launch(c, "attn_decode: split kernel", sgllm__cu_attn_split_k<HB>,
+        if (sgllm__cu_launch(c, "attn_decode: split kernel", kern,
                              dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)nz), dim3(ATT_THREADS),
                              smem, q, kc, vc, pt, sgllm__cu_page_shift(pt, page_size), n_head, n_head_kv, hd, pos, window,
                              scale, n_splits, bn, (int32_t)region, part_o, part_lse, out,
-                             merge_here ? c->att_cnt : (unsigned *)NULL, (int32_t)q0))
+                             merge_here ? c->att_cnt : (unsigned *)NULL, (int32_t)q0, post ? *post : none))
             return SGLLM_ERR_BACKEND;
     }
     return SGLLM_OK;
@@ -2955,11 +3144,47 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
                                      window, scale, n_splits, out, T_F32);
 }
 
+static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
+                                          const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
+                                          int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos, int64_t n_q,
+                                          int32_t window, float scale, int32_t n_splits, float *out, uint32_t quant_for,
+                                          const sgllm__cuda_qkv_post_args *post);
+
 extern "C" sgllm_status sgllm__cuda_attn_decode_q(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
                                                   const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
                                                   int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos,
                                                   int64_t n_q, int32_t window, float scale, int32_t n_splits, float *out,
                                                   uint32_t quant_for) {
+    return sgllm__cu_attn_decode(c, q, k_cache, v_cache, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+                                 window, scale, n_splits, out, quant_for, NULL);
+}
+
+extern "C" sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a, int32_t window,
+                                                     float scale, int32_t n_splits, float *out, uint32_t quant_for) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!a) return sgllm__cu_bad(c, "attn_decode_post", "no arguments");
+    // one query with room for the fused kernel's shared memory (48 KB at most is enough for
+    // every tile size attn_decode picks): one launch; else qkv_post, then attention
+    bool fuse = a->n_tok == 1 && a->head_dim % 8 == 0 && a->head_dim <= ATT_MAX_HD && a->n_rot >= 2 &&
+                a->n_rot <= a->head_dim && !(a->n_rot & 1) && a->n_head > 0 && a->n_head_kv > 0 && a->q && a->k && a->v;
+    if (!fuse) {
+        sgllm_status s = sgllm__cuda_qkv_post(c, a);
+        return s ? s : sgllm__cu_attn_decode(c, a->q, a->k_cache, a->v_cache, a->page_table, a->page_size, a->n_head,
+                                             a->n_head_kv, a->head_dim, a->pos, a->n_tok, window, scale, n_splits, out,
+                                             quant_for, NULL);
+    }
+    if (a->q_stride < (int64_t)a->n_head * a->head_dim || a->kv_stride < (int64_t)a->n_head_kv * a->head_dim ||
+        !(a->theta_base > 0) || !(a->eps >= 0))
+        return sgllm__cu_bad(c, "attn_decode_post", "bad pointer or shape");
+    return sgllm__cu_attn_decode(c, a->q, a->k_cache, a->v_cache, a->page_table, a->page_size, a->n_head, a->n_head_kv,
+                                 a->head_dim, a->pos, 1, window, scale, n_splits, out, quant_for, a);
+}
+
+static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
+                                          const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
+                                          int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos, int64_t n_q,
+                                          int32_t window, float scale, int32_t n_splits, float *out, uint32_t quant_for,
+                                          const sgllm__cuda_qkv_post_args *post) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!q || !k_cache || !v_cache || !pos || !out || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv ||
         head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 0 || n_q > 65535 || window < 0 ||
@@ -2985,14 +3210,14 @@ extern "C" sgllm_status sgllm__cuda_attn_decode_q(sgllm__cuda *c, const float *q
     const __half *kc = (const __half *)k_cache, *vc = (const __half *)v_cache;
     sgllm_status s =
         group > 4 ? sgllm__cu_attn_launch<ATT_HB>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out)
+                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post)
         : group > 2 ? sgllm__cu_attn_launch<4>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out)
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post)
         : group > 1 ? sgllm__cu_attn_launch<2>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out)
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post)
                     : sgllm__cu_attn_launch<1>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out);
-    if (c->xq_of == out) c->xq_of = NULL; // out changes: the activation buffer no longer holds it
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post);
+    sgllm__cu_xq_forget(c, out); // out changes: the activation buffer no longer holds it
     if (s || n_splits == 1 || merge_here) return s;
     // the merge kernel also quantizes for the product that reads out next, when every head is
     // whole blocks of its activation format (as sgllm__cuda_norm_add_rmsnorm_q)
@@ -3011,9 +3236,8 @@ extern "C" sgllm_status sgllm__cuda_attn_decode_q(sgllm__cuda *c, const float *q
                         : kind == XQ_Q8_1 ? sgllm__cu_attn_merge_xq_k<XQ_Q8_1> : sgllm__cu_attn_merge_xq_k<XQ_Q8_K>;
     s = sgllm__cu_launch(c, "attn_decode: merge kernel", k, dim3((unsigned)n_head, (unsigned)n_q), dim3(128), ws,
                          (const float *)part_o, (const float *)part_lse, n_head, head_dim, n_splits, out,
-                         (int8_t *)c->mv_xq, (float2 *)((int8_t *)c->mv_xq + 8 * MV_XQ_COLS));
-    c->xq_of = s ? NULL : out;
-    c->xq_kind = kind, c->xq_nt = n_q, c->xq_cols = (int64_t)n_head * head_dim;
+                         sgllm__cu_xq_codes(c, 0), sgllm__cu_xq_scales(c, 0));
+    sgllm__cu_xq_set(c, 0, s, out, kind, n_q, (int64_t)n_head * head_dim);
     return s;
 }
 
@@ -3390,7 +3614,7 @@ extern "C" sgllm_status sgllm__cuda_attn_prefill(sgllm__cuda *c, const float *q,
         (uintptr_t)v_cache % 16)
         return sgllm__cu_bad(c, "attn_prefill", "bad pointer or shape (head_dim 8..512, a multiple of 8)");
     if (!n_q) return SGLLM_OK;
-    if (c->xq_of == out) c->xq_of = NULL; // out changes: the activation buffer no longer holds it
+    sgllm__cu_xq_forget(c, out); // out changes: the activation buffer no longer holds it
     const sgllm__cu_fa_variant *v = (uintptr_t)q % 16 ? NULL : sgllm__cu_fa_pick(c, head_dim);
     if (!v) // head dims the tensor-core tiles do not cover: the decode kernel, one split (no scratch)
         return sgllm__cuda_attn_decode(c, q, k_cache, v_cache, page_table, page_size, n_head, n_head_kv, head_dim, pos,

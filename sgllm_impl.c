@@ -5518,15 +5518,13 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
                                         G->q_norm || G->k_norm, G->q_norm, G->k_norm, m->eps, L->n_rot, pos, n,
                                         L->rope_scale, L->rope_theta, m->rope_neox, c->k_cache[il], c->v_cache[il],
                                         c->page_table, SGLLM__KV_PAGE};
-        SGLLM__TRY(sgllm__cuda_qkv_post(cu, &qa));
         if (n >= disp->prefill_min_tokens) {
+            SGLLM__TRY(sgllm__cuda_qkv_post(cu, &qa));
             SGLLM__TRY(sgllm__cuda_attn_prefill(cu, c->q, c->k_cache[il], c->v_cache[il], c->page_table, SGLLM__KV_PAGE,
                                                 L->n_head, L->n_head_kv, hd, pos, n, L->window, L->attn_scale, c->att));
-        } else {
+        } else { // one launch for a single token (the attention kernel does qkv_post's work)
             int32_t sp = splits > 0 ? splits : sgllm__gpu_splits(disp, L, n, max_keys);
-            SGLLM__TRY(sgllm__cuda_attn_decode_q(cu, c->q, c->k_cache[il], c->v_cache[il], c->page_table,
-                                                 SGLLM__KV_PAGE, L->n_head, L->n_head_kv, hd, pos, n, L->window,
-                                                 L->attn_scale, sp, c->att, L->wo.type));
+            SGLLM__TRY(sgllm__cuda_attn_decode_post(cu, &qa, L->window, L->attn_scale, sp, c->att, L->wo.type));
         }
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wo.type, G->wo, E, qd, c->att, n, c->o));
         SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm_q(cu, c->x, c->o, G->post_attn_norm, G->ffn_norm, c->h, n, E, m->eps,
@@ -5537,9 +5535,10 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
                                               c->u));
             SGLLM__TRY(sgllm__cuda_gemm_x16(cu, L->w_down.type, G->w_down, E, L->n_ff, c->g, n, c->o));
         } else {
-        SGLLM__TRY(sgllm__cuda_matvec_gated(cu, m->act == SGLLM__ACT_GELU_TANH ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU,
-                                            L->w_gate.type, G->w_gate, L->w_up.type, G->w_up, L->n_ff, E, c->h, n, c->g,
-                                            c->u));
+        // the gated product quantizes its output for the down projection (one launch fewer)
+        SGLLM__TRY(sgllm__cuda_matvec_gated_q(cu, m->act == SGLLM__ACT_GELU_TANH ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU,
+                                              L->w_gate.type, G->w_gate, L->w_up.type, G->w_up, L->n_ff, E, c->h, n, c->g,
+                                              c->u, L->w_down.type));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_down.type, G->w_down, E, L->n_ff, c->g, n, c->o));
         }
         post_ffn = G->post_ffn_norm;

@@ -1624,6 +1624,185 @@ static void test_attn_xq(void) {
            "splits) bit for bit the plain attention and the o projection after it\n", runs);
 }
 
+// The gated product that quantizes its output for the down projection
+// (sgllm__cuda_matvec_gated_q, wide kernel): y bit for bit the plain gated product's, and the
+// down projection after it bit for bit the one that quantizes y itself. y is then overwritten
+// behind the context's back, so a down projection that quantized y again would differ: equal
+// results show that it used the launch's quantization. Row counts with a partial last group,
+// 1-8 tokens, every activation format, eager launches twice in a row (the group counters must
+// return to zero) and graph replays.
+static void test_gated_xq(void) {
+    static const uint32_t gate_t[3] = {SGLLM__T_Q8_0, SGLLM__T_Q4_K, SGLLM__T_Q5_0};
+    static const uint32_t down_t[4] = {SGLLM__T_Q8_0, SGLLM__T_Q4_1, SGLLM__T_Q4_K, SGLLM__T_Q6_K};
+    static const int64_t ffs[3] = {160, 1280, 2368};
+    static const int64_t nts[4] = {1, 2, 5, 8};
+    sgllm__cuda_dispatch d = disp;
+    d.matvec_int8 = 3;
+    sgllm__cuda_set_dispatch(gpu, &d);
+    const int64_t cols = 512, E = 256;
+    int runs = 0, reuses = 0;
+    for (int gi = 0; gi < 3; gi++)
+        for (int di = 0; di < 4; di++)
+            for (int fi = 0; fi < 3; fi++) {
+                uint32_t tg = gate_t[gi], td = down_t[di];
+                int64_t ff = ffs[fi], nt = nts[(gi + di + fi) % 4];
+                if (ff % sgllm__types[td].block) continue;
+                size_t wb[3];
+                uint8_t *w[3] = {rand_weights(tg, ff, cols, &wb[0]), rand_weights(tg, ff, cols, &wb[1]),
+                                 rand_weights(td, E, ff, &wb[2])};
+                void *dw[3];
+                for (int k = 0; k < 3; k++) dw[k] = dev_copy(w[k], wb[k]);
+                float *x = rand_floats(nt * cols, -1, 1), *dx = (float *)dev_copy(x, (size_t)(nt * cols) * 4);
+                float *dy = (float *)dev((size_t)(nt * ff) * 4), *dyr = (float *)dev((size_t)(nt * ff) * 4);
+                float *dout = (float *)dev((size_t)(nt * E) * 4), *dref = (float *)dev((size_t)(nt * E) * 4);
+                float *h[4] = {(float *)malloc((size_t)(nt * ff) * 4), (float *)malloc((size_t)(nt * ff) * 4),
+                               (float *)malloc((size_t)(nt * E) * 4), (float *)malloc((size_t)(nt * E) * 4)};
+                int act = (fi + di) % 2 ? SGLLM__CUDA_ACT_SILU : SGLLM__CUDA_ACT_GELU_TANH;
+                // the fused quantization is made for down projections the wide kernel runs
+                int64_t al = d.matvec_wide_align < 8 ? 8 : d.matvec_wide_align;
+                bool reuse = (int64_t)sgllm__row_bytes(td, ff) % al == 0;
+                reuses += reuse;
+                CHECK(sgllm__cuda_matvec_gated(gpu, act, tg, dw[0], tg, dw[1], ff, cols, dx, nt, dyr, NULL) == SGLLM_OK);
+                CHECK(sgllm__cuda_matvec(gpu, td, dw[2], E, ff, dyr, nt, dref) == SGLLM_OK);
+                fetch(h[0], dyr, (size_t)(nt * ff) * 4), fetch(h[2], dref, (size_t)(nt * E) * 4);
+                void *graph = NULL;
+                for (int rep = 0; rep < 4; rep++) { // two eager runs, then a graph captured once and replayed twice
+                    poison(dout, (size_t)(nt * E) * 4);
+                    if (rep < 3) {
+                        if (rep == 2) CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
+                        CHECKF(sgllm__cuda_matvec_gated_q(gpu, act, tg, dw[0], tg, dw[1], ff, cols, dx, nt, dy, NULL, td) ==
+                                   SGLLM_OK, "gated_q: %s", sgllm__cuda_errmsg(gpu));
+                        if (rep < 2 && reuse) poison(dy, (size_t)(nt * ff) * 4); // the down projection must not need y
+                        CHECK(sgllm__cuda_matvec(gpu, td, dw[2], E, ff, dy, nt, dout) == SGLLM_OK);
+                        if (rep == 2) CHECK(sgllm__cuda_graph_end(gpu, &graph) == SGLLM_OK);
+                    }
+                    if (rep >= 2) CHECK(graph && sgllm__cuda_graph_launch(gpu, graph) == SGLLM_OK);
+                    fetch(h[3], dout, (size_t)(nt * E) * 4);
+                    bool same_y = true;
+                    if (rep >= 2) {
+                        fetch(h[1], dy, (size_t)(nt * ff) * 4);
+                        same_y = !memcmp(h[0], h[1], (size_t)(nt * ff) * 4);
+                    }
+                    CHECKF(same_y && !memcmp(h[2], h[3], (size_t)(nt * E) * 4),
+                           "gated_q %s -> %s ff %lld tokens %lld run %d: %s differs (rel err %.3g)", sgllm__type_name(tg),
+                           sgllm__type_name(td), (long long)ff, (long long)nt, rep, same_y ? "down projection" : "y",
+                           rel_err(h[3], h[2], nt * E));
+                    runs++;
+                }
+                sgllm__cuda_graph_free(gpu, graph);
+                void *bufs[] = {dw[0], dw[1], dw[2], dx, dy, dyr, dout, dref};
+                for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
+                for (int k = 0; k < 3; k++) free(w[k]);
+                for (int k = 0; k < 4; k++) free(h[k]);
+                free(x);
+            }
+    sgllm__cuda_set_dispatch(gpu, &disp);
+    CHECKF(reuses >= 9, "gated_q: only %d shapes reuse the quantization", reuses);
+    printf("matvec_gated_q: %d runs (3 gate/up types, 4 down types, partial groups, 1-8 tokens, eager and graph; %d shapes "
+           "whose down projection reuses the quantization) bit for bit the gated product and the down projection that "
+           "quantizes for itself\n", runs, reuses);
+}
+
+// Attention that does qkv_post's work itself (sgllm__cuda_attn_decode_post, one token): its
+// output and both caches bit for bit those of qkv_post followed by attn_decode_q. q, k and v
+// come from a q/k/v product launched just before (the fused kernel starts its cache reads
+// before that launch finishes), over two consecutive positions (the second reads the row the
+// first wrote), the second step also replayed from a graph. Shapes: GQA groups 1-12 (two head
+// groups per KV head: one block writes the row), biases, q/k norms with and without weights,
+// partial RoPE of both layouts, windows, paged caches, positions at tile edges, 1-16 splits.
+static void test_attn_post(void) {
+    typedef struct { int32_t nh, nkv, hd, n_rot, norm, weights, bias, neox, window; } shape;
+    static const shape shapes[] = {
+        {4, 1, 256, 256, 1, 1, 0, 1, 0}, {4, 1, 256, 256, 1, 1, 0, 1, 96}, {32, 8, 128, 128, 0, 0, 0, 0, 0},
+        {14, 2, 64, 64, 0, 0, 1, 1, 0},  {24, 2, 64, 32, 1, 0, 1, 0, 0},   {9, 3, 128, 64, 1, 1, 0, 1, 0},
+        {8, 8, 64, 64, 0, 0, 0, 1, 40},  {16, 2, 512, 512, 1, 1, 1, 1, 0}};
+    const int64_t E = 256, rows = 640, page = 32;
+    int runs = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int pi = 0; pi < 4; pi++) {
+            const shape *sh = &shapes[si];
+            int32_t hd = sh->hd, nh = sh->nh, nkv = sh->nkv;
+            int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd;
+            int32_t p0s[4] = {0, 31, 63, (int32_t)(100 + test_u64() % 500)}, sps[4] = {1, 16, 5, 16};
+            int32_t p0 = p0s[pi], sp = sps[(pi + (int)si) % 4];
+            bool paged = (pi + si) % 2;
+            size_t wb[3];
+            uint8_t *w[3] = {rand_weights(SGLLM__T_Q8_0, qd, E, &wb[0]), rand_weights(SGLLM__T_Q8_0, kvd, E, &wb[1]),
+                             rand_weights(SGLLM__T_Q8_0, kvd, E, &wb[2])};
+            void *dw[3];
+            for (int k = 0; k < 3; k++) dw[k] = dev_copy(w[k], wb[k]);
+            float *x = rand_floats(2 * E, -1, 1), *dx = (float *)dev_copy(x, (size_t)(2 * E) * 4);
+            float *bias = rand_floats(qd + 2 * kvd, -0.5f, 0.5f), *nw = rand_floats(2 * hd, 0.5f, 1.5f);
+            float *dbias = (float *)dev_copy(bias, (size_t)(qd + 2 * kvd) * 4), *dnw = (float *)dev_copy(nw, (size_t)(2 * hd) * 4);
+            float *dq = (float *)dev((size_t)qd * 4), *dk = (float *)dev((size_t)kvd * 4), *dv = (float *)dev((size_t)kvd * 4);
+            size_t cb = (size_t)(rows * kvd) * 2;
+            uint16_t *cache = (uint16_t *)malloc(cb);
+            for (size_t i = 0; i < cb / 2; i++) cache[i] = sgllm__f32_to_fp16(test_uniform(-1, 1));
+            uint16_t *kc[2], *vc[2];
+            for (int k = 0; k < 2; k++) kc[k] = (uint16_t *)dev_copy(cache, cb), vc[k] = (uint16_t *)dev_copy(cache, cb);
+            int32_t table[64];
+            for (int32_t i = 0; i < rows / page; i++) table[i] = (int32_t)(rows / page) - 1 - i;
+            int32_t *dtable = (int32_t *)dev_copy(table, sizeof table);
+            int32_t pos[2] = {p0, p0 + 1};
+            int32_t *dpos[2] = {(int32_t *)dev_copy(&pos[0], 4), (int32_t *)dev_copy(&pos[1], 4)};
+            float *out[2] = {(float *)dev((size_t)qd * 4), (float *)dev((size_t)qd * 4)};
+            float *h[2] = {(float *)malloc((size_t)qd * 4), (float *)malloc((size_t)qd * 4)};
+            uint16_t *hc[4];
+            for (int k = 0; k < 4; k++) hc[k] = (uint16_t *)malloc(cb);
+            CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(nh, hd, 1, sp)) == SGLLM_OK);
+            const uint32_t tt[3] = {SGLLM__T_Q8_0, SGLLM__T_Q8_0, SGLLM__T_Q8_0};
+            const void *wm[3] = {dw[0], dw[1], dw[2]};
+            const int64_t r3[3] = {qd, kvd, kvd};
+            float *ym[3] = {dq, dk, dv};
+            float sc = 1.0f / sqrtf((float)hd);
+            for (int step = 0; step < 2; step++) {
+                void *graph = NULL;
+                for (int path = 0; path < 2; path++) { // 0: qkv_post + attention, 1: fused
+                    sgllm__cuda_qkv_post_args a = {dq, dk, dv, qd, kvd, nh, nkv, hd, sh->bias ? dbias : NULL,
+                                                   sh->bias ? dbias + qd : NULL, sh->bias ? dbias + qd + kvd : NULL,
+                                                   sh->norm, sh->weights ? dnw : NULL, sh->weights ? dnw + hd : NULL, 1e-6f,
+                                                   sh->n_rot, dpos[step], 1, 1.0f, 10000.0f, sh->neox, kc[path], vc[path],
+                                                   paged ? dtable : NULL, paged ? (int32_t)page : 0};
+                    poison(out[path], (size_t)qd * 4);
+                    bool capture = path == 1 && step == 1;
+                    if (capture) CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
+                    CHECK(sgllm__cuda_matvec_multi(gpu, 3, tt, wm, r3, E, dx + step * E, 1, ym) == SGLLM_OK);
+                    if (path == 0) {
+                        CHECK(sgllm__cuda_qkv_post(gpu, &a) == SGLLM_OK);
+                        CHECK(sgllm__cuda_attn_decode_q(gpu, dq, kc[0], vc[0], a.page_table, a.page_size, nh, nkv, hd,
+                                                        dpos[step], 1, sh->window, sc, sp, out[0], SGLLM__T_F32) == SGLLM_OK);
+                    } else {
+                        CHECKF(sgllm__cuda_attn_decode_post(gpu, &a, sh->window, sc, sp, out[1], SGLLM__T_F32) == SGLLM_OK,
+                               "attn_decode_post: %s", sgllm__cuda_errmsg(gpu));
+                    }
+                    if (capture) {
+                        CHECK(sgllm__cuda_graph_end(gpu, &graph) == SGLLM_OK);
+                        CHECK(graph && sgllm__cuda_graph_launch(gpu, graph) == SGLLM_OK);
+                    }
+                }
+                sgllm__cuda_graph_free(gpu, graph);
+                fetch(h[0], out[0], (size_t)qd * 4), fetch(h[1], out[1], (size_t)qd * 4);
+                fetch(hc[0], kc[0], cb), fetch(hc[1], kc[1], cb), fetch(hc[2], vc[0], cb), fetch(hc[3], vc[1], cb);
+                bool o_ok = !memcmp(h[0], h[1], (size_t)qd * 4), k_ok = !memcmp(hc[0], hc[1], cb),
+                     v_ok = !memcmp(hc[2], hc[3], cb);
+                CHECKF(o_ok && k_ok && v_ok,
+                       "attn_decode_post heads %d/%d dim %d rot %d norm %d bias %d window %d pos %d step %d splits %d "
+                       "paged %d: output %s (rel err %.3g), k cache %d, v cache %d",
+                       nh, nkv, hd, sh->n_rot, sh->norm, sh->bias, sh->window, p0, step, sp, paged,
+                       o_ok ? "same" : "differs", rel_err(h[1], h[0], qd), k_ok, v_ok);
+                runs++;
+            }
+            void *bufs[] = {dw[0], dw[1], dw[2], dx, dbias, dnw, dq, dk, dv, kc[0], kc[1], vc[0], vc[1], dtable,
+                            dpos[0], dpos[1], out[0], out[1]};
+            for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
+            for (int k = 0; k < 3; k++) free(w[k]);
+            for (int k = 0; k < 4; k++) free(hc[k]);
+            free(h[0]), free(h[1]), free(x), free(bias), free(nw), free(cache);
+        }
+    printf("attn_decode_post: %d runs (8 shapes, 4 positions, two steps, eager and graph) bit for bit qkv_post and "
+           "attention one after the other\n", runs);
+}
+
 // Transfers: asynchronous uploads through the pinned staging buffer, the host source changed
 // right after each call (the staging copy must have been taken), many in a row without a
 // synchronization (each waits for the staging buffer's previous copy), one over the 16 MB
@@ -2108,6 +2287,8 @@ int main(void) {
     test_kv_write_paged();
     test_norm_add();
     test_norm_add_xq();
+    test_gated_xq();
+    test_attn_post();
     test_attn_xq();
     test_qkv_post();
     test_pdl_graph();
