@@ -2219,32 +2219,45 @@ static __host__ __device__ constexpr int sgllm__cu_mvw_cb(int t) { // chunk byte
 // Shared-memory slot of one row's chunk: 16 bytes beyond it for the over-read of sgllm__cu_ld_a2.
 static __host__ __device__ constexpr int sgllm__cu_mvw_cs(int t) { return sgllm__cu_mvw_cb(t) + 16; }
 
-// A gated launch's output quantization (a.oq_cnt set), after row r of y is stored: lane 0
-// fences the row and counts it in its group; the warp whose row completes the group quantizes
-// the group's rows of every token (a group is whole blocks of the format, so the bytes are
-// those of quantizing all of y at once) and returns the counter to zero for the next launch.
-static __device__ __noinline__ void sgllm__cu_mvw_oq(const sgllm__cu_mvd &a, int64_t r) {
-    int64_t rows = a.rows[0], first = r / a.oq_g * a.oq_g, n_in = rows - first < a.oq_g ? rows - first : a.oq_g;
-    unsigned last = 0;
-    if (threadIdx.x % 32 == 0) {
-        __threadfence();
-        unsigned *cnt = a.oq_cnt + r / a.oq_g;
-        last = atomicAdd(cnt, 1u) == (unsigned)n_in - 1;
-        if (last) *cnt = 0; // every row of the group has arrived: no other access in this launch
-    }
-    if (!__shfl_sync(0xffffffffu, last, 0)) return;
-    __threadfence();
-    for (int t = 0; t < a.nt; t++) {
-        const float *x = a.y[0] + t * rows + first;
-        int8_t *q = a.oq_q + t * rows + first;
-        float2 *d = a.oq_d + t * (rows / 32) + first / 32;
-        if (a.oq_kind == XQ_Q8_0) sgllm__cu_xq<XQ_Q8_0, 1, true>(x, n_in, 1, q, d, 0, 1);
-        else if (a.oq_kind == XQ_Q8_1) sgllm__cu_xq<XQ_Q8_1, 1, true>(x, n_in, 1, q, d, 0, 1);
-        else sgllm__cu_xq<XQ_Q8_K, 1, true>(x, n_in, 1, q, d, 0, 1);
+// A gated launch's output quantization (a.oq_cnt set), once a warp has stored all its rows
+// (gw, gw + n_w, ...): one fence (a fence per row would wait for the next row's weight loads
+// in flight), then each lane counts one of the rows in its group; the warp whose row completes
+// a group quantizes the group's rows of every token (a group is whole blocks of the format, so
+// the bytes are those of quantizing all of y at once) and returns the counter to zero for the
+// next launch.
+static __device__ __forceinline__ void sgllm__cu_mvw_oq(const sgllm__cu_mvd &a, int64_t gw, int64_t n_w) {
+    int lane = threadIdx.x % 32;
+    int64_t rows = a.rows[0];
+    __threadfence(); // lane 0's stores of y ...
+    __syncwarp();    // ... before any lane's count
+    for (int64_t base = gw; base < rows; base += 32 * n_w) {
+        int64_t r = base + lane * n_w;
+        bool last = false;
+        if (r < rows) {
+            int64_t first = r / a.oq_g * a.oq_g, n_in = rows - first < a.oq_g ? rows - first : a.oq_g;
+            unsigned *cnt = a.oq_cnt + r / a.oq_g;
+            last = atomicAdd(cnt, 1u) == (unsigned)n_in - 1;
+            if (last) *cnt = 0; // every row of the group has arrived: no other access in this launch
+        }
+        __threadfence(); // the other warps' rows, seen through the count, before they are read
+        for (unsigned m = __ballot_sync(0xffffffffu, last); m; m &= m - 1) {
+            int64_t first = (base + (__ffs(m) - 1) * n_w) / a.oq_g * a.oq_g;
+            int64_t n_in = rows - first < a.oq_g ? rows - first : a.oq_g;
+            for (int t = 0; t < a.nt; t++) {
+                const float *x = a.y[0] + t * rows + first;
+                int8_t *q = a.oq_q + t * rows + first;
+                float2 *d = a.oq_d + t * (rows / 32) + first / 32;
+                if (a.oq_kind == XQ_Q8_0) sgllm__cu_xq<XQ_Q8_0, 1, true>(x, n_in, 1, q, d, 0, 1);
+                else if (a.oq_kind == XQ_Q8_1) sgllm__cu_xq<XQ_Q8_1, 1, true>(x, n_in, 1, q, d, 0, 1);
+                else sgllm__cu_xq<XQ_Q8_K, 1, true>(x, n_in, 1, q, d, 0, 1);
+            }
+        }
     }
 }
 
-template <int T, int NT, int NR>
+// OQ: the instance with the output quantization (gated pairs only; its code in every instance
+// made the others keep the argument struct in local memory).
+template <int T, int NT, int NR, bool OQ>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(const sgllm__cu_mvd a, int64_t groups) {
     constexpr int CV = sgllm__cu_mvw_cv(T), CB = sgllm__cu_mvw_cb(T), CS = sgllm__cu_mvw_cs(T);
     constexpr int U = (CB / 16 + 31) / 32; // 16-byte words per lane; 8-byte words fit the same registers
@@ -2366,10 +2379,10 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
         for (int k = 0; k < NR; k++)
 #pragma unroll
             for (int t = 0; t < NT; t++) acc[k][t] = sgllm__cu_warp_sum(acc[k][t]);
-        int s;
-        int64_t r;
-        locate(cg, s, r);
         if (lane == 0) {
+            int s;
+            int64_t r;
+            locate(cg, s, r);
             int64_t rows = s == 0 ? a.rows[0] : s == 1 ? a.rows[1] : a.rows[2];
             float *y = s == 0 ? a.y[0] : s == 1 ? a.y[1] : a.y[2];
 #pragma unroll
@@ -2381,12 +2394,12 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
                     for (int k = 0; k < NR; k++) y[t * rows + r + k] = acc[k][t];
             }
         }
-        if (gated && a.oq_cnt) sgllm__cu_mvw_oq(a, r);
 #pragma unroll
         for (int k = 0; k < NR; k++)
 #pragma unroll
             for (int t = 0; t < NT; t++) acc[k][t] = 0.0f;
     }
+    if (OQ) sgllm__cu_mvw_oq(a, gw, n_w);
 }
 
 // Whether the wide kernel takes weights of type t at w (row bytes rb): a block-quantized type,
@@ -2400,7 +2413,7 @@ static bool sgllm__cu_mvw_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t 
            cols <= MV_XQ_COLS;
 }
 
-template <int T, int NT, int NR>
+template <int T, int NT, int NR, bool OQ>
 static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int64_t groups) {
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
     size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T) + (a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0);
@@ -2409,10 +2422,10 @@ static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int
     int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
     if (per_sm > fit) per_sm = fit;
     if (smem > 48 * 1024) // a refusal makes the launch fail, which is reported
-        (void)cudaFuncSetAttribute(sgllm__cu_mvw_k<T, NT, NR>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        (void)cudaFuncSetAttribute(sgllm__cu_mvw_k<T, NT, NR, OQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     // and by registers: a grid past the resident blocks runs a second, mostly empty wave
     int occ = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, sgllm__cu_mvw_k<T, NT, NR>, 32 * warps, smem) != cudaSuccess)
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, sgllm__cu_mvw_k<T, NT, NR, OQ>, 32 * warps, smem) != cudaSuccess)
         cudaGetLastError(); // not sticky; the launch reports what matters
     else if (occ > 0 && per_sm > occ)
         per_sm = occ;
@@ -2422,21 +2435,21 @@ static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int
         int64_t per_warp = (groups + cap * warps - 1) / (cap * warps);
         blocks = ((groups + per_warp - 1) / per_warp + warps - 1) / warps;
     }
-    return sgllm__cu_launch(c, "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR>, dim3((unsigned)blocks), dim3(32 * warps),
+    return sgllm__cu_launch(c, "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR, OQ>, dim3((unsigned)blocks), dim3(32 * warps),
                             smem, a, groups);
 }
 
-template <int NT, int NR>
+template <int NT, int NR, bool OQ = false>
 static sgllm_status sgllm__cu_mvw_type(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a, int64_t groups) {
     switch (type) {
-    case T_Q4_0: return sgllm__cu_mvw_go<T_Q4_0, NT, NR>(c, a, groups);
-    case T_Q4_1: return sgllm__cu_mvw_go<T_Q4_1, NT, NR>(c, a, groups);
-    case T_Q5_0: return sgllm__cu_mvw_go<T_Q5_0, NT, NR>(c, a, groups);
-    case T_Q5_1: return sgllm__cu_mvw_go<T_Q5_1, NT, NR>(c, a, groups);
-    case T_Q8_0: return sgllm__cu_mvw_go<T_Q8_0, NT, NR>(c, a, groups);
-    case T_Q4_K: return sgllm__cu_mvw_go<T_Q4_K, NT, NR>(c, a, groups);
-    case T_Q5_K: return sgllm__cu_mvw_go<T_Q5_K, NT, NR>(c, a, groups);
-    case T_Q6_K: return sgllm__cu_mvw_go<T_Q6_K, NT, NR>(c, a, groups);
+    case T_Q4_0: return sgllm__cu_mvw_go<T_Q4_0, NT, NR, OQ>(c, a, groups);
+    case T_Q4_1: return sgllm__cu_mvw_go<T_Q4_1, NT, NR, OQ>(c, a, groups);
+    case T_Q5_0: return sgllm__cu_mvw_go<T_Q5_0, NT, NR, OQ>(c, a, groups);
+    case T_Q5_1: return sgllm__cu_mvw_go<T_Q5_1, NT, NR, OQ>(c, a, groups);
+    case T_Q8_0: return sgllm__cu_mvw_go<T_Q8_0, NT, NR, OQ>(c, a, groups);
+    case T_Q4_K: return sgllm__cu_mvw_go<T_Q4_K, NT, NR, OQ>(c, a, groups);
+    case T_Q5_K: return sgllm__cu_mvw_go<T_Q5_K, NT, NR, OQ>(c, a, groups);
+    case T_Q6_K: return sgllm__cu_mvw_go<T_Q6_K, NT, NR, OQ>(c, a, groups);
     default: return sgllm__cu_bad(c, "matvec (wide)", "weight type");
     }
 }
@@ -2452,6 +2465,12 @@ static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm
     int64_t groups = a.act >= 0 ? a.total_rows : pairs ? a.total_rows / 2 : a.total_rows;
     if (groups > (int64_t)INT32_MAX * MV_MAX_WARPS) return sgllm__cu_bad(c, "matvec", "too many rows");
     cudaSetDevice(c->device);
+    if (a.oq_cnt) { // gated pairs with the output quantization
+        if (a.nt == 1) return sgllm__cu_mvw_type<1, 2, true>(c, type, a, groups);
+        if (a.nt == 2) return sgllm__cu_mvw_type<2, 2, true>(c, type, a, groups);
+        if (a.nt <= 4) return sgllm__cu_mvw_type<4, 2, true>(c, type, a, groups);
+        return sgllm__cu_mvw_type<8, 2, true>(c, type, a, groups);
+    }
     if (pairs) {
         if (a.nt == 1) return sgllm__cu_mvw_type<1, 2>(c, type, a, groups);
         if (a.nt == 2) return sgllm__cu_mvw_type<2, 2>(c, type, a, groups);
