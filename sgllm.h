@@ -597,14 +597,6 @@ sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const uint32_t *typ
 sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate, uint32_t up_type,
                                       const void *w_up, int64_t rows, int64_t cols, const float *x, int64_t n_tok,
                                       float *y, float *u);
-// The same, where quant_for is the weight type of the product that reads y next (the down
-// projection): when the wide kernel runs (dispatch.matvec_int8 3) and rows is whole blocks of
-// that type's activation format, the launch also quantizes y into the context's activation
-// buffer (group by group, each by the warp that completes it), and the direct / wide kernels
-// reading y next skip their quantization launch (as after sgllm__cuda_norm_add_rmsnorm_q).
-sgllm_status sgllm__cuda_matvec_gated_q(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate,
-                                        uint32_t up_type, const void *w_up, int64_t rows, int64_t cols, const float *x,
-                                        int64_t n_tok, float *y, float *u, uint32_t quant_for);
 // The activation quantization of the int8 matrix-vector path (dispatch.matvec_int8), on its
 // own for tests: x (n_tok <= 8, cols) -> qs (device, n_tok * cols int8) and ds (device,
 // n_tok * cols / 32 pairs of floats: the block scale d, then the integer sum of the block's
@@ -629,25 +621,14 @@ sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint1
                                      int32_t n_head, int32_t n_head_kv, int32_t head_dim,
                                      const int32_t *pos, int64_t n_q, int32_t window, float scale,
                                      int32_t n_splits, float *out);
-// The same, where quant_for is the weight type of the o projection that reads out next: when
-// the merge kernel runs (n_splits > 1, dispatch.decode_merge 1), each head is whole blocks of
-// that type's activation format and n_q <= 8, the merge kernel also quantizes out into the
-// context's activation buffer, and the direct / wide matrix-vector kernels reading out skip
-// their quantization launch (as after sgllm__cuda_norm_add_rmsnorm_q).
-sgllm_status sgllm__cuda_attn_decode_q(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
-                                       const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
-                                       int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos,
-                                       int64_t n_q, int32_t window, float scale, int32_t n_splits, float *out,
-                                       uint32_t quant_for);
-// qkv_post (a) and attn_decode_q (window, scale, n_splits, out, quant_for; the rest from a)
-// in one launch when a holds one token: the attention kernel takes its heads' bias, norm and
+// qkv_post (a) and attn_decode (window, scale, n_splits, out; the rest from a) in one launch when a holds one token: the attention kernel takes its heads' bias, norm and
 // RoPE itself and writes the new key and value to the caches, with the bits of the two calls
 // one after the other, except that a->q is left as it was (not rotated in place). Other token
 // counts make the two calls. The fused kernel reads a->pos, the page table and the older
 // cache rows before the launch in front of it has finished (programmatic dependent launch):
 // only q, k and v may be that launch's output.
 sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a, int32_t window,
-                                          float scale, int32_t n_splits, float *out, uint32_t quant_for);
+                                          float scale, int32_t n_splits, float *out);
 // Prefill attention: the same inputs and result as attn_decode, computed as flash attention
 // on the tensor cores (fp16 q, k, v and probabilities, fp32 accumulation and softmax), for
 // batches of queries; tiles from dispatch.prefill_block_m/n and prefill_warps. Head dims that

@@ -45,23 +45,16 @@
 enum { SGLLM__CU_RING_SLOT = 64 };
 
 // Activation buffer of the direct matrix-vector kernels: up to 8 tokens of MV_XQ_COLS values
-// as int8 codes plus one float2 per 32 values (wider rows take the staged kernel). Two slots:
-// slot 1 is written only by the gated product that quantizes its output for the next product
-// (sgllm__cuda_matvec_gated_q) while it reads its own input from slot 0; every other producer
-// writes slot 0.
+// as int8 codes plus one float2 per 32 values (wider rows take the staged kernel).
 enum { MV_XQ_COLS = 65536, MV_XQ_BYTES = 8 * MV_XQ_COLS + 8 * (MV_XQ_COLS / 32) * 8 };
 
-// What one slot of the activation buffer holds: the quantization of of (nt rows of cols
-// values) in format kind, or nothing (of NULL).
-struct sgllm__cu_xq_slot {
+// What the activation buffer holds: the quantization of of (nt rows of cols values) in format
+// kind, or nothing (of NULL).
+struct sgllm__cu_xq_held {
     const float *of;
     int kind;
     int64_t nt, cols;
 };
-
-// Arrival counters of the gated product's output groups (sgllm__cuda_matvec_gated_q): one per
-// MV_OQ_MIN rows of a launch, zero between launches.
-enum { MV_OQ_MIN = 128, MV_OQ_COUNTERS = MV_XQ_COLS / MV_OQ_MIN };
 
 // Arrival counters of decode attention's split blocks (section 6), one per head group of a
 // launch (larger launches are cut into several): zero between launches, so graph replays
@@ -77,10 +70,9 @@ struct sgllm__cuda {
     void *scratch;        // (scratch_bytes) bf16 weights/activations for GEMM, attention partials
     size_t scratch_bytes;
     cudaEvent_t t0, t1;   // sgllm__cuda_timer_start/stop
-    void *mv_xq;          // (2, MV_XQ_BYTES) int8 activations of the matrix-vector kernels (section 4)
-    sgllm__cu_xq_slot xq[2]; // what each slot of mv_xq holds
-    unsigned *att_cnt;    // (ATT_COUNTERS + MV_OQ_COUNTERS) split arrivals of decode attention (section 6),
-                          // then the gated product's group arrivals (section 4b); zeroed at creation
+    void *mv_xq;          // (MV_XQ_BYTES) int8 activations of the matrix-vector kernels (section 4)
+    sgllm__cu_xq_held xq; // what mv_xq holds
+    unsigned *att_cnt;    // (ATT_COUNTERS) split arrivals of decode attention (section 6), zeroed at creation
     void *stage;          // (stage_bytes) pinned host memory that small downloads (a token's logits) go through
     size_t stage_bytes;
     void *stage_up;       // (stage_up_bytes) pinned host memory of sgllm__cuda_upload_async
@@ -120,22 +112,20 @@ static sgllm_status sgllm__cu_bad(sgllm__cuda *c, const char *op, const char *wh
     return sgllm__cu_fail(c, SGLLM_ERR_INVALID_ARGUMENT, "%s: %s", op, why);
 }
 
-// Slot i of the activation buffer: codes (8, MV_XQ_COLS), then scales (8, MV_XQ_COLS / 32).
-static int8_t *sgllm__cu_xq_codes(sgllm__cuda *c, int i) { return (int8_t *)c->mv_xq + (size_t)i * MV_XQ_BYTES; }
-static float2 *sgllm__cu_xq_scales(sgllm__cuda *c, int i) { return (float2 *)(sgllm__cu_xq_codes(c, i) + 8 * MV_XQ_COLS); }
+// The activation buffer: codes (8, MV_XQ_COLS), then scales (8, MV_XQ_COLS / 32).
+static int8_t *sgllm__cu_xq_codes(sgllm__cuda *c) { return (int8_t *)c->mv_xq; }
+static float2 *sgllm__cu_xq_scales(sgllm__cuda *c) { return (float2 *)(sgllm__cu_xq_codes(c) + 8 * MV_XQ_COLS); }
 
-// y is about to change: no slot holds its quantization any more.
+// y is about to change: the buffer no longer holds its quantization.
 static void sgllm__cu_xq_forget(sgllm__cuda *c, const float *y) {
-    for (int i = 0; i < 2; i++)
-        if (c->xq[i].of == y) c->xq[i].of = NULL;
+    if (c->xq.of == y) c->xq.of = NULL;
 }
 
-// After a launch that wrote slot i: it holds x (nt rows of cols, format kind) if the launch
-// was accepted, nothing otherwise.
-static void sgllm__cu_xq_set(sgllm__cuda *c, int i, sgllm_status s, const float *x, int kind, int64_t nt, int64_t cols) {
-    sgllm__cu_xq_forget(c, x);
-    c->xq[i].of = s ? NULL : x;
-    c->xq[i].kind = kind, c->xq[i].nt = nt, c->xq[i].cols = cols;
+// After a launch that wrote the buffer: it holds x (nt rows of cols, format kind) if the
+// launch was accepted, nothing otherwise.
+static void sgllm__cu_xq_set(sgllm__cuda *c, sgllm_status s, const float *x, int kind, int64_t nt, int64_t cols) {
+    c->xq.of = s ? NULL : x;
+    c->xq.kind = kind, c->xq.nt = nt, c->xq.cols = cols;
 }
 
 // Programmatic dependent launch (sm90+, dispatch.pdl). A kernel launched with it may start
@@ -273,11 +263,12 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaHostAlloc(&c->ring, 2 * SGLLM__CU_RING_SLOT, cudaHostAllocDefault), "pinned memory");
     c->blas_ws_bytes = (size_t)32 << 20;
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->blas_ws, c->blas_ws_bytes), "cuBLAS workspace");
-    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->mv_xq, 2 * (size_t)MV_XQ_BYTES), "matvec activation buffer");
-    size_t cnt_bytes = (ATT_COUNTERS + MV_OQ_COUNTERS) * sizeof(unsigned);
-    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->att_cnt, cnt_bytes), "arrival counters");
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->mv_xq, MV_XQ_BYTES), "matvec activation buffer");
     if (s == SGLLM_OK)
-        s = sgllm__cu_check(c, cudaMemsetAsync(c->att_cnt, 0, cnt_bytes, c->stream), "arrival counters");
+        s = sgllm__cu_check(c, cudaMalloc(&c->att_cnt, ATT_COUNTERS * sizeof(unsigned)), "attention counters");
+    if (s == SGLLM_OK)
+        s = sgllm__cu_check(c, cudaMemsetAsync(c->att_cnt, 0, ATT_COUNTERS * sizeof(unsigned), c->stream),
+                            "attention counters");
     if (s == SGLLM_OK && (cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS ||
                           cublasSetWorkspace(c->blas, c->blas_ws, c->blas_ws_bytes) != CUBLAS_STATUS_SUCCESS))
         s = sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "cuBLAS stream/workspace setup failed");
@@ -1235,9 +1226,8 @@ static size_t sgllm__cu_xq_bytes(int64_t nt, int64_t cols) { return (size_t)(nt 
 // warp w of nw takes steps w, w + nw, ..., loading B steps (one float4 per lane each) before
 // reducing any, so that a block's prologue costs about one L2 round trip, not one per block.
 // B changes only how many loads are in flight, never the bytes written: the wide kernel's
-// prologue (sgllm__cu_xq_in) takes half as many, whose registers add to its own. CG: x is
-// read through L2 only (written by other blocks of the same launch).
-template <int K, int B = K == XQ_Q8_K ? 4 : 8, bool CG = false>
+// prologue (sgllm__cu_xq_in) takes half as many, whose registers add to its own.
+template <int K, int B = K == XQ_Q8_K ? 4 : 8>
 static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t *qs, float2 *ds, int warp, int nw) {
     constexpr int V = K == XQ_Q8_K ? 2 : 1; // float4 per lane per step
     int lane = threadIdx.x % 32;
@@ -1253,8 +1243,7 @@ static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t
 #pragma unroll
             for (int i = 0; i < V; i++) {
                 int64_t e = (s0 + (int64_t)u * nw) * 32 * V + 32 * i + lane;
-                v[u][i] = s0 + (int64_t)u * nw < n_steps && e < n_vec ? (CG ? __ldcg(x4 + e) : x4[e])
-                                                                     : make_float4(0.f, 0.f, 0.f, 0.f);
+                v[u][i] = s0 + (int64_t)u * nw < n_steps && e < n_vec ? x4[e] : make_float4(0.f, 0.f, 0.f, 0.f);
             }
 #pragma unroll
         for (int u = 0; u < B; u++) {
@@ -1565,8 +1554,7 @@ extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, 
     int64_t steps = (n_tok * cols + (kind == XQ_Q8_K ? 255 : 127)) / (kind == XQ_Q8_K ? 256 : 128), grid = (steps + 3) / 4;
     void (*k)(const float *, int64_t, int, int8_t *, float2 *) =
         kind == XQ_Q8_0 ? sgllm__cu_xq_k<XQ_Q8_0> : kind == XQ_Q8_1 ? sgllm__cu_xq_k<XQ_Q8_1> : sgllm__cu_xq_k<XQ_Q8_K>;
-    for (int i = 0; i < 2; i++)
-        if (qs == sgllm__cu_xq_codes(c, i)) c->xq[i].of = NULL; // no longer what a producer put there
+    if (qs == sgllm__cu_xq_codes(c)) c->xq.of = NULL; // no longer what a norm put there
     return sgllm__cu_launch(c, "quantize_act", k, dim3((unsigned)grid), dim3(128), 0, x, cols, (int)n_tok, qs, (float2 *)ds);
 }
 
@@ -1590,14 +1578,14 @@ static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, 
     bool quant = quant_for != T_F32 && quant_for != T_F16 && quant_for != T_BF16 && sgllm__cu_row_bytes(quant_for, dim) > 0;
     if (!quant || rows > 8 || dim > MV_XQ_COLS) return false;
     int kind = sgllm__cu_xq_kind((int)quant_for);
-    int8_t *qs = sgllm__cu_xq_codes(c, 0);
-    float2 *ds = sgllm__cu_xq_scales(c, 0);
+    int8_t *qs = sgllm__cu_xq_codes(c);
+    float2 *ds = sgllm__cu_xq_scales(c);
     void (*k)(float *, const float *, const float *, const float *, float *, int64_t, float, int8_t *, float2 *) =
         kind == XQ_Q8_0 ? sgllm__cu_norm_add_xq_k<XQ_Q8_0>
                         : kind == XQ_Q8_1 ? sgllm__cu_norm_add_xq_k<XQ_Q8_1> : sgllm__cu_norm_add_xq_k<XQ_Q8_K>;
     *s = sgllm__cu_launch(c, "norm_add_rmsnorm", k, dim3((unsigned)rows), dim3(threads), 0, x, delta, delta_w, w, y, dim, eps,
                           qs, ds);
-    sgllm__cu_xq_set(c, 0, *s, y, kind, rows, dim);
+    sgllm__cu_xq_set(c, *s, y, kind, rows, dim);
     return true;
 }
 
@@ -1643,13 +1631,6 @@ struct sgllm__cu_mvd {
     const float2 *xd;    // (nt, cols / 32)
     int nt;
     int inl;             // 1 (wide kernel only): each block quantizes x into its shared memory itself (xq / xd unused)
-    // wide gated launches only (sgllm__cuda_matvec_gated_q): oq_cnt set quantizes y[0] in
-    // format oq_kind into oq_q / oq_d (layout of the activation buffer, cols = rows[0]) by groups of
-    // oq_g rows, each group by the warp whose row completes it (arrivals counted in oq_cnt)
-    int oq_kind, oq_g;
-    int8_t *oq_q;
-    float2 *oq_d;
-    unsigned *oq_cnt;
 };
 
 // Adds unit i of each of the NR rows to acc (only when ok: a clamped duplicate otherwise).
@@ -1895,23 +1876,17 @@ static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *
     a->x = x;
     a->nt = (int)nt;
     a->cols = cols;
-    a->xq = sgllm__cu_xq_codes(c, 0);
-    a->xd = sgllm__cu_xq_scales(c, 0);
+    a->xq = sgllm__cu_xq_codes(c);
+    a->xd = sgllm__cu_xq_scales(c);
     a->inl = 0;
     if (t == T_F32 || t == T_F16 || t == T_BF16) return SGLLM_OK;
     if (wide && nt * cols <= c->disp.matvec_xq_inline && sgllm__cu_xq_bytes(nt, cols) + 48 * 1024 <= (size_t)c->smem_optin) {
         a->inl = 1;
         return SGLLM_OK;
     }
-    // already there: quantized by the launch that wrote x (a norm, attention's merge, a gated product)
-    for (int i = 0; i < 2; i++) {
-        const sgllm__cu_xq_slot *q = &c->xq[i];
-        if (q->of == x && q->kind == sgllm__cu_xq_kind((int)t) && q->nt == nt && q->cols == cols) {
-            a->xq = sgllm__cu_xq_codes(c, i);
-            a->xd = sgllm__cu_xq_scales(c, i);
-            return SGLLM_OK;
-        }
-    }
+    // already there: quantized by the norm that wrote x (sgllm__cuda_norm_add_rmsnorm_q)
+    const sgllm__cu_xq_held *q = &c->xq;
+    if (q->of == x && q->kind == sgllm__cu_xq_kind((int)t) && q->nt == nt && q->cols == cols) return SGLLM_OK;
     return sgllm__cuda_quantize_act(c, t, x, nt, cols, (int8_t *)a->xq, (float *)a->xd);
 }
 
@@ -2133,12 +2108,6 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
 extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate,
                                                  uint32_t up_type, const void *w_up, int64_t rows, int64_t cols,
                                                  const float *x, int64_t n_tok, float *y, float *u) {
-    return sgllm__cuda_matvec_gated_q(c, act, gate_type, w_gate, up_type, w_up, rows, cols, x, n_tok, y, u, T_F32);
-}
-
-extern "C" sgllm_status sgllm__cuda_matvec_gated_q(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate,
-                                                   uint32_t up_type, const void *w_up, int64_t rows, int64_t cols,
-                                                   const float *x, int64_t n_tok, float *y, float *u, uint32_t quant_for) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!y || rows <= 0 || (act != SGLLM__CUDA_ACT_SILU && act != SGLLM__CUDA_ACT_GELU_TANH))
         return sgllm__cu_bad(c, "matvec_gated", "bad pointer, shape or activation");
@@ -2164,21 +2133,7 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated_q(sgllm__cuda *c, int act, uint
     bool wide = sgllm__cu_mvw_wide(c, 2, types, w, rb, cols, x);
     sgllm_status s = sgllm__cu_mvd_prep(c, gate_type, x, n_tok, cols, wide, &a);
     if (s) return s;
-    if (!wide) return sgllm__cu_mvd_run(c, gate_type, a, 2);
-    // the wide kernel quantizes y for the product that reads it next (slot 1; its own input
-    // must come from slot 0), when y is whole blocks of that format and that product's rows
-    // take a kernel that reads the buffer (the wide kernel's word alignment)
-    int kind = sgllm__cu_xq_kind((int)quant_for);
-    int64_t g = kind == XQ_Q8_K ? 256 : MV_OQ_MIN, next_rb = sgllm__cu_row_bytes(quant_for, rows);
-    int64_t align = c->disp.matvec_wide_align < 8 ? 8 : c->disp.matvec_wide_align;
-    if (quant_for != T_F32 && quant_for != T_F16 && quant_for != T_BF16 && next_rb > 0 && next_rb % align == 0 &&
-        rows % (kind == XQ_Q8_K ? 256 : 32) == 0 && rows <= MV_XQ_COLS && !a.inl && a.xq != sgllm__cu_xq_codes(c, 1)) {
-        a.oq_kind = kind, a.oq_g = (int)g, a.oq_cnt = c->att_cnt + ATT_COUNTERS;
-        a.oq_q = sgllm__cu_xq_codes(c, 1), a.oq_d = sgllm__cu_xq_scales(c, 1);
-    }
-    s = sgllm__cu_mvw_run(c, gate_type, a);
-    if (a.oq_cnt) sgllm__cu_xq_set(c, 1, s, y, kind, n_tok, rows);
-    return s;
+    return wide ? sgllm__cu_mvw_run(c, gate_type, a) : sgllm__cu_mvd_run(c, gate_type, a, 2);
 }
 
 // --- 4b. Wide-load int8 matrix-vector ------------------------------------------------------
@@ -2219,45 +2174,7 @@ static __host__ __device__ constexpr int sgllm__cu_mvw_cb(int t) { // chunk byte
 // Shared-memory slot of one row's chunk: 16 bytes beyond it for the over-read of sgllm__cu_ld_a2.
 static __host__ __device__ constexpr int sgllm__cu_mvw_cs(int t) { return sgllm__cu_mvw_cb(t) + 16; }
 
-// A gated launch's output quantization (a.oq_cnt set), once a warp has stored all its rows
-// (gw, gw + n_w, ...): one fence (a fence per row would wait for the next row's weight loads
-// in flight), then each lane counts one of the rows in its group; the warp whose row completes
-// a group quantizes the group's rows of every token (a group is whole blocks of the format, so
-// the bytes are those of quantizing all of y at once) and returns the counter to zero for the
-// next launch.
-static __device__ __forceinline__ void sgllm__cu_mvw_oq(const sgllm__cu_mvd &a, int64_t gw, int64_t n_w) {
-    int lane = threadIdx.x % 32;
-    int64_t rows = a.rows[0];
-    __threadfence(); // lane 0's stores of y ...
-    __syncwarp();    // ... before any lane's count
-    for (int64_t base = gw; base < rows; base += 32 * n_w) {
-        int64_t r = base + lane * n_w;
-        bool last = false;
-        if (r < rows) {
-            int64_t first = r / a.oq_g * a.oq_g, n_in = rows - first < a.oq_g ? rows - first : a.oq_g;
-            unsigned *cnt = a.oq_cnt + r / a.oq_g;
-            last = atomicAdd(cnt, 1u) == (unsigned)n_in - 1;
-            if (last) *cnt = 0; // every row of the group has arrived: no other access in this launch
-        }
-        __threadfence(); // the other warps' rows, seen through the count, before they are read
-        for (unsigned m = __ballot_sync(0xffffffffu, last); m; m &= m - 1) {
-            int64_t first = (base + (__ffs(m) - 1) * n_w) / a.oq_g * a.oq_g;
-            int64_t n_in = rows - first < a.oq_g ? rows - first : a.oq_g;
-            for (int t = 0; t < a.nt; t++) {
-                const float *x = a.y[0] + t * rows + first;
-                int8_t *q = a.oq_q + t * rows + first;
-                float2 *d = a.oq_d + t * (rows / 32) + first / 32;
-                if (a.oq_kind == XQ_Q8_0) sgllm__cu_xq<XQ_Q8_0, 1, true>(x, n_in, 1, q, d, 0, 1);
-                else if (a.oq_kind == XQ_Q8_1) sgllm__cu_xq<XQ_Q8_1, 1, true>(x, n_in, 1, q, d, 0, 1);
-                else sgllm__cu_xq<XQ_Q8_K, 1, true>(x, n_in, 1, q, d, 0, 1);
-            }
-        }
-    }
-}
-
-// OQ: the instance with the output quantization (gated pairs only; its code in every instance
-// made the others keep the argument struct in local memory).
-template <int T, int NT, int NR, bool OQ>
+template <int T, int NT, int NR>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(const sgllm__cu_mvd a, int64_t groups) {
     constexpr int CV = sgllm__cu_mvw_cv(T), CB = sgllm__cu_mvw_cb(T), CS = sgllm__cu_mvw_cs(T);
     constexpr int U = (CB / 16 + 31) / 32; // 16-byte words per lane; 8-byte words fit the same registers
@@ -2399,7 +2316,6 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
 #pragma unroll
             for (int t = 0; t < NT; t++) acc[k][t] = 0.0f;
     }
-    if (OQ) sgllm__cu_mvw_oq(a, gw, n_w);
 }
 
 // Whether the wide kernel takes weights of type t at w (row bytes rb): a block-quantized type,
@@ -2413,7 +2329,7 @@ static bool sgllm__cu_mvw_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t 
            cols <= MV_XQ_COLS;
 }
 
-template <int T, int NT, int NR, bool OQ>
+template <int T, int NT, int NR>
 static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int64_t groups) {
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
     size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T) + (a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0);
@@ -2422,10 +2338,10 @@ static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int
     int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
     if (per_sm > fit) per_sm = fit;
     if (smem > 48 * 1024) // a refusal makes the launch fail, which is reported
-        (void)cudaFuncSetAttribute(sgllm__cu_mvw_k<T, NT, NR, OQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        (void)cudaFuncSetAttribute(sgllm__cu_mvw_k<T, NT, NR>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     // and by registers: a grid past the resident blocks runs a second, mostly empty wave
     int occ = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, sgllm__cu_mvw_k<T, NT, NR, OQ>, 32 * warps, smem) != cudaSuccess)
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, sgllm__cu_mvw_k<T, NT, NR>, 32 * warps, smem) != cudaSuccess)
         cudaGetLastError(); // not sticky; the launch reports what matters
     else if (occ > 0 && per_sm > occ)
         per_sm = occ;
@@ -2435,21 +2351,21 @@ static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int
         int64_t per_warp = (groups + cap * warps - 1) / (cap * warps);
         blocks = ((groups + per_warp - 1) / per_warp + warps - 1) / warps;
     }
-    return sgllm__cu_launch(c, "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR, OQ>, dim3((unsigned)blocks), dim3(32 * warps),
+    return sgllm__cu_launch(c, "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR>, dim3((unsigned)blocks), dim3(32 * warps),
                             smem, a, groups);
 }
 
-template <int NT, int NR, bool OQ = false>
+template <int NT, int NR>
 static sgllm_status sgllm__cu_mvw_type(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a, int64_t groups) {
     switch (type) {
-    case T_Q4_0: return sgllm__cu_mvw_go<T_Q4_0, NT, NR, OQ>(c, a, groups);
-    case T_Q4_1: return sgllm__cu_mvw_go<T_Q4_1, NT, NR, OQ>(c, a, groups);
-    case T_Q5_0: return sgllm__cu_mvw_go<T_Q5_0, NT, NR, OQ>(c, a, groups);
-    case T_Q5_1: return sgllm__cu_mvw_go<T_Q5_1, NT, NR, OQ>(c, a, groups);
-    case T_Q8_0: return sgllm__cu_mvw_go<T_Q8_0, NT, NR, OQ>(c, a, groups);
-    case T_Q4_K: return sgllm__cu_mvw_go<T_Q4_K, NT, NR, OQ>(c, a, groups);
-    case T_Q5_K: return sgllm__cu_mvw_go<T_Q5_K, NT, NR, OQ>(c, a, groups);
-    case T_Q6_K: return sgllm__cu_mvw_go<T_Q6_K, NT, NR, OQ>(c, a, groups);
+    case T_Q4_0: return sgllm__cu_mvw_go<T_Q4_0, NT, NR>(c, a, groups);
+    case T_Q4_1: return sgllm__cu_mvw_go<T_Q4_1, NT, NR>(c, a, groups);
+    case T_Q5_0: return sgllm__cu_mvw_go<T_Q5_0, NT, NR>(c, a, groups);
+    case T_Q5_1: return sgllm__cu_mvw_go<T_Q5_1, NT, NR>(c, a, groups);
+    case T_Q8_0: return sgllm__cu_mvw_go<T_Q8_0, NT, NR>(c, a, groups);
+    case T_Q4_K: return sgllm__cu_mvw_go<T_Q4_K, NT, NR>(c, a, groups);
+    case T_Q5_K: return sgllm__cu_mvw_go<T_Q5_K, NT, NR>(c, a, groups);
+    case T_Q6_K: return sgllm__cu_mvw_go<T_Q6_K, NT, NR>(c, a, groups);
     default: return sgllm__cu_bad(c, "matvec (wide)", "weight type");
     }
 }
@@ -2465,12 +2381,6 @@ static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm
     int64_t groups = a.act >= 0 ? a.total_rows : pairs ? a.total_rows / 2 : a.total_rows;
     if (groups > (int64_t)INT32_MAX * MV_MAX_WARPS) return sgllm__cu_bad(c, "matvec", "too many rows");
     cudaSetDevice(c->device);
-    if (a.oq_cnt) { // gated pairs with the output quantization
-        if (a.nt == 1) return sgllm__cu_mvw_type<1, 2, true>(c, type, a, groups);
-        if (a.nt == 2) return sgllm__cu_mvw_type<2, 2, true>(c, type, a, groups);
-        if (a.nt <= 4) return sgllm__cu_mvw_type<4, 2, true>(c, type, a, groups);
-        return sgllm__cu_mvw_type<8, 2, true>(c, type, a, groups);
-    }
     if (pairs) {
         if (a.nt == 1) return sgllm__cu_mvw_type<1, 2>(c, type, a, groups);
         if (a.nt == 2) return sgllm__cu_mvw_type<2, 2>(c, type, a, groups);
@@ -3098,22 +3008,6 @@ static __global__ void sgllm__cu_attn_merge_k(const float *part_o, const float *
     sgllm__cu_attn_merge(part_o, part_lse, (int64_t)blockIdx.y * n_head + blockIdx.x, 1, hd, n_splits, ws, out);
 }
 
-// The merge kernel that then quantizes its head's output, as sgllm__cu_xq_k would, into the
-// context's activation buffer (sgllm__cuda_attn_decode_q): a head is whole blocks of the
-// format, so the bytes are those of quantizing the whole (n_q, n_head * hd) output at once.
-template <int K>
-static __global__ void sgllm__cu_attn_merge_xq_k(const float *part_o, const float *part_lse, int32_t n_head, int32_t hd,
-                                                 int32_t n_splits, float *out, int8_t *qs, float2 *ds) {
-    sgllm__cu_pdl_wait();
-    sgllm__cu_pdl_trigger();
-    extern __shared__ float ws[]; // (n_splits + 1)
-    int64_t row = (int64_t)blockIdx.y * n_head + blockIdx.x;
-    sgllm__cu_attn_merge(part_o, part_lse, row, 1, hd, n_splits, ws, out);
-    __syncthreads(); // the head's output, written by the whole block, is read back by all
-    sgllm__cu_xq<K>(out + row * hd, hd, 1, qs + row * hd, ds + row * (hd / 32), (int)(threadIdx.x / 32),
-                    (int)(blockDim.x / 32));
-}
-
 extern "C" size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_dim, int64_t n_q, int32_t n_splits) {
     if (n_head <= 0 || head_dim <= 0 || n_q <= 0 || n_splits <= 1) return 0;
     size_t rows = (size_t)n_q * (size_t)n_head * (size_t)n_splits;
@@ -3154,55 +3048,11 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
     return SGLLM_OK;
 }
 
-extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
-                                                const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
-                                                int32_t n_head, int32_t n_head_kv,
-                                                int32_t head_dim, const int32_t *pos, int64_t n_q, int32_t window,
-                                                float scale, int32_t n_splits, float *out) {
-    return sgllm__cuda_attn_decode_q(c, q, k_cache, v_cache, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                     window, scale, n_splits, out, T_F32);
-}
-
+// Decode attention; post: the fused kernel (sgllm__cuda_attn_decode_post, n_q 1).
 static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
                                           const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
                                           int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos, int64_t n_q,
-                                          int32_t window, float scale, int32_t n_splits, float *out, uint32_t quant_for,
-                                          const sgllm__cuda_qkv_post_args *post);
-
-extern "C" sgllm_status sgllm__cuda_attn_decode_q(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
-                                                  const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
-                                                  int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos,
-                                                  int64_t n_q, int32_t window, float scale, int32_t n_splits, float *out,
-                                                  uint32_t quant_for) {
-    return sgllm__cu_attn_decode(c, q, k_cache, v_cache, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                 window, scale, n_splits, out, quant_for, NULL);
-}
-
-extern "C" sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a, int32_t window,
-                                                     float scale, int32_t n_splits, float *out, uint32_t quant_for) {
-    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
-    if (!a) return sgllm__cu_bad(c, "attn_decode_post", "no arguments");
-    // one query with room for the fused kernel's shared memory (48 KB at most is enough for
-    // every tile size attn_decode picks): one launch; else qkv_post, then attention
-    bool fuse = a->n_tok == 1 && a->head_dim % 8 == 0 && a->head_dim <= ATT_MAX_HD && a->n_rot >= 2 &&
-                a->n_rot <= a->head_dim && !(a->n_rot & 1) && a->n_head > 0 && a->n_head_kv > 0 && a->q && a->k && a->v;
-    if (!fuse) {
-        sgllm_status s = sgllm__cuda_qkv_post(c, a);
-        return s ? s : sgllm__cu_attn_decode(c, a->q, a->k_cache, a->v_cache, a->page_table, a->page_size, a->n_head,
-                                             a->n_head_kv, a->head_dim, a->pos, a->n_tok, window, scale, n_splits, out,
-                                             quant_for, NULL);
-    }
-    if (a->q_stride < (int64_t)a->n_head * a->head_dim || a->kv_stride < (int64_t)a->n_head_kv * a->head_dim ||
-        !(a->theta_base > 0) || !(a->eps >= 0))
-        return sgllm__cu_bad(c, "attn_decode_post", "bad pointer or shape");
-    return sgllm__cu_attn_decode(c, a->q, a->k_cache, a->v_cache, a->page_table, a->page_size, a->n_head, a->n_head_kv,
-                                 a->head_dim, a->pos, 1, window, scale, n_splits, out, quant_for, a);
-}
-
-static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
-                                          const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
-                                          int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos, int64_t n_q,
-                                          int32_t window, float scale, int32_t n_splits, float *out, uint32_t quant_for,
+                                          int32_t window, float scale, int32_t n_splits, float *out,
                                           const sgllm__cuda_qkv_post_args *post) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!q || !k_cache || !v_cache || !pos || !out || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv ||
@@ -3238,28 +3088,40 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
                                                window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post);
     sgllm__cu_xq_forget(c, out); // out changes: the activation buffer no longer holds it
     if (s || n_splits == 1 || merge_here) return s;
-    // the merge kernel also quantizes for the product that reads out next, when every head is
-    // whole blocks of its activation format (as sgllm__cuda_norm_add_rmsnorm_q)
-    bool quant = quant_for != T_F32 && quant_for != T_F16 && quant_for != T_BF16 &&
-                 sgllm__cu_row_bytes(quant_for, (int64_t)n_head * head_dim) > 0 && n_q <= 8 &&
-                 (int64_t)n_head * head_dim <= MV_XQ_COLS;
-    int kind = quant ? sgllm__cu_xq_kind((int)quant_for) : XQ_Q8_0;
-    if (quant && head_dim % (kind == XQ_Q8_K ? 256 : 32)) quant = false;
-    size_t ws = (size_t)(n_splits + 1) * 4;
-    if (!quant)
-        return sgllm__cu_launch(c, "attn_decode: merge kernel", sgllm__cu_attn_merge_k, dim3((unsigned)n_head, (unsigned)n_q),
-                                dim3(128), ws, (const float *)part_o, (const float *)part_lse, n_head, head_dim, n_splits,
-                                out);
-    void (*k)(const float *, const float *, int32_t, int32_t, int32_t, float *, int8_t *, float2 *) =
-        kind == XQ_Q8_0 ? sgllm__cu_attn_merge_xq_k<XQ_Q8_0>
-                        : kind == XQ_Q8_1 ? sgllm__cu_attn_merge_xq_k<XQ_Q8_1> : sgllm__cu_attn_merge_xq_k<XQ_Q8_K>;
-    s = sgllm__cu_launch(c, "attn_decode: merge kernel", k, dim3((unsigned)n_head, (unsigned)n_q), dim3(128), ws,
-                         (const float *)part_o, (const float *)part_lse, n_head, head_dim, n_splits, out,
-                         sgllm__cu_xq_codes(c, 0), sgllm__cu_xq_scales(c, 0));
-    sgllm__cu_xq_set(c, 0, s, out, kind, n_q, (int64_t)n_head * head_dim);
-    return s;
+    return sgllm__cu_launch(c, "attn_decode: merge kernel", sgllm__cu_attn_merge_k, dim3((unsigned)n_head, (unsigned)n_q),
+                            dim3(128), (size_t)(n_splits + 1) * 4, (const float *)part_o, (const float *)part_lse,
+                            n_head, head_dim, n_splits, out);
 }
 
+extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint16_t *k_cache,
+                                                const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
+                                                int32_t n_head, int32_t n_head_kv,
+                                                int32_t head_dim, const int32_t *pos, int64_t n_q, int32_t window,
+                                                float scale, int32_t n_splits, float *out) {
+    return sgllm__cu_attn_decode(c, q, k_cache, v_cache, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+                                 window, scale, n_splits, out, NULL);
+}
+
+extern "C" sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a, int32_t window,
+                                                     float scale, int32_t n_splits, float *out) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!a) return sgllm__cu_bad(c, "attn_decode_post", "no arguments");
+    // one query with room for the fused kernel's shared memory (48 KB at most is enough for
+    // every tile size attn_decode picks): one launch; else qkv_post, then attention
+    bool fuse = a->n_tok == 1 && a->head_dim % 8 == 0 && a->head_dim <= ATT_MAX_HD && a->n_rot >= 2 &&
+                a->n_rot <= a->head_dim && !(a->n_rot & 1) && a->n_head > 0 && a->n_head_kv > 0 && a->q && a->k && a->v;
+    if (!fuse) {
+        sgllm_status s = sgllm__cuda_qkv_post(c, a);
+        return s ? s : sgllm__cu_attn_decode(c, a->q, a->k_cache, a->v_cache, a->page_table, a->page_size, a->n_head,
+                                             a->n_head_kv, a->head_dim, a->pos, a->n_tok, window, scale, n_splits, out,
+                                             NULL);
+    }
+    if (a->q_stride < (int64_t)a->n_head * a->head_dim || a->kv_stride < (int64_t)a->n_head_kv * a->head_dim ||
+        !(a->theta_base > 0) || !(a->eps >= 0))
+        return sgllm__cu_bad(c, "attn_decode_post", "bad pointer or shape");
+    return sgllm__cu_attn_decode(c, a->q, a->k_cache, a->v_cache, a->page_table, a->page_size, a->n_head, a->n_head_kv,
+                                 a->head_dim, a->pos, 1, window, scale, n_splits, out, a);
+}
 // --- 6b. Prefill attention -----------------------------------------------------------------
 // Flash attention (FlashAttention-2 schedule) on the tensor cores for batches of queries, over
 // the same fp16 cache as section 6. Grid (query tiles x n_head, value chunks), the head

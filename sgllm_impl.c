@@ -5524,7 +5524,7 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
                                                 L->n_head, L->n_head_kv, hd, pos, n, L->window, L->attn_scale, c->att));
         } else { // one launch for a single token (the attention kernel does qkv_post's work)
             int32_t sp = splits > 0 ? splits : sgllm__gpu_splits(disp, L, n, max_keys);
-            SGLLM__TRY(sgllm__cuda_attn_decode_post(cu, &qa, L->window, L->attn_scale, sp, c->att, L->wo.type));
+            SGLLM__TRY(sgllm__cuda_attn_decode_post(cu, &qa, L->window, L->attn_scale, sp, c->att));
         }
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wo.type, G->wo, E, qd, c->att, n, c->o));
         SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm_q(cu, c->x, c->o, G->post_attn_norm, G->ffn_norm, c->h, n, E, m->eps,
@@ -5535,10 +5535,9 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
                                               c->u));
             SGLLM__TRY(sgllm__cuda_gemm_x16(cu, L->w_down.type, G->w_down, E, L->n_ff, c->g, n, c->o));
         } else {
-        // the gated product quantizes its output for the down projection (one launch fewer)
-        SGLLM__TRY(sgllm__cuda_matvec_gated_q(cu, m->act == SGLLM__ACT_GELU_TANH ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU,
-                                              L->w_gate.type, G->w_gate, L->w_up.type, G->w_up, L->n_ff, E, c->h, n, c->g,
-                                              c->u, L->w_down.type));
+        SGLLM__TRY(sgllm__cuda_matvec_gated(cu, m->act == SGLLM__ACT_GELU_TANH ? SGLLM__CUDA_ACT_GELU_TANH : SGLLM__CUDA_ACT_SILU,
+                                            L->w_gate.type, G->w_gate, L->w_up.type, G->w_up, L->n_ff, E, c->h, n, c->g,
+                                            c->u));
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->w_down.type, G->w_down, E, L->n_ff, c->g, n, c->o));
         }
         post_ffn = G->post_ffn_norm;

@@ -1558,153 +1558,8 @@ static void test_norm_add_xq(void) {
            "norm's and the products after it\n", runs);
 }
 
-// attn_decode_q: the merge kernel that also quantizes its output for the o projection. Its output
-// must be the plain attention's bit for bit and the o projection after it (wide and direct
-// kernels) the one after the plain attention, where the product quantizes for itself; heads
-// that are not whole blocks of the format (Q8_K with head dim 64 or 128) and one split take the
-// plain path. Shapes of Gemma 3 270M, SmolLM2 and Llama-3-8B; 1-3 queries.
-static void test_attn_xq(void) {
-    static const int32_t shapes[3][3] = {{4, 1, 256}, {9, 3, 64}, {32, 8, 128}};
-    static const uint32_t types[3] = {SGLLM__T_Q8_0, SGLLM__T_Q4_1, SGLLM__T_Q4_K};
-    sgllm__cuda_dispatch d = disp;
-    d.decode_merge = 1;
-    int runs = 0;
-    for (int si = 0; si < 3; si++) {
-        int32_t nh = shapes[si][0], nkv = shapes[si][1], hd = shapes[si][2], n_ctx = 300;
-        int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, rows = 192;
-        uint16_t *kv = (uint16_t *)malloc((size_t)(n_ctx * kvd) * 2);
-        for (int64_t i = 0; i < n_ctx * kvd; i++) kv[i] = sgllm__f32_to_fp16(test_uniform(-1, 1));
-        void *dk = dev_copy(kv, (size_t)(n_ctx * kvd) * 2), *dv = dev_copy(kv, (size_t)(n_ctx * kvd) * 2);
-        float *q = rand_floats(3 * qd, -1, 1), *dq = (float *)dev_copy(q, (size_t)(3 * qd) * 4);
-        int32_t pos[3] = {200 + (int32_t)(test_u64() % 90), 0, 0};
-        pos[1] = pos[0] + 1, pos[2] = pos[0] + 2;
-        int32_t *dpos = (int32_t *)dev_copy(pos, sizeof pos);
-        float *att = (float *)dev((size_t)(3 * qd) * 4), *att_ref = (float *)dev((size_t)(3 * qd) * 4);
-        float *y = (float *)dev((size_t)(3 * rows) * 4), *y_ref = (float *)dev((size_t)(3 * rows) * 4);
-        float *h[4];
-        for (int i = 0; i < 4; i++) h[i] = (float *)malloc((size_t)(3 * qd) * 4);
-        CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(nh, hd, 3, 16)) == SGLLM_OK);
-        for (int ti = 0; ti < 3; ti++) {
-            uint32_t t = types[ti];
-            if (qd % sgllm__types[t].block) continue;
-            size_t wb;
-            uint8_t *w = rand_weights(t, rows, qd, &wb);
-            void *dw = dev_copy(w, wb);
-            for (int kern = 2; kern <= 3; kern++)
-                for (int64_t n = 1; n <= 3; n++)
-                    for (int sp = 1; sp <= 16; sp += 15) {
-                        d.matvec_int8 = kern;
-                        sgllm__cuda_set_dispatch(gpu, &d);
-                        float sc = 1.0f / sqrtf((float)hd);
-                        poison(att_ref, (size_t)(3 * qd) * 4), poison(att, (size_t)(3 * qd) * 4);
-                        CHECK(sgllm__cuda_attn_decode(gpu, dq, (uint16_t *)dk, (uint16_t *)dv, NULL, 0, nh, nkv, hd, dpos, n, 0,
-                                                      sc, sp, att_ref) == SGLLM_OK);
-                        CHECK(sgllm__cuda_matvec(gpu, t, dw, rows, qd, att_ref, n, y_ref) == SGLLM_OK);
-                        CHECKF(sgllm__cuda_attn_decode_q(gpu, dq, (uint16_t *)dk, (uint16_t *)dv, NULL, 0, nh, nkv, hd, dpos, n,
-                                                         0, sc, sp, att, t) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
-                        CHECK(sgllm__cuda_matvec(gpu, t, dw, rows, qd, att, n, y) == SGLLM_OK);
-                        fetch(h[0], att_ref, (size_t)(n * qd) * 4), fetch(h[1], att, (size_t)(n * qd) * 4);
-                        fetch(h[2], y_ref, (size_t)(n * rows) * 4), fetch(h[3], y, (size_t)(n * rows) * 4);
-                        CHECKF(!memcmp(h[0], h[1], (size_t)(n * qd) * 4) && !memcmp(h[2], h[3], (size_t)(n * rows) * 4),
-                               "attn_decode_q heads %d/%d dim %d %s kernel %d queries %lld splits %d: output or o "
-                               "projection differs (rel err %.3g)", nh, nkv, hd, sgllm__type_name(t), kern, (long long)n, sp,
-                               rel_err(h[3], h[2], n * rows));
-                        runs++;
-                    }
-            sgllm__cuda_dfree(gpu, dw);
-            free(w);
-        }
-        sgllm__cuda_set_dispatch(gpu, &disp);
-        void *bufs[] = {dk, dv, dq, dpos, att, att_ref, y, y_ref};
-        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
-        for (int i = 0; i < 4; i++) free(h[i]);
-        free(kv), free(q);
-    }
-    printf("attn_decode_q: %d runs (3 shapes, 3 activation formats, direct and wide kernels, 1-3 queries, 1 and 16 "
-           "splits) bit for bit the plain attention and the o projection after it\n", runs);
-}
-
-// The gated product that quantizes its output for the down projection
-// (sgllm__cuda_matvec_gated_q, wide kernel): y bit for bit the plain gated product's, and the
-// down projection after it bit for bit the one that quantizes y itself. y is then overwritten
-// behind the context's back, so a down projection that quantized y again would differ: equal
-// results show that it used the launch's quantization. Row counts with a partial last group,
-// 1-8 tokens, every activation format, eager launches twice in a row (the group counters must
-// return to zero) and graph replays.
-static void test_gated_xq(void) {
-    static const uint32_t gate_t[3] = {SGLLM__T_Q8_0, SGLLM__T_Q4_K, SGLLM__T_Q5_0};
-    static const uint32_t down_t[4] = {SGLLM__T_Q8_0, SGLLM__T_Q4_1, SGLLM__T_Q4_K, SGLLM__T_Q6_K};
-    static const int64_t ffs[3] = {160, 1280, 2368};
-    static const int64_t nts[4] = {1, 2, 5, 8};
-    sgllm__cuda_dispatch d = disp;
-    d.matvec_int8 = 3;
-    sgllm__cuda_set_dispatch(gpu, &d);
-    const int64_t cols = 512, E = 256;
-    int runs = 0, reuses = 0;
-    for (int gi = 0; gi < 3; gi++)
-        for (int di = 0; di < 4; di++)
-            for (int fi = 0; fi < 3; fi++) {
-                uint32_t tg = gate_t[gi], td = down_t[di];
-                int64_t ff = ffs[fi], nt = nts[(gi + di + fi) % 4];
-                if (ff % sgllm__types[td].block) continue;
-                size_t wb[3];
-                uint8_t *w[3] = {rand_weights(tg, ff, cols, &wb[0]), rand_weights(tg, ff, cols, &wb[1]),
-                                 rand_weights(td, E, ff, &wb[2])};
-                void *dw[3];
-                for (int k = 0; k < 3; k++) dw[k] = dev_copy(w[k], wb[k]);
-                float *x = rand_floats(nt * cols, -1, 1), *dx = (float *)dev_copy(x, (size_t)(nt * cols) * 4);
-                float *dy = (float *)dev((size_t)(nt * ff) * 4), *dyr = (float *)dev((size_t)(nt * ff) * 4);
-                float *dout = (float *)dev((size_t)(nt * E) * 4), *dref = (float *)dev((size_t)(nt * E) * 4);
-                float *h[4] = {(float *)malloc((size_t)(nt * ff) * 4), (float *)malloc((size_t)(nt * ff) * 4),
-                               (float *)malloc((size_t)(nt * E) * 4), (float *)malloc((size_t)(nt * E) * 4)};
-                int act = (fi + di) % 2 ? SGLLM__CUDA_ACT_SILU : SGLLM__CUDA_ACT_GELU_TANH;
-                // the fused quantization is made for down projections the wide kernel runs
-                int64_t al = d.matvec_wide_align < 8 ? 8 : d.matvec_wide_align;
-                bool reuse = (int64_t)sgllm__row_bytes(td, ff) % al == 0;
-                reuses += reuse;
-                CHECK(sgllm__cuda_matvec_gated(gpu, act, tg, dw[0], tg, dw[1], ff, cols, dx, nt, dyr, NULL) == SGLLM_OK);
-                CHECK(sgllm__cuda_matvec(gpu, td, dw[2], E, ff, dyr, nt, dref) == SGLLM_OK);
-                fetch(h[0], dyr, (size_t)(nt * ff) * 4), fetch(h[2], dref, (size_t)(nt * E) * 4);
-                void *graph = NULL;
-                for (int rep = 0; rep < 4; rep++) { // two eager runs, then a graph captured once and replayed twice
-                    poison(dout, (size_t)(nt * E) * 4);
-                    if (rep < 3) {
-                        if (rep == 2) CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
-                        CHECKF(sgllm__cuda_matvec_gated_q(gpu, act, tg, dw[0], tg, dw[1], ff, cols, dx, nt, dy, NULL, td) ==
-                                   SGLLM_OK, "gated_q: %s", sgllm__cuda_errmsg(gpu));
-                        if (rep < 2 && reuse) poison(dy, (size_t)(nt * ff) * 4); // the down projection must not need y
-                        CHECK(sgllm__cuda_matvec(gpu, td, dw[2], E, ff, dy, nt, dout) == SGLLM_OK);
-                        if (rep == 2) CHECK(sgllm__cuda_graph_end(gpu, &graph) == SGLLM_OK);
-                    }
-                    if (rep >= 2) CHECK(graph && sgllm__cuda_graph_launch(gpu, graph) == SGLLM_OK);
-                    fetch(h[3], dout, (size_t)(nt * E) * 4);
-                    bool same_y = true;
-                    if (rep >= 2) {
-                        fetch(h[1], dy, (size_t)(nt * ff) * 4);
-                        same_y = !memcmp(h[0], h[1], (size_t)(nt * ff) * 4);
-                    }
-                    CHECKF(same_y && !memcmp(h[2], h[3], (size_t)(nt * E) * 4),
-                           "gated_q %s -> %s ff %lld tokens %lld run %d: %s differs (rel err %.3g)", sgllm__type_name(tg),
-                           sgllm__type_name(td), (long long)ff, (long long)nt, rep, same_y ? "down projection" : "y",
-                           rel_err(h[3], h[2], nt * E));
-                    runs++;
-                }
-                sgllm__cuda_graph_free(gpu, graph);
-                void *bufs[] = {dw[0], dw[1], dw[2], dx, dy, dyr, dout, dref};
-                for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
-                for (int k = 0; k < 3; k++) free(w[k]);
-                for (int k = 0; k < 4; k++) free(h[k]);
-                free(x);
-            }
-    sgllm__cuda_set_dispatch(gpu, &disp);
-    CHECKF(reuses >= 9, "gated_q: only %d shapes reuse the quantization", reuses);
-    printf("matvec_gated_q: %d runs (3 gate/up types, 4 down types, partial groups, 1-8 tokens, eager and graph; %d shapes "
-           "whose down projection reuses the quantization) bit for bit the gated product and the down projection that "
-           "quantizes for itself\n", runs, reuses);
-}
-
 // Attention that does qkv_post's work itself (sgllm__cuda_attn_decode_post, one token): its
-// output and both caches bit for bit those of qkv_post followed by attn_decode_q. q, k and v
+// output and both caches bit for bit those of qkv_post followed by attn_decode. q, k and v
 // come from a q/k/v product launched just before (the fused kernel starts its cache reads
 // before that launch finishes), over two consecutive positions (the second reads the row the
 // first wrote), the second step also replayed from a graph. Shapes: GQA groups 1-12 (two head
@@ -1769,10 +1624,10 @@ static void test_attn_post(void) {
                     CHECK(sgllm__cuda_matvec_multi(gpu, 3, tt, wm, r3, E, dx + step * E, 1, ym) == SGLLM_OK);
                     if (path == 0) {
                         CHECK(sgllm__cuda_qkv_post(gpu, &a) == SGLLM_OK);
-                        CHECK(sgllm__cuda_attn_decode_q(gpu, dq, kc[0], vc[0], a.page_table, a.page_size, nh, nkv, hd,
-                                                        dpos[step], 1, sh->window, sc, sp, out[0], SGLLM__T_F32) == SGLLM_OK);
+                        CHECK(sgllm__cuda_attn_decode(gpu, dq, kc[0], vc[0], a.page_table, a.page_size, nh, nkv, hd,
+                                                      dpos[step], 1, sh->window, sc, sp, out[0]) == SGLLM_OK);
                     } else {
-                        CHECKF(sgllm__cuda_attn_decode_post(gpu, &a, sh->window, sc, sp, out[1], SGLLM__T_F32) == SGLLM_OK,
+                        CHECKF(sgllm__cuda_attn_decode_post(gpu, &a, sh->window, sc, sp, out[1]) == SGLLM_OK,
                                "attn_decode_post: %s", sgllm__cuda_errmsg(gpu));
                     }
                     if (capture) {
@@ -2287,9 +2142,7 @@ int main(void) {
     test_kv_write_paged();
     test_norm_add();
     test_norm_add_xq();
-    test_gated_xq();
     test_attn_post();
-    test_attn_xq();
     test_qkv_post();
     test_pdl_graph();
     test_pdl_chain();
