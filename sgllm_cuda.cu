@@ -143,7 +143,8 @@ static void sgllm__cu_xq_set(sgllm__cuda *c, sgllm_status s, const float *x, int
 // their weights there (uploaded or filled at load time, with a synchronization after).
 // The PDL ops (sections 3, 4, 5, 6 and 8) wait before their first read or write of
 // activations and trigger right after the wait, so at most one kernel's blocks sit waiting behind the one
-// running, and their weight loads overlap its tail.
+// running, and their weight loads overlap its tail. (One exception: the standalone activation
+// quantization, sgllm__cu_xq_k, triggers first, so the product after it is launched early too.)
 static __device__ inline void sgllm__cu_pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
@@ -1336,22 +1337,39 @@ static __device__ inline uint32_t sgllm__cu_hb4(uint32_t h) {
     return ((h & 1u) << 4) | ((h & 2u) << 11) | ((h & 4u) << 18) | ((h & 8u) << 25);
 }
 
-// Piece p (0..31) of a staged chunk whose first piece is g - p of the row: decodes its 32 codes
-// once and adds its dot with each token's activations to acc.
-template <int T, int NT>
-static __device__ inline void sgllm__cu_piece_i8(const uint8_t *st, int p, int64_t g, const int8_t *xs, const float2 *xd,
-                                                 int64_t cols, int nt, float acc[NT]) {
+// One 32-value piece's weights, decoded once for every token of a batch (and, in the wide
+// kernel, the NR rows' pieces decoded first, so that each token's activations of the piece are
+// read once for all of them). The dot's integer sum and its float expression are the same
+// wherever a piece is computed, so the staged and wide kernels agree bit for bit.
+struct sgllm__cu_pw {
     uint32_t c[8]; // codes: word k holds the codes of values 4k .. 4k+3 of the piece
-    float dw = 0.f, mw = 0.f;
-    int sc = 0, mn = 0, off = 0; // K scales / mins; offset subtracted from every code (Q4_0, Q5_0)
+    float dw, mw;
+    int sc, mn, off; // K scales / mins; offset subtracted from every code (Q4_0, Q5_0)
+    int sh;          // Q4_K: the codes sit sh bits up in their bytes (see sgllm__cu_dp4a_us)
+};
+
+// dp4a of four unsigned bytes with four signed ones: Q4_K's odd sub-blocks keep their codes in
+// the high nibble of each byte (one AND per word instead of a shift and an AND), so the sum is
+// 16 times the codes' sum, exactly (at most 240 * 127 * 32 in magnitude), shifted back once.
+static __device__ inline int sgllm__cu_dp4a_us(uint32_t a, int b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Decodes piece p (0..31 of a staged chunk, or of the wide kernel's slot) into w.
+template <int T> static __device__ inline void sgllm__cu_piece_w(const uint8_t *st, int p, sgllm__cu_pw &w) {
+    uint32_t *c = w.c;
+    w.dw = w.mw = 0.f;
+    w.sc = w.mn = w.off = w.sh = 0;
     if (T == T_Q8_0) {
         const uint8_t *b = st + 34 * p;
-        dw = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
+        w.dw = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
         sgllm__cu_ld_a2<8>(b + 2, c);
     } else if (T == T_Q4_0 || T == T_Q5_0) {
         const uint8_t *b = st + (T == T_Q4_0 ? 18 : 22) * p;
         uint32_t q[4];
-        dw = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
+        w.dw = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b));
         sgllm__cu_ld_a2<4>(b + (T == T_Q4_0 ? 2 : 6), q);
         uint32_t qh = T == T_Q5_0 ? sgllm__cu_u32a2(b + 2) : 0u;
 #pragma unroll
@@ -1363,12 +1381,12 @@ static __device__ inline void sgllm__cu_piece_i8(const uint8_t *st, int p, int64
                 c[k + 4] |= sgllm__cu_hb4(qh >> (16 + 4 * k));
             }
         }
-        off = T == T_Q4_0 ? 8 : 16;
+        w.off = T == T_Q4_0 ? 8 : 16;
     } else if (T == T_Q4_1 || T == T_Q5_1) {
         const uint8_t *b = st + (T == T_Q4_1 ? 20 : 24) * p; // 4-byte aligned
         uint32_t dm = sgllm__cu_u32(b), qh = T == T_Q5_1 ? sgllm__cu_u32(b + 4) : 0u;
-        dw = sgllm__cu_h16((uint16_t)(dm & 0xffff));
-        mw = sgllm__cu_h16((uint16_t)(dm >> 16));
+        w.dw = sgllm__cu_h16((uint16_t)(dm & 0xffff));
+        w.mw = sgllm__cu_h16((uint16_t)(dm >> 16));
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             uint32_t q = sgllm__cu_u32(b + (T == T_Q4_1 ? 4 : 8) + 4 * k);
@@ -1382,10 +1400,16 @@ static __device__ inline void sgllm__cu_piece_i8(const uint8_t *st, int p, int64
     } else if (T == T_Q4_K || T == T_Q5_K) {
         int sub = p % 8;
         const uint8_t *b = st + (T == T_Q4_K ? 144 : 176) * (p / 8); // 16-byte aligned
-        uint32_t dd = sgllm__cu_u32(b);
-        dw = sgllm__cu_h16((uint16_t)(dd & 0xffff));
-        mw = sgllm__cu_h16((uint16_t)(dd >> 16));
-        sgllm__cu_kscale(sub, b + 4, &sc, &mn);
+        // the super-block's head in one load: d and dmin (x), the 12 scale bytes (y, z, w);
+        // sub-block j's 6-bit scale and min are bytes j and j + 4 (j < 4), or the nibbles of
+        // byte j + 4 with the top two bits of bytes j - 4 and j (j >= 4)
+        uint4 hd = *(const uint4 *)b;
+        w.dw = sgllm__cu_h16((uint16_t)(hd.x & 0xffff));
+        w.mw = sgllm__cu_h16((uint16_t)(hd.x >> 16));
+        int bs = 8 * (sub & 3);
+        uint32_t s0 = hd.y >> bs, s1 = hd.z >> bs, s2 = hd.w >> bs;
+        w.sc = (int)(sub < 4 ? s0 & 63u : (s2 & 15u) | ((s0 >> 2) & 48u));
+        w.mn = (int)(sub < 4 ? s1 & 63u : ((s2 >> 4) & 15u) | ((s1 >> 2) & 48u));
         const uint4 *qv = (const uint4 *)(b + (T == T_Q4_K ? 16 : 48) + 32 * (sub / 2));
         uint4 q0 = qv[0], q1 = qv[1];
         uint32_t q[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
@@ -1394,9 +1418,10 @@ static __device__ inline void sgllm__cu_piece_i8(const uint8_t *st, int p, int64
             uint4 h0 = ((const uint4 *)(b + 16))[0], h1 = ((const uint4 *)(b + 16))[1];
             h[0] = h0.x, h[1] = h0.y, h[2] = h0.z, h[3] = h0.w, h[4] = h1.x, h[5] = h1.y, h[6] = h1.z, h[7] = h1.w;
         }
+        if (T == T_Q4_K) w.sh = 4 * (sub & 1);
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            c[k] = (q[k] >> (4 * (sub & 1))) & 0x0F0F0F0Fu;
+            c[k] = T == T_Q4_K ? q[k] & (0x0F0F0F0Fu << w.sh) : (q[k] >> (4 * (sub & 1))) & 0x0F0F0F0Fu;
             if (T == T_Q5_K) c[k] |= ((h[k] >> sub) & 0x01010101u) << 4;
         }
     } else { // Q6_K: codes kept unsigned (0..63); the -32 comes back through the activation sums
@@ -1408,35 +1433,58 @@ static __device__ inline void sgllm__cu_piece_i8(const uint8_t *st, int p, int64
 #pragma unroll
         for (int k = 0; k < 8; k++)
             c[k] = ((ql[k] >> (k4 >= 2 ? 4 : 0)) & 0x0F0F0F0Fu) | (((qh[k] >> (2 * k4)) & 0x03030303u) << 4);
-        dw = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b + 208));
-        sc = (int8_t)b[192 + 8 * hh + 2 * k4]; // values 0..15 of the piece
-        mn = (int8_t)b[192 + 8 * hh + 2 * k4 + 1]; // values 16..31
+        w.dw = sgllm__cu_h16((uint16_t)sgllm__cu_u16(b + 208));
+        w.sc = (int8_t)b[192 + 8 * hh + 2 * k4]; // values 0..15 of the piece
+        w.mn = (int8_t)b[192 + 8 * hh + 2 * k4 + 1]; // values 16..31
     }
+}
+
+// acc += the dot of the decoded piece w with one token's 32 activation codes xk (its values
+// 32g .. 32g+31) and their block's (scale, second value) a.
+template <int T> static __device__ inline void sgllm__cu_piece_dot(const sgllm__cu_pw &w, const int xk[8], float2 a, float &acc) {
+    if (T == T_Q6_K) {
+        int s0 = 0, s1 = 0, b0 = 0, b1 = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            s0 = __dp4a((int)w.c[k], xk[k], s0);
+            b0 = __dp4a(0x01010101, xk[k], b0);
+            s1 = __dp4a((int)w.c[k + 4], xk[k + 4], s1);
+            b1 = __dp4a(0x01010101, xk[k + 4], b1);
+        }
+        acc += w.dw * a.x * (float)(w.sc * (s0 - 32 * b0) + w.mn * (s1 - 32 * b1));
+    } else {
+        int s = 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) s = T == T_Q4_K ? sgllm__cu_dp4a_us(w.c[k], xk[k], s) : __dp4a((int)w.c[k], xk[k], s);
+        if (T == T_Q4_K) s >>= w.sh; // exact: every term was a multiple of 2^sh
+        if (T == T_Q8_0 || T == T_Q4_0 || T == T_Q5_0) acc += w.dw * a.x * (float)(s - w.off * (int)a.y);
+        else if (T == T_Q4_1 || T == T_Q5_1) acc += w.dw * a.x * (float)s + w.mw * a.y;
+        else acc += w.dw * a.x * (float)(w.sc * s) - w.mw * a.x * (float)(w.mn * (int)a.y);
+    }
+}
+
+// Token t's activation codes of piece g (values 32g .. 32g+31) and their (scale, second value).
+static __device__ inline float2 sgllm__cu_piece_x(const int8_t *xs, const float2 *xd, int64_t cols, int t, int64_t g,
+                                                  int xk[8]) {
+    const int4 *xv = (const int4 *)(xs + t * cols + 32 * g);
+    int4 x0 = xv[0], x1 = xv[1];
+    xk[0] = x0.x, xk[1] = x0.y, xk[2] = x0.z, xk[3] = x0.w, xk[4] = x1.x, xk[5] = x1.y, xk[6] = x1.z, xk[7] = x1.w;
+    return xd[t * (cols / 32) + g];
+}
+
+// Piece p (0..31) of a staged chunk whose first piece is g - p of the row: decodes its 32 codes
+// once and adds its dot with each token's activations to acc.
+template <int T, int NT>
+static __device__ inline void sgllm__cu_piece_i8(const uint8_t *st, int p, int64_t g, const int8_t *xs, const float2 *xd,
+                                                 int64_t cols, int nt, float acc[NT]) {
+    sgllm__cu_pw w;
+    sgllm__cu_piece_w<T>(st, p, w);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         if (t >= nt) break;
-        const int4 *xv = (const int4 *)(xs + t * cols + 32 * g);
-        int4 x0 = xv[0], x1 = xv[1];
-        int xk[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-        float2 a = xd[t * (cols / 32) + g];
-        if (T == T_Q6_K) {
-            int s0 = 0, s1 = 0, b0 = 0, b1 = 0;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                s0 = __dp4a((int)c[k], xk[k], s0);
-                b0 = __dp4a(0x01010101, xk[k], b0);
-                s1 = __dp4a((int)c[k + 4], xk[k + 4], s1);
-                b1 = __dp4a(0x01010101, xk[k + 4], b1);
-            }
-            acc[t] += dw * a.x * (float)(sc * (s0 - 32 * b0) + mn * (s1 - 32 * b1));
-        } else {
-            int s = 0;
-#pragma unroll
-            for (int k = 0; k < 8; k++) s = __dp4a((int)c[k], xk[k], s);
-            if (T == T_Q8_0 || T == T_Q4_0 || T == T_Q5_0) acc[t] += dw * a.x * (float)(s - off * (int)a.y);
-            else if (T == T_Q4_1 || T == T_Q5_1) acc[t] += dw * a.x * (float)s + mw * a.y;
-            else acc[t] += dw * a.x * (float)(sc * s) - mw * a.x * (float)(mn * (int)a.y);
-        }
+        int xk[8];
+        float2 a = sgllm__cu_piece_x(xs, xd, cols, t, g, xk);
+        sgllm__cu_piece_dot<T>(w, xk, a, acc[t]);
     }
 }
 
@@ -1534,11 +1582,15 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
 }
 
 // Standalone activation quantization, the same device code as the kernel's prologue (tests
-// compare its bytes with the CPU engine's). One warp per block of values.
+// compare its bytes with the CPU engine's). One warp per block of values. It triggers before
+// its wait: the matrix-vector kernel after it then launches and streams its first weights
+// while this one still waits for its predecessor (a few blocks, all resident at once), and
+// that kernel's own wait still returns only after this one completed (H100, Llama-3-8B
+// decode step: Q4_0 60.8% -> 64.4% of the floor, Q8_0 80.0% -> 80.9%; docs/PERF.md).
 template <int K>
 static __global__ void sgllm__cu_xq_k(const float *x, int64_t cols, int nt, int8_t *qs, float2 *ds) {
-    sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
+    sgllm__cu_pdl_wait();
     sgllm__cu_xq<K>(x, cols, nt, qs, ds, (int)(blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32),
                     (int)(gridDim.x * (blockDim.x / 32)));
 }
@@ -2151,9 +2203,13 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
 // persistent: a warp walks row groups gw, gw + total warps, ..., its chunk pipeline running
 // across row ends, so no warp waits a full memory latency per row; there are no block-wide
 // barriers. NR rows per warp (two consecutive rows, or gate and up of a gated pair) share
-// the loop and the activation reads (L1 hits). A lane takes pieces lane, lane + 32, ... of
-// each chunk and computes each with sgllm__cu_piece_i8, the staged kernel's code, in the same
-// order, so a row's result is bit for bit the staged kernel's with one warp per row.
+// the loop and the activation reads (L1 hits): a lane takes pieces lane, lane + 32, ... of
+// each chunk, decodes piece p of each of the NR rows (sgllm__cu_piece_w, the staged kernel's
+// code), then reads each token's 32 activation codes of the piece once for all NR dots (read
+// per row, they were a large part of the kernel's L1 traffic: +7 points for Q8_0 and Q4_K on
+// the H100's Llama-3-8B decode step). Pieces are summed in the staged kernel's order, so a
+// row's result is bit for bit the staged kernel's with one warp per row. The kernel lets its
+// dependents launch right after its PDL wait, as the other PDL ops do.
 // Rows are loaded in their widest whole words: 16 bytes, else 8 (Gemma 3's 640-value Q5_0 and
 // Q8_0 rows, 440 and 680 bytes; SmolLM2's 576-value Q4_1 rows, 360 bytes); lane l takes words
 // l, l + 32, ... either way, so each load instruction covers 32 contiguous words. (4-byte
@@ -2253,6 +2309,7 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
         if (g < groups) load(g, ch);
         sgllm__cu_pdl_wait();
     }
+    sgllm__cu_pdl_trigger();
     float acc[NR][NT];
 #pragma unroll
     for (int k = 0; k < NR; k++)
@@ -2285,10 +2342,19 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
 #pragma unroll
         for (int i = 0; i < CV / 1024; i++) {
             int p = lane + 32 * i;
-            if ((g0 + p) * 32 < a.cols)
+            if ((g0 + p) * 32 < a.cols) {
+                sgllm__cu_pw pw[NR];
 #pragma unroll
-                for (int k = 0; k < NR; k++)
-                    sgllm__cu_piece_i8<T, NT>(slot + k * CS, p, g0 + p, xq, xd, a.cols, a.nt, acc[k]);
+                for (int k = 0; k < NR; k++) sgllm__cu_piece_w<T>(slot + k * CS, p, pw[k]);
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    if (t >= a.nt) break;
+                    int xk[8];
+                    float2 xa = sgllm__cu_piece_x(xq, xd, a.cols, t, g0 + p, xk);
+#pragma unroll
+                    for (int k = 0; k < NR; k++) sgllm__cu_piece_dot<T>(pw[k], xk, xa, acc[k][t]);
+                }
+            }
         }
         __syncwarp(); // the slot is rewritten by the next iteration
         if (cch != n_ch - 1) continue;
