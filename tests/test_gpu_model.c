@@ -122,7 +122,7 @@ static void eval_all(sgllm_context *c, const int32_t *toks, int n, int step, flo
 }
 
 static void tiny_case(const char *arch, int n_layer, int window, uint32_t wtype) {
-    tiny cfg = {arch, n_layer, window, (int)wtype, 300, false, false};
+    tiny cfg = {arch, n_layer, window, (int)wtype, 300, false, false, false};
     char path[] = "/tmp/sgllm_gpu_model_XXXXXX";
     int fd = mkstemp(path);
     CHECK(fd >= 0);
@@ -276,7 +276,7 @@ static void synthetic_case(const char *preset, const char *type) {
 }
 
 static void kernel_config_case(void) {
-    tiny cfg = {"llama", 1, 0, SGLLM__T_F32, 300, false, false};
+    tiny cfg = {"llama", 1, 0, SGLLM__T_F32, 300, false, false, false};
     char path[] = "/tmp/sgllm_gpu_model_XXXXXX", conf[] = "/tmp/sgllm_gpu_conf_XXXXXX";
     int fd = mkstemp(path);
     CHECK(fd >= 0);
@@ -426,7 +426,7 @@ static int stop_after_3(void *user, const char *piece, size_t len) {
 // tokens, a full context, the callback) must report its reason and leave the history at prompt
 // + kept tokens - 1.
 static void generate_case(const char *arch, int n_layer, int window) {
-    tiny cfg = {arch, n_layer, window, (int)SGLLM__T_Q8_0, 300, false, false};
+    tiny cfg = {arch, n_layer, window, (int)SGLLM__T_Q8_0, 300, false, false, true}; // greedy runs never hit </s>
     char path[] = "/tmp/sgllm_gpu_gen_XXXXXX";
     int fd = mkstemp(path);
     CHECK(fd >= 0);

@@ -235,7 +235,7 @@ static void test_family(const tiny *cfg, double tol) {
 static void test_load_errors(void) {
     char path[64], err[256];
     snprintf(path, sizeof path, "/tmp/sgllm_tiny_%d.gguf", (int)getpid());
-    tiny cfg = {"llama", 2, 0, SGLLM__T_Q8_0, 300, true, false};
+    tiny cfg = {"llama", 2, 0, SGLLM__T_Q8_0, 300, true, false, false};
     build_tiny(&cfg, path);
     sgllm_status s;
     sgllm_model *m = load(path, err, sizeof err, &s);
@@ -261,7 +261,7 @@ static int cancel_at_half(void *user, float progress) {
 static void test_progress_cancel(void) {
     char path[64], err[256];
     snprintf(path, sizeof path, "/tmp/sgllm_tiny_%d.gguf", (int)getpid());
-    tiny cfg = {"llama", 4, 0, SGLLM__T_Q8_0, 300, false, false};
+    tiny cfg = {"llama", 4, 0, SGLLM__T_Q8_0, 300, false, false, false};
     build_tiny(&cfg, path);
     sgllm_model_params mp;
     sgllm_model_default_params(&mp);
@@ -281,9 +281,9 @@ int main(void) {
     // with 3x headroom. Q8_0 weights: every matmul input is also rounded to 8 bits per block
     // of 32 (step amax/127, about 0.5% of a dot product per matmul, ~10 matmuls in a row), so
     // the relative RMS error is bounded instead: 3e-2, measured at 0.8e-2 to 1.5e-2.
-    tiny llama = {"llama", 2, 0, SGLLM__T_F32, 300, false, false};
-    tiny qwen3 = {"qwen3", 2, 0, SGLLM__T_F32, 300, false, false};
-    tiny gemma = {"gemma3", 7, 5, SGLLM__T_F32, 300, false, false}; // layer 5 full, the rest window 5
+    tiny llama = {"llama", 2, 0, SGLLM__T_F32, 300, false, false, false};
+    tiny qwen3 = {"qwen3", 2, 0, SGLLM__T_F32, 300, false, false, false};
+    tiny gemma = {"gemma3", 7, 5, SGLLM__T_F32, 300, false, false, false}; // layer 5 full, the rest window 5
     test_family(&llama, 3e-3);
     test_family(&qwen3, 3e-3);
     test_family(&gemma, 3e-3);

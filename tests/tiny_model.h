@@ -12,6 +12,8 @@ typedef struct tiny {
     int n_vocab;
     bool skip_tensor;           // leave blk.1.ffn_up.weight out
     bool bad_shape;             // give blk.0.attn_k.weight the wrong output width
+    bool quiet_eos;             // the output row of </s> (id 2) all zeros: its logit is 0, below the
+                                // largest of the other random logits, so greedy decoding never stops on it
 } tiny;
 
 typedef struct tensor_def {
@@ -101,6 +103,10 @@ static void build_tiny(const tiny *cfg, const char *path) {
             ADD("post_ffw_norm.weight", 1, T_EMBD, 1, SGLLM__T_F32, 0.1f, norm_off);
         }
 #undef ADD
+    }
+    if (cfg->quiet_eos) {
+        tensor_def *out = (tensor_def *)find_def(gemma ? "token_embd.weight" : "output.weight");
+        memset(out->values + 2 * T_EMBD, 0, T_EMBD * sizeof(float));
     }
     // SentencePiece-style vocabulary: <unk> <s> </s>, 256 byte tokens, then word pieces
     const char **toks = (const char **)calloc((size_t)cfg->n_vocab, sizeof(char *));

@@ -8,9 +8,9 @@
 
 int main(void) {
     test_seed();
-    tiny cfgs[] = {{"llama", 1, 0, SGLLM__T_Q8_0, 260, false, false},
-                   {"qwen3", 1, 0, SGLLM__T_Q8_0, 260, false, false},
-                   {"gemma3", 1, 4, SGLLM__T_Q8_0, 260, false, false}};
+    tiny cfgs[] = {{"llama", 1, 0, SGLLM__T_Q8_0, 260, false, false, false},
+                   {"qwen3", 1, 0, SGLLM__T_Q8_0, 260, false, false, false},
+                   {"gemma3", 1, 4, SGLLM__T_Q8_0, 260, false, false, false}};
     for (int i = 0; i < 3; i++) {
         char path[128];
         snprintf(path, sizeof path, "tests/fuzz/corpus_gguf/tiny_%s_%s.seed", cfgs[i].arch,
