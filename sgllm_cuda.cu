@@ -11,7 +11,8 @@
 //   4. Matrix-vector with fused dequantization (decode and small batches)
 //   4b. Wide-load int8 matrix-vector: 16-byte weight loads, activations quantized once per call
 //   5. Prefill GEMM: dequantize to bf16 scratch, cuBLAS with fp32 accumulation
-//   6. Decode attention: split-KV over an fp16 cache, log-sum-exp merge
+//   6. Decode attention: split-KV over an fp16 cache, log-sum-exp merge; for one token, with
+//      qkv_post's bias, norm, RoPE and cache write inside
 //   6b. Prefill attention: flash attention on the tensor cores (mma.sync), paged fp16 cache
 //   7. Benchmark and synthetic-weight helpers
 //   8. Forward helpers: KV-cache write, bias, row gather, softcap, argmax, CUDA graphs
@@ -2721,7 +2722,8 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 // zero for the next launch), or by a second kernel, grid (n_head, n_q) (decode_merge 1). Both
 // merges run the same function, so their bits agree, and neither depends on which block
 // finishes last. The kernels wait for their predecessors first (the query and the newest
-// cache rows are theirs) and let their dependents launch right after.
+// cache rows are theirs) and let their dependents launch right after; the single-token kernel
+// that does qkv_post's work itself (POST below) starts its cache reads before that wait.
 
 // ATT_TILE: fp16 values of one key (and one value) tile; ATT_G: lanes per key when scoring;
 // ATT_CH: 16-byte pieces of a key tile per thread.
