@@ -449,7 +449,9 @@ typedef struct sgllm__cuda_dispatch {
                                   // (16 or 8; each row is loaded in its widest whole words)
     int decode_merge;             // split-KV decode attention: 0 = the last split block of each head group to finish
                                   // merges the splits in the same launch (split order, so deterministic); 1 = a second
-                                  // kernel merges them (the reference: two launches, the same arithmetic)
+                                  // kernel merges them (the reference: two launches, the same arithmetic); 2 = the
+                                  // head group's split blocks form a thread block cluster and merge through each
+                                  // other's shared memory (sm90+, up to 16 splits; else as 1), the same arithmetic
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context
@@ -611,8 +613,9 @@ sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, const float
 // (rows, n_head_kv * head_dim) fp16 bits; out: (n_q, n_head * head_dim). Each query's keys
 // are cut into n_splits pieces (sgllm__dispatch_decode_splits picks the count); with more than
 // one, the splits' partial results pass through the scratch and are merged in split order by
-// the last split block of each head group to finish (one launch; dispatch.decode_merge 0) or
-// by a second kernel (decode_merge 1), with the same result bits either way.
+// the last split block of each head group to finish (one launch; dispatch.decode_merge 0), by
+// a second kernel (decode_merge 1), or by the split blocks of a thread block cluster (one
+// launch; decode_merge 2, sm90+), with the same result bits every way.
 // The cache is paged: logical row r lives at physical row page_table[r / page_size] *
 // page_size + r % page_size, page_table (device) one entry per page of page_size rows (a
 // power of two); page_table NULL: row r itself (page_size is then ignored).

@@ -30,6 +30,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <cooperative_groups.h>
 
 #include <math.h>
 #include <stdarg.h>
@@ -157,24 +158,47 @@ static __device__ inline void sgllm__cu_pdl_trigger() {
 #endif
 }
 
-// kernel<<<grid, block, smem, c->stream>>>(args...), with the programmatic-serialization
-// attribute when c->pdl; a refused launch is reported under name.
+// The launch configuration of sgllm__cu_launch: the programmatic-serialization attribute when
+// c->pdl, and thread block clusters of cluster_x blocks along x when cluster_x > 1 (sm90+).
+struct sgllm__cu_cfg {
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute attr[2];
+};
+static void sgllm__cu_config(sgllm__cuda *c, dim3 grid, dim3 block, size_t smem, unsigned cluster_x, sgllm__cu_cfg *k) {
+    *k = sgllm__cu_cfg{};
+    k->cfg.gridDim = grid;
+    k->cfg.blockDim = block;
+    k->cfg.dynamicSmemBytes = smem;
+    k->cfg.stream = c->stream;
+    unsigned n = 0;
+    if (c->pdl) {
+        k->attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        k->attr[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster_x > 1) {
+        k->attr[n].id = cudaLaunchAttributeClusterDimension;
+        k->attr[n].val.clusterDim.x = cluster_x, k->attr[n].val.clusterDim.y = 1, k->attr[n++].val.clusterDim.z = 1;
+    }
+    k->cfg.attrs = k->attr;
+    k->cfg.numAttrs = n;
+}
+
+// kernel<<<grid, block, smem, c->stream>>>(args...) in clusters of cluster_x blocks (1: none),
+// with the programmatic-serialization attribute when c->pdl; a refused launch is reported
+// under name.
+template <typename... P, typename... A>
+static sgllm_status sgllm__cu_launch_cl(sgllm__cuda *c, const char *name, unsigned cluster_x, void (*kernel)(P...),
+                                        dim3 grid, dim3 block, size_t smem, A... args) {
+    sgllm__cu_cfg k;
+    sgllm__cu_config(c, grid, block, smem, cluster_x, &k);
+    cudaError_t e = cudaLaunchKernelEx(&k.cfg, kernel, args...);
+    if (e != cudaSuccess) cudaGetLastError(); // reported here, not again by the next op's check
+    return sgllm__cu_check(c, e, name);
+}
 template <typename... P, typename... A>
 static sgllm_status sgllm__cu_launch(sgllm__cuda *c, const char *name, void (*kernel)(P...), dim3 grid, dim3 block,
                                      size_t smem, A... args) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = c->stream;
-    cudaLaunchAttribute attr[1] = {};
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = c->pdl ? 1 : 0;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
-    if (e != cudaSuccess) cudaGetLastError(); // reported here, not again by the next op's check
-    return sgllm__cu_check(c, e, name);
+    return sgllm__cu_launch_cl(c, name, 1, kernel, grid, block, smem, args...);
 }
 
 // PDL only where the device has griddepcontrol (sm90+) and the dispatch asks for it.
@@ -2737,13 +2761,13 @@ enum {
 // every caller gets the same bits. ws: (hb * n_splits + hb) floats of shared memory. The
 // partials come through L2 (ld.cg): other blocks of the same launch may have written them.
 // Each thread holds up to ATT_MV outputs and loads 8 splits of each at once.
-static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *part_lse, int64_t row, int hb, int32_t hd,
-                                            int32_t n_splits, float *ws, float *out) {
+// The merge weights of hb heads: ws (hb, n_splits) holds each split's log-sum-exp and becomes
+// its weight exp(lse - max lse) (0 for an empty split); ws[hb * n_splits + h] gets head h's sum.
+// A warp per head, lanes over the splits. Both merges run it, so their weights agree.
+static __device__ void sgllm__cu_attn_weights(float *ws, int hb, int32_t n_splits) {
     int tid = threadIdx.x, nth = blockDim.x;
     float *den = ws + hb * n_splits; // (hb)
-    for (int i = tid; i < hb * n_splits; i += nth) ws[i] = __ldcg(part_lse + row * n_splits + i);
-    __syncthreads();
-    for (int h = tid / 32; h < hb; h += nth / 32) { // a warp per head: lanes over the splits
+    for (int h = tid / 32; h < hb; h += nth / 32) {
         float *w = ws + h * n_splits, mx = -INFINITY, sum = 0.0f;
         for (int32_t sp = tid % 32; sp < n_splits; sp += 32) mx = fmaxf(mx, w[sp]);
         mx = sgllm__cu_warp_max(mx);
@@ -2754,6 +2778,15 @@ static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *pa
         sum = sgllm__cu_warp_sum(sum);
         if (tid % 32 == 0) den[h] = sum;
     }
+}
+
+static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *part_lse, int64_t row, int hb, int32_t hd,
+                                            int32_t n_splits, float *ws, float *out) {
+    int tid = threadIdx.x, nth = blockDim.x;
+    float *den = ws + hb * n_splits; // (hb)
+    for (int i = tid; i < hb * n_splits; i += nth) ws[i] = __ldcg(part_lse + row * n_splits + i);
+    __syncthreads();
+    sgllm__cu_attn_weights(ws, hb, n_splits);
     __syncthreads();
     for (int e0 = 0; e0 < hb * hd; e0 += nth * ATT_MV) {
         float num[ATT_MV];
@@ -2829,7 +2862,7 @@ static size_t sgllm__cu_attn_post_bytes(int32_t hd, int32_t n_rot) { return (siz
 // newest key makes that key and value, puts them into its last tile (their cache row is not
 // read) and, for the first head group, into the cache. Since no key the kernel reads is then
 // its predecessor's output, the first tile's copy and the RoPE angles start before the PDL wait.
-template <int HB, bool POST>
+template <int HB, bool POST, bool CL>
 static __global__ void __launch_bounds__(ATT_THREADS)
     sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, const int32_t *pt, int32_t page_shift,
                            int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale,
@@ -3045,11 +3078,46 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             o0.x += a.x, o0.y += a.y, o0.z += a.z, o0.w += a.w, o1.x += b.x, o1.y += b.y, o1.z += b.z, o1.w += b.w;
         }
         float l = ls[h], inv = l > 0 ? 1.0f / l : 0.0f;
-        float4 *dst = (float4 *)(n_splits == 1 ? out + (row + h) * hd + d : part_o + ((row + h) * n_splits + split) * hd + d);
+        // CL: the split's output stays in this block's shared memory, over the queries
+        float4 *dst = (float4 *)(CL ? qs + h * hd + d
+                                 : n_splits == 1 ? out + (row + h) * hd + d
+                                                 : part_o + ((row + h) * n_splits + split) * hd + d);
         dst[0] = make_float4(o0.x * inv, o0.y * inv, o0.z * inv, o0.w * inv);
         dst[1] = make_float4(o1.x * inv, o1.y * inv, o1.z * inv, o1.w * inv);
     }
-    if (n_splits > 1 && tid < hb) part_lse[(row + tid) * n_splits + split] = ls[tid] > 0 ? ms[tid] + logf(ls[tid]) : -INFINITY;
+    if (n_splits > 1 && tid < hb) {
+        float lse = ls[tid] > 0 ? ms[tid] + logf(ls[tid]) : -INFINITY;
+        if (CL) as[tid] = lse;
+        else part_lse[(row + tid) * n_splits + split] = lse;
+    }
+    if (CL) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        // The cluster is this head group's n_splits blocks (rank = split). Once every block
+        // holds its split's output and log-sum-exp, each block merges its share of the hb * hd
+        // outputs, reading the others' shared memory, with sgllm__cu_attn_merge's arithmetic
+        // in split order (so the merge kernel's bits), and no block leaves before all are done.
+        cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
+        cl.sync();
+        float *ws = red, *den = red + hb * n_splits; // (hb, n_splits) weights, (hb) sums
+        for (int i = tid; i < hb * n_splits; i += ATT_THREADS) {
+            int h = i / n_splits;
+            ws[i] = cl.map_shared_rank(as, (unsigned)(i - h * n_splits))[h];
+        }
+        __syncthreads();
+        sgllm__cu_attn_weights(ws, hb, n_splits);
+        __syncthreads();
+        int32_t total = hb * hd, share = (total + n_splits - 1) / n_splits, e1 = min(total, (split + 1) * share);
+        for (int32_t e = split * share + tid; e < e1; e += ATT_THREADS) {
+            int32_t h = e / hd;
+            const float *w = ws + h * n_splits;
+            float num = 0.0f;
+            for (int32_t sp = 0; sp < n_splits; sp++) num += w[sp] * cl.map_shared_rank(qs, (unsigned)sp)[e];
+            out[row * hd + e] = den[h] > 0 ? num / den[h] : 0.0f;
+        }
+        cl.sync();
+#endif
+        return;
+    }
     if (n_splits == 1 || !cnt) return;
     // Each thread fences its partials before the block counts itself, so the block that
     // counts last sees every split's; it alone merges, and zeroes the counter for the next
@@ -3088,26 +3156,41 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
                                           const int32_t *pt, int32_t page_size, int32_t n_head, int32_t n_head_kv,
                                           int32_t hd, const int32_t *pos, int64_t n_q, int32_t window, float scale,
                                           int32_t n_splits, int32_t bn, bool merge_here, float *part_o, float *part_lse,
-                                          float *out, const sgllm__cuda_qkv_post_args *post) {
+                                          float *out, const sgllm__cuda_qkv_post_args *post, bool *cl) {
     int32_t group = n_head / n_head_kv, n_hgroups = (group + HB - 1) / HB;
     if ((int64_t)n_head_kv * n_hgroups > 65535) return sgllm__cu_bad(c, "attn_decode", "too many heads");
-    size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, merge_here);
+    size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, merge_here || *cl);
     size_t smem = region + (size_t)HB * hd * 4 + (size_t)HB * bn * 4 + (size_t)3 * HB * 4;
     if (post) smem = sgllm__cu_attn_post_off(HB, hd, bn, region) + sgllm__cu_attn_post_bytes(hd, post->n_rot);
-    void (*kern)(const float *, const __half *, const __half *, const int32_t *, int32_t, int32_t, int32_t, int32_t,
-                 const int32_t *, int32_t, float, int32_t, int32_t, int32_t, float *, float *, float *, unsigned *, int32_t,
-                 const sgllm__cuda_qkv_post_args) = post ? sgllm__cu_attn_split_k<HB, true> : sgllm__cu_attn_split_k<HB, false>;
+    typedef void (*split_k)(const float *, const __half *, const __half *, const int32_t *, int32_t, int32_t, int32_t,
+                            int32_t, const int32_t *, int32_t, float, int32_t, int32_t, int32_t, float *, float *, float *,
+                            unsigned *, int32_t, const sgllm__cuda_qkv_post_args);
+    split_k kern = post ? (*cl ? sgllm__cu_attn_split_k<HB, true, true> : sgllm__cu_attn_split_k<HB, true, false>)
+                        : (*cl ? sgllm__cu_attn_split_k<HB, false, true> : sgllm__cu_attn_split_k<HB, false, false>);
     sgllm__cuda_qkv_post_args none = {};
     if (smem > 48 * 1024 &&
         sgllm__cu_check(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                         "attn_decode: shared memory"))
         return SGLLM_ERR_BACKEND;
+    if (*cl) { // clusters of n_splits blocks, if the device can hold one (else the merge kernel)
+        if (n_splits > 8) (void)cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+        sgllm__cu_cfg k;
+        sgllm__cu_config(c, dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), 1), dim3(ATT_THREADS), smem,
+                         (unsigned)n_splits, &k);
+        int n_cl = 0;
+        if (cudaOccupancyMaxActiveClusters(&n_cl, kern, &k.cfg) != cudaSuccess || n_cl < 1) {
+            cudaGetLastError();
+            *cl = false;
+            return sgllm__cu_attn_launch<HB>(c, q, kc, vc, pt, page_size, n_head, n_head_kv, hd, pos, n_q, window, scale,
+                                             n_splits, bn, merge_here, part_o, part_lse, out, post, cl);
+        }
+    }
     // the counters cover ATT_COUNTERS head groups, so more queries than that take several launches
     int64_t per_launch = merge_here ? ATT_COUNTERS / ((int64_t)n_head_kv * n_hgroups) : n_q; // at least 1
     for (int64_t q0 = 0; q0 < n_q; q0 += per_launch) {
         int64_t nz = n_q - q0 < per_launch ? n_q - q0 : per_launch;
-        if (sgllm__cu_launch(c, "attn_decode: split kernel", kern,
-                             dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)nz), dim3(ATT_THREADS),
+        if (sgllm__cu_launch_cl(c, "attn_decode: split kernel", *cl ? (unsigned)n_splits : 1u, kern,
+                                dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)nz), dim3(ATT_THREADS),
                              smem, q, kc, vc, pt, sgllm__cu_page_shift(pt, page_size), n_head, n_head_kv, hd, pos, window,
                              scale, n_splits, bn, (int32_t)region, part_o, part_lse, out,
                              merge_here ? c->att_cnt : (unsigned *)NULL, (int32_t)q0, post ? *post : none))
@@ -3136,8 +3219,11 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
     // a key tile holds at most ATT_TILE fp16 values: fewer keys for wide heads
     int32_t bn = c->disp.decode_block_n < 8 ? 8 : c->disp.decode_block_n > 128 ? 128 : c->disp.decode_block_n;
     while (bn > 8 && bn * head_dim > ATT_TILE) bn /= 2;
-    // one launch merges its splits unless the dispatch asks for the merge kernel
+    // one launch merges its splits unless the dispatch asks for the merge kernel: in the last
+    // block to finish (decode_merge 0) or across a thread block cluster (2: sm90+, at most 16
+    // splits, and a cluster the device can hold)
     bool merge_here = n_splits > 1 && !c->disp.decode_merge;
+    bool cl = n_splits > 1 && n_splits <= 16 && c->disp.decode_merge == 2 && c->cc_major >= 9;
     cudaSetDevice(c->device);
     float *part_o = (float *)c->scratch;
     float *part_lse = part_o ? (float *)((uint8_t *)c->scratch +
@@ -3147,15 +3233,15 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
     const __half *kc = (const __half *)k_cache, *vc = (const __half *)v_cache;
     sgllm_status s =
         group > 4 ? sgllm__cu_attn_launch<ATT_HB>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post)
+                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl)
         : group > 2 ? sgllm__cu_attn_launch<4>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post)
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl)
         : group > 1 ? sgllm__cu_attn_launch<2>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post)
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl)
                     : sgllm__cu_attn_launch<1>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post);
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl);
     sgllm__cu_xq_forget(c, out); // out changes: the activation buffer no longer holds it
-    if (s || n_splits == 1 || merge_here) return s;
+    if (s || n_splits == 1 || merge_here || cl) return s;
     return sgllm__cu_launch(c, "attn_decode: merge kernel", sgllm__cu_attn_merge_k, dim3((unsigned)n_head, (unsigned)n_q),
                             dim3(128), (size_t)(n_splits + 1) * 4, (const float *)part_o, (const float *)part_lse,
                             n_head, head_dim, n_splits, out);

@@ -4632,12 +4632,14 @@ typedef struct sgllm__dispatch_row {
 // everywhere: on the H100 the separate launch, overlapped by PDL, was faster for every
 // small-model shape; docs/PERF.md), the wide kernel's smallest row word (8 on the H100, where
 // 8-byte loads beat the other kernels; 16 elsewhere, unmeasured), decode attention's merge of
-// its splits (1: a second kernel; merging inside the split kernel was slower on the H100).
+// its splits (2 on sm90, where the split blocks of a head group merge as a thread block cluster,
+// measured fastest on the H100; 1, a second kernel, elsewhere: unmeasured there; merging in the
+// last split block to finish was slower on the H100).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
     {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1}},
     {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1}},
     {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 1}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2}},
     {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1}},
     {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1}},
 };
@@ -4725,7 +4727,7 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                     d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_warps_per_sm,
                     d->matvec_max_batch,
                     d->decode_max_splits, d->decode_min_keys, d->decode_block_n,
-                    d->decode_merge ? "by a second kernel" : "by the last split", d->prefill_block_m[0],
+                    d->decode_merge == 2 ? "across a block cluster" : d->decode_merge ? "by a second kernel" : "by the last split", d->prefill_block_m[0],
                     d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
                     d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->prefill_min_tokens,
                     d->qknorm_per_head_max_tokens, d->norm_threads, d->matvec_int8 ? "int8 (dp4a)" : "fp32", wide,
@@ -4924,7 +4926,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"pdl", offsetof(sgllm__cuda_dispatch, pdl), 1, 0, 1, false},
     {"matvec_xq_inline", offsetof(sgllm__cuda_dispatch, matvec_xq_inline), 1, 0, 32768, false},
     {"matvec_wide_align", offsetof(sgllm__cuda_dispatch, matvec_wide_align), 1, 8, 16, true},
-    {"decode_merge", offsetof(sgllm__cuda_dispatch, decode_merge), 1, 0, 1, false},
+    {"decode_merge", offsetof(sgllm__cuda_dispatch, decode_merge), 1, 0, 2, false},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {

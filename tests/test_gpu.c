@@ -30,10 +30,11 @@
 //     attention (the split-KV merge and online softmax reorder fp32 sums); 2e-3 against the CPU
 //     engine's attention task, which rounds q and the softmax weights to fp16 as llama.cpp does.
 //     The merge of the splits inside the split kernel (dispatch.decode_merge 0, the last block
-//     of a head group merges) and by the merge kernel (1) give the same bits (one merge
-//     function, split order); so do three launches in a row and three replays of a graph of one
-//     (the arrival counters return to zero), and launches cut in several (more head groups
-//     than counters).
+//     of a head group merges), by the merge kernel (1) and across a thread block cluster of
+//     the split blocks (2, up to 16 splits on sm90+) give the same bits (one weight function,
+//     split order); so do three launches in a row and three replays of a graph of one (the
+//     arrival counters return to zero), and launches cut in several (more head groups than
+//     counters).
 //   fused norms (norm_add_rmsnorm) against the CPU: 1e-5 as the norms above; against the two
 //     separate GPU norms: 1e-6 (only the reduction order of the sums of squares differs).
 //   fused q/k/v epilogue (qkv_post) against add_bias, qkv_norm, rope and kv_write run one after
@@ -774,10 +775,11 @@ static void test_gemm_prefill(void) {
            "CPU; vector vs one-value dequantization %.3g\n", worst_ref, worst_gated, worst_x16, worst_vec);
 }
 
-// dispatch.decode_merge: 1 = the merge kernel, 0 = the merge inside the split kernel.
-static void set_decode_merge(int separate) {
+// dispatch.decode_merge: 1 = the merge kernel, 0 = the merge inside the split kernel, 2 = the
+// merge across a thread block cluster.
+static void set_decode_merge(int mode) {
     sgllm__cuda_dispatch d = *sgllm__cuda_get_dispatch(gpu);
-    d.decode_merge = separate;
+    d.decode_merge = mode;
     sgllm__cuda_set_dispatch(gpu, &d);
 }
 
@@ -877,23 +879,27 @@ static void test_attention(void) {
                     int32_t splits = splits_list[si];
                     CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(nh, hd, n_q, splits)) == SGLLM_OK);
                     // the merge kernel first (decode_merge 1), then the merge inside the split kernel three
-                    // times, then three replays of a graph of one launch: all the same bits
-                    void *graph = NULL;
-                    for (int run = 0; run < 7; run++) {
-                        set_decode_merge(run == 0);
+                    // times and three replays of a graph of one launch, then the cluster merge twice and
+                    // two replays of its graph: all the same bits
+                    void *graph[2] = {NULL, NULL};
+                    for (int run = 0; run < 11; run++) {
+                        int mode = run == 0 ? 1 : run < 7 ? 0 : 2;
+                        bool eager = run < 4 || run == 7 || run == 8;
+                        set_decode_merge(mode);
                         poison(dout, out_bytes);
                         sgllm_status s;
-                        if (run < 4) {
+                        if (eager) {
                             s = sgllm__cuda_attn_decode(gpu, dq, dk, dv, NULL, 0, nh, nkv, hd, dpos, n_q, window, L.attn_scale,
                                                         splits, dout);
                         } else {
-                            if (!graph) {
+                            void **g = &graph[mode == 2];
+                            if (!*g) {
                                 CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
                                 CHECK(sgllm__cuda_attn_decode(gpu, dq, dk, dv, NULL, 0, nh, nkv, hd, dpos, n_q, window,
                                                               L.attn_scale, splits, dout) == SGLLM_OK);
-                                CHECKF(sgllm__cuda_graph_end(gpu, &graph) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
+                                CHECKF(sgllm__cuda_graph_end(gpu, g) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
                             }
-                            s = graph ? sgllm__cuda_graph_launch(gpu, graph) : SGLLM_ERR_BACKEND;
+                            s = *g ? sgllm__cuda_graph_launch(gpu, *g) : SGLLM_ERR_BACKEND;
                         }
                         CHECKF(s == SGLLM_OK, "attn: %s", sgllm__cuda_errmsg(gpu));
                         fetch(out, dout, out_bytes);
@@ -902,7 +908,7 @@ static void test_attention(void) {
                             bool eq = !memcmp(out, first, out_bytes);
                             CHECKF(eq, "attn hd %d heads %d/%d window %d n_q %d splits %d: run %d (%s) differs from the "
                                    "merge kernel's bits (rel %.3g)", hd, nh, nkv, window, n_q, splits, run,
-                                   run < 4 ? "eager" : "graph", rel_err(out, first, n_q * qd));
+                                   eager ? "eager" : "graph", rel_err(out, first, n_q * qd));
                             same += eq;
                         }
                         double e = rel_err(out, ref, n_q * qd), ex = rel_err(out, exact, n_q * qd);
@@ -913,7 +919,8 @@ static void test_attention(void) {
                                "attn hd %d heads %d/%d window %d n_q %d pos %d splits %d run %d: rel err %.3g (double), "
                                "%.3g (CPU)", hd, nh, nkv, window, n_q, pos0, splits, run, ex, e);
                     }
-                    sgllm__cuda_graph_free(gpu, graph);
+                    sgllm__cuda_graph_free(gpu, graph[0]);
+                    sgllm__cuda_graph_free(gpu, graph[1]);
                     // the paged cache gives the contiguous cache's bits
                     poison(dout, out_bytes);
                     CHECKF(sgllm__cuda_attn_decode(gpu, dq, dkp, dvp, dpt, PAGE, nh, nkv, hd, dpos, n_q, window,
@@ -940,7 +947,8 @@ static void test_attention(void) {
                 free(kc), free(vc), free(q), free(ref), free(out), free(c.att_work), free(exact);
             }
     printf("attention: %d runs (head dims 8-512, GQA groups 1/3/4/8/12/16, windows, 1-5 queries, 1-33 splits), worst "
-           "rel err %.3g vs double, %.3g vs the CPU engine; %d runs (in-kernel merge x3, graph replays x3) bit for bit "
+           "rel err %.3g vs double, %.3g vs the CPU engine; %d runs (in-kernel merge x3 and its graph x3, cluster merge x2 "
+           "and its graph x2) bit for bit "
            "the merge kernel's; %d of %d paged runs bit for bit the contiguous cache's\n", runs, worst, worst_cpu, same,
            paged_same, paged_runs);
 }
@@ -967,8 +975,8 @@ static void test_attention_many(void) {
     CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(nh, hd, n_q, splits)) == SGLLM_OK);
     double worst = 0;
     int same = 0;
-    for (int run = 0; run < 3; run++) { // the merge kernel, then the in-kernel merge twice
-        set_decode_merge(run == 0);
+    for (int run = 0; run < 4; run++) { // the merge kernel, the in-kernel merge twice, the cluster merge
+        set_decode_merge(run == 0 ? 1 : run < 3 ? 0 : 2);
         poison(dout, (size_t)(n_q * qd) * 4);
         sgllm_status s = sgllm__cuda_attn_decode(gpu, dq, dk, dv, NULL, 0, nh, nkv, hd, dpos, n_q, 0, scale, splits, dout);
         CHECKF(s == SGLLM_OK, "attn many: %s", sgllm__cuda_errmsg(gpu));
@@ -1002,8 +1010,8 @@ static void test_attention_many(void) {
         worst = e > worst ? e : worst;
         CHECKF(e <= 1e-5, "attn many: query %d head %d (position %d): rel err %.3g", i, h, pos[i], e);
     }
-    printf("attention, %d queries x 16 KV heads (two launches of counters): %d of 2 in-kernel merges bit for bit the merge "
-           "kernel's, worst rel err %.3g vs double on 24 queries\n", n_q, same, worst);
+    printf("attention, %d queries x 16 KV heads (two launches of counters): %d of 3 in-kernel and cluster merges bit for "
+           "bit the merge kernel's, worst rel err %.3g vs double on 24 queries\n", n_q, same, worst);
     sgllm__cuda_dfree(gpu, dk), sgllm__cuda_dfree(gpu, dv), sgllm__cuda_dfree(gpu, dq), sgllm__cuda_dfree(gpu, dout);
     sgllm__cuda_dfree(gpu, dpos);
     free(kc), free(vc), free(q), free(ref), free(out), free(pos);
@@ -1619,6 +1627,8 @@ static void test_attn_post(void) {
                                                    sh->n_rot, dpos[step], 1, 1.0f, 10000.0f, sh->neox, kc[path], vc[path],
                                                    paged ? dtable : NULL, paged ? (int32_t)page : 0};
                     poison(out[path], (size_t)qd * 4);
+                    // the reference merges by the merge kernel; the fused path also across a cluster
+                    set_decode_merge(path == 1 && (si + (size_t)pi) % 2 ? 2 : 1);
                     bool capture = path == 1 && step == 1;
                     if (capture) CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
                     CHECK(sgllm__cuda_matvec_multi(gpu, 3, tt, wm, r3, E, dx + step * E, 1, ym) == SGLLM_OK);
@@ -1654,8 +1664,9 @@ static void test_attn_post(void) {
             for (int k = 0; k < 4; k++) free(hc[k]);
             free(h[0]), free(h[1]), free(x), free(bias), free(nw), free(cache);
         }
-    printf("attn_decode_post: %d runs (8 shapes, 4 positions, two steps, eager and graph) bit for bit qkv_post and "
-           "attention one after the other\n", runs);
+    set_decode_merge(disp.decode_merge);
+    printf("attn_decode_post: %d runs (8 shapes, 4 positions, two steps, eager and graph, merge kernel or cluster) bit "
+           "for bit qkv_post and attention one after the other\n", runs);
 }
 
 // Transfers: asynchronous uploads through the pinned staging buffer, the host source changed
