@@ -2867,7 +2867,8 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, const int32_t *pt, int32_t page_shift,
                            int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale,
                            int32_t n_splits, int32_t bn, int32_t region, float *part_o, float *part_lse, float *out,
-                           unsigned *cnt, int32_t q0, const sgllm__cuda_qkv_post_args post) {
+                           unsigned *cnt, int32_t q0, const sgllm__cuda_qkv_post_args post, int8_t *xq_q,
+                           float2 *xq_d, int xq_kind) {
     if (!POST) {
         sgllm__cu_pdl_wait();
         sgllm__cu_pdl_trigger();
@@ -3106,13 +3107,23 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         __syncthreads();
         sgllm__cu_attn_weights(ws, hb, n_splits);
         __syncthreads();
-        int32_t total = hb * hd, share = (total + n_splits - 1) / n_splits, e1 = min(total, (split + 1) * share);
-        for (int32_t e = split * share + tid; e < e1; e += ATT_THREADS) {
+        // shares in whole blocks of the activation format when the output is quantized too
+        int32_t bv = xq_kind < 0 ? 1 : xq_kind == XQ_Q8_K ? 256 : 32, total = hb * hd;
+        int32_t share = ((total + n_splits - 1) / n_splits + bv - 1) / bv * bv, e0 = min(total, split * share);
+        int32_t e1 = min(total, e0 + share);
+        for (int32_t e = e0 + tid; e < e1; e += ATT_THREADS) {
             int32_t h = e / hd;
             const float *w = ws + h * n_splits;
             float num = 0.0f;
             for (int32_t sp = 0; sp < n_splits; sp++) num += w[sp] * cl.map_shared_rank(qs, (unsigned)sp)[e];
             out[row * hd + e] = den[h] > 0 ? num / den[h] : 0.0f;
+        }
+        if (xq_kind >= 0 && e1 > e0) { // the share, just written by this block, quantized as sgllm__cu_xq_k would
+            __syncthreads();
+            int64_t o = row * hd + e0;
+            if (xq_kind == XQ_Q8_0) sgllm__cu_xq<XQ_Q8_0>(out + o, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
+            else if (xq_kind == XQ_Q8_1) sgllm__cu_xq<XQ_Q8_1>(out + o, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
+            else sgllm__cu_xq<XQ_Q8_K>(out + o, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
         }
         cl.sync();
 #endif
@@ -3156,7 +3167,7 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
                                           const int32_t *pt, int32_t page_size, int32_t n_head, int32_t n_head_kv,
                                           int32_t hd, const int32_t *pos, int64_t n_q, int32_t window, float scale,
                                           int32_t n_splits, int32_t bn, bool merge_here, float *part_o, float *part_lse,
-                                          float *out, const sgllm__cuda_qkv_post_args *post, bool *cl) {
+                                          float *out, const sgllm__cuda_qkv_post_args *post, bool *cl, int xq_kind) {
     int32_t group = n_head / n_head_kv, n_hgroups = (group + HB - 1) / HB;
     if ((int64_t)n_head_kv * n_hgroups > 65535) return sgllm__cu_bad(c, "attn_decode", "too many heads");
     size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, merge_here || *cl);
@@ -3164,7 +3175,7 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
     if (post) smem = sgllm__cu_attn_post_off(HB, hd, bn, region) + sgllm__cu_attn_post_bytes(hd, post->n_rot);
     typedef void (*split_k)(const float *, const __half *, const __half *, const int32_t *, int32_t, int32_t, int32_t,
                             int32_t, const int32_t *, int32_t, float, int32_t, int32_t, int32_t, float *, float *, float *,
-                            unsigned *, int32_t, const sgllm__cuda_qkv_post_args);
+                            unsigned *, int32_t, const sgllm__cuda_qkv_post_args, int8_t *, float2 *, int);
     split_k kern = post ? (*cl ? sgllm__cu_attn_split_k<HB, true, true> : sgllm__cu_attn_split_k<HB, true, false>)
                         : (*cl ? sgllm__cu_attn_split_k<HB, false, true> : sgllm__cu_attn_split_k<HB, false, false>);
     sgllm__cuda_qkv_post_args none = {};
@@ -3182,7 +3193,7 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
             cudaGetLastError();
             *cl = false;
             return sgllm__cu_attn_launch<HB>(c, q, kc, vc, pt, page_size, n_head, n_head_kv, hd, pos, n_q, window, scale,
-                                             n_splits, bn, merge_here, part_o, part_lse, out, post, cl);
+                                             n_splits, bn, merge_here, part_o, part_lse, out, post, cl, -1);
         }
     }
     // the counters cover ATT_COUNTERS head groups, so more queries than that take several launches
@@ -3193,7 +3204,8 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
                                 dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)nz), dim3(ATT_THREADS),
                              smem, q, kc, vc, pt, sgllm__cu_page_shift(pt, page_size), n_head, n_head_kv, hd, pos, window,
                              scale, n_splits, bn, (int32_t)region, part_o, part_lse, out,
-                             merge_here ? c->att_cnt : (unsigned *)NULL, (int32_t)q0, post ? *post : none))
+                             merge_here ? c->att_cnt : (unsigned *)NULL, (int32_t)q0, post ? *post : none,
+                                sgllm__cu_xq_codes(c), sgllm__cu_xq_scales(c), *cl ? xq_kind : -1))
             return SGLLM_ERR_BACKEND;
     }
     return SGLLM_OK;
@@ -3204,7 +3216,7 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
                                           const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
                                           int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos, int64_t n_q,
                                           int32_t window, float scale, int32_t n_splits, float *out,
-                                          const sgllm__cuda_qkv_post_args *post) {
+                                          const sgllm__cuda_qkv_post_args *post, uint32_t quant_for) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!q || !k_cache || !v_cache || !pos || !out || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv ||
         head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 0 || n_q > 65535 || window < 0 ||
@@ -3224,6 +3236,15 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
     // splits, and a cluster the device can hold)
     bool merge_here = n_splits > 1 && !c->disp.decode_merge;
     bool cl = n_splits > 1 && n_splits <= 16 && c->disp.decode_merge == 2 && c->cc_major >= 9;
+    // the cluster merge also quantizes out for the product that reads it next when each head is
+    // whole blocks of that type's activation format (as sgllm__cuda_norm_add_rmsnorm_q)
+    int64_t cols = (int64_t)n_head * head_dim;
+    int xq_kind = -1;
+    if (quant_for != T_F32 && quant_for != T_F16 && quant_for != T_BF16 && sgllm__cu_row_bytes(quant_for, cols) > 0 &&
+        n_q <= 8 && cols <= MV_XQ_COLS) {
+        xq_kind = sgllm__cu_xq_kind((int)quant_for);
+        if (head_dim % (xq_kind == XQ_Q8_K ? 256 : 32)) xq_kind = -1;
+    }
     cudaSetDevice(c->device);
     float *part_o = (float *)c->scratch;
     float *part_lse = part_o ? (float *)((uint8_t *)c->scratch +
@@ -3233,14 +3254,15 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
     const __half *kc = (const __half *)k_cache, *vc = (const __half *)v_cache;
     sgllm_status s =
         group > 4 ? sgllm__cu_attn_launch<ATT_HB>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl)
+                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind)
         : group > 2 ? sgllm__cu_attn_launch<4>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl)
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind)
         : group > 1 ? sgllm__cu_attn_launch<2>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl)
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind)
                     : sgllm__cu_attn_launch<1>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl);
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind);
     sgllm__cu_xq_forget(c, out); // out changes: the activation buffer no longer holds it
+    if (!s && cl && xq_kind >= 0) sgllm__cu_xq_set(c, s, out, xq_kind, n_q, cols);
     if (s || n_splits == 1 || merge_here || cl) return s;
     return sgllm__cu_launch(c, "attn_decode: merge kernel", sgllm__cu_attn_merge_k, dim3((unsigned)n_head, (unsigned)n_q),
                             dim3(128), (size_t)(n_splits + 1) * 4, (const float *)part_o, (const float *)part_lse,
@@ -3253,11 +3275,11 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
                                                 int32_t head_dim, const int32_t *pos, int64_t n_q, int32_t window,
                                                 float scale, int32_t n_splits, float *out) {
     return sgllm__cu_attn_decode(c, q, k_cache, v_cache, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                 window, scale, n_splits, out, NULL);
+                                 window, scale, n_splits, out, NULL, T_F32);
 }
 
 extern "C" sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a, int32_t window,
-                                                     float scale, int32_t n_splits, float *out) {
+                                                     float scale, int32_t n_splits, float *out, uint32_t quant_for) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!a) return sgllm__cu_bad(c, "attn_decode_post", "no arguments");
     // one query with room for the fused kernel's shared memory (48 KB at most is enough for
@@ -3268,13 +3290,13 @@ extern "C" sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm
         sgllm_status s = sgllm__cuda_qkv_post(c, a);
         return s ? s : sgllm__cu_attn_decode(c, a->q, a->k_cache, a->v_cache, a->page_table, a->page_size, a->n_head,
                                              a->n_head_kv, a->head_dim, a->pos, a->n_tok, window, scale, n_splits, out,
-                                             NULL);
+                                             NULL, quant_for);
     }
     if (a->q_stride < (int64_t)a->n_head * a->head_dim || a->kv_stride < (int64_t)a->n_head_kv * a->head_dim ||
         !(a->theta_base > 0) || !(a->eps >= 0))
         return sgllm__cu_bad(c, "attn_decode_post", "bad pointer or shape");
     return sgllm__cu_attn_decode(c, a->q, a->k_cache, a->v_cache, a->page_table, a->page_size, a->n_head, a->n_head_kv,
-                                 a->head_dim, a->pos, 1, window, scale, n_splits, out, a);
+                                 a->head_dim, a->pos, 1, window, scale, n_splits, out, a, quant_for);
 }
 // --- 6b. Prefill attention -----------------------------------------------------------------
 // Flash attention (FlashAttention-2 schedule) on the tensor cores for batches of queries, over

@@ -1573,14 +1573,19 @@ static void test_norm_add_xq(void) {
 // first wrote), the second step also replayed from a graph. Shapes: GQA groups 1-12 (two head
 // groups per KV head: one block writes the row), biases, q/k norms with and without weights,
 // partial RoPE of both layouts, windows, paged caches, positions at tile edges, 1-16 splits.
+// With the cluster merge, the output is also quantized for an o projection (Q8_0, Q4_1 or
+// Q4_K); that projection must give the bits of one that quantizes the reference output itself,
+// and where the quantization is made in the merge, the output is overwritten behind the
+// context's back first, so a projection that quantized it again would differ.
 static void test_attn_post(void) {
     typedef struct { int32_t nh, nkv, hd, n_rot, norm, weights, bias, neox, window; } shape;
     static const shape shapes[] = {
         {4, 1, 256, 256, 1, 1, 0, 1, 0}, {4, 1, 256, 256, 1, 1, 0, 1, 96}, {32, 8, 128, 128, 0, 0, 0, 0, 0},
         {14, 2, 64, 64, 0, 0, 1, 1, 0},  {24, 2, 64, 32, 1, 0, 1, 0, 0},   {9, 3, 128, 64, 1, 1, 0, 1, 0},
         {8, 8, 64, 64, 0, 0, 0, 1, 40},  {16, 2, 512, 512, 1, 1, 1, 1, 0}};
-    const int64_t E = 256, rows = 640, page = 32;
-    int runs = 0;
+    static const uint32_t o_types[3] = {SGLLM__T_Q8_0, SGLLM__T_Q4_1, SGLLM__T_Q4_K};
+    const int64_t E = 256, rows = 640, page = 32, E_o = 64;
+    int runs = 0, reused = 0;
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
         for (int pi = 0; pi < 4; pi++) {
             const shape *sh = &shapes[si];
@@ -1594,6 +1599,17 @@ static void test_attn_post(void) {
                              rand_weights(SGLLM__T_Q8_0, kvd, E, &wb[2])};
             void *dw[3];
             for (int k = 0; k < 3; k++) dw[k] = dev_copy(w[k], wb[k]);
+            uint32_t to = o_types[(si + (size_t)pi) % 3];
+            if (qd % sgllm__types[to].block) to = SGLLM__T_Q8_0;
+            size_t wob;
+            uint8_t *wo = rand_weights(to, E_o, qd, &wob);
+            void *dwo = dev_copy(wo, wob);
+            float *yo[2] = {(float *)dev((size_t)E_o * 4), (float *)dev((size_t)E_o * 4)};
+            float *hy[2] = {(float *)malloc((size_t)E_o * 4), (float *)malloc((size_t)E_o * 4)};
+            int cluster = (si + (size_t)pi) % 2 ? 2 : 1; // the fused path's merge
+            int64_t al = disp.matvec_wide_align < 8 ? 8 : disp.matvec_wide_align;
+            bool reuse = cluster == 2 && sp > 1 && hd % (sgllm__types[to].block == 256 ? 256 : 32) == 0 &&
+                         (int64_t)sgllm__row_bytes(to, (uint64_t)qd) % al == 0;
             float *x = rand_floats(2 * E, -1, 1), *dx = (float *)dev_copy(x, (size_t)(2 * E) * 4);
             float *bias = rand_floats(qd + 2 * kvd, -0.5f, 0.5f), *nw = rand_floats(2 * hd, 0.5f, 1.5f);
             float *dbias = (float *)dev_copy(bias, (size_t)(qd + 2 * kvd) * 4), *dnw = (float *)dev_copy(nw, (size_t)(2 * hd) * 4);
@@ -1628,7 +1644,7 @@ static void test_attn_post(void) {
                                                    paged ? dtable : NULL, paged ? (int32_t)page : 0};
                     poison(out[path], (size_t)qd * 4);
                     // the reference merges by the merge kernel; the fused path also across a cluster
-                    set_decode_merge(path == 1 && (si + (size_t)pi) % 2 ? 2 : 1);
+                    set_decode_merge(path == 1 ? cluster : 1);
                     bool capture = path == 1 && step == 1;
                     if (capture) CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
                     CHECK(sgllm__cuda_matvec_multi(gpu, 3, tt, wm, r3, E, dx + step * E, 1, ym) == SGLLM_OK);
@@ -1637,36 +1653,42 @@ static void test_attn_post(void) {
                         CHECK(sgllm__cuda_attn_decode(gpu, dq, kc[0], vc[0], a.page_table, a.page_size, nh, nkv, hd,
                                                       dpos[step], 1, sh->window, sc, sp, out[0]) == SGLLM_OK);
                     } else {
-                        CHECKF(sgllm__cuda_attn_decode_post(gpu, &a, sh->window, sc, sp, out[1]) == SGLLM_OK,
+                        CHECKF(sgllm__cuda_attn_decode_post(gpu, &a, sh->window, sc, sp, out[1], to) == SGLLM_OK,
                                "attn_decode_post: %s", sgllm__cuda_errmsg(gpu));
                     }
                     if (capture) {
                         CHECK(sgllm__cuda_graph_end(gpu, &graph) == SGLLM_OK);
                         CHECK(graph && sgllm__cuda_graph_launch(gpu, graph) == SGLLM_OK);
                     }
+                    fetch(h[path], out[path], (size_t)qd * 4);
+                    if (path == 1 && reuse) poison(out[1], (size_t)qd * 4); // the projection must not need out
+                    CHECK(sgllm__cuda_matvec(gpu, to, dwo, E_o, qd, out[path], 1, yo[path]) == SGLLM_OK);
+                    fetch(hy[path], yo[path], (size_t)E_o * 4);
                 }
                 sgllm__cuda_graph_free(gpu, graph);
-                fetch(h[0], out[0], (size_t)qd * 4), fetch(h[1], out[1], (size_t)qd * 4);
+                reused += reuse;
                 fetch(hc[0], kc[0], cb), fetch(hc[1], kc[1], cb), fetch(hc[2], vc[0], cb), fetch(hc[3], vc[1], cb);
                 bool o_ok = !memcmp(h[0], h[1], (size_t)qd * 4), k_ok = !memcmp(hc[0], hc[1], cb),
-                     v_ok = !memcmp(hc[2], hc[3], cb);
-                CHECKF(o_ok && k_ok && v_ok,
+                     v_ok = !memcmp(hc[2], hc[3], cb), p_ok = !memcmp(hy[0], hy[1], (size_t)E_o * 4);
+                CHECKF(o_ok && k_ok && v_ok && p_ok,
                        "attn_decode_post heads %d/%d dim %d rot %d norm %d bias %d window %d pos %d step %d splits %d "
-                       "paged %d: output %s (rel err %.3g), k cache %d, v cache %d",
-                       nh, nkv, hd, sh->n_rot, sh->norm, sh->bias, sh->window, p0, step, sp, paged,
-                       o_ok ? "same" : "differs", rel_err(h[1], h[0], qd), k_ok, v_ok);
+                       "paged %d merge %d o %s: output %s (rel err %.3g), k cache %d, v cache %d, o projection %d",
+                       nh, nkv, hd, sh->n_rot, sh->norm, sh->bias, sh->window, p0, step, sp, paged, cluster,
+                       sgllm__type_name(to), o_ok ? "same" : "differs", rel_err(h[1], h[0], qd), k_ok, v_ok, p_ok);
                 runs++;
             }
             void *bufs[] = {dw[0], dw[1], dw[2], dx, dbias, dnw, dq, dk, dv, kc[0], kc[1], vc[0], vc[1], dtable,
-                            dpos[0], dpos[1], out[0], out[1]};
+                            dpos[0], dpos[1], out[0], out[1], dwo, yo[0], yo[1]};
             for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
             for (int k = 0; k < 3; k++) free(w[k]);
             for (int k = 0; k < 4; k++) free(hc[k]);
-            free(h[0]), free(h[1]), free(x), free(bias), free(nw), free(cache);
+            free(h[0]), free(h[1]), free(hy[0]), free(hy[1]), free(x), free(bias), free(nw), free(cache), free(wo);
         }
     set_decode_merge(disp.decode_merge);
+    CHECKF(reused >= 10, "attn_decode_post: only %d runs quantize in the merge", reused);
     printf("attn_decode_post: %d runs (8 shapes, 4 positions, two steps, eager and graph, merge kernel or cluster) bit "
-           "for bit qkv_post and attention one after the other\n", runs);
+           "for bit qkv_post and attention one after the other, and their o projections (%d of them quantized by the "
+           "cluster merge)\n", runs, reused);
 }
 
 // Transfers: asynchronous uploads through the pinned staging buffer, the host source changed
