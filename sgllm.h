@@ -631,8 +631,8 @@ sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint1
 // cache rows before the launch in front of it has finished (programmatic dependent launch):
 // only q, k and v may be that launch's output.
 // quant_for is the weight type of the o projection that reads out next: when the splits merge
-// across a cluster (dispatch.decode_merge 2), each head is whole blocks of that type's
-// activation format and out has at most 8 rows, the merge also quantizes out into the
+// across a cluster (dispatch.decode_merge 2), each head (or each GQA group of up to 8 heads) is
+// whole blocks of that type's activation format and out has at most 8 rows, the merge also quantizes out into the
 // context's activation buffer, and the direct / wide matrix-vector kernels reading out skip
 // their quantization launch (as after sgllm__cuda_norm_add_rmsnorm_q; T_F32: no quantization).
 sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a, int32_t window,

@@ -3236,14 +3236,17 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
     // splits, and a cluster the device can hold)
     bool merge_here = n_splits > 1 && !c->disp.decode_merge;
     bool cl = n_splits > 1 && n_splits <= 16 && c->disp.decode_merge == 2 && c->cc_major >= 9;
-    // the cluster merge also quantizes out for the product that reads it next when each head is
-    // whole blocks of that type's activation format (as sgllm__cuda_norm_add_rmsnorm_q)
+    // the cluster merge also quantizes out for the product that reads it next when every head
+    // group's outputs are whole blocks of that type's activation format (as
+    // sgllm__cuda_norm_add_rmsnorm_q): each head, or a GQA group of up to 8 heads (one head
+    // group per KV head), e.g. Llama's 4 heads of 128 for 256-value blocks
     int64_t cols = (int64_t)n_head * head_dim;
     int xq_kind = -1;
     if (quant_for != T_F32 && quant_for != T_F16 && quant_for != T_BF16 && sgllm__cu_row_bytes(quant_for, cols) > 0 &&
         n_q <= 8 && cols <= MV_XQ_COLS) {
         xq_kind = sgllm__cu_xq_kind((int)quant_for);
-        if (head_dim % (xq_kind == XQ_Q8_K ? 256 : 32)) xq_kind = -1;
+        int32_t bv = xq_kind == XQ_Q8_K ? 256 : 32, group = n_head / n_head_kv;
+        if (head_dim % bv && (group > ATT_HB || (int64_t)group * head_dim % bv)) xq_kind = -1;
     }
     cudaSetDevice(c->device);
     float *part_o = (float *)c->scratch;

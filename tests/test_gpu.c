@@ -1608,7 +1608,8 @@ static void test_attn_post(void) {
             float *hy[2] = {(float *)malloc((size_t)E_o * 4), (float *)malloc((size_t)E_o * 4)};
             int cluster = (si + (size_t)pi) % 2 ? 2 : 1; // the fused path's merge
             int64_t al = disp.matvec_wide_align < 8 ? 8 : disp.matvec_wide_align;
-            bool reuse = cluster == 2 && sp > 1 && hd % (sgllm__types[to].block == 256 ? 256 : 32) == 0 &&
+            int32_t bv = sgllm__types[to].block == 256 ? 256 : 32, group = nh / nkv; // heads or GQA groups in blocks
+            bool reuse = cluster == 2 && sp > 1 && (hd % bv == 0 || (group <= 8 && group * hd % bv == 0)) &&
                          (int64_t)sgllm__row_bytes(to, (uint64_t)qd) % al == 0;
             float *x = rand_floats(2 * E, -1, 1), *dx = (float *)dev_copy(x, (size_t)(2 * E) * 4);
             float *bias = rand_floats(qd + 2 * kvd, -0.5f, 0.5f), *nw = rand_floats(2 * hd, 0.5f, 1.5f);
