@@ -86,6 +86,13 @@ struct sgllm__cuda {
     int smem_optin, smem_sm; // shared memory a block may opt into, and per SM (bytes)
     int cc_major;         // compute capability major of the device
     bool pdl;             // launches through sgllm__cu_launch use programmatic dependent launch
+    struct {              // whether the device holds a cluster of n blocks of kern with smem bytes each
+        const void *kern; // (section 6: asked once per kernel, shared memory and size, then remembered)
+        size_t smem;
+        unsigned n;
+        bool ok;
+    } cl_fit[16];
+    int n_cl_fit;
     char msg[512];
 };
 
@@ -3161,6 +3168,25 @@ extern "C" size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_di
     return (size_t)sgllm__cu_align256((int64_t)(rows * (size_t)head_dim * 4)) + rows * 4;
 }
 
+// Whether the device can hold one cluster of n blocks of kern with smem bytes of shared memory
+// each (sizes over 8 opted in), asked of the runtime once per kernel, size and shared memory.
+template <typename K>
+static bool sgllm__cu_cluster_fits(sgllm__cuda *c, K kern, size_t smem, unsigned n) {
+    for (int i = 0; i < c->n_cl_fit && i < 16; i++)
+        if (c->cl_fit[i].kern == (const void *)kern && c->cl_fit[i].smem == smem && c->cl_fit[i].n == n)
+            return c->cl_fit[i].ok;
+    if (n > 8) (void)cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    sgllm__cu_cfg k;
+    sgllm__cu_config(c, dim3(n), dim3(ATT_THREADS), smem, n, &k);
+    int n_cl = 0;
+    bool ok = cudaOccupancyMaxActiveClusters(&n_cl, kern, &k.cfg) == cudaSuccess && n_cl >= 1;
+    if (!ok) cudaGetLastError(); // not sticky; the merge kernel runs instead
+    int i = c->n_cl_fit % 16; // a ring: the 16 latest answers
+    c->n_cl_fit = c->n_cl_fit >= 16 ? 16 + (i + 1) % 16 : c->n_cl_fit + 1;
+    c->cl_fit[i].kern = (const void *)kern, c->cl_fit[i].smem = smem, c->cl_fit[i].n = n, c->cl_fit[i].ok = ok;
+    return ok;
+}
+
 // One instance of the split kernel per heads-per-block class (and with post, the fused one).
 template <int HB>
 static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const __half *kc, const __half *vc,
@@ -3183,18 +3209,10 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
         sgllm__cu_check(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                         "attn_decode: shared memory"))
         return SGLLM_ERR_BACKEND;
-    if (*cl) { // clusters of n_splits blocks, if the device can hold one (else the merge kernel)
-        if (n_splits > 8) (void)cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-        sgllm__cu_cfg k;
-        sgllm__cu_config(c, dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), 1), dim3(ATT_THREADS), smem,
-                         (unsigned)n_splits, &k);
-        int n_cl = 0;
-        if (cudaOccupancyMaxActiveClusters(&n_cl, kern, &k.cfg) != cudaSuccess || n_cl < 1) {
-            cudaGetLastError();
-            *cl = false;
-            return sgllm__cu_attn_launch<HB>(c, q, kc, vc, pt, page_size, n_head, n_head_kv, hd, pos, n_q, window, scale,
-                                             n_splits, bn, merge_here, part_o, part_lse, out, post, cl, -1);
-        }
+    if (*cl && !sgllm__cu_cluster_fits(c, kern, smem, (unsigned)n_splits)) { // else the merge kernel
+        *cl = false;
+        return sgllm__cu_attn_launch<HB>(c, q, kc, vc, pt, page_size, n_head, n_head_kv, hd, pos, n_q, window, scale,
+                                         n_splits, bn, merge_here, part_o, part_lse, out, post, cl, -1);
     }
     // the counters cover ATT_COUNTERS head groups, so more queries than that take several launches
     int64_t per_launch = merge_here ? ATT_COUNTERS / ((int64_t)n_head_kv * n_hgroups) : n_q; // at least 1
