@@ -86,13 +86,13 @@ struct sgllm__cuda {
     int smem_optin, smem_sm; // shared memory a block may opt into, and per SM (bytes)
     int cc_major;         // compute capability major of the device
     bool pdl;             // launches through sgllm__cu_launch use programmatic dependent launch
-    struct {              // whether the device holds a cluster of n blocks of kern with smem bytes each
-        const void *kern; // (section 6: asked once per kernel, shared memory and size, then remembered)
+    struct {              // occupancy answers (sgllm__cu_occupancy), the latest 32
+        const void *kern;
         size_t smem;
-        unsigned n;
-        bool ok;
-    } cl_fit[16];
-    int n_cl_fit;
+        unsigned threads, cluster;
+        int n;
+    } occ[32];
+    int n_occ;
     char msg[512];
 };
 
@@ -206,6 +206,38 @@ template <typename... P, typename... A>
 static sgllm_status sgllm__cu_launch(sgllm__cuda *c, const char *name, void (*kernel)(P...), dim3 grid, dim3 block,
                                      size_t smem, A... args) {
     return sgllm__cu_launch_cl(c, name, 1, kernel, grid, block, smem, args...);
+}
+
+// Blocks of kern (threads each, smem bytes of dynamic shared memory) resident per SM, or with
+// cluster > 1 clusters of that many blocks resident on the device (sizes over 8 opted in);
+// 0 when the runtime cannot say. Asked once per kernel and shape and remembered, so launches
+// outside graphs do not pay the query each time. The kernel's shared-memory attribute must be
+// set before.
+template <typename K>
+static int sgllm__cu_occupancy(sgllm__cuda *c, K kern, unsigned threads, size_t smem, unsigned cluster) {
+    for (int i = 0; i < c->n_occ && i < 32; i++)
+        if (c->occ[i].kern == (const void *)kern && c->occ[i].smem == smem && c->occ[i].threads == threads &&
+            c->occ[i].cluster == cluster)
+            return c->occ[i].n;
+    int n = 0;
+    cudaError_t e;
+    if (cluster > 1) {
+        if (cluster > 8) (void)cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+        sgllm__cu_cfg k;
+        sgllm__cu_config(c, dim3(cluster), dim3(threads), smem, cluster, &k);
+        e = cudaOccupancyMaxActiveClusters(&n, kern, &k.cfg);
+    } else {
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, (int)threads, smem);
+    }
+    if (e != cudaSuccess) {
+        cudaGetLastError(); // not sticky: the caller takes a safe default
+        n = 0;
+    }
+    int i = c->n_occ % 32; // a ring
+    c->n_occ = c->n_occ >= 32 ? 32 + (i + 1) % 32 : c->n_occ + 1;
+    c->occ[i].kern = (const void *)kern, c->occ[i].smem = smem, c->occ[i].threads = threads;
+    c->occ[i].cluster = cluster, c->occ[i].n = n;
+    return n;
 }
 
 // PDL only where the device has griddepcontrol (sm90+) and the dispatch asks for it.
@@ -476,6 +508,12 @@ static int64_t sgllm__cu_row_bytes(uint32_t t, int64_t cols) {
     int bv = sgllm__cu_blk_vals(t);
     if (!bv || cols <= 0 || cols % bv) return 0;
     return cols / bv * sgllm__cu_blk_bytes(t);
+}
+
+// Whether type t is block-quantized with rows of cols values in whole blocks (the products
+// whose activations go through the context's int8 buffer).
+static bool sgllm__cu_quantized(uint32_t t, int64_t cols) {
+    return t != T_F32 && t != T_F16 && t != T_BF16 && sgllm__cu_row_bytes(t, cols) > 0;
 }
 
 static __device__ inline float sgllm__cu_h(const uint8_t *p) { // unaligned fp16
@@ -1630,7 +1668,7 @@ static __global__ void sgllm__cu_xq_k(const float *x, int64_t cols, int nt, int8
 extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, const float *x, int64_t n_tok,
                                                  int64_t cols, int8_t *qs, float *ds) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
-    bool quant = type != T_F32 && type != T_F16 && type != T_BF16 && sgllm__cu_row_bytes(type, cols) > 0;
+    bool quant = sgllm__cu_quantized(type, cols);
     if (!x || !qs || !ds || !quant || n_tok <= 0 || n_tok > 8 || (uintptr_t)x % 16 || (uintptr_t)qs % 4 || (uintptr_t)ds % 8)
         return sgllm__cu_bad(c, "quantize_act", "bad pointer, weight type or shape");
     cudaSetDevice(c->device);
@@ -1638,7 +1676,7 @@ extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, 
     int64_t steps = (n_tok * cols + (kind == XQ_Q8_K ? 255 : 127)) / (kind == XQ_Q8_K ? 256 : 128), grid = (steps + 3) / 4;
     void (*k)(const float *, int64_t, int, int8_t *, float2 *) =
         kind == XQ_Q8_0 ? sgllm__cu_xq_k<XQ_Q8_0> : kind == XQ_Q8_1 ? sgllm__cu_xq_k<XQ_Q8_1> : sgllm__cu_xq_k<XQ_Q8_K>;
-    if (qs == sgllm__cu_xq_codes(c)) c->xq.of = NULL; // no longer what a norm put there
+    if (qs == sgllm__cu_xq_codes(c)) c->xq.of = NULL; // no longer what its producer put there
     return sgllm__cu_launch(c, "quantize_act", k, dim3((unsigned)grid), dim3(128), 0, x, cols, (int)n_tok, qs, (float2 *)ds);
 }
 
@@ -1659,7 +1697,7 @@ static __global__ void sgllm__cu_norm_add_xq_k(float *x, const float *delta, con
 static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, const float *delta, const float *delta_w,
                                   const float *w, float *y, int64_t rows, int64_t dim, float eps, int threads,
                                   sgllm_status *s) {
-    bool quant = quant_for != T_F32 && quant_for != T_F16 && quant_for != T_BF16 && sgllm__cu_row_bytes(quant_for, dim) > 0;
+    bool quant = sgllm__cu_quantized(quant_for, dim);
     if (!quant || rows > 8 || dim > MV_XQ_COLS) return false;
     int kind = sgllm__cu_xq_kind((int)quant_for);
     int8_t *qs = sgllm__cu_xq_codes(c);
@@ -1968,7 +2006,8 @@ static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *
         a->inl = 1;
         return SGLLM_OK;
     }
-    // already there: quantized by the norm that wrote x (sgllm__cuda_norm_add_rmsnorm_q)
+    // already there: quantized by the op that wrote x (sgllm__cuda_norm_add_rmsnorm_q, decode
+    // attention's cluster merge)
     const sgllm__cu_xq_held *q = &c->xq;
     if (q->of == x && q->kind == sgllm__cu_xq_kind((int)t) && q->nt == nt && q->cols == cols) return SGLLM_OK;
     return sgllm__cuda_quantize_act(c, t, x, nt, cols, (int8_t *)a->xq, (float *)a->xd);
@@ -2438,11 +2477,8 @@ static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int
     if (smem > 48 * 1024) // a refusal makes the launch fail, which is reported
         (void)cudaFuncSetAttribute(sgllm__cu_mvw_k<T, NT, NR>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     // and by registers: a grid past the resident blocks runs a second, mostly empty wave
-    int occ = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, sgllm__cu_mvw_k<T, NT, NR>, 32 * warps, smem) != cudaSuccess)
-        cudaGetLastError(); // not sticky; the launch reports what matters
-    else if (occ > 0 && per_sm > occ)
-        per_sm = occ;
+    int occ = sgllm__cu_occupancy(c, sgllm__cu_mvw_k<T, NT, NR>, 32 * (unsigned)warps, smem, 1);
+    if (occ > 0 && per_sm > occ) per_sm = occ;
     if (per_sm < 1) per_sm = 1;
     int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1), blocks = (groups + warps - 1) / warps;
     if (blocks > cap) {
@@ -2750,9 +2786,11 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 // output and log-sum-exp to the scratch, and the splits are merged weighted by
 // exp(lse - max lse), in split order: by the last block of the head group to finish
 // (dispatch.decode_merge 0: it counts arrivals on a per-group counter, which it returns to
-// zero for the next launch), or by a second kernel, grid (n_head, n_q) (decode_merge 1). Both
-// merges run the same function, so their bits agree, and neither depends on which block
-// finishes last. The kernels wait for their predecessors first (the query and the newest
+// zero for the next launch), by a second kernel, grid (n_head, n_q) (decode_merge 1), or,
+// on sm90+ with up to 16 splits, by the head group's split blocks launched as one thread block
+// cluster, each merging a share through the others' shared memory (decode_merge 2; CL below).
+// All three run the same weight function in split order, so their bits agree, and none
+// depends on which block finishes last. The kernels wait for their predecessors first (the query and the newest
 // cache rows are theirs) and let their dependents launch right after; the single-token kernel
 // that does qkv_post's work itself (POST below) starts its cache reads before that wait.
 
@@ -2763,11 +2801,6 @@ enum {
     ATT_CH = ATT_TILE / 8 / ATT_THREADS
 };
 
-// Merges the n_splits partials of hb heads, rows row .. row + hb - 1 of (n_q * n_head), into
-// out: split s weighs exp(lse_s - max lse) (0 for an empty split), summed in split order, so
-// every caller gets the same bits. ws: (hb * n_splits + hb) floats of shared memory. The
-// partials come through L2 (ld.cg): other blocks of the same launch may have written them.
-// Each thread holds up to ATT_MV outputs and loads 8 splits of each at once.
 // The merge weights of hb heads: ws (hb, n_splits) holds each split's log-sum-exp and becomes
 // its weight exp(lse - max lse) (0 for an empty split); ws[hb * n_splits + h] gets head h's sum.
 // A warp per head, lanes over the splits. Both merges run it, so their weights agree.
@@ -2787,6 +2820,11 @@ static __device__ void sgllm__cu_attn_weights(float *ws, int hb, int32_t n_split
     }
 }
 
+// Merges the n_splits partials of hb heads, rows row .. row + hb - 1 of (n_q * n_head), into
+// out: split s weighs exp(lse_s - max lse) (0 for an empty split), summed in split order, so
+// every caller gets the same bits. ws: (hb * n_splits + hb) floats of shared memory. The
+// partials come through L2 (ld.cg): other blocks of the same launch may have written them.
+// Each thread holds up to ATT_MV outputs and loads 8 splits of each at once.
 static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *part_lse, int64_t row, int hb, int32_t hd,
                                             int32_t n_splits, float *ws, float *out) {
     int tid = threadIdx.x, nth = blockDim.x;
@@ -2847,7 +2885,7 @@ static __device__ inline void sgllm__cu_attn_issue(const __half *kb, const __hal
 }
 
 // Shared memory of the split kernel: a union region (two stages of key and value tiles; then
-// the value slices' partial sums; then the in-kernel merge's weights), the scaled queries
+// the value slices' partial sums; then an in-kernel merge's weights), the scaled queries
 // (HB, hd), the tile's scores (HB, bn) and three (HB) softmax statistics.
 static size_t sgllm__cu_attn_region(int hb_t, int32_t hd, int32_t bn, int32_t n_splits, bool merge_here) {
     size_t tiles = (size_t)4 * bn * hd * 2, red = (size_t)(ATT_THREADS / (hd / 8)) * hb_t * hd * 4;
@@ -3168,25 +3206,6 @@ extern "C" size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_di
     return (size_t)sgllm__cu_align256((int64_t)(rows * (size_t)head_dim * 4)) + rows * 4;
 }
 
-// Whether the device can hold one cluster of n blocks of kern with smem bytes of shared memory
-// each (sizes over 8 opted in), asked of the runtime once per kernel, size and shared memory.
-template <typename K>
-static bool sgllm__cu_cluster_fits(sgllm__cuda *c, K kern, size_t smem, unsigned n) {
-    for (int i = 0; i < c->n_cl_fit && i < 16; i++)
-        if (c->cl_fit[i].kern == (const void *)kern && c->cl_fit[i].smem == smem && c->cl_fit[i].n == n)
-            return c->cl_fit[i].ok;
-    if (n > 8) (void)cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    sgllm__cu_cfg k;
-    sgllm__cu_config(c, dim3(n), dim3(ATT_THREADS), smem, n, &k);
-    int n_cl = 0;
-    bool ok = cudaOccupancyMaxActiveClusters(&n_cl, kern, &k.cfg) == cudaSuccess && n_cl >= 1;
-    if (!ok) cudaGetLastError(); // not sticky; the merge kernel runs instead
-    int i = c->n_cl_fit % 16; // a ring: the 16 latest answers
-    c->n_cl_fit = c->n_cl_fit >= 16 ? 16 + (i + 1) % 16 : c->n_cl_fit + 1;
-    c->cl_fit[i].kern = (const void *)kern, c->cl_fit[i].smem = smem, c->cl_fit[i].n = n, c->cl_fit[i].ok = ok;
-    return ok;
-}
-
 // One instance of the split kernel per heads-per-block class (and with post, the fused one).
 template <int HB>
 static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const __half *kc, const __half *vc,
@@ -3209,7 +3228,7 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
         sgllm__cu_check(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                         "attn_decode: shared memory"))
         return SGLLM_ERR_BACKEND;
-    if (*cl && !sgllm__cu_cluster_fits(c, kern, smem, (unsigned)n_splits)) { // else the merge kernel
+    if (*cl && sgllm__cu_occupancy(c, kern, ATT_THREADS, smem, (unsigned)n_splits) < 1) { // else the merge kernel
         *cl = false;
         return sgllm__cu_attn_launch<HB>(c, q, kc, vc, pt, page_size, n_head, n_head_kv, hd, pos, n_q, window, scale,
                                          n_splits, bn, merge_here, part_o, part_lse, out, post, cl, -1);
@@ -3219,10 +3238,10 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
     for (int64_t q0 = 0; q0 < n_q; q0 += per_launch) {
         int64_t nz = n_q - q0 < per_launch ? n_q - q0 : per_launch;
         if (sgllm__cu_launch_cl(c, "attn_decode: split kernel", *cl ? (unsigned)n_splits : 1u, kern,
-                                dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)nz), dim3(ATT_THREADS),
-                             smem, q, kc, vc, pt, sgllm__cu_page_shift(pt, page_size), n_head, n_head_kv, hd, pos, window,
-                             scale, n_splits, bn, (int32_t)region, part_o, part_lse, out,
-                             merge_here ? c->att_cnt : (unsigned *)NULL, (int32_t)q0, post ? *post : none,
+                                dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)nz),
+                                dim3(ATT_THREADS), smem, q, kc, vc, pt, sgllm__cu_page_shift(pt, page_size), n_head,
+                                n_head_kv, hd, pos, window, scale, n_splits, bn, (int32_t)region, part_o, part_lse, out,
+                                merge_here ? c->att_cnt : (unsigned *)NULL, (int32_t)q0, post ? *post : none,
                                 sgllm__cu_xq_codes(c), sgllm__cu_xq_scales(c), *cl ? xq_kind : -1))
             return SGLLM_ERR_BACKEND;
     }
@@ -3260,8 +3279,7 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
     // group per KV head), e.g. Llama's 4 heads of 128 for 256-value blocks
     int64_t cols = (int64_t)n_head * head_dim;
     int xq_kind = -1;
-    if (quant_for != T_F32 && quant_for != T_F16 && quant_for != T_BF16 && sgllm__cu_row_bytes(quant_for, cols) > 0 &&
-        n_q <= 8 && cols <= MV_XQ_COLS) {
+    if (sgllm__cu_quantized(quant_for, cols) && n_q <= 8 && cols <= MV_XQ_COLS) {
         xq_kind = sgllm__cu_xq_kind((int)quant_for);
         int32_t bv = xq_kind == XQ_Q8_K ? 256 : 32, group = n_head / n_head_kv;
         if (head_dim % bv && (group > ATT_HB || (int64_t)group * head_dim % bv)) xq_kind = -1;
@@ -3303,8 +3321,7 @@ extern "C" sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm
                                                      float scale, int32_t n_splits, float *out, uint32_t quant_for) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!a) return sgllm__cu_bad(c, "attn_decode_post", "no arguments");
-    // one query with room for the fused kernel's shared memory (48 KB at most is enough for
-    // every tile size attn_decode picks): one launch; else qkv_post, then attention
+    // one query whose heads the kernel can take: one launch; else qkv_post, then attention
     bool fuse = a->n_tok == 1 && a->head_dim % 8 == 0 && a->head_dim <= ATT_MAX_HD && a->n_rot >= 2 &&
                 a->n_rot <= a->head_dim && !(a->n_rot & 1) && a->n_head > 0 && a->n_head_kv > 0 && a->q && a->k && a->v;
     if (!fuse) {
@@ -4580,4 +4597,3 @@ extern "C" sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, 
     return sgllm__cu_launch(c, "sample: final", sgllm__cu_smp_final_k, dim3(1), dim3(SMP_THREADS), 0, args,
                             (const float *)l.work, n_vocab, l.state, l.cand, out);
 }
-
