@@ -3167,10 +3167,21 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         for (int32_t e = e0 + tid; e < e1; e += ATT_THREADS) {
             int32_t h = e / hd;
             const float *w = ws + h * n_splits;
+            // all the splits' values in flight at once (a remote shared-memory read is a
+            // round trip of its own), then summed in split order
+            float v[16];
+#pragma unroll
+            for (int32_t sp = 0; sp < 16; sp++) v[sp] = sp < n_splits ? cl.map_shared_rank(qs, (unsigned)sp)[e] : 0.0f;
             float num = 0.0f;
-            for (int32_t sp = 0; sp < n_splits; sp++) num += w[sp] * cl.map_shared_rank(qs, (unsigned)sp)[e];
+#pragma unroll
+            for (int32_t sp = 0; sp < 16; sp++)
+                if (sp < n_splits) num += w[sp] * v[sp];
             out[row * hd + e] = den[h] > 0 ? num / den[h] : 0.0f;
         }
+        // this block reads no other's shared memory from here on: it signals so now and waits
+        // for the others' signals only before it leaves (its own shared memory must outlive
+        // their reads), so the barrier's latency hides behind the quantization
+        asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
         if (xq_kind >= 0 && e1 > e0) { // the share, just written by this block, quantized as sgllm__cu_xq_k would
             __syncthreads();
             int64_t o = row * hd + e0;
@@ -3178,7 +3189,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             else if (xq_kind == XQ_Q8_1) sgllm__cu_xq<XQ_Q8_1>(out + o, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
             else sgllm__cu_xq<XQ_Q8_K>(out + o, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
         }
-        cl.sync();
+        asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 #endif
         return;
     }
