@@ -465,6 +465,7 @@ sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatch *dispatch
                                 size_t err_size);
 void sgllm__cuda_free(sgllm__cuda *c);                       // NULL is a no-op; synchronizes
 const char *sgllm__cuda_errmsg(const sgllm__cuda *c);        // last error, "" if none
+uint64_t sgllm__cuda_launches(const sgllm__cuda *c);         // kernels this backend launched so far (not cuBLAS's)
 void sgllm__cuda_set_dispatch(sgllm__cuda *c, const sgllm__cuda_dispatch *dispatch);
 const sgllm__cuda_dispatch *sgllm__cuda_get_dispatch(const sgllm__cuda *c);
 void *sgllm__cuda_stream(const sgllm__cuda *c);              // the cudaStream_t ops run on

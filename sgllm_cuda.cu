@@ -93,6 +93,7 @@ struct sgllm__cuda {
         int n;
     } occ[32];
     int n_occ;
+    uint64_t launches;    // kernels of this file launched (sgllm__cuda_launches)
     char msg[512];
 };
 
@@ -114,8 +115,11 @@ static sgllm_status sgllm__cu_check(sgllm__cuda *c, cudaError_t e, const char *w
 
 // After a launch: configuration errors are reported at once, without synchronizing.
 static sgllm_status sgllm__cu_launched(sgllm__cuda *c, const char *kernel) {
+    c->launches++;
     return sgllm__cu_check(c, cudaGetLastError(), kernel);
 }
+
+extern "C" uint64_t sgllm__cuda_launches(const sgllm__cuda *c) { return c ? c->launches : 0; }
 
 static sgllm_status sgllm__cu_bad(sgllm__cuda *c, const char *op, const char *why) {
     return sgllm__cu_fail(c, SGLLM_ERR_INVALID_ARGUMENT, "%s: %s", op, why);
@@ -203,6 +207,7 @@ static sgllm_status sgllm__cu_launch_cl(sgllm__cuda *c, const char *name, unsign
     sgllm__cu_cfg k;
     sgllm__cu_config(c, grid, block, smem, cluster_x, &k);
     cudaError_t e = cudaLaunchKernelEx(&k.cfg, kernel, args...);
+    c->launches++;
     if (e != cudaSuccess) cudaGetLastError(); // reported here, not again by the next op's check
     return sgllm__cu_check(c, e, name);
 }
@@ -2105,6 +2110,8 @@ static sgllm_status sgllm__cu_mv_launch(sgllm__cuda *c, uint32_t type, int path,
 // The wide-load kernel (section 4b, dispatch.matvec_int8 = 3).
 static bool sgllm__cu_mvw_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t rb, int64_t cols, const float *x);
 static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a);
+static bool sgllm__cu_mvw2_pair(sgllm__cuda *c, uint32_t t1, uint32_t t2, const sgllm__cu_mvd *a1, const sgllm__cu_mvd *a2,
+                                bool run, sgllm_status *s);
 
 extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
                                            const float *x, int64_t n_tok, float *y) {
@@ -2215,6 +2222,29 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
     if (!fused && n_tok > max_batch) return sgllm__cuda_gemm_multi(c, n, types, w, rows, cols, x, n_tok, y);
     bool mixed = false;
     for (int k = 1; k < n; k++) mixed = mixed || types[k] != types[0];
+    // q and k of one type, v of another that reads the same activation format, one token,
+    // pairs of rows: one launch of the wide kernel for both types (sgllm__cu_mvw2_k)
+    if (!fused && mixed && n == 3 && types[0] == types[1] && n_tok == 1 && c->disp.matvec_int8 == 3 &&
+        sgllm__cu_xq_kind((int)types[0]) == sgllm__cu_xq_kind((int)types[2]) &&
+        sgllm__cu_mvw2_pair(c, types[0], types[2], NULL, NULL, false, NULL)) {
+        int64_t rb1 = sgllm__cu_row_bytes(types[0], cols), rb2 = sgllm__cu_row_bytes(types[2], cols);
+        bool ok = rb1 && rb2 && sgllm__cu_mvw_ok(c, types[0], w[0], rb1, cols, x) && sgllm__cu_mvw_ok(c, types[0], w[1], rb1, cols, x) &&
+                  sgllm__cu_mvw_ok(c, types[2], w[2], rb2, cols, x);
+        for (int k = 0; k < 3; k++) ok = ok && y[k] && rows[k] > 0 && rows[k] % 2 == 0;
+        if (ok) {
+            sgllm__cu_mvd a1 = {}, a2;
+            for (int k = 0; k < 2; k++) a1.w[k] = (const uint8_t *)w[k], a1.y[k] = y[k], a1.rows[k] = rows[k];
+            a1.n_seg = 2, a1.act = -1, a1.row_bytes = rb1, a1.total_rows = rows[0] + rows[1];
+            sgllm_status s = sgllm__cu_mvd_prep(c, types[0], x, 1, cols, false, &a1);
+            if (s) return s;
+            a2 = a1;
+            a2.w[0] = (const uint8_t *)w[2], a2.y[0] = y[2], a2.rows[0] = rows[2], a2.w[1] = NULL, a2.y[1] = NULL, a2.rows[1] = 0;
+            a2.n_seg = 1, a2.row_bytes = rb2, a2.total_rows = rows[2];
+            cudaSetDevice(c->device);
+            sgllm__cu_mvw2_pair(c, types[0], types[2], &a1, &a2, true, &s);
+            return s;
+        }
+    }
     // mixed types (Gemma 3's Q5_0 q/k with a Q8_0 v): each run of equal neighbours fused on
     // its own (a run is of one type, so the call below does not come back here)
     for (int k = 0; !fused && k < n;) {
@@ -2309,14 +2339,15 @@ static __host__ __device__ constexpr int sgllm__cu_mvw_cb(int t) { // chunk byte
 // Shared-memory slot of one row's chunk: 16 bytes beyond it for the over-read of sgllm__cu_ld_a2.
 static __host__ __device__ constexpr int sgllm__cu_mvw_cs(int t) { return sgllm__cu_mvw_cb(t) + 16; }
 
+// The kernel's body, for blocks bx of nbx (sgllm__cu_mvw2_k runs two in one grid).
 template <int T, int NT, int NR>
-static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(const sgllm__cu_mvd a, int64_t groups) {
+static __device__ __forceinline__ void sgllm__cu_mvw_body(const sgllm__cu_mvd &a, int64_t groups, int64_t bx, int64_t nbx) {
     constexpr int CV = sgllm__cu_mvw_cv(T), CB = sgllm__cu_mvw_cb(T), CS = sgllm__cu_mvw_cs(T);
     constexpr int U = (CB / 16 + 31) / 32; // 16-byte words per lane; 8-byte words fit the same registers
     extern __shared__ __align__(16) uint8_t mvw_smem[]; // slots (warps, NR, CS); a.inl: qs (nt, cols), ds (nt, cols / 32)
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     uint8_t *slot = mvw_smem + (size_t)warp * NR * CS;
-    int64_t gw = (int64_t)blockIdx.x * (blockDim.x / 32) + warp, n_w = (int64_t)gridDim.x * (blockDim.x / 32);
+    int64_t gw = bx * (blockDim.x / 32) + warp, n_w = nbx * (blockDim.x / 32);
     int n_ch = (int)((a.cols + CV - 1) / CV);
     bool gated = a.act >= 0;
     // rows of group g: gated, row g of w[0] and w[1]; else rows NR g .. NR g + NR - 1 of the
@@ -2463,6 +2494,22 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
     }
 }
 
+template <int T, int NT, int NR>
+static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(const sgllm__cu_mvd a, int64_t groups) {
+    sgllm__cu_mvw_body<T, NT, NR>(a, groups, blockIdx.x, gridDim.x);
+}
+
+// Two products of different weight types over the same quantized activations in one launch
+// (Gemma 3's Q5_0 q/k with a Q8_0 v, or a Q4_K_M file's Q4_K q/k with a Q6_K v): blocks
+// [0, b1) run a1 of type T1, the rest a2 of type T2, each exactly as its own launch would, so
+// the bits are the same; one launch, one PDL wait, instead of two in a row.
+template <int T1, int T2, int NT>
+static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
+    sgllm__cu_mvw2_k(const sgllm__cu_mvd a1, int64_t g1, unsigned b1, const sgllm__cu_mvd a2, int64_t g2) {
+    if (blockIdx.x < b1) sgllm__cu_mvw_body<T1, NT, 2>(a1, g1, blockIdx.x, b1);
+    else sgllm__cu_mvw_body<T2, NT, 2>(a2, g2, blockIdx.x - b1, gridDim.x - b1);
+}
+
 // Whether the wide kernel takes weights of type t at w (row bytes rb): a block-quantized type,
 // 16-byte aligned matrix, rows whole words of dispatch.matvec_wide_align bytes (8 at least),
 // cols within the activation buffer, x 16-byte aligned.
@@ -2472,6 +2519,17 @@ static bool sgllm__cu_mvw_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t 
     int64_t align = c->disp.matvec_wide_align < 8 ? 8 : c->disp.matvec_wide_align;
     return quant && (uintptr_t)w % 16 == 0 && rb % align == 0 && (uintptr_t)x % 16 == 0 && cols % 4 == 0 &&
            cols <= MV_XQ_COLS;
+}
+
+// Blocks of a persistent wide grid over `groups` row groups, at most cap: as few as give
+// every warp the same number of groups.
+static int64_t sgllm__cu_mvw_blocks(int64_t groups, int warps, int64_t cap) {
+    int64_t blocks = (groups + warps - 1) / warps;
+    if (blocks > cap) {
+        int64_t per_warp = (groups + cap * warps - 1) / (cap * warps);
+        blocks = ((groups + per_warp - 1) / per_warp + warps - 1) / warps;
+    }
+    return blocks;
 }
 
 template <int T, int NT, int NR>
@@ -2488,13 +2546,45 @@ static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int
     int occ = sgllm__cu_occupancy(c, sgllm__cu_mvw_k<T, NT, NR>, 32 * (unsigned)warps, smem, 1);
     if (occ > 0 && per_sm > occ) per_sm = occ;
     if (per_sm < 1) per_sm = 1;
-    int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1), blocks = (groups + warps - 1) / warps;
-    if (blocks > cap) {
-        int64_t per_warp = (groups + cap * warps - 1) / (cap * warps);
-        blocks = ((groups + per_warp - 1) / per_warp + warps - 1) / warps;
+    int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1);
+    return sgllm__cu_launch(c, "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR>,
+                            dim3((unsigned)sgllm__cu_mvw_blocks(groups, warps, cap)), dim3(32 * warps), smem, a, groups);
+}
+
+// Two products in one launch (sgllm__cu_mvw2_k, one token, pairs of rows): the resident
+// blocks shared between them by their row groups, each part a persistent grid as above.
+template <int T1, int T2>
+static sgllm_status sgllm__cu_mvw2_go(sgllm__cuda *c, const sgllm__cu_mvd &a1, const sgllm__cu_mvd &a2) {
+    int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
+    int cs = sgllm__cu_mvw_cs(T1) > sgllm__cu_mvw_cs(T2) ? sgllm__cu_mvw_cs(T1) : sgllm__cu_mvw_cs(T2);
+    size_t smem = (size_t)warps * 2 * cs;
+    int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
+    if (per_sm > fit) per_sm = fit;
+    if (smem > 48 * 1024) (void)cudaFuncSetAttribute(sgllm__cu_mvw2_k<T1, T2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    int occ = sgllm__cu_occupancy(c, sgllm__cu_mvw2_k<T1, T2, 1>, 32 * (unsigned)warps, smem, 1);
+    if (occ > 0 && per_sm > occ) per_sm = occ;
+    if (per_sm < 1) per_sm = 1;
+    int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1), g1 = a1.total_rows / 2, g2 = a2.total_rows / 2;
+    int64_t cap1 = cap * g1 / (g1 + g2);
+    cap1 = cap1 < 1 ? 1 : cap1 > cap - 1 ? cap - 1 : cap1;
+    int64_t b1 = sgllm__cu_mvw_blocks(g1, warps, cap1), b2 = sgllm__cu_mvw_blocks(g2, warps, cap - cap1 > 0 ? cap - cap1 : 1);
+    return sgllm__cu_launch(c, "matvec (wide, two types)", sgllm__cu_mvw2_k<T1, T2, 1>, dim3((unsigned)(b1 + b2)),
+                            dim3(32 * warps), smem, a1, g1, (unsigned)b1, a2, g2);
+}
+
+// The pairs of weight types one launch takes (same activation format; see sgllm__cu_mvw2_k).
+// run = false only asks whether (t1, t2) is one.
+static bool sgllm__cu_mvw2_pair(sgllm__cuda *c, uint32_t t1, uint32_t t2, const sgllm__cu_mvd *a1, const sgllm__cu_mvd *a2,
+                                bool run, sgllm_status *s) {
+#define SGLLM__MVW2(A, B)                                                                                               \
+    if (t1 == A && t2 == B) {                                                                                           \
+        if (run) *s = sgllm__cu_mvw2_go<A, B>(c, *a1, *a2);                                                             \
+        return true;                                                                                                    \
     }
-    return sgllm__cu_launch(c, "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR>, dim3((unsigned)blocks), dim3(32 * warps),
-                            smem, a, groups);
+    SGLLM__MVW2(T_Q5_0, T_Q8_0) SGLLM__MVW2(T_Q4_0, T_Q8_0) SGLLM__MVW2(T_Q8_0, T_Q5_0) SGLLM__MVW2(T_Q4_K, T_Q6_K)
+    SGLLM__MVW2(T_Q5_K, T_Q6_K)
+#undef SGLLM__MVW2
+    return false;
 }
 
 template <int NT, int NR>

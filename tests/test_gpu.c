@@ -1974,7 +1974,8 @@ static void test_matvec_wide(void) {
 // test_matvec_wide; GELU gated products within 1e-6, where act(g) * u is computed differs),
 // with the in-block quantization (two launch shapes) and with the separate launch. Every
 // block-quantized type, rows of 16- and 8-byte words, odd and even row counts, batches 1..8; q/k/v through matvec_multi of one type (odd batches) or
-// with v of another type (even batches: Q5_0 q/k with Q8_0 v, as in Gemma 3's file), gated
+// with v of another type (even batches and batch 1: e.g. Q5_0 q/k with Q8_0 v as in Gemma 3's
+// file, or Q4_K with Q6_K; at batch 1 with even row counts one launch takes both types), gated
 // launches; and chains where a kernel rewrites x right before the products (PDL on: the
 // in-block quantization must wait for it), eager and replayed from a graph, against the
 // reference chain run eagerly without PDL.
@@ -2063,10 +2064,15 @@ static void test_matvec_xq_inline(void) {
     for (int v = 0; v < 3; v++) wide[v].matvec_int8 = 3, wide[v].matvec_wide_align = 8, wide[v].matvec_xq_inline = 32768;
     wide[1].matvec_warps = 8, wide[1].matvec_wide_warps_per_sm = 1; // few warps: each walks many rows
     wide[2].matvec_xq_inline = 0;                              // separate quantization launch
-    int runs = 0, chains = 0, by_word[2] = {0, 0};
+    int runs = 0, chains = 0, by_word[2] = {0, 0}, two_type = 0;
     double worst_gelu = 0;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
-        uint32_t t = types[ti], tv0 = t == SGLLM__T_Q8_0 ? SGLLM__T_Q5_0 : SGLLM__T_Q8_0;
+        // v's type: one that shares t's activation format where a launch takes the pair
+        // (sgllm__cu_mvw2_k: Q4_0 / Q5_0 with Q8_0, Q8_0 with Q5_0, Q4_K / Q5_K with Q6_K);
+        // Q4_1 / Q5_1 / Q6_K with Q8_0 read two formats, so those run one launch per type
+        uint32_t t = types[ti], tv0 = t == SGLLM__T_Q8_0                          ? SGLLM__T_Q5_0
+                                      : t == SGLLM__T_Q4_K || t == SGLLM__T_Q5_K ? SGLLM__T_Q6_K
+                                                                                 : SGLLM__T_Q8_0;
         int64_t blk = sgllm__types[t].block;
         const int64_t *cl = t == SGLLM__T_Q6_K ? cols6 : blk == 256 ? colsk : cols32;
         for (int ci = 0; ci < 4 && cl[ci]; ci++) {
@@ -2095,7 +2101,7 @@ static void test_matvec_xq_inline(void) {
             c.y = (float *)dev((size_t)ymax * 4);
             float *ref = (float *)malloc((size_t)ymax * 4), *got = (float *)malloc((size_t)ymax * 4);
             for (int64_t nt = 1; nt <= 8; nt++) {
-                bool mixed = nt % 2 == 0;
+                bool mixed = nt % 2 == 0 || nt == 1; // one token: the two-type launch
                 c.nt = nt;
                 c.t[0] = c.t[1] = t, c.t[2] = mixed ? tv : t;
                 c.w[0] = dw[0], c.w[1] = dw[1], c.w[2] = mixed ? dw[5] : dw[2], c.w[3] = dw[3], c.w[4] = dw[4];
@@ -2116,6 +2122,22 @@ static void test_matvec_xq_inline(void) {
                            rel_err(got, ref, c.off[4]), rel_err(got + c.off[4], ref + c.off[4], c.off[5] - c.off[4]));
                     runs++;
                 }
+                if (nt == 1 && mixed && tv != t) { // one launch for both types where the pair and rows allow it
+                    bool pair = ((t == SGLLM__T_Q4_0 || t == SGLLM__T_Q5_0) && tv == SGLLM__T_Q8_0) ||
+                                (t == SGLLM__T_Q8_0 && tv == SGLLM__T_Q5_0) ||
+                                ((t == SGLLM__T_Q4_K || t == SGLLM__T_Q5_K) && tv == SGLLM__T_Q6_K);
+                    bool one = pair && rb % 8 == 0 && sgllm__row_bytes(tv, (uint64_t)cols) % 8 == 0;
+                    sgllm__cuda_set_dispatch(gpu, &wide[2]); // quantization by a launch of its own
+                    const void *wm[3] = {c.w[0], c.w[1], c.w[2]};
+                    float *ym[3] = {c.y + c.off[1], c.y + c.off[2], c.y + c.off[3]};
+                    uint64_t l0 = sgllm__cuda_launches(gpu);
+                    CHECK(sgllm__cuda_matvec_multi(gpu, 3, c.t, wm, c.rows, cols, c.x, 1, ym) == SGLLM_OK);
+                    uint64_t used = sgllm__cuda_launches(gpu) - l0;
+                    CHECKF(one ? used == 2 : used > 2, "%s q/k with %s v, cols %lld: %llu launches (one product: %d)",
+                           sgllm__type_name(t), sgllm__type_name(tv), (long long)cols, (unsigned long long)used, one);
+                    two_type += one;
+                    sgllm__cuda_set_dispatch(gpu, &disp);
+                }
                 if (nt % 3 != 1) continue;
                 // chains (SiLU): PDL on, eager and as graph replays, against the staged reference
                 // without PDL
@@ -2133,9 +2155,10 @@ static void test_matvec_xq_inline(void) {
             free(x0), free(ref), free(got);
         }
     }
+    CHECK(two_type >= 5);
     printf("matvec wide in-kernel activation quantization and 8-byte rows: %d runs and %d PDL chains bit-identical "
-           "(rows of 8/16-byte words: %d/%d shapes; gated GELU worst %.3g)\n", runs, chains, by_word[0], by_word[1],
-           worst_gelu);
+           "(rows of 8/16-byte words: %d/%d shapes; gated GELU worst %.3g; %d shapes of q/k and v of two types in one "
+           "launch)\n", runs, chains, by_word[0], by_word[1], worst_gelu, two_type);
 }
 
 int main(void) {
