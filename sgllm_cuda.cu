@@ -2331,18 +2331,27 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
 static __host__ __device__ constexpr int sgllm__cu_mvw_cv(int t) {
     return t == T_Q4_0 || t == T_Q4_1 || t == T_Q4_K || t == T_Q5_K ? 4096 : 2048;
 }
-static __host__ __device__ constexpr int sgllm__cu_mvw_cb(int t) { // chunk bytes (a multiple of 16)
-    return sgllm__cu_mvw_cv(t) / (t == T_Q4_K || t == T_Q5_K || t == T_Q6_K ? 256 : 32) *
+// Chunk bytes of cv values (cv 0: the type's chunk; a multiple of 16 for every use).
+static __host__ __device__ constexpr int sgllm__cu_mvw_cb(int t, int cv = 0) {
+    return (cv ? cv : sgllm__cu_mvw_cv(t)) / (t == T_Q4_K || t == T_Q5_K || t == T_Q6_K ? 256 : 32) *
            (t == T_Q4_0 ? 18 : t == T_Q4_1 ? 20 : t == T_Q5_0 ? 22 : t == T_Q5_1 ? 24 : t == T_Q8_0 ? 34
             : t == T_Q4_K ? 144 : t == T_Q5_K ? 176 : 210);
 }
 // Shared-memory slot of one row's chunk: 16 bytes beyond it for the over-read of sgllm__cu_ld_a2.
-static __host__ __device__ constexpr int sgllm__cu_mvw_cs(int t) { return sgllm__cu_mvw_cb(t) + 16; }
+static __host__ __device__ constexpr int sgllm__cu_mvw_cs(int t, int cv = 0) { return sgllm__cu_mvw_cb(t, cv) + 16; }
 
-// The kernel's body, for blocks bx of nbx (sgllm__cu_mvw2_k runs two in one grid).
-template <int T, int NT, int NR>
+// Short rows (sgllm__cu_mvw_run): the chunks of this many values and this many rows per warp.
+// A row of up to 1024 values is one chunk either way, and a lane takes pieces lane, lane + 32,
+// ... of the row whatever the chunk size, so every row's sum is the same as with the type's
+// chunk: four rows per warp in half the registers put twice the bytes in flight, which large
+// matrices of short rows need (Gemma 3's 262144 x 640 Q8_0 output, ~1.9 TB/s with two).
+enum { MVW_SHORT_CV = 1024, MVW_SHORT_NR = 4, MVW_SHORT_MIN_BYTES = 8 << 20 };
+
+// The kernel's body, for blocks bx of nbx (sgllm__cu_mvw2_k runs two in one grid); CVT: the
+// chunk's values (0: the type's).
+template <int T, int NT, int NR, int CVT = 0>
 static __device__ __forceinline__ void sgllm__cu_mvw_body(const sgllm__cu_mvd &a, int64_t groups, int64_t bx, int64_t nbx) {
-    constexpr int CV = sgllm__cu_mvw_cv(T), CB = sgllm__cu_mvw_cb(T), CS = sgllm__cu_mvw_cs(T);
+    constexpr int CV = CVT ? CVT : sgllm__cu_mvw_cv(T), CB = sgllm__cu_mvw_cb(T, CV), CS = CB + 16;
     constexpr int U = (CB / 16 + 31) / 32; // 16-byte words per lane; 8-byte words fit the same registers
     extern __shared__ __align__(16) uint8_t mvw_smem[]; // slots (warps, NR, CS); a.inl: qs (nt, cols), ds (nt, cols / 32)
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -2494,9 +2503,9 @@ static __device__ __forceinline__ void sgllm__cu_mvw_body(const sgllm__cu_mvd &a
     }
 }
 
-template <int T, int NT, int NR>
+template <int T, int NT, int NR, int CVT = 0>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(const sgllm__cu_mvd a, int64_t groups) {
-    sgllm__cu_mvw_body<T, NT, NR>(a, groups, blockIdx.x, gridDim.x);
+    sgllm__cu_mvw_body<T, NT, NR, CVT>(a, groups, blockIdx.x, gridDim.x);
 }
 
 // Two products of different weight types over the same quantized activations in one launch
@@ -2532,22 +2541,22 @@ static int64_t sgllm__cu_mvw_blocks(int64_t groups, int warps, int64_t cap) {
     return blocks;
 }
 
-template <int T, int NT, int NR>
+template <int T, int NT, int NR, int CVT = 0>
 static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int64_t groups) {
     int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
-    size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T) + (a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0);
+    size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T, CVT) + (a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0);
     // persistent grid: the resident blocks (by the wide kernel's warps and shared memory per
     // SM), then as few as give every warp the same number of row groups
     int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
     if (per_sm > fit) per_sm = fit;
     if (smem > 48 * 1024) // a refusal makes the launch fail, which is reported
-        (void)cudaFuncSetAttribute(sgllm__cu_mvw_k<T, NT, NR>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        (void)cudaFuncSetAttribute(sgllm__cu_mvw_k<T, NT, NR, CVT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     // and by registers: a grid past the resident blocks runs a second, mostly empty wave
-    int occ = sgllm__cu_occupancy(c, sgllm__cu_mvw_k<T, NT, NR>, 32 * (unsigned)warps, smem, 1);
+    int occ = sgllm__cu_occupancy(c, sgllm__cu_mvw_k<T, NT, NR, CVT>, 32 * (unsigned)warps, smem, 1);
     if (occ > 0 && per_sm > occ) per_sm = occ;
     if (per_sm < 1) per_sm = 1;
     int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1);
-    return sgllm__cu_launch(c, "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR>,
+    return sgllm__cu_launch(c, "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR, CVT>,
                             dim3((unsigned)sgllm__cu_mvw_blocks(groups, warps, cap)), dim3(32 * warps), smem, a, groups);
 }
 
@@ -2613,6 +2622,24 @@ static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm
     int64_t groups = a.act >= 0 ? a.total_rows : pairs ? a.total_rows / 2 : a.total_rows;
     if (groups > (int64_t)INT32_MAX * MV_MAX_WARPS) return sgllm__cu_bad(c, "matvec", "too many rows");
     cudaSetDevice(c->device);
+    // short rows of a large matrix, one token: four rows per warp (MVW_SHORT_CV above); small
+    // ones are one memory round trip whatever the warp holds
+    bool quads = a.act < 0 && a.nt == 1 && a.cols <= MVW_SHORT_CV && a.total_rows * a.row_bytes >= MVW_SHORT_MIN_BYTES &&
+                 sgllm__cu_mvw_cb(type, MVW_SHORT_CV) % 16 == 0;
+    for (int s = 0; s < a.n_seg; s++) quads = quads && a.rows[s] % MVW_SHORT_NR == 0;
+    if (quads) {
+        int64_t g4 = a.total_rows / MVW_SHORT_NR;
+        switch (type) {
+        case T_Q4_0: return sgllm__cu_mvw_go<T_Q4_0, 1, MVW_SHORT_NR, MVW_SHORT_CV>(c, a, g4);
+        case T_Q4_1: return sgllm__cu_mvw_go<T_Q4_1, 1, MVW_SHORT_NR, MVW_SHORT_CV>(c, a, g4);
+        case T_Q5_0: return sgllm__cu_mvw_go<T_Q5_0, 1, MVW_SHORT_NR, MVW_SHORT_CV>(c, a, g4);
+        case T_Q5_1: return sgllm__cu_mvw_go<T_Q5_1, 1, MVW_SHORT_NR, MVW_SHORT_CV>(c, a, g4);
+        case T_Q8_0: return sgllm__cu_mvw_go<T_Q8_0, 1, MVW_SHORT_NR, MVW_SHORT_CV>(c, a, g4);
+        case T_Q4_K: return sgllm__cu_mvw_go<T_Q4_K, 1, MVW_SHORT_NR, MVW_SHORT_CV>(c, a, g4);
+        case T_Q5_K: return sgllm__cu_mvw_go<T_Q5_K, 1, MVW_SHORT_NR, MVW_SHORT_CV>(c, a, g4);
+        default: break; // Q6_K: 840-byte chunks of 1024 values are not whole 16-byte words
+        }
+    }
     if (pairs) {
         if (a.nt == 1) return sgllm__cu_mvw_type<1, 2>(c, type, a, groups);
         if (a.nt == 2) return sgllm__cu_mvw_type<2, 2>(c, type, a, groups);

@@ -1967,6 +1967,47 @@ static void test_matvec_wide(void) {
     printf("matvec wide loads: %d runs bit-identical to the staged kernel (gated GELU worst %.3g)\n", runs, worst_gelu);
 }
 
+// Large matrices of short rows (up to 1024 values, at least 8 MB, one token): the wide kernel
+// takes four rows per warp in 1024-value chunks there. Every row must still be bit for bit
+// the staged kernel's with one warp per row; row counts that are not multiples of four take
+// two rows per warp and must agree as well.
+static void test_matvec_short_rows(void) {
+    static const uint32_t types[] = {SGLLM__T_Q4_0, SGLLM__T_Q4_1, SGLLM__T_Q5_0, SGLLM__T_Q5_1,
+                                     SGLLM__T_Q8_0, SGLLM__T_Q4_K, SGLLM__T_Q5_K, SGLLM__T_Q6_K};
+    sgllm__cuda_dispatch ref_d = disp, wide = disp;
+    ref_d.matvec_int8 = 1, ref_d.matvec_warps_per_sm = 0;
+    wide.matvec_int8 = 3, wide.matvec_wide_align = 8;
+    int runs = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        uint32_t t = types[ti];
+        int64_t blk = sgllm__types[t].block, cols = t == SGLLM__T_Q6_K ? 1024 : blk == 256 ? 768 : 640;
+        int64_t rb = (int64_t)sgllm__row_bytes(t, (uint64_t)cols), rows = ((9 << 20) / rb + 3) / 4 * 4;
+        size_t wb;
+        uint8_t *w = rand_weights(t, rows + 2, cols, &wb);
+        void *dw = dev_copy(w, wb);
+        float *x = rand_floats(cols, -1, 1), *dx = (float *)dev_copy(x, (size_t)cols * 4);
+        float *dy = (float *)dev((size_t)(rows + 2) * 8), *y = (float *)malloc((size_t)(rows + 2) * 8);
+        for (int odd = 0; odd < 2; odd++) { // rows, then rows + 2 (not a multiple of four)
+            int64_t r = rows + 2 * odd;
+            poison(dy, (size_t)(rows + 2) * 8);
+            sgllm__cuda_set_dispatch(gpu, &wide);
+            CHECKF(sgllm__cuda_matvec(gpu, t, dw, r, cols, dx, 1, dy) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
+            sgllm__cuda_set_dispatch(gpu, &ref_d);
+            CHECK(sgllm__cuda_matvec(gpu, t, dw, r, cols, dx, 1, dy + rows + 2) == SGLLM_OK);
+            sgllm__cuda_set_dispatch(gpu, &disp);
+            fetch(y, dy, (size_t)(rows + 2) * 8);
+            bool same = !memcmp(y, y + rows + 2, (size_t)r * 4);
+            for (int64_t i = r; i < rows + 2; i++) same = same && isnan(y[i]);
+            CHECKF(same, "matvec wide short rows %s %lldx%lld: rel err %.3g against the staged kernel", sgllm__type_name(t),
+                   (long long)r, (long long)cols, rel_err(y, y + rows + 2, r));
+            runs++;
+        }
+        sgllm__cuda_dfree(gpu, dw), sgllm__cuda_dfree(gpu, dx), sgllm__cuda_dfree(gpu, dy);
+        free(w), free(x), free(y);
+    }
+    printf("matvec wide, large matrices of short rows (four rows per warp): %d runs bit for bit the staged kernel\n", runs);
+}
+
 // Activation quantization inside the wide kernel (dispatch.matvec_xq_inline) and its 8-byte
 // row words (dispatch.matvec_wide_align = 8). The blocks run the quantization code of the
 // separate launch, so the int8 blocks are the same bytes, and the per-row code is unchanged:
@@ -2192,6 +2233,7 @@ int main(void) {
     test_matvec_fused();
     test_gemm_prefill();
     test_matvec_wide();
+    test_matvec_short_rows();
     test_matvec_xq_inline();
     test_attention();
     test_attention_many();
