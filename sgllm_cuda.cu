@@ -2015,14 +2015,14 @@ static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *
     a->xd = sgllm__cu_xq_scales(c);
     a->inl = 0;
     if (t == T_F32 || t == T_F16 || t == T_BF16) return SGLLM_OK;
-    if (wide && nt * cols <= c->disp.matvec_xq_inline && sgllm__cu_xq_bytes(nt, cols) + 48 * 1024 <= (size_t)c->smem_optin) {
-        a->inl = 1;
-        return SGLLM_OK;
-    }
     // already there: quantized by the op that wrote x (sgllm__cuda_norm_add_rmsnorm_q, decode
     // attention's cluster merge)
     const sgllm__cu_xq_held *q = &c->xq;
     if (q->of == x && q->kind == sgllm__cu_xq_kind((int)t) && q->nt == nt && q->cols == cols) return SGLLM_OK;
+    if (wide && nt * cols <= c->disp.matvec_xq_inline && sgllm__cu_xq_bytes(nt, cols) + 48 * 1024 <= (size_t)c->smem_optin) {
+        a->inl = 1;
+        return SGLLM_OK;
+    }
     return sgllm__cuda_quantize_act(c, t, x, nt, cols, (int8_t *)a->xq, (float *)a->xd);
 }
 
@@ -3024,7 +3024,24 @@ static size_t sgllm__cu_attn_region(int hb_t, int32_t hd, int32_t bn, int32_t n_
 static __host__ __device__ inline size_t sgllm__cu_attn_post_off(int hb_t, int32_t hd, int32_t bn, size_t region) {
     return (region + (size_t)hb_t * hd * 4 + (size_t)hb_t * bn * 4 + (size_t)3 * hb_t * 4 + 15) / 16 * 16;
 }
-static size_t sgllm__cu_attn_post_bytes(int32_t hd, int32_t n_rot) { return (size_t)hd * 8 + (size_t)(n_rot / 2) * 8; }
+static __host__ __device__ inline size_t sgllm__cu_attn_post_bytes(int32_t hd, int32_t n_rot) {
+    return (size_t)hd * 8 + (size_t)(n_rot / 2) * 8;
+}
+
+// The cluster merge (CL): each block merges a share of the head group's hb * hd outputs, cut on
+// whole blocks of the o projection's activation format when it quantizes them (bv 32 or 256),
+// else on 8 values; its inbox (after everything else in shared memory) receives every split's
+// values of that share and every split's log-sum-exps, (n_splits, share) then (n_splits, HB).
+static __host__ __device__ inline int32_t sgllm__cu_attn_share(int32_t total, int32_t n_splits, int xq_kind) {
+    int32_t bv = xq_kind < 0 ? 8 : xq_kind == XQ_Q8_K ? 256 : 32;
+    return ((total + n_splits - 1) / n_splits + bv - 1) / bv * bv;
+}
+static __host__ __device__ inline size_t sgllm__cu_attn_inbox_off(int hb_t, int32_t hd, int32_t bn, size_t region,
+                                                                  bool post, int32_t n_rot) {
+    size_t end = post ? sgllm__cu_attn_post_off(hb_t, hd, bn, region) + sgllm__cu_attn_post_bytes(hd, n_rot)
+                      : region + (size_t)hb_t * hd * 4 + (size_t)hb_t * bn * 4 + (size_t)3 * hb_t * 4;
+    return (end + 15) / 16 * 16;
+}
 
 // POST (sgllm__cuda_attn_decode_post, one query): q, k and v are the raw projections and the
 // kernel does qkv_post's work itself: each block takes its own heads' bias, norm and RoPE (the
@@ -3039,6 +3056,11 @@ static __global__ void __launch_bounds__(ATT_THREADS)
                            int32_t n_splits, int32_t bn, int32_t region, float *part_o, float *part_lse, float *out,
                            unsigned *cnt, int32_t q0, const sgllm__cuda_qkv_post_args post, int8_t *xq_q,
                            float2 *xq_d, int xq_kind) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // CL: this block has started (other blocks write into its shared memory only after every
+    // block of the cluster arrived here; they wait for that just before, so it costs nothing)
+    if (CL) asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+#endif
     if (!POST) {
         sgllm__cu_pdl_wait();
         sgllm__cu_pdl_trigger();
@@ -3240,6 +3262,12 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             }
     __syncthreads();
     int64_t row = qi * n_head + h0; // first head's row in (n_q, n_head)
+    int32_t share = sgllm__cu_attn_share(hb * hd, n_splits, xq_kind);
+    float *inbox = (float *)(sm + sgllm__cu_attn_inbox_off(HB, hd, bn, (size_t)region, POST, post.n_rot));
+    float *inbox_lse = inbox + (int64_t)n_splits * share;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (CL) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); // every block has started
+#endif
     for (int i = tid; i < hb * words; i += ATT_THREADS) { // 8 outputs of one head per thread
         int h = i / words, d = (i - h * words) * 8;
         float4 o0 = make_float4(0, 0, 0, 0), o1 = o0;
@@ -3249,10 +3277,14 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             o0.x += a.x, o0.y += a.y, o0.z += a.z, o0.w += a.w, o1.x += b.x, o1.y += b.y, o1.z += b.z, o1.w += b.w;
         }
         float l = ls[h], inv = l > 0 ? 1.0f / l : 0.0f;
-        // CL: the split's output stays in this block's shared memory, over the queries
-        float4 *dst = (float4 *)(CL ? qs + h * hd + d
-                                 : n_splits == 1 ? out + (row + h) * hd + d
-                                                 : part_o + ((row + h) * n_splits + split) * hd + d);
+        float4 *dst = (float4 *)(n_splits == 1 ? out + (row + h) * hd + d : part_o + ((row + h) * n_splits + split) * hd + d);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if (CL) { // into the inbox of the block whose share holds these 8 values (share % 8 == 0)
+            int32_t e = h * hd + d, owner = e / share;
+            dst = (float4 *)(cooperative_groups::this_cluster().map_shared_rank(inbox, (unsigned)owner) +
+                             (int64_t)split * share + (e - owner * share));
+        }
+#endif
         dst[0] = make_float4(o0.x * inv, o0.y * inv, o0.z * inv, o0.w * inv);
         dst[1] = make_float4(o1.x * inv, o1.y * inv, o1.z * inv, o1.w * inv);
     }
@@ -3261,52 +3293,52 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         if (CL) as[tid] = lse;
         else part_lse[(row + tid) * n_splits + split] = lse;
     }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (CL) { // every block gets this split's log-sum-exps
+        __syncthreads();
+        for (int i = tid; i < n_splits * hb; i += ATT_THREADS) {
+            int32_t owner = i / hb, h = i - owner * hb;
+            cooperative_groups::this_cluster().map_shared_rank(inbox_lse, (unsigned)owner)[split * HB + h] = as[h];
+        }
+    }
+#endif
     if (CL) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        // The cluster is this head group's n_splits blocks (rank = split). Once every block
-        // holds its split's output and log-sum-exp, each block merges its share of the hb * hd
-        // outputs, reading the others' shared memory, with sgllm__cu_attn_merge's arithmetic
-        // in split order (so the merge kernel's bits), and no block leaves before all are done.
-        cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
-        cl.sync();
+        // The cluster is this head group's n_splits blocks (rank = split). Each block has put its
+        // split's normalized outputs into the inboxes of the blocks that merge them, and its
+        // log-sum-exps into every inbox; after one cluster barrier each block merges its share
+        // from its own shared memory with sgllm__cu_attn_merge's arithmetic in split order (so
+        // the merge kernel's bits). Nothing reads another block's shared memory, so no block
+        // waits for the others before it leaves.
+        asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+        asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
         float *ws = red, *den = red + hb * n_splits; // (hb, n_splits) weights, (hb) sums
         for (int i = tid; i < hb * n_splits; i += ATT_THREADS) {
             int h = i / n_splits;
-            ws[i] = cl.map_shared_rank(as, (unsigned)(i - h * n_splits))[h];
+            ws[i] = inbox_lse[(i - h * n_splits) * HB + h];
         }
         __syncthreads();
         sgllm__cu_attn_weights(ws, hb, n_splits);
         __syncthreads();
-        // shares in whole blocks of the activation format when the output is quantized too
-        int32_t bv = xq_kind < 0 ? 1 : xq_kind == XQ_Q8_K ? 256 : 32, total = hb * hd;
-        int32_t share = ((total + n_splits - 1) / n_splits + bv - 1) / bv * bv, e0 = min(total, split * share);
-        int32_t e1 = min(total, e0 + share);
+        int32_t total = hb * hd, e0 = min(total, split * share), e1 = min(total, e0 + share);
+        // this block's merged share (16-byte aligned), kept for the quantization below
+        float *mine = red + (hb * n_splits + hb + 3) / 4 * 4;
         for (int32_t e = e0 + tid; e < e1; e += ATT_THREADS) {
             int32_t h = e / hd;
-            const float *w = ws + h * n_splits;
-            // all the splits' values in flight at once (a remote shared-memory read is a
-            // round trip of its own), then summed in split order
-            float v[16];
-#pragma unroll
-            for (int32_t sp = 0; sp < 16; sp++) v[sp] = sp < n_splits ? cl.map_shared_rank(qs, (unsigned)sp)[e] : 0.0f;
+            const float *w = ws + h * n_splits, *v = inbox + (e - e0);
             float num = 0.0f;
-#pragma unroll
-            for (int32_t sp = 0; sp < 16; sp++)
-                if (sp < n_splits) num += w[sp] * v[sp];
-            out[row * hd + e] = den[h] > 0 ? num / den[h] : 0.0f;
+            for (int32_t sp = 0; sp < n_splits; sp++) num += w[sp] * v[(int64_t)sp * share];
+            float r = den[h] > 0 ? num / den[h] : 0.0f;
+            out[row * hd + e] = r;
+            mine[e - e0] = r;
         }
-        // this block reads no other's shared memory from here on: it signals so now and waits
-        // for the others' signals only before it leaves (its own shared memory must outlive
-        // their reads), so the barrier's latency hides behind the quantization
-        asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-        if (xq_kind >= 0 && e1 > e0) { // the share, just written by this block, quantized as sgllm__cu_xq_k would
-            __syncthreads();
+        if (xq_kind >= 0 && e1 > e0) { // the share, just merged by this block, quantized as sgllm__cu_xq_k would
+            __syncthreads();                // (from its shared-memory copy: the same floats, no trip to L2)
             int64_t o = row * hd + e0;
-            if (xq_kind == XQ_Q8_0) sgllm__cu_xq<XQ_Q8_0>(out + o, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
-            else if (xq_kind == XQ_Q8_1) sgllm__cu_xq<XQ_Q8_1>(out + o, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
-            else sgllm__cu_xq<XQ_Q8_K>(out + o, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
+            if (xq_kind == XQ_Q8_0) sgllm__cu_xq<XQ_Q8_0>(mine, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
+            else if (xq_kind == XQ_Q8_1) sgllm__cu_xq<XQ_Q8_1>(mine, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
+            else sgllm__cu_xq<XQ_Q8_K>(mine, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
         }
-        asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 #endif
         return;
     }
@@ -3352,8 +3384,11 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
     int32_t group = n_head / n_head_kv, n_hgroups = (group + HB - 1) / HB;
     if ((int64_t)n_head_kv * n_hgroups > 65535) return sgllm__cu_bad(c, "attn_decode", "too many heads");
     size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, merge_here || *cl);
-    size_t smem = region + (size_t)HB * hd * 4 + (size_t)HB * bn * 4 + (size_t)3 * HB * 4;
-    if (post) smem = sgllm__cu_attn_post_off(HB, hd, bn, region) + sgllm__cu_attn_post_bytes(hd, post->n_rot);
+    size_t smem = sgllm__cu_attn_inbox_off(HB, hd, bn, region, post != NULL, post ? post->n_rot : 0);
+    if (*cl) { // the cluster merge's inbox
+        int32_t share = sgllm__cu_attn_share(HB * hd, n_splits, xq_kind);
+        smem += ((size_t)n_splits * share + (size_t)n_splits * HB) * 4;
+    }
     typedef void (*split_k)(const float *, const __half *, const __half *, const int32_t *, int32_t, int32_t, int32_t,
                             int32_t, const int32_t *, int32_t, float, int32_t, int32_t, int32_t, float *, float *, float *,
                             unsigned *, int32_t, const sgllm__cuda_qkv_post_args, int8_t *, float2 *, int);
