@@ -450,8 +450,9 @@ typedef struct sgllm__cuda_dispatch {
     int decode_merge;             // split-KV decode attention: 0 = the last split block of each head group to finish
                                   // merges the splits in the same launch (split order, so deterministic); 1 = a second
                                   // kernel merges them (the reference: two launches, the same arithmetic); 2 = the
-                                  // head group's split blocks form a thread block cluster and merge through each
-                                  // other's shared memory (sm90+, up to 16 splits; else as 1), the same arithmetic
+                                  // head group's split blocks form a thread block cluster and write their outputs
+                                  // into each other's shared memory to merge (sm90+, up to 16 splits; else as 1), the
+                                  // same arithmetic
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context

@@ -2913,7 +2913,7 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 // (dispatch.decode_merge 0: it counts arrivals on a per-group counter, which it returns to
 // zero for the next launch), by a second kernel, grid (n_head, n_q) (decode_merge 1), or,
 // on sm90+ with up to 16 splits, by the head group's split blocks launched as one thread block
-// cluster, each merging a share through the others' shared memory (decode_merge 2; CL below).
+// cluster, each merging a share that the others wrote into its shared memory (decode_merge 2; CL below).
 // All three run the same weight function in split order, so their bits agree, and none
 // depends on which block finishes last. The kernels wait for their predecessors first (the query and the newest
 // cache rows are theirs) and let their dependents launch right after; the single-token kernel
