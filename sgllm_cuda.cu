@@ -3263,9 +3263,9 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     __syncthreads();
     int64_t row = qi * n_head + h0; // first head's row in (n_q, n_head)
     int32_t share = sgllm__cu_attn_share(hb * hd, n_splits, xq_kind);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     float *inbox = (float *)(sm + sgllm__cu_attn_inbox_off(HB, hd, bn, (size_t)region, POST, post.n_rot));
     float *inbox_lse = inbox + (int64_t)n_splits * share;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (CL) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); // every block has started
 #endif
     for (int i = tid; i < hb * words; i += ATT_THREADS) { // 8 outputs of one head per thread
