@@ -9,10 +9,12 @@
 //   3. Row-wise ops: embedding gather, residual add + RMSNorm (and the fused post-norm + add +
 //      norm), per-head q/k/v RMSNorm, RoPE, the fused q/k/v epilogue, gated activations
 //   4. Matrix-vector with fused dequantization (decode and small batches)
-//   4b. Wide-load int8 matrix-vector: 16-byte weight loads, activations quantized once per call
+//   4b. Wide-load int8 matrix-vector: 16-byte weight loads, activations quantized once per call;
+//      two weight types in one launch (q/k with v), four short rows per warp for large matrices
 //   5. Prefill GEMM: dequantize to bf16 scratch, cuBLAS with fp32 accumulation
-//   6. Decode attention: split-KV over an fp16 cache, log-sum-exp merge; for one token, with
-//      qkv_post's bias, norm, RoPE and cache write inside
+//   6. Decode attention: split-KV over an fp16 cache, log-sum-exp merge (a kernel, the last
+//      block, or a thread block cluster writing into each other's shared memory); for one
+//      token, with qkv_post's bias, norm, RoPE and cache write inside
 //   6b. Prefill attention: flash attention on the tensor cores (mma.sync), paged fp16 cache
 //   7. Benchmark and synthetic-weight helpers
 //   8. Forward helpers: KV-cache write, bias, row gather, softcap, argmax, CUDA graphs
