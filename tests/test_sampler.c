@@ -203,14 +203,19 @@ static void test_candidates(void) {
         int64_t n = rep == 399 ? 262144 : 2 + (int64_t)(test_u64() % 3000);
         float *x = malloc(sizeof(float) * (size_t)n);
         int32_t *want = malloc(sizeof(int32_t) * (size_t)n), *got = malloc(sizeof(int32_t) * (size_t)n);
-        sgllm_sampler_params p = plain(test_uniform(0.2f, 2.0f));
         unsigned mode = (unsigned)(test_u64() % 8);
-        p.top_k = mode & 1 ? 1 + (int32_t)(test_u64() % (uint64_t)n) : 0;
-        p.top_p = mode & 2 ? test_uniform(0.05f, 0.99f) : 1.0f;
-        p.min_p = mode & 4 ? test_uniform(0.001f, 0.3f) : 0.0f;
+        sgllm_sampler_params p;
         int64_t nw;
         int tries = 0;
-        do { // LM-like (normal, with a few spikes) or flat uniform logits
+        // LM-like (normal, with a few spikes) or flat uniform logits, and the parameters, drawn
+        // again while a cut sits within rounding of a threshold: with 262144 tokens and top-p
+        // near 1, every token at the cut can weigh less than the rounding bound, so new logits
+        // alone would never clear it
+        do {
+            p = plain(test_uniform(0.2f, 2.0f));
+            p.top_k = mode & 1 ? 1 + (int32_t)(test_u64() % (uint64_t)n) : 0;
+            p.top_p = mode & 2 ? test_uniform(0.05f, 0.99f) : 1.0f;
+            p.min_p = mode & 4 ? test_uniform(0.001f, 0.3f) : 0.0f;
             if (rep % 2) {
                 for (int64_t i = 0; i < n; i++) x[i] = 2.5f * test_normal();
                 for (int k = 0; k < 5; k++) x[test_u64() % (uint64_t)n] += test_uniform(5, 15);
@@ -234,7 +239,7 @@ static void test_candidates(void) {
         free(want);
         free(got);
     }
-    printf("candidate sets: %d cases, %d logit draws redrawn for sitting within rounding of a threshold\n", cases,
+    printf("candidate sets: %d cases, %d draws of logits and parameters redrawn for sitting within rounding of a threshold\n", cases,
            redrawn);
 }
 
