@@ -2021,7 +2021,8 @@ static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *
     // attention's cluster merge)
     const sgllm__cu_xq_held *q = &c->xq;
     if (q->of == x && q->kind == sgllm__cu_xq_kind((int)t) && q->nt == nt && q->cols == cols) return SGLLM_OK;
-    if (wide && nt * cols <= c->disp.matvec_xq_inline && sgllm__cu_xq_bytes(nt, cols) + 48 * 1024 <= (size_t)c->smem_optin) {
+    if (wide && nt * cols <= c->disp.matvec_xq_inline &&
+        sgllm__cu_xq_bytes(nt, cols) + 48 * 1024 <= (size_t)c->smem_optin) {
         a->inl = 1;
         return SGLLM_OK;
     }
@@ -2112,8 +2113,8 @@ static sgllm_status sgllm__cu_mv_launch(sgllm__cuda *c, uint32_t type, int path,
 // The wide-load kernel (section 4b, dispatch.matvec_int8 = 3).
 static bool sgllm__cu_mvw_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t rb, int64_t cols, const float *x);
 static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a);
-static bool sgllm__cu_mvw2_pair(sgllm__cuda *c, uint32_t t1, uint32_t t2, const sgllm__cu_mvd *a1, const sgllm__cu_mvd *a2,
-                                bool run, sgllm_status *s);
+static bool sgllm__cu_mvw2_pair(sgllm__cuda *c, uint32_t t1, uint32_t t2, const sgllm__cu_mvd *a1,
+                                const sgllm__cu_mvd *a2, bool run, sgllm_status *s);
 
 extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const void *w, int64_t rows, int64_t cols,
                                            const float *x, int64_t n_tok, float *y) {
@@ -2230,8 +2231,8 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
         sgllm__cu_xq_kind((int)types[0]) == sgllm__cu_xq_kind((int)types[2]) &&
         sgllm__cu_mvw2_pair(c, types[0], types[2], NULL, NULL, false, NULL)) {
         int64_t rb1 = sgllm__cu_row_bytes(types[0], cols), rb2 = sgllm__cu_row_bytes(types[2], cols);
-        bool ok = rb1 && rb2 && sgllm__cu_mvw_ok(c, types[0], w[0], rb1, cols, x) && sgllm__cu_mvw_ok(c, types[0], w[1], rb1, cols, x) &&
-                  sgllm__cu_mvw_ok(c, types[2], w[2], rb2, cols, x);
+        bool ok = rb1 && rb2 && sgllm__cu_mvw_ok(c, types[0], w[0], rb1, cols, x) &&
+                  sgllm__cu_mvw_ok(c, types[0], w[1], rb1, cols, x) && sgllm__cu_mvw_ok(c, types[2], w[2], rb2, cols, x);
         for (int k = 0; k < 3; k++) ok = ok && y[k] && rows[k] > 0 && rows[k] % 2 == 0;
         if (ok) {
             sgllm__cu_mvd a1 = {}, a2;
@@ -2240,7 +2241,8 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
             sgllm_status s = sgllm__cu_mvd_prep(c, types[0], x, 1, cols, false, &a1);
             if (s) return s;
             a2 = a1;
-            a2.w[0] = (const uint8_t *)w[2], a2.y[0] = y[2], a2.rows[0] = rows[2], a2.w[1] = NULL, a2.y[1] = NULL, a2.rows[1] = 0;
+            a2.w[0] = (const uint8_t *)w[2], a2.y[0] = y[2], a2.rows[0] = rows[2];
+            a2.w[1] = NULL, a2.y[1] = NULL, a2.rows[1] = 0;
             a2.n_seg = 1, a2.row_bytes = rb2, a2.total_rows = rows[2];
             cudaSetDevice(c->device);
             sgllm__cu_mvw2_pair(c, types[0], types[2], &a1, &a2, true, &s);
@@ -2352,7 +2354,8 @@ enum { MVW_SHORT_CV = 1024, MVW_SHORT_NR = 4, MVW_SHORT_MIN_BYTES = 8 << 20 };
 // The kernel's body, for blocks bx of nbx (sgllm__cu_mvw2_k runs two in one grid); CVT: the
 // chunk's values (0: the type's).
 template <int T, int NT, int NR, int CVT = 0>
-static __device__ __forceinline__ void sgllm__cu_mvw_body(const sgllm__cu_mvd &a, int64_t groups, int64_t bx, int64_t nbx) {
+static __device__ __forceinline__ void sgllm__cu_mvw_body(const sgllm__cu_mvd &a, int64_t groups, int64_t bx,
+                                                          int64_t nbx) {
     constexpr int CV = CVT ? CVT : sgllm__cu_mvw_cv(T), CB = sgllm__cu_mvw_cb(T, CV), CS = CB + 16;
     constexpr int U = (CB / 16 + 31) / 32; // 16-byte words per lane; 8-byte words fit the same registers
     extern __shared__ __align__(16) uint8_t mvw_smem[]; // slots (warps, NR, CS); a.inl: qs (nt, cols), ds (nt, cols / 32)
@@ -2552,7 +2555,8 @@ static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int
     int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
     if (per_sm > fit) per_sm = fit;
     if (smem > 48 * 1024) // a refusal makes the launch fail, which is reported
-        (void)cudaFuncSetAttribute(sgllm__cu_mvw_k<T, NT, NR, CVT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        (void)cudaFuncSetAttribute(sgllm__cu_mvw_k<T, NT, NR, CVT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   (int)smem);
     // and by registers: a grid past the resident blocks runs a second, mostly empty wave
     int occ = sgllm__cu_occupancy(c, sgllm__cu_mvw_k<T, NT, NR, CVT>, 32 * (unsigned)warps, smem, 1);
     if (occ > 0 && per_sm > occ) per_sm = occ;
@@ -2571,7 +2575,8 @@ static sgllm_status sgllm__cu_mvw2_go(sgllm__cuda *c, const sgllm__cu_mvd &a1, c
     size_t smem = (size_t)warps * 2 * cs;
     int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
     if (per_sm > fit) per_sm = fit;
-    if (smem > 48 * 1024) (void)cudaFuncSetAttribute(sgllm__cu_mvw2_k<T1, T2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (smem > 48 * 1024)
+        (void)cudaFuncSetAttribute(sgllm__cu_mvw2_k<T1, T2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     int occ = sgllm__cu_occupancy(c, sgllm__cu_mvw2_k<T1, T2, 1>, 32 * (unsigned)warps, smem, 1);
     if (occ > 0 && per_sm > occ) per_sm = occ;
     if (per_sm < 1) per_sm = 1;
@@ -2585,8 +2590,8 @@ static sgllm_status sgllm__cu_mvw2_go(sgllm__cuda *c, const sgllm__cu_mvd &a1, c
 
 // The pairs of weight types one launch takes (same activation format; see sgllm__cu_mvw2_k).
 // run = false only asks whether (t1, t2) is one.
-static bool sgllm__cu_mvw2_pair(sgllm__cuda *c, uint32_t t1, uint32_t t2, const sgllm__cu_mvd *a1, const sgllm__cu_mvd *a2,
-                                bool run, sgllm_status *s) {
+static bool sgllm__cu_mvw2_pair(sgllm__cuda *c, uint32_t t1, uint32_t t2, const sgllm__cu_mvd *a1,
+                                const sgllm__cu_mvd *a2, bool run, sgllm_status *s) {
 #define SGLLM__MVW2(A, B)                                                                                               \
     if (t1 == A && t2 == B) {                                                                                           \
         if (run) *s = sgllm__cu_mvw2_go<A, B>(c, *a1, *a2);                                                             \
