@@ -774,17 +774,36 @@ template <int V> static __device__ inline void sgllm__cu_stv(float *p, const flo
 }
 
 // One block per row, V floats per thread per step: x += rmsnorm(delta) * dw (or + delta),
-// then y = rmsnorm(x) * w. Each thread reads back only what it wrote, so y may be x.
+// then y = rmsnorm(x) * w. Each thread reads back only what it wrote, so y may be x; ys, when
+// given, receives a copy of the row's y (shared memory, for a quantization right after).
+// A decode step runs this between two products, on one token, so its latency is a chain of
+// memory round trips: the first NS steps' x and delta are loaded at once before either sum and
+// kept in registers for the add and the output (the arithmetic and the order of every sum as
+// if each value were read when used); longer rows read the rest as they go.
 template <int V>
 static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delta, const float *dw, const float *w,
-                                                     float *y, int64_t dim, float eps) {
-    int64_t r = blockIdx.x, step = (int64_t)blockDim.x * V;
+                                                     float *y, int64_t dim, float eps, float *ys = NULL) {
+    constexpr int NS = 4; // steps kept in registers
+    int64_t r = blockIdx.x, step = (int64_t)blockDim.x * V, i0 = (int64_t)threadIdx.x * V;
     float *xr = x + r * dim, *yr = y + r * dim;
     const float *dr = delta ? delta + r * dim : NULL;
-    float a[V], b[V], dscale = 1.0f;
+    float kx[NS][V], kd[NS][V], a[V], b[V], dscale = 1.0f;
+#pragma unroll
+    for (int k = 0; k < NS; k++) {
+        int64_t i = i0 + k * step;
+        if (i >= dim) break;
+        sgllm__cu_ldv<V>(xr + i, kx[k]);
+        if (dr) sgllm__cu_ldv<V>(dr + i, kd[k]);
+    }
     if (dr && dw) {
         float ss = 0.0f;
-        for (int64_t i = threadIdx.x * V; i < dim; i += step) {
+#pragma unroll
+        for (int k = 0; k < NS; k++) {
+            if (i0 + k * step >= dim) break;
+#pragma unroll
+            for (int e = 0; e < V; e++) ss += kd[k][e] * kd[k][e];
+        }
+        for (int64_t i = i0 + NS * step; i < dim; i += step) {
             sgllm__cu_ldv<V>(dr + i, a);
 #pragma unroll
             for (int e = 0; e < V; e++) ss += a[e] * a[e];
@@ -792,7 +811,21 @@ static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delt
         dscale = rsqrtf(sgllm__cu_block_sum(ss) / (float)dim + eps);
     }
     float ss = 0.0f;
-    for (int64_t i = threadIdx.x * V; i < dim; i += step) {
+#pragma unroll
+    for (int k = 0; k < NS; k++) {
+        int64_t i = i0 + k * step;
+        if (i >= dim) break;
+        if (dr) {
+            float g[V];
+            if (dw) sgllm__cu_ldv<V>(dw + i, g);
+#pragma unroll
+            for (int e = 0; e < V; e++) kx[k][e] += dw ? kd[k][e] * dscale * g[e] : kd[k][e];
+            sgllm__cu_stv<V>(xr + i, kx[k]);
+        }
+#pragma unroll
+        for (int e = 0; e < V; e++) ss += kx[k][e] * kx[k][e];
+    }
+    for (int64_t i = i0 + NS * step; i < dim; i += step) {
         sgllm__cu_ldv<V>(xr + i, a);
         if (dr) {
             sgllm__cu_ldv<V>(dr + i, b);
@@ -806,12 +839,23 @@ static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delt
         for (int e = 0; e < V; e++) ss += a[e] * a[e];
     }
     float scale = rsqrtf(sgllm__cu_block_sum(ss) / (float)dim + eps);
-    for (int64_t i = threadIdx.x * V; i < dim; i += step) {
+#pragma unroll
+    for (int k = 0; k < NS; k++) {
+        int64_t i = i0 + k * step;
+        if (i >= dim) break;
+        if (w) sgllm__cu_ldv<V>(w + i, b);
+#pragma unroll
+        for (int e = 0; e < V; e++) a[e] = kx[k][e] * scale * (w ? b[e] : 1.0f);
+        sgllm__cu_stv<V>(yr + i, a);
+        if (ys) sgllm__cu_stv<V>(ys + i, a);
+    }
+    for (int64_t i = i0 + NS * step; i < dim; i += step) {
         sgllm__cu_ldv<V>(xr + i, a);
         if (w) sgllm__cu_ldv<V>(w + i, b);
 #pragma unroll
         for (int e = 0; e < V; e++) a[e] = a[e] * scale * (w ? b[e] : 1.0f);
         sgllm__cu_stv<V>(yr + i, a);
+        if (ys) sgllm__cu_stv<V>(ys + i, a);
     }
 }
 
@@ -1698,15 +1742,21 @@ extern "C" sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, 
 // sgllm__cuda_norm_add_rmsnorm_q: each block normalizes its row (sgllm__cu_norm_add_row) and
 // then quantizes it, as sgllm__cu_xq_k would, into the context's activation buffer, so the
 // matrix-vector product that follows needs no quantization launch of its own.
+// Rows up to this many values keep y in shared memory for the quantization (no re-read from L2;
+// 32 KB, within the default limit beside the block sum's static array).
+enum { NORM_XQ_SMEM_COLS = 8192 };
 template <int K>
 static __global__ void sgllm__cu_norm_add_xq_k(float *x, const float *delta, const float *dw, const float *w, float *y,
                                                int64_t dim, float eps, int8_t *qs, float2 *ds) {
     sgllm__cu_pdl_trigger(); // first: see section 3's header
     sgllm__cu_pdl_wait();
-    sgllm__cu_norm_add_row<4>(x, delta, dw, w, y, dim, eps);
+    extern __shared__ __align__(16) float nq_row[]; // (dim) when the launch gave room: y's copy
+    bool in_smem = dim <= NORM_XQ_SMEM_COLS;
+    sgllm__cu_norm_add_row<4>(x, delta, dw, w, y, dim, eps, in_smem ? nq_row : NULL);
     __syncthreads(); // the row's y, written by every thread of the block, is read back by all
     int64_t r = blockIdx.x;
-    sgllm__cu_xq<K>(y + r * dim, dim, 1, qs + r * dim, ds + r * (dim / 32), (int)(threadIdx.x / 32), (int)(blockDim.x / 32));
+    sgllm__cu_xq<K>(in_smem ? nq_row : y + r * dim, dim, 1, qs + r * dim, ds + r * (dim / 32), (int)(threadIdx.x / 32),
+                    (int)(blockDim.x / 32));
 }
 
 static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, const float *delta, const float *delta_w,
@@ -1720,7 +1770,8 @@ static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, 
     void (*k)(float *, const float *, const float *, const float *, float *, int64_t, float, int8_t *, float2 *) =
         kind == XQ_Q8_0 ? sgllm__cu_norm_add_xq_k<XQ_Q8_0>
                         : kind == XQ_Q8_1 ? sgllm__cu_norm_add_xq_k<XQ_Q8_1> : sgllm__cu_norm_add_xq_k<XQ_Q8_K>;
-    *s = sgllm__cu_launch(c, "norm_add_rmsnorm", k, dim3((unsigned)rows), dim3(threads), 0, x, delta, delta_w, w, y, dim, eps,
+    size_t smem = dim <= NORM_XQ_SMEM_COLS ? (size_t)dim * 4 : 0;
+    *s = sgllm__cu_launch(c, "norm_add_rmsnorm", k, dim3((unsigned)rows), dim3(threads), smem, x, delta, delta_w, w, y, dim, eps,
                           qs, ds);
     sgllm__cu_xq_set(c, *s, y, kind, rows, dim);
     return true;
