@@ -467,6 +467,8 @@ sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatch *dispatch
 void sgllm__cuda_free(sgllm__cuda *c);                       // NULL is a no-op; synchronizes
 const char *sgllm__cuda_errmsg(const sgllm__cuda *c);        // last error, "" if none
 uint64_t sgllm__cuda_launches(const sgllm__cuda *c);         // kernels this backend launched so far (not cuBLAS's)
+const char *sgllm__cuda_last_launch(const sgllm__cuda *c);   // the name of the latest launch through the
+                                                             // launch helper (tests: which variant ran), "" if none
 void sgllm__cuda_set_dispatch(sgllm__cuda *c, const sgllm__cuda_dispatch *dispatch);
 const sgllm__cuda_dispatch *sgllm__cuda_get_dispatch(const sgllm__cuda *c);
 void *sgllm__cuda_stream(const sgllm__cuda *c);              // the cudaStream_t ops run on
@@ -626,7 +628,8 @@ sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint1
                                      int32_t n_head, int32_t n_head_kv, int32_t head_dim,
                                      const int32_t *pos, int64_t n_q, int32_t window, float scale,
                                      int32_t n_splits, float *out);
-// qkv_post (a) and attn_decode (window, scale, n_splits, out; the rest from a) in one launch when a holds one token: the attention kernel takes its heads' bias, norm and
+// qkv_post (a) and attn_decode (window, scale, n_splits, out; the rest from a) in one launch
+// when a holds one token: the attention kernel takes its heads' bias, norm and
 // RoPE itself and writes the new key and value to the caches, with the bits of the two calls
 // one after the other, except that a->q is left as it was (not rotated in place). Other token
 // counts make the two calls. The fused kernel reads a->pos, the page table and the older
@@ -634,8 +637,8 @@ sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint1
 // only q, k and v may be that launch's output.
 // quant_for is the weight type of the o projection that reads out next: when the splits merge
 // across a cluster (dispatch.decode_merge 2), each head (or each GQA group of up to 8 heads) is
-// whole blocks of that type's activation format and out has at most 8 rows, the merge also quantizes out into the
-// context's activation buffer, and the direct / wide matrix-vector kernels reading out skip
+// whole blocks of that type's activation format and out has at most 8 rows, the merge also
+// quantizes out into the context's activation buffer, and the direct / wide matrix-vector kernels reading out skip
 // their quantization launch (as after sgllm__cuda_norm_add_rmsnorm_q; T_F32: no quantization).
 sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a, int32_t window,
                                           float scale, int32_t n_splits, float *out, uint32_t quant_for);

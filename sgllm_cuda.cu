@@ -94,8 +94,9 @@ struct sgllm__cuda {
         unsigned threads, cluster;
         int n;
     } occ[32];
-    int n_occ;
+    int n_occ, next_occ;  // entries filled, the one replaced next
     uint64_t launches;    // kernels of this file launched (sgllm__cuda_launches)
+    const char *last_launch; // the name the latest sgllm__cu_launch gave (sgllm__cuda_last_launch)
     char msg[512];
 };
 
@@ -122,6 +123,9 @@ static sgllm_status sgllm__cu_launched(sgllm__cuda *c, const char *kernel) {
 }
 
 extern "C" uint64_t sgllm__cuda_launches(const sgllm__cuda *c) { return c ? c->launches : 0; }
+extern "C" const char *sgllm__cuda_last_launch(const sgllm__cuda *c) {
+    return c && c->last_launch ? c->last_launch : "";
+}
 
 static sgllm_status sgllm__cu_bad(sgllm__cuda *c, const char *op, const char *why) {
     return sgllm__cu_fail(c, SGLLM_ERR_INVALID_ARGUMENT, "%s: %s", op, why);
@@ -131,9 +135,14 @@ static sgllm_status sgllm__cu_bad(sgllm__cuda *c, const char *op, const char *wh
 static int8_t *sgllm__cu_xq_codes(sgllm__cuda *c) { return (int8_t *)c->mv_xq; }
 static float2 *sgllm__cu_xq_scales(sgllm__cuda *c) { return (float2 *)(sgllm__cu_xq_codes(c) + 8 * MV_XQ_COLS); }
 
-// y is about to change: the buffer no longer holds its quantization.
+// y is about to change: the buffer no longer holds its quantization. Every op that writes
+// floats forgets its outputs (a kernel by their first address, a copy by its byte range).
 static void sgllm__cu_xq_forget(sgllm__cuda *c, const float *y) {
     if (c->xq.of == y) c->xq.of = NULL;
+}
+static void sgllm__cu_xq_forget_range(sgllm__cuda *c, const void *dst, size_t bytes) {
+    const char *p = (const char *)c->xq.of, *d = (const char *)dst;
+    if (p && p >= d && p < d + bytes) c->xq.of = NULL;
 }
 
 // After a launch that wrote the buffer: it holds x (nt rows of cols, format kind) if the
@@ -210,6 +219,7 @@ static sgllm_status sgllm__cu_launch_cl(sgllm__cuda *c, const char *name, unsign
     sgllm__cu_config(c, grid, block, smem, cluster_x, &k);
     cudaError_t e = cudaLaunchKernelEx(&k.cfg, kernel, args...);
     c->launches++;
+    c->last_launch = name;
     if (e != cudaSuccess) cudaGetLastError(); // reported here, not again by the next op's check
     return sgllm__cu_check(c, e, name);
 }
@@ -226,7 +236,7 @@ static sgllm_status sgllm__cu_launch(sgllm__cuda *c, const char *name, void (*ke
 // set before.
 template <typename K>
 static int sgllm__cu_occupancy(sgllm__cuda *c, K kern, unsigned threads, size_t smem, unsigned cluster) {
-    for (int i = 0; i < c->n_occ && i < 32; i++)
+    for (int i = 0; i < c->n_occ; i++)
         if (c->occ[i].kern == (const void *)kern && c->occ[i].smem == smem && c->occ[i].threads == threads &&
             c->occ[i].cluster == cluster)
             return c->occ[i].n;
@@ -244,8 +254,9 @@ static int sgllm__cu_occupancy(sgllm__cuda *c, K kern, unsigned threads, size_t 
         cudaGetLastError(); // not sticky: the caller takes a safe default
         n = 0;
     }
-    int i = c->n_occ % 32; // a ring
-    c->n_occ = c->n_occ >= 32 ? 32 + (i + 1) % 32 : c->n_occ + 1;
+    int i = c->next_occ; // a ring
+    c->next_occ = (i + 1) % 32;
+    if (c->n_occ < 32) c->n_occ++;
     c->occ[i].kern = (const void *)kern, c->occ[i].smem = smem, c->occ[i].threads = threads;
     c->occ[i].cluster = cluster, c->occ[i].n = n;
     return n;
@@ -386,6 +397,7 @@ extern "C" void sgllm__cuda_dfree(sgllm__cuda *c, void *p) {
 extern "C" sgllm_status sgllm__cuda_upload(sgllm__cuda *c, void *dst, const void *src, size_t bytes) {
     if (!c || ((!dst || !src) && bytes)) return SGLLM_ERR_INVALID_ARGUMENT;
     cudaSetDevice(c->device);
+    sgllm__cu_xq_forget_range(c, dst, bytes);
     sgllm_status s = sgllm__cu_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream), "upload");
     return s ? s : sgllm__cu_check(c, cudaStreamSynchronize(c->stream), "upload");
 }
@@ -413,6 +425,7 @@ extern "C" sgllm_status sgllm__cuda_upload_async(sgllm__cuda *c, void *dst, cons
     if (!c || ((!dst || !src) && bytes)) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!bytes) return SGLLM_OK;
     cudaSetDevice(c->device);
+    sgllm__cu_xq_forget_range(c, dst, bytes);
     // the previous copy out of the staging buffer must be done before it is written again
     sgllm_status s = sgllm__cu_check(c, cudaEventSynchronize(c->stage_up_done), "upload");
     if (s) return s;
@@ -455,6 +468,7 @@ extern "C" sgllm_status sgllm__cuda_readback_wait(sgllm__cuda *c, int slot, void
 extern "C" sgllm_status sgllm__cuda_memset(sgllm__cuda *c, void *dst, int byte, size_t bytes) {
     if (!c || (!dst && bytes)) return SGLLM_ERR_INVALID_ARGUMENT;
     cudaSetDevice(c->device);
+    sgllm__cu_xq_forget_range(c, dst, bytes);
     return sgllm__cu_check(c, cudaMemsetAsync(dst, byte, bytes, c->stream), "memset");
 }
 
@@ -716,6 +730,7 @@ static __global__ void sgllm__cu_embed_k(uint32_t type, const uint8_t *w, int64_
 extern "C" sgllm_status sgllm__cuda_embed(sgllm__cuda *c, uint32_t type, const void *w, int64_t n_rows, int64_t cols,
                                           const int32_t *tokens, int64_t n, float scale, float *out) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm__cu_xq_forget(c, out);
     int64_t rb = sgllm__cu_row_bytes(type, cols);
     if (!w || !tokens || !out || n_rows <= 0 || !rb || n < 0 || n > INT32_MAX)
         return sgllm__cu_bad(c, "embed", "bad pointer, type or shape");
@@ -750,6 +765,7 @@ static int sgllm__cu_threads(int want, int lo, int hi) {
 extern "C" sgllm_status sgllm__cuda_add_rmsnorm(sgllm__cuda *c, float *x, const float *delta, const float *w, float *y,
                                                 int64_t rows, int64_t dim, float eps) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm__cu_xq_forget(c, x), sgllm__cu_xq_forget(c, y);
     if (!x || !y || rows < 0 || rows > INT32_MAX || dim <= 0 || !(eps >= 0))
         return sgllm__cu_bad(c, "add_rmsnorm", "bad pointer or shape");
     if (!rows) return SGLLM_OK;
@@ -895,7 +911,7 @@ extern "C" sgllm_status sgllm__cuda_norm_add_rmsnorm_q(sgllm__cuda *c, float *x,
     int64_t per = v4 ? dim / 4 : dim;
     int cap = sgllm__cu_threads(c->disp.norm_threads, 32, 1024);
     int threads = sgllm__cu_threads(per + 31 < cap ? (int)(per + 31) : cap, 32, 1024);
-    sgllm__cu_xq_forget(c, y); // y changes: the activation buffer no longer holds it
+    sgllm__cu_xq_forget(c, x), sgllm__cu_xq_forget(c, y); // they change: the activation buffer no longer holds them
     sgllm_status s = SGLLM_OK;
     if (v4 && sgllm__cu_norm_add_xq(c, quant_for, x, delta, delta_w, w, y, rows, dim, eps, threads, &s)) return s;
     if (v4)
@@ -950,6 +966,7 @@ extern "C" sgllm_status sgllm__cuda_qkv_norm(sgllm__cuda *c, float *q, int64_t q
                                              float *k, int64_t k_stride, int32_t n_head_kv, const float *k_w, float *v,
                                              int64_t v_stride, int32_t head_dim, int64_t n_tok, float eps) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm__cu_xq_forget(c, q), sgllm__cu_xq_forget(c, k), sgllm__cu_xq_forget(c, v);
     if (!q || !k || n_head <= 0 || n_head_kv <= 0 || head_dim <= 0 || n_tok < 0 || n_tok > INT32_MAX ||
         q_stride < (int64_t)n_head * head_dim || k_stride < (int64_t)n_head_kv * head_dim ||
         (v && v_stride < (int64_t)n_head_kv * head_dim) || !(eps >= 0))
@@ -1001,6 +1018,7 @@ extern "C" sgllm_status sgllm__cuda_rope(sgllm__cuda *c, float *x, int64_t x_str
                                          int32_t n_rot, const int32_t *pos, int64_t n_tok, float pos_scale,
                                          float theta_base, int neox) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm__cu_xq_forget(c, x);
     if (!x || !pos || n_heads <= 0 || n_heads > 65535 || head_dim <= 0 || n_rot < 2 || n_rot > head_dim ||
         (n_rot & 1) || n_tok < 0 || n_tok > INT32_MAX || x_stride < (int64_t)n_heads * head_dim || !(theta_base > 0))
         return sgllm__cu_bad(c, "rope", "bad pointer or shape");
@@ -1084,6 +1102,7 @@ static __global__ void sgllm__cu_qkv_post_k(sgllm__cuda_qkv_post_args a) {
 
 extern "C" sgllm_status sgllm__cuda_qkv_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (a) sgllm__cu_xq_forget(c, a->q), sgllm__cu_xq_forget(c, a->k);
     if (!a || !a->q || !a->k || !a->v || !a->pos || !a->k_cache || !a->v_cache || a->n_head <= 0 ||
         a->n_head_kv <= 0 || a->head_dim <= 0 || a->head_dim > 4096 || a->n_rot < 2 || a->n_rot > a->head_dim ||
         (a->n_rot & 1) || a->n_tok < 0 || a->n_tok > INT32_MAX || a->q_stride < (int64_t)a->n_head * a->head_dim ||
@@ -1113,6 +1132,7 @@ static __global__ void sgllm__cu_gated_k(int act, float *g, const float *u, int6
 
 extern "C" sgllm_status sgllm__cuda_gated_act(sgllm__cuda *c, int act, float *g, const float *u, int64_t n) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm__cu_xq_forget(c, g);
     if (!g || !u || n < 0 || (act != SGLLM__CUDA_ACT_SILU && act != SGLLM__CUDA_ACT_GELU_TANH))
         return sgllm__cu_bad(c, "gated_act", "bad pointer, size or activation");
     if (!n) return SGLLM_OK;
@@ -1143,6 +1163,12 @@ extern "C" sgllm_status sgllm__cuda_gated_act(sgllm__cuda *c, int act, float *g,
 // direct kernel prefetches rows of up to 4 KB into L2); activations and outputs come after.
 
 enum { MV_CHUNK = 1024, MV_STAGES = 4, MV_MAX_CHUNK_BYTES = 1088, MV_MAX_WARPS = 8 };
+
+// Warps per block of the matrix-vector kernels: dispatch.matvec_warps within 1..MV_MAX_WARPS.
+static int sgllm__cu_mv_warps(const sgllm__cuda *c) {
+    int w = c->disp.matvec_warps;
+    return w < 1 ? 1 : w > MV_MAX_WARPS ? MV_MAX_WARPS : w;
+}
 
 static __device__ inline void sgllm__cu_cp_async(void *smem, const void *gmem, int bytes) {
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
@@ -2081,7 +2107,7 @@ static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *
 }
 
 static sgllm_status sgllm__cu_mvd_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a, int nr) {
-    int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
+    int warps = sgllm__cu_mv_warps(c);
     int64_t blocks = (a.total_rows + warps - 1) / warps;
     if (blocks > INT32_MAX) return sgllm__cu_bad(c, "matvec", "too many rows");
     unsigned b = (unsigned)blocks;
@@ -2184,7 +2210,7 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
         sgllm_status s = sgllm__cu_mvd_prep(c, type, x, n_tok, cols, wide, &a);
         return s ? s : wide ? sgllm__cu_mvw_run(c, type, a) : sgllm__cu_mvd_run(c, type, a, 1);
     }
-    int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
+    int warps = sgllm__cu_mv_warps(c);
     // split rows over more warps until the grid has the dispatch's warps per SM (powers of two
     // dividing the block's warps)
     int split = 1;
@@ -2597,23 +2623,29 @@ static int64_t sgllm__cu_mvw_blocks(int64_t groups, int warps, int64_t cap) {
     return blocks;
 }
 
-template <int T, int NT, int NR, int CVT = 0>
-static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int64_t groups) {
-    int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
-    size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T, CVT) + (a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0);
-    // persistent grid: the resident blocks (by the wide kernel's warps and shared memory per
-    // SM), then as few as give every warp the same number of row groups
+// The resident blocks of a wide kernel (warps each, smem bytes of dynamic shared memory) on
+// the whole device, by the dispatch's warps per SM, shared memory and registers: its
+// persistent grid is at most this (a grid past them runs a second, mostly empty wave). Sets
+// the kernel's shared-memory attribute first where it needs one (a refusal makes the launch
+// fail, which is reported).
+template <typename K> static int64_t sgllm__cu_mvw_cap(sgllm__cuda *c, K kern, int warps, size_t smem) {
     int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
     if (per_sm > fit) per_sm = fit;
-    if (smem > 48 * 1024) // a refusal makes the launch fail, which is reported
-        (void)cudaFuncSetAttribute(sgllm__cu_mvw_k<T, NT, NR, CVT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   (int)smem);
-    // and by registers: a grid past the resident blocks runs a second, mostly empty wave
-    int occ = sgllm__cu_occupancy(c, sgllm__cu_mvw_k<T, NT, NR, CVT>, 32 * (unsigned)warps, smem, 1);
+    if (smem > 48 * 1024) (void)cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    int occ = sgllm__cu_occupancy(c, kern, 32 * (unsigned)warps, smem, 1);
     if (occ > 0 && per_sm > occ) per_sm = occ;
     if (per_sm < 1) per_sm = 1;
-    int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1);
-    return sgllm__cu_launch(c, "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR, CVT>,
+    return per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1);
+}
+
+// The launch name tells the variants apart (errors, and tests through sgllm__cuda_last_launch).
+template <int T, int NT, int NR, int CVT = 0>
+static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int64_t groups) {
+    int warps = sgllm__cu_mv_warps(c);
+    size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T, CVT) + (a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0);
+    // persistent grid: the resident blocks, then as few as give every warp the same number of row groups
+    int64_t cap = sgllm__cu_mvw_cap(c, sgllm__cu_mvw_k<T, NT, NR, CVT>, warps, smem);
+    return sgllm__cu_launch(c, CVT ? "matvec (wide, short rows)" : "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR, CVT>,
                             dim3((unsigned)sgllm__cu_mvw_blocks(groups, warps, cap)), dim3(32 * warps), smem, a, groups);
 }
 
@@ -2621,18 +2653,11 @@ static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int
 // blocks shared between them by their row groups, each part a persistent grid as above.
 template <int T1, int T2>
 static sgllm_status sgllm__cu_mvw2_go(sgllm__cuda *c, const sgllm__cu_mvd &a1, const sgllm__cu_mvd &a2) {
-    int warps = c->disp.matvec_warps < 1 ? 1 : c->disp.matvec_warps > MV_MAX_WARPS ? MV_MAX_WARPS : c->disp.matvec_warps;
+    int warps = sgllm__cu_mv_warps(c);
     int cs = sgllm__cu_mvw_cs(T1) > sgllm__cu_mvw_cs(T2) ? sgllm__cu_mvw_cs(T1) : sgllm__cu_mvw_cs(T2);
     size_t smem = (size_t)warps * 2 * cs;
-    int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
-    if (per_sm > fit) per_sm = fit;
-    if (smem > 48 * 1024)
-        (void)cudaFuncSetAttribute(sgllm__cu_mvw2_k<T1, T2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    int occ = sgllm__cu_occupancy(c, sgllm__cu_mvw2_k<T1, T2, 1>, 32 * (unsigned)warps, smem, 1);
-    if (occ > 0 && per_sm > occ) per_sm = occ;
-    if (per_sm < 1) per_sm = 1;
-    int64_t cap = per_sm * (c->disp.sm_count > 0 ? c->disp.sm_count : 1), g1 = a1.total_rows / 2, g2 = a2.total_rows / 2;
-    int64_t cap1 = cap * g1 / (g1 + g2);
+    int64_t cap = sgllm__cu_mvw_cap(c, sgllm__cu_mvw2_k<T1, T2, 1>, warps, smem);
+    int64_t g1 = a1.total_rows / 2, g2 = a2.total_rows / 2, cap1 = cap * g1 / (g1 + g2);
     cap1 = cap1 < 1 ? 1 : cap1 > cap - 1 ? cap - 1 : cap1;
     int64_t b1 = sgllm__cu_mvw_blocks(g1, warps, cap1), b2 = sgllm__cu_mvw_blocks(g2, warps, cap - cap1 > 0 ? cap - cap1 : 1);
     return sgllm__cu_launch(c, "matvec (wide, two types)", sgllm__cu_mvw2_k<T1, T2, 1>, dim3((unsigned)(b1 + b2)),
@@ -4138,6 +4163,7 @@ static __global__ void sgllm__cu_add_bias_k(float *x, int64_t stride, const floa
 extern "C" sgllm_status sgllm__cuda_add_bias(sgllm__cuda *c, float *x, int64_t stride, const float *b, int64_t n,
                                              int64_t n_tok) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm__cu_xq_forget(c, x);
     if (!x || !b || n <= 0 || stride < n || n_tok < 0 || n_tok > INT32_MAX) return sgllm__cu_bad(c, "add_bias", "bad pointer or shape");
     if (!n_tok) return SGLLM_OK;
     cudaSetDevice(c->device);
@@ -4155,6 +4181,7 @@ static __global__ void sgllm__cu_gather_k(const float *src, const int32_t *idx, 
 extern "C" sgllm_status sgllm__cuda_gather_rows(sgllm__cuda *c, const float *src, const int32_t *idx, int64_t n,
                                                 int64_t dim, float *dst) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm__cu_xq_forget(c, dst);
     if (!src || !idx || !dst || dim <= 0 || n < 0 || n > INT32_MAX) return sgllm__cu_bad(c, "gather_rows", "bad pointer or shape");
     if (!n) return SGLLM_OK;
     cudaSetDevice(c->device);
@@ -4170,6 +4197,7 @@ static __global__ void sgllm__cu_softcap_k(float *x, int64_t n, float cap) {
 
 extern "C" sgllm_status sgllm__cuda_softcap(sgllm__cuda *c, float *x, int64_t n, float cap) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    sgllm__cu_xq_forget(c, x);
     if (!x || n < 0 || !(cap > 0)) return sgllm__cu_bad(c, "softcap", "bad pointer, size or cap");
     if (!n) return SGLLM_OK;
     cudaSetDevice(c->device);

@@ -1494,6 +1494,45 @@ static void test_kv_write_paged(void) {
     free(k), free(v);
 }
 
+// The activation buffer remembers which vector it holds (a quantizing norm's output), so the
+// product after it skips its own quantization. Anything else that writes that vector must make
+// it forget: an upload, a memset, an in-place op (softcap, add_bias, gated_act here). After each,
+// the product over the held pointer must equal the same product over a copy at another
+// address, which is quantized afresh.
+static void test_xq_forget(void) {
+    const int64_t dim = 640, rows = 64;
+    size_t wb;
+    uint8_t *w = rand_weights(SGLLM__T_Q8_0, rows, dim, &wb);
+    void *dw = dev_copy(w, wb);
+    float *x = rand_floats(dim, -1, 1), *nw = rand_floats(dim, 0.5f, 1.5f), *v = rand_floats(dim, -2, 2);
+    float *dx = (float *)dev_copy(x, (size_t)dim * 4), *dnw = (float *)dev_copy(nw, (size_t)dim * 4);
+    float *dh = (float *)dev((size_t)dim * 4), *dcopy = (float *)dev((size_t)dim * 4), *dy = (float *)dev((size_t)rows * 8);
+    float *h = (float *)malloc((size_t)dim * 4), *y = (float *)malloc((size_t)rows * 8);
+    int same = 0;
+    for (int way = 0; way < 5; way++) {
+        CHECK(sgllm__cuda_upload(gpu, dx, x, (size_t)dim * 4) == SGLLM_OK);
+        CHECK(sgllm__cuda_norm_add_rmsnorm_q(gpu, dx, NULL, NULL, dnw, dh, 1, dim, 1e-6f, SGLLM__T_Q8_0) == SGLLM_OK);
+        if (way == 0) CHECK(sgllm__cuda_upload(gpu, dh, v, (size_t)dim * 4) == SGLLM_OK);
+        if (way == 1) CHECK(sgllm__cuda_memset(gpu, dh, 0x3f, (size_t)dim * 4) == SGLLM_OK);
+        if (way == 2) CHECK(sgllm__cuda_softcap(gpu, dh, dim, 0.5f) == SGLLM_OK);
+        if (way == 3) CHECK(sgllm__cuda_add_bias(gpu, dh, dim, dnw, dim, 1) == SGLLM_OK);
+        if (way == 4) CHECK(sgllm__cuda_gated_act(gpu, SGLLM__CUDA_ACT_SILU, dh, dnw, dim) == SGLLM_OK);
+        CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q8_0, dw, rows, dim, dh, 1, dy) == SGLLM_OK);
+        fetch(h, dh, (size_t)dim * 4);
+        CHECK(sgllm__cuda_upload(gpu, dcopy, h, (size_t)dim * 4) == SGLLM_OK);
+        CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q8_0, dw, rows, dim, dcopy, 1, dy + rows) == SGLLM_OK);
+        fetch(y, dy, (size_t)rows * 8);
+        bool eq = !memcmp(y, y + rows, (size_t)rows * 4);
+        CHECKF(eq, "activation buffer after a write (way %d): the product reused a stale quantization (rel %.3g)", way,
+               rel_err(y, y + rows, rows));
+        same += eq;
+    }
+    printf("activation buffer: forgotten after an upload, a memset, softcap, add_bias and gated_act (%d of 5)\n", same);
+    void *bufs[] = {dw, dx, dnw, dh, dcopy, dy};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
+    free(w), free(x), free(nw), free(v), free(h), free(y);
+}
+
 // norm_add_rmsnorm_q: the norm that also quantizes its output for the next product. Its y must
 // be the plain norm's bit for bit, and the products after it (q/k/v of one type and of two
 // types of the same activation format, gate/up, on the wide and the direct kernels) must equal
@@ -1977,7 +2016,7 @@ static void test_matvec_short_rows(void) {
     sgllm__cuda_dispatch ref_d = disp, wide = disp;
     ref_d.matvec_int8 = 1, ref_d.matvec_warps_per_sm = 0;
     wide.matvec_int8 = 3, wide.matvec_wide_align = 8;
-    int runs = 0;
+    int runs = 0, quad_runs = 0;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         uint32_t t = types[ti];
         int64_t blk = sgllm__types[t].block, cols = t == SGLLM__T_Q6_K ? 1024 : blk == 256 ? 768 : 640;
@@ -1992,6 +2031,13 @@ static void test_matvec_short_rows(void) {
             poison(dy, (size_t)(rows + 2) * 8);
             sgllm__cuda_set_dispatch(gpu, &wide);
             CHECKF(sgllm__cuda_matvec(gpu, t, dw, r, cols, dx, 1, dy) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
+            // the variant that ran: four rows per warp where the row count allows it (Q6_K's
+            // 1024-value chunks are not whole 16-byte words: two rows per warp)
+            bool quads = !odd && t != SGLLM__T_Q6_K;
+            const char *ran = sgllm__cuda_last_launch(gpu);
+            CHECKF(!strcmp(ran, quads ? "matvec (wide, short rows)" : "matvec (wide)"), "short rows %s %lld rows: ran '%s'",
+                   sgllm__type_name(t), (long long)r, ran);
+            quad_runs += quads;
             sgllm__cuda_set_dispatch(gpu, &ref_d);
             CHECK(sgllm__cuda_matvec(gpu, t, dw, r, cols, dx, 1, dy + rows + 2) == SGLLM_OK);
             sgllm__cuda_set_dispatch(gpu, &disp);
@@ -2005,7 +2051,8 @@ static void test_matvec_short_rows(void) {
         sgllm__cuda_dfree(gpu, dw), sgllm__cuda_dfree(gpu, dx), sgllm__cuda_dfree(gpu, dy);
         free(w), free(x), free(y);
     }
-    printf("matvec wide, large matrices of short rows (four rows per warp): %d runs bit for bit the staged kernel\n", runs);
+    printf("matvec wide, large matrices of short rows: %d runs (%d with four rows per warp) bit for bit the staged "
+           "kernel\n", runs, quad_runs);
 }
 
 // Activation quantization inside the wide kernel (dispatch.matvec_xq_inline) and its 8-byte
@@ -2241,6 +2288,7 @@ int main(void) {
     test_kv_write_paged();
     test_norm_add();
     test_norm_add_xq();
+    test_xq_forget();
     test_attn_post();
     test_qkv_post();
     test_pdl_graph();
