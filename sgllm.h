@@ -469,6 +469,8 @@ const char *sgllm__cuda_errmsg(const sgllm__cuda *c);        // last error, "" i
 uint64_t sgllm__cuda_launches(const sgllm__cuda *c);         // kernels this backend launched so far (not cuBLAS's)
 const char *sgllm__cuda_last_launch(const sgllm__cuda *c);   // the name of the latest launch through the
                                                              // launch helper (tests: which variant ran), "" if none
+int sgllm__cuda_xq_holds(const sgllm__cuda *c, const float *x); // 1 if the int8 activation buffer holds x's
+                                                             // quantization (the next product skips its own)
 void sgllm__cuda_set_dispatch(sgllm__cuda *c, const sgllm__cuda_dispatch *dispatch);
 const sgllm__cuda_dispatch *sgllm__cuda_get_dispatch(const sgllm__cuda *c);
 void *sgllm__cuda_stream(const sgllm__cuda *c);              // the cudaStream_t ops run on

@@ -147,6 +147,8 @@ static void sgllm__cu_xq_forget_range(sgllm__cuda *c, const void *dst, size_t by
 
 // After a launch that wrote the buffer: it holds x (nt rows of cols, format kind) if the
 // launch was accepted, nothing otherwise.
+extern "C" int sgllm__cuda_xq_holds(const sgllm__cuda *c, const float *x) { return c && x && c->xq.of == x; }
+
 static void sgllm__cu_xq_set(sgllm__cuda *c, sgllm_status s, const float *x, int kind, int64_t nt, int64_t cols) {
     c->xq.of = s ? NULL : x;
     c->xq.kind = kind, c->xq.nt = nt, c->xq.cols = cols;
