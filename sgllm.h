@@ -453,6 +453,9 @@ typedef struct sgllm__cuda_dispatch {
                                   // head group's split blocks form a thread block cluster and write their outputs
                                   // into each other's shared memory to merge (sm90+, up to 16 splits; else as 1), the
                                   // same arithmetic
+    int matvec_wide_warps_per_sm_q4; // matvec_wide_warps_per_sm for the weight types the wide kernel streams in chunks
+                                     // of 4096 values (Q4_0, Q4_1, Q4_K, Q5_K: more arithmetic per byte, so more warps
+                                     // to hide it); 0 = matvec_wide_warps_per_sm
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context

@@ -2630,8 +2630,12 @@ static int64_t sgllm__cu_mvw_blocks(int64_t groups, int warps, int64_t cap) {
 // persistent grid is at most this (a grid past them runs a second, mostly empty wave). Sets
 // the kernel's shared-memory attribute first where it needs one (a refusal makes the launch
 // fail, which is reported).
-template <typename K> static int64_t sgllm__cu_mvw_cap(sgllm__cuda *c, K kern, int warps, size_t smem) {
-    int64_t per_sm = (c->disp.matvec_wide_warps_per_sm + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
+// The dispatch's resident warps per SM are matvec_wide_warps_per_sm_q4 (when set) for the types of
+// 4096-value chunks (t; -1 for none).
+template <typename K> static int64_t sgllm__cu_mvw_cap(sgllm__cuda *c, K kern, int warps, size_t smem, int t) {
+    int want = c->disp.matvec_wide_warps_per_sm;
+    if (c->disp.matvec_wide_warps_per_sm_q4 > 0 && t >= 0 && sgllm__cu_mvw_cv(t) == 4096) want = c->disp.matvec_wide_warps_per_sm_q4;
+    int64_t per_sm = (want + warps - 1) / warps, fit = (int64_t)c->smem_sm / (int64_t)(smem + 1024);
     if (per_sm > fit) per_sm = fit;
     if (smem > 48 * 1024) (void)cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     int occ = sgllm__cu_occupancy(c, kern, 32 * (unsigned)warps, smem, 1);
@@ -2646,7 +2650,7 @@ static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int
     int warps = sgllm__cu_mv_warps(c);
     size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T, CVT) + (a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0);
     // persistent grid: the resident blocks, then as few as give every warp the same number of row groups
-    int64_t cap = sgllm__cu_mvw_cap(c, sgllm__cu_mvw_k<T, NT, NR, CVT>, warps, smem);
+    int64_t cap = sgllm__cu_mvw_cap(c, sgllm__cu_mvw_k<T, NT, NR, CVT>, warps, smem, CVT ? -1 : T);
     return sgllm__cu_launch(c, CVT ? "matvec (wide, short rows)" : "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR, CVT>,
                             dim3((unsigned)sgllm__cu_mvw_blocks(groups, warps, cap)), dim3(32 * warps), smem, a, groups);
 }
@@ -2658,7 +2662,7 @@ static sgllm_status sgllm__cu_mvw2_go(sgllm__cuda *c, const sgllm__cu_mvd &a1, c
     int warps = sgllm__cu_mv_warps(c);
     int cs = sgllm__cu_mvw_cs(T1) > sgllm__cu_mvw_cs(T2) ? sgllm__cu_mvw_cs(T1) : sgllm__cu_mvw_cs(T2);
     size_t smem = (size_t)warps * 2 * cs;
-    int64_t cap = sgllm__cu_mvw_cap(c, sgllm__cu_mvw2_k<T1, T2, 1>, warps, smem);
+    int64_t cap = sgllm__cu_mvw_cap(c, sgllm__cu_mvw2_k<T1, T2, 1>, warps, smem, -1);
     int64_t g1 = a1.total_rows / 2, g2 = a2.total_rows / 2, cap1 = cap * g1 / (g1 + g2);
     cap1 = cap1 < 1 ? 1 : cap1 > cap - 1 ? cap - 1 : cap1;
     int64_t b1 = sgllm__cu_mvw_blocks(g1, warps, cap1), b2 = sgllm__cu_mvw_blocks(g2, warps, cap - cap1 > 0 ? cap - cap1 : 1);

@@ -4634,14 +4634,15 @@ typedef struct sgllm__dispatch_row {
 // 8-byte loads beat the other kernels; 16 elsewhere, unmeasured), decode attention's merge of
 // its splits (2 on sm90, where the split blocks of a head group merge as a thread block cluster,
 // measured fastest on the H100; 1, a second kernel, elsewhere: unmeasured there; merging in the
-// last split block to finish was slower on the H100).
+// last split block to finish was slower on the H100), the wide kernel's resident warps per SM for
+// the 4-bit types (0 = the same as the others; the H100 config sets 20).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4713,10 +4714,12 @@ SGLLM__MAYBE_UNUSED static void sgllm__dispatch_prefill_tile(const sgllm__cuda_d
 // One line describing the decision (for the log and for users); returns snprintf's count.
 SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch *d, const sgllm__cuda_props *p, const char *config,
                                   char *buf, size_t cap) {
-    char wide[128] = "";
+    char wide[192] = "";
     if (d->matvec_int8 == 3)
-        snprintf(wide, sizeof wide, " with wide loads of %d-byte row words, %d warps/SM, quantized %s", d->matvec_wide_align,
-                 d->matvec_wide_warps_per_sm, d->matvec_xq_inline ? "in-kernel up to a limit" : "by a launch of their own");
+        snprintf(wide, sizeof wide, " with wide loads of %d-byte row words, %d warps/SM (4-bit types %d), quantized %s",
+                 d->matvec_wide_align, d->matvec_wide_warps_per_sm,
+                 d->matvec_wide_warps_per_sm_q4 ? d->matvec_wide_warps_per_sm_q4 : d->matvec_wide_warps_per_sm,
+                 d->matvec_xq_inline ? "in-kernel up to a limit" : "by a launch of their own");
     return snprintf(buf, cap,
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
                     "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles, merged %s; prefill tiles %dx%d (d<=128) "
@@ -4927,6 +4930,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"matvec_xq_inline", offsetof(sgllm__cuda_dispatch, matvec_xq_inline), 1, 0, 32768, false},
     {"matvec_wide_align", offsetof(sgllm__cuda_dispatch, matvec_wide_align), 1, 8, 16, true},
     {"decode_merge", offsetof(sgllm__cuda_dispatch, decode_merge), 1, 0, 2, false},
+    {"matvec_wide_warps_per_sm_q4", offsetof(sgllm__cuda_dispatch, matvec_wide_warps_per_sm_q4), 1, 0, 64, false},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {

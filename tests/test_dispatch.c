@@ -50,6 +50,7 @@ static void test_rows(void) {
         CHECK(d.matvec_warps_per_sm == 32);
         CHECK(d.matvec_int8 == (cases[i].major == 9 ? 3 : 1)); // the wide kernel measured on sm90 only
         CHECK(d.matvec_wide_warps_per_sm == (cases[i].major == 9 ? 16 : 32));
+        CHECK(d.matvec_wide_warps_per_sm_q4 == 0); // the 4-bit types as the others unless a config says
         CHECK(d.decode_max_splits >= 1 && d.decode_block_n >= 8 && d.norm_threads % 32 == 0);
         CHECK(d.prefill_warps[0] == 4 && d.prefill_warps[1] == 8);
         CHECK(d.qknorm_per_head_max_tokens == 256);
@@ -146,8 +147,11 @@ static void test_splits_and_tiles(void) {
     CHECK(strstr(line, "128x64 (d<=128)") != NULL);
     sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
     CHECK(strstr(line, "row sm90:") && strstr(line, "programmatic dependent launch on") && strstr(line, "merged across a block cluster"));
-    CHECK(strstr(line, "int8 (dp4a) activations with wide loads of 8-byte row words, 16 warps/SM, quantized by a launch of "
-                       "their own"));
+    CHECK(strstr(line, "int8 (dp4a) activations with wide loads of 8-byte row words, 16 warps/SM (4-bit types 16), "
+                       "quantized by a launch of their own"));
+    d.matvec_wide_warps_per_sm_q4 = 20;
+    sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
+    CHECK(strstr(line, "16 warps/SM (4-bit types 20)"));
     char small[16];
     n = sgllm__dispatch_format(&d, &p, NULL, small, sizeof small);
     CHECK(n > (int)sizeof small && strlen(small) == sizeof small - 1);
@@ -157,7 +161,8 @@ static const char *valid_json = "{\n  \"device\": \"NVIDIA H100 80GB HBM3\",\n  
                                 "  \"matvec_warps\": 8, \"matvec_warps_per_sm\": 16, \"matvec_max_batch\": 4,\n  \"decode_max_splits\": 32,\n"
                                 "  \"decode_min_keys\": 128, \"decode_block_n\": 32,\n  \"prefill_block_m\": [64, 32, 16],\n"
                                 "  \"prefill_block_n\": [32, 32, 16], \"prefill_warps\": [2, 4],\n"
-                                "  \"qknorm_per_head_max_tokens\": 0, \"norm_threads\": 512, \"matvec_wide_warps_per_sm\": 24, \"pdl\": 0\n}\n";
+                                "  \"qknorm_per_head_max_tokens\": 0, \"norm_threads\": 512, \"matvec_wide_warps_per_sm\": 24, \"pdl\": 0,\n"
+                                "  \"matvec_wide_warps_per_sm_q4\": 28\n}\n";
 
 static void test_json_override(void) {
     sgllm__cuda_props p = fake("NVIDIA H100 80GB HBM3", 9, 0, 132, 227);
@@ -171,6 +176,7 @@ static void test_json_override(void) {
     CHECK(d.prefill_block_n[1] == 32 && d.prefill_warps[0] == 2 && d.prefill_warps[1] == 4);
     CHECK(d.qknorm_per_head_max_tokens == 0 && d.norm_threads == 512 && d.pdl == 0 && base.pdl == 1);
     CHECK(d.matvec_wide_warps_per_sm == 24 && base.matvec_wide_warps_per_sm == 16);
+    CHECK(d.matvec_wide_warps_per_sm_q4 == 28 && base.matvec_wide_warps_per_sm_q4 == 0);
     CHECK(!strcmp(d.row, "sm90") && d.sm_count == 132); // not overridable
     // a partial file changes only what it names
     d = base;
@@ -234,6 +240,7 @@ static void test_json_override(void) {
         {"{\"matvec_int8\": 4}", "[0, 3]"},
         {"{\"matvec_int8\": -1}", "[0, 3]"},
         {"{\"matvec_wide_warps_per_sm\": 0}", "[1, 64]"},
+        {"{\"matvec_wide_warps_per_sm_q4\": 65}", "[0, 64]"},
         {"{\"matvec_xq_inline\": 32769}", "[0, 32768]"},
         {"{\"matvec_xq_inline\": -1}", "[0, 32768]"},
         {"{\"matvec_wide_align\": 12}", "power of two"},
