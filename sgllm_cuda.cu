@@ -4461,8 +4461,45 @@ static __global__ void __launch_bounds__(SMP_THREADS)
         if (h[b]) atomicAdd(&hist[b], h[b]);
 }
 
+// The top-k threshold bucket: the largest b >= 1 whose suffix count (buckets b .. 2047) reaches
+// k, else 0 (as a walk down from the top would find it). One warp, every lane gets it: lane l
+// sums buckets 64 l .. 64 l + 63 (64 loads in flight, not 2048 in a row: a walk from the top
+// through the empty buckets above the max took ~35 us), suffix sums across the lanes find the
+// lane holding the answer, and its 64 buckets are scanned 32 at a time the same way.
+static __device__ int sgllm__cu_smp_topk_bucket(const uint32_t *hist, uint32_t k) {
+    static_assert(SMP_BUCKETS == 64 * 32, "64 buckets per lane");
+    const int lane = threadIdx.x % 32;
+    uint32_t mine = 0;
+#pragma unroll 16
+    for (int j = 0; j < 64; j++) mine += hist[64 * lane + j];
+    uint32_t suf = mine; // buckets 64 lane .. 2047
+    for (int o = 1; o < 32; o <<= 1) {
+        uint32_t t = __shfl_down_sync(0xffffffffu, suf, o);
+        if (lane + o < 32) suf += t;
+    }
+    unsigned m = __ballot_sync(0xffffffffu, suf >= k);
+    if (!m) return 0;
+    int L = 31 - __clz((int)m);
+    uint32_t base = __shfl_sync(0xffffffffu, suf - mine, L); // buckets above lane L's
+    for (int h = 1; h >= 0; h--) {
+        uint32_t v = hist[64 * L + 32 * h + lane], s = v;
+        for (int o = 1; o < 32; o <<= 1) {
+            uint32_t t = __shfl_down_sync(0xffffffffu, s, o);
+            if (lane + o < 32) s += t;
+        }
+        unsigned mh = __ballot_sync(0xffffffffu, base + s >= k);
+        if (mh) {
+            int b = 64 * L + 32 * h + (31 - __clz((int)mh));
+            return b > 0 ? b : 0;
+        }
+        base += __shfl_sync(0xffffffffu, s, 0);
+    }
+    return 0; // not reached: lane L's buckets reach k
+}
+
 // One warp: the global max (its lanes reduce the blocks' partials: one L2 round trip, not one
-// per block), then one thread: the greedy and degenerate answers and the candidate threshold.
+// per block) and the top-k threshold, then one thread: the greedy and degenerate answers and
+// the candidate state.
 static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, int64_t n, const float *part_v,
                                             const int32_t *part_i, const uint32_t *hist, sgllm__cu_smp_state *st,
                                             int32_t *out) {
@@ -4472,6 +4509,9 @@ static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, in
     int32_t bi = (int32_t)n;
     for (int b = threadIdx.x; b < SMP_STATS_BLOCKS; b += 32) sgllm__cu_better(bv, bi, part_v[b], part_i[b]);
     sgllm__cu_warp_better(bv, bi);
+    const bool topk = a->top_k > 0 && a->top_k < n;
+    // the histogram is there only for top-k with top-p (sgllm__cu_smp_stats_k)
+    const int kb = a->temperature > 0 && topk && a->top_p < 1 ? sgllm__cu_smp_topk_bucket(hist, (uint32_t)a->top_k) : 0;
     if (threadIdx.x) return;
     st->max = bv;
     st->argmax = bi;
@@ -4486,17 +4526,12 @@ static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, in
         *out = bi;
         return;
     }
-    bool topk = a->top_k > 0 && a->top_k < n;
     if (topk && a->top_p >= 1) {
         st->mode = SMP_HEAP;
         return;
     }
     if (topk) {
-        uint32_t cum = 0;
-        int b = SMP_BUCKETS - 1;
-        for (; b > 0; b--)
-            if ((cum += hist[b]) >= (uint32_t)a->top_k) break;
-        st->key_lb = (uint32_t)b << 21;
+        st->key_lb = (uint32_t)kb << 21;
         st->mode = SMP_TOPK;
         return;
     }

@@ -581,16 +581,36 @@ static void bench_launches(int reps) {
     }
     sgllm__cuda_set_dispatch(gpu, &base);
 
-    // the device sampler over 262144 logits: uniform in [-1.5, 1.5] plus 5 spikes of 14
+    // the device sampler over 262144 logits: uniform in [-1.5, 1.5] plus 5 spikes of 14 (a
+    // worst case for the default sampler: ~20 000 logits share the top-k threshold's bucket),
+    // and normal with standard deviation 3 plus the same spikes (closer to a model's logits)
     const int64_t V = 262144;
     float *logits = (float *)dev((size_t)V * sizeof(float));
-    fill_dev(logits, V, 8, -1.5f, 1.5f);
-    float spike = 14;
-    for (int j = 0; j < 5; j++) TRY(sgllm__cuda_upload(gpu, logits + (j * 52421 + 977) % V, &spike, 4), "upload");
     void *work = dev(sgllm__cuda_sample_work_bytes(V));
     sgllm__cuda_sample_args *d_args = (sgllm__cuda_sample_args *)dev(sizeof *d_args);
     int32_t *d_out = (int32_t *)dev(sizeof(int32_t));
-    for (int mode = 0; mode < 2; mode++) {
+    for (int mode = 0; mode < 3; mode++) {
+        if (mode < 2) {
+            fill_dev(logits, V, 8, -1.5f, 1.5f);
+        } else {
+            float *h = (float *)malloc((size_t)V * sizeof(float));
+            if (!h) die("out of memory");
+            uint64_t seed = 9;
+            for (int64_t i = 0; i < V; i += 2) { // Box-Muller pairs
+                double u[2];
+                for (int k = 0; k < 2; k++) {
+                    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                    u[k] = ((seed >> 11) + 0.5) / 9007199254740992.0;
+                }
+                double r = 3 * sqrt(-2 * log(u[0]));
+                h[i] = (float)(r * cos(6.283185307179586 * u[1]));
+                if (i + 1 < V) h[i + 1] = (float)(r * sin(6.283185307179586 * u[1]));
+            }
+            TRY(sgllm__cuda_upload(gpu, logits, h, (size_t)V * sizeof(float)), "upload");
+            free(h);
+        }
+        float spike = 14;
+        for (int j = 0; j < 5; j++) TRY(sgllm__cuda_upload(gpu, logits + (j * 52421 + 977) % V, &spike, 4), "upload");
         sgllm_sampler_params sp;
         sgllm_sampler_default_params(&sp);
         sgllm__cuda_sample_args a;
@@ -606,7 +626,7 @@ static void bench_launches(int reps) {
             TRY(sgllm__cuda_timer_stop(gpu, &ms), "timer");
             if (r >= 0) t[r] = ms;
         }
-        printf("  device sampler, vocab 262144, %s: %.1f us (median of %d)\n",
+        printf("  device sampler, vocab 262144, %s logits, %s: %.1f us (median of %d)\n", mode < 2 ? "flat" : "normal",
                mode ? "temperature 0.8, top_k 40, top_p 0.95, min_p 0.05" : "greedy", 1e3 * median(t, reps), reps);
     }
     void *bufs[] = {b.x, b.d, b.w, b.y, b.q, b.k, b.v, b.nw, b.pos, b.kc, b.vc, logits, work, d_args, d_out};
