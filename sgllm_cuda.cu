@@ -4588,16 +4588,22 @@ struct sgllm__cu_smp_shared {
     double mass[SMP_BUCKETS];
     uint32_t cnt[SMP_BUCKETS];
     double red[32];
+    double wsum[32], wbase[32]; // a digit's weight per warp's 64 buckets, and before them
     uint64_t prefix;
     double cum;
     int found; // 0: not yet, 1: found, -1: none reaches the target
     int unique;
+    int pick, last; // the first bucket that reaches the target, the last non-empty one
 };
 
 // Among the members of cand (m), ordered by rank key (by_id false) or by id (by_id true), the
 // key of the first whose inclusive cumulative weight (1 each when count, else p) is >= target
 // (> target when strict); the largest member key when none reaches it. 64-bit keys go in
 // 11-bit digits, most significant first; a digit that leaves a single member ends early.
+// The whole block (SMP_THREADS) takes part in every step. (The digit's 2048 buckets were
+// scanned by one warp, 64 in a row per lane, then again by the lane holding the answer: ~5 us
+// a digit.)
+static_assert(SMP_BUCKETS == 2 * SMP_THREADS, "sgllm__cu_smp_search: two buckets per thread of the final kernel");
 static __device__ uint64_t sgllm__cu_smp_search(const sgllm__cu_smp_cand *cand, uint32_t m,
                                                 const sgllm__cu_smp_member &mem, bool by_id, bool count, double target,
                                                 bool strict, sgllm__cu_smp_shared &sh) {
@@ -4624,55 +4630,47 @@ static __device__ uint64_t sgllm__cu_smp_search(const sgllm__cu_smp_cand *cand, 
             if (hi < top_bits && (k >> hi) != (prefix >> hi)) continue;
             int d = (int)((k >> shift) & ((1u << bits) - 1));
             atomicAdd(&sh.cnt[d], 1u);
-            atomicAdd(&sh.mass[d], count ? 1.0 : (double)c.p);
+            if (!count) atomicAdd(&sh.mass[d], (double)c.p); // a count reads cnt
         }
         __syncthreads();
-        if (threadIdx.x < 32) { // lane l owns buckets [64 l, 64 l + 64)
-            const int lane = threadIdx.x;
-            double s = 0;
-            for (int b = lane * 64; b < lane * 64 + 64; b++) s += sh.mass[b];
-            double incl = s;
+        // the digit's buckets in order, two per thread (warp w: [64 w, 64 w + 64)): a scan
+        // within the warp, the warps' totals scanned by warp 0, then the first bucket whose
+        // inclusive weight reaches the target (atomicMin), or else the last non-empty one
+        {
+            const int lane = threadIdx.x % 32, w = threadIdx.x / 32, b0 = 2 * threadIdx.x;
+            const uint32_t n0 = sh.cnt[b0], n1 = sh.cnt[b0 + 1];
+            const double v0 = count ? (double)n0 : sh.mass[b0], v1 = count ? (double)n1 : sh.mass[b0 + 1];
+            double incl = v0 + v1;
             for (int o = 1; o < 32; o <<= 1) {
                 double t = __shfl_up_sync(0xffffffffu, incl, o);
                 if (lane >= o) incl += t;
             }
-            const double cum = sh.cum;
-            bool hit = strict ? cum + incl > target : cum + incl >= target;
-            unsigned any = __ballot_sync(0xffffffffu, hit);
-            // none reaches: follow the last non-empty bucket (the largest key)
-            unsigned nonempty = __ballot_sync(0xffffffffu, s > 0 || [&] {
-                for (int b = lane * 64; b < lane * 64 + 64; b++)
-                    if (sh.cnt[b]) return true;
-                return false;
-            }());
-            int owner = any ? __ffs(any) - 1 : (nonempty ? 31 - __clz(nonempty) : -1);
-            if (lane == owner) {
-                double c0 = cum + incl - s;
-                int pick = -1;
-                for (int b = lane * 64; b < lane * 64 + 64; b++) {
-                    if (!sh.cnt[b]) continue;
-                    if (any) {
-                        double c1 = c0 + sh.mass[b];
-                        if (strict ? c1 > target : c1 >= target) {
-                            pick = b;
-                            break;
-                        }
-                        c0 = c1;
-                    } else {
-                        pick = b;
-                        c0 += sh.mass[b];
-                    }
+            if (lane == 31) sh.wsum[w] = incl;
+            if (threadIdx.x == 0) sh.pick = INT_MAX, sh.last = -1;
+            __syncthreads();
+            if (w == 0) {
+                double t0 = sh.wsum[lane], in = t0;
+                for (int o = 1; o < 32; o <<= 1) {
+                    double t = __shfl_up_sync(0xffffffffu, in, o);
+                    if (lane >= o) in += t;
                 }
-                if (any) {
-                    sh.cum = c0;
-                } else { // the cumulative weight of keys below the last bucket
-                    sh.cum = c0 - sh.mass[pick];
-                    sh.found = -1;
-                }
+                sh.wbase[lane] = in - t0;
+            }
+            __syncthreads();
+            const double cum = sh.cum, before = cum + sh.wbase[w] + (incl - v0 - v1), mid = before + v0, end = mid + v1;
+            const bool hit0 = n0 && (strict ? mid > target : mid >= target);
+            const bool hit1 = n1 && (strict ? end > target : end >= target);
+            if (hit0 || hit1) atomicMin(&sh.pick, hit0 ? b0 : b0 + 1);
+            if (n0 || n1) atomicMax(&sh.last, n1 ? b0 + 1 : b0);
+            __syncthreads();
+            const int pick = sh.pick != INT_MAX ? sh.pick : sh.last;
+            if (pick >= 0 && (pick == b0 || pick == b0 + 1)) { // its thread: the weight below it, the prefix
+                sh.cum = pick == b0 ? before : mid;
+                if (sh.pick == INT_MAX) sh.found = -1; // none reaches: follow the largest key
                 sh.prefix |= (uint64_t)pick << shift;
                 sh.unique = sh.cnt[pick] == 1;
             }
-            if (owner < 0 && lane == 0) sh.found = -2; // no member at all
+            if (pick < 0 && threadIdx.x == 0) sh.found = -2; // no member at all
         }
         __syncthreads();
         if (sh.found == -2) return 0;
