@@ -77,6 +77,7 @@ struct sgllm__cuda {
     void *mv_xq;          // (MV_XQ_BYTES) int8 activations of the matrix-vector kernels (section 4)
     sgllm__cu_xq_held xq; // what mv_xq holds
     unsigned *att_cnt;    // (ATT_COUNTERS) split arrivals of decode attention (section 6), zeroed at creation
+    unsigned *smp_ticket; // (1) blocks of the greedy sampler done (section 9), zero between launches
     void *stage;          // (stage_bytes) pinned host memory that small downloads (a token's logits) go through
     size_t stage_bytes;
     void *stage_up;       // (stage_up_bytes) pinned host memory of sgllm__cuda_upload_async
@@ -311,6 +312,7 @@ extern "C" void sgllm__cuda_free(sgllm__cuda *c) {
     cudaFree(c->scratch);
     cudaFree(c->mv_xq);
     cudaFree(c->att_cnt);
+    cudaFree(c->smp_ticket);
     cudaFreeHost(c->stage);
     if (c->stage_up_done) cudaEventDestroy(c->stage_up_done);
     for (int i = 0; i < 2; i++)
@@ -358,6 +360,9 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
     if (s == SGLLM_OK)
         s = sgllm__cu_check(c, cudaMemsetAsync(c->att_cnt, 0, ATT_COUNTERS * sizeof(unsigned), c->stream),
                             "attention counters");
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->smp_ticket, sizeof(unsigned)), "sampler counter");
+    if (s == SGLLM_OK)
+        s = sgllm__cu_check(c, cudaMemsetAsync(c->smp_ticket, 0, sizeof(unsigned), c->stream), "sampler counter");
     if (s == SGLLM_OK && (cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS ||
                           cublasSetWorkspace(c->blas, c->blas_ws, c->blas_ws_bytes) != CUBLAS_STATUS_SUCCESS))
         s = sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "cuBLAS stream/workspace setup failed");
@@ -4413,6 +4418,24 @@ static __device__ inline void sgllm__cu_warp_better(float &bv, int32_t &bi) {
         sgllm__cu_better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
 }
 
+// The block's best (value, index) by sgllm__cu_better, in thread 0 (block of up to 1024).
+static __device__ inline void sgllm__cu_block_better(float &bv, int32_t &bi, int32_t none) {
+    __shared__ float wv[32];
+    __shared__ int32_t wi[32];
+    sgllm__cu_warp_better(bv, bi);
+    if (threadIdx.x % 32 == 0) {
+        wv[threadIdx.x / 32] = bv;
+        wi[threadIdx.x / 32] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        int nw = blockDim.x / 32;
+        bv = threadIdx.x < nw ? wv[threadIdx.x] : -INFINITY;
+        bi = threadIdx.x < nw ? wi[threadIdx.x] : none;
+        sgllm__cu_warp_better(bv, bi);
+    }
+}
+
 // Per block: max and its lowest index over a slice (NaN never wins), and the histogram of the
 // top 11 order-key bits of every number.
 static __global__ void __launch_bounds__(SMP_THREADS)
@@ -4423,8 +4446,6 @@ static __global__ void __launch_bounds__(SMP_THREADS)
     sgllm__cu_pdl_trigger();
     const bool need_hist = a->temperature > 0 && a->top_k > 0 && a->top_k < n && a->top_p < 1;
     __shared__ uint32_t h[SMP_BUCKETS];
-    __shared__ float wv[32];
-    __shared__ int32_t wi[32];
     for (int b = threadIdx.x; b < SMP_BUCKETS; b += blockDim.x) h[b] = 0;
     __syncthreads();
     int64_t per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per, hi = lo + per < n ? lo + per : n;
@@ -4441,21 +4462,10 @@ static __global__ void __launch_bounds__(SMP_THREADS)
             if (ok && (int)(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&h[b], (uint32_t)__popc(peers));
         }
     }
-    sgllm__cu_warp_better(bv, bi);
-    if (threadIdx.x % 32 == 0) {
-        wv[threadIdx.x / 32] = bv;
-        wi[threadIdx.x / 32] = bi;
-    }
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        int nw = blockDim.x / 32;
-        bv = threadIdx.x < nw ? wv[threadIdx.x] : -INFINITY;
-        bi = threadIdx.x < nw ? wi[threadIdx.x] : (int32_t)n;
-        sgllm__cu_warp_better(bv, bi);
-        if (threadIdx.x == 0) {
-            part_v[blockIdx.x] = bv;
-            part_i[blockIdx.x] = bi;
-        }
+    sgllm__cu_block_better(bv, bi, (int32_t)n);
+    if (threadIdx.x == 0) {
+        part_v[blockIdx.x] = bv;
+        part_i[blockIdx.x] = bi;
     }
     for (int b = threadIdx.x; b < SMP_BUCKETS; b += blockDim.x)
         if (h[b]) atomicAdd(&hist[b], h[b]);
@@ -4861,6 +4871,57 @@ static __global__ void __launch_bounds__(SMP_THREADS)
         uint64_t r = sgllm__cu_smp_search(cand, m, mem, true, false, a->u * tk, true, sh);
         if (threadIdx.x == 0) *out = (int32_t)r;
     }
+}
+
+// Greedy without penalties in one launch: each block the best of its slice (as the stats
+// kernel), then the last block to finish (the context's ticket, back at zero after it) the
+// best of the blocks and the plan kernel's answer: the lowest index of the largest logit, 0
+// when every logit is NaN. The writers' fence before their ticket and the last one's after it
+// order the partials (read through L2) before the reduction.
+static __global__ void __launch_bounds__(SMP_THREADS)
+    sgllm__cu_smp_greedy_k(const float *x, int64_t n, float *part_v, int32_t *part_i, unsigned *ticket, int32_t *out) {
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    __shared__ bool last;
+    int64_t per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per, hi = lo + per < n ? lo + per : n;
+    float bv = -INFINITY;
+    int32_t bi = (int32_t)n;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        float v = x[i];
+        if (!isnan(v)) sgllm__cu_better(bv, bi, v, (int32_t)i);
+    }
+    sgllm__cu_block_better(bv, bi, (int32_t)n);
+    if (threadIdx.x == 0) {
+        part_v[blockIdx.x] = bv;
+        part_i[blockIdx.x] = bi;
+        __threadfence();
+        last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last || threadIdx.x >= 32) return;
+    __threadfence();
+    bv = -INFINITY;
+    bi = (int32_t)n;
+    for (unsigned b = threadIdx.x; b < gridDim.x; b += 32) sgllm__cu_better(bv, bi, __ldcg(part_v + b), __ldcg(part_i + b));
+    sgllm__cu_warp_better(bv, bi);
+    if (threadIdx.x == 0) {
+        *out = bi < n ? bi : 0;
+        *ticket = 0;
+    }
+}
+
+extern "C" sgllm_status sgllm__cuda_sample_greedy(sgllm__cuda *c, const float *logits, int64_t n_vocab, void *work,
+                                                  int32_t *out) {
+    if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    if (!logits || !work || !out || n_vocab <= 0 || n_vocab > INT32_MAX)
+        return sgllm__cu_bad(c, "sample_greedy", "bad pointer or size");
+    cudaSetDevice(c->device);
+    sgllm__cu_smp_layout l;
+    sgllm__cu_smp_layout_of(work, n_vocab, &l);
+    int64_t blocks = (n_vocab + 2 * SMP_THREADS - 1) / (2 * SMP_THREADS); // two logits a thread at least
+    unsigned grid = (unsigned)(blocks < SMP_STATS_BLOCKS ? blocks : SMP_STATS_BLOCKS);
+    return sgllm__cu_launch(c, "sample: greedy", sgllm__cu_smp_greedy_k, dim3(grid), dim3(SMP_THREADS), 0, logits, n_vocab,
+                            l.part_v, l.part_i, c->smp_ticket, out);
 }
 
 extern "C" sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, int64_t n_vocab,

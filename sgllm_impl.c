@@ -5363,14 +5363,15 @@ typedef struct sgllm__gpu_ctx {
     void *smp[2], *smp_work;       // (device) smp; sgllm__cuda_sample_work_bytes(n_vocab)
     unsigned char *smp_host;       // staging of one smp buffer
     int32_t smp_cap;
-    void *smp_graph[2];            // the single-token step reading smp[b] and the sampler, or NULL
+    void *smp_graph[2][2];         // [greedy][b]: the single-token step reading smp[b] and the sampler
+                                   // (greedy: sgllm__cuda_sample_greedy), or NULL
     bool smp_graph_failed;
 } sgllm__gpu_ctx;
 
 static void sgllm__gpu_ctx_free(sgllm__gpu_ctx *c) {
     if (!c) return;
     sgllm__cuda_graph_free(c->cu, c->graph);
-    for (int b = 0; b < 2; b++) sgllm__cuda_graph_free(c->cu, c->smp_graph[b]);
+    for (int b = 0; b < 4; b++) sgllm__cuda_graph_free(c->cu, c->smp_graph[b / 2][b % 2]);
     sgllm__free(c->smp_host);
     for (ptrdiff_t i = 0; i < arrlen(c->allocs); i++) sgllm__cuda_dfree(c->cu, c->allocs[i]);
     arrfree(c->allocs);
@@ -5610,9 +5611,10 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
 // production i - 1's sampler wrote it; it writes token i to smp[i % 2]'s first int. So the token
 // never needs the host between steps: the host may enqueue production i + 1 before it reads
 // token i (generate does when no penalty depends on the tokens), and each production's one
-// upload leaves the token slot alone. Token i is read back into ring slot i % 2. The two step
-// graphs (one per input buffer, whose token and position the step reads in place) hold the
-// step and the sampler.
+// upload leaves the token slot alone. Token i is read back into ring slot i % 2. The step
+// graphs (one per input buffer, whose token and position the step reads in place, and per
+// sampler: the full one, or the one-launch argmax when the arguments are greedy without
+// penalties) hold the step and the sampler.
 #define SGLLM__SMP_ARGS 16 // byte offset of the arguments in an smp buffer
 
 // Makes the buffers for penalty lists of up to cap tokens (at least 64). A longer list than
@@ -5629,9 +5631,9 @@ static sgllm_status sgllm__gpu_sample_prepare(sgllm__gpu_ctx *c, int32_t cap, sg
         sgllm__free(c->smp_host);
         c->smp_host = h;
         c->smp_cap = 0;
-        for (int b = 0; b < 2; b++) {
-            sgllm__cuda_graph_free(c->cu, c->smp_graph[b]);
-            c->smp_graph[b] = NULL;
+        for (int b = 0; b < 4; b++) {
+            sgllm__cuda_graph_free(c->cu, c->smp_graph[b / 2][b % 2]);
+            c->smp_graph[b / 2][b % 2] = NULL;
         }
         for (int b = 0; b < 2 && !s; b++) s = sgllm__gpu_alloc(c, bytes, &c->smp[b]);
         if (!s) c->smp_cap = cap;
@@ -5640,21 +5642,27 @@ static sgllm_status sgllm__gpu_sample_prepare(sgllm__gpu_ctx *c, int32_t cap, sg
     return SGLLM_OK;
 }
 
-// Enqueues the sampler over the first row of c->logits with buffer b's arguments; the token
-// goes to the first int of buffer 1 - b.
-static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b) {
+// Whether sampling with these arguments is greedy without penalties (sgllm__cuda_sample_greedy).
+static bool sgllm__gpu_greedy(const sgllm__cuda_sample_args *a) {
+    return a->temperature <= 0 && a->repeat_penalty == 1 && a->frequency_penalty == 0 && a->presence_penalty == 0;
+}
+
+// Enqueues the sampler over the first row of c->logits with buffer b's arguments (greedy: the
+// one-launch argmax, which reads none); the token goes to the first int of buffer 1 - b.
+static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b, bool greedy) {
     unsigned char *buf = (unsigned char *)c->smp[b];
     const sgllm__cuda_sample_args *args = (const sgllm__cuda_sample_args *)(buf + SGLLM__SMP_ARGS);
     const int32_t *pen = (const int32_t *)(buf + SGLLM__SMP_ARGS + sizeof *args);
+    if (greedy) return sgllm__cuda_sample_greedy(c->cu, c->logits, c->m->n_vocab, c->smp_work, (int32_t *)c->smp[1 - b]);
     return sgllm__cuda_sample(c->cu, c->logits, c->m->n_vocab, args, pen, pen + c->smp_cap, c->smp_work,
                               (int32_t *)c->smp[1 - b]);
 }
 
 // The single-token step reading its token and position from buffer b, then the sampler.
-static sgllm_status sgllm__gpu_step_sample_enqueue(sgllm__gpu_ctx *c, int b, int32_t splits) {
+static sgllm_status sgllm__gpu_step_sample_enqueue(sgllm__gpu_ctx *c, int b, bool greedy, int32_t splits) {
     const int32_t *src = (const int32_t *)c->smp[b];
     sgllm_status s = sgllm__gpu_enqueue(c, src, src + 1, 1, 1, c->n_ctx, splits);
-    return s ? s : sgllm__gpu_sample_enqueue(c, b);
+    return s ? s : sgllm__gpu_sample_enqueue(c, b, greedy);
 }
 
 // Enqueues production i (see above) with its position pos (i >= 1: where token i - 1 goes),
@@ -5676,13 +5684,15 @@ static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos
     // everything but the token slot, which the previous production's sampler fills
     sgllm_status s = sgllm__cuda_upload_async(c->cu, (unsigned char *)c->smp[b] + sizeof(int32_t),
                                               c->smp_host + sizeof(int32_t), bytes - sizeof(int32_t));
+    const bool greedy = sgllm__gpu_greedy(args);
+    void **graph = &c->smp_graph[greedy][b];
     if (!s && i == 0) {
-        s = sgllm__gpu_sample_enqueue(c, b);
+        s = sgllm__gpu_sample_enqueue(c, b, greedy);
     } else if (!s) {
-        if (!c->smp_graph[b] && !c->smp_graph_failed) {
+        if (!*graph && !c->smp_graph_failed) {
             s = sgllm__cuda_graph_begin(c->cu);
-            sgllm_status se = s ? s : sgllm__gpu_step_sample_enqueue(c, b, sgllm__gpu_step_splits(c));
-            if (!s) s = sgllm__cuda_graph_end(c->cu, &c->smp_graph[b]);
+            sgllm_status se = s ? s : sgllm__gpu_step_sample_enqueue(c, b, greedy, sgllm__gpu_step_splits(c));
+            if (!s) s = sgllm__cuda_graph_end(c->cu, graph);
             if (se || s) { // capture refused: plain launches from now on
                 sgllm__log(d, SGLLM_LOG_WARN, "CUDA graph capture of the sampling step failed (%s)",
                            sgllm__cuda_errmsg(c->cu));
@@ -5690,8 +5700,8 @@ static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos
                 s = SGLLM_OK;
             }
         }
-        s = c->smp_graph[b] ? sgllm__cuda_graph_launch(c->cu, c->smp_graph[b])
-                            : sgllm__gpu_step_sample_enqueue(c, b, sgllm__gpu_step_splits(c));
+        s = *graph ? sgllm__cuda_graph_launch(c->cu, *graph)
+                   : sgllm__gpu_step_sample_enqueue(c, b, greedy, sgllm__gpu_step_splits(c));
     }
     if (!s) s = sgllm__cuda_readback_start(c->cu, (int)(i % 2), c->smp[1 - b], sizeof(int32_t));
     if (s) return sgllm__fail(d, s, "CUDA sampler: %s", sgllm__cuda_errmsg(c->cu));

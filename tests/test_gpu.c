@@ -1828,6 +1828,67 @@ static sgllm_token draw_at(const sgllm__cand *c, int64_t n, double u) {
     return c[n - 1].id;
 }
 
+// sgllm__cuda_sample_greedy against the CPU's greedy answer (sgllm__argmax) and the full device
+// sampler at temperature 0: vocabularies of 1 to 300001, normal logits, integer logits (ties at
+// the maximum), 10% NaN, all NaN, all -inf, the maximum last; each twice in a row, and once from a
+// graph replayed twice (the last-block ticket must return to zero every time).
+static void test_sample_greedy(void) {
+    static const int64_t ns[] = {1, 7, 2048, 2049, 49152, 262144, 300001};
+    const int64_t NMAX = 300001;
+    float *x = (float *)malloc((size_t)NMAX * sizeof(float));
+    float *d_x = (float *)dev((size_t)NMAX * sizeof(float));
+    void *work = dev(sgllm__cuda_sample_work_bytes(NMAX));
+    int32_t *d_out = (int32_t *)dev(4 * sizeof(int32_t));
+    sgllm__cuda_sample_args a;
+    memset(&a, 0, sizeof a);
+    a.temperature = 0, a.top_p = 1, a.repeat_penalty = 1, a.u = 0.5;
+    sgllm__cuda_sample_args *d_args = (sgllm__cuda_sample_args *)dev(sizeof a);
+    CHECK(sgllm__cuda_upload(gpu, d_args, &a, sizeof a) == SGLLM_OK);
+    int runs = 0;
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
+        for (int kind = 0; kind < 6; kind++) {
+            const int64_t n = ns[ni];
+            for (int64_t i = 0; i < n; i++) {
+                double g = sqrt(-2 * log(1 - (double)test_uniform(0, 1))) * cos(6.283185307179586 * test_uniform(0, 1));
+                x[i] = kind == 1 ? (float)(test_u64() % 8) : kind == 3 ? NAN : kind == 4 ? -INFINITY : (float)(3 * g);
+                if (kind == 2 && test_u64() % 10 == 0) x[i] = NAN;
+            }
+            if (kind == 5) x[n - 1] = 100;
+            int32_t want = sgllm__argmax(x, n), got[4] = {-1, -1, -1, -1};
+            CHECK(sgllm__cuda_upload(gpu, d_x, x, (size_t)n * sizeof(float)) == SGLLM_OK);
+            poison(d_out, 4 * sizeof(int32_t));
+            for (int r = 0; r < 2; r++)
+                CHECKF(sgllm__cuda_sample_greedy(gpu, d_x, n, work, d_out + r) == SGLLM_OK, "sample_greedy: %s",
+                       sgllm__cuda_errmsg(gpu));
+            CHECK(sgllm__cuda_sample(gpu, d_x, n, d_args, NULL, NULL, work, d_out + 2) == SGLLM_OK);
+            fetch(got, d_out, 3 * sizeof(int32_t));
+            CHECKF(got[0] == want && got[1] == want && got[2] == want,
+                   "greedy sampler, vocab %lld, logits kind %d: %d, %d, full sampler %d, cpu %d", (long long)n, kind, got[0],
+                   got[1], got[2], want);
+            runs++;
+        }
+    // from a graph, replayed twice over the last logits
+    void *graph = NULL;
+    CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
+    CHECK(sgllm__cuda_sample_greedy(gpu, d_x, NMAX, work, d_out + 3) == SGLLM_OK);
+    CHECK(sgllm__cuda_graph_end(gpu, &graph) == SGLLM_OK);
+    for (int r = 0; r < 2; r++) {
+        poison(d_out + 3, sizeof(int32_t));
+        CHECK(graph && sgllm__cuda_graph_launch(gpu, graph) == SGLLM_OK);
+        int32_t g = -1;
+        fetch(&g, d_out + 3, sizeof g);
+        CHECKF(g == sgllm__argmax(x, NMAX), "greedy sampler from a graph, replay %d: %d, cpu %d", r, g,
+               sgllm__argmax(x, NMAX));
+    }
+    sgllm__cuda_graph_free(gpu, graph);
+    CHECK(sgllm__cuda_sample_greedy(gpu, d_x, 0, work, d_out) == SGLLM_ERR_INVALID_ARGUMENT);
+    printf("greedy sampler: %d vocabularies x logit kinds equal to the CPU's and the full sampler's, graph replays ok\n",
+           runs);
+    void *bufs[] = {d_x, work, d_out, d_args};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
+    free(x);
+}
+
 static void test_sample(void) {
     const int64_t NMAX = 262144, vocabs[2] = {262144, 49152};
     float *x = (float *)malloc((size_t)NMAX * sizeof(float));
@@ -2309,6 +2370,7 @@ int main(void) {
     test_errors();
     test_transfers();
     test_sample();
+    test_sample_greedy();
     CHECKF(sgllm__cuda_sync(gpu) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
     sgllm__cuda_free(gpu);
     return test_finish("test_gpu");
