@@ -18,7 +18,8 @@
 //   6b. Prefill attention: flash attention on the tensor cores (mma.sync), paged fp16 cache
 //   7. Benchmark and synthetic-weight helpers
 //   8. Forward helpers: KV-cache write, bias, row gather, softcap, argmax, CUDA graphs
-//   9. Sampling: the CPU sampler's semantics on the device (penalties, top-k, min-p, top-p, draw)
+//   9. Sampling: the CPU sampler's semantics on the device (penalties, top-k, min-p, top-p, draw);
+//      greedy without penalties in one launch
 //
 // Nothing lives at file scope: all state is in struct sgllm__cuda, so two models or contexts
 // can run in one process. Ops enqueue on the context's stream and never synchronize.
@@ -146,10 +147,11 @@ static void sgllm__cu_xq_forget_range(sgllm__cuda *c, const void *dst, size_t by
     if (p && p >= d && p < d + bytes) c->xq.of = NULL;
 }
 
-// After a launch that wrote the buffer: it holds x (nt rows of cols, format kind) if the
-// launch was accepted, nothing otherwise.
+// Whether the buffer holds x's quantization (tests: which product skips its own).
 extern "C" int sgllm__cuda_xq_holds(const sgllm__cuda *c, const float *x) { return c && x && c->xq.of == x; }
 
+// After a launch that wrote the buffer: it holds x (nt rows of cols, format kind) if the
+// launch was accepted, nothing otherwise.
 static void sgllm__cu_xq_set(sgllm__cuda *c, sgllm_status s, const float *x, int kind, int64_t nt, int64_t cols) {
     c->xq.of = s ? NULL : x;
     c->xq.kind = kind, c->xq.nt = nt, c->xq.cols = cols;
@@ -4315,7 +4317,9 @@ extern "C" void sgllm__cuda_graph_free(sgllm__cuda *c, void *graph) {
 // CPU takes from its data structure rather than from the ranking, the top-k heap's order
 // when top-p is off, is reproduced by replaying that heap over the vocabulary in one block.
 // Every kernel reads the parameters from device memory, so the whole sampler is one fixed
-// sequence of launches that a CUDA graph can capture.
+// sequence of launches that a CUDA graph can capture. A caller that knows the sampling is
+// greedy without penalties takes sgllm__cuda_sample_greedy instead: the same answer in one
+// launch (blocks' bests, then the last block to finish reduces them).
 
 #define SMP_BUCKETS 2048 // 11-bit digits
 #define SMP_STATS_BLOCKS 128
