@@ -2636,9 +2636,8 @@ static int64_t sgllm__cu_mvw_blocks(int64_t groups, int warps, int64_t cap) {
 // the whole device, by the dispatch's warps per SM, shared memory and registers: its
 // persistent grid is at most this (a grid past them runs a second, mostly empty wave). Sets
 // the kernel's shared-memory attribute first where it needs one (a refusal makes the launch
-// fail, which is reported).
-// The dispatch's resident warps per SM are matvec_wide_warps_per_sm_q4 (when set) for the types of
-// 4096-value chunks (t; -1 for none).
+// fail, which is reported). The warps per SM asked for are matvec_wide_warps_per_sm_q4 (when
+// set) for the types of 4096-value chunks (t; -1: none of them), else matvec_wide_warps_per_sm.
 template <typename K> static int64_t sgllm__cu_mvw_cap(sgllm__cuda *c, K kern, int warps, size_t smem, int t) {
     int want = c->disp.matvec_wide_warps_per_sm;
     if (c->disp.matvec_wide_warps_per_sm_q4 > 0 && t >= 0 && sgllm__cu_mvw_cv(t) == 4096) want = c->disp.matvec_wide_warps_per_sm_q4;

@@ -5371,7 +5371,8 @@ typedef struct sgllm__gpu_ctx {
 static void sgllm__gpu_ctx_free(sgllm__gpu_ctx *c) {
     if (!c) return;
     sgllm__cuda_graph_free(c->cu, c->graph);
-    for (int b = 0; b < 4; b++) sgllm__cuda_graph_free(c->cu, c->smp_graph[b / 2][b % 2]);
+    for (int g = 0; g < 2; g++)
+        for (int b = 0; b < 2; b++) sgllm__cuda_graph_free(c->cu, c->smp_graph[g][b]);
     sgllm__free(c->smp_host);
     for (ptrdiff_t i = 0; i < arrlen(c->allocs); i++) sgllm__cuda_dfree(c->cu, c->allocs[i]);
     arrfree(c->allocs);
@@ -5631,10 +5632,11 @@ static sgllm_status sgllm__gpu_sample_prepare(sgllm__gpu_ctx *c, int32_t cap, sg
         sgllm__free(c->smp_host);
         c->smp_host = h;
         c->smp_cap = 0;
-        for (int b = 0; b < 4; b++) {
-            sgllm__cuda_graph_free(c->cu, c->smp_graph[b / 2][b % 2]);
-            c->smp_graph[b / 2][b % 2] = NULL;
-        }
+        for (int g = 0; g < 2; g++)
+            for (int b = 0; b < 2; b++) {
+                sgllm__cuda_graph_free(c->cu, c->smp_graph[g][b]);
+                c->smp_graph[g][b] = NULL;
+            }
         for (int b = 0; b < 2 && !s; b++) s = sgllm__gpu_alloc(c, bytes, &c->smp[b]);
         if (!s) c->smp_cap = cap;
     }
@@ -5650,10 +5652,10 @@ static bool sgllm__gpu_greedy(const sgllm__cuda_sample_args *a) {
 // Enqueues the sampler over the first row of c->logits with buffer b's arguments (greedy: the
 // one-launch argmax, which reads none); the token goes to the first int of buffer 1 - b.
 static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b, bool greedy) {
+    if (greedy) return sgllm__cuda_sample_greedy(c->cu, c->logits, c->m->n_vocab, c->smp_work, (int32_t *)c->smp[1 - b]);
     unsigned char *buf = (unsigned char *)c->smp[b];
     const sgllm__cuda_sample_args *args = (const sgllm__cuda_sample_args *)(buf + SGLLM__SMP_ARGS);
     const int32_t *pen = (const int32_t *)(buf + SGLLM__SMP_ARGS + sizeof *args);
-    if (greedy) return sgllm__cuda_sample_greedy(c->cu, c->logits, c->m->n_vocab, c->smp_work, (int32_t *)c->smp[1 - b]);
     return sgllm__cuda_sample(c->cu, c->logits, c->m->n_vocab, args, pen, pen + c->smp_cap, c->smp_work,
                               (int32_t *)c->smp[1 - b]);
 }

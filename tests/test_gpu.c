@@ -1701,10 +1701,15 @@ static void test_attn_post(void) {
                         CHECK(graph && sgllm__cuda_graph_launch(gpu, graph) == SGLLM_OK);
                     }
                     fetch(h[path], out[path], (size_t)qd * 4);
-                    // the merge quantized out for the projection, which then skips its own quantization
-                    // (poisoning out would make the buffer forget it: test_xq_forget)
+                    // the merge quantized out for the projection, which then skips its own quantization:
+                    // the buffer holds out, and the projection is its product's launch alone (poisoning
+                    // out instead would make the buffer forget it: test_xq_forget)
                     if (path == 1) CHECKF(sgllm__cuda_xq_holds(gpu, out[1]) == (int)reuse, "reuse %d", (int)reuse);
+                    uint64_t n0 = sgllm__cuda_launches(gpu);
                     CHECK(sgllm__cuda_matvec(gpu, to, dwo, E_o, qd, out[path], 1, yo[path]) == SGLLM_OK);
+                    if (path == 1 && reuse && qd > sgllm__cuda_get_dispatch(gpu)->matvec_xq_inline)
+                        CHECKF(sgllm__cuda_launches(gpu) - n0 == 1, "o projection after the merge: %llu launches",
+                               (unsigned long long)(sgllm__cuda_launches(gpu) - n0));
                     fetch(hy[path], yo[path], (size_t)E_o * 4);
                 }
                 sgllm__cuda_graph_free(gpu, graph);
