@@ -139,7 +139,7 @@ typedef struct sgllm_model_params {
     sgllm_log_fn log;            // optional; also used by the model's contexts unless they set one
     void *log_user_data;
     sgllm_log_level log_level;   // messages above this level are not emitted (default INFO)
-    const char *kernel_config;   // optional CUDA kernel-dispatch JSON applied last (see 2b); borrowed
+    const char *kernel_config;   // optional path of a CUDA kernel-dispatch JSON file applied last (see 2b); borrowed
 } sgllm_model_params;
 
 SGLLM_API void sgllm_model_default_params(sgllm_model_params *params);
@@ -166,8 +166,8 @@ SGLLM_API sgllm_backend sgllm_model_backend(const sgllm_model *model);     // CP
    SGLLM_ERR_BACKEND when either is missing. On CUDA the weights are copied to the device
    once, in their file format, and every kernel variant and block size comes from a table keyed
    by the device's compute capability, then from configs/<device name, spaces as '_'>.json
-   (relative to the working directory) when that file exists, then from params.kernel_config
-   when set: a JSON object with any of the keys of the files under configs/, e.g.
+   (relative to the working directory) when that file exists, then from the file named by
+   params.kernel_config when set: a JSON object with any of the keys of the files under configs/, e.g.
    {"matvec_max_batch": 4, "decode_max_splits": 8}. The decision is logged at load (INFO).
    On CUDA, sgllm_generate also samples on the device (the same choice sgllm_sampler_sample
    makes from the same logits and seed): a decode step reads back only the token, and without
@@ -456,6 +456,9 @@ typedef struct sgllm__cuda_dispatch {
     int matvec_wide_warps_per_sm_q4; // matvec_wide_warps_per_sm for the weight types the wide kernel streams in chunks
                                      // of 4096 values (Q4_0, Q4_1, Q4_K, Q5_K: more arithmetic per byte, so more warps
                                      // to hide it); 0 = matvec_wide_warps_per_sm
+    int decode_mma;               // split-KV decode attention on the tensor cores (mma.sync; head dims that are
+                                  // multiples of 16 up to 256, others always take the CUDA-core loop): 1 = on, 0 = the
+                                  // CUDA-core loop over key tiles; the same arithmetic to about 2^-22 relative
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context
@@ -647,6 +650,13 @@ sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint1
 // their quantization launch (as after sgllm__cuda_norm_add_rmsnorm_q; T_F32: no quantization).
 sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a, int32_t window,
                                           float scale, int32_t n_splits, float *out, uint32_t quant_for);
+// The split count to use instead of n_splits for n_q queries of these heads when the splits
+// merge across a thread block cluster (decode_merge 2): the largest, at most n_splits, whose
+// clusters (one per query and head group, n_splits blocks each) can all be resident at once,
+// so the launch does not run in waves; n_splits itself when no count fits or no cluster merge
+// would run. Asked once per shape (the answers are cached), not per launch.
+int32_t sgllm__cuda_attn_cluster_splits(sgllm__cuda *c, int32_t n_head, int32_t n_head_kv, int32_t head_dim,
+                                        int64_t n_q, int32_t n_splits);
 // Prefill attention: the same inputs and result as attn_decode, computed as flash attention
 // on the tensor cores (fp16 q, k, v and probabilities, fp32 accumulation and softmax), for
 // batches of queries; tiles from dispatch.prefill_block_m/n and prefill_warps. Head dims that

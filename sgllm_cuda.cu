@@ -3014,6 +3014,42 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 // cache rows are theirs) and let their dependents launch right after; the single-token kernel
 // that does qkv_post's work itself (POST below) starts its cache reads before that wait.
 
+// Tensor-core helpers of both attention kernels (the tensor-core split kernel here, prefill in 6b).
+static __device__ inline uint32_t sgllm__cu_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// ldmatrix x4 (plain and transposed) at a shared-memory byte address: a base register plus
+// constant offsets in the unrolled loops, so no address registers per load.
+static __device__ inline void sgllm__cu_ldsm4(uint32_t r[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+static __device__ inline void sgllm__cu_ldsm4_t(uint32_t r[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// c(16x8) += a(16x16, row) b(16x8, col), fp16 inputs, fp32 accumulators.
+static __device__ inline void sgllm__cu_mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16 bytes global -> shared, or 16 zero bytes when !valid (src is then not read).
+static __device__ inline void sgllm__cu_cp16z(__half *smem, const __half *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sgllm__cu_smem_addr(smem)), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+
+static __device__ inline uint32_t sgllm__cu_pack_h2(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *(uint32_t *)&h;
+}
+
 // ATT_TILE: fp16 values of one key (and one value) tile; ATT_G: lanes per key when scoring;
 // ATT_CH: 16-byte pieces of a key tile per thread.
 enum {
@@ -3104,11 +3140,72 @@ static __device__ inline void sgllm__cu_attn_issue(const __half *kb, const __hal
     sgllm__cu_cp_commit();
 }
 
+// The tensor-core variant (MMA below): sgllm__cu_attn_mma_warps warps walk the split's keys,
+// ATT_MK at a time, each with its own two stages of (ATT_MK, hd + 8) fp16 keys and values (8
+// halves of padding per row, so ldmatrix rows fall on distinct banks): all 8 warps up to head
+// dim 128, 4 above (the stages of 8 would not fit). It takes head dims that are multiples of
+// 16 up to ATT_MMA_HD.
+enum { ATT_MK = 16, ATT_MMA_HD = 256 };
+static __host__ __device__ inline int sgllm__cu_attn_mma_warps(int32_t hd) { return hd <= 128 ? 8 : 4; }
+
+// Bytes of one walking warp's two stages.
+static __host__ __device__ inline size_t sgllm__cu_attn_mma_stages(int32_t hd) {
+    return (size_t)2 * 2 * ATT_MK * (hd + 8) * 2;
+}
+
+// MMA: starts the copy of one warp's step, keys [t0, t0 + nk) (nk <= ATT_MK) of one KV head,
+// into st (keys, then values, ATT_MK rows of hd + 8 halves each) as one cp.async group. Rows
+// past nk become zeros (a value row of garbage times a zero probability could be NaN); the
+// row of key skip (the fused kernel's newest) is left to the caller. Each lane looks up one
+// key's page row; the warp shares them by shuffles.
+static __device__ inline void sgllm__cu_attn_mma_issue(const __half *kb, const __half *vb, int64_t kv_stride,
+                                                       const int32_t *pt, int32_t shift, int32_t t0, int32_t nk,
+                                                       int32_t skip, int32_t hd, __half *st) {
+    int lane = (int)threadIdx.x % 32, words = hd / 8, rs = hd + 8;
+    long long mine = lane < nk ? (long long)(sgllm__cu_page_row(pt, shift, t0 + lane) * kv_stride) : 0;
+    int n = lane / words, w = lane % words; // piece i = n words + w, i += 32
+    const int dn = 32 / words, dw = 32 % words;
+    for (int i = lane; i < ATT_MK * words; i += 32) { // the same trip count in every lane (words is even)
+        long long r = __shfl_sync(0xffffffffu, mine, n);
+        bool ok = n < nk && t0 + n != skip;
+        sgllm__cu_cp16z(st + n * rs + w * 8, ok ? kb + r + w * 8 : kb, ok);
+        sgllm__cu_cp16z(st + (ATT_MK + n) * rs + w * 8, ok ? vb + r + w * 8 : vb, ok);
+        n += dn, w += dw;
+        if (w >= words) n++, w -= words;
+    }
+    sgllm__cu_cp_commit();
+}
+
+// The transpose of an 8x8 fp16 matrix held as an mma fragment (each lane two values of a row).
+static __device__ inline uint32_t sgllm__cu_movt(uint32_t x) {
+    uint32_t y;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
+}
+
+// x as an fp16 pair and the pair of what that rounding left out (hi + lo carries x to about
+// 2^-22 relative: the tensor-core products then lose nothing against fp32 arithmetic).
+static __device__ inline void sgllm__cu_split_h2(float a, float b, uint32_t &hi, uint32_t &lo) {
+    __half2 h = __floats2half2_rn(a, b);
+    float2 f = __half22float2(h);
+    hi = *(uint32_t *)&h;
+    lo = sgllm__cu_pack_h2(a - f.x, b - f.y);
+}
+
 // Shared memory of the split kernel: a union region (two stages of key and value tiles; then
 // the value slices' partial sums; then an in-kernel merge's weights), the scaled queries
-// (HB, hd), the tile's scores (HB, bn) and three (HB) softmax statistics.
-static size_t sgllm__cu_attn_region(int hb_t, int32_t hd, int32_t bn, int32_t n_splits, bool merge_here) {
+// (HB, hd), the tile's scores (HB, bn) and three (HB) softmax statistics. With MMA the tiles
+// are the walking warps' stages, followed by the queries as mma fragments (hd / 16 x 32 lanes
+// x 16 bytes) and each walking warp's (HB) softmax maximum and sum.
+static __host__ __device__ inline size_t sgllm__cu_attn_mma_qf(int32_t hd) {
+    return (size_t)sgllm__cu_attn_mma_warps(hd) * sgllm__cu_attn_mma_stages(hd);
+}
+static size_t sgllm__cu_attn_region(int hb_t, int32_t hd, int32_t bn, int32_t n_splits, bool merge_here, bool mma) {
     size_t tiles = (size_t)4 * bn * hd * 2, red = (size_t)(ATT_THREADS / (hd / 8)) * hb_t * hd * 4;
+    if (mma) {
+        tiles = sgllm__cu_attn_mma_qf(hd) + (size_t)hd * 32 + (size_t)2 * sgllm__cu_attn_mma_warps(hd) * hb_t * 4;
+        red = (size_t)sgllm__cu_attn_mma_warps(hd) * hb_t * hd * 4;
+    }
     size_t ws = merge_here ? ((size_t)hb_t * n_splits + hb_t) * 4 : 0, r = tiles > red ? tiles : red;
     r = r > ws ? r : ws;
     return (r + 15) / 16 * 16;
@@ -3144,13 +3241,22 @@ static __host__ __device__ inline size_t sgllm__cu_attn_inbox_off(int hb_t, int3
 // newest key makes that key and value, puts them into its last tile (their cache row is not
 // read) and, for the first head group, into the cache. Since no key the kernel reads is then
 // its predecessor's output, the first tile's copy and the RoPE angles start before the PDL wait.
+// MMA (sgllm__cu_attn_mma_ok): scores and value sums on the tensor cores instead of the loop
+// over key tiles above. MW warps each walk every MW-th step of ATT_MK keys of the split
+// with their own two-stage cp.async pipeline, so no block barrier is needed until the end;
+// each computes S^T = K Q^T (keys x heads, one m16n8k16 per 16 dims) and O^T += V^T P^T (dims x
+// heads) with its own online softmax, then the warps' states are combined once. The queries and
+// probabilities enter the fp16 products as a rounded part and the part the rounding lost (two
+// products each; the cache's keys and values are fp16 already), so the arithmetic is as exact
+// as the fp32 loop's, not that of one fp16 rounding. The probabilities become the B operand by
+// transposing their accumulator fragments in registers (movmatrix).
 template <int HB, bool POST, bool CL>
 static __global__ void __launch_bounds__(ATT_THREADS)
     sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, const int32_t *pt, int32_t page_shift,
                            int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale,
                            int32_t n_splits, int32_t bn, int32_t region, float *part_o, float *part_lse, float *out,
                            unsigned *cnt, int32_t q0, const sgllm__cuda_qkv_post_args post, int8_t *xq_q,
-                           float2 *xq_d, int xq_kind) {
+                           float2 *xq_d, int xq_kind, int mma) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     // CL: this block has started (other blocks write into its shared memory only after every
     // block of the cluster arrived here; they wait for that just before, so it costs nothing)
@@ -3179,7 +3285,8 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     int32_t len = p_hi - p_lo + 1, per = (len + n_splits - 1) / n_splits;
     per = (per + 15) / 16 * 16; // whole 16-key steps: up to 32 splits of 512 keys (as decode_min_keys allows)
     int32_t k0 = p_lo + split * per, k1 = min(p_hi + 1, k0 + per); // this split's keys [k0, k1)
-    int32_t n_tiles = k1 > k0 ? (k1 - k0 + bn - 1) / bn : 0;
+    int32_t n_tiles = mma ? 0 : k1 > k0 ? (k1 - k0 + bn - 1) / bn : 0;
+    int32_t n_steps = mma && k1 > k0 ? (k1 - k0 + ATT_MK - 1) / ATT_MK : 0; // MMA: steps of ATT_MK keys
 
     int64_t kv_stride = (int64_t)n_head_kv * hd;
     const __half *kb = kc + (int64_t)kvh * hd, *vb = vc + (int64_t)kvh * hd;
@@ -3190,6 +3297,13 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     if (n_tiles > 0) {
         int32_t nk = min(bn, k1 - k0);
         sgllm__cu_attn_issue(kb, vb, kv_stride, pt, page_shift, k0, copied(k0, nk), words, tiles, tiles + stage);
+    }
+    // MMA: this warp's stages, and the key its copies leave out (the newest, made below)
+    const int32_t mrs = hd + 8, skip = has_new ? p_hi : -1, MW = sgllm__cu_attn_mma_warps(hd);
+    __half *wst = tiles + (size_t)warp * (sgllm__cu_attn_mma_stages(hd) / 2);
+    if (warp < MW && warp < n_steps) {
+        int32_t t0 = k0 + warp * ATT_MK;
+        sgllm__cu_attn_mma_issue(kb, vb, kv_stride, pt, page_shift, t0, min(ATT_MK, k1 - t0), skip, hd, wst);
     }
     __half *kn = NULL, *vn = NULL;
     if (POST) {
@@ -3238,7 +3352,129 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             ((float4 *)qs)[i] = make_float4(v.x * scale, v.y * scale, v.z * scale, v.w * scale);
         }
     }
-    if (tid < HB) {
+    if (n_steps > 0) { // MMA (its own end: the combined state in red, ms and ls)
+        __syncthreads(); // the queries
+        uint4 *qf = (uint4 *)(sm + sgllm__cu_attn_mma_qf(hd)); // (hd / 16, 32): lane's B fragments, hi then lo
+        float *wm = (float *)(qf + hd * 2), *wl = wm + MW * HB; // (MW, HB) per-warp max, sum
+        const int kst = hd / 16, g = lane / 4, t4 = lane % 4;
+        for (int i = tid; i < kst * 32; i += ATT_THREADS) {
+            int ln = i % 32, hq = ln / 4, d = (i / 32) * 16 + (ln % 4) * 2;
+            const float *qr = qs + (hq < hb ? hq : 0) * hd + d;
+            bool real = hq < hb;
+            uint4 f;
+            sgllm__cu_split_h2(real ? qr[0] : 0.0f, real ? qr[1] : 0.0f, f.x, f.z);
+            sgllm__cu_split_h2(real ? qr[8] : 0.0f, real ? qr[9] : 0.0f, f.y, f.w);
+            qf[i] = f;
+        }
+        __syncthreads();
+        float o[ATT_MMA_HD / 16][4];
+#pragma unroll
+        for (int mt = 0; mt < ATT_MMA_HD / 16; mt++) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.0f;
+        // the lane's heads 2 t4 and 2 t4 + 1: running max (the same in the 8 lanes of a t4) and
+        // the sum of its own keys' probabilities (added across lanes at the end)
+        float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+        int it = 0;
+        for (int32_t st = warp; warp < MW && st < n_steps; st += MW, it++) {
+            int32_t t0 = k0 + st * ATT_MK, nk = min(ATT_MK, k1 - t0);
+            __half *cur = wst + (size_t)(it & 1) * 2 * ATT_MK * mrs;
+            if (st + MW < n_steps) {
+                int32_t t1 = t0 + MW * ATT_MK;
+                sgllm__cu_attn_mma_issue(kb, vb, kv_stride, pt, page_shift, t1, min(ATT_MK, k1 - t1), skip, hd,
+                                         wst + (size_t)((it + 1) & 1) * 2 * ATT_MK * mrs);
+                sgllm__cu_cp_wait<1>();
+            } else {
+                sgllm__cu_cp_wait<0>();
+            }
+            __syncwarp();
+            if (skip >= t0 && skip < t0 + nk) { // the newest key's row, made above (a block barrier since)
+                for (int i = lane; i < hd / 8; i += 32) {
+                    ((uint4 *)(cur + (skip - t0) * mrs))[i] = ((const uint4 *)kn)[i];
+                    ((uint4 *)(cur + (ATT_MK + skip - t0) * mrs))[i] = ((const uint4 *)vn)[i];
+                }
+                __syncwarp();
+            }
+            // S^T (keys x heads): the lane holds keys g and g + 8 of heads 2 t4, 2 t4 + 1
+            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            uint32_t ka = sgllm__cu_smem_addr(cur + ((lane & 7) + ((lane >> 3) & 1) * 8) * mrs + (lane >> 4) * 8);
+#pragma unroll
+            for (int k = 0; k < ATT_MMA_HD / 16; k++)
+                if (k < kst) {
+                    uint32_t a[4];
+                    sgllm__cu_ldsm4(a, ka + k * 32);
+                    uint4 qv = qf[k * 32 + lane];
+                    sgllm__cu_mma16816(s, a, qv.x, qv.y);
+                    sgllm__cu_mma16816(s, a, qv.z, qv.w);
+                }
+            if (g >= nk) s[0] = s[1] = -INFINITY;
+            if (g + 8 >= nk) s[2] = s[3] = -INFINITY;
+            float x0 = fmaxf(s[0], s[2]), x1 = fmaxf(s[1], s[3]);
+#pragma unroll
+            for (int sh = 4; sh < 32; sh *= 2) {
+                x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, sh));
+                x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, sh));
+            }
+            x0 = fmaxf(x0, m0), x1 = fmaxf(x1, m1); // finite: key t0 is visible
+            float a0 = expf(m0 - x0), a1 = expf(m1 - x1); // 0 on the first step
+            m0 = x0, m1 = x1;
+            float p0 = expf(s[0] - x0), p1 = expf(s[1] - x1), p2 = expf(s[2] - x0), p3 = expf(s[3] - x1);
+            l0 = l0 * a0 + p0 + p2;
+            l1 = l1 * a1 + p1 + p3;
+            // P^T as the B operand (keys x heads): each 8-key half transposed, hi and lo parts
+            uint32_t h01, l01, h23, l23;
+            sgllm__cu_split_h2(p0, p1, h01, l01);
+            sgllm__cu_split_h2(p2, p3, h23, l23);
+            uint32_t bh0 = sgllm__cu_movt(h01), bh1 = sgllm__cu_movt(h23), bl0 = sgllm__cu_movt(l01),
+                     bl1 = sgllm__cu_movt(l23);
+            // O^T (dims x heads) += V^T P^T: the lane holds dims g, g + 8 of each 16 for heads 2 t4, 2 t4 + 1
+            uint32_t va = sgllm__cu_smem_addr(cur + (ATT_MK + (lane & 7) + (lane >> 4) * 8) * mrs + ((lane >> 3) & 1) * 8);
+#pragma unroll
+            for (int mt = 0; mt < ATT_MMA_HD / 16; mt++)
+                if (mt < kst) {
+                    o[mt][0] *= a0, o[mt][1] *= a1, o[mt][2] *= a0, o[mt][3] *= a1;
+                    uint32_t a[4];
+                    sgllm__cu_ldsm4_t(a, va + mt * 32);
+                    sgllm__cu_mma16816(o[mt], a, bh0, bh1);
+                    sgllm__cu_mma16816(o[mt], a, bl0, bl1);
+                }
+            __syncwarp(); // this stage is refilled two steps on
+        }
+#pragma unroll
+        for (int sh = 4; sh < 32; sh *= 2) {
+            l0 += __shfl_xor_sync(0xffffffffu, l0, sh);
+            l1 += __shfl_xor_sync(0xffffffffu, l1, sh);
+        }
+        int hA = 2 * t4, hB = hA + 1;
+        if (warp < MW && g == 0) {
+            if (hA < hb) wm[warp * HB + hA] = m0, wl[warp * HB + hA] = l0;
+            if (hB < hb) wm[warp * HB + hB] = m1, wl[warp * HB + hB] = l1;
+        }
+        __syncthreads(); // every warp's state (and every stage consumed: red overwrites them)
+        // warp w's share of head h weighs exp(m_w - max) (0 for a warp without keys); the
+        // value slices of the end below are the MW warps
+        if (warp < MW) {
+            float MA = -INFINITY, MB = -INFINITY;
+            for (int w = 0; w < MW; w++) {
+                if (hA < hb) MA = fmaxf(MA, wm[w * HB + hA]);
+                if (hB < hb) MB = fmaxf(MB, wm[w * HB + hB]);
+            }
+            float fA = m0 == -INFINITY ? 0.0f : expf(m0 - MA), fB = m1 == -INFINITY ? 0.0f : expf(m1 - MB);
+#pragma unroll
+            for (int mt = 0; mt < ATT_MMA_HD / 16; mt++)
+                if (mt < kst) {
+                    float *rA = red + ((int64_t)warp * HB + hA) * hd + mt * 16 + g, *rB = rA + hd;
+                    if (hA < hb) rA[0] = o[mt][0] * fA, rA[8] = o[mt][2] * fA;
+                    if (hB < hb) rB[0] = o[mt][1] * fB, rB[8] = o[mt][3] * fB;
+                }
+        }
+        if (tid < hb) {
+            float M = -INFINITY, L = 0.0f;
+            for (int w = 0; w < MW; w++) M = fmaxf(M, wm[w * HB + tid]);
+            for (int w = 0; w < MW; w++)
+                if (wm[w * HB + tid] != -INFINITY) L += wl[w * HB + tid] * expf(wm[w * HB + tid] - M);
+            ms[tid] = M;
+            ls[tid] = L;
+        }
+    } else if (tid < HB) {
         ms[tid] = -INFINITY;
         ls[tid] = 0.0f;
     }
@@ -3366,7 +3602,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     for (int i = tid; i < hb * words; i += ATT_THREADS) { // 8 outputs of one head per thread
         int h = i / words, d = (i - h * words) * 8;
         float4 o0 = make_float4(0, 0, 0, 0), o1 = o0;
-        for (int sl = 0; n_tiles > 0 && sl < ks; sl++) {
+        for (int sl = 0; sl < (n_steps > 0 ? MW : n_tiles > 0 ? ks : 0); sl++) {
             const float4 *r = (const float4 *)(red + ((int64_t)sl * HB + h) * hd + d);
             float4 a = r[0], b = r[1];
             o0.x += a.x, o0.y += a.y, o0.z += a.z, o0.w += a.w, o1.x += b.x, o1.y += b.y, o1.z += b.z, o1.w += b.w;
@@ -3475,10 +3711,11 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
                                           const int32_t *pt, int32_t page_size, int32_t n_head, int32_t n_head_kv,
                                           int32_t hd, const int32_t *pos, int64_t n_q, int32_t window, float scale,
                                           int32_t n_splits, int32_t bn, bool merge_here, float *part_o, float *part_lse,
-                                          float *out, const sgllm__cuda_qkv_post_args *post, bool *cl, int xq_kind) {
+                                          float *out, const sgllm__cuda_qkv_post_args *post, bool *cl, int xq_kind,
+                                          bool mma) {
     int32_t group = n_head / n_head_kv, n_hgroups = (group + HB - 1) / HB;
     if ((int64_t)n_head_kv * n_hgroups > 65535) return sgllm__cu_bad(c, "attn_decode", "too many heads");
-    size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, merge_here || *cl);
+    size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, merge_here || *cl, mma);
     size_t smem = sgllm__cu_attn_inbox_off(HB, hd, bn, region, post != NULL, post ? post->n_rot : 0);
     if (*cl) { // the cluster merge's inbox
         int32_t share = sgllm__cu_attn_share(HB * hd, n_splits, xq_kind);
@@ -3486,7 +3723,7 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
     }
     typedef void (*split_k)(const float *, const __half *, const __half *, const int32_t *, int32_t, int32_t, int32_t,
                             int32_t, const int32_t *, int32_t, float, int32_t, int32_t, int32_t, float *, float *, float *,
-                            unsigned *, int32_t, const sgllm__cuda_qkv_post_args, int8_t *, float2 *, int);
+                            unsigned *, int32_t, const sgllm__cuda_qkv_post_args, int8_t *, float2 *, int, int);
     split_k kern = post ? (*cl ? sgllm__cu_attn_split_k<HB, true, true> : sgllm__cu_attn_split_k<HB, true, false>)
                         : (*cl ? sgllm__cu_attn_split_k<HB, false, true> : sgllm__cu_attn_split_k<HB, false, false>);
     sgllm__cuda_qkv_post_args none = {};
@@ -3497,7 +3734,7 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
     if (*cl && sgllm__cu_occupancy(c, kern, ATT_THREADS, smem, (unsigned)n_splits) < 1) { // else the merge kernel
         *cl = false;
         return sgllm__cu_attn_launch<HB>(c, q, kc, vc, pt, page_size, n_head, n_head_kv, hd, pos, n_q, window, scale,
-                                         n_splits, bn, merge_here, part_o, part_lse, out, post, cl, -1);
+                                         n_splits, bn, merge_here, part_o, part_lse, out, post, cl, -1, mma);
     }
     // the counters cover ATT_COUNTERS head groups, so more queries than that take several launches
     int64_t per_launch = merge_here ? ATT_COUNTERS / ((int64_t)n_head_kv * n_hgroups) : n_q; // at least 1
@@ -3508,10 +3745,51 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
                                 dim3(ATT_THREADS), smem, q, kc, vc, pt, sgllm__cu_page_shift(pt, page_size), n_head,
                                 n_head_kv, hd, pos, window, scale, n_splits, bn, (int32_t)region, part_o, part_lse, out,
                                 merge_here ? c->att_cnt : (unsigned *)NULL, (int32_t)q0, post ? *post : none,
-                                sgllm__cu_xq_codes(c), sgllm__cu_xq_scales(c), *cl ? xq_kind : -1))
+                                sgllm__cu_xq_codes(c), sgllm__cu_xq_scales(c), *cl ? xq_kind : -1, (int)mma))
             return SGLLM_ERR_BACKEND;
     }
     return SGLLM_OK;
+}
+
+// Whether the n_clusters clusters of n_splits blocks of the fused kernel with the cluster merge
+// can all be resident at once (a shared-memory bound over the fused kernel's choices: RoPE of
+// the whole head, shares of 256-value blocks). When they cannot, a launch runs in waves of
+// clusters and takes about twice as long (measured on an H100 whose GPCs hold fewer 16-block
+// clusters than Llama-3-8B's eight KV heads need).
+template <int HB>
+static bool sgllm__cu_attn_cluster_fits(sgllm__cuda *c, int32_t hd, int32_t bn, int32_t n_splits, int64_t n_clusters,
+                                        bool mma) {
+    size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, true, mma);
+    size_t smem = sgllm__cu_attn_inbox_off(HB, hd, bn, region, true, hd) +
+                  ((size_t)n_splits * sgllm__cu_attn_share(HB * hd, n_splits, XQ_Q8_K) + (size_t)n_splits * HB) * 4;
+    auto kern = sgllm__cu_attn_split_k<HB, true, true>;
+    if (smem > 48 * 1024 && cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
+        cudaGetLastError(); // not sticky
+        return false;
+    }
+    return sgllm__cu_occupancy(c, kern, ATT_THREADS, smem, (unsigned)n_splits) >= n_clusters;
+}
+
+extern "C" int32_t sgllm__cuda_attn_cluster_splits(sgllm__cuda *c, int32_t n_head, int32_t n_head_kv, int32_t head_dim,
+                                                   int64_t n_q, int32_t n_splits) {
+    if (!c || n_splits <= 1 || n_splits > 16 || c->disp.decode_merge != 2 || c->cc_major < 9 || n_head <= 0 ||
+        n_head_kv <= 0 || n_head % n_head_kv || head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 1)
+        return n_splits;
+    int32_t bn = c->disp.decode_block_n < 8 ? 8 : c->disp.decode_block_n > 128 ? 128 : c->disp.decode_block_n;
+    while (bn > 8 && bn * head_dim > ATT_TILE) bn /= 2;
+    bool mma = c->disp.decode_mma && head_dim % 16 == 0 && head_dim <= ATT_MMA_HD;
+    int32_t group = n_head / n_head_kv;
+    int hb = group > 4 ? ATT_HB : group > 2 ? 4 : group > 1 ? 2 : 1;
+    int64_t n_clusters = n_q * n_head_kv * ((group + hb - 1) / hb);
+    cudaSetDevice(c->device);
+    for (int32_t s = n_splits; s >= 2; s--) {
+        bool fits = hb == ATT_HB ? sgllm__cu_attn_cluster_fits<ATT_HB>(c, head_dim, bn, s, n_clusters, mma)
+                    : hb == 4    ? sgllm__cu_attn_cluster_fits<4>(c, head_dim, bn, s, n_clusters, mma)
+                    : hb == 2    ? sgllm__cu_attn_cluster_fits<2>(c, head_dim, bn, s, n_clusters, mma)
+                                 : sgllm__cu_attn_cluster_fits<1>(c, head_dim, bn, s, n_clusters, mma);
+        if (fits) return s;
+    }
+    return n_splits; // none fits: waves whatever the count
 }
 
 // Decode attention; post: the fused kernel (sgllm__cuda_attn_decode_post, n_q 1).
@@ -3557,15 +3835,16 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
                              : NULL;
     int32_t group = n_head / n_head_kv;
     const __half *kc = (const __half *)k_cache, *vc = (const __half *)v_cache;
+    bool mma = c->disp.decode_mma && head_dim % 16 == 0 && head_dim <= ATT_MMA_HD;
     sgllm_status s =
         group > 4 ? sgllm__cu_attn_launch<ATT_HB>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind)
+                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mma)
         : group > 2 ? sgllm__cu_attn_launch<4>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind)
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mma)
         : group > 1 ? sgllm__cu_attn_launch<2>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind)
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mma)
                     : sgllm__cu_attn_launch<1>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind);
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mma);
     sgllm__cu_xq_forget(c, out); // out changes: the activation buffer no longer holds it
     if (!s && cl && xq_kind >= 0) sgllm__cu_xq_set(c, s, out, xq_kind, n_q, cols);
     if (s || n_splits == 1 || merge_here || cl) return s;
@@ -3623,47 +3902,12 @@ extern "C" sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm
 // multiples of 16 below D run in the D kernel with zero-padded columns; above 256 the value
 // columns are cut into chunks of DV = 128 (grid.z), each recomputing S.
 
-static __device__ inline uint32_t sgllm__cu_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-// ldmatrix x4 (plain and transposed) at a shared-memory byte address: a base register plus
-// constant offsets in the unrolled loops, so no address registers per load.
-static __device__ inline void sgllm__cu_ldsm4(uint32_t r[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-static __device__ inline void sgllm__cu_ldsm4_t(uint32_t r[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-// c(16x8) += a(16x16, row) b(16x8, col), fp16 inputs, fp32 accumulators.
-static __device__ inline void sgllm__cu_mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                 "{%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 16 bytes global -> shared, or 16 zero bytes when !valid (src is then not read).
-static __device__ inline void sgllm__cu_cp16z(__half *smem, const __half *src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sgllm__cu_smem_addr(smem)), "l"(src),
-                 "r"(valid ? 16 : 0));
-}
-
 // 2^x by the special-function unit (ex2.approx: relative error about 2^-22, far below the
 // fp16 rounding of the probabilities it feeds); 2^-inf = 0.
 static __device__ inline float sgllm__cu_ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
-}
-
-static __device__ inline uint32_t sgllm__cu_pack_h2(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *(uint32_t *)&h;
 }
 
 struct sgllm__cu_fa_args {

@@ -4635,14 +4635,16 @@ typedef struct sgllm__dispatch_row {
 // its splits (2 on sm90, where the split blocks of a head group merge as a thread block cluster,
 // measured fastest on the H100; 1, a second kernel, elsewhere: unmeasured there; merging in the
 // last split block to finish was slower on the H100), the wide kernel's resident warps per SM for
-// the 4-bit types (0 = the same as the others; the H100 config sets 20).
+// the 4-bit types (0 = the same as the others; the H100 config sets 20), decode attention on the
+// tensor cores (1 everywhere: mma.sync m16n8k16 and movmatrix exist from sm80 on; measured on
+// the H100 only, docs/PERF.md).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 1}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 1}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 1}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 1}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 1}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 1}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4722,14 +4724,15 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                  d->matvec_xq_inline ? "in-kernel up to a limit" : "by a launch of their own");
     return snprintf(buf, cap,
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
-                    "warps/SM, up to batch %d; decode attention <= %d splits of >= %d keys, %d-key tiles, merged %s; prefill tiles %dx%d (d<=128) "
+                    "warps/SM, up to batch %d; decode attention%s <= %d splits of >= %d keys, %d-key tiles, merged %s; prefill tiles %dx%d (d<=128) "
                     "%dx%d (d<=256) %dx%d (d>256), %d/%d warps, from %d tokens; qk-norm per head up to %d tokens; norms %d threads; "
                     "quantized matvec on %s activations%s; programmatic dependent launch %s",
                     p->name, p->major, p->minor, p->sm_count,
                     (p->smem_per_block_optin > p->smem_per_block ? p->smem_per_block_optin : p->smem_per_block) / 1024,
                     d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_warps_per_sm,
                     d->matvec_max_batch,
-                    d->decode_max_splits, d->decode_min_keys, d->decode_block_n,
+                    d->decode_mma ? " on the tensor cores (head dims 16k <= 256)," : "", d->decode_max_splits,
+                    d->decode_min_keys, d->decode_block_n,
                     d->decode_merge == 2 ? "across a block cluster" : d->decode_merge ? "by a second kernel" : "by the last split", d->prefill_block_m[0],
                     d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
                     d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->prefill_min_tokens,
@@ -4931,6 +4934,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"matvec_wide_align", offsetof(sgllm__cuda_dispatch, matvec_wide_align), 1, 8, 16, true},
     {"decode_merge", offsetof(sgllm__cuda_dispatch, decode_merge), 1, 0, 2, false},
     {"matvec_wide_warps_per_sm_q4", offsetof(sgllm__cuda_dispatch, matvec_wide_warps_per_sm_q4), 1, 0, 64, false},
+    {"decode_mma", offsetof(sgllm__cuda_dispatch, decode_mma), 1, 0, 1, false},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {
@@ -5391,12 +5395,14 @@ static sgllm_status sgllm__gpu_alloc(sgllm__gpu_ctx *c, size_t bytes, void *out)
     return s;
 }
 
-// Decode-attention splits for n queries of layer L whose keys reach max_keys.
-static int32_t sgllm__gpu_splits(const sgllm__cuda_dispatch *d, const sgllm__layer *L, int64_t n, int64_t max_keys) {
+// Decode-attention splits for n queries of layer L whose keys reach max_keys: the dispatch's
+// count, cut to what the device holds at once when the splits merge across clusters.
+static int32_t sgllm__gpu_splits(sgllm__cuda *cu, const sgllm__layer *L, int64_t n, int64_t max_keys) {
     int32_t group = L->n_head / L->n_head_kv;
     int64_t blocks = n * L->n_head_kv * ((group + 7) / 8); // ATT_HB = 8 query heads per block
     if (L->window > 0 && L->window < max_keys) max_keys = L->window;
-    return sgllm__dispatch_decode_splits(d, blocks, max_keys);
+    int32_t sp = sgllm__dispatch_decode_splits(sgllm__cuda_get_dispatch(cu), blocks, max_keys);
+    return sgllm__cuda_attn_cluster_splits(cu, L->n_head, L->n_head_kv, L->head_dim, n, sp);
 }
 
 // The split count of the single-token step, fixed for every position a captured graph will
@@ -5404,7 +5410,7 @@ static int32_t sgllm__gpu_splits(const sgllm__cuda_dispatch *d, const sgllm__lay
 static int32_t sgllm__gpu_step_splits(const sgllm__gpu_ctx *c) {
     int32_t splits = 1;
     for (int32_t il = 0; il < c->m->n_layer; il++) {
-        int32_t sp = sgllm__gpu_splits(sgllm__cuda_get_dispatch(c->cu), &c->m->layers[il], 1, c->n_ctx);
+        int32_t sp = sgllm__gpu_splits(c->cu, &c->m->layers[il], 1, c->n_ctx);
         splits = splits > sp ? splits : sp;
     }
     return splits;
@@ -5531,7 +5537,7 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
             SGLLM__TRY(sgllm__cuda_attn_prefill(cu, c->q, c->k_cache[il], c->v_cache[il], c->page_table, SGLLM__KV_PAGE,
                                                 L->n_head, L->n_head_kv, hd, pos, n, L->window, L->attn_scale, c->att));
         } else { // one launch for a single token (the attention kernel does qkv_post's work)
-            int32_t sp = splits > 0 ? splits : sgllm__gpu_splits(disp, L, n, max_keys);
+            int32_t sp = splits > 0 ? splits : sgllm__gpu_splits(cu, L, n, max_keys);
             SGLLM__TRY(sgllm__cuda_attn_decode_post(cu, &qa, L->window, L->attn_scale, sp, c->att, L->wo.type));
         }
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wo.type, G->wo, E, qd, c->att, n, c->o));

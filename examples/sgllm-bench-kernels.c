@@ -7,7 +7,8 @@
 // --decode-attn: only single-token decode attention as CUDA graphs of 200 launches (Gemma 3
 // 270M and Llama-3-8B shapes at 512 and 4096 keys, the forward's split count): the merge
 // kernel (two launches, dispatch.decode_merge 1) against the splits merged by the last split
-// block (one launch, decode_merge 0) and across a thread block cluster (one launch, 2).
+// block (one launch, decode_merge 0) and across a thread block cluster (one launch, 2), on the
+// dispatch's kernel (decode_mma), and the cluster merge on the other kernel.
 // --launch: only launch-bound single-token ops as CUDA graphs of 200 launches (us per launch,
 // with programmatic dependent launch on and off): the fused norm at 640 floats by threads per
 // block, the fused q/k/v epilogue against the four ops it replaces (Gemma 3 270M shape), and
@@ -663,18 +664,20 @@ static void bench_decode_attn(int reps) {
     const sgllm__cuda_dispatch base = *sgllm__cuda_get_dispatch(gpu);
     printf("decode attention, 1 token, us per launch (graph of 200 launches, median of %d replays, pdl %d)\n", reps,
            base.pdl);
-    printf("%-14s %6s %6s %12s %12s %12s %10s\n", "shape", "keys", "splits", "2 launches", "last block", "cluster",
-           "GB/s");
+    printf("%-14s %6s %6s %12s %12s %12s %14s %10s\n", "shape", "keys", "splits", "2 launches", "last block", "cluster",
+           base.decode_mma ? "cluster, cuda" : "cluster, mma", "GB/s");
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
         for (size_t ki = 0; ki < sizeof keys / sizeof keys[0]; ki++)
-            for (int sw = 0; sw < 4; sw++) { // the forward's split count, then 32, 64 and 128 where splits keep 16 keys
+            for (int sw = 0; sw < 6; sw++) { // the forward's split count, then 4, 8, 32, 64 and 128 where splits keep 16 keys
                 attn_bufs b;
                 b.nh = shapes[si].nh, b.nkv = shapes[si].nkv, b.hd = shapes[si].hd;
                 b.kv_elems = (int64_t)keys[ki] * b.nkv * b.hd;
                 int64_t copy_bytes = 2 * b.kv_elems * 2;
                 b.copies = (int32_t)((((int64_t)128 << 20) + copy_bytes - 1) / copy_bytes);
                 b.copies = b.copies > 200 ? 200 : b.copies;
-                b.splits = sw ? 16 << sw : sgllm__dispatch_decode_splits(&base, (int64_t)b.nkv * ((b.nh / b.nkv + 7) / 8), keys[ki]);
+                b.splits = sw ? (sw < 3 ? 2 << sw : 4 << sw)
+                              : sgllm__cuda_attn_cluster_splits(gpu, b.nh, b.nkv, b.hd, 1,
+                                                                sgllm__dispatch_decode_splits(&base, (int64_t)b.nkv * ((b.nh / b.nkv + 7) / 8), keys[ki]));
                 if (sw && b.splits * 16 > keys[ki]) continue;
                 b.q = (float *)dev((size_t)(b.nh * b.hd) * 4), b.out = (float *)dev((size_t)(b.nh * b.hd) * 4);
                 b.kc = (uint16_t *)dev((size_t)(b.copies * b.kv_elems) * 2), b.vc = (uint16_t *)dev((size_t)(b.copies * b.kv_elems) * 2);
@@ -685,17 +688,18 @@ static void bench_decode_attn(int reps) {
                 int32_t p = keys[ki] - 1;
                 TRY(sgllm__cuda_upload(gpu, b.pos, &p, 4), "upload");
                 TRY(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(b.nh, b.hd, 1, b.splits)), "scratch");
-                double t[3];
-                for (int m = 0; m < 3; m++) { // decode_merge 1 (merge kernel), 0 (last block), 2 (cluster)
+                double t[4];
+                for (int m = 0; m < 4; m++) { // decode_merge 1 (merge kernel), 0 (last block), 2 (cluster), 2 other kernel
                     sgllm__cuda_dispatch d = base;
                     d.decode_merge = m == 0 ? 1 : m == 1 ? 0 : 2;
+                    if (m == 3) d.decode_mma = !base.decode_mma;
                     sgllm__cuda_set_dispatch(gpu, &d);
                     t[m] = time_launches(enqueue_attn, &b, 200, reps);
                 }
                 sgllm__cuda_set_dispatch(gpu, &base);
                 double best = t[0] < t[1] ? (t[0] < t[2] ? t[0] : t[2]) : (t[1] < t[2] ? t[1] : t[2]);
-                printf("%-14s %6d %6d %12.2f %12.2f %12.2f %10.0f\n", shapes[si].name, keys[ki], b.splits, 1e6 * t[0],
-                       1e6 * t[1], 1e6 * t[2], (double)copy_bytes / best / 1e9);
+                printf("%-14s %6d %6d %12.2f %12.2f %12.2f %14.2f %10.0f\n", shapes[si].name, keys[ki], b.splits,
+                       1e6 * t[0], 1e6 * t[1], 1e6 * t[2], 1e6 * t[3], (double)copy_bytes / best / 1e9);
                 void *bufs[] = {b.q, b.out, b.kc, b.vc, b.pos};
                 for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
             }

@@ -9,6 +9,8 @@
 //   build/sgllm-bench --bandwidth [-t threads]
 //   build/sgllm-bench --preset NAME --type bf16|q8_0|q4_1|q4_k|q4_k_m [--seed N] [--ctx 512,4096]
 //                     [-p 2048] [-n 64] [-r 5]
+//   --kernel-config FILE (either form): a JSON file of CUDA dispatch overrides applied last
+//   (sgllm_model_params.kernel_config, e.g. {"decode_mma": 0}), to compare kernel variants
 //
 // Prints one table row per test with the median and the spread over the repetitions.
 // --bandwidth measures the host's memory read bandwidth (the decode floor on the CPU: every
@@ -95,7 +97,8 @@ static void usage(void) {
                     "                   [-b batch=512] [-r repetitions=3]\n"
                     "       sgllm-bench --bandwidth [-t threads=2]\n"
                     "       sgllm-bench --preset NAME --type bf16|q8_0|q4_1|q4_k|q4_k_m [--seed N=1] [--ctx L1,L2,..=512,4096]\n"
-                    "                   [-p prefill_tokens=2048] [-n decode_samples=64] [-r repetitions=5]\n");
+                    "                   [-p prefill_tokens=2048] [-n decode_samples=64] [-r repetitions=5]\n"
+                    "       either form: [--kernel-config file.json] (CUDA dispatch overrides applied last)\n");
 }
 
 static void random_tokens(sgllm_token *toks, int n, int n_vocab) {
@@ -110,7 +113,7 @@ enum { MAX_CTX_LIST = 16, UNSET = INT_MIN }; // UNSET: an option not given
 
 // The synthetic-model benchmark (see the top of the file). Returns the exit status.
 static int bench_synthetic(const char *preset, const char *type, unsigned long long seed, const int *ctx_list,
-                           int n_ctx_list, int n_prefill, int n_decode, int reps) {
+                           int n_ctx_list, int n_prefill, int n_decode, int reps, const char *kernel_config) {
     double bw = 0, rate = 0;
     char dev[256] = "", err[512] = "";
     if (sgllm__device_ceilings(20, &bw, &rate, dev, sizeof dev, err, sizeof err) != SGLLM_OK) {
@@ -123,6 +126,7 @@ static int bench_synthetic(const char *preset, const char *type, unsigned long l
     sgllm_model_default_params(&mp);
     mp.backend = SGLLM_BACKEND_CUDA;
     mp.log_level = SGLLM_LOG_WARN;
+    mp.kernel_config = kernel_config;
     sgllm_model *model;
     double t_load = now();
     if (sgllm_model_load_synthetic(preset, type, seed, &mp, &model, err, sizeof err) != SGLLM_OK) {
@@ -211,7 +215,7 @@ static int parse_ctx_list(const char *s, int *list) {
 }
 
 int main(int argc, char **argv) {
-    const char *path = NULL, *preset = NULL, *type = NULL;
+    const char *path = NULL, *preset = NULL, *type = NULL, *kernel_config = NULL;
     int n_prompt = UNSET, n_gen = UNSET, threads = 0, batch = 512, reps = UNSET, bandwidth = 0;
     int ctx_list[MAX_CTX_LIST] = {512, 4096}, n_ctx_list = 2;
     unsigned long long seed = 1;
@@ -238,6 +242,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--preset")) preset = v;
         else if (!strcmp(a, "--type")) type = v;
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 0);
+        else if (!strcmp(a, "--kernel-config")) kernel_config = v;
         else if (!strcmp(a, "--ctx")) {
             if ((n_ctx_list = parse_ctx_list(v, ctx_list)) < 0) {
                 fprintf(stderr, "sgllm-bench: bad --ctx list '%s' (e.g. 512,4096)\n", v);
@@ -268,7 +273,7 @@ int main(int argc, char **argv) {
             usage();
             return 2;
         }
-        return bench_synthetic(preset, type, seed, ctx_list, n_ctx_list, n_prompt, n_gen, reps);
+        return bench_synthetic(preset, type, seed, ctx_list, n_ctx_list, n_prompt, n_gen, reps, kernel_config);
     }
     n_prompt = n_prompt == UNSET ? 512 : n_prompt;
     n_gen = n_gen == UNSET ? 128 : n_gen;
@@ -280,6 +285,7 @@ int main(int argc, char **argv) {
     sgllm_model_params mp;
     sgllm_model_default_params(&mp);
     mp.path = path;
+    mp.kernel_config = kernel_config;
     sgllm_model *model;
     char err[512];
     if (sgllm_model_load(&mp, &model, err, sizeof err) != SGLLM_OK) {

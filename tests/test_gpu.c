@@ -27,7 +27,9 @@
 //   prefill GEMM (bf16 operands, fp32 accumulation): 1e-2 (bf16 keeps 8 bits of mantissa:
 //     each product is off by up to 2^-8 relative, errors of random sign average out).
 //   decode attention over the same fp16 cache: 1e-5 against a double-precision softmax
-//     attention (the split-KV merge and online softmax reorder fp32 sums); 2e-3 against the CPU
+//     attention (the split-KV merge and online softmax reorder fp32 sums; the tensor-core
+//     kernel (dispatch.decode_mma) carries q and the probabilities as two fp16 parts each,
+//     hi + lo, so it is held to the same 1e-5 as the CUDA-core loop); 2e-3 against the CPU
 //     engine's attention task, which rounds q and the softmax weights to fp16 as llama.cpp does.
 //     The merge of the splits inside the split kernel (dispatch.decode_merge 0, the last block
 //     of a head group merges), by the merge kernel (1) and across a thread block cluster of
@@ -783,6 +785,12 @@ static void set_decode_merge(int mode) {
     sgllm__cuda_set_dispatch(gpu, &d);
 }
 
+static void set_decode_mma(int on) {
+    sgllm__cuda_dispatch d = *sgllm__cuda_get_dispatch(gpu);
+    d.decode_mma = on;
+    sgllm__cuda_set_dispatch(gpu, &d);
+}
+
 // Decode attention against the CPU engine's attention task, on the same fp16 cache.
 static void test_attention(void) {
     // head dims of every kernel class and odd piece counts (40: 5 pieces a row, 136: 17); GQA
@@ -880,12 +888,16 @@ static void test_attention(void) {
                     CHECK(sgllm__cuda_reserve(gpu, sgllm__cuda_attn_scratch_bytes(nh, hd, n_q, splits)) == SGLLM_OK);
                     // the merge kernel first (decode_merge 1), then the merge inside the split kernel three
                     // times and three replays of a graph of one launch, then the cluster merge twice and
-                    // two replays of its graph: all the same bits
+                    // two replays of its graph: all the same bits (the dispatch's kernel: the tensor-core
+                    // one for head dims 16k <= 256); last, the CUDA-core kernel for those head dims,
+                    // against the double-precision attention only
                     void *graph[2] = {NULL, NULL};
-                    for (int run = 0; run < 11; run++) {
-                        int mode = run == 0 ? 1 : run < 7 ? 0 : 2;
-                        bool eager = run < 4 || run == 7 || run == 8;
+                    bool mma_dim = hd % 16 == 0 && hd <= 256 && disp.decode_mma;
+                    for (int run = 0; run < (mma_dim ? 12 : 11); run++) {
+                        int mode = run == 0 ? 1 : run < 7 ? 0 : run < 11 ? 2 : disp.decode_merge;
+                        bool eager = run < 4 || run == 7 || run == 8 || run == 11;
                         set_decode_merge(mode);
+                        set_decode_mma(run == 11 ? 0 : disp.decode_mma);
                         poison(dout, out_bytes);
                         sgllm_status s;
                         if (eager) {
@@ -904,7 +916,7 @@ static void test_attention(void) {
                         CHECKF(s == SGLLM_OK, "attn: %s", sgllm__cuda_errmsg(gpu));
                         fetch(out, dout, out_bytes);
                         if (run == 0) memcpy(first, out, out_bytes);
-                        else {
+                        else if (run < 11) {
                             bool eq = !memcmp(out, first, out_bytes);
                             CHECKF(eq, "attn hd %d heads %d/%d window %d n_q %d splits %d: run %d (%s) differs from the "
                                    "merge kernel's bits (rel %.3g)", hd, nh, nkv, window, n_q, splits, run,
@@ -921,6 +933,7 @@ static void test_attention(void) {
                     }
                     sgllm__cuda_graph_free(gpu, graph[0]);
                     sgllm__cuda_graph_free(gpu, graph[1]);
+                    set_decode_mma(disp.decode_mma); // run 11's kernel was the other one
                     // the paged cache gives the contiguous cache's bits
                     poison(dout, out_bytes);
                     CHECKF(sgllm__cuda_attn_decode(gpu, dq, dkp, dvp, dpt, PAGE, nh, nkv, hd, dpos, n_q, window,
@@ -934,6 +947,7 @@ static void test_attention(void) {
                     paged_runs++;
                 }
                 set_decode_merge(disp.decode_merge);
+                set_decode_mma(disp.decode_mma);
                 sgllm__cuda_dfree(gpu, dkp);
                 sgllm__cuda_dfree(gpu, dvp);
                 sgllm__cuda_dfree(gpu, dpt);
@@ -946,11 +960,39 @@ static void test_attention(void) {
                 sgllm__cuda_dfree(gpu, dpos);
                 free(kc), free(vc), free(q), free(ref), free(out), free(c.att_work), free(exact);
             }
-    printf("attention: %d runs (head dims 8-512, GQA groups 1/3/4/8/12/16, windows, 1-5 queries, 1-33 splits), worst "
+    printf("attention: %d runs (head dims 8-512, GQA groups 1/3/4/8/12/16, windows, 1-5 queries, 1-33 splits; head "
+           "dims 16k <= 256 on the tensor cores, then once on the CUDA cores), worst "
            "rel err %.3g vs double, %.3g vs the CPU engine; %d runs (in-kernel merge x3 and its graph x3, cluster merge x2 "
            "and its graph x2) bit for bit "
            "the merge kernel's; %d of %d paged runs bit for bit the contiguous cache's\n", runs, worst, worst_cpu, same,
            paged_same, paged_runs);
+}
+
+// The split count cut so that the cluster merge's clusters are all resident at once: within
+// [2, asked] under the cluster merge, the asked count otherwise, for one or three queries of
+// Llama-3-8B, Gemma 3 270M and SmolLM2 shapes; one cluster always fits (the cluster merge
+// needs that much) and so keeps the asked 16; more clusters than any device holds keep it too.
+static void test_cluster_splits(void) {
+    static const int32_t shapes[][3] = {{32, 8, 128}, {4, 1, 256}, {9, 3, 64}, {8, 8, 72}, {16, 2, 512}};
+    bool cl = disp.decode_merge == 2 && sgllm__cuda_get_dispatch(gpu)->decode_merge == 2;
+    int checked = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (int64_t nq = 1; nq <= 3; nq += 2)
+            for (int32_t asked = 1; asked <= 16; asked *= 2) {
+                int32_t got = sgllm__cuda_attn_cluster_splits(gpu, shapes[i][0], shapes[i][1], shapes[i][2], nq, asked);
+                CHECKF(asked == 1 ? got == 1 : got >= 2 && got <= asked, "cluster splits %d/%d/%d x%lld of %d: %d",
+                       shapes[i][0], shapes[i][1], shapes[i][2], (long long)nq, asked, got);
+                if (!cl) CHECK(got == asked);
+                checked++;
+            }
+    if (cl) CHECK(sgllm__cuda_attn_cluster_splits(gpu, 4, 1, 256, 1, 16) == 16);
+    CHECK(sgllm__cuda_attn_cluster_splits(gpu, 8, 8, 128, 100000, 16) == 16);
+    CHECK(sgllm__cuda_attn_cluster_splits(gpu, 8, 3, 128, 1, 16) == 16); // not a GQA shape: no cut
+    set_decode_merge(1);
+    CHECK(sgllm__cuda_attn_cluster_splits(gpu, 32, 8, 128, 1, 16) == 16);
+    set_decode_merge(disp.decode_merge);
+    printf("cluster splits: %d shapes; Llama-3-8B's 16 splits become %d\n", checked,
+           sgllm__cuda_attn_cluster_splits(gpu, 32, 8, 128, 1, 16));
 }
 
 // More head groups than the arrival counters (16 KV heads x 4200 queries > 65536): the op cuts
@@ -2352,6 +2394,7 @@ int main(void) {
     test_matvec_xq_inline();
     test_attention();
     test_attention_many();
+    test_cluster_splits();
     test_prefill();
     test_kv_write_paged();
     test_norm_add();
