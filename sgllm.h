@@ -457,8 +457,10 @@ typedef struct sgllm__cuda_dispatch {
                                      // of 4096 values (Q4_0, Q4_1, Q4_K, Q5_K: more arithmetic per byte, so more warps
                                      // to hide it); 0 = matvec_wide_warps_per_sm
     int decode_mma;               // split-KV decode attention on the tensor cores (mma.sync; head dims that are
-                                  // multiples of 16 up to 256, others always take the CUDA-core loop): 1 = on, 0 = the
-                                  // CUDA-core loop over key tiles; the same arithmetic to about 2^-22 relative
+                                  // multiples of 16 up to 256, others always take the CUDA-core loop): 0 = never (the
+                                  // CUDA-core loop over key tiles), k >= 1 = when a split may hold k keys or more (at
+                                  // the context's full length; always where that length is not told); the same
+                                  // arithmetic to about 2^-22 relative
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context
@@ -648,8 +650,12 @@ sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, const uint1
 // whole blocks of that type's activation format and out has at most 8 rows, the merge also
 // quantizes out into the context's activation buffer, and the direct / wide matrix-vector kernels reading out skip
 // their quantization launch (as after sgllm__cuda_norm_add_rmsnorm_q; T_F32: no quantization).
+// max_keys: the most keys any query of this call (or of the graph it is captured into) sees,
+// 0 when unknown; with splits shorter than dispatch.decode_mma keys the CUDA-core kernel runs
+// instead of the tensor-core one (the same attention to about 2^-22 relative, not the same bits).
 sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a, int32_t window,
-                                          float scale, int32_t n_splits, float *out, uint32_t quant_for);
+                                          float scale, int32_t n_splits, float *out, uint32_t quant_for,
+                                          int64_t max_keys);
 // The split count to use instead of n_splits for n_q queries of these heads when the splits
 // merge across a thread block cluster (decode_merge 2): the largest, at most n_splits, whose
 // clusters (one per query and head group, n_splits blocks each) can all be resident at once,

@@ -3140,11 +3140,11 @@ static __device__ inline void sgllm__cu_attn_issue(const __half *kb, const __hal
     sgllm__cu_cp_commit();
 }
 
-// The tensor-core variant (MMA below): sgllm__cu_attn_mma_warps warps walk the split's keys,
-// ATT_MK at a time, each with its own two stages of (ATT_MK, hd + 8) fp16 keys and values (8
-// halves of padding per row, so ldmatrix rows fall on distinct banks): all 8 warps up to head
-// dim 128, 4 above (the stages of 8 would not fit). It takes head dims that are multiples of
-// 16 up to ATT_MMA_HD.
+// The tensor-core variant (MMA below): mw warps walk the split's keys, ATT_MK at a time, each
+// with its own two stages of (ATT_MK, hd + 8) fp16 keys and values (8 halves of padding per
+// row, so ldmatrix rows fall on distinct banks): 8 warps up to head dim 128, 4 above (the most
+// whose stages fit; 4 at head dim 128 left Llama-3-8B's 4096 keys 2 points slower on the
+// H100). It takes head dims that are multiples of 16 up to ATT_MMA_HD.
 enum { ATT_MK = 16, ATT_MMA_HD = 256 };
 static __host__ __device__ inline int sgllm__cu_attn_mma_warps(int32_t hd) { return hd <= 128 ? 8 : 4; }
 
@@ -3197,14 +3197,15 @@ static __device__ inline void sgllm__cu_split_h2(float a, float b, uint32_t &hi,
 // (HB, hd), the tile's scores (HB, bn) and three (HB) softmax statistics. With MMA the tiles
 // are the walking warps' stages, followed by the queries as mma fragments (hd / 16 x 32 lanes
 // x 16 bytes) and each walking warp's (HB) softmax maximum and sum.
-static __host__ __device__ inline size_t sgllm__cu_attn_mma_qf(int32_t hd) {
-    return (size_t)sgllm__cu_attn_mma_warps(hd) * sgllm__cu_attn_mma_stages(hd);
+static __host__ __device__ inline size_t sgllm__cu_attn_mma_qf(int32_t hd, int mw) {
+    return (size_t)mw * sgllm__cu_attn_mma_stages(hd);
 }
-static size_t sgllm__cu_attn_region(int hb_t, int32_t hd, int32_t bn, int32_t n_splits, bool merge_here, bool mma) {
+// mw: the tensor-core kernel's walking warps (0: the CUDA-core loop).
+static size_t sgllm__cu_attn_region(int hb_t, int32_t hd, int32_t bn, int32_t n_splits, bool merge_here, int mw) {
     size_t tiles = (size_t)4 * bn * hd * 2, red = (size_t)(ATT_THREADS / (hd / 8)) * hb_t * hd * 4;
-    if (mma) {
-        tiles = sgllm__cu_attn_mma_qf(hd) + (size_t)hd * 32 + (size_t)2 * sgllm__cu_attn_mma_warps(hd) * hb_t * 4;
-        red = (size_t)sgllm__cu_attn_mma_warps(hd) * hb_t * hd * 4;
+    if (mw) {
+        tiles = sgllm__cu_attn_mma_qf(hd, mw) + (size_t)hd * 32 + (size_t)2 * mw * hb_t * 4;
+        red = (size_t)mw * hb_t * hd * 4;
     }
     size_t ws = merge_here ? ((size_t)hb_t * n_splits + hb_t) * 4 : 0, r = tiles > red ? tiles : red;
     r = r > ws ? r : ws;
@@ -3256,7 +3257,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
                            int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale,
                            int32_t n_splits, int32_t bn, int32_t region, float *part_o, float *part_lse, float *out,
                            unsigned *cnt, int32_t q0, const sgllm__cuda_qkv_post_args post, int8_t *xq_q,
-                           float2 *xq_d, int xq_kind, int mma) {
+                           float2 *xq_d, int xq_kind, int mw) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     // CL: this block has started (other blocks write into its shared memory only after every
     // block of the cluster arrived here; they wait for that just before, so it costs nothing)
@@ -3285,8 +3286,8 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     int32_t len = p_hi - p_lo + 1, per = (len + n_splits - 1) / n_splits;
     per = (per + 15) / 16 * 16; // whole 16-key steps: up to 32 splits of 512 keys (as decode_min_keys allows)
     int32_t k0 = p_lo + split * per, k1 = min(p_hi + 1, k0 + per); // this split's keys [k0, k1)
-    int32_t n_tiles = mma ? 0 : k1 > k0 ? (k1 - k0 + bn - 1) / bn : 0;
-    int32_t n_steps = mma && k1 > k0 ? (k1 - k0 + ATT_MK - 1) / ATT_MK : 0; // MMA: steps of ATT_MK keys
+    int32_t n_tiles = mw ? 0 : k1 > k0 ? (k1 - k0 + bn - 1) / bn : 0;
+    int32_t n_steps = mw && k1 > k0 ? (k1 - k0 + ATT_MK - 1) / ATT_MK : 0; // MMA: steps of ATT_MK keys
 
     int64_t kv_stride = (int64_t)n_head_kv * hd;
     const __half *kb = kc + (int64_t)kvh * hd, *vb = vc + (int64_t)kvh * hd;
@@ -3299,7 +3300,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         sgllm__cu_attn_issue(kb, vb, kv_stride, pt, page_shift, k0, copied(k0, nk), words, tiles, tiles + stage);
     }
     // MMA: this warp's stages, and the key its copies leave out (the newest, made below)
-    const int32_t mrs = hd + 8, skip = has_new ? p_hi : -1, MW = sgllm__cu_attn_mma_warps(hd);
+    const int32_t mrs = hd + 8, skip = has_new ? p_hi : -1, MW = mw;
     __half *wst = tiles + (size_t)warp * (sgllm__cu_attn_mma_stages(hd) / 2);
     if (warp < MW && warp < n_steps) {
         int32_t t0 = k0 + warp * ATT_MK;
@@ -3354,7 +3355,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     }
     if (n_steps > 0) { // MMA (its own end: the combined state in red, ms and ls)
         __syncthreads(); // the queries
-        uint4 *qf = (uint4 *)(sm + sgllm__cu_attn_mma_qf(hd)); // (hd / 16, 32): lane's B fragments, hi then lo
+        uint4 *qf = (uint4 *)(sm + sgllm__cu_attn_mma_qf(hd, mw)); // (hd / 16, 32): lane's B fragments, hi then lo
         float *wm = (float *)(qf + hd * 2), *wl = wm + MW * HB; // (MW, HB) per-warp max, sum
         const int kst = hd / 16, g = lane / 4, t4 = lane % 4;
         for (int i = tid; i < kst * 32; i += ATT_THREADS) {
@@ -3712,10 +3713,10 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
                                           int32_t hd, const int32_t *pos, int64_t n_q, int32_t window, float scale,
                                           int32_t n_splits, int32_t bn, bool merge_here, float *part_o, float *part_lse,
                                           float *out, const sgllm__cuda_qkv_post_args *post, bool *cl, int xq_kind,
-                                          bool mma) {
+                                          int mw) {
     int32_t group = n_head / n_head_kv, n_hgroups = (group + HB - 1) / HB;
     if ((int64_t)n_head_kv * n_hgroups > 65535) return sgllm__cu_bad(c, "attn_decode", "too many heads");
-    size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, merge_here || *cl, mma);
+    size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, merge_here || *cl, mw);
     size_t smem = sgllm__cu_attn_inbox_off(HB, hd, bn, region, post != NULL, post ? post->n_rot : 0);
     if (*cl) { // the cluster merge's inbox
         int32_t share = sgllm__cu_attn_share(HB * hd, n_splits, xq_kind);
@@ -3734,7 +3735,7 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
     if (*cl && sgllm__cu_occupancy(c, kern, ATT_THREADS, smem, (unsigned)n_splits) < 1) { // else the merge kernel
         *cl = false;
         return sgllm__cu_attn_launch<HB>(c, q, kc, vc, pt, page_size, n_head, n_head_kv, hd, pos, n_q, window, scale,
-                                         n_splits, bn, merge_here, part_o, part_lse, out, post, cl, -1, mma);
+                                         n_splits, bn, merge_here, part_o, part_lse, out, post, cl, -1, mw);
     }
     // the counters cover ATT_COUNTERS head groups, so more queries than that take several launches
     int64_t per_launch = merge_here ? ATT_COUNTERS / ((int64_t)n_head_kv * n_hgroups) : n_q; // at least 1
@@ -3745,7 +3746,7 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
                                 dim3(ATT_THREADS), smem, q, kc, vc, pt, sgllm__cu_page_shift(pt, page_size), n_head,
                                 n_head_kv, hd, pos, window, scale, n_splits, bn, (int32_t)region, part_o, part_lse, out,
                                 merge_here ? c->att_cnt : (unsigned *)NULL, (int32_t)q0, post ? *post : none,
-                                sgllm__cu_xq_codes(c), sgllm__cu_xq_scales(c), *cl ? xq_kind : -1, (int)mma))
+                                sgllm__cu_xq_codes(c), sgllm__cu_xq_scales(c), *cl ? xq_kind : -1, mw))
             return SGLLM_ERR_BACKEND;
     }
     return SGLLM_OK;
@@ -3758,8 +3759,8 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
 // clusters than Llama-3-8B's eight KV heads need).
 template <int HB>
 static bool sgllm__cu_attn_cluster_fits(sgllm__cuda *c, int32_t hd, int32_t bn, int32_t n_splits, int64_t n_clusters,
-                                        bool mma) {
-    size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, true, mma);
+                                        int mw) {
+    size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, true, mw);
     size_t smem = sgllm__cu_attn_inbox_off(HB, hd, bn, region, true, hd) +
                   ((size_t)n_splits * sgllm__cu_attn_share(HB * hd, n_splits, XQ_Q8_K) + (size_t)n_splits * HB) * 4;
     auto kern = sgllm__cu_attn_split_k<HB, true, true>;
@@ -3777,16 +3778,16 @@ extern "C" int32_t sgllm__cuda_attn_cluster_splits(sgllm__cuda *c, int32_t n_hea
         return n_splits;
     int32_t bn = c->disp.decode_block_n < 8 ? 8 : c->disp.decode_block_n > 128 ? 128 : c->disp.decode_block_n;
     while (bn > 8 && bn * head_dim > ATT_TILE) bn /= 2;
-    bool mma = c->disp.decode_mma && head_dim % 16 == 0 && head_dim <= ATT_MMA_HD;
+    int mw = c->disp.decode_mma > 0 && head_dim % 16 == 0 && head_dim <= ATT_MMA_HD ? sgllm__cu_attn_mma_warps(head_dim) : 0;
     int32_t group = n_head / n_head_kv;
     int hb = group > 4 ? ATT_HB : group > 2 ? 4 : group > 1 ? 2 : 1;
     int64_t n_clusters = n_q * n_head_kv * ((group + hb - 1) / hb);
     cudaSetDevice(c->device);
     for (int32_t s = n_splits; s >= 2; s--) {
-        bool fits = hb == ATT_HB ? sgllm__cu_attn_cluster_fits<ATT_HB>(c, head_dim, bn, s, n_clusters, mma)
-                    : hb == 4    ? sgllm__cu_attn_cluster_fits<4>(c, head_dim, bn, s, n_clusters, mma)
-                    : hb == 2    ? sgllm__cu_attn_cluster_fits<2>(c, head_dim, bn, s, n_clusters, mma)
-                                 : sgllm__cu_attn_cluster_fits<1>(c, head_dim, bn, s, n_clusters, mma);
+        bool fits = hb == ATT_HB ? sgllm__cu_attn_cluster_fits<ATT_HB>(c, head_dim, bn, s, n_clusters, mw)
+                    : hb == 4    ? sgllm__cu_attn_cluster_fits<4>(c, head_dim, bn, s, n_clusters, mw)
+                    : hb == 2    ? sgllm__cu_attn_cluster_fits<2>(c, head_dim, bn, s, n_clusters, mw)
+                                 : sgllm__cu_attn_cluster_fits<1>(c, head_dim, bn, s, n_clusters, mw);
         if (fits) return s;
     }
     return n_splits; // none fits: waves whatever the count
@@ -3797,7 +3798,7 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
                                           const uint16_t *v_cache, const int32_t *page_table, int32_t page_size,
                                           int32_t n_head, int32_t n_head_kv, int32_t head_dim, const int32_t *pos, int64_t n_q,
                                           int32_t window, float scale, int32_t n_splits, float *out,
-                                          const sgllm__cuda_qkv_post_args *post, uint32_t quant_for) {
+                                          const sgllm__cuda_qkv_post_args *post, uint32_t quant_for, int64_t max_keys) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!q || !k_cache || !v_cache || !pos || !out || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv ||
         head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 0 || n_q > 65535 || window < 0 ||
@@ -3835,16 +3836,20 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
                              : NULL;
     int32_t group = n_head / n_head_kv;
     const __half *kc = (const __half *)k_cache, *vc = (const __half *)v_cache;
-    bool mma = c->disp.decode_mma && head_dim % 16 == 0 && head_dim <= ATT_MMA_HD;
+    // the tensor-core kernel unless the dispatch says no or every split is shorter than its
+    // decode_mma keys (max_keys known)
+    bool short_splits = max_keys > 0 && (max_keys + n_splits - 1) / n_splits < c->disp.decode_mma;
+    int mw = c->disp.decode_mma > 0 && !short_splits && head_dim % 16 == 0 && head_dim <= ATT_MMA_HD
+                 ? sgllm__cu_attn_mma_warps(head_dim) : 0;
     sgllm_status s =
         group > 4 ? sgllm__cu_attn_launch<ATT_HB>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mma)
+                                             window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mw)
         : group > 2 ? sgllm__cu_attn_launch<4>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mma)
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mw)
         : group > 1 ? sgllm__cu_attn_launch<2>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mma)
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mw)
                     : sgllm__cu_attn_launch<1>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mma);
+                                               window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mw);
     sgllm__cu_xq_forget(c, out); // out changes: the activation buffer no longer holds it
     if (!s && cl && xq_kind >= 0) sgllm__cu_xq_set(c, s, out, xq_kind, n_q, cols);
     if (s || n_splits == 1 || merge_here || cl) return s;
@@ -3859,11 +3864,12 @@ extern "C" sgllm_status sgllm__cuda_attn_decode(sgllm__cuda *c, const float *q, 
                                                 int32_t head_dim, const int32_t *pos, int64_t n_q, int32_t window,
                                                 float scale, int32_t n_splits, float *out) {
     return sgllm__cu_attn_decode(c, q, k_cache, v_cache, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
-                                 window, scale, n_splits, out, NULL, T_F32);
+                                 window, scale, n_splits, out, NULL, T_F32, 0);
 }
 
 extern "C" sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm__cuda_qkv_post_args *a, int32_t window,
-                                                     float scale, int32_t n_splits, float *out, uint32_t quant_for) {
+                                                     float scale, int32_t n_splits, float *out, uint32_t quant_for,
+                                                     int64_t max_keys) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
     if (!a) return sgllm__cu_bad(c, "attn_decode_post", "no arguments");
     // one query whose heads the kernel can take: one launch; else qkv_post, then attention
@@ -3873,13 +3879,13 @@ extern "C" sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm
         sgllm_status s = sgllm__cuda_qkv_post(c, a);
         return s ? s : sgllm__cu_attn_decode(c, a->q, a->k_cache, a->v_cache, a->page_table, a->page_size, a->n_head,
                                              a->n_head_kv, a->head_dim, a->pos, a->n_tok, window, scale, n_splits, out,
-                                             NULL, quant_for);
+                                             NULL, quant_for, max_keys);
     }
     if (a->q_stride < (int64_t)a->n_head * a->head_dim || a->kv_stride < (int64_t)a->n_head_kv * a->head_dim ||
         !(a->theta_base > 0) || !(a->eps >= 0))
         return sgllm__cu_bad(c, "attn_decode_post", "bad pointer or shape");
     return sgllm__cu_attn_decode(c, a->q, a->k_cache, a->v_cache, a->page_table, a->page_size, a->n_head, a->n_head_kv,
-                                 a->head_dim, a->pos, 1, window, scale, n_splits, out, a, quant_for);
+                                 a->head_dim, a->pos, 1, window, scale, n_splits, out, a, quant_for, max_keys);
 }
 // --- 6b. Prefill attention -----------------------------------------------------------------
 // Flash attention (FlashAttention-2 schedule) on the tensor cores for batches of queries, over

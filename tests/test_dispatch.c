@@ -62,7 +62,7 @@ static void test_rows(void) {
                cases[i].name, d.matvec_xq_inline, d.matvec_wide_align);
         // the cluster merge on sm90 (measured fastest on the H100), the merge kernel elsewhere
         CHECKF(d.decode_merge == (h100 ? 2 : 1), "%s: decode_merge %d", cases[i].name, d.decode_merge);
-        CHECKF(d.decode_mma == 1, "%s: decode_mma %d", cases[i].name, d.decode_mma); // mma.sync from sm80 on
+        CHECKF(d.decode_mma == 128, "%s: decode_mma %d", cases[i].name, d.decode_mma); // mma.sync from sm80 on
     }
 }
 
@@ -150,11 +150,11 @@ static void test_splits_and_tiles(void) {
     CHECK(strstr(line, "row sm90:") && strstr(line, "programmatic dependent launch on") && strstr(line, "merged across a block cluster"));
     CHECK(strstr(line, "int8 (dp4a) activations with wide loads of 8-byte row words, 16 warps/SM (4-bit types 16), "
                        "quantized by a launch of their own"));
-    CHECK(strstr(line, "decode attention on the tensor cores (head dims 16k <= 256), <= 16 splits"));
+    CHECK(strstr(line, "decode attention on the tensor cores (head dims 16k <= 256) from 128-key splits, <= 16 splits"));
     d.decode_mma = 0;
     sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
     CHECK(strstr(line, "decode attention <= 16 splits") && !strstr(line, "tensor cores"));
-    d.decode_mma = 1;
+    d.decode_mma = 128;
     d.matvec_wide_warps_per_sm_q4 = 20;
     sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
     CHECK(strstr(line, "16 warps/SM (4-bit types 20)"));
@@ -213,8 +213,8 @@ static void test_json_override(void) {
         d = base;
         CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.decode_merge == v);
     }
-    // decode attention on the CUDA cores or the tensor cores
-    for (int v = 0; v <= 1; v++) {
+    // decode attention on the CUDA cores or the tensor cores (from splits of v keys)
+    for (int v = 0; v <= 1024; v += 256) {
         char js[64];
         snprintf(js, sizeof js, "{\"decode_mma\": %d}", v);
         d = base;
@@ -250,7 +250,8 @@ static void test_json_override(void) {
         {"{\"pdl\": 2}", "[0, 1]"},
         {"{\"decode_merge\": 3}", "[0, 2]"},
         {"{\"decode_merge\": -1}", "[0, 2]"},
-        {"{\"decode_mma\": 2}", "[0, 1]"},
+        {"{\"decode_mma\": 65537}", "[0, 65536]"},
+        {"{\"decode_mma\": -1}", "[0, 65536]"},
         {"{\"matvec_int8\": 4}", "[0, 3]"},
         {"{\"matvec_int8\": -1}", "[0, 3]"},
         {"{\"matvec_wide_warps_per_sm\": 0}", "[1, 64]"},
