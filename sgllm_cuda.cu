@@ -12,8 +12,9 @@
 //   4b. Wide-load int8 matrix-vector: 16-byte weight loads, activations quantized once per call;
 //      two weight types in one launch (q/k with v), four short rows per warp for large matrices
 //   5. Prefill GEMM: dequantize to bf16 scratch, cuBLAS with fp32 accumulation
-//   6. Decode attention: split-KV over an fp16 cache, log-sum-exp merge (a kernel, the last
-//      block, or a thread block cluster writing into each other's shared memory); for one
+//   6. Decode attention: split-KV over an fp16 cache, on the CUDA cores or (long splits) the
+//      tensor cores, log-sum-exp merge (a kernel, the last block, or a thread block cluster
+//      writing into each other's shared memory; split counts whose clusters all fit); for one
 //      token, with qkv_post's bias, norm, RoPE and cache write inside
 //   6b. Prefill attention: flash attention on the tensor cores (mma.sync), paged fp16 cache
 //   7. Benchmark and synthetic-weight helpers
@@ -3001,7 +3002,9 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 // cp.async (the next tile's while this one is used), scores take 8 lanes per key (a block
 // scores 16 keys at once, three shuffles per head), and the values are summed by thread slices
 // that each own 8 dims x HB heads for every KS-th key, added up once at the end. HB (1, 2, 4 or
-// 8) is the smallest that covers the group, so registers follow the shape.
+// 8) is the smallest that covers the group, so registers follow the shape. Splits of
+// dispatch.decode_mma keys or more with head dims 16k <= 256 run a tensor-core body instead
+// (MMA at the kernel).
 // With one split it writes the output directly; else each block writes its split's normalized
 // output and log-sum-exp to the scratch, and the splits are merged weighted by
 // exp(lse - max lse), in split order: by the last block of the head group to finish
