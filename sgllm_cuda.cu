@@ -805,7 +805,10 @@ template <int V> static __device__ inline void sgllm__cu_stv(float *p, const flo
 // A decode step runs this between two products, on one token, so its latency is a chain of
 // memory round trips: the first NS steps' x and delta are loaded at once before either sum and
 // kept in registers for the add and the output (the arithmetic and the order of every sum as
-// if each value were read when used); longer rows read the rest as they go.
+// if each value were read when used); longer rows read the rest as they go. The weights of
+// those steps are nobody's output: they are loaded before the wait for the predecessor
+// (sgllm__cu_pdl_wait, called here), so their DRAM trips overlap its tail instead of following
+// the sums.
 template <int V>
 static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delta, const float *dw, const float *w,
                                                      float *y, int64_t dim, float eps, float *ys = NULL) {
@@ -813,7 +816,15 @@ static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delt
     int64_t r = blockIdx.x, step = (int64_t)blockDim.x * V, i0 = (int64_t)threadIdx.x * V;
     float *xr = x + r * dim, *yr = y + r * dim;
     const float *dr = delta ? delta + r * dim : NULL;
-    float kx[NS][V], kd[NS][V], a[V], b[V], dscale = 1.0f;
+    float kx[NS][V], kd[NS][V], kw[NS][V], kg[NS][V], a[V], b[V], dscale = 1.0f;
+#pragma unroll
+    for (int k = 0; k < NS; k++) {
+        int64_t i = i0 + k * step;
+        if (i >= dim) break;
+        if (w) sgllm__cu_ldv<V>(w + i, kw[k]);
+        if (dr && dw) sgllm__cu_ldv<V>(dw + i, kg[k]);
+    }
+    sgllm__cu_pdl_wait();
 #pragma unroll
     for (int k = 0; k < NS; k++) {
         int64_t i = i0 + k * step;
@@ -842,10 +853,8 @@ static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delt
         int64_t i = i0 + k * step;
         if (i >= dim) break;
         if (dr) {
-            float g[V];
-            if (dw) sgllm__cu_ldv<V>(dw + i, g);
 #pragma unroll
-            for (int e = 0; e < V; e++) kx[k][e] += dw ? kd[k][e] * dscale * g[e] : kd[k][e];
+            for (int e = 0; e < V; e++) kx[k][e] += dw ? kd[k][e] * dscale * kg[k][e] : kd[k][e];
             sgllm__cu_stv<V>(xr + i, kx[k]);
         }
 #pragma unroll
@@ -869,9 +878,8 @@ static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delt
     for (int k = 0; k < NS; k++) {
         int64_t i = i0 + k * step;
         if (i >= dim) break;
-        if (w) sgllm__cu_ldv<V>(w + i, b);
 #pragma unroll
-        for (int e = 0; e < V; e++) a[e] = kx[k][e] * scale * (w ? b[e] : 1.0f);
+        for (int e = 0; e < V; e++) a[e] = kx[k][e] * scale * (w ? kw[k][e] : 1.0f);
         sgllm__cu_stv<V>(yr + i, a);
         if (ys) sgllm__cu_stv<V>(ys + i, a);
     }
@@ -889,8 +897,8 @@ template <int V>
 static __global__ void sgllm__cu_norm_add_k(float *x, const float *delta, const float *dw, const float *w, float *y,
                                             int64_t dim, float eps) {
     sgllm__cu_pdl_trigger(); // first: see section 3's header
-    sgllm__cu_pdl_wait();
-    sgllm__cu_norm_add_row<V>(x, delta, dw, w, y, dim, eps);
+    sgllm__cu_norm_add_row<V>(x, delta, dw, w, y, dim, eps); // waits itself
+
 }
 
 static bool sgllm__cu_al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
@@ -1784,8 +1792,7 @@ enum { NORM_XQ_SMEM_COLS = 8192 };
 template <int K>
 static __global__ void sgllm__cu_norm_add_xq_k(float *x, const float *delta, const float *dw, const float *w, float *y,
                                                int64_t dim, float eps, int8_t *qs, float2 *ds) {
-    sgllm__cu_pdl_trigger(); // first: see section 3's header
-    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger(); // first: see section 3's header; norm_add_row waits
     extern __shared__ __align__(16) float nq_row[]; // (dim) when the launch gave room: y's copy
     bool in_smem = dim <= NORM_XQ_SMEM_COLS;
     sgllm__cu_norm_add_row<4>(x, delta, dw, w, y, dim, eps, in_smem ? nq_row : NULL);
@@ -3317,6 +3324,14 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         float2 *rot = (float2 *)(kf + hd);
         float fp = (float)p_hi * post.pos_scale;
         for (int32_t i = tid; i < post.n_rot / 2; i += ATT_THREADS) rot[i] = sgllm__cu_rope_cs(i, post.n_rot, fp, post.theta_base);
+        // the heads' biases and norm weights are nobody's output: on their way to L2 before the
+        // wait, so that the epilogue below does not wait for DRAM after it
+        const float *pf[5] = {post.bq ? post.bq + (int64_t)h0 * hd : NULL, post.bk ? post.bk + (int64_t)kvh * hd : NULL,
+                              post.bv ? post.bv + (int64_t)kvh * hd : NULL, post.qk_norm ? post.q_w : NULL,
+                              post.qk_norm ? post.k_w : NULL};
+#pragma unroll
+        for (int j = 0; j < 5; j++)
+            for (int32_t i = tid * 32; pf[j] && i < (j ? hd : hb * hd); i += ATT_THREADS * 32) sgllm__cu_prefetch_l2(pf[j] + i);
         sgllm__cu_pdl_wait();
         sgllm__cu_pdl_trigger();
         __syncthreads(); // the angles
