@@ -98,6 +98,11 @@ struct sgllm__cuda {
         int n;
     } occ[32];
     int n_occ, next_occ;  // entries filled, the one replaced next
+    struct {              // sgllm__cuda_attn_cluster_splits' answers (emptied when the dispatch changes)
+        int32_t n_head, n_head_kv, head_dim, asked, got;
+        int64_t n_q;
+    } csp[8];
+    int n_csp;
     uint64_t launches;    // kernels of this file launched (sgllm__cuda_launches)
     const char *last_launch; // the name the latest sgllm__cu_launch gave (sgllm__cuda_last_launch)
     char msg[512];
@@ -272,6 +277,7 @@ static int sgllm__cu_occupancy(sgllm__cuda *c, K kern, unsigned threads, size_t 
 static void sgllm__cu_set_disp(sgllm__cuda *c, const sgllm__cuda_dispatch *d) {
     c->disp = *d;
     c->pdl = d->pdl && c->cc_major >= 9;
+    c->n_csp = 0;
 }
 
 extern "C" int sgllm__cuda_device_count(void) {
@@ -3800,15 +3806,26 @@ extern "C" int32_t sgllm__cuda_attn_cluster_splits(sgllm__cuda *c, int32_t n_hea
     int32_t group = n_head / n_head_kv;
     int hb = group > 4 ? ATT_HB : group > 2 ? 4 : group > 1 ? 2 : 1;
     int64_t n_clusters = n_q * n_head_kv * ((group + hb - 1) / hb);
+    for (int i = 0; i < c->n_csp; i++) // asked per layer of every eager step: answered once
+        if (c->csp[i].n_head == n_head && c->csp[i].n_head_kv == n_head_kv && c->csp[i].head_dim == head_dim &&
+            c->csp[i].asked == n_splits && c->csp[i].n_q == n_q)
+            return c->csp[i].got;
     cudaSetDevice(c->device);
+    int32_t got = n_splits; // none fits: waves whatever the count
     for (int32_t s = n_splits; s >= 2; s--) {
         bool fits = hb == ATT_HB ? sgllm__cu_attn_cluster_fits<ATT_HB>(c, head_dim, bn, s, n_clusters, mw)
                     : hb == 4    ? sgllm__cu_attn_cluster_fits<4>(c, head_dim, bn, s, n_clusters, mw)
                     : hb == 2    ? sgllm__cu_attn_cluster_fits<2>(c, head_dim, bn, s, n_clusters, mw)
                                  : sgllm__cu_attn_cluster_fits<1>(c, head_dim, bn, s, n_clusters, mw);
-        if (fits) return s;
+        if (fits) {
+            got = s;
+            break;
+        }
     }
-    return n_splits; // none fits: waves whatever the count
+    int i = c->n_csp < 8 ? c->n_csp++ : (int)(n_q % 8); // full: replace one
+    c->csp[i].n_head = n_head, c->csp[i].n_head_kv = n_head_kv, c->csp[i].head_dim = head_dim;
+    c->csp[i].asked = n_splits, c->csp[i].got = got, c->csp[i].n_q = n_q;
+    return got;
 }
 
 // Decode attention; post: the fused kernel (sgllm__cuda_attn_decode_post, n_q 1).
