@@ -629,7 +629,10 @@ sgllm_status sgllm__cuda_quantize_act(sgllm__cuda *c, uint32_t type, const float
 // one, the splits' partial results pass through the scratch and are merged in split order by
 // the last split block of each head group to finish (one launch; dispatch.decode_merge 0), by
 // a second kernel (decode_merge 1), or by the split blocks of a thread block cluster (one
-// launch; decode_merge 2, sm90+), with the same result bits every way.
+// launch; decode_merge 2, sm90+), with the same result bits every way. Head dims that are
+// multiples of 16 up to 256 run on the tensor cores when dispatch.decode_mma > 0 (this call does
+// not know the context's length, so it does not keep short splits on the CUDA cores as
+// attn_decode_post can), others on the CUDA cores; both within 1e-5 of exact attention.
 // The cache is paged: logical row r lives at physical row page_table[r / page_size] *
 // page_size + r % page_size, page_table (device) one entry per page of page_size rows (a
 // power of two); page_table NULL: row r itself (page_size is then ignored).
