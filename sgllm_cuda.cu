@@ -98,6 +98,7 @@ struct sgllm__cuda {
         int n;
     } occ[32];
     int n_occ, next_occ;  // entries filled, the one replaced next
+    int norm_cap[5];      // most threads per block of the fused norm kernels (their registers), 0 until asked
     struct {              // sgllm__cuda_attn_cluster_splits' answers (emptied when the dispatch changes)
         int32_t n_head, n_head_kv, head_dim, asked, got;
         int64_t n_q;
@@ -778,6 +779,18 @@ static int sgllm__cu_threads(int want, int lo, int hi) {
     return want / 32 * 32;
 }
 
+// The most threads (whole warps) a block of kern can launch with, given its registers; asked
+// once, kept in *slot. Caps dispatch.norm_threads for kernels whose registers do not allow 1024.
+template <typename K> static int sgllm__cu_max_threads(K kern, int *slot) {
+    if (!*slot) {
+        cudaFuncAttributes fa;
+        if (cudaFuncGetAttributes(&fa, (const void *)kern) == cudaSuccess) *slot = fa.maxThreadsPerBlock / 32 * 32;
+        else cudaGetLastError(); // not sticky; 256 below
+        if (*slot < 32) *slot = 256;
+    }
+    return *slot;
+}
+
 extern "C" sgllm_status sgllm__cuda_add_rmsnorm(sgllm__cuda *c, float *x, const float *delta, const float *w, float *y,
                                                 int64_t rows, int64_t dim, float eps) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
@@ -934,6 +947,9 @@ extern "C" sgllm_status sgllm__cuda_norm_add_rmsnorm_q(sgllm__cuda *c, float *x,
               (!delta_w || sgllm__cu_al16(delta_w)) && (!w || sgllm__cu_al16(w));
     int64_t per = v4 ? dim / 4 : dim;
     int cap = sgllm__cu_threads(c->disp.norm_threads, 32, 1024);
+    int kcap = v4 ? sgllm__cu_max_threads(sgllm__cu_norm_add_k<4>, &c->norm_cap[0])
+                  : sgllm__cu_max_threads(sgllm__cu_norm_add_k<1>, &c->norm_cap[1]);
+    cap = cap < kcap ? cap : kcap;
     int threads = sgllm__cu_threads(per + 31 < cap ? (int)(per + 31) : cap, 32, 1024);
     sgllm__cu_xq_forget(c, x), sgllm__cu_xq_forget(c, y); // they change: the activation buffer no longer holds them
     sgllm_status s = SGLLM_OK;
@@ -1820,6 +1836,8 @@ static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, 
         kind == XQ_Q8_0 ? sgllm__cu_norm_add_xq_k<XQ_Q8_0>
                         : kind == XQ_Q8_1 ? sgllm__cu_norm_add_xq_k<XQ_Q8_1> : sgllm__cu_norm_add_xq_k<XQ_Q8_K>;
     size_t smem = dim <= NORM_XQ_SMEM_COLS ? (size_t)dim * 4 : 0;
+    int kcap = sgllm__cu_max_threads(k, &c->norm_cap[2 + kind]);
+    threads = threads < kcap ? threads : kcap;
     *s = sgllm__cu_launch(c, "norm_add_rmsnorm", k, dim3((unsigned)rows), dim3(threads), smem, x, delta, delta_w, w, y, dim, eps,
                           qs, ds);
     sgllm__cu_xq_set(c, *s, y, kind, rows, dim);

@@ -1061,10 +1061,20 @@ static void test_attention_many(void) {
 
 // norm_add_rmsnorm: x += rmsnorm(delta) * dw (or + delta), y = rmsnorm(x) * w, against the CPU
 // and against the two separate GPU norms it replaces. dim 1022 takes the scalar path.
+static void set_norm_threads(int n) {
+    sgllm__cuda_dispatch d = *sgllm__cuda_get_dispatch(gpu);
+    d.norm_threads = n;
+    sgllm__cuda_set_dispatch(gpu, &d);
+}
+
+// The fused norm against the CPU's norms and against the separate ops, under the dispatch's
+// threads per block and under 1024 (more than the kernel's registers allow: the op caps it).
 static void test_norm_add(void) {
     static const int64_t dims[] = {640, 1022, 4096, 5376};
+    for (int nt = 0; nt < 2; nt++)
     for (int di = 0; di < 4; di++)
         for (int variant = 0; variant < 5; variant++) { // post-norm+w, plain add+w, no delta, no w, in place
+            set_norm_threads(nt ? 1024 : disp.norm_threads);
             int64_t rows = di == 0 ? 1 + (int64_t)(test_u64() % 3) : 5, dim = dims[di], n = rows * dim;
             bool with_delta = variant != 2, with_dw = variant == 0 || variant >= 3, with_w = variant != 3;
             bool in_place = variant == 4;
@@ -1097,14 +1107,15 @@ static void test_norm_add(void) {
             float *gd = (float *)malloc((size_t)n * 4);
             fetch(gd, dd, (size_t)n * 4);
             CHECKF(ey <= 1e-5 && ex <= 1e-5 && sey <= 1e-6 && sex <= 1e-6 && !memcmp(gd, delta, (size_t)n * 4),
-                   "norm_add dim %lld variant %d: y %.3g x %.3g vs separate ops y %.3g x %.3g", (long long)dim, variant,
-                   ey, ex, sey, sex);
+                   "norm_add dim %lld variant %d threads %d: y %.3g x %.3g vs separate ops y %.3g x %.3g", (long long)dim,
+                   variant, sgllm__cuda_get_dispatch(gpu)->norm_threads, ey, ex, sey, sex);
             sgllm__cuda_dfree(gpu, dx), sgllm__cuda_dfree(gpu, dd), sgllm__cuda_dfree(gpu, ddw), sgllm__cuda_dfree(gpu, dwt);
             sgllm__cuda_dfree(gpu, d2), sgllm__cuda_dfree(gpu, x2);
             if (!in_place) sgllm__cuda_dfree(gpu, dy), sgllm__cuda_dfree(gpu, y2);
             free(x), free(delta), free(dw), free(w), free(nd), free(ref_x), free(ref_y), free(gx), free(gy), free(sx);
             free(sy), free(gd);
         }
+    set_norm_threads(disp.norm_threads);
 }
 
 // qkv_post against the separate ops on random shapes: head dims 64-256, GQA, both RoPE
@@ -1603,10 +1614,11 @@ static void test_norm_add_xq(void) {
             float *out = (float *)dev(ny * 4), *out_ref = (float *)dev(ny * 4);
             float *h = (float *)malloc(9 * dim * 4), *h_ref = (float *)malloc(9 * dim * 4);
             float *o = (float *)malloc(ny * 4), *o_ref = (float *)malloc(ny * 4);
-            for (int kern = 2; kern <= 3; kern++)
+            for (int kern = 2; kern <= 4; kern++) // 4: the wide kernel with 1024 norm threads asked (capped)
                 for (int64_t n = 1; n <= 9; n += 4) {
                     sgllm__cuda_dispatch dd2 = disp;
-                    dd2.matvec_int8 = kern;
+                    dd2.matvec_int8 = kern < 4 ? kern : 3;
+                    if (kern == 4) dd2.norm_threads = 1024;
                     sgllm__cuda_set_dispatch(gpu, &dd2);
                     for (int mode = 0; mode < 4; mode++) {
                         // mode 0: plain norm (the reference); 1: quantizing norm; 2: quantizing
@@ -1643,7 +1655,8 @@ static void test_norm_add_xq(void) {
             for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
             free(x0), free(d0), free(g0), free(h), free(h_ref), free(o), free(o_ref);
         }
-    printf("norm_add_rmsnorm_q: %d runs (5 types, mixed q/k/v, direct and wide kernels, 1-9 rows) bit for bit the plain "
+    printf("norm_add_rmsnorm_q: %d runs (5 types, mixed q/k/v, direct and wide kernels, 1-9 rows, norm threads as "
+           "dispatched and 1024) bit for bit the plain "
            "norm's and the products after it\n", runs);
 }
 
