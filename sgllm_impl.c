@@ -4636,16 +4636,17 @@ typedef struct sgllm__dispatch_row {
 // measured fastest on the H100; 1, a second kernel, elsewhere: unmeasured there; merging in the
 // last split block to finish was slower on the H100), the wide kernel's resident warps per SM for
 // the 4-bit types (0 = the same as the others; the H100 config sets 20), decode attention on the
-// tensor cores from splits of 128 keys (everywhere: mma.sync m16n8k16 and movmatrix exist from
-// sm80 on; measured on the H100 only, where it halved attention at 4096 keys and lost up to 4%
-// of Gemma 3 270M's short-context step below that; docs/PERF.md).
+// tensor cores from splits of 64 keys (everywhere: mma.sync m16n8k16 and movmatrix exist from
+// sm80 on; measured on the H100 only, where it halved attention at 4096 keys, gained 3 points
+// for Llama-3-8B at 112 keys a split and lost 1-5% of Gemma 3 270M's short-context generate
+// below 64 keys a split; docs/PERF.md).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 128}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 128}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 128}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 128}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 128}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 128}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.

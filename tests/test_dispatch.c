@@ -62,7 +62,7 @@ static void test_rows(void) {
                cases[i].name, d.matvec_xq_inline, d.matvec_wide_align);
         // the cluster merge on sm90 (measured fastest on the H100), the merge kernel elsewhere
         CHECKF(d.decode_merge == (h100 ? 2 : 1), "%s: decode_merge %d", cases[i].name, d.decode_merge);
-        CHECKF(d.decode_mma == 128, "%s: decode_mma %d", cases[i].name, d.decode_mma); // mma.sync from sm80 on
+        CHECKF(d.decode_mma == 64, "%s: decode_mma %d", cases[i].name, d.decode_mma); // mma.sync from sm80 on
     }
 }
 
@@ -150,11 +150,11 @@ static void test_splits_and_tiles(void) {
     CHECK(strstr(line, "row sm90:") && strstr(line, "programmatic dependent launch on") && strstr(line, "merged across a block cluster"));
     CHECK(strstr(line, "int8 (dp4a) activations with wide loads of 8-byte row words, 16 warps/SM (4-bit types 16), "
                        "quantized by a launch of their own"));
-    CHECK(strstr(line, "decode attention on the tensor cores (head dims 16k <= 256) from 128-key splits, <= 16 splits"));
+    CHECK(strstr(line, "decode attention on the tensor cores (head dims 16k <= 256) from 64-key splits, <= 16 splits"));
     d.decode_mma = 0;
     sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
     CHECK(strstr(line, "decode attention <= 16 splits") && !strstr(line, "tensor cores"));
-    d.decode_mma = 128;
+    d.decode_mma = 64;
     d.matvec_wide_warps_per_sm_q4 = 20;
     sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
     CHECK(strstr(line, "16 warps/SM (4-bit types 20)"));
