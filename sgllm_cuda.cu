@@ -103,7 +103,7 @@ struct sgllm__cuda {
         int32_t n_head, n_head_kv, head_dim, asked, got;
         int64_t n_q;
     } csp[8];
-    int n_csp;
+    int n_csp, next_csp;  // entries filled, the one replaced next
     uint64_t launches;    // kernels of this file launched (sgllm__cuda_launches)
     const char *last_launch; // the name the latest sgllm__cu_launch gave (sgllm__cuda_last_launch)
     char msg[512];
@@ -278,7 +278,7 @@ static int sgllm__cu_occupancy(sgllm__cuda *c, K kern, unsigned threads, size_t 
 static void sgllm__cu_set_disp(sgllm__cuda *c, const sgllm__cuda_dispatch *d) {
     c->disp = *d;
     c->pdl = d->pdl && c->cc_major >= 9;
-    c->n_csp = 0;
+    c->n_csp = c->next_csp = 0;
 }
 
 extern "C" int sgllm__cuda_device_count(void) {
@@ -917,7 +917,6 @@ static __global__ void sgllm__cu_norm_add_k(float *x, const float *delta, const 
                                             int64_t dim, float eps) {
     sgllm__cu_pdl_trigger(); // first: see section 3's header
     sgllm__cu_norm_add_row<V>(x, delta, dw, w, y, dim, eps); // waits itself
-
 }
 
 static bool sgllm__cu_al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
@@ -3182,6 +3181,22 @@ static __device__ inline void sgllm__cu_attn_issue(const __half *kb, const __hal
 enum { ATT_MK = 16, ATT_MMA_HD = 256 };
 static __host__ __device__ inline int sgllm__cu_attn_mma_warps(int32_t hd) { return hd <= 128 ? 8 : 4; }
 
+// The kernel's shape for a launch: keys per CUDA-core tile (dispatch.decode_block_n, fewer for
+// wide heads: a tile holds at most ATT_TILE fp16 values), query heads per block (the smallest
+// of 1, 2, 4, 8 that covers the GQA group), and walking warps of the tensor-core body (0: the
+// CUDA-core loop; it runs unless the dispatch says no or max_keys, when known, leaves every
+// split shorter than decode_mma keys).
+static int32_t sgllm__cu_attn_bn(const sgllm__cuda *c, int32_t hd) {
+    int32_t bn = c->disp.decode_block_n < 8 ? 8 : c->disp.decode_block_n > 128 ? 128 : c->disp.decode_block_n;
+    while (bn > 8 && bn * hd > ATT_TILE) bn /= 2;
+    return bn;
+}
+static int sgllm__cu_attn_hb(int32_t group) { return group > 4 ? ATT_HB : group > 2 ? 4 : group > 1 ? 2 : 1; }
+static int sgllm__cu_attn_mw(const sgllm__cuda *c, int32_t hd, int32_t n_splits, int64_t max_keys) {
+    bool short_splits = max_keys > 0 && (max_keys + n_splits - 1) / n_splits < c->disp.decode_mma;
+    return c->disp.decode_mma > 0 && !short_splits && hd % 16 == 0 && hd <= ATT_MMA_HD ? sgllm__cu_attn_mma_warps(hd) : 0;
+}
+
 // Bytes of one walking warp's two stages.
 static __host__ __device__ inline size_t sgllm__cu_attn_mma_stages(int32_t hd) {
     return (size_t)2 * 2 * ATT_MK * (hd + 8) * 2;
@@ -3276,8 +3291,9 @@ static __host__ __device__ inline size_t sgllm__cu_attn_inbox_off(int hb_t, int3
 // newest key makes that key and value, puts them into its last tile (their cache row is not
 // read) and, for the first head group, into the cache. Since no key the kernel reads is then
 // its predecessor's output, the first tile's copy and the RoPE angles start before the PDL wait.
-// MMA (sgllm__cu_attn_mma_ok): scores and value sums on the tensor cores instead of the loop
-// over key tiles above. MW warps each walk every MW-th step of ATT_MK keys of the split
+// MMA: scores and value sums on the tensor cores instead of the loop
+// over key tiles above (mw > 0: the host's choice, sgllm__cu_attn_mw). mw warps each walk every
+// mw-th step of ATT_MK keys of the split
 // with their own two-stage cp.async pipeline, so no block barrier is needed until the end;
 // each computes S^T = K Q^T (keys x heads, one m16n8k16 per 16 dims) and O^T += V^T P^T (dims x
 // heads) with its own online softmax, then the warps' states are combined once. The queries and
@@ -3334,9 +3350,9 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         sgllm__cu_attn_issue(kb, vb, kv_stride, pt, page_shift, k0, copied(k0, nk), words, tiles, tiles + stage);
     }
     // MMA: this warp's stages, and the key its copies leave out (the newest, made below)
-    const int32_t mrs = hd + 8, skip = has_new ? p_hi : -1, MW = mw;
+    const int32_t mrs = hd + 8, skip = has_new ? p_hi : -1;
     __half *wst = tiles + (size_t)warp * (sgllm__cu_attn_mma_stages(hd) / 2);
-    if (warp < MW && warp < n_steps) {
+    if (warp < mw && warp < n_steps) {
         int32_t t0 = k0 + warp * ATT_MK;
         sgllm__cu_attn_mma_issue(kb, vb, kv_stride, pt, page_shift, t0, min(ATT_MK, k1 - t0), skip, hd, wst);
     }
@@ -3398,7 +3414,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     if (n_steps > 0) { // MMA (its own end: the combined state in red, ms and ls)
         __syncthreads(); // the queries
         uint4 *qf = (uint4 *)(sm + sgllm__cu_attn_mma_qf(hd, mw)); // (hd / 16, 32): lane's B fragments, hi then lo
-        float *wm = (float *)(qf + hd * 2), *wl = wm + MW * HB; // (MW, HB) per-warp max, sum
+        float *wm = (float *)(qf + hd * 2), *wl = wm + mw * HB; // (mw, HB) per-warp max, sum
         const int kst = hd / 16, g = lane / 4, t4 = lane % 4;
         for (int i = tid; i < kst * 32; i += ATT_THREADS) {
             int ln = i % 32, hq = ln / 4, d = (i / 32) * 16 + (ln % 4) * 2;
@@ -3417,11 +3433,11 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         // the sum of its own keys' probabilities (added across lanes at the end)
         float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
         int it = 0;
-        for (int32_t st = warp; warp < MW && st < n_steps; st += MW, it++) {
+        for (int32_t st = warp; warp < mw && st < n_steps; st += mw, it++) {
             int32_t t0 = k0 + st * ATT_MK, nk = min(ATT_MK, k1 - t0);
             __half *cur = wst + (size_t)(it & 1) * 2 * ATT_MK * mrs;
-            if (st + MW < n_steps) {
-                int32_t t1 = t0 + MW * ATT_MK;
+            if (st + mw < n_steps) {
+                int32_t t1 = t0 + mw * ATT_MK;
                 sgllm__cu_attn_mma_issue(kb, vb, kv_stride, pt, page_shift, t1, min(ATT_MK, k1 - t1), skip, hd,
                                          wst + (size_t)((it + 1) & 1) * 2 * ATT_MK * mrs);
                 sgllm__cu_cp_wait<1>();
@@ -3487,16 +3503,16 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             l1 += __shfl_xor_sync(0xffffffffu, l1, sh);
         }
         int hA = 2 * t4, hB = hA + 1;
-        if (warp < MW && g == 0) {
+        if (warp < mw && g == 0) {
             if (hA < hb) wm[warp * HB + hA] = m0, wl[warp * HB + hA] = l0;
             if (hB < hb) wm[warp * HB + hB] = m1, wl[warp * HB + hB] = l1;
         }
         __syncthreads(); // every warp's state (and every stage consumed: red overwrites them)
         // warp w's share of head h weighs exp(m_w - max) (0 for a warp without keys); the
-        // value slices of the end below are the MW warps
-        if (warp < MW) {
+        // value slices of the end below are the mw warps
+        if (warp < mw) {
             float MA = -INFINITY, MB = -INFINITY;
-            for (int w = 0; w < MW; w++) {
+            for (int w = 0; w < mw; w++) {
                 if (hA < hb) MA = fmaxf(MA, wm[w * HB + hA]);
                 if (hB < hb) MB = fmaxf(MB, wm[w * HB + hB]);
             }
@@ -3511,8 +3527,8 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         }
         if (tid < hb) {
             float M = -INFINITY, L = 0.0f;
-            for (int w = 0; w < MW; w++) M = fmaxf(M, wm[w * HB + tid]);
-            for (int w = 0; w < MW; w++)
+            for (int w = 0; w < mw; w++) M = fmaxf(M, wm[w * HB + tid]);
+            for (int w = 0; w < mw; w++)
                 if (wm[w * HB + tid] != -INFINITY) L += wl[w * HB + tid] * expf(wm[w * HB + tid] - M);
             ms[tid] = M;
             ls[tid] = L;
@@ -3645,7 +3661,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     for (int i = tid; i < hb * words; i += ATT_THREADS) { // 8 outputs of one head per thread
         int h = i / words, d = (i - h * words) * 8;
         float4 o0 = make_float4(0, 0, 0, 0), o1 = o0;
-        for (int sl = 0; sl < (n_steps > 0 ? MW : n_tiles > 0 ? ks : 0); sl++) {
+        for (int sl = 0; sl < (n_steps > 0 ? mw : n_tiles > 0 ? ks : 0); sl++) {
             const float4 *r = (const float4 *)(red + ((int64_t)sl * HB + h) * hd + d);
             float4 a = r[0], b = r[1];
             o0.x += a.x, o0.y += a.y, o0.z += a.z, o0.w += a.w, o1.x += b.x, o1.y += b.y, o1.z += b.z, o1.w += b.w;
@@ -3783,7 +3799,8 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
     int64_t per_launch = merge_here ? ATT_COUNTERS / ((int64_t)n_head_kv * n_hgroups) : n_q; // at least 1
     for (int64_t q0 = 0; q0 < n_q; q0 += per_launch) {
         int64_t nz = n_q - q0 < per_launch ? n_q - q0 : per_launch;
-        if (sgllm__cu_launch_cl(c, "attn_decode: split kernel", *cl ? (unsigned)n_splits : 1u, kern,
+        if (sgllm__cu_launch_cl(c, mw ? "attn_decode: split kernel (tensor cores)" : "attn_decode: split kernel",
+                                *cl ? (unsigned)n_splits : 1u, kern,
                                 dim3((unsigned)n_splits, (unsigned)(n_head_kv * n_hgroups), (unsigned)nz),
                                 dim3(ATT_THREADS), smem, q, kc, vc, pt, sgllm__cu_page_shift(pt, page_size), n_head,
                                 n_head_kv, hd, pos, window, scale, n_splits, bn, (int32_t)region, part_o, part_lse, out,
@@ -3818,16 +3835,14 @@ extern "C" int32_t sgllm__cuda_attn_cluster_splits(sgllm__cuda *c, int32_t n_hea
     if (!c || n_splits <= 1 || n_splits > 16 || c->disp.decode_merge != 2 || c->cc_major < 9 || n_head <= 0 ||
         n_head_kv <= 0 || n_head % n_head_kv || head_dim < 8 || head_dim > ATT_MAX_HD || head_dim % 8 || n_q < 1)
         return n_splits;
-    int32_t bn = c->disp.decode_block_n < 8 ? 8 : c->disp.decode_block_n > 128 ? 128 : c->disp.decode_block_n;
-    while (bn > 8 && bn * head_dim > ATT_TILE) bn /= 2;
-    int mw = c->disp.decode_mma > 0 && head_dim % 16 == 0 && head_dim <= ATT_MMA_HD ? sgllm__cu_attn_mma_warps(head_dim) : 0;
-    int32_t group = n_head / n_head_kv;
-    int hb = group > 4 ? ATT_HB : group > 2 ? 4 : group > 1 ? 2 : 1;
-    int64_t n_clusters = n_q * n_head_kv * ((group + hb - 1) / hb);
     for (int i = 0; i < c->n_csp; i++) // asked per layer of every eager step: answered once
         if (c->csp[i].n_head == n_head && c->csp[i].n_head_kv == n_head_kv && c->csp[i].head_dim == head_dim &&
             c->csp[i].asked == n_splits && c->csp[i].n_q == n_q)
             return c->csp[i].got;
+    // the tensor-core body's shared memory where the head dim allows it (the larger of the two)
+    int32_t bn = sgllm__cu_attn_bn(c, head_dim), group = n_head / n_head_kv;
+    int mw = sgllm__cu_attn_mw(c, head_dim, n_splits, 0), hb = sgllm__cu_attn_hb(group);
+    int64_t n_clusters = n_q * n_head_kv * ((group + hb - 1) / hb);
     cudaSetDevice(c->device);
     int32_t got = n_splits; // none fits: waves whatever the count
     for (int32_t s = n_splits; s >= 2; s--) {
@@ -3840,7 +3855,9 @@ extern "C" int32_t sgllm__cuda_attn_cluster_splits(sgllm__cuda *c, int32_t n_hea
             break;
         }
     }
-    int i = c->n_csp < 8 ? c->n_csp++ : (int)(n_q % 8); // full: replace one
+    int i = c->next_csp; // a ring
+    c->next_csp = (i + 1) % 8;
+    if (c->n_csp < 8) c->n_csp++;
     c->csp[i].n_head = n_head, c->csp[i].n_head_kv = n_head_kv, c->csp[i].head_dim = head_dim;
     c->csp[i].asked = n_splits, c->csp[i].got = got, c->csp[i].n_q = n_q;
     return got;
@@ -3863,9 +3880,7 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
     if (need > c->scratch_bytes)
         return sgllm__cu_fail(c, SGLLM_ERR_OUT_OF_MEMORY, "attn_decode: needs %zu bytes of scratch, %zu reserved",
                               need, c->scratch_bytes);
-    // a key tile holds at most ATT_TILE fp16 values: fewer keys for wide heads
-    int32_t bn = c->disp.decode_block_n < 8 ? 8 : c->disp.decode_block_n > 128 ? 128 : c->disp.decode_block_n;
-    while (bn > 8 && bn * head_dim > ATT_TILE) bn /= 2;
+    int32_t bn = sgllm__cu_attn_bn(c, head_dim);
     // one launch merges its splits unless the dispatch asks for the merge kernel: in the last
     // block to finish (decode_merge 0) or across a thread block cluster (2: sm90+, at most 16
     // splits, and a cluster the device can hold)
@@ -3889,11 +3904,7 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
                              : NULL;
     int32_t group = n_head / n_head_kv;
     const __half *kc = (const __half *)k_cache, *vc = (const __half *)v_cache;
-    // the tensor-core kernel unless the dispatch says no or every split is shorter than its
-    // decode_mma keys (max_keys known)
-    bool short_splits = max_keys > 0 && (max_keys + n_splits - 1) / n_splits < c->disp.decode_mma;
-    int mw = c->disp.decode_mma > 0 && !short_splits && head_dim % 16 == 0 && head_dim <= ATT_MMA_HD
-                 ? sgllm__cu_attn_mma_warps(head_dim) : 0;
+    int mw = sgllm__cu_attn_mw(c, head_dim, n_splits, max_keys);
     sgllm_status s =
         group > 4 ? sgllm__cu_attn_launch<ATT_HB>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
                                              window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mw)

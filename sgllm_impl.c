@@ -5400,12 +5400,17 @@ static sgllm_status sgllm__gpu_alloc(sgllm__gpu_ctx *c, size_t bytes, void *out)
     return s;
 }
 
+// Keys a query of layer L sees when the context's keys reach max_keys (its window, if shorter).
+static int64_t sgllm__gpu_seen(const sgllm__layer *L, int64_t max_keys) {
+    return L->window > 0 && L->window < max_keys ? L->window : max_keys;
+}
+
 // Decode-attention splits for n queries of layer L whose keys reach max_keys: the dispatch's
 // count, cut to what the device holds at once when the splits merge across clusters.
 static int32_t sgllm__gpu_splits(sgllm__cuda *cu, const sgllm__layer *L, int64_t n, int64_t max_keys) {
     int32_t group = L->n_head / L->n_head_kv;
     int64_t blocks = n * L->n_head_kv * ((group + 7) / 8); // ATT_HB = 8 query heads per block
-    if (L->window > 0 && L->window < max_keys) max_keys = L->window;
+    max_keys = sgllm__gpu_seen(L, max_keys);
     int32_t sp = sgllm__dispatch_decode_splits(sgllm__cuda_get_dispatch(cu), blocks, max_keys);
     return sgllm__cuda_attn_cluster_splits(cu, L->n_head, L->n_head_kv, L->head_dim, n, sp);
 }
@@ -5543,8 +5548,8 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
                                                 L->n_head, L->n_head_kv, hd, pos, n, L->window, L->attn_scale, c->att));
         } else { // one launch for a single token (the attention kernel does qkv_post's work)
             int32_t sp = splits > 0 ? splits : sgllm__gpu_splits(cu, L, n, max_keys);
-            int64_t seen = L->window > 0 && L->window < max_keys ? L->window : max_keys;
-            SGLLM__TRY(sgllm__cuda_attn_decode_post(cu, &qa, L->window, L->attn_scale, sp, c->att, L->wo.type, seen));
+            SGLLM__TRY(sgllm__cuda_attn_decode_post(cu, &qa, L->window, L->attn_scale, sp, c->att, L->wo.type,
+                                                    sgllm__gpu_seen(L, max_keys)));
         }
         SGLLM__TRY(sgllm__cuda_matmul(cu, L->wo.type, G->wo, E, qd, c->att, n, c->o));
         SGLLM__TRY(sgllm__cuda_norm_add_rmsnorm_q(cu, c->x, c->o, G->post_attn_norm, G->ffn_norm, c->h, n, E, m->eps,

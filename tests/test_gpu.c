@@ -1680,7 +1680,8 @@ static void test_attn_post(void) {
     static const uint32_t o_types[3] = {SGLLM__T_Q8_0, SGLLM__T_Q4_1, SGLLM__T_Q4_K};
     const int64_t E = 256, rows = 640, page = 32, E_o = 64;
     int runs = 0, reused = 0;
-    double lean_worst = 0;
+    double told_worst = 0;
+    int told_cuda = 0, told_tensor = 0; // runs told the keys whose split kernel was seen by name
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
         for (int pi = 0; pi < 4; pi++) {
             const shape *sh = &shapes[si];
@@ -1773,13 +1774,23 @@ static void test_attn_post(void) {
                         // rounding, the same cache rows
                         poison(out[1], (size_t)qd * 4);
                         CHECKF(sgllm__cuda_attn_decode_post(gpu, &a, sh->window, sc, sp, out[1], to, p0 + 1) == SGLLM_OK,
-                               "attn_decode_post (lean): %s", sgllm__cuda_errmsg(gpu));
+                               "attn_decode_post (told the keys): %s", sgllm__cuda_errmsg(gpu));
+                        // the split kernel's body by its launch name, where it was the last launch (one
+                        // split or the cluster merge: no merge kernel after it)
+                        if (strstr(sgllm__cuda_last_launch(gpu), "split kernel")) {
+                            const sgllm__cuda_dispatch *cd = sgllm__cuda_get_dispatch(gpu);
+                            bool tensor = cd->decode_mma > 0 && hd % 16 == 0 && hd <= 256 && (p0 + sp) / sp >= cd->decode_mma;
+                            bool named = strstr(sgllm__cuda_last_launch(gpu), "tensor cores") != NULL;
+                            CHECKF(named == tensor, "attn_decode_post told %d keys, %d splits, dim %d: ran %s", p0 + 1, sp,
+                                   hd, sgllm__cuda_last_launch(gpu));
+                            told_cuda += !tensor, told_tensor += tensor;
+                        }
                         float *hl = (float *)malloc((size_t)qd * 4);
                         fetch(hl, out[1], (size_t)qd * 4);
                         double e = rel_err(hl, h[0], qd);
                         CHECKF(e <= 1e-5, "attn_decode_post short heads %d/%d dim %d pos %d splits %d: rel err %.3g", nh,
                                nkv, hd, p0, sp, e);
-                        lean_worst = e > lean_worst ? e : lean_worst;
+                        told_worst = e > told_worst ? e : told_worst;
                         free(hl);
                     }
                 }
@@ -1804,9 +1815,12 @@ static void test_attn_post(void) {
         }
     set_decode_merge(disp.decode_merge);
     CHECKF(reused >= 10, "attn_decode_post: only %d runs quantize in the merge", reused);
+    CHECKF(told_cuda > 0 && (told_tensor > 0 || !disp.decode_mma), "attn_decode_post told the keys: %d runs on the CUDA "
+           "cores, %d on the tensor cores", told_cuda, told_tensor);
     printf("attn_decode_post: %d runs (8 shapes, 4 positions, two steps, eager and graph, merge kernel or cluster) bit "
            "for bit qkv_post and attention one after the other, and their o projections (%d of them quantized by the "
-           "cluster merge); told the keys, within %.3g of them\n", runs, reused, lean_worst);
+           "cluster merge); told the keys, within %.3g of them (%d runs seen on the CUDA cores, %d on the tensor cores)\n",
+           runs, reused, told_worst, told_cuda, told_tensor);
 }
 
 // Transfers: asynchronous uploads through the pinned staging buffer, the host source changed
