@@ -226,9 +226,13 @@ static sgllm_model *load_synthetic(const char *preset, const char *type, uint64_
 static void synthetic_case(const char *preset, const char *type) {
     // one attention split everywhere: a graph's split count is fixed for the whole context and
     // an eager batch's follows its keys, and splits merged in another grouping round
-    // differently (test_gpu holds every split count to the CPU and to double precision)
+    // differently; and one attention kernel: a graph is told the context's full length, an
+    // eager batch its keys so far, so with dispatch.decode_mma's rule a short context runs the
+    // tensor cores in the one and the CUDA cores in the other (the same attention to ~2^-22,
+    // not the same bits); decode_mma 1 puts every split on the tensor cores. test_gpu holds
+    // every split count and both kernels to the CPU and to double precision.
     char conf[] = "/tmp/sgllm_gpu_split_XXXXXX";
-    temp_config(conf, "{\"decode_max_splits\": 1}");
+    temp_config(conf, "{\"decode_max_splits\": 1, \"decode_mma\": 1}");
     uint64_t seed = test_u64();
     sgllm_model *m = load_synthetic(preset, type, seed, conf), *same = load_synthetic(preset, type, seed, conf),
                 *other = load_synthetic(preset, type, seed + 1, conf);
