@@ -41,7 +41,7 @@ EXAMPLES := $(patsubst examples/%.c,$(BUILD)/%,$(filter-out examples/sgllm-bench
 TESTS    := $(patsubst tests/%.c,$(BUILD)/%,$(filter-out tests/test_golden.c tests/test_gpu.c tests/test_gpu_model.c,$(wildcard tests/test_*.c)))
 
 .PHONY: all lib examples test test-header test-unit test-golden test-asan run models fuzz fuzz-smoke format clean help \
-        cuda-compile test-gpu bench-gpu
+        cuda-compile test-gpu bench-gpu timeline
 ifeq ($(CUDA),1)
 all: lib examples cuda-compile
 else
@@ -56,6 +56,7 @@ help:
 	@echo "make format     clang-format every source file"
 	@echo "make test-gpu   build and run the GPU kernel tests (needs nvcc and a GPU; CUDA_ARCHS=90a builds one target)"
 	@echo "make bench-gpu  kernel benchmarks: bandwidth, cuBLAS rate, decode matvec, prefill GEMM"
+	@echo "make timeline   profiling build: build-timeline/sgllm-bench-kernels --timeline [KEYS] (decode step by kernel)"
 
 lib: $(BUILD)/libsgllm.a
 $(BUILD)/libsgllm.a: $(LIB_OBJS)
@@ -78,7 +79,7 @@ $(BUILD)/test_%: tests/test_%.c sgllm_impl.c sgllm.h $(wildcard tests/*.h)
 # nvcc exists (CI has no GPU: it compiles and links, test-gpu runs them on a GPU machine).
 $(BUILD)/sgllm_cuda.o: sgllm_cuda.cu sgllm.h
 	@mkdir -p $(BUILD)
-	$(NVCC) $(NVCCFLAGS) -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror $(CUDA_GENCODE) -c sgllm_cuda.cu -o $@
+	$(NVCC) $(NVCCFLAGS) $(TIMELINE) -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror $(CUDA_GENCODE) -c sgllm_cuda.cu -o $@
 
 $(BUILD)/test_gpu: tests/test_gpu.c sgllm_impl.c sgllm.h tests/test.h $(BUILD)/sgllm_cuda.o
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
@@ -89,7 +90,12 @@ $(BUILD)/test_gpu_model: tests/test_gpu_model.c sgllm_impl.c sgllm.h $(wildcard 
 	$(CC) $(CPPFLAGS) -DSGLLM_CUDA $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
 
 $(BUILD)/sgllm-bench-kernels: examples/sgllm-bench-kernels.c sgllm_impl.c sgllm.h $(BUILD)/sgllm_cuda.o
-	$(CC) $(CPPFLAGS) -DSGLLM_CUDA $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
+	$(CC) $(CPPFLAGS) -DSGLLM_CUDA $(TIMELINE) $(CFLAGS) $(WARN) -std=c11 $< $(BUILD)/sgllm_cuda.o $(CUDA_LIBS) $(LDLIBS) -o $@
+
+# The profiling build of sgllm-bench-kernels (--timeline): every kernel stamps the time its PDL
+# wait returns (a few instructions and a global counter per launch; never in the library build).
+timeline:
+	$(MAKE) --no-print-directory BUILD=build-timeline TIMELINE=-DSGLLM_TIMELINE build-timeline/sgllm-bench-kernels
 
 cuda-compile: $(GPU_PROGS)
 
@@ -151,4 +157,4 @@ format:
 	clang-format -i sgllm.h sgllm_impl.c examples/*.c tests/*.c tests/*.h tests/fuzz/*.c
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-timeline

@@ -464,6 +464,14 @@ typedef struct sgllm__cuda_dispatch {
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context
+#ifdef SGLLM_TIMELINE
+// Profiling build (`make timeline`, sgllm-bench-kernels --timeline): launch names recorded
+// while on (cleared when turned on); stamps of each kernel's PDL wait returning, in launch
+// order (copied into t, at most cap, then emptied; -1 on a CUDA error).
+void sgllm__cuda_timeline_names(sgllm__cuda *c, int on);
+const char *const *sgllm__cuda_timeline_launches(const sgllm__cuda *c, int *n);
+int sgllm__cuda_timeline_stamps(sgllm__cuda *c, unsigned long long *t, int cap);
+#endif
 
 int sgllm__cuda_device_count(void); // 0 when there is no driver or device
 sgllm_status sgllm__cuda_query(int device, sgllm__cuda_props *out, char *err, size_t err_size);

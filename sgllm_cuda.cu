@@ -106,6 +106,11 @@ struct sgllm__cuda {
     int n_csp, next_csp;  // entries filled, the one replaced next
     uint64_t launches;    // kernels of this file launched (sgllm__cuda_launches)
     const char *last_launch; // the name the latest sgllm__cu_launch gave (sgllm__cuda_last_launch)
+#ifdef SGLLM_TIMELINE
+    const char *tl_names[2048]; // launch names while tl_on (sgllm__cuda_timeline_names)
+    int tl_n;
+    bool tl_on;
+#endif
     char msg[512];
 };
 
@@ -185,9 +190,29 @@ static void sgllm__cu_xq_set(sgllm__cuda *c, sgllm_status s, const float *x, int
 // one before still runs, its blocks taking the SMs that one frees and loading their first
 // weights there. Safe because a grid launches only once every block of its predecessor has
 // started, so no waiting block can keep a predecessor's block from starting.)
+#ifdef SGLLM_TIMELINE
+// Profiling build only (`make timeline`): the first thread of block (0, 0, 0) of every kernel
+// stamps %globaltimer when its PDL wait returns, in launch order (every op of a decode step
+// waits exactly once), so the gap between two stamps is what the first kernel costs the chain:
+// its work after the wait, its tail and the release of the next. The stamps are at file scope,
+// unlike everything else here: one context at a time in such a build.
+enum { SGLLM__TL_MAX = 16384 };
+__device__ unsigned long long sgllm__tl_t[SGLLM__TL_MAX];
+__device__ unsigned sgllm__tl_n;
+static __device__ inline void sgllm__cu_tl_mark() {
+    if (threadIdx.x | threadIdx.y | threadIdx.z | blockIdx.x | blockIdx.y | blockIdx.z) return;
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    unsigned i = atomicAdd(&sgllm__tl_n, 1u);
+    if (i < SGLLM__TL_MAX) sgllm__tl_t[i] = t;
+}
+#endif
 static __device__ inline void sgllm__cu_pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+#ifdef SGLLM_TIMELINE
+    sgllm__cu_tl_mark();
 #endif
 }
 static __device__ inline void sgllm__cu_pdl_trigger() {
@@ -232,6 +257,9 @@ static sgllm_status sgllm__cu_launch_cl(sgllm__cuda *c, const char *name, unsign
     cudaError_t e = cudaLaunchKernelEx(&k.cfg, kernel, args...);
     c->launches++;
     c->last_launch = name;
+#ifdef SGLLM_TIMELINE
+    if (c->tl_on && c->tl_n < 2048) c->tl_names[c->tl_n++] = name;
+#endif
     if (e != cudaSuccess) cudaGetLastError(); // reported here, not again by the next op's check
     return sgllm__cu_check(c, e, name);
 }
@@ -280,6 +308,28 @@ static void sgllm__cu_set_disp(sgllm__cuda *c, const sgllm__cuda_dispatch *d) {
     c->pdl = d->pdl && c->cc_major >= 9;
     c->n_csp = c->next_csp = 0;
 }
+
+#ifdef SGLLM_TIMELINE
+extern "C" void sgllm__cuda_timeline_names(sgllm__cuda *c, int on) {
+    if (on) c->tl_n = 0;
+    c->tl_on = on != 0;
+}
+extern "C" const char *const *sgllm__cuda_timeline_launches(const sgllm__cuda *c, int *n) {
+    *n = c->tl_n;
+    return c->tl_names;
+}
+extern "C" int sgllm__cuda_timeline_stamps(sgllm__cuda *c, unsigned long long *t, int cap) {
+    unsigned n = 0;
+    cudaSetDevice(c->device);
+    if (cudaMemcpyFromSymbol(&n, sgllm__tl_n, sizeof n) != cudaSuccess) return -1;
+    if (n > (unsigned)SGLLM__TL_MAX) n = SGLLM__TL_MAX;
+    if ((int)n > cap) n = (unsigned)cap;
+    if (n && cudaMemcpyFromSymbol(t, sgllm__tl_t, (size_t)n * sizeof *t) != cudaSuccess) return -1;
+    unsigned z = 0;
+    if (cudaMemcpyToSymbol(sgllm__tl_n, &z, sizeof z) != cudaSuccess) return -1;
+    return (int)n;
+}
+#endif
 
 extern "C" int sgllm__cuda_device_count(void) {
     int n = 0;

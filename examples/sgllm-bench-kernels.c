@@ -1,6 +1,7 @@
 // sgllm-bench-kernels - kernel-level benchmarks of the CUDA backend against the device's own ceilings.
 //
 //   sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch] [--xq] [--decode-attn]
+//                       [--timeline [KEYS]]
 //
 // --xq: only the read bandwidth and decode steps' matrix-vector products under the settings of
 // the in-kernel activation quantization and the wide kernel's row words, see xq_steps.
@@ -18,6 +19,9 @@
 // the graph replay alone, and generate's step with host sampling (logits download) against
 // device sampling (only the token read back), one step at a time and with the next step
 // enqueued before the token is read (as sgllm_generate runs without penalties).
+// --timeline (only in the profiling build, `make timeline`): where a decode step's time goes, kernel
+// by kernel, as the step runs (a CUDA graph, programmatic dependent launch): the synthetic
+// presets' steps at KEYS keys of context (default 512), see bench_timeline.
 // --decode: only the read bandwidth and whole decode steps' matrix-vector products replayed as
 // CUDA graphs (Llama-3-8B, Gemma 3 270M and SmolLM2-135M shapes), see decode_steps.
 // --sweep also times the Llama-3-8B matvecs under other matrix-vector launch settings
@@ -705,6 +709,86 @@ static void bench_decode_attn(int reps) {
             }
 }
 
+#ifdef SGLLM_TIMELINE
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+// A synthetic preset's decode step (its CUDA graph) at `keys` keys of context, replayed STEPS
+// times; each kernel's cost is the median over the steps of the gap from its PDL wait returning
+// to the next kernel's (the build's stamps, sgllm__cu_tl_mark): its work after the wait, its tail
+// and the next one's release. Printed: the step, the cost of each launch name summed over the
+// step, and the launches of one middle layer in order.
+static void bench_timeline(const char *preset, const char *type, int keys) {
+    enum { STEPS = 20, CAP = 16384 };
+    sgllm_model_params mp;
+    sgllm_model_default_params(&mp);
+    mp.backend = SGLLM_BACKEND_CUDA;
+    sgllm_model *m = NULL;
+    char err[512];
+    if (sgllm_model_load_synthetic(preset, type, 7, &mp, &m, err, sizeof err) != SGLLM_OK) {
+        fprintf(stderr, "sgllm-bench-kernels: %s\n", err);
+        exit(1);
+    }
+    int V = sgllm_model_n_vocab(m);
+    float *lg = (float *)malloc((size_t)V * sizeof(float));
+    sgllm_context_params cp;
+    sgllm_context_default_params(&cp);
+    cp.n_ctx = keys + 8, cp.n_batch = 64;
+    sgllm_context *c = NULL;
+    if (!lg || sgllm_context_create(m, &cp, &c) != SGLLM_OK) die("context");
+    sgllm_token toks[64];
+    for (int i = 0; i < 64; i++) toks[i] = (sgllm_token)(1 + i % (V - 1));
+    for (int done = 0; done < keys - 1; done += 64) // the context, in batches
+        if (sgllm_evaluate(c, toks, keys - 1 - done < 64 ? keys - 1 - done : 64, NULL, lg) != SGLLM_OK) die("evaluate");
+    sgllm__cuda *cu = c->gpu->cu;
+    sgllm__cuda_timeline_names(cu, 1); // the first one-token evaluate captures the step's graph
+    if (sgllm_evaluate(c, toks, 1, NULL, lg) != SGLLM_OK || !c->gpu->graph) die("evaluate (graph)");
+    sgllm__cuda_timeline_names(cu, 0);
+    int n_names = 0;
+    const char *const *names = sgllm__cuda_timeline_launches(cu, &n_names);
+    static unsigned long long t[CAP];
+    for (int i = 0; i < 10; i++) TRY(sgllm__cuda_graph_launch(cu, c->gpu->graph), "graph launch");
+    TRY(sgllm__cuda_sync(cu), "sync");
+    if (sgllm__cuda_timeline_stamps(cu, t, CAP) < 0) die("timeline stamps");
+    for (int i = 0; i < STEPS; i++) TRY(sgllm__cuda_graph_launch(cu, c->gpu->graph), "graph launch");
+    TRY(sgllm__cuda_sync(cu), "sync");
+    int n = sgllm__cuda_timeline_stamps(cu, t, CAP), per = n / STEPS;
+    if (n < STEPS * 2 || n % STEPS) die("timeline: stamps are not whole steps");
+    bool named = per == n_names;
+    double *gap = (double *)malloc((size_t)per * sizeof(double)), d[STEPS];
+    if (!gap) die("out of memory");
+    for (int k = 0; k < per; k++) { // the last launch of the last step has no next stamp
+        int nd = 0;
+        for (int st = 0; st < STEPS; st++)
+            if (st * per + k + 1 < n) d[nd++] = (double)(t[st * per + k + 1] - t[st * per + k]) / 1e3;
+        qsort(d, (size_t)nd, sizeof d[0], cmp_double);
+        gap[k] = d[nd / 2];
+    }
+    double step = (double)(t[(STEPS - 1) * per] - t[0]) / 1e3 / (STEPS - 1);
+    printf("\n%s %s, %d keys: decode step %.1f us (graph replays back to back), %d launches%s\n", preset, type, keys, step,
+           per, named ? "" : " (launch names unknown: their count differs)");
+    printf("  %-44s %9s %10s %7s\n", "launch", "per step", "us/step", "share");
+    bool *seen = (bool *)calloc((size_t)per, 1);
+    for (int k = 0; named && seen && k < per; k++) {
+        if (seen[k]) continue;
+        int cnt = 0;
+        double sum = 0;
+        for (int j = k; j < per; j++)
+            if (!seen[j] && !strcmp(names[j], names[k])) seen[j] = true, cnt++, sum += gap[j];
+        printf("  %-44s %9d %10.1f %6.1f%%\n", names[k], cnt, sum, 100 * sum / step);
+    }
+    int l0 = per / 2 - 4 > 0 ? per / 2 - 4 : 0;
+    printf("  launches %d..%d in order (us):", l0, l0 + 11 < per ? l0 + 11 : per - 1);
+    for (int k = l0; k < per && k < l0 + 12; k++) printf(" %s %.2f;", named ? names[k] : "?", gap[k]);
+    printf("\n");
+    free(seen), free(gap), free(lg);
+    sgllm_context_free(c);
+    sgllm_model_free(m);
+}
+#endif
+
 // One decode step of a synthetic preset (no tokenizer, so sgllm_generate itself cannot run):
 // microseconds per step of each way, 128 timed steps after 8 untimed ones.
 static void bench_model_step(const char *preset, const char *type) {
@@ -797,6 +881,7 @@ static void llama_token_matvecs(uint32_t t, double bw, int reps, double *time, d
 int main(int argc, char **argv) {
     int reps = 21;
     bool sweep = false, attn_only = false, decode_only = false, launch_only = false, xq_only = false, dattn_only = false;
+    int timeline = 0; // keys of context for --timeline
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sweep")) sweep = true;
@@ -805,11 +890,22 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--launch")) launch_only = true;
         else if (!strcmp(argv[i], "--xq")) xq_only = true;
         else if (!strcmp(argv[i], "--decode-attn")) dattn_only = true;
+        else if (!strcmp(argv[i], "--timeline")) timeline = i + 1 < argc && argv[i + 1][0] != '-' ? atoi(argv[++i]) : 512;
         else {
             fprintf(stderr, "usage: sgllm-bench-kernels [--reps N] [--sweep] [--attn] [--decode] [--launch] [--xq] "
-                            "[--decode-attn]\n");
+                            "[--decode-attn] [--timeline [KEYS]]\n");
             return 2;
         }
+    }
+#ifndef SGLLM_TIMELINE
+    if (timeline) {
+        fprintf(stderr, "sgllm-bench-kernels: --timeline needs the profiling build (make timeline)\n");
+        return 2;
+    }
+#endif
+    if (timeline < 0 || timeline > 1 << 20) {
+        fprintf(stderr, "sgllm-bench-kernels: --timeline KEYS: 1 to 1048576\n");
+        return 2;
     }
     if (reps < 3) reps = 3;
     if (reps > MAX_REPS) reps = MAX_REPS;
@@ -838,6 +934,16 @@ int main(int argc, char **argv) {
         return 1;
     }
 
+#ifdef SGLLM_TIMELINE
+    if (timeline) {
+        printf("device: %s, %d SMs\n", props.name, props.sm_count);
+        static const char *const runs[][2] = {{"gemma3-270m", "q4_k_m"}, {"smollm2-135m", "q4_1"}, {"llama3-8b", "q8_0"},
+                                              {"llama3-8b", "q4_k"}, {"llama3-8b", "bf16"}};
+        for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) bench_timeline(runs[r][0], runs[r][1], timeline);
+        sgllm__cuda_free(gpu);
+        return 0;
+    }
+#endif
     if (dattn_only) {
         printf("device: %s, %d SMs\n", props.name, props.sm_count);
         bench_decode_attn(reps);
