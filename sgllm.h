@@ -461,6 +461,10 @@ typedef struct sgllm__cuda_dispatch {
                                   // CUDA-core loop over key tiles), k >= 1 = when a split may hold k keys or more (at
                                   // the context's full length; always where that length is not told); the same
                                   // arithmetic to about 2^-22 relative
+    int matvec_float_direct;      // single float-type matrices (F32, F16, BF16) at matrix-vector batch sizes: 1 = the
+                                  // direct kernel of the fused launches (a warp per row, weights straight from global
+                                  // memory), 0 = the float kernel (rows split over warps until the grid fills the SMs);
+                                  // rows that are not whole 16-byte words always take the latter
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context

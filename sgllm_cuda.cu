@@ -2293,7 +2293,12 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
     sgllm__cu_xq_forget(c, y);
     bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
     bool wide = !is_float && c->disp.matvec_int8 == 3 && sgllm__cu_mvw_ok(c, type, w, rb, cols, x);
-    if (wide || (!is_float && c->disp.matvec_int8 == 2 && sgllm__cu_mvd_ok(type, w, rb, cols, x))) {
+    // the direct kernel: quantized types with dispatch.matvec_int8 = 2, float types with
+    // dispatch.matvec_float_direct (H100, Llama-3-8B BF16 decode at 512 keys: attention + o
+    // 25.2 -> 23.7 us and down 46.5 -> 44.6 us of a layer in the step, 80.1% -> 82.4% of the
+    // floor; docs/PERF.md)
+    bool direct = is_float ? c->disp.matvec_float_direct != 0 : c->disp.matvec_int8 == 2;
+    if (wide || (direct && sgllm__cu_mvd_ok(type, w, rb, cols, x))) {
         sgllm__cu_mvd a = {};
         a.w[0] = (const uint8_t *)w, a.y[0] = y, a.rows[0] = rows, a.n_seg = 1, a.act = -1;
         a.row_bytes = rb, a.total_rows = rows;

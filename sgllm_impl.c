@@ -4639,14 +4639,15 @@ typedef struct sgllm__dispatch_row {
 // tensor cores from splits of 64 keys (everywhere: mma.sync m16n8k16 and movmatrix exist from
 // sm80 on; measured on the H100 only, where it halved attention at 4096 keys, gained 3 points
 // for Llama-3-8B at 112 keys a split and lost 1-5% of Gemma 3 270M's short-context generate
-// below 64 keys a split; docs/PERF.md).
+// below 64 keys a split; docs/PERF.md), single float-type matrices on the direct kernel (sm90:
+// Llama-3-8B BF16 decode 2 points faster on the H100; the float kernel elsewhere, unmeasured).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64, 1}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4725,6 +4726,10 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                  d->matvec_wide_warps_per_sm_q4 ? d->matvec_wide_warps_per_sm_q4 : d->matvec_wide_warps_per_sm,
                  d->matvec_xq_inline ? "in-kernel up to a limit" : "by a launch of their own");
     char mma[96] = "";
+    if (d->matvec_float_direct) {
+        size_t n = strlen(wide);
+        snprintf(wide + n, sizeof wide - n, "; float matrices on the direct kernel");
+    }
     if (d->decode_mma > 0)
         snprintf(mma, sizeof mma, " on the tensor cores (head dims 16k <= 256) from %d-key splits,", d->decode_mma);
     return snprintf(buf, cap,
@@ -4940,6 +4945,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"decode_merge", offsetof(sgllm__cuda_dispatch, decode_merge), 1, 0, 2, false},
     {"matvec_wide_warps_per_sm_q4", offsetof(sgllm__cuda_dispatch, matvec_wide_warps_per_sm_q4), 1, 0, 64, false},
     {"decode_mma", offsetof(sgllm__cuda_dispatch, decode_mma), 1, 0, 1 << 16, false},
+    {"matvec_float_direct", offsetof(sgllm__cuda_dispatch, matvec_float_direct), 1, 0, 1, false},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {

@@ -63,6 +63,8 @@ static void test_rows(void) {
         // the cluster merge on sm90 (measured fastest on the H100), the merge kernel elsewhere
         CHECKF(d.decode_merge == (h100 ? 2 : 1), "%s: decode_merge %d", cases[i].name, d.decode_merge);
         CHECKF(d.decode_mma == 64, "%s: decode_mma %d", cases[i].name, d.decode_mma); // mma.sync from sm80 on
+        // single float matrices on the direct kernel where measured faster (the H100)
+        CHECKF(d.matvec_float_direct == h100, "%s: matvec_float_direct %d", cases[i].name, d.matvec_float_direct);
     }
 }
 
@@ -220,6 +222,13 @@ static void test_json_override(void) {
         d = base;
         CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.decode_mma == v);
     }
+    // single float matrices on the direct kernel or the float kernel
+    for (int v = 0; v <= 1; v++) {
+        char js[64];
+        snprintf(js, sizeof js, "{\"matvec_float_direct\": %d}", v);
+        d = base;
+        CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.matvec_float_direct == v);
+    }
     d = base;
     const char *empty = " { } ";
     CHECK(sgllm__dispatch_apply_json(&d, empty, strlen(empty), "t", NULL) == SGLLM_OK && !memcmp(&d, &base, sizeof d));
@@ -252,6 +261,7 @@ static void test_json_override(void) {
         {"{\"decode_merge\": -1}", "[0, 2]"},
         {"{\"decode_mma\": 65537}", "[0, 65536]"},
         {"{\"decode_mma\": -1}", "[0, 65536]"},
+        {"{\"matvec_float_direct\": 2}", "[0, 1]"},
         {"{\"matvec_int8\": 4}", "[0, 3]"},
         {"{\"matvec_int8\": -1}", "[0, 3]"},
         {"{\"matvec_wide_warps_per_sm\": 0}", "[1, 64]"},
