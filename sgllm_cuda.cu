@@ -4,7 +4,7 @@
 //
 // CONTENTS (search for "// --- N.")
 //   1. Context: errors, device query, the per-context struct (stream, cuBLAS, scratch), memory,
-//      the launch helper with programmatic dependent launch
+//      the launch helper with programmatic dependent launch (and the profiling build's stamps)
 //   2. Weight formats on the device: GGUF block layouts, one value at a time and 32 at a time
 //   3. Row-wise ops: embedding gather, residual add + RMSNorm (and the fused post-norm + add +
 //      norm), per-head q/k/v RMSNorm, RoPE, the fused q/k/v epilogue, gated activations

@@ -709,6 +709,20 @@ static void bench_decode_attn(int reps) {
             }
 }
 
+// A synthetic preset on the GPU (seed 7; exits when it cannot be made).
+static sgllm_model *synthetic_model(const char *preset, const char *type) {
+    sgllm_model_params mp;
+    sgllm_model_default_params(&mp);
+    mp.backend = SGLLM_BACKEND_CUDA;
+    sgllm_model *m = NULL;
+    char err[512];
+    if (sgllm_model_load_synthetic(preset, type, 7, &mp, &m, err, sizeof err) != SGLLM_OK) {
+        fprintf(stderr, "sgllm-bench-kernels: %s\n", err);
+        exit(1);
+    }
+    return m;
+}
+
 #ifdef SGLLM_TIMELINE
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -722,15 +736,7 @@ static int cmp_double(const void *a, const void *b) {
 // step, and the launches of one middle layer in order.
 static void bench_timeline(const char *preset, const char *type, int keys) {
     enum { STEPS = 20, CAP = 16384 };
-    sgllm_model_params mp;
-    sgllm_model_default_params(&mp);
-    mp.backend = SGLLM_BACKEND_CUDA;
-    sgllm_model *m = NULL;
-    char err[512];
-    if (sgllm_model_load_synthetic(preset, type, 7, &mp, &m, err, sizeof err) != SGLLM_OK) {
-        fprintf(stderr, "sgllm-bench-kernels: %s\n", err);
-        exit(1);
-    }
+    sgllm_model *m = synthetic_model(preset, type);
     int V = sgllm_model_n_vocab(m);
     float *lg = (float *)malloc((size_t)V * sizeof(float));
     sgllm_context_params cp;
@@ -793,15 +799,7 @@ static void bench_timeline(const char *preset, const char *type, int keys) {
 // microseconds per step of each way, 128 timed steps after 8 untimed ones.
 static void bench_model_step(const char *preset, const char *type) {
     enum { STEPS = 128 };
-    sgllm_model_params mp;
-    sgllm_model_default_params(&mp);
-    mp.backend = SGLLM_BACKEND_CUDA;
-    sgllm_model *m = NULL;
-    char err[512];
-    if (sgllm_model_load_synthetic(preset, type, 7, &mp, &m, err, sizeof err) != SGLLM_OK) {
-        fprintf(stderr, "sgllm-bench-kernels: %s\n", err);
-        exit(1);
-    }
+    sgllm_model *m = synthetic_model(preset, type);
     int V = sgllm_model_n_vocab(m);
     float *lg = (float *)malloc((size_t)V * sizeof(float));
     if (!lg) die("out of memory");
