@@ -465,6 +465,9 @@ typedef struct sgllm__cuda_dispatch {
                                   // direct kernel of the fused launches (a warp per row, weights straight from global
                                   // memory), 0 = the float kernel (rows split over warps until the grid fills the SMs);
                                   // rows that are not whole 16-byte words always take the latter
+    int matvec_direct_split;      // warps that share each row of a float-type matrix in the direct kernel (1, 2 or 4;
+                                  // 1 where it does not divide matvec_warps): shorter per-warp streams, one block
+                                  // barrier to add them
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context

@@ -1935,6 +1935,7 @@ struct sgllm__cu_mvd {
     const float2 *xd;    // (nt, cols / 32)
     int nt;
     int inl;             // 1 (wide kernel only): each block quantizes x into its shared memory itself (xq / xd unused)
+    int split;           // direct kernel: warps per row (1, 2 or 4, dividing the block's; 0 = 1), set by sgllm__cu_mvd_run
 };
 
 // Adds unit i of each of the NR rows to acc (only when ok: a clamped duplicate otherwise).
@@ -2094,8 +2095,12 @@ template <int T, int NT, int NR>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvd_k(const sgllm__cu_mvd a) {
     constexpr int UV = sgllm__cu_mvd_uv(T), U = T == T_Q4_K || T == T_Q5_K ? 4 : T == T_F32 || T == T_F16 || T == T_BF16 ? 4 : 8;
     int lane = threadIdx.x % 32;
-    int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (r >= a.total_rows) return; // whole warps: no barrier below
+    // a.split warps per row (neighbours in the block), each over its share of the row's units
+    const int S = a.split > 1 ? a.split : 1, part = (int)(threadIdx.x / 32) % S;
+    int64_t r = ((int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) / S;
+    bool live = r < a.total_rows;
+    if (S == 1 && !live) return; // whole warps: no barrier below (with S > 1, one at the end)
+    if (!live) r = 0;
     int s = 0;
     if (NR == 1) {
         if (r >= a.rows[0]) r -= a.rows[0], s = 1;
@@ -2120,8 +2125,8 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvd_k(cons
     for (int k = 0; k < NR; k++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[k][t] = 0.0f;
-    int64_t n_u = a.cols / UV;
-    for (int64_t i0 = lane; i0 < n_u; i0 += 32 * U) {
+    int64_t n_all = a.cols / UV, u0 = n_all * part / S, n_u = n_all * (part + 1) / S; // this warp's units [u0, n_u)
+    for (int64_t i0 = u0 + lane; live && i0 < n_u; i0 += 32 * U) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int64_t i = i0 + 32 * u;
@@ -2133,6 +2138,22 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvd_k(cons
     for (int k = 0; k < NR; k++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[k][t] = sgllm__cu_warp_sum(acc[k][t]);
+    if (S > 1) { // the row's first warp adds the others' sums, in order
+        __shared__ float shares[MV_MAX_WARPS][NR][NT];
+        int wb = (int)(threadIdx.x / 32);
+        if (lane == 0)
+#pragma unroll
+            for (int k = 0; k < NR; k++)
+#pragma unroll
+                for (int t = 0; t < NT; t++) shares[wb][k][t] = acc[k][t];
+        __syncthreads();
+        if (part || !live) return;
+#pragma unroll
+        for (int k = 0; k < NR; k++)
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+                for (int j = 1; j < S; j++) acc[k][t] += shares[wb + j][k][t];
+    }
     if (lane) return;
     int64_t rows = s == 0 ? a.rows[0] : s == 1 ? a.rows[1] : a.rows[2];
     float *y = s == 0 ? a.y[0] : s == 1 ? a.y[1] : a.y[2];
@@ -2196,9 +2217,14 @@ static sgllm_status sgllm__cu_mvd_prep(sgllm__cuda *c, uint32_t t, const float *
     return sgllm__cuda_quantize_act(c, t, x, nt, cols, (int8_t *)a->xq, (float *)a->xd);
 }
 
-static sgllm_status sgllm__cu_mvd_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a, int nr) {
+static sgllm_status sgllm__cu_mvd_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a_in, int nr) {
     int warps = sgllm__cu_mv_warps(c);
-    int64_t blocks = (a.total_rows + warps - 1) / warps;
+    // float rows over dispatch.matvec_direct_split warps each, where the block's warps divide
+    sgllm__cu_mvd a = a_in;
+    bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
+    int split = c->disp.matvec_direct_split;
+    a.split = is_float && (split == 2 || split == 4) && warps % split == 0 ? split : 1;
+    int64_t blocks = (a.total_rows * a.split + warps - 1) / warps;
     if (blocks > INT32_MAX) return sgllm__cu_bad(c, "matvec", "too many rows");
     unsigned b = (unsigned)blocks;
     int th = 32 * warps;

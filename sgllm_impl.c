@@ -4640,14 +4640,15 @@ typedef struct sgllm__dispatch_row {
 // sm80 on; measured on the H100 only, where it halved attention at 4096 keys, gained 3 points
 // for Llama-3-8B at 112 keys a split and lost 1-5% of Gemma 3 270M's short-context generate
 // below 64 keys a split; docs/PERF.md), single float-type matrices on the direct kernel (sm90:
-// Llama-3-8B BF16 decode 2 points faster on the H100; the float kernel elsewhere, unmeasured).
+// Llama-3-8B BF16 decode 2 points faster on the H100; the float kernel elsewhere, unmeasured),
+// the direct kernel's warps per float row (2 on sm90: 2.4 more points there; 1 elsewhere).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64, 1}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64, 1, 2}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4719,7 +4720,7 @@ SGLLM__MAYBE_UNUSED static void sgllm__dispatch_prefill_tile(const sgllm__cuda_d
 // One line describing the decision (for the log and for users); returns snprintf's count.
 SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch *d, const sgllm__cuda_props *p, const char *config,
                                   char *buf, size_t cap) {
-    char wide[192] = "";
+    char wide[256] = "";
     if (d->matvec_int8 == 3)
         snprintf(wide, sizeof wide, " with wide loads of %d-byte row words, %d warps/SM (4-bit types %d), quantized %s",
                  d->matvec_wide_align, d->matvec_wide_warps_per_sm,
@@ -4729,6 +4730,10 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
     if (d->matvec_float_direct) {
         size_t n = strlen(wide);
         snprintf(wide + n, sizeof wide - n, "; float matrices on the direct kernel");
+    }
+    if (d->matvec_direct_split > 1) {
+        size_t n = strlen(wide);
+        snprintf(wide + n, sizeof wide - n, ", %d warps a float row", d->matvec_direct_split);
     }
     if (d->decode_mma > 0)
         snprintf(mma, sizeof mma, " on the tensor cores (head dims 16k <= 256) from %d-key splits,", d->decode_mma);
@@ -4946,6 +4951,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"matvec_wide_warps_per_sm_q4", offsetof(sgllm__cuda_dispatch, matvec_wide_warps_per_sm_q4), 1, 0, 64, false},
     {"decode_mma", offsetof(sgllm__cuda_dispatch, decode_mma), 1, 0, 1 << 16, false},
     {"matvec_float_direct", offsetof(sgllm__cuda_dispatch, matvec_float_direct), 1, 0, 1, false},
+    {"matvec_direct_split", offsetof(sgllm__cuda_dispatch, matvec_direct_split), 1, 1, 4, false},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {

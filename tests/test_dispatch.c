@@ -65,6 +65,7 @@ static void test_rows(void) {
         CHECKF(d.decode_mma == 64, "%s: decode_mma %d", cases[i].name, d.decode_mma); // mma.sync from sm80 on
         // single float matrices on the direct kernel where measured faster (the H100)
         CHECKF(d.matvec_float_direct == h100, "%s: matvec_float_direct %d", cases[i].name, d.matvec_float_direct);
+        CHECKF(d.matvec_direct_split == (h100 ? 2 : 1), "%s: matvec_direct_split %d", cases[i].name, d.matvec_direct_split);
     }
 }
 
@@ -229,6 +230,12 @@ static void test_json_override(void) {
         d = base;
         CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.matvec_float_direct == v);
     }
+    for (int v = 1; v <= 4; v++) { // warps per float row of the direct kernel
+        char js[64];
+        snprintf(js, sizeof js, "{\"matvec_direct_split\": %d}", v);
+        d = base;
+        CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.matvec_direct_split == v);
+    }
     d = base;
     const char *empty = " { } ";
     CHECK(sgllm__dispatch_apply_json(&d, empty, strlen(empty), "t", NULL) == SGLLM_OK && !memcmp(&d, &base, sizeof d));
@@ -262,6 +269,8 @@ static void test_json_override(void) {
         {"{\"decode_mma\": 65537}", "[0, 65536]"},
         {"{\"decode_mma\": -1}", "[0, 65536]"},
         {"{\"matvec_float_direct\": 2}", "[0, 1]"},
+        {"{\"matvec_direct_split\": 0}", "[1, 4]"},
+        {"{\"matvec_direct_split\": 5}", "[1, 4]"},
         {"{\"matvec_int8\": 4}", "[0, 3]"},
         {"{\"matvec_int8\": -1}", "[0, 3]"},
         {"{\"matvec_wide_warps_per_sm\": 0}", "[1, 64]"},

@@ -416,17 +416,19 @@ static void test_matmul(void) {
             // over many rows); eight-warp blocks with rows split over up to 8 warps; for quantized
             // types the first two on the staged int8 kernel, the third on the direct int8 kernel
             // (matvec_int8 = 2), then the fp32-activation reference kernel; float types on the
-            // direct kernel first (matvec_float_direct), then twice on the float kernel
-            int n_var = quant ? 4 : 3;
-            sgllm__cuda_dispatch variants[4] = {disp, disp, disp, disp};
+            // direct kernel first (matvec_float_direct, the table's warps per row), twice on the
+            // float kernel, then on the direct kernel with 4 warps and 1 warp a row
+            int n_var = quant ? 4 : 5;
+            sgllm__cuda_dispatch variants[5] = {disp, disp, disp, disp, disp};
             variants[1].matvec_warps_per_sm = 1;
             variants[2].matvec_warps = 8;
             variants[2].matvec_warps_per_sm = 64;
             variants[0].matvec_int8 = variants[1].matvec_int8 = 1; // staged kernel
             variants[2].matvec_int8 = 2;                          // direct kernel
             variants[3].matvec_int8 = 0;
-            variants[0].matvec_float_direct = 1;
+            variants[0].matvec_float_direct = variants[3].matvec_float_direct = variants[4].matvec_float_direct = 1;
             variants[1].matvec_float_direct = variants[2].matvec_float_direct = 0;
+            variants[3].matvec_direct_split = 4, variants[4].matvec_direct_split = 1;
             for (int bi = 0; bi < 5 * n_var; bi++) {
                 int64_t nt = batches[bi % 5];
                 // (rows not 4-byte aligned, e.g. Q6_K with an odd number of super-blocks, take
