@@ -1903,6 +1903,9 @@ static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, 
 // owns one output row (two for gate/up: the rows share every activation load) and its lanes
 // read the weights straight from global memory through the read-only path, no shared-memory
 // staging and no barriers, so a row of 640 values costs the same per byte as a row of 14336.
+// Float rows may be shared by dispatch.matvec_direct_split neighbouring warps instead (a
+// contiguous share of the units each, then one block barrier and the first adds the others'
+// sums in order): one wave of warps each streaming a whole long row ends with a long tail.
 // A lane's unit is 4 consecutive values (8 lanes per 32-value block: a warp's loads cover 4
 // neighbouring blocks, coalesced) or, for Q4_K/Q5_K, two words of nibbles = 8 values of two
 // sub-blocks each (16 lanes per super-block: the scales are decoded once per 16 values);
