@@ -2225,8 +2225,8 @@ static sgllm_status sgllm__cu_mvd_run(sgllm__cuda *c, uint32_t type, const sgllm
     // float rows over dispatch.matvec_direct_split warps each, where the block's warps divide
     sgllm__cu_mvd a = a_in;
     bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
-    int split = c->disp.matvec_direct_split;
-    a.split = is_float && (split == 2 || split == 4) && warps % split == 0 ? split : 1;
+    int split = c->disp.matvec_direct_split; // 1, 2 or 4 (the config reader's range)
+    a.split = is_float && split > 1 && warps % split == 0 ? split : 1;
     int64_t blocks = (a.total_rows * a.split + warps - 1) / warps;
     if (blocks > INT32_MAX) return sgllm__cu_bad(c, "matvec", "too many rows");
     unsigned b = (unsigned)blocks;

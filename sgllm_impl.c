@@ -4726,7 +4726,6 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                  d->matvec_wide_align, d->matvec_wide_warps_per_sm,
                  d->matvec_wide_warps_per_sm_q4 ? d->matvec_wide_warps_per_sm_q4 : d->matvec_wide_warps_per_sm,
                  d->matvec_xq_inline ? "in-kernel up to a limit" : "by a launch of their own");
-    char mma[96] = "";
     if (d->matvec_float_direct) {
         size_t n = strlen(wide);
         snprintf(wide + n, sizeof wide - n, "; float matrices on the direct kernel");
@@ -4735,6 +4734,7 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
         size_t n = strlen(wide);
         snprintf(wide + n, sizeof wide - n, ", %d warps a float row", d->matvec_direct_split);
     }
+    char mma[96] = "";
     if (d->decode_mma > 0)
         snprintf(mma, sizeof mma, " on the tensor cores (head dims 16k <= 256) from %d-key splits,", d->decode_mma);
     return snprintf(buf, cap,
@@ -4926,7 +4926,7 @@ typedef struct sgllm__dispatch_field {
     const char *key;
     size_t off;
     int count, lo, hi;
-    bool pow2; // tile sizes must be powers of two
+    bool pow2; // tile sizes and warps per row must be powers of two
 } sgllm__dispatch_field;
 
 static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
@@ -4951,7 +4951,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"matvec_wide_warps_per_sm_q4", offsetof(sgllm__cuda_dispatch, matvec_wide_warps_per_sm_q4), 1, 0, 64, false},
     {"decode_mma", offsetof(sgllm__cuda_dispatch, decode_mma), 1, 0, 1 << 16, false},
     {"matvec_float_direct", offsetof(sgllm__cuda_dispatch, matvec_float_direct), 1, 0, 1, false},
-    {"matvec_direct_split", offsetof(sgllm__cuda_dispatch, matvec_direct_split), 1, 1, 4, false},
+    {"matvec_direct_split", offsetof(sgllm__cuda_dispatch, matvec_direct_split), 1, 1, 4, true},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {

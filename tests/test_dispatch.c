@@ -173,6 +173,17 @@ static const char *valid_json = "{\n  \"device\": \"NVIDIA H100 80GB HBM3\",\n  
                                 "  \"qknorm_per_head_max_tokens\": 0, \"norm_threads\": 512, \"matvec_wide_warps_per_sm\": 24, \"pdl\": 0,\n"
                                 "  \"matvec_wide_warps_per_sm_q4\": 28\n}\n";
 
+// Whether {"key": v} applied to base sets the int field at byte offset off to v.
+static bool takes(const sgllm__cuda_dispatch *base, const char *key, size_t off, int v) {
+    char js[96];
+    snprintf(js, sizeof js, "{\"%s\": %d}", key, v);
+    sgllm__cuda_dispatch d = *base;
+    int got;
+    if (sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) != SGLLM_OK) return false;
+    memcpy(&got, (const char *)&d + off, sizeof got);
+    return got == v;
+}
+
 static void test_json_override(void) {
     sgllm__cuda_props p = fake("NVIDIA H100 80GB HBM3", 9, 0, 132, 227);
     sgllm__cuda_dispatch base, d;
@@ -203,39 +214,16 @@ static void test_json_override(void) {
               d.matvec_wide_align == 8 << (v / 4096 % 2));
     }
     // every matrix-vector variant (0 fp32 activations, 1 staged, 2 direct, 3 wide loads) is accepted
-    for (int v = 0; v <= 3; v++) {
-        char js[64];
-        snprintf(js, sizeof js, "{\"matvec_int8\": %d}", v);
-        d = base;
-        CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.matvec_int8 == v);
-    }
+    for (int v = 0; v <= 3; v++) CHECK(takes(&base, "matvec_int8", offsetof(sgllm__cuda_dispatch, matvec_int8), v));
     // the three decode-attention merges (0 in the split kernel, 1 the merge kernel, 2 a cluster)
-    for (int v = 0; v <= 2; v++) {
-        char js[64];
-        snprintf(js, sizeof js, "{\"decode_merge\": %d}", v);
-        d = base;
-        CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.decode_merge == v);
-    }
+    for (int v = 0; v <= 2; v++) CHECK(takes(&base, "decode_merge", offsetof(sgllm__cuda_dispatch, decode_merge), v));
     // decode attention on the CUDA cores or the tensor cores (from splits of v keys)
-    for (int v = 0; v <= 1024; v += 256) {
-        char js[64];
-        snprintf(js, sizeof js, "{\"decode_mma\": %d}", v);
-        d = base;
-        CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.decode_mma == v);
-    }
-    // single float matrices on the direct kernel or the float kernel
-    for (int v = 0; v <= 1; v++) {
-        char js[64];
-        snprintf(js, sizeof js, "{\"matvec_float_direct\": %d}", v);
-        d = base;
-        CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.matvec_float_direct == v);
-    }
-    for (int v = 1; v <= 4; v++) { // warps per float row of the direct kernel
-        char js[64];
-        snprintf(js, sizeof js, "{\"matvec_direct_split\": %d}", v);
-        d = base;
-        CHECK(sgllm__dispatch_apply_json(&d, js, strlen(js), "t", NULL) == SGLLM_OK && d.matvec_direct_split == v);
-    }
+    for (int v = 0; v <= 1024; v += 256) CHECK(takes(&base, "decode_mma", offsetof(sgllm__cuda_dispatch, decode_mma), v));
+    // single float matrices on the direct kernel or the float kernel, and its warps per float row
+    for (int v = 0; v <= 1; v++)
+        CHECK(takes(&base, "matvec_float_direct", offsetof(sgllm__cuda_dispatch, matvec_float_direct), v));
+    for (int v = 1; v <= 4; v *= 2)
+        CHECK(takes(&base, "matvec_direct_split", offsetof(sgllm__cuda_dispatch, matvec_direct_split), v));
     d = base;
     const char *empty = " { } ";
     CHECK(sgllm__dispatch_apply_json(&d, empty, strlen(empty), "t", NULL) == SGLLM_OK && !memcmp(&d, &base, sizeof d));
@@ -270,6 +258,7 @@ static void test_json_override(void) {
         {"{\"decode_mma\": -1}", "[0, 65536]"},
         {"{\"matvec_float_direct\": 2}", "[0, 1]"},
         {"{\"matvec_direct_split\": 0}", "[1, 4]"},
+        {"{\"matvec_direct_split\": 3}", "power of two"},
         {"{\"matvec_direct_split\": 5}", "[1, 4]"},
         {"{\"matvec_int8\": 4}", "[0, 3]"},
         {"{\"matvec_int8\": -1}", "[0, 3]"},
