@@ -1134,19 +1134,47 @@ static int32_t sgllm__cu_page_shift(const int32_t *page_table, int32_t page_size
 
 // One warp: s (hd floats, shared memory) = src + b (b optional), then with norm RMS-normalized
 // and times w (optional). The first half of qkv_post for one q or k head (RoPE follows).
+// The lane's values c0 + lane, c0 + lane + 32, ... of p below n (16 of them; zeros past n, or
+// def where p is NULL), loaded at once: a loop that stores between its loads waits for each
+// load in turn (the compiler cannot tell that the stores miss p), a round trip to L2 apiece.
+static __device__ inline void sgllm__cu_lane16(const float *p, int32_t c0, int32_t n, float def, float v[16]) {
+    int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+        int32_t i = c0 + k * 32 + lane;
+        v[k] = !p ? def : i < n ? p[i] : 0.0f;
+    }
+}
+
 static __device__ inline void sgllm__cu_head_post(const float *src, const float *b, int norm, const float *w, float eps,
                                                   int32_t hd, float *s) {
     int lane = threadIdx.x % 32;
     float ss = 0.0f;
-    for (int i = lane; i < hd; i += 32) {
-        float v = src[i];
-        if (b) v += b[i];
-        s[i] = v;
-        ss += v * v;
+    for (int32_t c0 = 0; c0 < hd; c0 += 512) {
+        float v[16], bb[16];
+        sgllm__cu_lane16(src, c0, hd, 0.0f, v);
+        sgllm__cu_lane16(b, c0, hd, 0.0f, bb);
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            int32_t i = c0 + k * 32 + lane;
+            if (i >= hd) break;
+            float x = v[k];
+            if (b) x += bb[k];
+            s[i] = x;
+            ss += x * x;
+        }
     }
     if (norm) {
         float scale = rsqrtf(sgllm__cu_warp_sum(ss) / (float)hd + eps);
-        for (int i = lane; i < hd; i += 32) s[i] = s[i] * scale * (w ? w[i] : 1.0f);
+        for (int32_t c0 = 0; c0 < hd; c0 += 512) {
+            float wv[16];
+            sgllm__cu_lane16(w, c0, hd, 1.0f, wv);
+#pragma unroll
+            for (int k = 0; k < 16; k++) {
+                int32_t i = c0 + k * 32 + lane;
+                if (i < hd) s[i] = s[i] * scale * wv[k];
+            }
+        }
     }
     __syncwarp();
 }
@@ -1181,11 +1209,17 @@ static __global__ void sgllm__cu_qkv_post_k(sgllm__cuda_qkv_post_args a) {
                   (int64_t)hh * hd;
     __half *kc = (__half *)a.k_cache + row, *vc = (__half *)a.v_cache + row;
     const float *vs = a.v + t * a.kv_stride + (int64_t)hh * hd, *bv = a.bv ? a.bv + (int64_t)hh * hd : NULL;
-    for (int i = lane; i < hd; i += 32) {
-        kc[i] = __float2half_rn(s[i]);
-        float v = vs[i];
-        if (bv) v += bv[i];
-        vc[i] = __float2half_rn(v);
+    for (int32_t c0 = 0; c0 < hd; c0 += 512) {
+        float v[16], bb[16];
+        sgllm__cu_lane16(vs, c0, hd, 0.0f, v);
+        sgllm__cu_lane16(bv, c0, hd, 0.0f, bb);
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            int32_t i = c0 + k * 32 + lane;
+            if (i >= hd) break;
+            kc[i] = __float2half_rn(s[i]);
+            vc[i] = __float2half_rn(bv ? v[k] + bb[k] : v[k]);
+        }
     }
 }
 
@@ -3173,48 +3207,46 @@ enum {
     ATT_HB = 8, ATT_THREADS = 256, ATT_MAX_HD = 512, ATT_MV = 8, ATT_TILE = 8192, ATT_G = 8,
     ATT_CH = ATT_TILE / 8 / ATT_THREADS
 };
+static_assert(ATT_MAX_HD <= 16 * 32, "the fused kernel takes a head's values in one pass of sgllm__cu_lane16");
 
-// The merge weights of hb heads: ws (hb, n_splits) holds each split's log-sum-exp and becomes
-// its weight exp(lse - max lse) (0 for an empty split); ws[hb * n_splits + h] gets head h's sum.
-// A warp per head, lanes over the splits. Both merges run it, so their weights agree.
-static __device__ void sgllm__cu_attn_weights(float *ws, int hb, int32_t n_splits) {
+// The merge weights of hb heads: ws (hb, n_splits) gets each split's weight exp(lse - max lse)
+// (0 for an empty split) from its log-sum-exp in lse (hb, n_splits). A warp per head, lanes over
+// the splits. The merge kernel and the last block's merge run it, the cluster merge makes the
+// same weights in each thread; each output then adds up its weights in split order (its own
+// denominator, next to the numerator), so the three merges' bits agree.
+static __device__ void sgllm__cu_attn_weights(const float *lse, float *ws, int hb, int32_t n_splits) {
     int tid = threadIdx.x, nth = blockDim.x;
-    float *den = ws + hb * n_splits; // (hb)
     for (int h = tid / 32; h < hb; h += nth / 32) {
-        float *w = ws + h * n_splits, mx = -INFINITY, sum = 0.0f;
-        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) mx = fmaxf(mx, w[sp]);
+        const float *l = lse + h * n_splits;
+        float *w = ws + h * n_splits, mx = -INFINITY;
+        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) mx = fmaxf(mx, l[sp]);
         mx = sgllm__cu_warp_max(mx);
-        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) {
-            w[sp] = w[sp] == -INFINITY ? 0.0f : expf(w[sp] - mx);
-            sum += w[sp];
-        }
-        sum = sgllm__cu_warp_sum(sum);
-        if (tid % 32 == 0) den[h] = sum;
+        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) w[sp] = l[sp] == -INFINITY ? 0.0f : expf(l[sp] - mx);
     }
 }
 
 // Merges the n_splits partials of hb heads, rows row .. row + hb - 1 of (n_q * n_head), into
 // out: split s weighs exp(lse_s - max lse) (0 for an empty split), summed in split order, so
-// every caller gets the same bits. ws: (hb * n_splits + hb) floats of shared memory. The
+// every caller gets the same bits. ws: (2 hb * n_splits) floats of shared memory. The
 // partials come through L2 (ld.cg): other blocks of the same launch may have written them.
 // Each thread holds up to ATT_MV outputs and loads 8 splits of each at once.
 static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *part_lse, int64_t row, int hb, int32_t hd,
                                             int32_t n_splits, float *ws, float *out) {
     int tid = threadIdx.x, nth = blockDim.x;
-    float *den = ws + hb * n_splits; // (hb)
-    for (int i = tid; i < hb * n_splits; i += nth) ws[i] = __ldcg(part_lse + row * n_splits + i);
+    float *ls = ws + hb * n_splits; // (hb, n_splits) the log-sum-exps
+    for (int i = tid; i < hb * n_splits; i += nth) ls[i] = __ldcg(part_lse + row * n_splits + i);
     __syncthreads();
-    sgllm__cu_attn_weights(ws, hb, n_splits);
+    sgllm__cu_attn_weights(ls, ws, hb, n_splits);
     __syncthreads();
     for (int e0 = 0; e0 < hb * hd; e0 += nth * ATT_MV) {
-        float num[ATT_MV];
+        float num[ATT_MV], den[ATT_MV];
         const float *src[ATT_MV], *wgt[ATT_MV];
         bool live[ATT_MV];
 #pragma unroll
         for (int k = 0; k < ATT_MV; k++) {
             int e = e0 + tid + k * nth, h = min(e, hb * hd - 1) / hd;
             live[k] = e < hb * hd;
-            num[k] = 0.0f;
+            num[k] = den[k] = 0.0f;
             src[k] = part_o + (row + h) * n_splits * hd + (e - h * hd);
             wgt[k] = ws + h * n_splits;
         }
@@ -3222,11 +3254,14 @@ static __device__ void sgllm__cu_attn_merge(const float *part_o, const float *pa
         for (int32_t sp = 0; sp < n_splits; sp++)
 #pragma unroll
             for (int k = 0; k < ATT_MV; k++)
-                if (live[k]) num[k] += wgt[k][sp] * __ldcg(src[k] + (int64_t)sp * hd);
+                if (live[k]) {
+                    num[k] += wgt[k][sp] * __ldcg(src[k] + (int64_t)sp * hd);
+                    den[k] += wgt[k][sp];
+                }
 #pragma unroll
         for (int k = 0; k < ATT_MV; k++) {
-            int e = e0 + tid + k * nth, h = min(e, hb * hd - 1) / hd;
-            if (live[k]) out[row * hd + e] = den[h] > 0 ? num[k] / den[h] : 0.0f;
+            int e = e0 + tid + k * nth;
+            if (live[k]) out[row * hd + e] = den[k] > 0 ? num[k] / den[k] : 0.0f;
         }
     }
 }
@@ -3340,7 +3375,7 @@ static size_t sgllm__cu_attn_region(int hb_t, int32_t hd, int32_t bn, int32_t n_
         tiles = sgllm__cu_attn_mma_qf(hd, mw) + (size_t)hd * 32 + (size_t)2 * mw * hb_t * 4;
         red = (size_t)mw * hb_t * hd * 4;
     }
-    size_t ws = merge_here ? ((size_t)hb_t * n_splits + hb_t) * 4 : 0, r = tiles > red ? tiles : red;
+    size_t ws = merge_here ? (size_t)2 * hb_t * n_splits * 4 : 0, r = tiles > red ? tiles : red;
     r = r > ws ? r : ws;
     return (r + 15) / 16 * 16;
 }
@@ -3476,11 +3511,15 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             const float *vs = post.v + (int64_t)h * hd, *bv = post.bv ? post.bv + (int64_t)h * hd : NULL;
             bool write = (int32_t)blockIdx.y % n_hgroups == 0; // one block writes the cache rows
             int64_t crow = write ? sgllm__cu_page_row(pt, page_shift, p_hi) * kv_stride + (int64_t)h * hd : 0;
-            for (int i = lane; i < hd; i += 32) {
-                float v = vs[i];
-                if (bv) v += bv[i];
+            float v[16], bb[16]; // hd <= ATT_MAX_HD = 512: one pass
+            sgllm__cu_lane16(vs, 0, hd, 0.0f, v);
+            sgllm__cu_lane16(bv, 0, hd, 0.0f, bb);
+#pragma unroll
+            for (int k = 0; k < 16; k++) {
+                int i = k * 32 + lane;
+                if (i >= hd) break;
                 kn[i] = __float2half_rn(sr[i]);
-                vn[i] = __float2half_rn(v);
+                vn[i] = __float2half_rn(bv ? v[k] + bb[k] : v[k]);
                 if (write) {
                     post.k_cache[crow + i] = __half_as_ushort(kn[i]);
                     post.v_cache[crow + i] = __half_as_ushort(vn[i]);
@@ -3782,27 +3821,25 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         // split's normalized outputs into the inboxes of the blocks that merge them, and its
         // log-sum-exps into every inbox; after one cluster barrier each block merges its share
         // from its own shared memory with sgllm__cu_attn_merge's arithmetic in split order (so
-        // the merge kernel's bits). Nothing reads another block's shared memory, so no block
-        // waits for the others before it leaves.
+        // the merge kernel's bits), each thread making its head's weights itself. Nothing reads
+        // another block's shared memory, so no block waits for the others before it leaves.
         asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
         asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-        float *ws = red, *den = red + hb * n_splits; // (hb, n_splits) weights, (hb) sums
-        for (int i = tid; i < hb * n_splits; i += ATT_THREADS) {
-            int h = i / n_splits;
-            ws[i] = inbox_lse[(i - h * n_splits) * HB + h];
-        }
-        __syncthreads();
-        sgllm__cu_attn_weights(ws, hb, n_splits);
-        __syncthreads();
         int32_t total = hb * hd, e0 = min(total, split * share), e1 = min(total, e0 + share);
-        // this block's merged share (16-byte aligned), kept for the quantization below
-        float *mine = red + (hb * n_splits + hb + 3) / 4 * 4;
+        float *mine = red; // this block's merged share, kept for the quantization below
         for (int32_t e = e0 + tid; e < e1; e += ATT_THREADS) {
+            // sgllm__cu_attn_weights' weights of head h, made by each thread (no block barrier)
             int32_t h = e / hd;
-            const float *w = ws + h * n_splits, *v = inbox + (e - e0);
-            float num = 0.0f;
-            for (int32_t sp = 0; sp < n_splits; sp++) num += w[sp] * v[(int64_t)sp * share];
-            float r = den[h] > 0 ? num / den[h] : 0.0f;
+            const float *l = inbox_lse + h, *v = inbox + (e - e0);
+            float mx = -INFINITY, num = 0.0f, den = 0.0f;
+            for (int32_t sp = 0; sp < n_splits; sp++) mx = fmaxf(mx, l[sp * HB]);
+#pragma unroll 4
+            for (int32_t sp = 0; sp < n_splits; sp++) {
+                float w = l[sp * HB] == -INFINITY ? 0.0f : expf(l[sp * HB] - mx);
+                num += w * v[(int64_t)sp * share];
+                den += w;
+            }
+            float r = den > 0 ? num / den : 0.0f;
             out[row * hd + e] = r;
             mine[e - e0] = r;
         }
@@ -3838,7 +3875,7 @@ static __global__ void sgllm__cu_attn_merge_k(const float *part_o, const float *
                                               int32_t n_splits, float *out) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
-    extern __shared__ float ws[]; // (n_splits + 1)
+    extern __shared__ float ws[]; // (2 n_splits)
     sgllm__cu_attn_merge(part_o, part_lse, (int64_t)blockIdx.y * n_head + blockIdx.x, 1, hd, n_splits, ws, out);
 }
 
@@ -4002,7 +4039,7 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
     if (!s && cl && xq_kind >= 0) sgllm__cu_xq_set(c, s, out, xq_kind, n_q, cols);
     if (s || n_splits == 1 || merge_here || cl) return s;
     return sgllm__cu_launch(c, "attn_decode: merge kernel", sgllm__cu_attn_merge_k, dim3((unsigned)n_head, (unsigned)n_q),
-                            dim3(128), (size_t)(n_splits + 1) * 4, (const float *)part_o, (const float *)part_lse,
+                            dim3(128), (size_t)n_splits * 2 * 4, (const float *)part_o, (const float *)part_lse,
                             n_head, head_dim, n_splits, out);
 }
 
