@@ -3781,25 +3781,38 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     float *inbox_lse = inbox + (int64_t)n_splits * share;
     if (CL) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); // every block has started
 #endif
-    for (int i = tid; i < hb * words; i += ATT_THREADS) { // 8 outputs of one head per thread
-        int h = i / words, d = (i - h * words) * 8;
-        float4 o0 = make_float4(0, 0, 0, 0), o1 = o0;
-        for (int sl = 0; sl < (n_steps > 0 ? mw : n_tiles > 0 ? ks : 0); sl++) {
-            const float4 *r = (const float4 *)(red + ((int64_t)sl * HB + h) * hd + d);
-            float4 a = r[0], b = r[1];
-            o0.x += a.x, o0.y += a.y, o0.z += a.z, o0.w += a.w, o1.x += b.x, o1.y += b.y, o1.z += b.z, o1.w += b.w;
+    // the slices' sums, normalized: each thread takes `vpt` consecutive values of the (hb, hd)
+    // output (4, 2 or 1, so that every thread has some) and adds the slices in order
+    const int n_sl = n_steps > 0 ? mw : n_tiles > 0 ? ks : 0;
+    const int vpt = hb * hd >= 4 * ATT_THREADS ? 4 : hb * hd >= 2 * ATT_THREADS ? 2 : 1;
+    for (int e = tid * vpt; e < hb * hd; e += ATT_THREADS * vpt) {
+        int h = e / hd;
+        float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        const float *r = red + e; // slice sl's values at r + sl HB hd
+#pragma unroll 4
+        for (int sl = 0; sl < n_sl; sl++, r += HB * hd) {
+            if (vpt == 4) {
+                float4 a = *(const float4 *)r;
+                o[0] += a.x, o[1] += a.y, o[2] += a.z, o[3] += a.w;
+            } else if (vpt == 2) {
+                float2 a = *(const float2 *)r;
+                o[0] += a.x, o[1] += a.y;
+            } else {
+                o[0] += r[0];
+            }
         }
         float l = ls[h], inv = l > 0 ? 1.0f / l : 0.0f;
-        float4 *dst = (float4 *)(n_splits == 1 ? out + (row + h) * hd + d : part_o + ((row + h) * n_splits + split) * hd + d);
+        float *dst = n_splits == 1 ? out + row * hd + e : part_o + ((row + h) * n_splits + split) * hd + (e - h * hd);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        if (CL) { // into the inbox of the block whose share holds these 8 values (share % 8 == 0)
-            int32_t e = h * hd + d, owner = e / share;
-            dst = (float4 *)(cooperative_groups::this_cluster().map_shared_rank(inbox, (unsigned)owner) +
-                             (int64_t)split * share + (e - owner * share));
+        if (CL) { // into the inbox of the block whose share holds these values (share % 8 == 0)
+            int32_t owner = e / share;
+            dst = cooperative_groups::this_cluster().map_shared_rank(inbox, (unsigned)owner) + (int64_t)split * share +
+                  (e - owner * share);
         }
 #endif
-        dst[0] = make_float4(o0.x * inv, o0.y * inv, o0.z * inv, o0.w * inv);
-        dst[1] = make_float4(o1.x * inv, o1.y * inv, o1.z * inv, o1.w * inv);
+        if (vpt == 4) *(float4 *)dst = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
+        else if (vpt == 2) *(float2 *)dst = make_float2(o[0] * inv, o[1] * inv);
+        else dst[0] = o[0] * inv;
     }
     if (n_splits > 1 && tid < hb) {
         float lse = ls[tid] > 0 ? ms[tid] + logf(ls[tid]) : -INFINITY;
