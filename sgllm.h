@@ -468,6 +468,9 @@ typedef struct sgllm__cuda_dispatch {
     int matvec_direct_split;      // warps that share each row of a float-type matrix in the direct kernel (1, 2 or 4;
                                   // 1 where it does not divide matvec_warps): shorter per-warp streams, one block
                                   // barrier to add them
+    int matvec_qkv_early_kb;      // a q/k/v product on the wide kernel whose weights are at most this many KiB lets the
+                                  // next kernel (decode attention) launch before its own PDL wait, so that the
+                                  // attention's cache reads overlap the product (small models); 0 = never
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context

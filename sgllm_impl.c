@@ -4641,14 +4641,17 @@ typedef struct sgllm__dispatch_row {
 // for Llama-3-8B at 112 keys a split and lost 1-5% of Gemma 3 270M's short-context generate
 // below 64 keys a split; docs/PERF.md), single float-type matrices on the direct kernel (sm90:
 // Llama-3-8B BF16 decode 2 points faster on the H100; the float kernel elsewhere, unmeasured),
-// the direct kernel's warps per float row (2 on sm90: 2.4 more points there; 1 elsewhere).
+// the direct kernel's warps per float row (2 on sm90: 2.4 more points there; 1 elsewhere), the
+// largest q/k/v product (KiB of weights) that lets decode attention launch before its own wait
+// (4 MiB on sm90: SmolLM2's step 6% shorter on the H100, Llama-3-8B's products, 14 MiB and up,
+// slower with it; 0 elsewhere, unmeasured).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64, 1, 2}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64, 1, 2, 4096}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4733,6 +4736,10 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
     if (d->matvec_direct_split > 1) {
         size_t n = strlen(wide);
         snprintf(wide + n, sizeof wide - n, ", %d warps a float row", d->matvec_direct_split);
+    }
+    if (d->matvec_qkv_early_kb > 0) {
+        size_t n = strlen(wide);
+        snprintf(wide + n, sizeof wide - n, "; q/k/v products up to %d KiB let attention launch early", d->matvec_qkv_early_kb);
     }
     char mma[96] = "";
     if (d->decode_mma > 0)
@@ -4952,6 +4959,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"decode_mma", offsetof(sgllm__cuda_dispatch, decode_mma), 1, 0, 1 << 16, false},
     {"matvec_float_direct", offsetof(sgllm__cuda_dispatch, matvec_float_direct), 1, 0, 1, false},
     {"matvec_direct_split", offsetof(sgllm__cuda_dispatch, matvec_direct_split), 1, 1, 4, true},
+    {"matvec_qkv_early_kb", offsetof(sgllm__cuda_dispatch, matvec_qkv_early_kb), 1, 0, 1 << 20, false},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {

@@ -66,6 +66,7 @@ static void test_rows(void) {
         // single float matrices on the direct kernel where measured faster (the H100)
         CHECKF(d.matvec_float_direct == h100, "%s: matvec_float_direct %d", cases[i].name, d.matvec_float_direct);
         CHECKF(d.matvec_direct_split == (h100 ? 2 : 1), "%s: matvec_direct_split %d", cases[i].name, d.matvec_direct_split);
+        CHECKF(d.matvec_qkv_early_kb == (h100 ? 4096 : 0), "%s: matvec_qkv_early_kb %d", cases[i].name, d.matvec_qkv_early_kb);
     }
 }
 
@@ -224,6 +225,9 @@ static void test_json_override(void) {
         CHECK(takes(&base, "matvec_float_direct", offsetof(sgllm__cuda_dispatch, matvec_float_direct), v));
     for (int v = 1; v <= 4; v *= 2)
         CHECK(takes(&base, "matvec_direct_split", offsetof(sgllm__cuda_dispatch, matvec_direct_split), v));
+    // q/k/v products that let attention launch before their wait, up to v KiB of weights
+    for (int v = 0; v <= 1 << 20; v += 1 << 18)
+        CHECK(takes(&base, "matvec_qkv_early_kb", offsetof(sgllm__cuda_dispatch, matvec_qkv_early_kb), v));
     d = base;
     const char *empty = " { } ";
     CHECK(sgllm__dispatch_apply_json(&d, empty, strlen(empty), "t", NULL) == SGLLM_OK && !memcmp(&d, &base, sizeof d));
@@ -260,6 +264,7 @@ static void test_json_override(void) {
         {"{\"matvec_direct_split\": 0}", "[1, 4]"},
         {"{\"matvec_direct_split\": 3}", "power of two"},
         {"{\"matvec_direct_split\": 5}", "[1, 4]"},
+        {"{\"matvec_qkv_early_kb\": -1}", "[0, 1048576]"},
         {"{\"matvec_int8\": 4}", "[0, 3]"},
         {"{\"matvec_int8\": -1}", "[0, 3]"},
         {"{\"matvec_wide_warps_per_sm\": 0}", "[1, 64]"},
