@@ -3176,7 +3176,9 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 // on sm90+ with up to 16 splits, by the head group's split blocks launched as one thread block
 // cluster, each merging a share that the others wrote into its shared memory (decode_merge 2; CL below).
 // All three run the same weight function in split order, so their bits agree, and none
-// depends on which block finishes last. The kernels wait for their predecessors first (the query and the newest
+// depends on which block finishes last. Softmax and merge exponentials are __expf (ex2.approx:
+// about 2^-22 relative, plus |x| ulps of the argument's scaling; the tests hold the attention
+// to 1e-5 of a double-precision one): the accurate expf's longer code was on the latency chain. The kernels wait for their predecessors first (the query and the newest
 // cache rows are theirs) and let their dependents launch right after; the single-token kernel
 // that does qkv_post's work itself (POST below) starts its cache reads before that wait.
 
@@ -3236,7 +3238,7 @@ static __device__ void sgllm__cu_attn_weights(const float *lse, float *ws, int h
         float *w = ws + h * n_splits, mx = -INFINITY;
         for (int32_t sp = tid % 32; sp < n_splits; sp += 32) mx = fmaxf(mx, l[sp]);
         mx = sgllm__cu_warp_max(mx);
-        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) w[sp] = l[sp] == -INFINITY ? 0.0f : expf(l[sp] - mx);
+        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) w[sp] = l[sp] == -INFINITY ? 0.0f : __expf(l[sp] - mx);
     }
 }
 
@@ -3611,9 +3613,9 @@ static __global__ void __launch_bounds__(ATT_THREADS)
                 x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, sh));
             }
             x0 = fmaxf(x0, m0), x1 = fmaxf(x1, m1); // finite: key t0 is visible
-            float a0 = expf(m0 - x0), a1 = expf(m1 - x1); // 0 on the first step
+            float a0 = __expf(m0 - x0), a1 = __expf(m1 - x1); // 0 on the first step
             m0 = x0, m1 = x1;
-            float p0 = expf(s[0] - x0), p1 = expf(s[1] - x1), p2 = expf(s[2] - x0), p3 = expf(s[3] - x1);
+            float p0 = __expf(s[0] - x0), p1 = __expf(s[1] - x1), p2 = __expf(s[2] - x0), p3 = __expf(s[3] - x1);
             l0 = l0 * a0 + p0 + p2;
             l1 = l1 * a1 + p1 + p3;
             // P^T as the B operand (keys x heads): each 8-key half transposed, hi and lo parts
@@ -3654,7 +3656,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
                 if (hA < hb) MA = fmaxf(MA, wm[w * HB + hA]);
                 if (hB < hb) MB = fmaxf(MB, wm[w * HB + hB]);
             }
-            float fA = m0 == -INFINITY ? 0.0f : expf(m0 - MA), fB = m1 == -INFINITY ? 0.0f : expf(m1 - MB);
+            float fA = m0 == -INFINITY ? 0.0f : __expf(m0 - MA), fB = m1 == -INFINITY ? 0.0f : __expf(m1 - MB);
 #pragma unroll
             for (int mt = 0; mt < ATT_MMA_HD / 16; mt++)
                 if (mt < kst) {
@@ -3667,7 +3669,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             float M = -INFINITY, L = 0.0f;
             for (int w = 0; w < mw; w++) M = fmaxf(M, wm[w * HB + tid]);
             for (int w = 0; w < mw; w++)
-                if (wm[w * HB + tid] != -INFINITY) L += wl[w * HB + tid] * expf(wm[w * HB + tid] - M);
+                if (wm[w * HB + tid] != -INFINITY) L += wl[w * HB + tid] * __expf(wm[w * HB + tid] - M);
             ms[tid] = M;
             ls[tid] = L;
         }
@@ -3735,14 +3737,14 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             mx = fmaxf(sgllm__cu_warp_max(mx), ms[h]);
             float sum = 0.0f;
             for (int n = lane; n < nk; n += 32) {
-                float e = expf(ps[h * bn + n] - mx);
+                float e = __expf(ps[h * bn + n] - mx);
                 ps[h * bn + n] = e;
                 sum += e;
             }
             sum = sgllm__cu_warp_sum(sum);
             __syncwarp();
             if (lane == 0) {
-                float a = expf(ms[h] - mx); // 0 on the first tile (ms = -inf)
+                float a = __expf(ms[h] - mx); // 0 on the first tile (ms = -inf)
                 as[h] = a;
                 ls[h] = ls[h] * a + sum;
                 ms[h] = mx;
@@ -3863,7 +3865,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             for (int32_t sp = 0; sp < n_splits; sp++) mx = fmaxf(mx, l[sp * HB]);
 #pragma unroll 4
             for (int32_t sp = 0; sp < n_splits; sp++) {
-                float w = l[sp * HB] == -INFINITY ? 0.0f : expf(l[sp * HB] - mx);
+                float w = l[sp * HB] == -INFINITY ? 0.0f : __expf(l[sp * HB] - mx);
                 num += w * v[(int64_t)sp * share];
                 den += w;
             }
