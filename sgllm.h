@@ -481,6 +481,12 @@ typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context
 void sgllm__cuda_timeline_names(sgllm__cuda *c, int on);
 const char *const *sgllm__cuda_timeline_launches(const sgllm__cuda *c, int *n);
 int sgllm__cuda_timeline_stamps(sgllm__cuda *c, unsigned long long *t, int cap);
+// Decode attention's phases since the last call (then emptied): for split block b < 32 of the
+// first head group, n[b] launches and us[b * 16 + k] the mean time from the block's start to
+// the end of phase k (0 where it never ran); -1 on a CUDA error. sgllm__cuda_timeline_phase_name
+// names phase k (1..15).
+int sgllm__cuda_timeline_phases(sgllm__cuda *c, double *us, unsigned long long *n);
+const char *sgllm__cuda_timeline_phase_name(int k);
 #endif
 
 int sgllm__cuda_device_count(void); // 0 when there is no driver or device

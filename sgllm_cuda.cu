@@ -207,6 +207,38 @@ static __device__ inline void sgllm__cu_tl_mark() {
     unsigned i = atomicAdd(&sgllm__tl_n, 1u);
     if (i < SGLLM__TL_MAX) sgllm__tl_t[i] = t;
 }
+// Decode attention's phases (section 6): the first thread of each of the first PH_B split
+// blocks of head group 0 stamps the time at every SGLLM__PH(k) and, when it leaves, adds each
+// stamp's distance from its start to sgllm__tl_ph (sgllm__cuda_timeline_phases reads them).
+enum { SGLLM__PH_N = 16, SGLLM__PH_B = 32 };
+__device__ unsigned long long sgllm__tl_ph[SGLLM__PH_B][SGLLM__PH_N], sgllm__tl_phn[SGLLM__PH_B];
+struct sgllm__cu_phases {
+    unsigned long long t[SGLLM__PH_N];
+    bool on;
+};
+static __device__ inline void sgllm__cu_ph_mark(sgllm__cu_phases &p, int k) {
+    if (p.on) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(p.t[k]));
+}
+static __device__ inline void sgllm__cu_ph_begin(sgllm__cu_phases &p) {
+    p.on = !(threadIdx.x | blockIdx.y | blockIdx.z) && blockIdx.x < SGLLM__PH_B;
+#pragma unroll
+    for (int k = 0; k < SGLLM__PH_N; k++) p.t[k] = 0;
+    sgllm__cu_ph_mark(p, 0);
+}
+static __device__ inline void sgllm__cu_ph_end(const sgllm__cu_phases &p) {
+    if (!p.on) return;
+#pragma unroll
+    for (int k = 1; k < SGLLM__PH_N; k++)
+        if (p.t[k]) atomicAdd(&sgllm__tl_ph[blockIdx.x][k], p.t[k] - p.t[0]);
+    atomicAdd(&sgllm__tl_phn[blockIdx.x], 1ull);
+}
+#define SGLLM__PH_BEGIN() sgllm__cu_phases ph_; sgllm__cu_ph_begin(ph_)
+#define SGLLM__PH(k) sgllm__cu_ph_mark(ph_, k)
+#define SGLLM__PH_END() sgllm__cu_ph_end(ph_)
+#else
+#define SGLLM__PH_BEGIN()
+#define SGLLM__PH(k)
+#define SGLLM__PH_END()
 #endif
 static __device__ inline void sgllm__cu_pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -318,6 +350,28 @@ extern "C" void sgllm__cuda_timeline_names(sgllm__cuda *c, int on) {
 extern "C" const char *const *sgllm__cuda_timeline_launches(const sgllm__cuda *c, int *n) {
     *n = c->tl_n;
     return c->tl_names;
+}
+extern "C" const char *sgllm__cuda_timeline_phase_name(int k) {
+    static const char *const names[SGLLM__PH_N] = {"start", "wait", "epilogue", "tile data", "tile barrier", "scores",
+                                                   "softmax", "values", "slices", "cluster", "outputs sent", "lse sent",
+                                                   "merge barrier", "merged", "quantized", "mma body"};
+    return k >= 0 && k < SGLLM__PH_N ? names[k] : "?";
+}
+extern "C" int sgllm__cuda_timeline_phases(sgllm__cuda *c, double *us, unsigned long long *n) {
+    unsigned long long sum[SGLLM__PH_B][SGLLM__PH_N], cnt[SGLLM__PH_B];
+    cudaSetDevice(c->device);
+    if (cudaMemcpyFromSymbol(sum, sgllm__tl_ph, sizeof sum) != cudaSuccess ||
+        cudaMemcpyFromSymbol(cnt, sgllm__tl_phn, sizeof cnt) != cudaSuccess)
+        return -1;
+    for (int b = 0; b < SGLLM__PH_B; b++) {
+        n[b] = cnt[b];
+        for (int k = 0; k < SGLLM__PH_N; k++) us[b * SGLLM__PH_N + k] = cnt[b] ? (double)sum[b][k] / 1e3 / (double)cnt[b] : 0.0;
+    }
+    memset(sum, 0, sizeof sum), memset(cnt, 0, sizeof cnt);
+    if (cudaMemcpyToSymbol(sgllm__tl_ph, sum, sizeof sum) != cudaSuccess ||
+        cudaMemcpyToSymbol(sgllm__tl_phn, cnt, sizeof cnt) != cudaSuccess)
+        return -1;
+    return 0;
 }
 extern "C" int sgllm__cuda_timeline_stamps(sgllm__cuda *c, unsigned long long *t, int cap) {
     unsigned n = 0;
@@ -3449,8 +3503,10 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     // block of the cluster arrived here; they wait for that just before, so it costs nothing)
     if (CL) asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 #endif
+    SGLLM__PH_BEGIN(); // profiling build only: the phase stamps (section 1)
     if (!POST) {
         sgllm__cu_pdl_wait();
+        SGLLM__PH(1);
         sgllm__cu_pdl_trigger();
     }
     extern __shared__ __align__(16) uint8_t sm[];
@@ -3509,6 +3565,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         for (int j = 0; j < 5; j++)
             for (int32_t i = tid * 32; pf[j] && i < (j ? hd : hb * hd); i += ATT_THREADS * 32) sgllm__cu_prefetch_l2(pf[j] + i);
         sgllm__cu_pdl_wait();
+        SGLLM__PH(1);
         sgllm__cu_pdl_trigger();
         __syncthreads(); // the angles
         // warp j < hb: query head h0 + j into qs; warp hb: the new key and value
@@ -3544,6 +3601,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         __syncthreads(); // kn / vn before the tile that holds them is completed
+        SGLLM__PH(2);
     } else {
         const float4 *q4 = (const float4 *)(q + qi * n_head * hd + (int64_t)h0 * hd);
         for (int i = tid; i < hb * hd / 4; i += ATT_THREADS) {
@@ -3648,6 +3706,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             if (hB < hb) wm[warp * HB + hB] = m1, wl[warp * HB + hB] = l1;
         }
         __syncthreads(); // every warp's state (and every stage consumed: red overwrites them)
+        SGLLM__PH(15);
         // warp w's share of head h weighs exp(m_w - max) (0 for a warp without keys); the
         // value slices of the end below are the mw warps
         if (warp < mw) {
@@ -3692,6 +3751,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         } else {
             sgllm__cu_cp_wait<0>();
         }
+        if (t == 0) SGLLM__PH(3);
         if (POST && copied(t0, nk) < nk) { // the newest key's row, made above (kn / vn ready: a barrier since)
             __half *kr = tiles + (size_t)(t & 1) * 2 * stage + (size_t)(nk - 1) * hd;
             for (int i = tid; i < hd / 8; i += ATT_THREADS) {
@@ -3700,6 +3760,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         __syncthreads(); // this tile (and the queries) visible to every thread
+        if (t == 0) SGLLM__PH(4);
         const __half *kt = tiles + (size_t)(t & 1) * 2 * stage, *vt = kt + stage;
         // scores: 8 lanes per key, each lane a 16-byte piece of the row in turn; whole warps go
         // round the loop together for the shuffles
@@ -3731,6 +3792,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
                     if (h < hb) ps[h * bn + n] = s[h];
         }
         __syncthreads();
+        if (t == 0) SGLLM__PH(5);
         for (int h = warp; h < hb; h += ATT_THREADS / 32) {
             float mx = -INFINITY;
             for (int n = lane; n < nk; n += 32) mx = fmaxf(mx, ps[h * bn + n]);
@@ -3751,6 +3813,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         __syncthreads();
+        if (t == 0) SGLLM__PH(6);
         // values: slice s takes keys s, s + ks, ... for its 16-byte piece of every head
         if (slice < ks) {
 #pragma unroll
@@ -3782,6 +3845,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         __syncthreads(); // this stage consumed before the next issue overwrites it
     }
     __syncthreads();
+    SGLLM__PH(7);
     if (n_tiles > 0 && slice < ks)
 #pragma unroll
         for (int h = 0; h < HB; h++)
@@ -3796,7 +3860,9 @@ static __global__ void __launch_bounds__(ATT_THREADS)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     float *inbox = (float *)(sm + sgllm__cu_attn_inbox_off(HB, hd, bn, (size_t)region, POST, post.n_rot));
     float *inbox_lse = inbox + (int64_t)n_splits * share;
+    SGLLM__PH(8);
     if (CL) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); // every block has started
+    SGLLM__PH(9);
 #endif
     // the slices' sums, normalized: each thread takes `vpt` consecutive values of the (hb, hd)
     // output (4, 2 or 1, so that every thread has some) and adds the slices in order
@@ -3837,6 +3903,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         else part_lse[(row + tid) * n_splits + split] = lse;
     }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    SGLLM__PH(10);
     if (CL) { // every block gets this split's log-sum-exps
         __syncthreads();
         for (int i = tid; i < n_splits * hb; i += ATT_THREADS) {
@@ -3853,8 +3920,10 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         // from its own shared memory with sgllm__cu_attn_merge's arithmetic in split order (so
         // the merge kernel's bits), each thread making its head's weights itself. Nothing reads
         // another block's shared memory, so no block waits for the others before it leaves.
+        SGLLM__PH(11);
         asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
         asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+        SGLLM__PH(12);
         int32_t total = hb * hd, e0 = min(total, split * share), e1 = min(total, e0 + share);
         float *mine = red; // this block's merged share, kept for the quantization below
         for (int32_t e = e0 + tid; e < e1; e += ATT_THREADS) {
@@ -3873,6 +3942,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             out[row * hd + e] = r;
             mine[e - e0] = r;
         }
+        SGLLM__PH(13);
         if (xq_kind >= 0 && e1 > e0) { // the share, just merged by this block, quantized as sgllm__cu_xq_k would
             __syncthreads();                // (from its shared-memory copy: the same floats, no trip to L2)
             int64_t o = row * hd + e0;
@@ -3880,9 +3950,12 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             else if (xq_kind == XQ_Q8_1) sgllm__cu_xq<XQ_Q8_1>(mine, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
             else sgllm__cu_xq<XQ_Q8_K>(mine, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
         }
+        SGLLM__PH(14);
+        SGLLM__PH_END();
 #endif
         return;
     }
+    SGLLM__PH_END(); // (the last block's merge below is not stamped)
     if (n_splits == 1 || !cnt) return;
     // Each thread fences its partials before the block counts itself, so the block that
     // counts last sees every split's; it alone merges, and zeroes the counter for the next

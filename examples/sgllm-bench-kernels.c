@@ -21,7 +21,8 @@
 // enqueued before the token is read (as sgllm_generate runs without penalties).
 // --timeline (only in the profiling build, `make timeline`): where a decode step's time goes, kernel
 // by kernel, as the step runs (a CUDA graph, programmatic dependent launch): the synthetic
-// presets' steps at KEYS keys of context (default 512), see bench_timeline.
+// presets' steps at KEYS keys of context (default 512), and inside decode attention, phase by
+// phase, see bench_timeline.
 // --decode: only the read bandwidth and whole decode steps' matrix-vector products replayed as
 // CUDA graphs (Llama-3-8B, Gemma 3 270M and SmolLM2-135M shapes), see decode_steps.
 // --sweep also times the Llama-3-8B matvecs under other matrix-vector launch settings
@@ -733,7 +734,9 @@ static int cmp_double(const void *a, const void *b) {
 // times; each kernel's cost is the median over the steps of the gap from its PDL wait returning
 // to the next kernel's (the build's stamps, sgllm__cu_tl_mark): its work after the wait, its tail
 // and the next one's release. Printed: the step, the cost of each launch name summed over the
-// step, and the launches of one middle layer in order.
+// step, the launches of one middle layer in order, and decode attention's phases (the split
+// kernel's stamps, SGLLM__PH in sgllm_cuda.cu: each split block's mean time from its start to
+// the end of each phase, for the first head group's blocks).
 static void bench_timeline(const char *preset, const char *type, int keys) {
     enum { STEPS = 20, CAP = 16384 };
     sgllm_model *m = synthetic_model(preset, type);
@@ -758,6 +761,9 @@ static void bench_timeline(const char *preset, const char *type, int keys) {
     for (int i = 0; i < 10; i++) TRY(sgllm__cuda_graph_launch(cu, c->gpu->graph), "graph launch");
     TRY(sgllm__cuda_sync(cu), "sync");
     if (sgllm__cuda_timeline_stamps(cu, t, CAP) < 0) die("timeline stamps");
+    static double ph[32 * 16];
+    static unsigned long long ph_n[32];
+    if (sgllm__cuda_timeline_phases(cu, ph, ph_n) < 0) die("timeline phases"); // emptied: this step's only
     for (int i = 0; i < STEPS; i++) TRY(sgllm__cuda_graph_launch(cu, c->gpu->graph), "graph launch");
     TRY(sgllm__cuda_sync(cu), "sync");
     int n = sgllm__cuda_timeline_stamps(cu, t, CAP), per = n / STEPS;
@@ -789,6 +795,24 @@ static void bench_timeline(const char *preset, const char *type, int keys) {
     printf("  launches %d..%d in order (us):", l0, l0 + 11 < per ? l0 + 11 : per - 1);
     for (int k = l0; k < per && k < l0 + 12; k++) printf(" %s %.2f;", named ? names[k] : "?", gap[k]);
     printf("\n");
+    // decode attention's phases: each split block's mean time from its start to each phase's end
+    if (sgllm__cuda_timeline_phases(cu, ph, ph_n) < 0) die("timeline phases");
+    bool used[16] = {false};
+    for (int b = 0; b < 32; b++)
+        for (int k = 1; k < 16; k++) used[k] = used[k] || ph[b * 16 + k] > 0;
+    printf("  decode attention, us from a split block's start to the end of each phase (head group 0, mean of the "
+           "launches):\n  %5s %7s", "block", "runs");
+    for (int k = 1; k < 16; k++)
+        if (used[k]) printf(" %8.8s", sgllm__cuda_timeline_phase_name(k));
+    printf("\n");
+    for (int b = 0; b < 32; b++) {
+        if (!ph_n[b]) continue;
+        printf("  %5d %7llu", b, ph_n[b]);
+        for (int k = 1; k < 16; k++)
+            if (used[k] && ph[b * 16 + k] > 0) printf(" %8.2f", ph[b * 16 + k]);
+            else if (used[k]) printf(" %8s", "-");
+        printf("\n");
+    }
     free(seen), free(gap), free(lg);
     sgllm_context_free(c);
     sgllm_model_free(m);
