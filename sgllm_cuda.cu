@@ -1200,23 +1200,29 @@ static __device__ inline void sgllm__cu_lane16(const float *p, int32_t c0, int32
         v[k] = !p ? def : i < n ? p[i] : 0.0f;
     }
 }
+// The same of p, plus b's values where b is given (a bias).
+static __device__ inline void sgllm__cu_lane16_add(const float *p, const float *b, int32_t c0, int32_t n, float v[16]) {
+    float bb[16];
+    sgllm__cu_lane16(p, c0, n, 0.0f, v);
+    sgllm__cu_lane16(b, c0, n, 0.0f, bb);
+#pragma unroll
+    for (int k = 0; k < 16; k++)
+        if (b) v[k] += bb[k];
+}
 
 static __device__ inline void sgllm__cu_head_post(const float *src, const float *b, int norm, const float *w, float eps,
                                                   int32_t hd, float *s) {
     int lane = threadIdx.x % 32;
     float ss = 0.0f;
     for (int32_t c0 = 0; c0 < hd; c0 += 512) {
-        float v[16], bb[16];
-        sgllm__cu_lane16(src, c0, hd, 0.0f, v);
-        sgllm__cu_lane16(b, c0, hd, 0.0f, bb);
+        float v[16];
+        sgllm__cu_lane16_add(src, b, c0, hd, v);
 #pragma unroll
         for (int k = 0; k < 16; k++) {
             int32_t i = c0 + k * 32 + lane;
             if (i >= hd) break;
-            float x = v[k];
-            if (b) x += bb[k];
-            s[i] = x;
-            ss += x * x;
+            s[i] = v[k];
+            ss += v[k] * v[k];
         }
     }
     if (norm) {
@@ -1265,15 +1271,14 @@ static __global__ void sgllm__cu_qkv_post_k(sgllm__cuda_qkv_post_args a) {
     __half *kc = (__half *)a.k_cache + row, *vc = (__half *)a.v_cache + row;
     const float *vs = a.v + t * a.kv_stride + (int64_t)hh * hd, *bv = a.bv ? a.bv + (int64_t)hh * hd : NULL;
     for (int32_t c0 = 0; c0 < hd; c0 += 512) {
-        float v[16], bb[16];
-        sgllm__cu_lane16(vs, c0, hd, 0.0f, v);
-        sgllm__cu_lane16(bv, c0, hd, 0.0f, bb);
+        float v[16];
+        sgllm__cu_lane16_add(vs, bv, c0, hd, v);
 #pragma unroll
         for (int k = 0; k < 16; k++) {
             int32_t i = c0 + k * 32 + lane;
             if (i >= hd) break;
             kc[i] = __float2half_rn(s[i]);
-            vc[i] = __float2half_rn(bv ? v[k] + bb[k] : v[k]);
+            vc[i] = __float2half_rn(v[k]);
         }
     }
 }
@@ -3585,15 +3590,14 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             const float *vs = post.v + (int64_t)h * hd, *bv = post.bv ? post.bv + (int64_t)h * hd : NULL;
             bool write = (int32_t)blockIdx.y % n_hgroups == 0; // one block writes the cache rows
             int64_t crow = write ? sgllm__cu_page_row(pt, page_shift, p_hi) * kv_stride + (int64_t)h * hd : 0;
-            float v[16], bb[16]; // hd <= ATT_MAX_HD = 512: one pass
-            sgllm__cu_lane16(vs, 0, hd, 0.0f, v);
-            sgllm__cu_lane16(bv, 0, hd, 0.0f, bb);
+            float v[16]; // hd <= ATT_MAX_HD = 512: one pass
+            sgllm__cu_lane16_add(vs, bv, 0, hd, v);
 #pragma unroll
             for (int k = 0; k < 16; k++) {
                 int i = k * 32 + lane;
                 if (i >= hd) break;
                 kn[i] = __float2half_rn(sr[i]);
-                vn[i] = __float2half_rn(bv ? v[k] + bb[k] : v[k]);
+                vn[i] = __float2half_rn(v[k]);
                 if (write) {
                     post.k_cache[crow + i] = __half_as_ushort(kn[i]);
                     post.v_cache[crow + i] = __half_as_ushort(vn[i]);
