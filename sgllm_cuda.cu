@@ -3496,7 +3496,7 @@ static __host__ __device__ inline size_t sgllm__cu_attn_inbox_off(int hb_t, int3
 // products each; the cache's keys and values are fp16 already), so the arithmetic is as exact
 // as the fp32 loop's, not that of one fp16 rounding. The probabilities become the B operand by
 // transposing their accumulator fragments in registers (movmatrix).
-template <int HB, bool POST, bool CL>
+template <int HB, bool POST, bool CL, bool MMA>
 static __global__ void __launch_bounds__(ATT_THREADS)
     sgllm__cu_attn_split_k(const float *q, const __half *kc, const __half *vc, const int32_t *pt, int32_t page_shift,
                            int32_t n_head, int32_t n_head_kv, int32_t hd, const int32_t *pos, int32_t window, float scale,
@@ -3533,8 +3533,8 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     int32_t len = p_hi - p_lo + 1, per = (len + n_splits - 1) / n_splits;
     per = (per + 15) / 16 * 16; // whole 16-key steps: up to 32 splits of 512 keys (as decode_min_keys allows)
     int32_t k0 = p_lo + split * per, k1 = min(p_hi + 1, k0 + per); // this split's keys [k0, k1)
-    int32_t n_tiles = mw ? 0 : k1 > k0 ? (k1 - k0 + bn - 1) / bn : 0;
-    int32_t n_steps = mw && k1 > k0 ? (k1 - k0 + ATT_MK - 1) / ATT_MK : 0; // MMA: steps of ATT_MK keys
+    int32_t n_tiles = MMA ? 0 : k1 > k0 ? (k1 - k0 + bn - 1) / bn : 0;
+    int32_t n_steps = MMA && k1 > k0 ? (k1 - k0 + ATT_MK - 1) / ATT_MK : 0; // MMA: steps of ATT_MK keys
 
     int64_t kv_stride = (int64_t)n_head_kv * hd;
     const __half *kb = kc + (int64_t)kvh * hd, *vb = vc + (int64_t)kvh * hd;
@@ -3549,7 +3549,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     // MMA: this warp's stages, and the key its copies leave out (the newest, made below)
     const int32_t mrs = hd + 8, skip = has_new ? p_hi : -1;
     __half *wst = tiles + (size_t)warp * (sgllm__cu_attn_mma_stages(hd) / 2);
-    if (warp < mw && warp < n_steps) {
+    if (MMA && warp < mw && warp < n_steps) {
         int32_t t0 = k0 + warp * ATT_MK;
         sgllm__cu_attn_mma_issue(kb, vb, kv_stride, pt, page_shift, t0, min(ATT_MK, k1 - t0), skip, hd, wst);
     }
@@ -3613,7 +3613,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             ((float4 *)qs)[i] = make_float4(v.x * scale, v.y * scale, v.z * scale, v.w * scale);
         }
     }
-    if (n_steps > 0) { // MMA (its own end: the combined state in red, ms and ls)
+    if (MMA && n_steps > 0) { // MMA (its own end: the combined state in red, ms and ls)
         __syncthreads(); // the queries
         uint4 *qf = (uint4 *)(sm + sgllm__cu_attn_mma_qf(hd, mw)); // (hd / 16, 32): lane's B fragments, hi then lo
         float *wm = (float *)(qf + hd * 2), *wl = wm + mw * HB; // (mw, HB) per-warp max, sum
@@ -3992,7 +3992,19 @@ extern "C" size_t sgllm__cuda_attn_scratch_bytes(int32_t n_head, int32_t head_di
     return (size_t)sgllm__cu_align256((int64_t)(rows * (size_t)head_dim * 4)) + rows * 4;
 }
 
-// One instance of the split kernel per heads-per-block class (and with post, the fused one).
+// The split kernel's instances: per heads-per-block class, fused with qkv_post's work or not,
+// merged across a cluster or not, and with the tensor-core body or the CUDA-core loop (each
+// instance holds only its own body's code: the short splits' kernel runs from less of it).
+typedef void (*sgllm__cu_split_k)(const float *, const __half *, const __half *, const int32_t *, int32_t, int32_t,
+                                  int32_t, int32_t, const int32_t *, int32_t, float, int32_t, int32_t, int32_t, float *,
+                                  float *, float *, unsigned *, int32_t, const sgllm__cuda_qkv_post_args, int8_t *,
+                                  float2 *, int, int);
+template <int HB, bool MMA> static sgllm__cu_split_k sgllm__cu_attn_pick(bool post, bool cl) {
+    return post ? (cl ? sgllm__cu_attn_split_k<HB, true, true, MMA> : sgllm__cu_attn_split_k<HB, true, false, MMA>)
+                : (cl ? sgllm__cu_attn_split_k<HB, false, true, MMA> : sgllm__cu_attn_split_k<HB, false, false, MMA>);
+}
+
+// One launch of the split kernel for a heads-per-block class (and with post, the fused one).
 template <int HB>
 static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const __half *kc, const __half *vc,
                                           const int32_t *pt, int32_t page_size, int32_t n_head, int32_t n_head_kv,
@@ -4008,11 +4020,7 @@ static sgllm_status sgllm__cu_attn_launch(sgllm__cuda *c, const float *q, const 
         int32_t share = sgllm__cu_attn_share(HB * hd, n_splits, xq_kind);
         smem += ((size_t)n_splits * share + (size_t)n_splits * HB) * 4;
     }
-    typedef void (*split_k)(const float *, const __half *, const __half *, const int32_t *, int32_t, int32_t, int32_t,
-                            int32_t, const int32_t *, int32_t, float, int32_t, int32_t, int32_t, float *, float *, float *,
-                            unsigned *, int32_t, const sgllm__cuda_qkv_post_args, int8_t *, float2 *, int, int);
-    split_k kern = post ? (*cl ? sgllm__cu_attn_split_k<HB, true, true> : sgllm__cu_attn_split_k<HB, true, false>)
-                        : (*cl ? sgllm__cu_attn_split_k<HB, false, true> : sgllm__cu_attn_split_k<HB, false, false>);
+    sgllm__cu_split_k kern = mw > 0 ? sgllm__cu_attn_pick<HB, true>(post != NULL, *cl) : sgllm__cu_attn_pick<HB, false>(post != NULL, *cl);
     sgllm__cuda_qkv_post_args none = {};
     if (smem > 48 * 1024 &&
         sgllm__cu_check(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
@@ -4050,7 +4058,7 @@ static bool sgllm__cu_attn_cluster_fits(sgllm__cuda *c, int32_t hd, int32_t bn, 
     size_t region = sgllm__cu_attn_region(HB, hd, bn, n_splits, true, mw);
     size_t smem = sgllm__cu_attn_inbox_off(HB, hd, bn, region, true, hd) +
                   ((size_t)n_splits * sgllm__cu_attn_share(HB * hd, n_splits, XQ_Q8_K) + (size_t)n_splits * HB) * 4;
-    auto kern = sgllm__cu_attn_split_k<HB, true, true>;
+    sgllm__cu_split_k kern = mw > 0 ? sgllm__cu_attn_pick<HB, true>(true, true) : sgllm__cu_attn_pick<HB, false>(true, true);
     if (smem > 48 * 1024 && cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
         cudaGetLastError(); // not sticky
         return false;
