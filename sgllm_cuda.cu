@@ -3487,7 +3487,8 @@ static __host__ __device__ inline size_t sgllm__cu_attn_inbox_off(int hb_t, int3
 // read) and, for the first head group, into the cache. Since no key the kernel reads is then
 // its predecessor's output, the first tile's copy and the RoPE angles start before the PDL wait.
 // MMA: scores and value sums on the tensor cores instead of the loop
-// over key tiles above (mw > 0: the host's choice, sgllm__cu_attn_mw). mw warps each walk every
+// over key tiles above (the instances with MMA true, launched when the host's sgllm__cu_attn_mw
+// gives mw > 0; the others hold only the loop). mw warps each walk every
 // mw-th step of ATT_MK keys of the split
 // with their own two-stage cp.async pipeline, so no block barrier is needed until the end;
 // each computes S^T = K Q^T (keys x heads, one m16n8k16 per 16 dims) and O^T += V^T P^T (dims x
