@@ -3237,9 +3237,10 @@ extern "C" sgllm_status sgllm__cuda_matmul(sgllm__cuda *c, uint32_t type, const 
 // All three run the same weight function in split order, so their bits agree, and none
 // depends on which block finishes last. Softmax and merge exponentials are __expf (ex2.approx:
 // about 2^-22 relative, plus |x| ulps of the argument's scaling; the tests hold the attention
-// to 1e-5 of a double-precision one): the accurate expf's longer code was on the latency chain. The kernels wait for their predecessors first (the query and the newest
-// cache rows are theirs) and let their dependents launch right after; the single-token kernel
-// that does qkv_post's work itself (POST below) starts its cache reads before that wait.
+// to 1e-5 of a double-precision one): the accurate expf's longer code was on the latency
+// chain. The kernels wait for their predecessors first (the query and the newest cache rows
+// are theirs) and let their dependents launch right after; the single-token kernel that does
+// qkv_post's work itself (POST below) starts its cache reads before that wait.
 
 // Tensor-core helpers of both attention kernels (the tensor-core split kernel here, prefill in 6b).
 static __device__ inline uint32_t sgllm__cu_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
