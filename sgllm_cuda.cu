@@ -3287,10 +3287,12 @@ enum {
 static_assert(ATT_MAX_HD <= 16 * 32, "the fused kernel takes a head's values in one pass of sgllm__cu_lane16");
 
 // The merge weights of hb heads: ws (hb, n_splits) gets each split's weight exp(lse - max lse)
-// (0 for an empty split) from its log-sum-exp in lse (hb, n_splits). A warp per head, lanes over
-// the splits. The merge kernel and the last block's merge run it, the cluster merge makes the
-// same weights in each thread; each output then adds up its weights in split order (its own
-// denominator, next to the numerator), so the three merges' bits agree.
+// (0 for an empty split, sgllm__cu_attn_w) from its log-sum-exp in lse (hb, n_splits). A warp
+// per head, lanes over the splits. The merge kernel and the last block's merge run it, the
+// cluster merge makes the same weights in each thread with sgllm__cu_attn_w; each output then
+// adds up its weights in split order (its own denominator, next to the numerator), so the three
+// merges' bits agree.
+static __device__ inline float sgllm__cu_attn_w(float lse, float mx) { return lse == -INFINITY ? 0.0f : __expf(lse - mx); }
 static __device__ void sgllm__cu_attn_weights(const float *lse, float *ws, int hb, int32_t n_splits) {
     int tid = threadIdx.x, nth = blockDim.x;
     for (int h = tid / 32; h < hb; h += nth / 32) {
@@ -3298,7 +3300,7 @@ static __device__ void sgllm__cu_attn_weights(const float *lse, float *ws, int h
         float *w = ws + h * n_splits, mx = -INFINITY;
         for (int32_t sp = tid % 32; sp < n_splits; sp += 32) mx = fmaxf(mx, l[sp]);
         mx = sgllm__cu_warp_max(mx);
-        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) w[sp] = l[sp] == -INFINITY ? 0.0f : __expf(l[sp] - mx);
+        for (int32_t sp = tid % 32; sp < n_splits; sp += 32) w[sp] = sgllm__cu_attn_w(l[sp], mx);
     }
 }
 
@@ -3940,7 +3942,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             for (int32_t sp = 0; sp < n_splits; sp++) mx = fmaxf(mx, l[sp * HB]);
 #pragma unroll 4
             for (int32_t sp = 0; sp < n_splits; sp++) {
-                float w = l[sp * HB] == -INFINITY ? 0.0f : __expf(l[sp * HB] - mx);
+                float w = sgllm__cu_attn_w(l[sp * HB], mx);
                 num += w * v[(int64_t)sp * share];
                 den += w;
             }
