@@ -471,6 +471,9 @@ typedef struct sgllm__cuda_dispatch {
     int matvec_qkv_early_kb;      // a q/k/v product on the wide kernel whose weights are at most this many KiB lets the
                                   // next kernel (decode attention) launch before its own PDL wait, so that the
                                   // attention's cache reads overlap the product (small models); 0 = never
+    int decode_block_n_wide;      // decode_block_n for head dims above 128 (0 = decode_block_n): smaller tiles take less
+                                  // shared memory, so the attention's blocks, launched early, fit on SMs still running
+                                  // the q/k/v product's blocks (whose carveout leaves less shared memory than an SM has)
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context

@@ -4644,14 +4644,17 @@ typedef struct sgllm__dispatch_row {
 // the direct kernel's warps per float row (2 on sm90: 2.4 more points there; 1 elsewhere), the
 // largest q/k/v product (KiB of weights) that lets decode attention launch before its own wait
 // (4 MiB on sm90: SmolLM2's step 6% shorter on the H100, Llama-3-8B's products, 14 MiB and up,
-// slower with it; 0 elsewhere, unmeasured).
+// slower with it; 0 elsewhere, unmeasured), decode attention's tile keys for heads above 128
+// dims (16 on sm90: Gemma 3 270M's attention then fits on SMs still running the q/k/v product,
+// step 2% shorter on the H100; Llama-3-8B's 128-dim heads keep 64, where 32 measured slightly
+// slower; 0 = decode_block_n elsewhere, unmeasured).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64, 1, 2, 4096}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64, 1, 2, 4096, 16}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0, 0}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0, 0}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4744,9 +4747,11 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
     char mma[96] = "";
     if (d->decode_mma > 0)
         snprintf(mma, sizeof mma, " on the tensor cores (head dims 16k <= 256) from %d-key splits,", d->decode_mma);
+    char wt[48] = "";
+    if (d->decode_block_n_wide > 0) snprintf(wt, sizeof wt, " (%d above 128 dims)", d->decode_block_n_wide);
     return snprintf(buf, cap,
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
-                    "warps/SM, up to batch %d; decode attention%s <= %d splits of >= %d keys, %d-key tiles, merged %s; prefill tiles %dx%d (d<=128) "
+                    "warps/SM, up to batch %d; decode attention%s <= %d splits of >= %d keys, %d-key tiles%s, merged %s; prefill tiles %dx%d (d<=128) "
                     "%dx%d (d<=256) %dx%d (d>256), %d/%d warps, from %d tokens; qk-norm per head up to %d tokens; norms %d threads; "
                     "quantized matvec on %s activations%s; programmatic dependent launch %s",
                     p->name, p->major, p->minor, p->sm_count,
@@ -4754,7 +4759,7 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
                     d->row, config ? " + " : "", config ? config : "", d->matvec_warps, d->matvec_warps_per_sm,
                     d->matvec_max_batch,
                     mma, d->decode_max_splits,
-                    d->decode_min_keys, d->decode_block_n,
+                    d->decode_min_keys, d->decode_block_n, wt,
                     d->decode_merge == 2 ? "across a block cluster" : d->decode_merge ? "by a second kernel" : "by the last split", d->prefill_block_m[0],
                     d->prefill_block_n[0], d->prefill_block_m[1], d->prefill_block_n[1], d->prefill_block_m[2],
                     d->prefill_block_n[2], d->prefill_warps[0], d->prefill_warps[1], d->prefill_min_tokens,
@@ -4960,6 +4965,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"matvec_float_direct", offsetof(sgllm__cuda_dispatch, matvec_float_direct), 1, 0, 1, false},
     {"matvec_direct_split", offsetof(sgllm__cuda_dispatch, matvec_direct_split), 1, 1, 4, true},
     {"matvec_qkv_early_kb", offsetof(sgllm__cuda_dispatch, matvec_qkv_early_kb), 1, 0, 1 << 20, false},
+    {"decode_block_n_wide", offsetof(sgllm__cuda_dispatch, decode_block_n_wide), 1, 0, 128, true},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {

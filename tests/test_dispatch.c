@@ -67,6 +67,8 @@ static void test_rows(void) {
         CHECKF(d.matvec_float_direct == h100, "%s: matvec_float_direct %d", cases[i].name, d.matvec_float_direct);
         CHECKF(d.matvec_direct_split == (h100 ? 2 : 1), "%s: matvec_direct_split %d", cases[i].name, d.matvec_direct_split);
         CHECKF(d.matvec_qkv_early_kb == (h100 ? 4096 : 0), "%s: matvec_qkv_early_kb %d", cases[i].name, d.matvec_qkv_early_kb);
+        // smaller tiles for 256-wide heads where measured (the H100: Gemma 3's attention fits beside the product)
+        CHECKF(d.decode_block_n_wide == (h100 ? 16 : 0), "%s: decode_block_n_wide %d", cases[i].name, d.decode_block_n_wide);
     }
 }
 
@@ -228,6 +230,10 @@ static void test_json_override(void) {
     // q/k/v products that let attention launch before their wait, up to v KiB of weights
     for (int v = 0; v <= 1 << 20; v += 1 << 18)
         CHECK(takes(&base, "matvec_qkv_early_kb", offsetof(sgllm__cuda_dispatch, matvec_qkv_early_kb), v));
+    // tile keys above 128 dims: 0 (decode_block_n) or a power of two up to 128
+    CHECK(takes(&base, "decode_block_n_wide", offsetof(sgllm__cuda_dispatch, decode_block_n_wide), 0));
+    for (int v = 8; v <= 128; v *= 2)
+        CHECK(takes(&base, "decode_block_n_wide", offsetof(sgllm__cuda_dispatch, decode_block_n_wide), v));
     d = base;
     const char *empty = " { } ";
     CHECK(sgllm__dispatch_apply_json(&d, empty, strlen(empty), "t", NULL) == SGLLM_OK && !memcmp(&d, &base, sizeof d));
@@ -265,6 +271,8 @@ static void test_json_override(void) {
         {"{\"matvec_direct_split\": 3}", "power of two"},
         {"{\"matvec_direct_split\": 5}", "[1, 4]"},
         {"{\"matvec_qkv_early_kb\": -1}", "[0, 1048576]"},
+        {"{\"decode_block_n_wide\": 24}", "power of two"},
+        {"{\"decode_block_n_wide\": 256}", "[0, 128]"},
         {"{\"matvec_int8\": 4}", "[0, 3]"},
         {"{\"matvec_int8\": -1}", "[0, 3]"},
         {"{\"matvec_wide_warps_per_sm\": 0}", "[1, 64]"},
