@@ -693,6 +693,10 @@ sgllm_status sgllm__cuda_attn_decode_post(sgllm__cuda *c, const sgllm__cuda_qkv_
 // would run. Asked once per shape (the answers are cached), not per launch.
 int32_t sgllm__cuda_attn_cluster_splits(sgllm__cuda *c, int32_t n_head, int32_t n_head_kv, int32_t head_dim,
                                         int64_t n_q, int32_t n_splits);
+// Whether one query's decode attention over n_splits splits, told that it sees at most
+// max_keys keys (0: not told), runs the tensor-core kernel (dispatch.decode_mma) rather than
+// the CUDA-core one: what sgllm__cuda_attn_decode(_post) would launch.
+int sgllm__cuda_attn_mma(const sgllm__cuda *c, int32_t head_dim, int32_t n_splits, int64_t max_keys);
 // Prefill attention: the same inputs and result as attn_decode, computed as flash attention
 // on the tensor cores (fp16 q, k, v and probabilities, fp32 accumulation and softmax), for
 // batches of queries; tiles from dispatch.prefill_block_m/n and prefill_warps. Head dims that

@@ -3396,6 +3396,10 @@ static int sgllm__cu_attn_mw(const sgllm__cuda *c, int32_t hd, int32_t n_splits,
     return c->disp.decode_mma > 0 && !short_splits && hd % 16 == 0 && hd <= ATT_MMA_HD ? sgllm__cu_attn_mma_warps(hd) : 0;
 }
 
+extern "C" int sgllm__cuda_attn_mma(const sgllm__cuda *c, int32_t head_dim, int32_t n_splits, int64_t max_keys) {
+    return c && n_splits >= 1 && sgllm__cu_attn_mw(c, head_dim, n_splits, max_keys) > 0;
+}
+
 // Bytes of one walking warp's two stages.
 static __host__ __device__ inline size_t sgllm__cu_attn_mma_stages(int32_t hd) {
     return (size_t)2 * 2 * ATT_MK * (hd + 8) * 2;

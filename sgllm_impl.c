@@ -5376,10 +5376,13 @@ sgllm_status sgllm__device_ceilings(int reps, double *read_bps, double *bf16_flo
 // so a later prefix cache can share pages between sequences by editing tables only.
 enum { SGLLM__KV_PAGE = 64 };
 
+enum { SGLLM__GPU_TIERS = 2 }; // graph tiers (sgllm__gpu_tier): the short positions, the rest
+
 typedef struct sgllm__gpu_ctx {
     const sgllm_model *m;
     sgllm__cuda *cu;
     int32_t n_ctx, n_batch;
+    int64_t short_keys;            // most keys of the short tier's graphs (sgllm__gpu_tier); 0: one tier
     void **allocs;                 // stb_ds array of device allocations
     uint16_t **k_cache, **v_cache; // (n_layer) x (device) (n_pages * SGLLM__KV_PAGE, n_head_kv * head_dim) fp16
     int32_t *page_table;           // (device) (n_pages): the sequence's pages, shared by every layer's cache
@@ -5391,23 +5394,27 @@ typedef struct sgllm__gpu_ctx {
     float *g, *u;                  // (device) (n_batch, max n_ff)
     float *sel;                    // (device) (n_batch, n_embd) final-normed rows that give logits
     float *logits;                 // (device) (n_batch, n_vocab)
-    void *graph;                   // executable graph of the single-token step, or NULL
+    void *graph[SGLLM__GPU_TIERS]; // executable graphs of the single-token step per tier (sgllm__gpu_tier), or NULL
+    void *graph_last;              // the graph the latest single-token step replayed (tests, benchmarks)
     bool graph_failed;             // capture was refused once: run that step without a graph
     // device sampling (sgllm__gpu_produce): two buffers, each (4) int32 (token, position, pad,
     // pad), sgllm__cuda_sample_args, (smp_cap) penalized tokens, (smp_cap) counts
     void *smp[2], *smp_work;       // (device) smp; sgllm__cuda_sample_work_bytes(n_vocab)
     unsigned char *smp_host;       // staging of one smp buffer
     int32_t smp_cap;
-    void *smp_graph[2][2];         // [greedy][b]: the single-token step reading smp[b] and the sampler
-                                   // (greedy: sgllm__cuda_sample_greedy), or NULL
+    void *smp_graph[SGLLM__GPU_TIERS][2][2]; // [tier][greedy][b]: the single-token step reading smp[b] and the
+                                   // sampler (greedy: sgllm__cuda_sample_greedy), or NULL
+    void *smp_graph_last;          // the one the latest production replayed
     bool smp_graph_failed;
 } sgllm__gpu_ctx;
 
 static void sgllm__gpu_ctx_free(sgllm__gpu_ctx *c) {
     if (!c) return;
-    sgllm__cuda_graph_free(c->cu, c->graph);
-    for (int g = 0; g < 2; g++)
-        for (int b = 0; b < 2; b++) sgllm__cuda_graph_free(c->cu, c->smp_graph[g][b]);
+    for (int t = 0; t < SGLLM__GPU_TIERS; t++) {
+        sgllm__cuda_graph_free(c->cu, c->graph[t]);
+        for (int g = 0; g < 2; g++)
+            for (int b = 0; b < 2; b++) sgllm__cuda_graph_free(c->cu, c->smp_graph[t][g][b]);
+    }
     sgllm__free(c->smp_host);
     for (ptrdiff_t i = 0; i < arrlen(c->allocs); i++) sgllm__cuda_dfree(c->cu, c->allocs[i]);
     arrfree(c->allocs);
@@ -5442,14 +5449,52 @@ static int32_t sgllm__gpu_splits(sgllm__cuda *cu, const sgllm__layer *L, int64_t
 }
 
 // The split count of the single-token step, fixed for every position a captured graph will
-// see: the largest any layer wants at the full context.
-static int32_t sgllm__gpu_step_splits(const sgllm__gpu_ctx *c) {
+// see: the largest any layer wants at the graph's horizon (its most keys).
+static int32_t sgllm__gpu_step_splits(const sgllm__gpu_ctx *c, int64_t horizon) {
     int32_t splits = 1;
     for (int32_t il = 0; il < c->m->n_layer; il++) {
-        int32_t sp = sgllm__gpu_splits(c->cu, &c->m->layers[il], 1, c->n_ctx);
+        int32_t sp = sgllm__gpu_splits(c->cu, &c->m->layers[il], 1, horizon);
         splits = splits > sp ? splits : sp;
     }
     return splits;
+}
+
+// Whether the single-token step at horizon keys (a graph's most) runs any layer's decode
+// attention on the tensor cores (dispatch.decode_mma).
+static bool sgllm__gpu_step_mma(const sgllm__gpu_ctx *c, int64_t horizon) {
+    int32_t splits = sgllm__gpu_step_splits(c, horizon);
+    for (int32_t il = 0; il < c->m->n_layer; il++) {
+        const sgllm__layer *L = &c->m->layers[il];
+        if (sgllm__cuda_attn_mma(c->cu, L->head_dim, splits, sgllm__gpu_seen(L, horizon))) return true;
+    }
+    return false;
+}
+
+// Graph tiers: a captured step serves the positions whose keys reach at most its horizon, with
+// the split count and attention kernel chosen for that many keys. A context whose full length
+// puts decode attention on the tensor cores (long splits) has two: the short tier, up to the
+// most keys at which every layer keeps the CUDA-core kernel (c->short_keys, found once by
+// bisection), and the full length; a step of k keys replays the first that holds them,
+// captured when first needed. So the short positions of a long context keep the short-split
+// kernel, faster there and small enough in shared memory to start beside the q/k/v product
+// (the tensor-core instance's stages are not: docs/PERF.md, tenth session).
+static int sgllm__gpu_tier(const sgllm__gpu_ctx *c, int64_t keys, int64_t *horizon) {
+    if (c->short_keys > 0 && keys <= c->short_keys) {
+        *horizon = c->short_keys;
+        return 0;
+    }
+    *horizon = c->n_ctx;
+    return c->short_keys > 0;
+}
+static int64_t sgllm__gpu_short_keys(const sgllm__gpu_ctx *c) {
+    if (!sgllm__gpu_step_mma(c, c->n_ctx)) return 0; // one tier: the CUDA cores throughout
+    int64_t lo = 0, hi = c->n_ctx;                     // lo: no tensor cores (or none yet), hi: tensor cores
+    while (hi - lo > 1) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (sgllm__gpu_step_mma(c, mid)) hi = mid;
+        else lo = mid;
+    }
+    return lo;
 }
 
 static sgllm_status sgllm__gpu_ctx_create(const sgllm_model *m, int32_t n_ctx, int32_t n_batch, sgllm__diag *d,
@@ -5467,6 +5512,7 @@ static sgllm_status sgllm__gpu_ctx_create(const sgllm_model *m, int32_t n_ctx, i
         sgllm__gpu_ctx_free(c);
         return sgllm__fail(d, s, "%s", err);
     }
+    c->short_keys = sgllm__gpu_short_keys(c);
     int64_t qd = 0, kvd = 0, ff = 0, E = m->n_embd, B = n_batch;
     size_t scratch = 0;
     const sgllm__cuda_dispatch *disp = &gm->disp;
@@ -5624,11 +5670,13 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
     // one upload of the three arrays: everything in front of rows[n_out] that the step reads
     sgllm_status s = sgllm__cuda_upload_async(c->cu, c->io, c->host_io, 3 * (size_t)B * sizeof(int32_t));
     if (!s && n == 1 && n_out == 1 && !c->graph_failed) {
-        if (!c->graph) {
+        int64_t hz;
+        void **graph = &c->graph[sgllm__gpu_tier(c, (int64_t)pos0 + 1, &hz)];
+        if (!*graph) {
             s = sgllm__cuda_graph_begin(c->cu);
-            sgllm_status se = s ? s : sgllm__gpu_enqueue(c, c->io, c->io + c->n_batch, 1, 1, c->n_ctx,
-                                                                sgllm__gpu_step_splits(c));
-            if (!s) s = sgllm__cuda_graph_end(c->cu, &c->graph);
+            sgllm_status se = s ? s : sgllm__gpu_enqueue(c, c->io, c->io + c->n_batch, 1, 1, hz,
+                                                                sgllm__gpu_step_splits(c, hz));
+            if (!s) s = sgllm__cuda_graph_end(c->cu, graph);
             if (se || s) { // capture refused (e.g. a driver without it): plain launches from now on
                 sgllm__log(d, SGLLM_LOG_WARN, "CUDA graph capture failed (%s); decoding without a graph",
                            sgllm__cuda_errmsg(c->cu));
@@ -5636,7 +5684,8 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
                 s = SGLLM_OK;
             }
         }
-        if (c->graph) s = sgllm__cuda_graph_launch(c->cu, c->graph);
+        c->graph_last = *graph;
+        if (*graph) s = sgllm__cuda_graph_launch(c->cu, *graph);
         else s = sgllm__gpu_enqueue(c, c->io, c->io + c->n_batch, n, n_out, pos0 + n, 0);
     } else if (!s) {
         s = sgllm__gpu_enqueue(c, c->io, c->io + c->n_batch, n, n_out, pos0 + n, 0);
@@ -5675,11 +5724,12 @@ static sgllm_status sgllm__gpu_sample_prepare(sgllm__gpu_ctx *c, int32_t cap, sg
         sgllm__free(c->smp_host);
         c->smp_host = h;
         c->smp_cap = 0;
-        for (int g = 0; g < 2; g++)
-            for (int b = 0; b < 2; b++) {
-                sgllm__cuda_graph_free(c->cu, c->smp_graph[g][b]);
-                c->smp_graph[g][b] = NULL;
-            }
+        for (int t = 0; t < SGLLM__GPU_TIERS; t++)
+            for (int g = 0; g < 2; g++)
+                for (int b = 0; b < 2; b++) {
+                    sgllm__cuda_graph_free(c->cu, c->smp_graph[t][g][b]);
+                    c->smp_graph[t][g][b] = NULL;
+                }
         for (int b = 0; b < 2 && !s; b++) s = sgllm__gpu_alloc(c, bytes, &c->smp[b]);
         if (!s) c->smp_cap = cap;
     }
@@ -5703,10 +5753,11 @@ static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b, bool gre
                               (int32_t *)c->smp[1 - b]);
 }
 
-// The single-token step reading its token and position from buffer b, then the sampler.
-static sgllm_status sgllm__gpu_step_sample_enqueue(sgllm__gpu_ctx *c, int b, bool greedy, int32_t splits) {
+// The single-token step reading its token and position from buffer b, then the sampler; the
+// step serves positions of up to horizon keys (a graph tier's, sgllm__gpu_tier).
+static sgllm_status sgllm__gpu_step_sample_enqueue(sgllm__gpu_ctx *c, int b, bool greedy, int64_t horizon) {
     const int32_t *src = (const int32_t *)c->smp[b];
-    sgllm_status s = sgllm__gpu_enqueue(c, src, src + 1, 1, 1, c->n_ctx, splits);
+    sgllm_status s = sgllm__gpu_enqueue(c, src, src + 1, 1, 1, horizon, sgllm__gpu_step_splits(c, horizon));
     return s ? s : sgllm__gpu_sample_enqueue(c, b, greedy);
 }
 
@@ -5730,13 +5781,14 @@ static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos
     sgllm_status s = sgllm__cuda_upload_async(c->cu, (unsigned char *)c->smp[b] + sizeof(int32_t),
                                               c->smp_host + sizeof(int32_t), bytes - sizeof(int32_t));
     const bool greedy = sgllm__gpu_greedy(args);
-    void **graph = &c->smp_graph[greedy][b];
+    int64_t hz;
+    void **graph = &c->smp_graph[sgllm__gpu_tier(c, (int64_t)pos + 1, &hz)][greedy][b];
     if (!s && i == 0) {
         s = sgllm__gpu_sample_enqueue(c, b, greedy);
     } else if (!s) {
         if (!*graph && !c->smp_graph_failed) {
             s = sgllm__cuda_graph_begin(c->cu);
-            sgllm_status se = s ? s : sgllm__gpu_step_sample_enqueue(c, b, greedy, sgllm__gpu_step_splits(c));
+            sgllm_status se = s ? s : sgllm__gpu_step_sample_enqueue(c, b, greedy, hz);
             if (!s) s = sgllm__cuda_graph_end(c->cu, graph);
             if (se || s) { // capture refused: plain launches from now on
                 sgllm__log(d, SGLLM_LOG_WARN, "CUDA graph capture of the sampling step failed (%s)",
@@ -5745,8 +5797,8 @@ static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos
                 s = SGLLM_OK;
             }
         }
-        s = *graph ? sgllm__cuda_graph_launch(c->cu, *graph)
-                   : sgllm__gpu_step_sample_enqueue(c, b, greedy, sgllm__gpu_step_splits(c));
+        c->smp_graph_last = *graph;
+        s = *graph ? sgllm__cuda_graph_launch(c->cu, *graph) : sgllm__gpu_step_sample_enqueue(c, b, greedy, hz);
     }
     if (!s) s = sgllm__cuda_readback_start(c->cu, (int)(i % 2), c->smp[1 - b], sizeof(int32_t));
     if (s) return sgllm__fail(d, s, "CUDA sampler: %s", sgllm__cuda_errmsg(c->cu));

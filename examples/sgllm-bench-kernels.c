@@ -753,18 +753,18 @@ static void bench_timeline(const char *preset, const char *type, int keys) {
         if (sgllm_evaluate(c, toks, keys - 1 - done < 64 ? keys - 1 - done : 64, NULL, lg) != SGLLM_OK) die("evaluate");
     sgllm__cuda *cu = c->gpu->cu;
     sgllm__cuda_timeline_names(cu, 1); // the first one-token evaluate captures the step's graph
-    if (sgllm_evaluate(c, toks, 1, NULL, lg) != SGLLM_OK || !c->gpu->graph) die("evaluate (graph)");
+    if (sgllm_evaluate(c, toks, 1, NULL, lg) != SGLLM_OK || !c->gpu->graph_last) die("evaluate (graph)");
     sgllm__cuda_timeline_names(cu, 0);
     int n_names = 0;
     const char *const *names = sgllm__cuda_timeline_launches(cu, &n_names);
     static unsigned long long t[CAP];
-    for (int i = 0; i < 10; i++) TRY(sgllm__cuda_graph_launch(cu, c->gpu->graph), "graph launch");
+    for (int i = 0; i < 10; i++) TRY(sgllm__cuda_graph_launch(cu, c->gpu->graph_last), "graph launch");
     TRY(sgllm__cuda_sync(cu), "sync");
     if (sgllm__cuda_timeline_stamps(cu, t, CAP) < 0) die("timeline stamps");
     static double ph[32 * 16];
     static unsigned long long ph_n[32];
     if (sgllm__cuda_timeline_phases(cu, ph, ph_n) < 0) die("timeline phases"); // emptied: this step's only
-    for (int i = 0; i < STEPS; i++) TRY(sgllm__cuda_graph_launch(cu, c->gpu->graph), "graph launch");
+    for (int i = 0; i < STEPS; i++) TRY(sgllm__cuda_graph_launch(cu, c->gpu->graph_last), "graph launch");
     TRY(sgllm__cuda_sync(cu), "sync");
     int n = sgllm__cuda_timeline_stamps(cu, t, CAP), per = n / STEPS;
     if (n < STEPS * 2 || n % STEPS) die("timeline: stamps are not whole steps");
@@ -852,7 +852,7 @@ static void bench_model_step(const char *preset, const char *type) {
                 if (sgllm_evaluate(c, &t, 1, NULL, lg) != SGLLM_OK) die("evaluate");
                 if (way == 2) t = sgllm_sampler_sample(smp, lg);
             } else if (way == 1) {
-                TRY(sgllm__cuda_graph_launch(c->gpu->cu, c->gpu->graph), "graph launch");
+                TRY(sgllm__cuda_graph_launch(c->gpu->cu, c->gpu->graph_last), "graph launch");
             } else { // production k evaluates token k - 1 (k >= 1) and samples token k
                 int64_t k = i + 8;
                 for (int64_t want = way == 5 ? k + 1 : k; made <= want; made++)

@@ -150,7 +150,7 @@ static void tiny_case(const char *arch, int n_layer, int window, uint32_t wtype)
     eval_all(g_batch, toks, N_TOK, N_TOK, batch, V);
     eval_all(g_small, toks, N_TOK, N_TOK, small, V); // the context cuts it into batches of 4
     eval_all(g_one, toks, N_TOK, 1, one, V);
-    CHECK(g_one->gpu && g_one->gpu->graph && !g_one->gpu->graph_failed); // the single-token step ran as a graph
+    CHECK(g_one->gpu && g_one->gpu->graph_last && !g_one->gpu->graph_failed); // the single-token step ran as a graph
     bool f32 = wtype == SGLLM__T_F32;
     double tol = f32 ? 2e-3 : 3e-2;
     double (*err)(const float *, const float *, size_t) = f32 ? err_rel : err_rms;
@@ -450,7 +450,7 @@ static void generate_case(const char *arch, int n_layer, int window) {
     sgllm_context *g = context(gpu, 64, 8);
     sgllm_status s = sgllm_generate(g, "hello", &gp, &st);
     CHECKF(s == SGLLM_OK, "%s: generate: %s", arch, sgllm_context_errmsg(g));
-    CHECK(g->gpu->smp_graph && !g->gpu->smp_graph_failed); // the decode step and the sampler ran as one graph
+    CHECK(g->gpu->smp_graph_last && !g->gpu->smp_graph_failed); // the decode step and the sampler ran as one graph
     // history holds the prompt and every generated token but the last (never evaluated)
     int n_prompt = st.n_prompt, n_gen = st.n_generated, bad = 0;
     CHECKF(g->n_past == n_prompt + n_gen - 1 && n_gen >= 1, "%s: %d prompt + %d generated, %d evaluated", arch, n_prompt,
@@ -521,6 +521,64 @@ static void generate_case(const char *arch, int n_layer, int window) {
     remove(path);
 }
 
+// Graph tiers (sgllm__gpu_tier): one token at a time through a context of 1100 positions,
+// whose full length puts decode attention on the tensor cores, replays the short tier's graph
+// (the CUDA-core kernel) up to the boundary the context found, then the full length's, each
+// captured when first needed; every position's logits must match batches of 4 (eager
+// launches told their keys so far) within tiny_case's bound for single tokens against
+// batches, across the boundary. The boundary itself: the last step without tensor cores.
+static void tiers_case(void) {
+    enum { N = 1100 };
+    tiny cfg = {"llama", 2, 0, (int)SGLLM__T_F32, 300, false, false, false};
+    char path[] = "/tmp/sgllm_gpu_model_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    build_tiny(&cfg, path);
+    sgllm_model *gpu = load(path, SGLLM_BACKEND_CUDA, NULL);
+    if (!gpu) {
+        remove(path);
+        return;
+    }
+    int V = sgllm_model_n_vocab(gpu);
+    int32_t *toks = (int32_t *)malloc(N * sizeof(int32_t));
+    uint8_t *want = (uint8_t *)malloc(N);
+    float *one = (float *)malloc((size_t)N * V * sizeof(float)), *four = (float *)malloc((size_t)N * V * sizeof(float));
+    memset(want, 1, N);
+    for (int i = 0; i < N; i++) toks[i] = 3 + (int32_t)(test_u64() % (uint64_t)(V - 3));
+    sgllm_context *g_one = context(gpu, N, 1), *g_four = context(gpu, N, 4);
+    sgllm__gpu_ctx *gc = g_one->gpu;
+    int64_t sk = gc->short_keys;
+    CHECKF(sk > 0 && sk < N && !sgllm__gpu_step_mma(gc, sk) && sgllm__gpu_step_mma(gc, sk + 1),
+           "graph tiers: short tier up to %lld keys", (long long)sk);
+    for (int i = 0; i < N; i++) {
+        CHECKF(sgllm_evaluate(g_one, toks + i, 1, NULL, one + (size_t)i * V) == SGLLM_OK, "evaluate at %d: %s", i,
+               sgllm_context_errmsg(g_one));
+        int t = i + 1 <= sk ? 0 : 1;
+        CHECKF(gc->graph_last && gc->graph_last == gc->graph[t], "position %d: not the tier %d graph", i, t);
+    }
+    for (int i = 0; i < N; i += 4) {
+        int k = N - i < 4 ? N - i : 4;
+        CHECKF(sgllm_evaluate(g_four, toks + i, k, want, four + (size_t)i * V) == SGLLM_OK, "evaluate at %d", i);
+    }
+    CHECK(gc->graph[0] && gc->graph[1] && gc->graph[0] != gc->graph[1] && !gc->graph_failed);
+    double worst = 0;
+    int at = 0;
+    for (int i = 0; i < N; i++) {
+        double e = err_rel(one + (size_t)i * V, four + (size_t)i * V, (size_t)V);
+        if (e > worst) worst = e, at = i;
+    }
+    printf("graph tiers: %d single-token steps, the short tier's graph up to %lld keys, then the full length's; "
+           "worst %.2e (position %d) vs batches of 4\n",
+           N, (long long)sk, worst, at);
+    CHECKF(worst <= 1e-4, "graph tiers: single tokens vs batches of 4 differ by %.3e at position %d", worst, at);
+    sgllm_context_free(g_one);
+    sgllm_context_free(g_four);
+    sgllm_model_free(gpu);
+    free(toks), free(want), free(one), free(four);
+    remove(path);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0); // a crash keeps the lines before it
     test_seed();
@@ -533,6 +591,7 @@ int main(int argc, char **argv) {
             tiny_case("gemma3", 6, 8, types[t]);
         }
         kernel_config_case();
+        tiers_case();
         generate_case("llama", 2, 0);
         generate_case("gemma3", 6, 8);
         static const char *stypes[5] = {"bf16", "q8_0", "q4_1", "q4_k", "q4_k_m"};
