@@ -5101,9 +5101,10 @@ SGLLM__MAYBE_UNUSED static sgllm_status sgllm__dispatch_load_config(sgllm__cuda_
 // sgllm_context owns its own CUDA context (stream, cuBLAS, scratch), fp16 KV cache and
 // activation buffers. A forward uploads the token ids and positions, enqueues every layer
 // and downloads the requested logits: the download is its only synchronization. The
-// single-token step is captured once as a CUDA graph and replayed (its token and position
-// live in device buffers the graph reads), which removes the per-launch overhead that bounds
-// small models. A layer is: norm (fused with the previous block's post-norm and residual
+// single-token step is captured as a CUDA graph and replayed (its token and position live in
+// device buffers the graph reads), which removes the per-launch overhead that bounds small
+// models; a long context has two such graphs, for its short positions and the rest
+// (sgllm__gpu_tier). A layer is: norm (fused with the previous block's post-norm and residual
 // add), one q/k/v launch, one epilogue (biases, q/k norms, RoPE, cache write), attention
 // (split-KV decode kernel for small batches, tensor-core flash attention from
 // dispatch.prefill_min_tokens tokens), o projection, norm, one gate/up launch with the
