@@ -3380,10 +3380,10 @@ enum { ATT_MK = 16, ATT_MMA_HD = 256 };
 static __host__ __device__ inline int sgllm__cu_attn_mma_warps(int32_t hd) { return hd <= 128 ? 8 : 4; }
 
 // The kernel's shape for a launch: keys per CUDA-core tile (dispatch.decode_block_n, or
-// decode_block_n_wide above 128 dims; fewer for wide heads: a tile holds at most ATT_TILE fp16 values), query heads per block (the smallest
-// of 1, 2, 4, 8 that covers the GQA group), and walking warps of the tensor-core body (0: the
-// CUDA-core loop; it runs unless the dispatch says no or max_keys, when known, leaves every
-// split shorter than decode_mma keys).
+// decode_block_n_wide above 128 dims; fewer for wide heads: a tile holds at most ATT_TILE
+// fp16 values), query heads per block (the smallest of 1, 2, 4, 8 that covers the GQA group),
+// and walking warps of the tensor-core body (0: the CUDA-core loop; it runs unless the
+// dispatch says no or max_keys, when known, leaves every split shorter than decode_mma keys).
 static int32_t sgllm__cu_attn_bn(const sgllm__cuda *c, int32_t hd) {
     int32_t want = hd > 128 && c->disp.decode_block_n_wide > 0 ? c->disp.decode_block_n_wide : c->disp.decode_block_n;
     int32_t bn = want < 8 ? 8 : want > 128 ? 128 : want;

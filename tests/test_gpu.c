@@ -1788,6 +1788,10 @@ static void test_attn_post(void) {
                             bool named = strstr(sgllm__cuda_last_launch(gpu), "tensor cores") != NULL;
                             CHECKF(named == tensor, "attn_decode_post told %d keys, %d splits, dim %d: ran %s", p0 + 1, sp,
                                    hd, sgllm__cuda_last_launch(gpu));
+                            // the answer the decode step's graph tiers go by
+                            CHECKF(sgllm__cuda_attn_mma(gpu, hd, sp, p0 + 1) == (int)named,
+                                   "sgllm__cuda_attn_mma told %d keys, %d splits, dim %d: %d", p0 + 1, sp, hd,
+                                   sgllm__cuda_attn_mma(gpu, hd, sp, p0 + 1));
                             told_cuda += !tensor, told_tensor += tensor;
                         }
                         float *hl = (float *)malloc((size_t)qd * 4);
