@@ -64,6 +64,14 @@ static void temp_config(char *tmpl, const char *json) {
     if (fd >= 0) close(fd);
 }
 
+// Writes the tiny model cfg to a new temporary file named from tmpl (a mkstemp template).
+static void tiny_temp(const tiny *cfg, char *tmpl) {
+    int fd = mkstemp(tmpl);
+    CHECK(fd >= 0);
+    if (fd >= 0) close(fd);
+    build_tiny(cfg, tmpl);
+}
+
 static sgllm_model *load(const char *path, sgllm_backend backend, const char *kernel_config) {
     sgllm_model_params mp;
     sgllm_model_default_params(&mp);
@@ -124,10 +132,7 @@ static void eval_all(sgllm_context *c, const int32_t *toks, int n, int step, flo
 static void tiny_case(const char *arch, int n_layer, int window, uint32_t wtype) {
     tiny cfg = {arch, n_layer, window, (int)wtype, 300, false, false, false};
     char path[] = "/tmp/sgllm_gpu_model_XXXXXX";
-    int fd = mkstemp(path);
-    CHECK(fd >= 0);
-    close(fd);
-    build_tiny(&cfg, path);
+    tiny_temp(&cfg, path);
     sgllm_model *cpu = load(path, SGLLM_BACKEND_CPU, NULL), *gpu = load(path, SGLLM_BACKEND_CUDA, NULL);
     if (!cpu || !gpu) {
         sgllm_model_free(cpu);
@@ -282,10 +287,7 @@ static void synthetic_case(const char *preset, const char *type) {
 static void kernel_config_case(void) {
     tiny cfg = {"llama", 1, 0, SGLLM__T_F32, 300, false, false, false};
     char path[] = "/tmp/sgllm_gpu_model_XXXXXX", conf[] = "/tmp/sgllm_gpu_conf_XXXXXX";
-    int fd = mkstemp(path);
-    CHECK(fd >= 0);
-    close(fd);
-    build_tiny(&cfg, path);
+    tiny_temp(&cfg, path);
     temp_config(conf, "{\"matvec_max_batch\": 3, \"decode_max_splits\": 5}");
     sgllm_model *m = load(path, SGLLM_BACKEND_AUTO, conf);
     if (m) {
@@ -432,10 +434,7 @@ static int stop_after_3(void *user, const char *piece, size_t len) {
 static void generate_case(const char *arch, int n_layer, int window) {
     tiny cfg = {arch, n_layer, window, (int)SGLLM__T_Q8_0, 300, false, false, true}; // greedy runs never hit </s>
     char path[] = "/tmp/sgllm_gpu_gen_XXXXXX";
-    int fd = mkstemp(path);
-    CHECK(fd >= 0);
-    close(fd);
-    build_tiny(&cfg, path);
+    tiny_temp(&cfg, path);
     sgllm_model *gpu = load(path, SGLLM_BACKEND_CUDA, NULL);
     if (!gpu) {
         remove(path);
@@ -531,10 +530,7 @@ static void tiers_case(void) {
     enum { N = 1100 };
     tiny cfg = {"llama", 2, 0, (int)SGLLM__T_F32, 300, false, false, false};
     char path[] = "/tmp/sgllm_gpu_model_XXXXXX";
-    int fd = mkstemp(path);
-    CHECK(fd >= 0);
-    close(fd);
-    build_tiny(&cfg, path);
+    tiny_temp(&cfg, path);
     sgllm_model *gpu = load(path, SGLLM_BACKEND_CUDA, NULL);
     if (!gpu) {
         remove(path);
