@@ -637,6 +637,11 @@ sgllm_status sgllm__cuda_gemm_x16(sgllm__cuda *c, uint32_t type, const void *w, 
 // fused launch (q and k of one type with v of another: two launches).
 sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,
                                       const int64_t *rows, int64_t cols, const float *x, int64_t n_tok, float *const *y);
+// Tells the next sgllm__cuda_matvec_multi call (a q/k/v product) whether the decode attention
+// after it runs the tensor-core kernel (sgllm__cuda_attn_mma): an early-launching product then
+// asks for the SM's largest shared-memory carveout, so that attention's blocks fit beside it.
+// A preference, read (and reset) by that one call; results are the same either way.
+void sgllm__cuda_qkv_before_mma(sgllm__cuda *c, int on);
 sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32_t gate_type, const void *w_gate, uint32_t up_type,
                                       const void *w_up, int64_t rows, int64_t cols, const float *x, int64_t n_tok,
                                       float *y, float *u);

@@ -88,6 +88,7 @@ struct sgllm__cuda {
     void *ring;           // (2, SGLLM__CU_RING_SLOT) pinned: small results read back while the stream runs on
     cudaEvent_t ring_ev[2]; // recorded after each slot's copy
     sgllm__cuda_dispatch disp;
+    bool qkv_mma;         // the next q/k/v product comes before a tensor-core attention (sgllm__cuda_qkv_before_mma)
     int smem_optin, smem_sm; // shared memory a block may opt into, and per SM (bytes)
     int cc_major;         // compute capability major of the device
     bool pdl;             // launches through sgllm__cu_launch use programmatic dependent launch
@@ -2033,7 +2034,8 @@ struct sgllm__cu_mvd {
     int nt;
     int inl;             // 1 (wide kernel only): each block quantizes x into its shared memory itself (xq / xd unused)
     int split;           // direct kernel: warps per row (1, 2 or 4, dividing the block's; 0 = 1), set by sgllm__cu_mvd_run
-    int early;           // wide kernel: the next kernel may launch before this one's PDL wait (dispatch.matvec_qkv_early_kb)
+    int early;           // wide kernel: the next kernel may launch before this one's PDL wait (dispatch.matvec_qkv_early_kb);
+                         // 2: and it is a tensor-core decode attention (sgllm__cuda_qkv_before_mma)
 };
 
 // Adds unit i of each of the NR rows to acc (only when ok: a clamped duplicate otherwise).
@@ -2516,10 +2518,16 @@ static bool sgllm__cu_qkv_early(const sgllm__cuda *c, int64_t bytes) {
     return c->pdl && c->disp.matvec_qkv_early_kb > 0 && bytes <= (int64_t)c->disp.matvec_qkv_early_kb * 1024;
 }
 
+extern "C" void sgllm__cuda_qkv_before_mma(sgllm__cuda *c, int on) {
+    if (c) c->qkv_mma = on != 0;
+}
+
 extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const uint32_t *types, const void *const *w,
                                                  const int64_t *rows, int64_t cols, const float *x, int64_t n_tok,
                                                  float *const *y) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
+    const int early = c->qkv_mma ? 2 : 1; // what an early launch is (sgllm__cuda_qkv_before_mma), asked once
+    c->qkv_mma = false;
     if (n < 1 || n > 3 || !types || !w || !rows || !y) return sgllm__cu_bad(c, "matvec_multi", "bad matrix list");
     for (int k = 0; k < n; k++) sgllm__cu_xq_forget(c, y[k]);
     int64_t rb, total = 0;
@@ -2544,7 +2552,7 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
             sgllm__cu_mvd a1 = {}, a2;
             for (int k = 0; k < 2; k++) a1.w[k] = (const uint8_t *)w[k], a1.y[k] = y[k], a1.rows[k] = rows[k];
             a1.n_seg = 2, a1.act = -1, a1.row_bytes = rb1, a1.total_rows = rows[0] + rows[1];
-            a1.early = sgllm__cu_qkv_early(c, (rows[0] + rows[1]) * rb1 + rows[2] * rb2);
+            a1.early = sgllm__cu_qkv_early(c, (rows[0] + rows[1]) * rb1 + rows[2] * rb2) ? early : 0;
             sgllm_status s = sgllm__cu_mvd_prep(c, types[0], x, 1, cols, false, &a1);
             if (s) return s;
             a2 = a1;
@@ -2571,7 +2579,7 @@ extern "C" sgllm_status sgllm__cuda_matvec_multi(sgllm__cuda *c, int n, const ui
     sgllm__cu_mvd a = {};
     for (int k = 0; k < n; k++) a.w[k] = (const uint8_t *)w[k], a.y[k] = y[k], a.rows[k] = rows[k];
     a.n_seg = n, a.act = -1, a.row_bytes = rb, a.total_rows = total;
-    a.early = n == 3 && sgllm__cu_qkv_early(c, total * rb);
+    a.early = n == 3 && sgllm__cu_qkv_early(c, total * rb) ? early : 0;
     bool wide = sgllm__cu_mvw_wide(c, n, types, w, rb, cols, x);
     sgllm_status s = sgllm__cu_mvd_prep(c, types[0], x, n_tok, cols, wide, &a);
     if (s) return s;
@@ -2822,11 +2830,33 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
     sgllm__cu_mvw_body<T, NT, NR, CVT>(a, groups, blockIdx.x, gridDim.x);
 }
 
+// A one-token q/k/v product that lets a tensor-core decode attention launch early (a.early 2,
+// sgllm__cuda_qkv_before_mma): the same body in a kernel of its own, whose blocks ask for the
+// SM's largest shared-memory carveout (sgllm__cu_carveout_max). An SM holding blocks
+// configured for a small carveout cannot take blocks that need more shared memory than it
+// leaves until it drains and is reconfigured, and the tensor-core attention's walking warps'
+// stages (about 76 KB a block for 64-wide heads, 165 KB for 256-wide) do not fit beside the
+// product's blocks otherwise: measured on the H100, SmolLM2-135M at 4096 keys 4-6% faster
+// (docs/PERF.md, eleventh session). Only this launch asks for it: ahead of the CUDA-core attention it cost
+// SmolLM2 5% (docs/PERF.md, tenth session), and the other products keep the L1 cache their
+// activations are read through (every kernel at the largest carveout: Llama-3-8B BF16 7
+// points slower).
+template <int T, int NR>
+static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_early_k(const sgllm__cu_mvd a, int64_t groups) {
+    sgllm__cu_mvw_body<T, 1, NR, 0>(a, groups, blockIdx.x, gridDim.x);
+}
+template <typename K> static void sgllm__cu_carveout_max(K kern) {
+    if (cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared) !=
+        cudaSuccess)
+        cudaGetLastError(); // a preference only: the launch works either way
+}
+
 // Two products of different weight types over the same quantized activations in one launch
 // (Gemma 3's Q5_0 q/k with a Q8_0 v, or a Q4_K_M file's Q4_K q/k with a Q6_K v): blocks
 // [0, b1) run a1 of type T1, the rest a2 of type T2, each exactly as its own launch would, so
-// the bits are the same; one launch, one PDL wait, instead of two in a row.
-template <int T1, int T2, int NT>
+// the bits are the same; one launch, one PDL wait, instead of two in a row. BIG: the instance
+// launched ahead of a tensor-core attention, with the largest carveout (sgllm__cu_mvw_early_k).
+template <int T1, int T2, int NT, bool BIG = false>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
     sgllm__cu_mvw2_k(const sgllm__cu_mvd a1, int64_t g1, unsigned b1, const sgllm__cu_mvd a2, int64_t g2) {
     if (blockIdx.x < b1) sgllm__cu_mvw_body<T1, NT, 2>(a1, g1, blockIdx.x, b1);
@@ -2879,6 +2909,12 @@ static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int
     int warps = sgllm__cu_mv_warps(c);
     size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T, CVT) + (a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0);
     // persistent grid: the resident blocks, then as few as give every warp the same number of row groups
+    if (NT == 1 && CVT == 0 && a.early == 2) { // ahead of a tensor-core attention: the largest carveout
+        sgllm__cu_carveout_max(sgllm__cu_mvw_early_k<T, NR>);
+        int64_t cap = sgllm__cu_mvw_cap(c, sgllm__cu_mvw_early_k<T, NR>, warps, smem, T);
+        return sgllm__cu_launch(c, "matvec (wide, before tensor-core attention)", sgllm__cu_mvw_early_k<T, NR>,
+                                dim3((unsigned)sgllm__cu_mvw_blocks(groups, warps, cap)), dim3(32 * warps), smem, a, groups);
+    }
     int64_t cap = sgllm__cu_mvw_cap(c, sgllm__cu_mvw_k<T, NT, NR, CVT>, warps, smem, CVT ? -1 : T);
     return sgllm__cu_launch(c, CVT ? "matvec (wide, short rows)" : "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR, CVT>,
                             dim3((unsigned)sgllm__cu_mvw_blocks(groups, warps, cap)), dim3(32 * warps), smem, a, groups);
@@ -2895,6 +2931,11 @@ static sgllm_status sgllm__cu_mvw2_go(sgllm__cuda *c, const sgllm__cu_mvd &a1, c
     int64_t g1 = a1.total_rows / 2, g2 = a2.total_rows / 2, cap1 = cap * g1 / (g1 + g2);
     cap1 = cap1 < 1 ? 1 : cap1 > cap - 1 ? cap - 1 : cap1;
     int64_t b1 = sgllm__cu_mvw_blocks(g1, warps, cap1), b2 = sgllm__cu_mvw_blocks(g2, warps, cap - cap1 > 0 ? cap - cap1 : 1);
+    if (a1.early == 2) { // ahead of a tensor-core attention: the largest carveout, as sgllm__cu_mvw_early_k
+        sgllm__cu_carveout_max(sgllm__cu_mvw2_k<T1, T2, 1, true>);
+        return sgllm__cu_launch(c, "matvec (wide, two types, before tensor-core attention)", sgllm__cu_mvw2_k<T1, T2, 1, true>,
+                                dim3((unsigned)(b1 + b2)), dim3(32 * warps), smem, a1, g1, (unsigned)b1, a2, g2);
+    }
     return sgllm__cu_launch(c, "matvec (wide, two types)", sgllm__cu_mvw2_k<T1, T2, 1>, dim3((unsigned)(b1 + b2)),
                             dim3(32 * warps), smem, a1, g1, (unsigned)b1, a2, g2);
 }

@@ -5592,6 +5592,16 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
         if ((s = (call)) != SGLLM_OK) return s;                                                                         \
     } while (0)
     SGLLM__TRY(sgllm__cuda_embed(cu, m->tok_embd.type, gm->tok_embd, m->tok_embd.rows, E, tok, n, m->embd_scale, c->x));
+    // every layer's decode attention on the tensor cores: each q/k/v product makes room for its
+    // shared memory (sgllm__cuda_qkv_before_mma; SmolLM2-135M at 4096 keys 4-6% faster on the
+    // H100). Only then: where some layers take the CUDA-core kernel (Gemma 3's windowed ones),
+    // hinting the others measured slower and erratic (docs/PERF.md, tenth session)
+    bool all_mma = n < disp->prefill_min_tokens;
+    for (int32_t il = 0; il < m->n_layer && all_mma; il++) {
+        const sgllm__layer *L = &m->layers[il];
+        all_mma = sgllm__cuda_attn_mma(cu, L->head_dim, splits > 0 ? splits : sgllm__gpu_splits(cu, L, n, max_keys),
+                                       sgllm__gpu_seen(L, max_keys));
+    }
     const float *post_ffn = NULL; // the previous layer's post-FFN norm, applied with the next add
     for (int32_t il = 0; il < m->n_layer; il++) {
         const sgllm__layer *L = &m->layers[il];
@@ -5607,6 +5617,7 @@ static sgllm_status sgllm__gpu_enqueue(sgllm__gpu_ctx *c, const int32_t *tok, co
             const void *qkv_w[3] = {G->wq, G->wk, G->wv};
             const int64_t qkv_rows[3] = {qd, kvd, kvd};
             float *qkv_y[3] = {c->q, c->k, c->v};
+            if (all_mma) sgllm__cuda_qkv_before_mma(cu, 1);
             SGLLM__TRY(sgllm__cuda_matvec_multi(cu, 3, qkv_t, qkv_w, qkv_rows, E, c->h, n, qkv_y));
         }
         // biases, q/k norms (both or neither: the families read them together), RoPE and the

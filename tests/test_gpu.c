@@ -1665,6 +1665,53 @@ static void test_norm_add_xq(void) {
            "norm's and the products after it\n", runs);
 }
 
+// A q/k/v product told that a tensor-core attention follows (sgllm__cuda_qkv_before_mma) runs
+// its own kernel instance with the largest shared-memory carveout (where the product may let
+// the next kernel launch early: PDL on, weights within dispatch.matvec_qkv_early_kb): the same
+// bits as without, for one type (the wide kernel) and for two (q/k of one type, v of another:
+// the two-type kernel); the hint is read once (the call after it is the plain launch again),
+// and the launch names tell which instance ran.
+static void test_qkv_before_mma(void) {
+    static const uint32_t types[2][3] = {{SGLLM__T_Q8_0, SGLLM__T_Q8_0, SGLLM__T_Q8_0},
+                                         {SGLLM__T_Q5_0, SGLLM__T_Q5_0, SGLLM__T_Q8_0}};
+    int runs = 0;
+    for (int v = 0; v < 2; v++) {
+        int64_t E = 640, rows[3] = {1024, 256, 256};
+        size_t wb[3];
+        uint8_t *w[3];
+        const void *dw[3];
+        for (int k = 0; k < 3; k++) w[k] = rand_weights(types[v][k], rows[k], E, &wb[k]), dw[k] = dev_copy(w[k], wb[k]);
+        float *x = rand_floats(E, -1, 1), *dx = (float *)dev_copy(x, (size_t)E * 4);
+        float *out[3][3], *host[3];
+        for (int r = 0; r < 3; r++) {
+            for (int k = 0; k < 3; k++) out[r][k] = (float *)dev((size_t)rows[k] * 4);
+            host[r] = (float *)malloc(1536 * 4);
+            if (r == 1) sgllm__cuda_qkv_before_mma(gpu, 1); // run 0: plain, 1: hinted, 2: plain again
+            CHECKF(sgllm__cuda_matvec_multi(gpu, 3, types[v], dw, rows, E, dx, 1, out[r]) == SGLLM_OK, "%s",
+                   sgllm__cuda_errmsg(gpu));
+            const sgllm__cuda_dispatch *d = sgllm__cuda_get_dispatch(gpu);
+            bool hinted = r == 1 && d->pdl && (int64_t)(wb[0] + wb[1] + wb[2]) <= (int64_t)d->matvec_qkv_early_kb * 1024;
+            char want[96];
+            snprintf(want, sizeof want, "matvec (wide%s%s)", v ? ", two types" : "", hinted ? ", before tensor-core attention" : "");
+            CHECKF(!strcmp(sgllm__cuda_last_launch(gpu), want), "q/k/v run %d: ran '%s', expected '%s'", r,
+                   sgllm__cuda_last_launch(gpu), want);
+            for (int k = 0, o = 0; k < 3; o += (int)rows[k], k++) fetch(host[r] + o, out[r][k], (size_t)rows[k] * 4);
+        }
+        for (int r = 1; r < 3; r++) {
+            CHECKF(!memcmp(host[0], host[r], 1536 * 4), "q/k/v %s+%s run %d: differs from the plain launch (rel err %.3g)",
+                   sgllm__type_name(types[v][0]), sgllm__type_name(types[v][2]), r, rel_err(host[r], host[0], 1536));
+            runs++;
+        }
+        for (int r = 0; r < 3; r++) {
+            for (int k = 0; k < 3; k++) sgllm__cuda_dfree(gpu, out[r][k]);
+            free(host[r]);
+        }
+        for (int k = 0; k < 3; k++) sgllm__cuda_dfree(gpu, (void *)dw[k]), free(w[k]);
+        sgllm__cuda_dfree(gpu, dx), free(x);
+    }
+    printf("qkv_before_mma: %d runs (one and two weight types) bit for bit the plain launch\n", runs);
+}
+
 // Attention that does qkv_post's work itself (sgllm__cuda_attn_decode_post, one token): its
 // output and both caches bit for bit those of qkv_post followed by attn_decode. q, k and v
 // come from a q/k/v product launched just before (the fused kernel starts its cache reads
@@ -2451,6 +2498,7 @@ int main(void) {
     test_kv_write_paged();
     test_norm_add();
     test_norm_add_xq();
+    test_qkv_before_mma();
     test_xq_forget();
     test_attn_post();
     test_qkv_post();
