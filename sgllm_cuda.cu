@@ -933,10 +933,16 @@ template <int V> static __device__ inline void sgllm__cu_stv(float *p, const flo
 // if each value were read when used); longer rows read the rest as they go. The weights of
 // those steps are nobody's output: they are loaded before the wait for the predecessor
 // (sgllm__cu_pdl_wait, called here), so their DRAM trips overlap its tail instead of following
-// the sums.
-template <int V>
+// the sums. The arithmetic is spelled out (__fmaf_rn, __fmul_rn): every kernel that inlines
+// this, with or without QK, gives the same bits, whatever the compiler would contract. QK 0 or
+// 1 (section 4's XQ_Q8_0 / XQ_Q8_1; rows of at most NS steps, V = 4, dim a
+// multiple of 32): y is also quantized into qs / ds from the registers that hold it, each
+// 32-value block by the 8 neighbouring threads that hold its float4s, with sgllm__cu_xq's
+// arithmetic and shuffle order (so its bytes), no block barrier and no second pass.
+template <int V, int QK = -1>
 static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delta, const float *dw, const float *w,
-                                                     float *y, int64_t dim, float eps, float *ys = NULL) {
+                                                     float *y, int64_t dim, float eps, float *ys = NULL,
+                                                     int8_t *qs = NULL, float2 *ds = NULL) {
     constexpr int NS = 4; // steps kept in registers
     int64_t r = blockIdx.x, step = (int64_t)blockDim.x * V, i0 = (int64_t)threadIdx.x * V;
     float *xr = x + r * dim, *yr = y + r * dim;
@@ -963,12 +969,12 @@ static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delt
         for (int k = 0; k < NS; k++) {
             if (i0 + k * step >= dim) break;
 #pragma unroll
-            for (int e = 0; e < V; e++) ss += kd[k][e] * kd[k][e];
+            for (int e = 0; e < V; e++) ss = __fmaf_rn(kd[k][e], kd[k][e], ss);
         }
         for (int64_t i = i0 + NS * step; i < dim; i += step) {
             sgllm__cu_ldv<V>(dr + i, a);
 #pragma unroll
-            for (int e = 0; e < V; e++) ss += a[e] * a[e];
+            for (int e = 0; e < V; e++) ss = __fmaf_rn(a[e], a[e], ss);
         }
         dscale = rsqrtf(sgllm__cu_block_sum(ss) / (float)dim + eps);
     }
@@ -979,11 +985,12 @@ static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delt
         if (i >= dim) break;
         if (dr) {
 #pragma unroll
-            for (int e = 0; e < V; e++) kx[k][e] += dw ? kd[k][e] * dscale * kg[k][e] : kd[k][e];
+            for (int e = 0; e < V; e++)
+                kx[k][e] = dw ? __fmaf_rn(__fmul_rn(kd[k][e], dscale), kg[k][e], kx[k][e]) : __fadd_rn(kx[k][e], kd[k][e]);
             sgllm__cu_stv<V>(xr + i, kx[k]);
         }
 #pragma unroll
-        for (int e = 0; e < V; e++) ss += kx[k][e] * kx[k][e];
+        for (int e = 0; e < V; e++) ss = __fmaf_rn(kx[k][e], kx[k][e], ss);
     }
     for (int64_t i = i0 + NS * step; i < dim; i += step) {
         sgllm__cu_ldv<V>(xr + i, a);
@@ -992,29 +999,60 @@ static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delt
             float g[V];
             if (dw) sgllm__cu_ldv<V>(dw + i, g);
 #pragma unroll
-            for (int e = 0; e < V; e++) a[e] += dw ? b[e] * dscale * g[e] : b[e];
+            for (int e = 0; e < V; e++) a[e] = dw ? __fmaf_rn(__fmul_rn(b[e], dscale), g[e], a[e]) : __fadd_rn(a[e], b[e]);
             sgllm__cu_stv<V>(xr + i, a);
         }
 #pragma unroll
-        for (int e = 0; e < V; e++) ss += a[e] * a[e];
+        for (int e = 0; e < V; e++) ss = __fmaf_rn(a[e], a[e], ss);
     }
     float scale = rsqrtf(sgllm__cu_block_sum(ss) / (float)dim + eps);
+    if constexpr (QK >= 0) { // every step in registers (the caller's condition); the warp is converged here
+        static_assert(QK < 0 || V == 4, "in-register quantization: float4 steps");
+        int lane = threadIdx.x % 32;
 #pragma unroll
-    for (int k = 0; k < NS; k++) {
-        int64_t i = i0 + k * step;
-        if (i >= dim) break;
+        for (int k = 0; k < NS; k++) {
+            if ((int64_t)k * step >= dim) break; // the same for every thread
+            int64_t i = i0 + k * step;
+            bool in = i < dim; // whole 8-thread groups (dim is a multiple of 32)
+            unsigned mk = __ballot_sync(0xffffffffu, in);
+            if (!in) continue;
 #pragma unroll
-        for (int e = 0; e < V; e++) a[e] = kx[k][e] * scale * (w ? kw[k][e] : 1.0f);
-        sgllm__cu_stv<V>(yr + i, a);
-        if (ys) sgllm__cu_stv<V>(ys + i, a);
-    }
-    for (int64_t i = i0 + NS * step; i < dim; i += step) {
-        sgllm__cu_ldv<V>(xr + i, a);
-        if (w) sgllm__cu_ldv<V>(w + i, b);
+            for (int e = 0; e < V; e++) a[e] = __fmul_rn(__fmul_rn(kx[k][e], scale), w ? kw[k][e] : 1.0f);
+            sgllm__cu_stv<V>(yr + i, a);
+            float am = fmaxf(fmaxf(fabsf(a[0]), fabsf(a[1])), fmaxf(fabsf(a[2]), fabsf(a[3])));
 #pragma unroll
-        for (int e = 0; e < V; e++) a[e] = a[e] * scale * (w ? b[e] : 1.0f);
-        sgllm__cu_stv<V>(yr + i, a);
-        if (ys) sgllm__cu_stv<V>(ys + i, a);
+            for (int o = 1; o < 8; o <<= 1) am = fmaxf(am, __shfl_xor_sync(mk, am, o));
+            float d = am / 127.f, id = am != 0.f ? 127.f / am : 0.f;
+            int q0 = __float2int_rn(a[0] * id), q1 = __float2int_rn(a[1] * id), q2 = __float2int_rn(a[2] * id),
+                q3 = __float2int_rn(a[3] * id);
+            ((uint32_t *)(qs + r * dim))[i / 4] = (uint32_t)(q0 & 255) | ((uint32_t)(q1 & 255) << 8) |
+                                                  ((uint32_t)(q2 & 255) << 16) | ((uint32_t)(q3 & 255) << 24);
+            int sum = q0 + q1 + q2 + q3;
+#pragma unroll
+            for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(mk, sum, o);
+            if (lane % 8 == 0)
+                ds[r * (dim / 32) + i / 32] = make_float2(__half2float(__float2half_rn(d)),
+                                                          QK == 1 ? __half2float(__float2half_rn(d * (float)sum))
+                                                                  : (float)sum);
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < NS; k++) {
+            int64_t i = i0 + k * step;
+            if (i >= dim) break;
+#pragma unroll
+            for (int e = 0; e < V; e++) a[e] = __fmul_rn(__fmul_rn(kx[k][e], scale), w ? kw[k][e] : 1.0f);
+            sgllm__cu_stv<V>(yr + i, a);
+            if (ys) sgllm__cu_stv<V>(ys + i, a);
+        }
+        for (int64_t i = i0 + NS * step; i < dim; i += step) {
+            sgllm__cu_ldv<V>(xr + i, a);
+            if (w) sgllm__cu_ldv<V>(w + i, b);
+#pragma unroll
+            for (int e = 0; e < V; e++) a[e] = __fmul_rn(__fmul_rn(a[e], scale), w ? b[e] : 1.0f);
+            sgllm__cu_stv<V>(yr + i, a);
+            if (ys) sgllm__cu_stv<V>(ys + i, a);
+        }
     }
 }
 
@@ -1029,6 +1067,7 @@ static bool sgllm__cu_al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 // The same rows also quantized for the next matrix-vector product (section 4); false when
 // the shape does not allow it (then nothing is launched).
+static int sgllm__cu_norm_xq_cap(sgllm__cuda *c); // the quantizing kernels' most threads per block
 static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, const float *delta, const float *delta_w,
                                   const float *w, float *y, int64_t rows, int64_t dim, float eps, int threads,
                                   sgllm_status *s);
@@ -1055,6 +1094,10 @@ extern "C" sgllm_status sgllm__cuda_norm_add_rmsnorm_q(sgllm__cuda *c, float *x,
     int kcap = v4 ? sgllm__cu_max_threads(sgllm__cu_norm_add_k<4>, &c->norm_cap[0])
                   : sgllm__cu_max_threads(sgllm__cu_norm_add_k<1>, &c->norm_cap[1]);
     cap = cap < kcap ? cap : kcap;
+    // the quantizing kernels' cap too, quantizing or not: the same threads add up the same sums,
+    // so y has the same bits whether the norm quantizes it or not
+    int qcap = v4 ? sgllm__cu_norm_xq_cap(c) : cap;
+    cap = cap < qcap ? cap : qcap;
     int threads = sgllm__cu_threads(per + 31 < cap ? (int)(per + 31) : cap, 32, 1024);
     sgllm__cu_xq_forget(c, x), sgllm__cu_xq_forget(c, y); // they change: the activation buffer no longer holds them
     sgllm_status s = SGLLM_OK;
@@ -1960,12 +2003,23 @@ static __global__ void sgllm__cu_norm_add_xq_k(float *x, const float *delta, con
                                                int64_t dim, float eps, int8_t *qs, float2 *ds) {
     sgllm__cu_pdl_trigger(); // first: see section 3's header; norm_add_row waits
     extern __shared__ __align__(16) float nq_row[]; // (dim) when the launch gave room: y's copy
+    if (K != XQ_Q8_K && dim <= 16 * (int64_t)blockDim.x) { // the whole row in registers: quantized there
+        sgllm__cu_norm_add_row<4, K == XQ_Q8_K ? -1 : K>(x, delta, dw, w, y, dim, eps, NULL, qs, ds);
+        return;
+    }
     bool in_smem = dim <= NORM_XQ_SMEM_COLS;
     sgllm__cu_norm_add_row<4>(x, delta, dw, w, y, dim, eps, in_smem ? nq_row : NULL);
     __syncthreads(); // the row's y, written by every thread of the block, is read back by all
     int64_t r = blockIdx.x;
     sgllm__cu_xq<K>(in_smem ? nq_row : y + r * dim, dim, 1, qs + r * dim, ds + r * (dim / 32), (int)(threadIdx.x / 32),
                     (int)(blockDim.x / 32));
+}
+
+static int sgllm__cu_norm_xq_cap(sgllm__cuda *c) {
+    int a = sgllm__cu_max_threads(sgllm__cu_norm_add_xq_k<XQ_Q8_0>, &c->norm_cap[2]),
+        b = sgllm__cu_max_threads(sgllm__cu_norm_add_xq_k<XQ_Q8_1>, &c->norm_cap[3]),
+        k = sgllm__cu_max_threads(sgllm__cu_norm_add_xq_k<XQ_Q8_K>, &c->norm_cap[4]);
+    return a < b ? (a < k ? a : k) : (b < k ? b : k);
 }
 
 static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, const float *delta, const float *delta_w,
@@ -1979,9 +2033,7 @@ static bool sgllm__cu_norm_add_xq(sgllm__cuda *c, uint32_t quant_for, float *x, 
     void (*k)(float *, const float *, const float *, const float *, float *, int64_t, float, int8_t *, float2 *) =
         kind == XQ_Q8_0 ? sgllm__cu_norm_add_xq_k<XQ_Q8_0>
                         : kind == XQ_Q8_1 ? sgllm__cu_norm_add_xq_k<XQ_Q8_1> : sgllm__cu_norm_add_xq_k<XQ_Q8_K>;
-    size_t smem = dim <= NORM_XQ_SMEM_COLS ? (size_t)dim * 4 : 0;
-    int kcap = sgllm__cu_max_threads(k, &c->norm_cap[2 + kind]);
-    threads = threads < kcap ? threads : kcap;
+    size_t smem = dim <= NORM_XQ_SMEM_COLS ? (size_t)dim * 4 : 0; // threads: within sgllm__cu_norm_xq_cap
     *s = sgllm__cu_launch(c, "norm_add_rmsnorm", k, dim3((unsigned)rows), dim3(threads), smem, x, delta, delta_w, w, y, dim, eps,
                           qs, ds);
     sgllm__cu_xq_set(c, *s, y, kind, rows, dim);

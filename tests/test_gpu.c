@@ -1644,8 +1644,9 @@ static void test_norm_add_xq(void) {
                         fetch(mode ? h : h_ref, dy, (size_t)(n * dim) * 4);
                         fetch(mode ? o : o_ref, dst, (size_t)(160 * n) * 4);
                         if (mode) {
-                            CHECKF(!memcmp(h, h_ref, (size_t)(n * dim) * 4), "norm_q %s dim %lld rows %lld mode %d: y differs",
-                                   sgllm__type_name(t), (long long)dim, (long long)n, mode);
+                            CHECKF(!memcmp(h, h_ref, (size_t)(n * dim) * 4), "norm_q %s dim %lld rows %lld kernel %d mode %d: y "
+                                   "differs (rel err %.3g)", sgllm__type_name(t), (long long)dim, (long long)n, kern, mode,
+                                   rel_err(h, h_ref, n * dim));
                             CHECKF(!memcmp(o, o_ref, (size_t)(160 * n) * 4),
                                    "norm_q %s+%s dim %lld rows %lld kernel %d mode %d: products differ (rel err %.3g)",
                                    sgllm__type_name(t), sgllm__type_name(t2), (long long)dim, (long long)n, kern, mode,
