@@ -4032,6 +4032,10 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         SGLLM__PH(12);
         int32_t total = hb * hd, e0 = min(total, split * share), e1 = min(total, e0 + share);
         float *mine = red; // this block's merged share, kept for the quantization below
+        // the 32-value formats: each warp's 32 merged values are one block of the activation
+        // format (share and e0 are multiples of 32), quantized from registers with
+        // sgllm__cu_xq's arithmetic; Q8_K's 256-value blocks span warps (below)
+        const bool q32 = xq_kind == XQ_Q8_0 || xq_kind == XQ_Q8_1;
         for (int32_t e = e0 + tid; e < e1; e += ATT_THREADS) {
             // sgllm__cu_attn_weights' weights of head h, made by each thread (no block barrier)
             int32_t h = e / hd;
@@ -4047,14 +4051,26 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             float r = den > 0 ? num / den : 0.0f;
             out[row * hd + e] = r;
             mine[e - e0] = r;
+            if (q32) { // whole warps take this branch together
+                float am = fabsf(r);
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+                float d = am / 127.f, id = am != 0.f ? 127.f / am : 0.f;
+                int q = __float2int_rn(r * id), sum = q;
+                xq_q[row * hd + e] = (int8_t)q;
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                if (lane == 0)
+                    xq_d[(row * hd + e) / 32] = make_float2(__half2float(__float2half_rn(d)),
+                                                            xq_kind == XQ_Q8_1 ? __half2float(__float2half_rn(d * (float)sum))
+                                                                               : (float)sum);
+            }
         }
         SGLLM__PH(13);
-        if (xq_kind >= 0 && e1 > e0) { // the share, just merged by this block, quantized as sgllm__cu_xq_k would
+        if (xq_kind == XQ_Q8_K && e1 > e0) { // the share, just merged by this block, quantized as sgllm__cu_xq_k would
             __syncthreads();                // (from its shared-memory copy: the same floats, no trip to L2)
             int64_t o = row * hd + e0;
-            if (xq_kind == XQ_Q8_0) sgllm__cu_xq<XQ_Q8_0>(mine, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
-            else if (xq_kind == XQ_Q8_1) sgllm__cu_xq<XQ_Q8_1>(mine, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
-            else sgllm__cu_xq<XQ_Q8_K>(mine, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
+            sgllm__cu_xq<XQ_Q8_K>(mine, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
         }
         SGLLM__PH(14);
         SGLLM__PH_END();
