@@ -355,7 +355,7 @@ extern "C" const char *const *sgllm__cuda_timeline_launches(const sgllm__cuda *c
 extern "C" const char *sgllm__cuda_timeline_phase_name(int k) {
     static const char *const names[SGLLM__PH_N] = {"start", "wait", "epilogue", "tile data", "tile barrier", "scores",
                                                    "softmax", "values", "slices", "cluster", "outputs sent", "lse sent",
-                                                   "merge barrier", "merged", "quantized", "mma body"};
+                                                   "merge barrier", "merged+q", "quantized", "mma body"};
     return k >= 0 && k < SGLLM__PH_N ? names[k] : "?";
 }
 extern "C" int sgllm__cuda_timeline_phases(sgllm__cuda *c, double *us, unsigned long long *n) {
@@ -4031,12 +4031,17 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
         SGLLM__PH(12);
         int32_t total = hb * hd, e0 = min(total, split * share), e1 = min(total, e0 + share);
-        float *mine = red; // this block's merged share, kept for the quantization below
-        // the 32-value formats: each warp's 32 merged values are one block of the activation
-        // format (share and e0 are multiples of 32), quantized from registers with
-        // sgllm__cu_xq's arithmetic; Q8_K's 256-value blocks span warps (below)
+        // the merged values quantized from registers with sgllm__cu_xq's arithmetic (its bytes):
+        // for the 32-value formats each warp's 32 values are one block (share and e0 are
+        // multiples of 32); for Q8_K each pass's ATT_THREADS values are one 256-value block
+        // (share and e0 multiples of 256), whose largest magnitude (first index on ties) the
+        // warps find and meet on through shared memory, a block barrier per pass
         const bool q32 = xq_kind == XQ_Q8_0 || xq_kind == XQ_Q8_1;
-        for (int32_t e = e0 + tid; e < e1; e += ATT_THREADS) {
+        static_assert(ATT_THREADS == 256, "one Q8_K block a pass");
+        __shared__ float k_am[2][ATT_THREADS / 32], k_mx[2][ATT_THREADS / 32];
+        __shared__ int k_ai[2][ATT_THREADS / 32];
+        int pass = 0;
+        for (int32_t e = e0 + tid; e < e1; e += ATT_THREADS, pass ^= 1) {
             // sgllm__cu_attn_weights' weights of head h, made by each thread (no block barrier)
             int32_t h = e / hd;
             const float *l = inbox_lse + h, *v = inbox + (e - e0);
@@ -4050,7 +4055,6 @@ static __global__ void __launch_bounds__(ATT_THREADS)
             }
             float r = den > 0 ? num / den : 0.0f;
             out[row * hd + e] = r;
-            mine[e - e0] = r;
             if (q32) { // whole warps take this branch together
                 float am = fabsf(r);
 #pragma unroll
@@ -4064,15 +4068,34 @@ static __global__ void __launch_bounds__(ATT_THREADS)
                     xq_d[(row * hd + e) / 32] = make_float2(__half2float(__float2half_rn(d)),
                                                             xq_kind == XQ_Q8_1 ? __half2float(__float2half_rn(d * (float)sum))
                                                                                : (float)sum);
+            } else if (xq_kind == XQ_Q8_K) { // every thread of the block takes this branch (see above)
+                int32_t gi = e - e0; // index in the share, as sgllm__cu_xq's
+                float am = fabsf(r), mx = r;
+                int ai = gi;
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) { // largest magnitude, first index on ties
+                    float oam = __shfl_xor_sync(0xffffffffu, am, o), omx = __shfl_xor_sync(0xffffffffu, mx, o);
+                    int oai = __shfl_xor_sync(0xffffffffu, ai, o);
+                    if (oam > am || (oam == am && oai < ai)) am = oam, mx = omx, ai = oai;
+                }
+                if (lane == 0) k_am[pass][warp] = am, k_mx[pass][warp] = mx, k_ai[pass][warp] = ai;
+                __syncthreads();
+                am = k_am[pass][0], mx = k_mx[pass][0], ai = k_ai[pass][0];
+#pragma unroll
+                for (int w = 1; w < ATT_THREADS / 32; w++) {
+                    float oam = k_am[pass][w];
+                    int oai = k_ai[pass][w];
+                    if (oam > am || (oam == am && oai < ai)) am = oam, mx = k_mx[pass][w], ai = oai;
+                }
+                float iscale = am != 0.f ? -127.f / mx : 0.f, d = iscale != 0.f ? 1.f / iscale : 0.f;
+                int q = min(127, __float2int_rn(iscale * r)), sum = q;
+                xq_q[row * hd + e] = (int8_t)q;
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                if (lane == 0) xq_d[(row * hd + e) / 32] = make_float2(d, (float)sum);
             }
         }
-        SGLLM__PH(13);
-        if (xq_kind == XQ_Q8_K && e1 > e0) { // the share, just merged by this block, quantized as sgllm__cu_xq_k would
-            __syncthreads();                // (from its shared-memory copy: the same floats, no trip to L2)
-            int64_t o = row * hd + e0;
-            sgllm__cu_xq<XQ_Q8_K>(mine, e1 - e0, 1, xq_q + o, xq_d + o / 32, warp, ATT_THREADS / 32);
-        }
-        SGLLM__PH(14);
+        SGLLM__PH(13); // merged and quantized (phase 14, a pass of its own before, is no more)
         SGLLM__PH_END();
 #endif
         return;
