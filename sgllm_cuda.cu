@@ -911,6 +911,15 @@ extern "C" sgllm_status sgllm__cuda_add_rmsnorm(sgllm__cuda *c, float *x, const 
 }
 
 // V consecutive floats (V = 4: one 16-byte access, p 16-byte aligned).
+// The activation formats of the int8 matrix-vector path (section 4 describes them), and what
+// every quantizer of a 32-value format (sgllm__cu_xq, the fused norms, decode attention's
+// merge) stores per block from its scale d and its codes' sum: (fp16 d, sum) for Q8_0, (fp16
+// d, fp16 d sum) for Q8_1 (q81). One definition, so their bytes agree. (Q8_K stores (d, sum).)
+enum { XQ_Q8_0 = 0, XQ_Q8_1 = 1, XQ_Q8_K = 2 };
+static __device__ __forceinline__ float2 sgllm__cu_xq_ds32(bool q81, float d, int sum) {
+    return make_float2(__half2float(__float2half_rn(d)), q81 ? __half2float(__float2half_rn(d * (float)sum)) : (float)sum);
+}
+
 template <int V> static __device__ inline void sgllm__cu_ldv(const float *p, float v[V]) {
     if (V == 4) {
         float4 t = *(const float4 *)p;
@@ -935,7 +944,7 @@ template <int V> static __device__ inline void sgllm__cu_stv(float *p, const flo
 // (sgllm__cu_pdl_wait, called here), so their DRAM trips overlap its tail instead of following
 // the sums. The arithmetic is spelled out (__fmaf_rn, __fmul_rn): every kernel that inlines
 // this, with or without QK, gives the same bits, whatever the compiler would contract. QK 0 or
-// 1 (section 4's XQ_Q8_0 / XQ_Q8_1; rows of at most NS steps, V = 4, dim a
+// 1 (XQ_Q8_0 / XQ_Q8_1; rows of at most NS steps, V = 4, dim a
 // multiple of 32): y is also quantized into qs / ds from the registers that hold it, each
 // 32-value block by the 8 neighbouring threads that hold its float4s, with sgllm__cu_xq's
 // arithmetic and shuffle order (so its bytes), no block barrier and no second pass.
@@ -1030,10 +1039,7 @@ static __device__ inline void sgllm__cu_norm_add_row(float *x, const float *delt
             int sum = q0 + q1 + q2 + q3;
 #pragma unroll
             for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(mk, sum, o);
-            if (lane % 8 == 0)
-                ds[r * (dim / 32) + i / 32] = make_float2(__half2float(__float2half_rn(d)),
-                                                          QK == 1 ? __half2float(__float2half_rn(d * (float)sum))
-                                                                  : (float)sum);
+            if (lane % 8 == 0) ds[r * (dim / 32) + i / 32] = sgllm__cu_xq_ds32(QK == XQ_Q8_1, d, sum);
         }
     } else {
 #pragma unroll
@@ -1595,8 +1601,6 @@ static __global__ void sgllm__cu_mv_generic_k(uint32_t type, const uint8_t *w, i
 // A block loops over row groups (grid capped at what stays resident), so the activations are
 // quantized once per block, while the first chunks of its first rows are already in flight.
 
-enum { XQ_Q8_0 = 0, XQ_Q8_1 = 1, XQ_Q8_K = 2 };
-
 static __host__ __device__ constexpr int sgllm__cu_xq_kind(int t) {
     return t == T_Q4_1 || t == T_Q5_1 ? XQ_Q8_1 : t == T_Q4_K || t == T_Q5_K || t == T_Q6_K ? XQ_Q8_K : XQ_Q8_0;
 }
@@ -1647,10 +1651,7 @@ static __device__ void sgllm__cu_xq(const float *x, int64_t cols, int nt, int8_t
                 int sum = q0 + q1 + q2 + q3;
 #pragma unroll
                 for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-                if (in && lane % 8 == 0)
-                    ds[st * 4 + lane / 8] = make_float2(__half2float(__float2half_rn(d)),
-                                                        K == XQ_Q8_1 ? __half2float(__float2half_rn(d * (float)sum))
-                                                                     : (float)sum);
+                if (in && lane % 8 == 0) ds[st * 4 + lane / 8] = sgllm__cu_xq_ds32(K == XQ_Q8_1, d, sum);
             } else { // lane holds values 4 lane .. 4 lane + 3 and 128 + 4 lane ..: ascending per lane
                 float e[8] = {v[u][0].x, v[u][0].y, v[u][0].z, v[u][0].w, v[u][1].x, v[u][1].y, v[u][1].z, v[u][1].w};
                 float am = -1.f, mx = 0.f;
@@ -4064,10 +4065,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
                 xq_q[row * hd + e] = (int8_t)q;
 #pragma unroll
                 for (int o = 1; o < 32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-                if (lane == 0)
-                    xq_d[(row * hd + e) / 32] = make_float2(__half2float(__float2half_rn(d)),
-                                                            xq_kind == XQ_Q8_1 ? __half2float(__float2half_rn(d * (float)sum))
-                                                                               : (float)sum);
+                if (lane == 0) xq_d[(row * hd + e) / 32] = sgllm__cu_xq_ds32(xq_kind == XQ_Q8_1, d, sum);
             } else if (xq_kind == XQ_Q8_K) { // every thread of the block takes this branch (see above)
                 int32_t gi = e - e0; // index in the share, as sgllm__cu_xq's
                 float am = fabsf(r), mx = r;

@@ -85,6 +85,15 @@ static sgllm_model *load(const char *path, sgllm_backend backend, const char *ke
     return m;
 }
 
+// The tiny model cfg written to a temporary file (tiny_temp) and loaded on the GPU; NULL (the
+// file removed, the failure checked by load) when it does not load.
+static sgllm_model *tiny_gpu(const tiny *cfg, char *tmpl) {
+    tiny_temp(cfg, tmpl);
+    sgllm_model *m = load(tmpl, SGLLM_BACKEND_CUDA, NULL);
+    if (!m) remove(tmpl);
+    return m;
+}
+
 static sgllm_context *context(const sgllm_model *m, int32_t n_ctx, int32_t n_batch) {
     sgllm_context_params cp;
     sgllm_context_default_params(&cp);
@@ -434,12 +443,8 @@ static int stop_after_3(void *user, const char *piece, size_t len) {
 static void generate_case(const char *arch, int n_layer, int window) {
     tiny cfg = {arch, n_layer, window, (int)SGLLM__T_Q8_0, 300, false, false, true}; // greedy runs never hit </s>
     char path[] = "/tmp/sgllm_gpu_gen_XXXXXX";
-    tiny_temp(&cfg, path);
-    sgllm_model *gpu = load(path, SGLLM_BACKEND_CUDA, NULL);
-    if (!gpu) {
-        remove(path);
-        return;
-    }
+    sgllm_model *gpu = tiny_gpu(&cfg, path);
+    if (!gpu) return;
     int V = sgllm_model_n_vocab(gpu);
     sgllm_generate_params gp;
     sgllm_generate_default_params(&gp);
@@ -530,12 +535,8 @@ static void tiers_case(void) {
     enum { N = 1100 };
     tiny cfg = {"llama", 2, 0, (int)SGLLM__T_F32, 300, false, false, false};
     char path[] = "/tmp/sgllm_gpu_model_XXXXXX";
-    tiny_temp(&cfg, path);
-    sgllm_model *gpu = load(path, SGLLM_BACKEND_CUDA, NULL);
-    if (!gpu) {
-        remove(path);
-        return;
-    }
+    sgllm_model *gpu = tiny_gpu(&cfg, path);
+    if (!gpu) return;
     int V = sgllm_model_n_vocab(gpu);
     int32_t *toks = (int32_t *)malloc(N * sizeof(int32_t));
     uint8_t *want = (uint8_t *)malloc(N);
