@@ -474,6 +474,10 @@ typedef struct sgllm__cuda_dispatch {
     int decode_block_n_wide;      // decode_block_n for head dims above 128 (0 = decode_block_n): smaller tiles take less
                                   // shared memory, so the attention's blocks, launched early, fit on SMs still running
                                   // the q/k/v product's blocks (whose carveout leaves less shared memory than an SM has)
+    int matvec_stream_kb;         // one token against a single block-quantized matrix of at least this many KiB whose rows
+                                  // have at most 4096 values and are not the wide kernel's (sm90+, not with matvec_int8
+                                  // 0): the streamed kernel, bulk copies of whole rows into a ring of shared-memory
+                                  // stages per block (SmolLM2-135M's output matrix); 0 = never
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context

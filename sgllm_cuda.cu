@@ -11,6 +11,8 @@
 //   4. Matrix-vector with fused dequantization (decode and small batches)
 //   4b. Wide-load int8 matrix-vector: 16-byte weight loads, activations quantized once per call;
 //      two weight types in one launch (q/k with v), four short rows per warp for large matrices
+//   4c. Streamed matrix-vector (one token, large matrices the wide kernel declines, sm90+):
+//      bulk copies of whole rows into a ring of shared-memory stages, mbarrier completion
 //   5. Prefill GEMM: dequantize to bf16 scratch, cuBLAS with fp32 accumulation
 //   6. Decode attention: split-KV over an fp16 cache, on the CUDA cores or (long splits) the
 //      tensor cores, log-sum-exp merge (a kernel, the last block, or a thread block cluster
@@ -2456,6 +2458,23 @@ static sgllm_status sgllm__cu_mv_launch(sgllm__cuda *c, uint32_t type, int path,
                             a.row_bytes, a.x, a.nt, a.y, a.split);
 }
 
+// The streamed kernel (section 4c, dispatch.matvec_stream_kb): its launch constants and shape.
+enum { MVS_WARPS = 4, MVS_STAGES = 4, MVS_STAGE_BYTES = 16384, MVS_MAX_COLS = 4096, MVS_NB = 4 };
+
+struct sgllm__cu_mvs {
+    const uint8_t *w;  // (rows, row_bytes), 16-byte aligned
+    float *y;          // (rows)
+    const int8_t *xq;  // the activations quantized for the type (cols codes) and their (scale, second value)
+    const float2 *xd;
+    int64_t rows, cols, row_bytes;
+    int R;             // rows per stage (a multiple of MVS_WARPS)
+    int slot;          // bytes of one stage's slot (R row_bytes, + 16 for sgllm__cu_ld_a2's over-read, rounded to 128)
+};
+
+static bool sgllm__cu_mvs_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t rows, int64_t rb, int64_t cols,
+                             const float *x, sgllm__cu_mvs *a);
+static sgllm_status sgllm__cu_mvs_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvs &a);
+
 // The wide-load kernel (section 4b, dispatch.matvec_int8 = 3).
 static bool sgllm__cu_mvw_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t rb, int64_t cols, const float *x);
 static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvd &a);
@@ -2471,6 +2490,14 @@ extern "C" sgllm_status sgllm__cuda_matvec(sgllm__cuda *c, uint32_t type, const 
     if (!n_tok) return SGLLM_OK;
     sgllm__cu_xq_forget(c, y);
     bool is_float = type == T_F32 || type == T_F16 || type == T_BF16;
+    sgllm__cu_mvs sa;
+    if (n_tok == 1 && !is_float && c->disp.matvec_int8 && sgllm__cu_mvs_ok(c, type, w, rows, rb, cols, x, &sa)) {
+        sgllm__cu_mvd a = {};
+        sgllm_status s = sgllm__cu_mvd_prep(c, type, x, 1, cols, false, &a);
+        if (s) return s;
+        sa.y = y, sa.xq = a.xq, sa.xd = a.xd;
+        return sgllm__cu_mvs_run(c, type, sa);
+    }
     bool wide = !is_float && c->disp.matvec_int8 == 3 && sgllm__cu_mvw_ok(c, type, w, rb, cols, x);
     // the direct kernel: quantized types with dispatch.matvec_int8 = 2, float types with
     // dispatch.matvec_float_direct (H100, Llama-3-8B BF16 decode at 512 keys: attention + o
@@ -3062,6 +3089,176 @@ static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm
     if (a.nt == 2) return sgllm__cu_mvw_type<2, 1>(c, type, a, groups);
     if (a.nt <= 4) return sgllm__cu_mvw_type<4, 1>(c, type, a, groups);
     return sgllm__cu_mvw_type<8, 1>(c, type, a, groups);
+}
+
+// --- 4c. Streamed matrix-vector ------------------------------------------------------------
+// dispatch.matvec_stream_kb: one token against a large single matrix of a block-quantized type
+// whose rows have at most MVS_MAX_COLS values and are not the wide kernel's (rows of whole
+// 4-byte words, e.g. SmolLM2-135M's 49152 x 576 Q8_0 output matrix, 612-byte rows, which took
+// the staged kernel), on sm90 and newer. Each block keeps MVS_STAGES stages of about
+// MVS_STAGE_BYTES in shared memory, filled by bulk copies (cp.async.bulk: one thread issues a
+// stage's R whole rows as one contiguous range, an mbarrier per stage counts its bytes in), so
+// an SM has tens of KB of weights in flight whatever the arithmetic costs (the staged kernel
+// copies such rows 4 bytes a lane). Warp w takes rows w, w + MVS_WARPS, ... of a stage,
+// MVS_NB of them at a time so that their decodes, dots and lane sums overlap (short rows are
+// many rows a byte); lane l adds pieces l, l + 32, ... of a row in order and the warp sums the
+// lanes in sgllm__cu_warp_sum's order, the staged and wide kernels' order, so every row is bit
+// for bit theirs. Each lane keeps its pieces' activation codes in registers (XR pieces, loaded
+// once after the PDL wait). A block takes row groups blockIdx.x, blockIdx.x + gridDim.x, ...
+// (shape: sgllm__cu_mvs, declared before the entry points); its first stages are copied before
+// the PDL wait (weights do not depend on the previous kernel), and a stage is refilled once
+// every warp has passed the block barrier after it. Measured on the H100 (docs/PERF.md, twelfth
+// session): SmolLM2's output matrix alone 28.5 -> 18 us, its file's generate 2% faster; what
+// the wide kernel takes was no faster streamed in the decode step, so it stays there.
+
+static __device__ inline void sgllm__cu_mbar_init(uint64_t *b, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(b)), "r"(count)
+                 : "memory");
+}
+// One arrival on b that also expects bytes of transactions (the bulk copy of the stage).
+static __device__ inline void sgllm__cu_mbar_expect(uint64_t *b, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(b)),
+                 "r"(bytes)
+                 : "memory");
+}
+static __device__ inline void sgllm__cu_mbar_wait(uint64_t *b, unsigned parity) {
+    unsigned done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"((unsigned)__cvta_generic_to_shared(b)), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+// bytes (a multiple of 16; both addresses 16-byte aligned) from global src to shared dst,
+// counted on b when they land.
+static __device__ inline void sgllm__cu_bulk_copy(void *dst, const void *src, unsigned bytes, uint64_t *b) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(b))
+                 : "memory");
+}
+
+template <int T, int XR>
+static __global__ void __launch_bounds__(MVS_WARPS * 32) sgllm__cu_mvs_k(const sgllm__cu_mvs a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) uint8_t mvs_smem[]; // MVS_STAGES slots
+    __shared__ uint64_t full[MVS_STAGES];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int64_t n_groups = (a.rows + a.R - 1) / a.R;
+    int64_t items = n_groups > blockIdx.x ? (n_groups - 1 - blockIdx.x) / gridDim.x + 1 : 0; // this block's groups
+    // group k of this block: rows from (blockIdx.x + k gridDim.x) R, in slot k % MVS_STAGES
+    auto issue = [&](int64_t k) {
+        int64_t r0 = ((int64_t)blockIdx.x + k * gridDim.x) * a.R, nr = a.rows - r0 < a.R ? a.rows - r0 : a.R;
+        uint64_t *bar = &full[k % MVS_STAGES];
+        sgllm__cu_mbar_expect(bar, (unsigned)(nr * a.row_bytes));
+        sgllm__cu_bulk_copy(mvs_smem + (size_t)(k % MVS_STAGES) * a.slot, a.w + r0 * a.row_bytes,
+                            (unsigned)(nr * a.row_bytes), bar);
+    };
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < MVS_STAGES; s++) sgllm__cu_mbar_init(&full[s], 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        for (int64_t k = 0; k < items && k < MVS_STAGES; k++) issue(k);
+    }
+    sgllm__cu_pdl_wait();
+    sgllm__cu_pdl_trigger();
+    __syncthreads(); // the barriers are initialized
+    int n_p = (int)(a.cols / 32);
+    int xk[XR][8];
+    float2 xa[XR];
+#pragma unroll
+    for (int j = 0; j < XR; j++)
+        if (lane + 32 * j < n_p) xa[j] = sgllm__cu_piece_x(a.xq, a.xd, a.cols, 0, lane + 32 * j, xk[j]);
+    for (int64_t k = 0; k < items; k++) {
+        sgllm__cu_mbar_wait(&full[k % MVS_STAGES], (unsigned)(k / MVS_STAGES) & 1u);
+        const uint8_t *st = mvs_smem + (size_t)(k % MVS_STAGES) * a.slot;
+        int64_t r0 = ((int64_t)blockIdx.x + k * gridDim.x) * a.R;
+        int nr = (int)(a.rows - r0 < a.R ? a.rows - r0 : a.R);
+        for (int rb = warp; rb < nr; rb += MVS_NB * MVS_WARPS) { // rows rb + b MVS_WARPS, b < MVS_NB
+            float s[MVS_NB];
+#pragma unroll
+            for (int b = 0; b < MVS_NB; b++) {
+                s[b] = 0.0f;
+                int r = rb + b * MVS_WARPS;
+                if (r < nr) {
+#pragma unroll
+                    for (int j = 0; j < XR; j++)
+                        if (lane + 32 * j < n_p) {
+                            sgllm__cu_pw pw;
+                            sgllm__cu_piece_w<T>(st + (size_t)r * a.row_bytes, lane + 32 * j, pw);
+                            sgllm__cu_piece_dot<T>(pw, xk[j], xa[j], s[b]);
+                        }
+                }
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) // sgllm__cu_warp_sum's order, the rows interleaved
+#pragma unroll
+                for (int b = 0; b < MVS_NB; b++) s[b] += __shfl_xor_sync(0xffffffffu, s[b], o);
+            if (lane == 0)
+#pragma unroll
+                for (int b = 0; b < MVS_NB; b++)
+                    if (rb + b * MVS_WARPS < nr) a.y[r0 + rb + b * MVS_WARPS] = s[b];
+        }
+        __syncthreads(); // every warp is done with the slot
+        if (threadIdx.x == 0 && k + MVS_STAGES < items) {
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // the reads above before the copy's writes
+            issue(k + MVS_STAGES);
+        }
+    }
+#endif
+}
+
+// Whether the streamed kernel takes this product (one token; see dispatch.matvec_stream_kb),
+// and its shape in *a (the weight and row fields): a block-quantized type, sm90 or newer, a
+// 16-byte aligned matrix of at least matvec_stream_kb KiB, rows of at most MVS_MAX_COLS values
+// and whole 4-byte words (as the staged kernel's), every stage's range (R rows, and the last
+// group's) whole 16-byte units; not what the wide kernel takes when it runs (matvec_int8 3).
+static bool sgllm__cu_mvs_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t rows, int64_t rb, int64_t cols,
+                             const float *x, sgllm__cu_mvs *a) {
+    bool quant = t == T_Q4_0 || t == T_Q4_1 || t == T_Q5_0 || t == T_Q5_1 || t == T_Q8_0 || t == T_Q4_K || t == T_Q5_K ||
+                 t == T_Q6_K;
+    if (!quant || c->cc_major < 9 || c->disp.matvec_stream_kb <= 0 || rows * rb < (int64_t)c->disp.matvec_stream_kb * 1024 ||
+        (uintptr_t)w % 16 || (uintptr_t)x % 16 || cols % 32 || cols > MVS_MAX_COLS || rb % 4)
+        return false;
+    // what the wide kernel takes stays there (H100: Gemma 3's 262144 x 640 Q8_0 output matrix alone
+    // 73 us there, 78-81 us streamed; Llama-3-8B's output matrices streamed faster alone but not
+    // in the decode step)
+    if (c->disp.matvec_int8 == 3 && sgllm__cu_mvw_ok(c, t, w, rb, cols, x)) return false;
+    int64_t per = MVS_STAGE_BYTES / (MVS_WARPS * rb);
+    int R = MVS_WARPS * (int)(per < 1 ? 1 : per);
+    if (R * rb % 16 || rows % R * rb % 16) return false;
+    *a = {};
+    a->w = (const uint8_t *)w, a->rows = rows, a->cols = cols, a->row_bytes = rb, a->R = R;
+    a->slot = (int)((R * rb + 16 + 127) / 128 * 128);
+    return true;
+}
+
+template <int T> static sgllm_status sgllm__cu_mvs_type(sgllm__cuda *c, const sgllm__cu_mvs &a) {
+    int n_p = (int)(a.cols / 32);
+    auto kern = n_p <= 32 ? sgllm__cu_mvs_k<T, 1> : n_p <= 64 ? sgllm__cu_mvs_k<T, 2> : sgllm__cu_mvs_k<T, 4>;
+    size_t smem = (size_t)MVS_STAGES * (size_t)a.slot;
+    if (smem > 48 * 1024) (void)cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    sgllm__cu_carveout_max(kern);
+    int per_sm = sgllm__cu_occupancy(c, kern, MVS_WARPS * 32, smem, 1);
+    int64_t groups = (a.rows + a.R - 1) / a.R,
+            cap = (int64_t)(per_sm > 0 ? per_sm : 1) * (c->disp.sm_count > 0 ? c->disp.sm_count : 1);
+    return sgllm__cu_launch(c, "matvec (stream)", kern, dim3((unsigned)(groups < cap ? groups : cap)), dim3(MVS_WARPS * 32),
+                            smem, a);
+}
+
+static sgllm_status sgllm__cu_mvs_run(sgllm__cuda *c, uint32_t type, const sgllm__cu_mvs &a) {
+    cudaSetDevice(c->device);
+    switch (type) {
+    case T_Q4_0: return sgllm__cu_mvs_type<T_Q4_0>(c, a);
+    case T_Q4_1: return sgllm__cu_mvs_type<T_Q4_1>(c, a);
+    case T_Q5_0: return sgllm__cu_mvs_type<T_Q5_0>(c, a);
+    case T_Q5_1: return sgllm__cu_mvs_type<T_Q5_1>(c, a);
+    case T_Q8_0: return sgllm__cu_mvs_type<T_Q8_0>(c, a);
+    case T_Q4_K: return sgllm__cu_mvs_type<T_Q4_K>(c, a);
+    case T_Q5_K: return sgllm__cu_mvs_type<T_Q5_K>(c, a);
+    case T_Q6_K: return sgllm__cu_mvs_type<T_Q6_K>(c, a);
+    default: return sgllm__cu_bad(c, "matvec (stream)", "weight type");
+    }
 }
 
 // --- 5. Prefill GEMM -----------------------------------------------------------------------

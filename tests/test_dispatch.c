@@ -69,6 +69,8 @@ static void test_rows(void) {
         CHECKF(d.matvec_qkv_early_kb == (h100 ? 4096 : 0), "%s: matvec_qkv_early_kb %d", cases[i].name, d.matvec_qkv_early_kb);
         // smaller tiles for 256-wide heads where measured (the H100: Gemma 3's attention fits beside the product)
         CHECKF(d.decode_block_n_wide == (h100 ? 16 : 0), "%s: decode_block_n_wide %d", cases[i].name, d.decode_block_n_wide);
+        // streamed products of large single matrices where measured (the H100; bulk copies need sm90)
+        CHECKF(d.matvec_stream_kb == (h100 ? 24576 : 0), "%s: matvec_stream_kb %d", cases[i].name, d.matvec_stream_kb);
     }
 }
 
@@ -234,6 +236,9 @@ static void test_json_override(void) {
     CHECK(takes(&base, "decode_block_n_wide", offsetof(sgllm__cuda_dispatch, decode_block_n_wide), 0));
     for (int v = 8; v <= 128; v *= 2)
         CHECK(takes(&base, "decode_block_n_wide", offsetof(sgllm__cuda_dispatch, decode_block_n_wide), v));
+    // streamed single matrices from v KiB (0: never)
+    for (int v = 0; v <= 1 << 22; v += 1 << 20)
+        CHECK(takes(&base, "matvec_stream_kb", offsetof(sgllm__cuda_dispatch, matvec_stream_kb), v));
     d = base;
     const char *empty = " { } ";
     CHECK(sgllm__dispatch_apply_json(&d, empty, strlen(empty), "t", NULL) == SGLLM_OK && !memcmp(&d, &base, sizeof d));
@@ -271,6 +276,8 @@ static void test_json_override(void) {
         {"{\"matvec_direct_split\": 3}", "power of two"},
         {"{\"matvec_direct_split\": 5}", "[1, 4]"},
         {"{\"matvec_qkv_early_kb\": -1}", "[0, 1048576]"},
+        {"{\"matvec_stream_kb\": -1}", "[0, 4194304]"},
+        {"{\"matvec_stream_kb\": 4194305}", "[0, 4194304]"},
         {"{\"decode_block_n_wide\": 24}", "power of two"},
         {"{\"decode_block_n_wide\": 256}", "[0, 128]"},
         {"{\"matvec_int8\": 4}", "[0, 3]"},

@@ -2225,7 +2225,7 @@ static void test_matvec_short_rows(void) {
                                      SGLLM__T_Q8_0, SGLLM__T_Q4_K, SGLLM__T_Q5_K, SGLLM__T_Q6_K};
     sgllm__cuda_dispatch ref_d = disp, wide = disp;
     ref_d.matvec_int8 = 1, ref_d.matvec_warps_per_sm = 0;
-    wide.matvec_int8 = 3, wide.matvec_wide_align = 8;
+    wide.matvec_int8 = 3, wide.matvec_wide_align = 8, wide.matvec_stream_kb = 0; // (the streamed kernel: below)
     int runs = 0, quad_runs = 0;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         uint32_t t = types[ti];
@@ -2263,6 +2263,122 @@ static void test_matvec_short_rows(void) {
     }
     printf("matvec wide, large matrices of short rows: %d runs (%d with four rows per warp) bit for bit the staged "
            "kernel\n", runs, quad_runs);
+}
+
+// The streamed kernel (dispatch.matvec_stream_kb, sgllm_cuda.cu section 4c: one token, bulk
+// copies into a ring of shared-memory stages, sm90 and newer) against the staged int8 kernel with
+// one warp per row (its int8 path, which takes rows of whole 4-byte words): each lane adds
+// pieces lane, lane + 32, ... in order in both, so every row must be bit for bit the same.
+// Every block-quantized type; rows of up to 1024, 2048 and 4096
+// values (1, 2 and 4 activation pieces a lane); row counts with a partial last group; enough
+// groups that the blocks wrap their ring of stages; eagerly and replayed from a graph. The
+// kernel takes a matrix only as the header states (the rule below): rows of 5120 values, Q6_K
+// rows of 768 values (630 bytes, not whole 4-byte words) and matrices under matvec_stream_kb
+// must take another kernel, and so must the wide kernel's matrices when it is on.
+static void test_matvec_stream(void) {
+    static const uint32_t types[] = {SGLLM__T_Q4_0, SGLLM__T_Q4_1, SGLLM__T_Q5_0, SGLLM__T_Q5_1,
+                                     SGLLM__T_Q8_0, SGLLM__T_Q4_K, SGLLM__T_Q5_K, SGLLM__T_Q6_K};
+    bool sm90 = strcmp(disp.row, "sm80") && strcmp(disp.row, "sm86") && strcmp(disp.row, "sm89");
+    sgllm__cuda_dispatch ref_d = disp, st = disp;
+    ref_d.matvec_int8 = 1, ref_d.matvec_warps_per_sm = 0, ref_d.matvec_stream_kb = 0;
+    st.matvec_stream_kb = 1; // every matrix of at least 1 KiB
+    st.matvec_int8 = 1;      // (with the wide kernel on, short rows of 8-byte words stay there: checked at the end)
+    int runs = 0, streamed = 0, declined = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        uint32_t t = types[ti];
+        bool k = sgllm__types[t].block == 256, k6 = t == SGLLM__T_Q6_K;
+        int64_t col_of[5] = {k6 ? 1024 : k ? 768 : 640, 2048, 4096, 5120, 768};
+        int64_t row_of[5] = {80024, 16008, 8004, 1002, 1000};
+        for (int ci = 0; ci < (k6 ? 5 : 4); ci++) {
+            int64_t cols = col_of[ci], rows = row_of[ci];
+            int64_t rb = (int64_t)sgllm__row_bytes(t, (uint64_t)cols);
+            int64_t per = 16384 / (4 * rb), R = 4 * (per < 1 ? 1 : per);
+            bool want = sm90 && cols <= 4096 && rb % 4 == 0 && R * rb % 16 == 0 && rows % R * rb % 16 == 0;
+            size_t wb;
+            uint8_t *w = rand_weights(t, rows, cols, &wb);
+            void *dw = dev_copy(w, wb);
+            float *x = rand_floats(cols, -1, 1), *dx = (float *)dev_copy(x, (size_t)cols * 4);
+            int64_t ny = rows + 8;
+            float *dy = (float *)dev((size_t)(2 * ny) * 4), *y = (float *)malloc((size_t)(2 * ny) * 4);
+            for (int rep = 0; rep < (want ? 2 : 1); rep++) { // eagerly, then from a graph (replayed twice)
+                poison(dy, (size_t)(2 * ny) * 4);
+                sgllm__cuda_set_dispatch(gpu, &st);
+                void *graph = NULL;
+                if (rep) CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
+                CHECKF(sgllm__cuda_matvec(gpu, t, dw, rows, cols, dx, 1, dy) == SGLLM_OK, "%s", sgllm__cuda_errmsg(gpu));
+                const char *ran = sgllm__cuda_last_launch(gpu);
+                bool is_st = !strcmp(ran, "matvec (stream)");
+                CHECKF(is_st == want, "stream %s %lldx%lld: ran '%s'", sgllm__type_name(t), (long long)rows, (long long)cols, ran);
+                if (rep) {
+                    CHECK(sgllm__cuda_graph_end(gpu, &graph) == SGLLM_OK);
+                    for (int g = 0; g < 2; g++) {
+                        poison(dy, (size_t)ny * 4);
+                        CHECK(graph && sgllm__cuda_graph_launch(gpu, graph) == SGLLM_OK);
+                    }
+                    sgllm__cuda_graph_free(gpu, graph);
+                }
+                sgllm__cuda_set_dispatch(gpu, &disp);
+                if (!want) { // another kernel took it
+                    declined++;
+                    continue;
+                }
+                sgllm__cuda_set_dispatch(gpu, &ref_d);
+                CHECK(sgllm__cuda_matvec(gpu, t, dw, rows, cols, dx, 1, dy + ny) == SGLLM_OK);
+                sgllm__cuda_set_dispatch(gpu, &disp);
+                fetch(y, dy, (size_t)(2 * ny) * 4);
+                bool same = !memcmp(y, y + ny, (size_t)rows * 4);
+                for (int64_t i = rows; i < ny; i++) same = same && isnan(y[i]);
+                CHECKF(same, "matvec stream %s %lldx%lld %s: rel err %.3g against the staged kernel", sgllm__type_name(t),
+                       (long long)rows, (long long)cols, rep ? "graph" : "eager", rel_err(y, y + ny, rows));
+                runs++;
+                streamed += is_st;
+            }
+            if (ci == 1) { // under the threshold: another kernel
+                sgllm__cuda_dispatch big = st;
+                big.matvec_stream_kb = (int)(wb / 1024) + 1;
+                sgllm__cuda_set_dispatch(gpu, &big);
+                CHECK(sgllm__cuda_matvec(gpu, t, dw, rows, cols, dx, 1, dy) == SGLLM_OK);
+                CHECKF(strcmp(sgllm__cuda_last_launch(gpu), "matvec (stream)"), "stream %s: %zu bytes under %d KiB streamed",
+                       sgllm__type_name(t), wb, big.matvec_stream_kb);
+                sgllm__cuda_set_dispatch(gpu, &disp);
+                declined++;
+            }
+            sgllm__cuda_dfree(gpu, dw), sgllm__cuda_dfree(gpu, dx), sgllm__cuda_dfree(gpu, dy);
+            free(w), free(x), free(y);
+        }
+    }
+    // with the wide kernel on, what it takes stays there (Gemma 3's 640-value Q8_0 rows, 680
+    // bytes; 2048-value ones), while SmolLM2's 576-value rows (612 bytes, not whole 8-byte words)
+    // stream; either way bit for bit the staged kernel
+    static const int64_t wcols[3] = {576, 640, 2048};
+    for (int wi = 0; sm90 && wi < 3; wi++) {
+        int64_t cols = wcols[wi];
+        int64_t rows = 8192;
+        size_t wb;
+        uint8_t *w = rand_weights(SGLLM__T_Q8_0, rows, cols, &wb);
+        void *dw = dev_copy(w, wb);
+        float *x = rand_floats(cols, -1, 1), *dx = (float *)dev_copy(x, (size_t)cols * 4);
+        float *dy = (float *)dev((size_t)(2 * rows) * 4), *y = (float *)malloc((size_t)(2 * rows) * 4);
+        sgllm__cuda_dispatch wst = disp;
+        wst.matvec_int8 = 3, wst.matvec_wide_align = 8, wst.matvec_stream_kb = 1;
+        sgllm__cuda_set_dispatch(gpu, &wst);
+        CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q8_0, dw, rows, cols, dx, 1, dy) == SGLLM_OK);
+        bool is_st = !strcmp(sgllm__cuda_last_launch(gpu), "matvec (stream)");
+        CHECKF(is_st == (cols == 576), "stream with the wide kernel, Q8_0 cols %lld: ran '%s'", (long long)cols,
+               sgllm__cuda_last_launch(gpu));
+        sgllm__cuda_set_dispatch(gpu, &ref_d);
+        CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q8_0, dw, rows, cols, dx, 1, dy + rows) == SGLLM_OK);
+        sgllm__cuda_set_dispatch(gpu, &disp);
+        fetch(y, dy, (size_t)(2 * rows) * 4);
+        CHECKF(!memcmp(y, y + rows, (size_t)rows * 4), "Q8_0 cols %lld with the wide kernel on: rel err %.3g", (long long)cols,
+               rel_err(y, y + rows, rows));
+        streamed += is_st, declined += !is_st;
+        sgllm__cuda_dfree(gpu, dw), sgllm__cuda_dfree(gpu, dx), sgllm__cuda_dfree(gpu, dy);
+        free(w), free(x), free(y);
+    }
+    CHECK(!sm90 || streamed >= 40);
+    printf("matvec streamed: %d runs (%d on the streamed kernel, half of them replayed from graphs) bit for bit the "
+           "staged kernel; %d shapes declined as the rule says\n", runs, streamed, declined);
 }
 
 // Activation quantization inside the wide kernel (dispatch.matvec_xq_inline) and its 8-byte
@@ -2491,6 +2607,7 @@ int main(void) {
     test_gemm_prefill();
     test_matvec_wide();
     test_matvec_short_rows();
+    test_matvec_stream();
     test_matvec_xq_inline();
     test_attention();
     test_attention_many();
