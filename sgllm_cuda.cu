@@ -3111,6 +3111,7 @@ static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm
 // session): SmolLM2's output matrix alone 28.5 -> 18 us, its file's generate 2% faster; what
 // the wide kernel takes was no faster streamed in the decode step, so it stays there.
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 // (the kernel's body is empty below sm90)
 static __device__ inline void sgllm__cu_mbar_init(uint64_t *b, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(b)), "r"(count)
                  : "memory");
@@ -3138,6 +3139,7 @@ static __device__ inline void sgllm__cu_bulk_copy(void *dst, const void *src, un
                  "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(b))
                  : "memory");
 }
+#endif
 
 template <int T, int XR>
 static __global__ void __launch_bounds__(MVS_WARPS * 32) sgllm__cu_mvs_k(const sgllm__cu_mvs a) {
