@@ -478,6 +478,8 @@ typedef struct sgllm__cuda_dispatch {
                                   // have at most 4096 values and are not the wide kernel's (sm90+, not with matvec_int8
                                   // 0): the streamed kernel, bulk copies of whole rows into a ring of shared-memory
                                   // stages per block (SmolLM2-135M's output matrix); 0 = never
+    int matvec_stream_wide;       // 1 = the streamed kernel (matvec_stream_kb) also takes the wide kernel's matrices (the
+                                  // output matrices of Gemma 3 and Llama-3-8B); 0 = they stay on the wide kernel
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context

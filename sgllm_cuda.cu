@@ -11,7 +11,7 @@
 //   4. Matrix-vector with fused dequantization (decode and small batches)
 //   4b. Wide-load int8 matrix-vector: 16-byte weight loads, activations quantized once per call;
 //      two weight types in one launch (q/k with v), four short rows per warp for large matrices
-//   4c. Streamed matrix-vector (one token, large matrices the wide kernel declines, sm90+):
+//   4c. Streamed matrix-vector (one token, large matrices of rows up to 4096 values, sm90+):
 //      bulk copies of whole rows into a ring of shared-memory stages, mbarrier completion
 //   5. Prefill GEMM: dequantize to bf16 scratch, cuBLAS with fp32 accumulation
 //   6. Decode attention: split-KV over an fp16 cache, on the CUDA cores or (long splits) the
@@ -2459,7 +2459,8 @@ static sgllm_status sgllm__cu_mv_launch(sgllm__cuda *c, uint32_t type, int path,
 }
 
 // The streamed kernel (section 4c, dispatch.matvec_stream_kb): its launch constants and shape.
-enum { MVS_WARPS = 4, MVS_STAGES = 4, MVS_STAGE_BYTES = 16384, MVS_MAX_COLS = 4096, MVS_NB = 4 };
+// (Shape measured on the H100 among 4/6/8 warps, 2-8 stages of 8-48 KB: docs/PERF.md, twelfth session.)
+enum { MVS_WARPS = 8, MVS_STAGES = 3, MVS_STAGE_BYTES = 24576, MVS_MAX_COLS = 4096, MVS_NB = 4 };
 
 struct sgllm__cu_mvs {
     const uint8_t *w;  // (rows, row_bytes), 16-byte aligned
@@ -3093,9 +3094,9 @@ static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm
 
 // --- 4c. Streamed matrix-vector ------------------------------------------------------------
 // dispatch.matvec_stream_kb: one token against a large single matrix of a block-quantized type
-// whose rows have at most MVS_MAX_COLS values and are not the wide kernel's (rows of whole
-// 4-byte words, e.g. SmolLM2-135M's 49152 x 576 Q8_0 output matrix, 612-byte rows, which took
-// the staged kernel), on sm90 and newer. Each block keeps MVS_STAGES stages of about
+// whose rows have at most MVS_MAX_COLS values, on sm90 and newer: those the wide kernel does not
+// take (rows of whole 4-byte words, e.g. SmolLM2-135M's 49152 x 576 Q8_0 output matrix, 612-byte
+// rows, which took the staged kernel), and with dispatch.matvec_stream_wide those it takes. Each block keeps MVS_STAGES stages of about
 // MVS_STAGE_BYTES in shared memory, filled by bulk copies (cp.async.bulk: one thread issues a
 // stage's R whole rows as one contiguous range, an mbarrier per stage counts its bytes in), so
 // an SM has tens of KB of weights in flight whatever the arithmetic costs (the staged kernel
@@ -3108,8 +3109,10 @@ static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm
 // (shape: sgllm__cu_mvs, declared before the entry points); its first stages are copied before
 // the PDL wait (weights do not depend on the previous kernel), and a stage is refilled once
 // every warp has passed the block barrier after it. Measured on the H100 (docs/PERF.md, twelfth
-// session): SmolLM2's output matrix alone 28.5 -> 18 us, its file's generate 2% faster; what
-// the wide kernel takes was no faster streamed in the decode step, so it stays there.
+// session): SmolLM2's output matrix alone 28.5 -> 14.3 us, its file's generate 1734.6 -> 1778.1
+// tok/s; Gemma 3's 262144 x 640 Q8_0 one alone 73.3 -> 69.4 us against the wide kernel's four
+// rows a warp, but its file's generate within noise of it (+0.3-0.5% with matvec_stream_wide),
+// as Llama-3-8B's decode, so the sm90 row leaves the wide kernel's matrices to it.
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 // (the kernel's body is empty below sm90)
 static __device__ inline void sgllm__cu_mbar_init(uint64_t *b, unsigned count) {
@@ -3214,7 +3217,8 @@ static __global__ void __launch_bounds__(MVS_WARPS * 32) sgllm__cu_mvs_k(const s
 // and its shape in *a (the weight and row fields): a block-quantized type, sm90 or newer, a
 // 16-byte aligned matrix of at least matvec_stream_kb KiB, rows of at most MVS_MAX_COLS values
 // and whole 4-byte words (as the staged kernel's), every stage's range (R rows, and the last
-// group's) whole 16-byte units; not what the wide kernel takes when it runs (matvec_int8 3).
+// group's) whole 16-byte units; what the wide kernel takes when it runs (matvec_int8 3) only
+// with dispatch.matvec_stream_wide.
 static bool sgllm__cu_mvs_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t rows, int64_t rb, int64_t cols,
                              const float *x, sgllm__cu_mvs *a) {
     bool quant = t == T_Q4_0 || t == T_Q4_1 || t == T_Q5_0 || t == T_Q5_1 || t == T_Q8_0 || t == T_Q4_K || t == T_Q5_K ||
@@ -3222,10 +3226,8 @@ static bool sgllm__cu_mvs_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t 
     if (!quant || c->cc_major < 9 || c->disp.matvec_stream_kb <= 0 || rows * rb < (int64_t)c->disp.matvec_stream_kb * 1024 ||
         (uintptr_t)w % 16 || (uintptr_t)x % 16 || cols % 32 || cols > MVS_MAX_COLS || rb % 4)
         return false;
-    // what the wide kernel takes stays there (H100: Gemma 3's 262144 x 640 Q8_0 output matrix alone
-    // 73 us there, 78-81 us streamed; Llama-3-8B's output matrices streamed faster alone but not
-    // in the decode step)
-    if (c->disp.matvec_int8 == 3 && sgllm__cu_mvw_ok(c, t, w, rb, cols, x)) return false;
+    // what the wide kernel takes stays there unless dispatch.matvec_stream_wide
+    if (c->disp.matvec_int8 == 3 && !c->disp.matvec_stream_wide && sgllm__cu_mvw_ok(c, t, w, rb, cols, x)) return false;
     int64_t per = MVS_STAGE_BYTES / (MVS_WARPS * rb);
     int R = MVS_WARPS * (int)(per < 1 ? 1 : per);
     if (R * rb % 16 || rows % R * rb % 16) return false;

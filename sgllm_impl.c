@@ -4649,15 +4649,17 @@ typedef struct sgllm__dispatch_row {
 // step 2% shorter on the H100; Llama-3-8B's 128-dim heads keep 64, where 32 measured slightly
 // slower; 0 = decode_block_n elsewhere, unmeasured), the smallest single matrix (KiB) that one token streams
 // through bulk copies when the wide kernel does not take it (24 MiB on sm90: SmolLM2-135M's 30 MB output matrix,
-// generate 2% faster on the H100; Llama-3-8B's 17 MB o product was slower streamed; 0 elsewhere: sm80-sm89 have
-// no bulk copies, sm100 and sm120 are unmeasured).
+// generate 2.5% faster on the H100; Llama-3-8B's 17 MB o product was slower streamed; 0 elsewhere: sm80-sm89
+// have no bulk copies, sm100 and sm120 are unmeasured), and whether it also takes the wide kernel's matrices (0
+// everywhere: on the H100 Gemma 3's and Llama-3-8B's output matrices streamed within noise of the wide kernel in
+// their decode steps).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64, 1, 2, 4096, 16, 24576}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64, 1, 2, 4096, 16, 24576, 0}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4745,7 +4747,8 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
     }
     if (d->matvec_stream_kb > 0) {
         size_t n = strlen(wide);
-        snprintf(wide + n, sizeof wide - n, "; single matrices from %d KiB streamed", d->matvec_stream_kb);
+        snprintf(wide + n, sizeof wide - n, "; single matrices from %d KiB streamed%s", d->matvec_stream_kb,
+                 d->matvec_stream_wide ? " (the wide kernel's too)" : " (where the wide kernel declines)");
     }
     if (d->matvec_qkv_early_kb > 0) {
         size_t n = strlen(wide);
@@ -4974,6 +4977,7 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"matvec_qkv_early_kb", offsetof(sgllm__cuda_dispatch, matvec_qkv_early_kb), 1, 0, 1 << 20, false},
     {"decode_block_n_wide", offsetof(sgllm__cuda_dispatch, decode_block_n_wide), 1, 0, 128, true},
     {"matvec_stream_kb", offsetof(sgllm__cuda_dispatch, matvec_stream_kb), 1, 0, 1 << 22, false},
+    {"matvec_stream_wide", offsetof(sgllm__cuda_dispatch, matvec_stream_wide), 1, 0, 1, false},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {

@@ -2274,7 +2274,8 @@ static void test_matvec_short_rows(void) {
 // groups that the blocks wrap their ring of stages; eagerly and replayed from a graph. The
 // kernel takes a matrix only as the header states (the rule below): rows of 5120 values, Q6_K
 // rows of 768 values (630 bytes, not whole 4-byte words) and matrices under matvec_stream_kb
-// must take another kernel, and so must the wide kernel's matrices when it is on.
+// must take another kernel, and so must the wide kernel's matrices when it is on (unless
+// matvec_stream_wide).
 static void test_matvec_stream(void) {
     static const uint32_t types[] = {SGLLM__T_Q4_0, SGLLM__T_Q4_1, SGLLM__T_Q5_0, SGLLM__T_Q5_1,
                                      SGLLM__T_Q8_0, SGLLM__T_Q4_K, SGLLM__T_Q5_K, SGLLM__T_Q6_K};
@@ -2292,7 +2293,7 @@ static void test_matvec_stream(void) {
         for (int ci = 0; ci < (k6 ? 5 : 4); ci++) {
             int64_t cols = col_of[ci], rows = row_of[ci];
             int64_t rb = (int64_t)sgllm__row_bytes(t, (uint64_t)cols);
-            int64_t per = 16384 / (4 * rb), R = 4 * (per < 1 ? 1 : per);
+            int64_t per = 24576 / (8 * rb), R = 8 * (per < 1 ? 1 : per); // MVS_STAGE_BYTES, MVS_WARPS
             bool want = sm90 && cols <= 4096 && rb % 4 == 0 && R * rb % 16 == 0 && rows % R * rb % 16 == 0;
             size_t wb;
             uint8_t *w = rand_weights(t, rows, cols, &wb);
@@ -2348,11 +2349,12 @@ static void test_matvec_stream(void) {
         }
     }
     // with the wide kernel on, what it takes stays there (Gemma 3's 640-value Q8_0 rows, 680
-    // bytes; 2048-value ones), while SmolLM2's 576-value rows (612 bytes, not whole 8-byte words)
-    // stream; either way bit for bit the staged kernel
+    // bytes; 2048-value ones) unless matvec_stream_wide, while SmolLM2's 576-value rows (612
+    // bytes, not whole 8-byte words) stream; either way bit for bit the staged kernel
     static const int64_t wcols[3] = {576, 640, 2048};
-    for (int wi = 0; sm90 && wi < 3; wi++) {
-        int64_t cols = wcols[wi];
+    for (int wi = 0; sm90 && wi < 6; wi++) {
+        int64_t cols = wcols[wi % 3];
+        bool all = wi >= 3;
         int64_t rows = 8192;
         size_t wb;
         uint8_t *w = rand_weights(SGLLM__T_Q8_0, rows, cols, &wb);
@@ -2360,12 +2362,12 @@ static void test_matvec_stream(void) {
         float *x = rand_floats(cols, -1, 1), *dx = (float *)dev_copy(x, (size_t)cols * 4);
         float *dy = (float *)dev((size_t)(2 * rows) * 4), *y = (float *)malloc((size_t)(2 * rows) * 4);
         sgllm__cuda_dispatch wst = disp;
-        wst.matvec_int8 = 3, wst.matvec_wide_align = 8, wst.matvec_stream_kb = 1;
+        wst.matvec_int8 = 3, wst.matvec_wide_align = 8, wst.matvec_stream_kb = 1, wst.matvec_stream_wide = all;
         sgllm__cuda_set_dispatch(gpu, &wst);
         CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q8_0, dw, rows, cols, dx, 1, dy) == SGLLM_OK);
         bool is_st = !strcmp(sgllm__cuda_last_launch(gpu), "matvec (stream)");
-        CHECKF(is_st == (cols == 576), "stream with the wide kernel, Q8_0 cols %lld: ran '%s'", (long long)cols,
-               sgllm__cuda_last_launch(gpu));
+        CHECKF(is_st == (all || cols == 576), "stream with the wide kernel (stream_wide %d), Q8_0 cols %lld: ran '%s'",
+               all, (long long)cols, sgllm__cuda_last_launch(gpu));
         sgllm__cuda_set_dispatch(gpu, &ref_d);
         CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q8_0, dw, rows, cols, dx, 1, dy + rows) == SGLLM_OK);
         sgllm__cuda_set_dispatch(gpu, &disp);
