@@ -525,6 +525,61 @@ static void generate_case(const char *arch, int n_layer, int window) {
     remove(path);
 }
 
+// The streamed matrix-vector kernel (sgllm_cuda.cu section 4c) inside decode steps: the tiny
+// Q8_0 llama's o and output matrices (68-byte rows, not the wide kernel's) take it when the
+// kernel config lowers matvec_stream_kb to 1 KiB (the default 24 MiB is for real output
+// matrices). Its rows are bit for bit the staged kernel's, so single-token logits (eager, then
+// each step's graph) and a greedy generation (graph, device sampler, next step enqueued ahead)
+// must equal those of the same model loaded with the default dispatch, exactly; on sm90 and
+// newer the step's output matrix must have been the streamed launch.
+static void stream_case(void) {
+    tiny cfg = {"llama", 2, 0, (int)SGLLM__T_Q8_0, 300, false, false, true};
+    char path[] = "/tmp/sgllm_gpu_stream_XXXXXX", conf[] = "/tmp/sgllm_gpu_sconf_XXXXXX";
+    tiny_temp(&cfg, path);
+    temp_config(conf, "{\"matvec_stream_kb\": 1}");
+    sgllm_model *m[2] = {load(path, SGLLM_BACKEND_CUDA, NULL), load(path, SGLLM_BACKEND_CUDA, conf)};
+    if (m[0] && m[1]) {
+        int V = sgllm_model_n_vocab(m[0]);
+        bool sm90 = m[1]->gpu->disp.matvec_stream_kb == 1 && strcmp(m[1]->gpu->disp.row, "sm80") &&
+                    strcmp(m[1]->gpu->disp.row, "sm86") && strcmp(m[1]->gpu->disp.row, "sm89");
+        float *lg[2] = {(float *)malloc((size_t)V * 4), (float *)malloc((size_t)V * 4)};
+        sgllm_context *c[2] = {context(m[0], 64, 8), context(m[1], 64, 8)};
+        sgllm_token prompt[3] = {5, 17, 42};
+        int same = 0, streamed = 0, steps = 12;
+        for (int k = 0; k < 2; k++) CHECK(sgllm_evaluate(c[k], prompt, 3, NULL, lg[k]) == SGLLM_OK);
+        for (int i = 0; i < steps; i++) {
+            sgllm_token tok = (sgllm_token)sgllm__argmax(lg[0], V);
+            for (int k = 0; k < 2; k++) CHECK(sgllm_evaluate(c[k], &tok, 1, NULL, lg[k]) == SGLLM_OK);
+            same += !memcmp(lg[0], lg[1], (size_t)V * 4);
+            streamed += !strcmp(sgllm__cuda_last_launch(c[1]->gpu->cu), "matvec (stream)");
+        }
+        CHECKF(same == steps, "streamed tiny model: %d of %d single-token logits bit for bit the default's", same, steps);
+        CHECKF(!sm90 || streamed == steps, "streamed tiny model: the output matrix streamed in %d of %d steps", streamed, steps);
+        sgllm_generate_params gp;
+        sgllm_generate_default_params(&gp);
+        gp.max_tokens = 40;
+        gp.sampler.temperature = 0;
+        sgllm_token seq[2][64];
+        int len[2];
+        for (int k = 0; k < 2; k++) {
+            sgllm_context *g = context(m[k], 64, 8);
+            sgllm_generate_stats st;
+            CHECK(sgllm_generate(g, "hello", &gp, &st) == SGLLM_OK);
+            len[k] = g->n_past;
+            memcpy(seq[k], g->history, (size_t)g->n_past * sizeof(sgllm_token));
+            sgllm_context_free(g);
+        }
+        CHECKF(len[0] == len[1] && !memcmp(seq[0], seq[1], (size_t)len[0] * sizeof(sgllm_token)),
+               "streamed tiny model: greedy generate differs from the default dispatch's");
+        printf("streamed kernel in decode steps: %d single-token logits bit for bit (%d streamed), greedy %d tokens the same\n",
+               same, streamed, len[0]);
+        for (int k = 0; k < 2; k++) sgllm_context_free(c[k]), free(lg[k]);
+    }
+    for (int k = 0; k < 2; k++) sgllm_model_free(m[k]);
+    remove(path);
+    remove(conf);
+}
+
 // Graph tiers (sgllm__gpu_tier): one token at a time through a context of 1100 positions,
 // whose full length puts decode attention on the tensor cores, replays the short tier's graph
 // (the CUDA-core kernel) up to the boundary the context found, then the full length's, each
@@ -588,6 +643,7 @@ int main(int argc, char **argv) {
             tiny_case("gemma3", 6, 8, types[t]);
         }
         kernel_config_case();
+        stream_case();
         tiers_case();
         generate_case("llama", 2, 0);
         generate_case("gemma3", 6, 8);
