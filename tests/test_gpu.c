@@ -2283,7 +2283,7 @@ static void test_matvec_stream(void) {
     sgllm__cuda_dispatch ref_d = disp, st = disp;
     ref_d.matvec_int8 = 1, ref_d.matvec_warps_per_sm = 0, ref_d.matvec_stream_kb = 0;
     st.matvec_stream_kb = 1; // every matrix of at least 1 KiB
-    st.matvec_int8 = 1;      // (with the wide kernel on, short rows of 8-byte words stay there: checked at the end)
+    st.matvec_int8 = 1;      // (with the wide kernel on, its matrices stay there: checked at the end)
     int runs = 0, streamed = 0, declined = 0;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         uint32_t t = types[ti];
@@ -2379,8 +2379,8 @@ static void test_matvec_stream(void) {
         free(w), free(x), free(y);
     }
     CHECK(!sm90 || streamed >= 40);
-    printf("matvec streamed: %d runs (%d on the streamed kernel, half of them replayed from graphs) bit for bit the "
-           "staged kernel; %d shapes declined as the rule says\n", runs, streamed, declined);
+    printf("matvec streamed: %d runs (%d launches on the streamed kernel, eager and replayed from graphs) bit for bit "
+           "the staged kernel; %d shapes declined as the rule says\n", runs, streamed, declined);
 }
 
 // Activation quantization inside the wide kernel (dispatch.matvec_xq_inline) and its 8-byte
