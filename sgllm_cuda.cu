@@ -912,7 +912,6 @@ extern "C" sgllm_status sgllm__cuda_add_rmsnorm(sgllm__cuda *c, float *x, const 
                             y, dim, eps);
 }
 
-// V consecutive floats (V = 4: one 16-byte access, p 16-byte aligned).
 // The activation formats of the int8 matrix-vector path (section 4 describes them), and what
 // every quantizer of a 32-value format (sgllm__cu_xq, the fused norms, decode attention's
 // merge) stores per block from its scale d and its codes' sum: (fp16 d, sum) for Q8_0, (fp16
@@ -922,6 +921,7 @@ static __device__ __forceinline__ float2 sgllm__cu_xq_ds32(bool q81, float d, in
     return make_float2(__half2float(__float2half_rn(d)), q81 ? __half2float(__float2half_rn(d * (float)sum)) : (float)sum);
 }
 
+// V consecutive floats (V = 4: one 16-byte access, p 16-byte aligned).
 template <int V> static __device__ inline void sgllm__cu_ldv(const float *p, float v[V]) {
     if (V == 4) {
         float4 t = *(const float4 *)p;
@@ -3096,11 +3096,11 @@ static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm
 // dispatch.matvec_stream_kb: one token against a large single matrix of a block-quantized type
 // whose rows have at most MVS_MAX_COLS values, on sm90 and newer: those the wide kernel does not
 // take (rows of whole 4-byte words, e.g. SmolLM2-135M's 49152 x 576 Q8_0 output matrix, 612-byte
-// rows, which took the staged kernel), and with dispatch.matvec_stream_wide those it takes. Each block keeps MVS_STAGES stages of about
-// MVS_STAGE_BYTES in shared memory, filled by bulk copies (cp.async.bulk: one thread issues a
-// stage's R whole rows as one contiguous range, an mbarrier per stage counts its bytes in), so
-// an SM has tens of KB of weights in flight whatever the arithmetic costs (the staged kernel
-// copies such rows 4 bytes a lane). Warp w takes rows w, w + MVS_WARPS, ... of a stage,
+// rows, which took the staged kernel), and with dispatch.matvec_stream_wide those it takes.
+// Each block keeps MVS_STAGES stages of about MVS_STAGE_BYTES in shared memory, filled by bulk
+// copies (cp.async.bulk: one thread issues a stage's R whole rows as one contiguous range, an
+// mbarrier per stage counts its bytes in), so an SM has tens of KB of weights in flight whatever
+// the arithmetic costs (the staged kernel copies such rows 4 bytes a lane). Warp w takes rows w, w + MVS_WARPS, ... of a stage,
 // MVS_NB of them at a time so that their decodes, dots and lane sums overlap (short rows are
 // many rows a byte); lane l adds pieces l, l + 32, ... of a row in order and the warp sums the
 // lanes in sgllm__cu_warp_sum's order, the staged and wide kernels' order, so every row is bit
@@ -3221,10 +3221,9 @@ static __global__ void __launch_bounds__(MVS_WARPS * 32) sgllm__cu_mvs_k(const s
 // with dispatch.matvec_stream_wide.
 static bool sgllm__cu_mvs_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t rows, int64_t rb, int64_t cols,
                              const float *x, sgllm__cu_mvs *a) {
-    bool quant = t == T_Q4_0 || t == T_Q4_1 || t == T_Q5_0 || t == T_Q5_1 || t == T_Q8_0 || t == T_Q4_K || t == T_Q5_K ||
-                 t == T_Q6_K;
-    if (!quant || c->cc_major < 9 || c->disp.matvec_stream_kb <= 0 || rows * rb < (int64_t)c->disp.matvec_stream_kb * 1024 ||
-        (uintptr_t)w % 16 || (uintptr_t)x % 16 || cols % 32 || cols > MVS_MAX_COLS || rb % 4)
+    if (!sgllm__cu_quantized(t, cols) || c->cc_major < 9 || c->disp.matvec_stream_kb <= 0 ||
+        rows * rb < (int64_t)c->disp.matvec_stream_kb * 1024 || (uintptr_t)w % 16 || (uintptr_t)x % 16 || cols > MVS_MAX_COLS ||
+        rb % 4)
         return false;
     // what the wide kernel takes stays there unless dispatch.matvec_stream_wide
     if (c->disp.matvec_int8 == 3 && !c->disp.matvec_stream_wide && sgllm__cu_mvw_ok(c, t, w, rb, cols, x)) return false;
