@@ -529,6 +529,10 @@ sgllm_status sgllm__cuda_upload_async(sgllm__cuda *c, void *dst, const void *src
 // after it may still run) and copies the bytes out. A slot holds one read-back at a time.
 sgllm_status sgllm__cuda_readback_start(sgllm__cuda *c, int slot, const void *src, size_t bytes);
 sgllm_status sgllm__cuda_readback_wait(sgllm__cuda *c, int slot, void *dst, size_t bytes);
+// A slot's device address, for a kernel that writes its result there itself (the samplers'
+// host argument); _mark enqueues the point after which _wait finds that result (no copy).
+int32_t *sgllm__cuda_readback_slot(sgllm__cuda *c, int slot);
+sgllm_status sgllm__cuda_readback_mark(sgllm__cuda *c, int slot);
 sgllm_status sgllm__cuda_memset(sgllm__cuda *c, void *dst, int byte, size_t bytes);          // enqueued
 sgllm_status sgllm__cuda_sync(sgllm__cuda *c);
 // Makes the context's scratch buffer at least bytes large (synchronous; outside any graph).
@@ -773,12 +777,22 @@ typedef struct sgllm__cuda_sample_args {
     int32_t top_k, n_pen;
 } sgllm__cuda_sample_args;
 size_t sgllm__cuda_sample_work_bytes(int64_t n_vocab);
+// Where the token goes: tok[0] (device); with pos (device) set, also tok[1] = *pos + 1 (the
+// position after the one the sampled step read, so a decode loop advances without an upload);
+// with host set (sgllm__cuda_readback_slot), also into that read-back slot, no copy needed.
+typedef struct sgllm__cuda_sample_out {
+    int32_t *tok;
+    const int32_t *pos;
+    int32_t *host;
+} sgllm__cuda_sample_out;
 sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, int64_t n_vocab, const sgllm__cuda_sample_args *args,
-                                const int32_t *pen_tokens, const int32_t *pen_counts, void *work, int32_t *out);
+                                const int32_t *pen_tokens, const int32_t *pen_counts, void *work,
+                                sgllm__cuda_sample_out out);
 // The same answer when the caller knows the sampling is greedy without penalties (temperature
 // <= 0, repeat_penalty 1, frequency and presence 0): the lowest index of the largest logit (NaN
 // never wins; 0 when all are NaN), in one launch instead of sgllm__cuda_sample's five or six.
-sgllm_status sgllm__cuda_sample_greedy(sgllm__cuda *c, const float *logits, int64_t n_vocab, void *work, int32_t *out);
+sgllm_status sgllm__cuda_sample_greedy(sgllm__cuda *c, const float *logits, int64_t n_vocab, void *work,
+                                       sgllm__cuda_sample_out out);
 // CUDA graphs: ops enqueued between begin and end are captured (not run); end instantiates
 // them into *graph (NULL on failure), launch replays it on the stream. No synchronizing call
 // (upload, download, reserve, alloc) may come between begin and end.

@@ -87,7 +87,8 @@ struct sgllm__cuda {
     void *stage_up;       // (stage_up_bytes) pinned host memory of sgllm__cuda_upload_async
     size_t stage_up_bytes;
     cudaEvent_t stage_up_done; // recorded after the copy out of stage_up: its next write waits for it
-    void *ring;           // (2, SGLLM__CU_RING_SLOT) pinned: small results read back while the stream runs on
+    void *ring;           // (2, SGLLM__CU_RING_SLOT) pinned and mapped: small results read back while the stream runs on
+    void *ring_dev;       // the ring's device address (sgllm__cuda_readback_slot)
     cudaEvent_t ring_ev[2]; // recorded after each slot's copy
     sgllm__cuda_dispatch disp;
     bool qkv_mma;         // the next q/k/v product comes before a tensor-core attention (sgllm__cuda_qkv_before_mma)
@@ -469,7 +470,8 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaEventCreateWithFlags(&c->stage_up_done, cudaEventDisableTiming), "event");
     for (int i = 0; i < 2 && s == SGLLM_OK; i++)
         s = sgllm__cu_check(c, cudaEventCreateWithFlags(&c->ring_ev[i], cudaEventDisableTiming), "event");
-    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaHostAlloc(&c->ring, 2 * SGLLM__CU_RING_SLOT, cudaHostAllocDefault), "pinned memory");
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaHostAlloc(&c->ring, 2 * SGLLM__CU_RING_SLOT, cudaHostAllocMapped), "pinned memory");
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaHostGetDevicePointer(&c->ring_dev, c->ring, 0), "mapped memory");
     c->blas_ws_bytes = (size_t)32 << 20;
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->blas_ws, c->blas_ws_bytes), "cuBLAS workspace");
     if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->mv_xq, MV_XQ_BYTES), "matvec activation buffer");
@@ -580,6 +582,17 @@ extern "C" sgllm_status sgllm__cuda_readback_start(sgllm__cuda *c, int slot, con
     sgllm_status s = sgllm__cu_check(c, cudaMemcpyAsync((char *)c->ring + slot * SGLLM__CU_RING_SLOT, src, bytes,
                                                         cudaMemcpyDeviceToHost, c->stream), "read back");
     return s ? s : sgllm__cu_check(c, cudaEventRecord(c->ring_ev[slot], c->stream), "read back");
+}
+
+extern "C" int32_t *sgllm__cuda_readback_slot(sgllm__cuda *c, int slot) {
+    if (!c || slot < 0 || slot > 1 || !c->ring_dev) return NULL;
+    return (int32_t *)((char *)c->ring_dev + slot * SGLLM__CU_RING_SLOT);
+}
+
+extern "C" sgllm_status sgllm__cuda_readback_mark(sgllm__cuda *c, int slot) {
+    if (!c || slot < 0 || slot > 1) return SGLLM_ERR_INVALID_ARGUMENT;
+    cudaSetDevice(c->device);
+    return sgllm__cu_check(c, cudaEventRecord(c->ring_ev[slot], c->stream), "read back");
 }
 
 extern "C" sgllm_status sgllm__cuda_readback_wait(sgllm__cuda *c, int slot, void *dst, size_t bytes) {
@@ -5239,6 +5252,14 @@ typedef struct sgllm__cu_smp_layout {
     sgllm__cu_smp_cand *cand;    // (2, n) candidates and the top-k set copied out of them, or the replayed heap
 } sgllm__cu_smp_layout;
 
+// Where a sampler's token goes (sgllm__cuda_sample_out): tok[0], then tok[1] = *pos + 1 when
+// pos is set, and the host's read-back slot when host is set.
+static __device__ void sgllm__cu_smp_emit(const sgllm__cuda_sample_out &o, int32_t t) {
+    o.tok[0] = t;
+    if (o.pos) o.tok[1] = *o.pos + 1;
+    if (o.host) *(volatile int32_t *)o.host = t;
+}
+
 static size_t sgllm__cu_smp_layout_of(void *base, int64_t n, sgllm__cu_smp_layout *l) {
     size_t off = 0;
     char *b = (char *)base;
@@ -5404,7 +5425,7 @@ static __device__ int sgllm__cu_smp_topk_bucket(const uint32_t *hist, uint32_t k
 // the candidate state.
 static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, int64_t n, const float *part_v,
                                             const int32_t *part_i, const uint32_t *hist, sgllm__cu_smp_state *st,
-                                            int32_t *out) {
+                                            sgllm__cuda_sample_out out) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
     float bv = -INFINITY;
@@ -5421,11 +5442,11 @@ static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, in
     st->mode = SMP_DONE;
     const float temp = a->temperature;
     if (bi >= n) { // every logit NaN: the CPU's argmax gives 0
-        *out = 0;
+        sgllm__cu_smp_emit(out, 0);
         return;
     }
     if (temp <= 0 || !(bv > -INFINITY)) { // greedy, or nothing has weight: argmax as on the CPU
-        *out = bi;
+        sgllm__cu_smp_emit(out, bi);
         return;
     }
     if (topk && a->top_p >= 1) {
@@ -5620,7 +5641,7 @@ static __device__ bool sgllm__cu_heap_above(const sgllm__cu_smp_cand &a, const s
 }
 
 static __device__ void sgllm__cu_heap_final(const sgllm__cuda_sample_args *a, const float *work, int64_t n,
-                                            sgllm__cu_smp_state *st, sgllm__cu_smp_cand *h, int32_t *out) {
+                                            sgllm__cu_smp_state *st, sgllm__cu_smp_cand *h, sgllm__cuda_sample_out out) {
     __shared__ sgllm__cu_smp_cand buf[SMP_THREADS];
     __shared__ int32_t wcount[32];
     __shared__ int32_t hn, npass;
@@ -5693,7 +5714,7 @@ static __device__ void sgllm__cu_heap_final(const sgllm__cuda_sample_args *a, co
     float max = -INFINITY;
     for (int32_t i = 0; i < m; i++) max = fmaxf(max, h[i].logit);
     if (m == 0 || !(max > -INFINITY)) {
-        *out = st->argmax;
+        sgllm__cu_smp_emit(out, st->argmax);
         return;
     }
     for (int32_t i = 0; i < m; i++) h[i].p = sgllm__cu_smp_weight(h[i].logit, max, temp);
@@ -5711,16 +5732,16 @@ static __device__ void sgllm__cu_heap_final(const sgllm__cuda_sample_args *a, co
     for (int32_t i = 0; i < kept; i++) {
         cum += h[i].p;
         if (u < cum) {
-            *out = h[i].id;
+            sgllm__cu_smp_emit(out, h[i].id);
             return;
         }
     }
-    *out = h[kept - 1].id;
+    sgllm__cu_smp_emit(out, h[kept - 1].id);
 }
 
 static __global__ void __launch_bounds__(SMP_THREADS)
     sgllm__cu_smp_final_k(const sgllm__cuda_sample_args *a, const float *work, int64_t n, sgllm__cu_smp_state *st,
-                          sgllm__cu_smp_cand *cand, int32_t *out) {
+                          sgllm__cu_smp_cand *cand, sgllm__cuda_sample_out out) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
     const int mode = st->mode;
@@ -5757,11 +5778,11 @@ static __global__ void __launch_bounds__(SMP_THREADS)
         mem.rank_max = sgllm__cu_smp_search(cand, m, mem, false, false, goal, false, sh);
         const double tf = sgllm__cu_smp_total(cand, m, mem, sh.red);
         uint64_t r = sgllm__cu_smp_search(cand, m, mem, false, false, tf - a->u * tf, false, sh);
-        if (threadIdx.x == 0) *out = (int32_t)(uint32_t)r;
+        if (threadIdx.x == 0) sgllm__cu_smp_emit(out, (int32_t)(uint32_t)r);
     } else { // the kept tokens in index order (the CPU's collection order)
         const double tk = sgllm__cu_smp_total(cand, m, mem, sh.red);
         uint64_t r = sgllm__cu_smp_search(cand, m, mem, true, false, a->u * tk, true, sh);
-        if (threadIdx.x == 0) *out = (int32_t)r;
+        if (threadIdx.x == 0) sgllm__cu_smp_emit(out, (int32_t)r);
     }
 }
 
@@ -5771,7 +5792,7 @@ static __global__ void __launch_bounds__(SMP_THREADS)
 // when every logit is NaN. The writers' fence before their ticket and the last one's after it
 // order the partials (read through L2) before the reduction.
 static __global__ void __launch_bounds__(SMP_THREADS)
-    sgllm__cu_smp_greedy_k(const float *x, int64_t n, float *part_v, int32_t *part_i, unsigned *ticket, int32_t *out) {
+    sgllm__cu_smp_greedy_k(const float *x, int64_t n, float *part_v, int32_t *part_i, unsigned *ticket, sgllm__cuda_sample_out out) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
     __shared__ bool last;
@@ -5797,15 +5818,15 @@ static __global__ void __launch_bounds__(SMP_THREADS)
     for (unsigned b = threadIdx.x; b < gridDim.x; b += 32) sgllm__cu_better(bv, bi, __ldcg(part_v + b), __ldcg(part_i + b));
     sgllm__cu_warp_better(bv, bi);
     if (threadIdx.x == 0) {
-        *out = bi < n ? bi : 0;
+        sgllm__cu_smp_emit(out, bi < n ? bi : 0);
         *ticket = 0;
     }
 }
 
 extern "C" sgllm_status sgllm__cuda_sample_greedy(sgllm__cuda *c, const float *logits, int64_t n_vocab, void *work,
-                                                  int32_t *out) {
+                                                  sgllm__cuda_sample_out out) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
-    if (!logits || !work || !out || n_vocab <= 0 || n_vocab > INT32_MAX)
+    if (!logits || !work || !out.tok || n_vocab <= 0 || n_vocab > INT32_MAX)
         return sgllm__cu_bad(c, "sample_greedy", "bad pointer or size");
     cudaSetDevice(c->device);
     sgllm__cu_smp_layout l;
@@ -5818,9 +5839,9 @@ extern "C" sgllm_status sgllm__cuda_sample_greedy(sgllm__cuda *c, const float *l
 
 extern "C" sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, int64_t n_vocab,
                                            const sgllm__cuda_sample_args *args, const int32_t *pen_tokens,
-                                           const int32_t *pen_counts, void *work, int32_t *out) {
+                                           const int32_t *pen_counts, void *work, sgllm__cuda_sample_out out) {
     if (!c) return SGLLM_ERR_INVALID_ARGUMENT;
-    if (!logits || !args || !work || !out || n_vocab <= 0 || n_vocab > INT32_MAX)
+    if (!logits || !args || !work || !out.tok || n_vocab <= 0 || n_vocab > INT32_MAX)
         return sgllm__cu_bad(c, "sample", "bad pointer or size");
     cudaSetDevice(c->device);
     sgllm__cu_smp_layout l;

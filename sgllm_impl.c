@@ -5413,8 +5413,10 @@ typedef struct sgllm__gpu_ctx {
     // device sampling (sgllm__gpu_produce): two buffers, each (4) int32 (token, position, pad,
     // pad), sgllm__cuda_sample_args, (smp_cap) penalized tokens, (smp_cap) counts
     void *smp[2], *smp_work;       // (device) smp; sgllm__cuda_sample_work_bytes(n_vocab)
-    unsigned char *smp_host;       // staging of one smp buffer
+    unsigned char *smp_host;       // (3, smp buffer bytes): staging, then what smp[0] and smp[1] hold
     int32_t smp_cap;
+    bool smp_known[2];             // smp[b] holds its shadow in smp_host and position smp_pos[b]
+    int32_t smp_pos[2];
     void *smp_graph[SGLLM__GPU_TIERS][2][2]; // [tier][greedy][b]: the single-token step reading smp[b] and the
                                    // sampler (greedy: sgllm__cuda_sample_greedy), or NULL
     void *smp_graph_last;          // the one the latest production replayed
@@ -5724,13 +5726,17 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
 // 4-byte token comes back. A generate loop's tokens are productions 0, 1, 2, ...: production 0
 // samples from the last forward's logits, production i >= 1 evaluates token i - 1 and samples
 // token i. Production i takes its position, sampler arguments and penalty list from buffer
-// smp[(i + 1) % 2] (one upload) and its input token from the same buffer's first int, where
-// production i - 1's sampler wrote it; it writes token i to smp[i % 2]'s first int. So the token
-// never needs the host between steps: the host may enqueue production i + 1 before it reads
-// token i (generate does when no penalty depends on the tokens), and each production's one
-// upload leaves the token slot alone. Token i is read back into ring slot i % 2. The step
-// graphs (one per input buffer, whose token and position the step reads in place, and per
-// sampler: the full one, or the one-launch argmax when the arguments are greedy without
+// smp[(i + 1) % 2] and its input token from the same buffer's first int, where production
+// i - 1's sampler wrote it; it writes token i to smp[i % 2]'s first int and to read-back slot
+// i % 2 (mapped host memory, so no copy follows the step), and its position plus one to
+// smp[i % 2]'s second. So the token never needs the host between steps: the host may enqueue
+// production i + 1 before it reads token i (generate does when no penalty depends on the
+// tokens). A production uploads its buffer (all but the token slot) only when the host's shadow
+// of that buffer differs or the position there is not the one it needs: greedy decoding
+// without penalties uploads nothing after its first two productions (a sampled one uploads each
+// time: its uniform changes with every draw).
+// The step graphs (one per input buffer, whose token and position the step reads in place, and
+// per sampler: the full one, or the one-launch argmax when the arguments are greedy without
 // penalties) hold the step and the sampler.
 #define SGLLM__SMP_ARGS 16 // byte offset of the arguments in an smp buffer
 
@@ -5743,11 +5749,12 @@ static sgllm_status sgllm__gpu_sample_prepare(sgllm__gpu_ctx *c, int32_t cap, sg
     if (!c->smp_work) s = sgllm__gpu_alloc(c, sgllm__cuda_sample_work_bytes(c->m->n_vocab), &c->smp_work);
     if (!s && cap > c->smp_cap) {
         size_t bytes = SGLLM__SMP_ARGS + sizeof(sgllm__cuda_sample_args) + 2 * (size_t)cap * sizeof(int32_t);
-        unsigned char *h = (unsigned char *)sgllm__calloc(bytes, 1);
+        unsigned char *h = (unsigned char *)sgllm__calloc(bytes, 3);
         if (!h) return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
         sgllm__free(c->smp_host);
         c->smp_host = h;
         c->smp_cap = 0;
+        c->smp_known[0] = c->smp_known[1] = false;
         for (int t = 0; t < SGLLM__GPU_TIERS; t++)
             for (int g = 0; g < 2; g++)
                 for (int b = 0; b < 2; b++) {
@@ -5767,14 +5774,17 @@ static bool sgllm__gpu_greedy(const sgllm__cuda_sample_args *a) {
 }
 
 // Enqueues the sampler over the first row of c->logits with buffer b's arguments (greedy: the
-// one-launch argmax, which reads none); the token goes to the first int of buffer 1 - b.
+// one-launch argmax, which reads none); the token goes to the first int of buffer 1 - b and to
+// read-back slot 1 - b, buffer b's position plus one to buffer 1 - b's position.
 static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b, bool greedy) {
-    if (greedy) return sgllm__cuda_sample_greedy(c->cu, c->logits, c->m->n_vocab, c->smp_work, (int32_t *)c->smp[1 - b]);
     unsigned char *buf = (unsigned char *)c->smp[b];
+    sgllm__cuda_sample_out out = {(int32_t *)c->smp[1 - b], (const int32_t *)buf + 1,
+                                  sgllm__cuda_readback_slot(c->cu, 1 - b)};
+    if (!out.host) return SGLLM_ERR_BACKEND;
+    if (greedy) return sgllm__cuda_sample_greedy(c->cu, c->logits, c->m->n_vocab, c->smp_work, out);
     const sgllm__cuda_sample_args *args = (const sgllm__cuda_sample_args *)(buf + SGLLM__SMP_ARGS);
     const int32_t *pen = (const int32_t *)(buf + SGLLM__SMP_ARGS + sizeof *args);
-    return sgllm__cuda_sample(c->cu, c->logits, c->m->n_vocab, args, pen, pen + c->smp_cap, c->smp_work,
-                              (int32_t *)c->smp[1 - b]);
+    return sgllm__cuda_sample(c->cu, c->logits, c->m->n_vocab, args, pen, pen + c->smp_cap, c->smp_work, out);
 }
 
 // The single-token step reading its token and position from buffer b, then the sampler; the
@@ -5801,9 +5811,18 @@ static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos
     memcpy(pen, pen_tokens, (size_t)args->n_pen * sizeof(int32_t));
     memcpy(pen + c->smp_cap, pen_counts, (size_t)args->n_pen * sizeof(int32_t));
     size_t bytes = SGLLM__SMP_ARGS + sizeof *args + 2 * (size_t)c->smp_cap * sizeof(int32_t);
-    // everything but the token slot, which the previous production's sampler fills
-    sgllm_status s = sgllm__cuda_upload_async(c->cu, (unsigned char *)c->smp[b] + sizeof(int32_t),
-                                              c->smp_host + sizeof(int32_t), bytes - sizeof(int32_t));
+    // everything but the token slot, which the previous production's sampler fills; nothing when
+    // the buffer holds these bytes already (the position from the previous production's sampler)
+    unsigned char *shadow = c->smp_host + (size_t)(1 + b) * bytes;
+    sgllm_status s = SGLLM_OK;
+    if (!c->smp_known[b] || c->smp_pos[b] != pos || memcmp(shadow + 8, c->smp_host + 8, bytes - 8)) {
+        c->smp_known[b] = false;
+        s = sgllm__cuda_upload_async(c->cu, (unsigned char *)c->smp[b] + sizeof(int32_t), c->smp_host + sizeof(int32_t),
+                                     bytes - sizeof(int32_t));
+        if (!s) memcpy(shadow, c->smp_host, bytes);
+    }
+    c->smp_known[b] = !s;
+    c->smp_pos[b] = pos;
     const bool greedy = sgllm__gpu_greedy(args);
     int64_t hz;
     void **graph = &c->smp_graph[sgllm__gpu_tier(c, (int64_t)pos + 1, &hz)][greedy][b];
@@ -5824,8 +5843,13 @@ static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos
         c->smp_graph_last = *graph;
         s = *graph ? sgllm__cuda_graph_launch(c->cu, *graph) : sgllm__gpu_step_sample_enqueue(c, b, greedy, hz);
     }
-    if (!s) s = sgllm__cuda_readback_start(c->cu, (int)(i % 2), c->smp[1 - b], sizeof(int32_t));
-    if (s) return sgllm__fail(d, s, "CUDA sampler: %s", sgllm__cuda_errmsg(c->cu));
+    if (!s) s = sgllm__cuda_readback_mark(c->cu, 1 - b);
+    // the sampler writes the position after pos into buffer 1 - b; its other bytes stay
+    c->smp_pos[1 - b] = pos + 1;
+    if (s) {
+        c->smp_known[0] = c->smp_known[1] = false;
+        return sgllm__fail(d, s, "CUDA sampler: %s", sgllm__cuda_errmsg(c->cu));
+    }
     return SGLLM_OK;
 }
 

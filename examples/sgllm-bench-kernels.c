@@ -627,7 +627,7 @@ static void bench_launches(int reps) {
         float t[MAX_REPS];
         for (int r = -3; r < reps; r++) {
             TRY(sgllm__cuda_timer_start(gpu), "timer");
-            TRY(sgllm__cuda_sample(gpu, logits, V, d_args, NULL, NULL, work, d_out), "sample");
+            TRY(sgllm__cuda_sample(gpu, logits, V, d_args, NULL, NULL, work, (sgllm__cuda_sample_out){d_out, NULL, NULL}), "sample");
             float ms = 0;
             TRY(sgllm__cuda_timer_stop(gpu, &ms), "timer");
             if (r >= 0) t[r] = ms;

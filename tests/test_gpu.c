@@ -1975,17 +1975,26 @@ static sgllm_token draw_at(const sgllm__cand *c, int64_t n, double u) {
     return c[n - 1].id;
 }
 
+// A sampler's token into tok[0] only.
+static sgllm__cuda_sample_out smp_out(int32_t *tok) {
+    sgllm__cuda_sample_out o = {tok, NULL, NULL};
+    return o;
+}
+
 // sgllm__cuda_sample_greedy against the CPU's greedy answer (sgllm__argmax) and the full device
 // sampler at temperature 0: vocabularies of 1 to 300001, normal logits, integer logits (ties at
 // the maximum), 10% NaN, all NaN, all -inf, the maximum last; each twice in a row, and once from a
-// graph replayed twice (the last-block ticket must return to zero every time).
+// graph replayed twice (the last-block ticket must return to zero every time). Each case once more
+// with the token also sent to a read-back slot (mapped host memory, found after
+// sgllm__cuda_readback_mark without a copy) and a random position plus one beside it.
 static void test_sample_greedy(void) {
     static const int64_t ns[] = {1, 7, 2048, 2049, 49152, 262144, 300001};
     const int64_t NMAX = 300001;
     float *x = (float *)malloc((size_t)NMAX * sizeof(float));
     float *d_x = (float *)dev((size_t)NMAX * sizeof(float));
     void *work = dev(sgllm__cuda_sample_work_bytes(NMAX));
-    int32_t *d_out = (int32_t *)dev(4 * sizeof(int32_t));
+    int32_t *d_out = (int32_t *)dev(4 * sizeof(int32_t)), *d_tok = (int32_t *)dev(2 * sizeof(int32_t));
+    int32_t *d_pos = (int32_t *)dev(sizeof(int32_t));
     sgllm__cuda_sample_args a;
     memset(&a, 0, sizeof a);
     a.temperature = 0, a.top_p = 1, a.repeat_penalty = 1, a.u = 0.5;
@@ -2005,19 +2014,34 @@ static void test_sample_greedy(void) {
             CHECK(sgllm__cuda_upload(gpu, d_x, x, (size_t)n * sizeof(float)) == SGLLM_OK);
             poison(d_out, 4 * sizeof(int32_t));
             for (int r = 0; r < 2; r++)
-                CHECKF(sgllm__cuda_sample_greedy(gpu, d_x, n, work, d_out + r) == SGLLM_OK, "sample_greedy: %s",
+                CHECKF(sgllm__cuda_sample_greedy(gpu, d_x, n, work, smp_out(d_out + r)) == SGLLM_OK, "sample_greedy: %s",
                        sgllm__cuda_errmsg(gpu));
-            CHECK(sgllm__cuda_sample(gpu, d_x, n, d_args, NULL, NULL, work, d_out + 2) == SGLLM_OK);
+            CHECK(sgllm__cuda_sample(gpu, d_x, n, d_args, NULL, NULL, work, smp_out(d_out + 2)) == SGLLM_OK);
             fetch(got, d_out, 3 * sizeof(int32_t));
             CHECKF(got[0] == want && got[1] == want && got[2] == want,
                    "greedy sampler, vocab %lld, logits kind %d: %d, %d, full sampler %d, cpu %d", (long long)n, kind, got[0],
                    got[1], got[2], want);
+            int32_t pos = (int32_t)(test_u64() % 100000), both[2] = {-1, -1}, host = -1;
+            const int sl = runs % 2;
+            sgllm__cuda_sample_out o = {d_tok, d_pos, sgllm__cuda_readback_slot(gpu, sl)};
+            CHECK(o.host && sgllm__cuda_upload(gpu, d_pos, &pos, sizeof pos) == SGLLM_OK);
+            poison(d_tok, 2 * sizeof(int32_t));
+            CHECK(sgllm__cuda_memset(gpu, o.host, 0xff, sizeof(int32_t)) == SGLLM_OK);
+            CHECK((kind % 2 ? sgllm__cuda_sample(gpu, d_x, n, d_args, NULL, NULL, work, o)
+                            : sgllm__cuda_sample_greedy(gpu, d_x, n, work, o)) == SGLLM_OK);
+            CHECK(sgllm__cuda_readback_mark(gpu, sl) == SGLLM_OK);
+            CHECK(sgllm__cuda_readback_wait(gpu, sl, &host, sizeof host) == SGLLM_OK);
+            fetch(both, d_tok, sizeof both);
+            CHECKF(host == want && both[0] == want && both[1] == pos + 1,
+                   "%s sampler to slot %d, vocab %lld, kind %d: host %d, token %d, position %d (cpu %d, position %d)",
+                   kind % 2 ? "full" : "greedy", sl, (long long)n, kind, host, both[0], both[1], want, pos + 1);
             runs++;
         }
+    CHECK(!sgllm__cuda_readback_slot(gpu, 2) && sgllm__cuda_readback_mark(gpu, -1) == SGLLM_ERR_INVALID_ARGUMENT);
     // from a graph, replayed twice over the last logits
     void *graph = NULL;
     CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
-    CHECK(sgllm__cuda_sample_greedy(gpu, d_x, NMAX, work, d_out + 3) == SGLLM_OK);
+    CHECK(sgllm__cuda_sample_greedy(gpu, d_x, NMAX, work, smp_out(d_out + 3)) == SGLLM_OK);
     CHECK(sgllm__cuda_graph_end(gpu, &graph) == SGLLM_OK);
     for (int r = 0; r < 2; r++) {
         poison(d_out + 3, sizeof(int32_t));
@@ -2028,10 +2052,10 @@ static void test_sample_greedy(void) {
                sgllm__argmax(x, NMAX));
     }
     sgllm__cuda_graph_free(gpu, graph);
-    CHECK(sgllm__cuda_sample_greedy(gpu, d_x, 0, work, d_out) == SGLLM_ERR_INVALID_ARGUMENT);
+    CHECK(sgllm__cuda_sample_greedy(gpu, d_x, 0, work, smp_out(d_out)) == SGLLM_ERR_INVALID_ARGUMENT);
     printf("greedy sampler: %d vocabularies x logit kinds equal to the CPU's and the full sampler's, graph replays ok\n",
            runs);
-    void *bufs[] = {d_x, work, d_out, d_args};
+    void *bufs[] = {d_x, work, d_out, d_args, d_tok, d_pos};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) sgllm__cuda_dfree(gpu, bufs[i]);
     free(x);
 }
@@ -2083,7 +2107,7 @@ static void test_sample(void) {
                 CHECK(sgllm__cuda_upload(gpu, d_args, &a, sizeof a) == SGLLM_OK);
                 CHECK(sgllm__cuda_upload(gpu, d_pen, pen_list, sizeof pen_list) == SGLLM_OK);
                 poison(d_out, sizeof(int32_t));
-                sgllm_status st = sgllm__cuda_sample(gpu, d_x, n, d_args, d_pen, d_pen + 64, work, d_out);
+                sgllm_status st = sgllm__cuda_sample(gpu, d_x, n, d_args, d_pen, d_pen + 64, work, smp_out(d_out));
                 CHECKF(st == SGLLM_OK, "sample: %s", sgllm__cuda_errmsg(gpu));
                 int32_t got = -1;
                 fetch(&got, d_out, sizeof got);

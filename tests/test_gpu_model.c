@@ -469,6 +469,33 @@ static void generate_case(const char *arch, int n_layer, int window) {
     printf("generate %-6s greedy on the device: %d tokens, %d differ from the argmax of sgllm_evaluate's logits\n", arch,
            n_gen - 1, bad);
     CHECKF(bad == 0, "%s: greedy generate differs from argmax at %d tokens", arch, bad);
+    // Greedy productions upload their buffer only when it does not hold their arguments and
+    // position already: on the same context, after a sampled generate (new arguments each
+    // draw) and with a longer prompt (other positions), greedy must give the first run's
+    // tokens, and a fresh context's for the longer prompt.
+    {
+        sgllm_token first[64];
+        const int n_first = g->n_past;
+        memcpy(first, g->history, (size_t)n_first * sizeof(sgllm_token));
+        sgllm_generate_params sp = gp;
+        sp.sampler.temperature = 0.9f;
+        sp.sampler.seed = test_u64();
+        CHECK(sgllm_generate(g, "hello", &sp, &st) == SGLLM_OK);
+        CHECK(sgllm_generate(g, "hello", &gp, &st) == SGLLM_OK);
+        CHECKF(g->n_past == n_first && !memcmp(g->history, first, (size_t)n_first * sizeof(sgllm_token)),
+               "%s: greedy generate after a sampled one on the same context differs from the first", arch);
+        sgllm_token longer[64];
+        int n_longer = 0;
+        for (int run = 0; run < 2; run++) {
+            sgllm_context *c = run ? context(gpu, 64, 8) : g;
+            CHECK(sgllm_generate(c, "hello hello world", &gp, &st) == SGLLM_OK);
+            if (run == 0) n_longer = c->n_past, memcpy(longer, c->history, (size_t)c->n_past * sizeof(sgllm_token));
+            else
+                CHECKF(c->n_past == n_longer && !memcmp(c->history, longer, (size_t)n_longer * sizeof(sgllm_token)),
+                       "%s: greedy generate on a used context differs from a fresh one's", arch);
+            if (run) sgllm_context_free(c);
+        }
+    }
 
     gp.sampler.temperature = 1.0f;
     gp.sampler.repeat_penalty = 1.3f;
