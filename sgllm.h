@@ -478,8 +478,11 @@ typedef struct sgllm__cuda_dispatch {
                                   // have at most 4096 values and are not the wide kernel's (sm90+, not with matvec_int8
                                   // 0): the streamed kernel, bulk copies of whole rows into a ring of shared-memory
                                   // stages per block (SmolLM2-135M's output matrix); 0 = never
-    int matvec_stream_wide;       // 1 = the streamed kernel (matvec_stream_kb) also takes the wide kernel's matrices (the
-                                  // output matrices of Gemma 3 and Llama-3-8B); 0 = they stay on the wide kernel
+    int matvec_stream_wide_cols;  // the streamed kernel (matvec_stream_kb) also takes the wide kernel's matrices whose
+                                  // rows have at most this many values (Gemma 3's 640-value output rows); 0 = none
+    int decode_group_split;       // 1 = decode attention spreads a GQA group's query heads over more blocks (each with a
+                                  // shorter chain) while a launch of decode_max_splits splits stays within the SM
+                                  // count (sgllm__cuda_attn_heads_per_block); 0 = a group (up to 8 heads) a block
 } sgllm__cuda_dispatch;
 
 typedef struct sgllm__cuda sgllm__cuda; // opaque: one device context
@@ -765,6 +768,9 @@ sgllm_status sgllm__cuda_gather_rows(sgllm__cuda *c, const float *src, const int
                                      float *dst);
 sgllm_status sgllm__cuda_softcap(sgllm__cuda *c, float *x, int64_t n, float cap);
 sgllm_status sgllm__cuda_argmax(sgllm__cuda *c, const float *x, int64_t rows, int64_t n, int32_t *out);
+// Query heads one block of decode attention takes for n_q queries (dispatch.decode_group_split);
+// 0 for a bad shape.
+int32_t sgllm__cuda_attn_heads_per_block(sgllm__cuda *c, int32_t n_head, int32_t n_head_kv, int64_t n_q);
 // Device sampling (sgllm_cuda.cu, section 9): the token sgllm_sampler_sample (sgllm_impl.c,
 // section 6) would pick from logits (device, n_vocab) for the uniform u, written to out (device,
 // one int32). args (device) holds the parameters; n_pen distinct tokens pen_tokens (device) that

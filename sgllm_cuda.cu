@@ -3109,7 +3109,8 @@ static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm
 // dispatch.matvec_stream_kb: one token against a large single matrix of a block-quantized type
 // whose rows have at most MVS_MAX_COLS values, on sm90 and newer: those the wide kernel does not
 // take (rows of whole 4-byte words, e.g. SmolLM2-135M's 49152 x 576 Q8_0 output matrix, 612-byte
-// rows, which took the staged kernel), and with dispatch.matvec_stream_wide those it takes.
+// rows, which took the staged kernel), and those it takes whose rows have at most
+// dispatch.matvec_stream_wide_cols values (Gemma 3's 640-value output rows on sm90).
 // Each block keeps MVS_STAGES stages of about MVS_STAGE_BYTES in shared memory, filled by bulk
 // copies (cp.async.bulk: one thread issues a stage's R whole rows as one contiguous range, an
 // mbarrier per stage counts its bytes in), so an SM has tens of KB of weights in flight whatever
@@ -3124,8 +3125,9 @@ static sgllm_status sgllm__cu_mvw_run(sgllm__cuda *c, uint32_t type, const sgllm
 // every warp has passed the block barrier after it. Measured on the H100 (docs/PERF.md, twelfth
 // session): SmolLM2's output matrix alone 28.5 -> 14.3 us, its file's generate 1734.6 -> 1778.1
 // tok/s; Gemma 3's 262144 x 640 Q8_0 one alone 73.3 -> 69.4 us against the wide kernel's four
-// rows a warp, but its file's generate within noise of it (+0.3-0.5% with matvec_stream_wide),
-// as Llama-3-8B's decode, so the sm90 row leaves the wide kernel's matrices to it.
+// rows a warp (thirteenth session: 73.4 -> 68.4 us alone, the synthetic Gemma step 477.9 -> 471.1
+// us), while Llama-3-8B's 4096-value output rows, faster alone streamed (Q4_K 114.6 -> 107.4 us),
+// were not in its decode steps: so the sm90 row streams the wide kernel's rows up to 1024 values.
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 // (the kernel's body is empty below sm90)
 static __device__ inline void sgllm__cu_mbar_init(uint64_t *b, unsigned count) {
@@ -3231,15 +3233,16 @@ static __global__ void __launch_bounds__(MVS_WARPS * 32) sgllm__cu_mvs_k(const s
 // 16-byte aligned matrix of at least matvec_stream_kb KiB, rows of at most MVS_MAX_COLS values
 // and whole 4-byte words (as the staged kernel's), every stage's range (R rows, and the last
 // group's) whole 16-byte units; what the wide kernel takes when it runs (matvec_int8 3) only
-// with dispatch.matvec_stream_wide.
+// where its rows have at most dispatch.matvec_stream_wide_cols values.
 static bool sgllm__cu_mvs_ok(sgllm__cuda *c, uint32_t t, const void *w, int64_t rows, int64_t rb, int64_t cols,
                              const float *x, sgllm__cu_mvs *a) {
     if (!sgllm__cu_quantized(t, cols) || c->cc_major < 9 || c->disp.matvec_stream_kb <= 0 ||
         rows * rb < (int64_t)c->disp.matvec_stream_kb * 1024 || (uintptr_t)w % 16 || (uintptr_t)x % 16 || cols > MVS_MAX_COLS ||
         rb % 4)
         return false;
-    // what the wide kernel takes stays there unless dispatch.matvec_stream_wide
-    if (c->disp.matvec_int8 == 3 && !c->disp.matvec_stream_wide && sgllm__cu_mvw_ok(c, t, w, rb, cols, x)) return false;
+    // what the wide kernel takes stays there unless its rows are short enough (matvec_stream_wide_cols)
+    if (c->disp.matvec_int8 == 3 && cols > c->disp.matvec_stream_wide_cols && sgllm__cu_mvw_ok(c, t, w, rb, cols, x))
+        return false;
     int64_t per = MVS_STAGE_BYTES / (MVS_WARPS * rb);
     int R = MVS_WARPS * (int)(per < 1 ? 1 : per);
     if (R * rb % 16 || rows % R * rb % 16) return false;
@@ -3697,7 +3700,22 @@ static int32_t sgllm__cu_attn_bn(const sgllm__cuda *c, int32_t hd) {
     while (bn > 8 && bn * hd > ATT_TILE) bn /= 2;
     return bn;
 }
-static int sgllm__cu_attn_hb(int32_t group) { return group > 4 ? ATT_HB : group > 2 ? 4 : group > 1 ? 2 : 1; }
+// Query heads a block takes: the smallest of 1, 2, 4 and 8 that covers the GQA group; with
+// dispatch.decode_group_split, halved while a launch of decode_max_splits splits (n_q queries,
+// n_head_kv KV heads, head groups of that many heads) stays within the SM count: more blocks,
+// each with a shorter chain (Gemma 3 270M: its one KV head's four query heads one a block).
+static int sgllm__cu_attn_hb(const sgllm__cuda *c, int32_t group, int32_t n_head_kv, int64_t n_q) {
+    int hb = group > 4 ? ATT_HB : group > 2 ? 4 : group > 1 ? 2 : 1;
+    int64_t per_group = n_q * n_head_kv * (c->disp.decode_max_splits > 1 ? c->disp.decode_max_splits : 1);
+    while (c->disp.decode_group_split && hb > 1 && per_group * ((group + hb / 2 - 1) / (hb / 2)) <= c->disp.sm_count)
+        hb /= 2;
+    return hb;
+}
+
+extern "C" int32_t sgllm__cuda_attn_heads_per_block(sgllm__cuda *c, int32_t n_head, int32_t n_head_kv, int64_t n_q) {
+    if (!c || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv || n_q < 1) return 0;
+    return sgllm__cu_attn_hb(c, n_head / n_head_kv, n_head_kv, n_q);
+}
 static int sgllm__cu_attn_mw(const sgllm__cuda *c, int32_t hd, int32_t n_splits, int64_t max_keys) {
     bool short_splits = max_keys > 0 && (max_keys + n_splits - 1) / n_splits < c->disp.decode_mma;
     return c->disp.decode_mma > 0 && !short_splits && hd % 16 == 0 && hd <= ATT_MMA_HD ? sgllm__cu_attn_mma_warps(hd) : 0;
@@ -4429,7 +4447,7 @@ extern "C" int32_t sgllm__cuda_attn_cluster_splits(sgllm__cuda *c, int32_t n_hea
             return c->csp[i].got;
     // the tensor-core body's shared memory where the head dim allows it (the larger of the two)
     int32_t bn = sgllm__cu_attn_bn(c, head_dim), group = n_head / n_head_kv;
-    int mw = sgllm__cu_attn_mw(c, head_dim, n_splits, 0), hb = sgllm__cu_attn_hb(group);
+    int mw = sgllm__cu_attn_mw(c, head_dim, n_splits, 0), hb = sgllm__cu_attn_hb(c, group, n_head_kv, n_q);
     int64_t n_clusters = n_q * n_head_kv * ((group + hb - 1) / hb);
     cudaSetDevice(c->device);
     int32_t got = n_splits; // none fits: waves whatever the count
@@ -4483,7 +4501,9 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
     if (sgllm__cu_quantized(quant_for, cols) && n_q <= 8 && cols <= MV_XQ_COLS) {
         xq_kind = sgllm__cu_xq_kind((int)quant_for);
         int32_t bv = xq_kind == XQ_Q8_K ? 256 : 32, group = n_head / n_head_kv;
-        if (head_dim % bv && (group > ATT_HB || (int64_t)group * head_dim % bv)) xq_kind = -1;
+        int32_t hb = sgllm__cu_attn_hb(c, group, n_head_kv, n_q), e = hb < group ? hb : group; // a full head group
+        if (head_dim % bv && (group > ATT_HB || (int64_t)e * head_dim % bv || (int64_t)(group % e) * head_dim % bv))
+            xq_kind = -1;
     }
     cudaSetDevice(c->device);
     float *part_o = (float *)c->scratch;
@@ -4493,12 +4513,13 @@ static sgllm_status sgllm__cu_attn_decode(sgllm__cuda *c, const float *q, const 
     int32_t group = n_head / n_head_kv;
     const __half *kc = (const __half *)k_cache, *vc = (const __half *)v_cache;
     int mw = sgllm__cu_attn_mw(c, head_dim, n_splits, max_keys);
+    const int hb = sgllm__cu_attn_hb(c, group, n_head_kv, n_q);
     sgllm_status s =
-        group > 4 ? sgllm__cu_attn_launch<ATT_HB>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+        hb == ATT_HB ? sgllm__cu_attn_launch<ATT_HB>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
                                              window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mw)
-        : group > 2 ? sgllm__cu_attn_launch<4>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+        : hb == 4 ? sgllm__cu_attn_launch<4>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
                                                window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mw)
-        : group > 1 ? sgllm__cu_attn_launch<2>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
+        : hb == 2 ? sgllm__cu_attn_launch<2>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
                                                window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mw)
                     : sgllm__cu_attn_launch<1>(c, q, kc, vc, page_table, page_size, n_head, n_head_kv, head_dim, pos, n_q,
                                                window, scale, n_splits, bn, merge_here, part_o, part_lse, out, post, &cl, xq_kind, mw);

@@ -4650,16 +4650,20 @@ typedef struct sgllm__dispatch_row {
 // slower; 0 = decode_block_n elsewhere, unmeasured), the smallest single matrix (KiB) that one token streams
 // through bulk copies when the wide kernel does not take it (24 MiB on sm90: SmolLM2-135M's 30 MB output matrix,
 // generate 2.5% faster on the H100; Llama-3-8B's 17 MB o product was slower streamed; 0 elsewhere: sm80-sm89
-// have no bulk copies, sm100 and sm120 are unmeasured), and whether it also takes the wide kernel's matrices (0
-// everywhere: on the H100 Gemma 3's and Llama-3-8B's output matrices streamed within noise of the wide kernel in
-// their decode steps).
+// have no bulk copies, sm100 and sm120 are unmeasured), the longest rows (values) of the wide kernel's matrices it
+// also takes (1024 on sm90: Gemma 3's 640-value output rows, its synthetic step 477.9 -> 471.1 us on the H100;
+// Llama-3-8B's 4096-value ones were level or slower in its decode steps; 0 elsewhere), and whether decode
+// attention spreads a GQA group's query heads over several blocks while a launch stays within the SM count (sm90:
+// the synthetic Gemma 3 270M step 500.9 -> 477.9 us on the H100 with its four heads one a block, SmolLM2-135M's
+// 564.9 -> 561.0 us with two; Llama-3-8B's eight KV heads keep whole groups, which measured faster; 0 elsewhere,
+// unmeasured).
 static const sgllm__dispatch_row sgllm__dispatch_rows[] = {
-    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0}},
-    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0}},
-    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0}},
-    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64, 1, 2, 4096, 16, 24576, 0}},
-    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0}},
-    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0}},
+    {8, 0, {"sm80", 0, 4, 32, 8, 8, 256, 64, {128, 64, 32}, {128, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0, 0}},
+    {8, 6, {"sm86", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0, 0}},
+    {8, 9, {"sm89", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 0, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0, 0}},
+    {9, 0, {"sm90", 0, 4, 32, 8, 16, 256, 64, {128, 64, 32}, {64, 64, 64}, {4, 8}, 64, 256, 256, 3, 16, 1, 0, 8, 2, 0, 64, 1, 2, 4096, 16, 24576, 1024, 1}},
+    {10, -1, {"sm100", 0, 4, 32, 8, 16, 256, 64, {64, 64, 16}, {64, 64, 64}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0, 0}},
+    {12, -1, {"sm120", 0, 4, 32, 8, 8, 256, 64, {64, 64, 32}, {128, 64, 32}, {4, 8}, 64, 256, 256, 1, 32, 1, 0, 16, 1, 0, 64, 0, 1, 0, 0, 0, 0, 0}},
 };
 
 // Shared memory of one prefill attention tile: Q (bm, d), K and V (bn, d) in fp16.
@@ -4747,8 +4751,11 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
     }
     if (d->matvec_stream_kb > 0) {
         size_t n = strlen(wide);
-        snprintf(wide + n, sizeof wide - n, "; single matrices from %d KiB streamed%s", d->matvec_stream_kb,
-                 d->matvec_stream_wide ? " (the wide kernel's too)" : " (where the wide kernel declines)");
+        snprintf(wide + n, sizeof wide - n, "; single matrices from %d KiB streamed where the wide kernel declines",
+                 d->matvec_stream_kb);
+        n = strlen(wide);
+        if (d->matvec_stream_wide_cols > 0)
+            snprintf(wide + n, sizeof wide - n, " or rows have <= %d values", d->matvec_stream_wide_cols);
     }
     if (d->matvec_qkv_early_kb > 0) {
         size_t n = strlen(wide);
@@ -4759,6 +4766,10 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
         snprintf(mma, sizeof mma, " on the tensor cores (head dims 16k <= 256) from %d-key splits,", d->decode_mma);
     char wt[48] = "";
     if (d->decode_block_n_wide > 0) snprintf(wt, sizeof wt, " (%d above 128 dims)", d->decode_block_n_wide);
+    if (d->decode_group_split) {
+        size_t n = strlen(wt);
+        snprintf(wt + n, sizeof wt - n, ", GQA groups split over blocks");
+    }
     return snprintf(buf, cap,
                     "cuda dispatch: %s (sm %d.%d, %d SMs, %zu KB smem/block) -> row %s%s%s: matvec %d warps/block, %d "
                     "warps/SM, up to batch %d; decode attention%s <= %d splits of >= %d keys, %d-key tiles%s, merged %s; prefill tiles %dx%d (d<=128) "
@@ -4977,7 +4988,8 @@ static const sgllm__dispatch_field sgllm__dispatch_fields[] = {
     {"matvec_qkv_early_kb", offsetof(sgllm__cuda_dispatch, matvec_qkv_early_kb), 1, 0, 1 << 20, false},
     {"decode_block_n_wide", offsetof(sgllm__cuda_dispatch, decode_block_n_wide), 1, 0, 128, true},
     {"matvec_stream_kb", offsetof(sgllm__cuda_dispatch, matvec_stream_kb), 1, 0, 1 << 22, false},
-    {"matvec_stream_wide", offsetof(sgllm__cuda_dispatch, matvec_stream_wide), 1, 0, 1, false},
+    {"matvec_stream_wide_cols", offsetof(sgllm__cuda_dispatch, matvec_stream_wide_cols), 1, 0, 4096, false},
+    {"decode_group_split", offsetof(sgllm__cuda_dispatch, decode_group_split), 1, 0, 1, false},
 };
 
 static sgllm_status sgllm__dispatch_int(sgllm__json *j, const sgllm__dispatch_field *f, int *out) {
@@ -5456,8 +5468,8 @@ static int64_t sgllm__gpu_seen(const sgllm__layer *L, int64_t max_keys) {
 // Decode-attention splits for n queries of layer L whose keys reach max_keys: the dispatch's
 // count, cut to what the device holds at once when the splits merge across clusters.
 static int32_t sgllm__gpu_splits(sgllm__cuda *cu, const sgllm__layer *L, int64_t n, int64_t max_keys) {
-    int32_t group = L->n_head / L->n_head_kv;
-    int64_t blocks = n * L->n_head_kv * ((group + 7) / 8); // ATT_HB = 8 query heads per block
+    int32_t group = L->n_head / L->n_head_kv, hb = sgllm__cuda_attn_heads_per_block(cu, L->n_head, L->n_head_kv, n);
+    int64_t blocks = n * L->n_head_kv * ((group + (hb > 0 ? hb : 8) - 1) / (hb > 0 ? hb : 8));
     max_keys = sgllm__gpu_seen(L, max_keys);
     int32_t sp = sgllm__dispatch_decode_splits(sgllm__cuda_get_dispatch(cu), blocks, max_keys);
     return sgllm__cuda_attn_cluster_splits(cu, L->n_head, L->n_head_kv, L->head_dim, n, sp);

@@ -790,6 +790,12 @@ static void set_decode_merge(int mode) {
     sgllm__cuda_set_dispatch(gpu, &d);
 }
 
+static void set_decode_group_split(int on) {
+    sgllm__cuda_dispatch d = *sgllm__cuda_get_dispatch(gpu);
+    d.decode_group_split = on;
+    sgllm__cuda_set_dispatch(gpu, &d);
+}
+
 static void set_decode_mma(int on) {
     sgllm__cuda_dispatch d = *sgllm__cuda_get_dispatch(gpu);
     d.decode_mma = on;
@@ -1714,7 +1720,8 @@ static void test_qkv_before_mma(void) {
 }
 
 // Attention that does qkv_post's work itself (sgllm__cuda_attn_decode_post, one token): its
-// output and both caches bit for bit those of qkv_post followed by attn_decode. q, k and v
+// output and both caches bit for bit those of qkv_post followed by attn_decode (whole GQA groups
+// a block), also where the fused path spreads a group over several blocks (decode_group_split). q, k and v
 // come from a q/k/v product launched just before (the fused kernel starts its cache reads
 // before that launch finishes), over two consecutive positions (the second reads the row the
 // first wrote), the second step also replayed from a graph. Shapes: GQA groups 1-12 (two head
@@ -1756,9 +1763,15 @@ static void test_attn_post(void) {
             float *yo[2] = {(float *)dev((size_t)E_o * 4), (float *)dev((size_t)E_o * 4)};
             float *hy[2] = {(float *)malloc((size_t)E_o * 4), (float *)malloc((size_t)E_o * 4)};
             int cluster = (si + (size_t)pi) % 2 ? 2 : 1; // the fused path's merge
+            const int split = (int)((si + (size_t)pi / 2) % 2); // the fused path's decode_group_split
+            set_decode_group_split(split);
+            int32_t hb = sgllm__cuda_attn_heads_per_block(gpu, nh, nkv, 1);
+            set_decode_group_split(0);
             int64_t al = disp.matvec_wide_align < 8 ? 8 : disp.matvec_wide_align;
             int32_t bv = sgllm__types[to].block == 256 ? 256 : 32, group = nh / nkv; // heads or GQA groups in blocks
-            bool reuse = cluster == 2 && sp > 1 && (hd % bv == 0 || (group <= 8 && group * hd % bv == 0)) &&
+            int32_t full = hb < group ? hb : group; // heads of a full head group
+            bool reuse = cluster == 2 && sp > 1 &&
+                         (hd % bv == 0 || (group <= 8 && full * hd % bv == 0 && group % full * hd % bv == 0)) &&
                          (int64_t)sgllm__row_bytes(to, (uint64_t)qd) % al == 0;
             float *x = rand_floats(2 * E, -1, 1), *dx = (float *)dev_copy(x, (size_t)(2 * E) * 4);
             float *bias = rand_floats(qd + 2 * kvd, -0.5f, 0.5f), *nw = rand_floats(2 * hd, 0.5f, 1.5f);
@@ -1795,6 +1808,7 @@ static void test_attn_post(void) {
                     poison(out[path], (size_t)qd * 4);
                     // the reference merges by the merge kernel; the fused path also across a cluster
                     set_decode_merge(path == 1 ? cluster : 1);
+                    set_decode_group_split(path == 1 ? split : 0);
                     bool capture = path == 1 && step == 1;
                     if (capture) CHECK(sgllm__cuda_graph_begin(gpu) == SGLLM_OK);
                     CHECK(sgllm__cuda_matvec_multi(gpu, 3, tt, wm, r3, E, dx + step * E, 1, ym) == SGLLM_OK);
@@ -1858,8 +1872,8 @@ static void test_attn_post(void) {
                      v_ok = !memcmp(hc[2], hc[3], cb), p_ok = !memcmp(hy[0], hy[1], (size_t)E_o * 4);
                 CHECKF(o_ok && k_ok && v_ok && p_ok,
                        "attn_decode_post heads %d/%d dim %d rot %d norm %d bias %d window %d pos %d step %d splits %d "
-                       "paged %d merge %d o %s: output %s (rel err %.3g), k cache %d, v cache %d, o projection %d",
-                       nh, nkv, hd, sh->n_rot, sh->norm, sh->bias, sh->window, p0, step, sp, paged, cluster,
+                       "paged %d merge %d heads %d o %s: output %s (rel err %.3g), k cache %d, v cache %d, o projection %d",
+                       nh, nkv, hd, sh->n_rot, sh->norm, sh->bias, sh->window, p0, step, sp, paged, cluster, hb,
                        sgllm__type_name(to), o_ok ? "same" : "differs", rel_err(h[1], h[0], qd), k_ok, v_ok, p_ok);
                 runs++;
             }
@@ -1871,10 +1885,29 @@ static void test_attn_post(void) {
             free(h[0]), free(h[1]), free(hy[0]), free(hy[1]), free(x), free(bias), free(nw), free(cache), free(wo);
         }
     set_decode_merge(disp.decode_merge);
+    set_decode_group_split(disp.decode_group_split);
+    // the rule itself: halve a group's heads a block while decode_max_splits splits of every KV
+    // head's head groups fit the SMs (132 SMs, 16 splits: Gemma 3 270M 4/1 -> 1 head a block,
+    // SmolLM2-135M 9/3 -> 2, Llama-3-8B 32/8 -> its group of 4; without the field, the group)
+    sgllm__cuda_dispatch rd = disp;
+    rd.sm_count = 132, rd.decode_max_splits = 16;
+    static const int32_t rule[][5] = {{4, 1, 1, 1, 4}, {9, 3, 1, 2, 4}, {32, 8, 1, 4, 4}, {4, 1, 4, 2, 4},
+                                      {14, 2, 1, 2, 8}, {8, 8, 1, 1, 1}, {16, 2, 1, 2, 8}};
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < sizeof rule / sizeof rule[0]; i++) {
+            rd.decode_group_split = k == 0;
+            sgllm__cuda_set_dispatch(gpu, &rd);
+            int32_t got = sgllm__cuda_attn_heads_per_block(gpu, rule[i][0], rule[i][1], rule[i][2]);
+            CHECKF(got == rule[i][3 + k], "heads per block, %d/%d heads, %d queries, group split %d: %d, want %d",
+                   rule[i][0], rule[i][1], rule[i][2], k == 0, got, rule[i][3 + k]);
+        }
+    sgllm__cuda_set_dispatch(gpu, &disp);
+    CHECK(sgllm__cuda_attn_heads_per_block(gpu, 6, 4, 1) == 0 && sgllm__cuda_attn_heads_per_block(gpu, 4, 1, 0) == 0);
     CHECKF(reused >= 10, "attn_decode_post: only %d runs quantize in the merge", reused);
     CHECKF(told_cuda > 0 && (told_tensor > 0 || !disp.decode_mma), "attn_decode_post told the keys: %d runs on the CUDA "
            "cores, %d on the tensor cores", told_cuda, told_tensor);
-    printf("attn_decode_post: %d runs (8 shapes, 4 positions, two steps, eager and graph, merge kernel or cluster) bit "
+    printf("attn_decode_post: %d runs (8 shapes, 4 positions, two steps, eager and graph, merge kernel or cluster, "
+           "GQA groups whole or over several blocks) bit "
            "for bit qkv_post and attention one after the other, and their o projections (%d of them quantized by the "
            "cluster merge); told the keys, within %.3g of them (%d runs seen on the CUDA cores, %d on the tensor cores)\n",
            runs, reused, told_worst, told_cuda, told_tensor);
@@ -2298,8 +2331,8 @@ static void test_matvec_short_rows(void) {
 // groups that the blocks wrap their ring of stages; eagerly and replayed from a graph. The
 // kernel takes a matrix only as the header states (the rule below): rows of 5120 values, Q6_K
 // rows of 768 values (630 bytes, not whole 4-byte words) and matrices under matvec_stream_kb
-// must take another kernel, and so must the wide kernel's matrices when it is on (unless
-// matvec_stream_wide).
+// must take another kernel, and so must the wide kernel's matrices when it is on (unless their
+// rows have at most matvec_stream_wide_cols values).
 static void test_matvec_stream(void) {
     static const uint32_t types[] = {SGLLM__T_Q4_0, SGLLM__T_Q4_1, SGLLM__T_Q5_0, SGLLM__T_Q5_1,
                                      SGLLM__T_Q8_0, SGLLM__T_Q4_K, SGLLM__T_Q5_K, SGLLM__T_Q6_K};
@@ -2373,12 +2406,14 @@ static void test_matvec_stream(void) {
         }
     }
     // with the wide kernel on, what it takes stays there (Gemma 3's 640-value Q8_0 rows, 680
-    // bytes; 2048-value ones) unless matvec_stream_wide, while SmolLM2's 576-value rows (612
-    // bytes, not whole 8-byte words) stream; either way bit for bit the staged kernel
+    // bytes; 2048-value ones) unless its rows have at most matvec_stream_wide_cols values (0,
+    // 1024, 4096), while SmolLM2's 576-value rows (612 bytes, not whole 8-byte words) stream;
+    // either way bit for bit the staged kernel
     static const int64_t wcols[3] = {576, 640, 2048};
-    for (int wi = 0; sm90 && wi < 6; wi++) {
+    static const int wide_cols[3] = {0, 1024, 4096};
+    for (int wi = 0; sm90 && wi < 9; wi++) {
         int64_t cols = wcols[wi % 3];
-        bool all = wi >= 3;
+        int limit = wide_cols[wi / 3];
         int64_t rows = 8192;
         size_t wb;
         uint8_t *w = rand_weights(SGLLM__T_Q8_0, rows, cols, &wb);
@@ -2386,12 +2421,12 @@ static void test_matvec_stream(void) {
         float *x = rand_floats(cols, -1, 1), *dx = (float *)dev_copy(x, (size_t)cols * 4);
         float *dy = (float *)dev((size_t)(2 * rows) * 4), *y = (float *)malloc((size_t)(2 * rows) * 4);
         sgllm__cuda_dispatch wst = disp;
-        wst.matvec_int8 = 3, wst.matvec_wide_align = 8, wst.matvec_stream_kb = 1, wst.matvec_stream_wide = all;
+        wst.matvec_int8 = 3, wst.matvec_wide_align = 8, wst.matvec_stream_kb = 1, wst.matvec_stream_wide_cols = limit;
         sgllm__cuda_set_dispatch(gpu, &wst);
         CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q8_0, dw, rows, cols, dx, 1, dy) == SGLLM_OK);
         bool is_st = !strcmp(sgllm__cuda_last_launch(gpu), "matvec (stream)");
-        CHECKF(is_st == (all || cols == 576), "stream with the wide kernel (stream_wide %d), Q8_0 cols %lld: ran '%s'",
-               all, (long long)cols, sgllm__cuda_last_launch(gpu));
+        CHECKF(is_st == (cols <= limit || cols == 576), "stream with the wide kernel (rows up to %d), Q8_0 cols %lld: ran '%s'",
+               limit, (long long)cols, sgllm__cuda_last_launch(gpu));
         sgllm__cuda_set_dispatch(gpu, &ref_d);
         CHECK(sgllm__cuda_matvec(gpu, SGLLM__T_Q8_0, dw, rows, cols, dx, 1, dy + rows) == SGLLM_OK);
         sgllm__cuda_set_dispatch(gpu, &disp);
