@@ -786,10 +786,14 @@ size_t sgllm__cuda_sample_work_bytes(int64_t n_vocab);
 // Where the token goes: tok[0] (device); with pos (device) set, also tok[1] = *pos + 1 (the
 // position after the one the sampled step read, so a decode loop advances without an upload);
 // with host set (sgllm__cuda_readback_slot), also into that read-back slot, no copy needed.
+// With uni (device, SGLLM__CUDA_SAMPLE_UNI doubles) and pos set, the draw's uniform is
+// uni[*pos % SGLLM__CUDA_SAMPLE_UNI] instead of args->u (a decode loop uploads them in blocks).
+#define SGLLM__CUDA_SAMPLE_UNI 64
 typedef struct sgllm__cuda_sample_out {
     int32_t *tok;
     const int32_t *pos;
     int32_t *host;
+    const double *uni;
 } sgllm__cuda_sample_out;
 sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, int64_t n_vocab, const sgllm__cuda_sample_args *args,
                                 const int32_t *pen_tokens, const int32_t *pen_counts, void *work,

@@ -5275,6 +5275,10 @@ typedef struct sgllm__cu_smp_layout {
 
 // Where a sampler's token goes (sgllm__cuda_sample_out): tok[0], then tok[1] = *pos + 1 when
 // pos is set, and the host's read-back slot when host is set.
+// The draw's uniform: the ring's entry for the sampled step's position, or the arguments'.
+static __device__ double sgllm__cu_smp_u(const sgllm__cuda_sample_args *a, const sgllm__cuda_sample_out &o) {
+    return o.uni && o.pos ? o.uni[(uint32_t)*o.pos % SGLLM__CUDA_SAMPLE_UNI] : a->u;
+}
 static __device__ void sgllm__cu_smp_emit(const sgllm__cuda_sample_out &o, int32_t t) {
     o.tok[0] = t;
     if (o.pos) o.tok[1] = *o.pos + 1;
@@ -5748,7 +5752,7 @@ static __device__ void sgllm__cu_heap_final(const sgllm__cuda_sample_args *a, co
     }
     double total = 0;
     for (int32_t i = 0; i < kept; i++) total += h[i].p;
-    const double u = a->u * total;
+    const double u = sgllm__cu_smp_u(a, out) * total;
     double cum = 0;
     for (int32_t i = 0; i < kept; i++) {
         cum += h[i].p;
@@ -5798,11 +5802,11 @@ static __global__ void __launch_bounds__(SMP_THREADS)
         const double goal = (double)a->top_p * total;
         mem.rank_max = sgllm__cu_smp_search(cand, m, mem, false, false, goal, false, sh);
         const double tf = sgllm__cu_smp_total(cand, m, mem, sh.red);
-        uint64_t r = sgllm__cu_smp_search(cand, m, mem, false, false, tf - a->u * tf, false, sh);
+        uint64_t r = sgllm__cu_smp_search(cand, m, mem, false, false, tf - sgllm__cu_smp_u(a, out) * tf, false, sh);
         if (threadIdx.x == 0) sgllm__cu_smp_emit(out, (int32_t)(uint32_t)r);
     } else { // the kept tokens in index order (the CPU's collection order)
         const double tk = sgllm__cu_smp_total(cand, m, mem, sh.red);
-        uint64_t r = sgllm__cu_smp_search(cand, m, mem, true, false, a->u * tk, true, sh);
+        uint64_t r = sgllm__cu_smp_search(cand, m, mem, true, false, sgllm__cu_smp_u(a, out) * tk, true, sh);
         if (threadIdx.x == 0) sgllm__cu_smp_emit(out, (int32_t)r);
     }
 }

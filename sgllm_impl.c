@@ -5423,12 +5423,15 @@ typedef struct sgllm__gpu_ctx {
     void *graph_last;              // the graph the latest single-token step replayed (tests, benchmarks)
     bool graph_failed;             // capture was refused once: run that step without a graph
     // device sampling (sgllm__gpu_produce): two buffers, each (4) int32 (token, position, pad,
-    // pad), sgllm__cuda_sample_args, (smp_cap) penalized tokens, (smp_cap) counts
+    // pad), sgllm__cuda_sample_args, (smp_cap) penalized tokens, (smp_cap) counts,
+    // (SGLLM__CUDA_SAMPLE_UNI) double uniforms by position (sgllm__smp_bytes)
     void *smp[2], *smp_work;       // (device) smp; sgllm__cuda_sample_work_bytes(n_vocab)
     unsigned char *smp_host;       // (3, smp buffer bytes): staging, then what smp[0] and smp[1] hold
     int32_t smp_cap;
     bool smp_known[2];             // smp[b] holds its shadow in smp_host and position smp_pos[b]
     int32_t smp_pos[2];
+    double smp_uni[SGLLM__CUDA_SAMPLE_UNI]; // the draws' uniforms by position that the buffers' ends get
+    int32_t smp_uni_lo, smp_uni_hi; // positions [lo, hi) whose uniforms smp_uni holds for this generate
     void *smp_graph[SGLLM__GPU_TIERS][2][2]; // [tier][greedy][b]: the single-token step reading smp[b] and the
                                    // sampler (greedy: sgllm__cuda_sample_greedy), or NULL
     void *smp_graph_last;          // the one the latest production replayed
@@ -5743,14 +5746,23 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
 // i % 2 (mapped host memory, so no copy follows the step), and its position plus one to
 // smp[i % 2]'s second. So the token never needs the host between steps: the host may enqueue
 // production i + 1 before it reads token i (generate does when no penalty depends on the
-// tokens). A production uploads its buffer (all but the token slot) only when the host's shadow
-// of that buffer differs or the position there is not the one it needs: greedy decoding
-// without penalties uploads nothing after its first two productions (a sampled one uploads each
-// time: its uniform changes with every draw).
+// tokens). Production 0 draws with its arguments' uniform, productions i >= 1 with the one at
+// their position (mod SGLLM__CUDA_SAMPLE_UNI) at their buffer's end, drawn ahead in blocks. A
+// production uploads its buffer (all but the token slot) only when the host's shadow of that
+// buffer differs or the position there is not the one it needs: decoding without penalties
+// uploads nothing but the first two productions and, when sampled, the two after each block of
+// uniforms (one every SGLLM__CUDA_SAMPLE_UNI / 2 tokens).
 // The step graphs (one per input buffer, whose token and position the step reads in place, and
 // per sampler: the full one, or the one-launch argmax when the arguments are greedy without
 // penalties) hold the step and the sampler.
 #define SGLLM__SMP_ARGS 16 // byte offset of the arguments in an smp buffer
+
+// Bytes of an smp buffer for penalty lists of up to cap tokens; its uniforms start at
+// sgllm__smp_bytes(cap) - SGLLM__CUDA_SAMPLE_UNI * 8 (8-byte aligned: the arguments are).
+static size_t sgllm__smp_bytes(int32_t cap) {
+    return SGLLM__SMP_ARGS + sizeof(sgllm__cuda_sample_args) + 2 * (size_t)cap * sizeof(int32_t) +
+           SGLLM__CUDA_SAMPLE_UNI * sizeof(double);
+}
 
 // Makes the buffers for penalty lists of up to cap tokens (at least 64). A longer list than
 // before replaces the buffers and graphs, so it must come before a generate loop's first
@@ -5759,8 +5771,9 @@ static sgllm_status sgllm__gpu_sample_prepare(sgllm__gpu_ctx *c, int32_t cap, sg
     sgllm_status s = SGLLM_OK;
     if (cap < 64) cap = 64;
     if (!c->smp_work) s = sgllm__gpu_alloc(c, sgllm__cuda_sample_work_bytes(c->m->n_vocab), &c->smp_work);
+    c->smp_uni_lo = c->smp_uni_hi = 0; // a new generate: a new sampler, no uniforms drawn yet
     if (!s && cap > c->smp_cap) {
-        size_t bytes = SGLLM__SMP_ARGS + sizeof(sgllm__cuda_sample_args) + 2 * (size_t)cap * sizeof(int32_t);
+        size_t bytes = sgllm__smp_bytes(cap);
         unsigned char *h = (unsigned char *)sgllm__calloc(bytes, 3);
         if (!h) return sgllm__fail(d, SGLLM_ERR_OUT_OF_MEMORY, "out of memory");
         sgllm__free(c->smp_host);
@@ -5787,11 +5800,14 @@ static bool sgllm__gpu_greedy(const sgllm__cuda_sample_args *a) {
 
 // Enqueues the sampler over the first row of c->logits with buffer b's arguments (greedy: the
 // one-launch argmax, which reads none); the token goes to the first int of buffer 1 - b and to
-// read-back slot 1 - b, buffer b's position plus one to buffer 1 - b's position.
-static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b, bool greedy) {
+// read-back slot 1 - b, buffer b's position plus one to buffer 1 - b's position. With ring, the
+// draw's uniform is the one for buffer b's position at its end (productions >= 1), else the
+// arguments'.
+static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b, bool greedy, bool ring) {
     unsigned char *buf = (unsigned char *)c->smp[b];
+    const double *uni = (const double *)(buf + sgllm__smp_bytes(c->smp_cap) - sizeof c->smp_uni);
     sgllm__cuda_sample_out out = {(int32_t *)c->smp[1 - b], (const int32_t *)buf + 1,
-                                  sgllm__cuda_readback_slot(c->cu, 1 - b)};
+                                  sgllm__cuda_readback_slot(c->cu, 1 - b), ring ? uni : NULL};
     if (!out.host) return SGLLM_ERR_BACKEND;
     if (greedy) return sgllm__cuda_sample_greedy(c->cu, c->logits, c->m->n_vocab, c->smp_work, out);
     const sgllm__cuda_sample_args *args = (const sgllm__cuda_sample_args *)(buf + SGLLM__SMP_ARGS);
@@ -5804,25 +5820,37 @@ static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b, bool gre
 static sgllm_status sgllm__gpu_step_sample_enqueue(sgllm__gpu_ctx *c, int b, bool greedy, int64_t horizon) {
     const int32_t *src = (const int32_t *)c->smp[b];
     sgllm_status s = sgllm__gpu_enqueue(c, src, src + 1, 1, 1, horizon, sgllm__gpu_step_splits(c, horizon));
-    return s ? s : sgllm__gpu_sample_enqueue(c, b, greedy);
+    return s ? s : sgllm__gpu_sample_enqueue(c, b, greedy, true);
 }
 
 // Enqueues production i (see above) with its position pos (i >= 1: where token i - 1 goes),
 // sampler arguments and penalty list (pen: n_pen tokens, then their counts), and the read-back
 // of its token; sgllm__gpu_produced waits for that token. sgllm__gpu_sample_prepare comes first.
+// Production 0 draws with args->u; productions i >= 1 with the uniform of their position in
+// smp_uni, whose window [smp_uni_lo, smp_uni_hi) must hold pos unless n_uni uniforms for
+// positions pos, pos + 1, ... come with this call (they replace the window).
 static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos, const sgllm__cuda_sample_args *args,
-                                       const int32_t *pen_tokens, const int32_t *pen_counts, sgllm__diag *d) {
+                                       const int32_t *pen_tokens, const int32_t *pen_counts, const double *uni,
+                                       int n_uni, sgllm__diag *d) {
     if (args->n_pen < 0 || args->n_pen > c->smp_cap)
         return sgllm__fail(d, SGLLM_ERR_INVALID_ARGUMENT, "CUDA sampler: %d penalized tokens, room for %d",
                            (int)args->n_pen, (int)c->smp_cap);
+    if (n_uni < 0 || n_uni > SGLLM__CUDA_SAMPLE_UNI / 2 || (n_uni && (!uni || i == 0)) ||
+        (i > 0 && args->temperature > 0 && !n_uni && !(c->smp_uni_lo <= pos && pos < c->smp_uni_hi)))
+        return sgllm__fail(d, SGLLM_ERR_INVALID_ARGUMENT, "CUDA sampler: %d uniforms for position %d", n_uni, (int)pos);
     int b = (int)((i + 1) % 2);
+    if (n_uni) { // positions before pos are done by the time this production's upload lands
+        for (int k = 0; k < n_uni; k++) c->smp_uni[((uint32_t)pos + (uint32_t)k) % SGLLM__CUDA_SAMPLE_UNI] = uni[k];
+        c->smp_uni_lo = pos, c->smp_uni_hi = pos + n_uni;
+    }
     int32_t head[4] = {0, pos, 0, 0};
+    size_t bytes = sgllm__smp_bytes(c->smp_cap);
     memcpy(c->smp_host, head, sizeof head);
     memcpy(c->smp_host + SGLLM__SMP_ARGS, args, sizeof *args);
     int32_t *pen = (int32_t *)(c->smp_host + SGLLM__SMP_ARGS + sizeof *args);
     memcpy(pen, pen_tokens, (size_t)args->n_pen * sizeof(int32_t));
     memcpy(pen + c->smp_cap, pen_counts, (size_t)args->n_pen * sizeof(int32_t));
-    size_t bytes = SGLLM__SMP_ARGS + sizeof *args + 2 * (size_t)c->smp_cap * sizeof(int32_t);
+    memcpy(c->smp_host + bytes - sizeof c->smp_uni, c->smp_uni, sizeof c->smp_uni);
     // everything but the token slot, which the previous production's sampler fills; nothing when
     // the buffer holds these bytes already (the position from the previous production's sampler)
     unsigned char *shadow = c->smp_host + (size_t)(1 + b) * bytes;
@@ -5839,7 +5867,7 @@ static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos
     int64_t hz;
     void **graph = &c->smp_graph[sgllm__gpu_tier(c, (int64_t)pos + 1, &hz)][greedy][b];
     if (!s && i == 0) {
-        s = sgllm__gpu_sample_enqueue(c, b, greedy);
+        s = sgllm__gpu_sample_enqueue(c, b, greedy, false);
     } else if (!s) {
         if (!*graph && !c->smp_graph_failed) {
             s = sgllm__cuda_graph_begin(c->cu);
@@ -6290,11 +6318,12 @@ static size_t sgllm__utf8_complete(const char *s, size_t n) {
     return n;
 }
 
-// The sampler's next draw as device arguments: its parameters, the uniform it would draw
-// (one per non-greedy sample, as sgllm_sampler_sample), and the distinct tokens of its
-// penalty window with their counts (tok, cnt: penalty_last_n each), as section 6 penalizes.
+// The sampler's next draw as device arguments: its parameters, with draw the uniform it would
+// draw (one per non-greedy sample, as sgllm_sampler_sample; else 0 and none drawn), and the
+// distinct tokens of its penalty window with their counts (tok, cnt: penalty_last_n each), as
+// section 6 penalizes.
 SGLLM__MAYBE_UNUSED static void sgllm__sampler_device_args(sgllm_sampler *s, sgllm__cuda_sample_args *a, int32_t *tok,
-                                                           int32_t *cnt) {
+                                                           int32_t *cnt, bool draw) {
     const sgllm_sampler_params *p = &s->params;
     memset(a, 0, sizeof *a);
     a->temperature = p->temperature;
@@ -6304,7 +6333,7 @@ SGLLM__MAYBE_UNUSED static void sgllm__sampler_device_args(sgllm_sampler *s, sgl
     a->repeat_penalty = p->repeat_penalty;
     a->frequency_penalty = p->frequency_penalty;
     a->presence_penalty = p->presence_penalty;
-    a->u = p->temperature > 0 ? sgllm__rng_uniform(&s->rng) : 0;
+    a->u = draw && p->temperature > 0 ? sgllm__rng_uniform(&s->rng) : 0;
     if (sgllm__sampler_has_penalties(s)) a->n_pen = sgllm__sampler_penalty_list(s, tok, cnt);
 }
 
@@ -6312,12 +6341,21 @@ SGLLM__MAYBE_UNUSED static void sgllm__sampler_device_args(sgllm_sampler *s, sgl
 // Enqueues production i of sgllm_generate's tokens on the GPU (sgllm__gpu_produce) with the
 // sampler's next draw: i = 0 samples from the last forward's logits, i >= 1 evaluates token
 // i - 1 at position pos first. The caller records that token in the history once it keeps it.
+// Production 0's uniform goes with its arguments; later ones are drawn ahead, half the device's
+// window at a time, for positions pos, pos + 1, ...: the same draws in the same order (one a
+// production, as the CPU draws one a token), and no upload a token for them.
 static sgllm_status sgllm__generate_gpu_produce(sgllm_context *ctx, sgllm_sampler *smp, int64_t i, int32_t pos) {
-    sgllm_status s = i == 0 ? sgllm__gpu_sample_prepare(ctx->gpu, smp->params.penalty_last_n, &ctx->diag) : SGLLM_OK;
+    sgllm__gpu_ctx *g = ctx->gpu;
+    sgllm_status s = i == 0 ? sgllm__gpu_sample_prepare(g, smp->params.penalty_last_n, &ctx->diag) : SGLLM_OK;
     if (s) return s;
+    const bool ahead = i > 0 && smp->params.temperature > 0;
     sgllm__cuda_sample_args a; // the penalty list goes through the sampler's own scratch
-    sgllm__sampler_device_args(smp, &a, smp->pen_tokens, smp->pen_counts);
-    return sgllm__gpu_produce(ctx->gpu, i, pos, &a, smp->pen_tokens, smp->pen_counts, &ctx->diag);
+    sgllm__sampler_device_args(smp, &a, smp->pen_tokens, smp->pen_counts, !ahead);
+    double uni[SGLLM__CUDA_SAMPLE_UNI / 2];
+    int n_uni = 0;
+    if (ahead && !(g->smp_uni_lo <= pos && pos < g->smp_uni_hi))
+        for (; n_uni < SGLLM__CUDA_SAMPLE_UNI / 2; n_uni++) uni[n_uni] = sgllm__rng_uniform(&smp->rng);
+    return sgllm__gpu_produce(g, i, pos, &a, smp->pen_tokens, smp->pen_counts, uni, n_uni, &ctx->diag);
 }
 #endif
 

@@ -18,7 +18,7 @@
 // q4_k_m, smollm2-135m q4_1): sgllm_evaluate with its graph (upload, replay, logits download),
 // the graph replay alone, and generate's step with host sampling (logits download) against
 // device sampling (only the token read back), one step at a time and with the next step
-// enqueued before the token is read (as sgllm_generate runs without penalties).
+// enqueued before the token is read (as sgllm_generate runs without penalties; greedy and default sampler).
 // --timeline (only in the profiling build, `make timeline`): where a decode step's time goes, kernel
 // by kernel, as the step runs (a CUDA graph, programmatic dependent launch): the synthetic
 // presets' steps at KEYS keys of context (default 512), and inside decode attention, phase by
@@ -627,7 +627,7 @@ static void bench_launches(int reps) {
         float t[MAX_REPS];
         for (int r = -3; r < reps; r++) {
             TRY(sgllm__cuda_timer_start(gpu), "timer");
-            TRY(sgllm__cuda_sample(gpu, logits, V, d_args, NULL, NULL, work, (sgllm__cuda_sample_out){d_out, NULL, NULL}), "sample");
+            TRY(sgllm__cuda_sample(gpu, logits, V, d_args, NULL, NULL, work, (sgllm__cuda_sample_out){d_out, NULL, NULL, NULL}), "sample");
             float ms = 0;
             TRY(sgllm__cuda_timer_stop(gpu, &ms), "timer");
             if (r >= 0) t[r] = ms;
@@ -828,9 +828,10 @@ static void bench_model_step(const char *preset, const char *type) {
     float *lg = (float *)malloc((size_t)V * sizeof(float));
     if (!lg) die("out of memory");
     // evaluate, replay alone, host greedy, device greedy, device default sampler, device greedy
-    // with the next step enqueued before the token is read (as sgllm_generate runs without penalties)
-    double us[6];
-    for (int way = 0; way < 6; way++) {
+    // and default sampler with the next step enqueued before the token is read (as
+    // sgllm_generate runs without penalties)
+    double us[7];
+    for (int way = 0; way < 7; way++) {
         sgllm_context_params cp;
         sgllm_context_default_params(&cp);
         cp.n_ctx = 512, cp.n_batch = 64;
@@ -838,7 +839,7 @@ static void bench_model_step(const char *preset, const char *type) {
         if (sgllm_context_create(m, &cp, &c) != SGLLM_OK) die("context");
         sgllm_sampler_params sp;
         sgllm_sampler_default_params(&sp);
-        if (way != 4) sp.temperature = 0;
+        if (way != 4 && way != 6) sp.temperature = 0;
         sgllm_sampler *smp = NULL;
         if (sgllm_sampler_init(&sp, V, &smp) != SGLLM_OK) die("sampler");
         sgllm_token t = 1;
@@ -855,7 +856,7 @@ static void bench_model_step(const char *preset, const char *type) {
                 TRY(sgllm__cuda_graph_launch(c->gpu->cu, c->gpu->graph_last), "graph launch");
             } else { // production k evaluates token k - 1 (k >= 1) and samples token k
                 int64_t k = i + 8;
-                for (int64_t want = way == 5 ? k + 1 : k; made <= want; made++)
+                for (int64_t want = way >= 5 ? k + 1 : k; made <= want; made++)
                     if (sgllm__generate_gpu_produce(c, smp, made, base + (int32_t)(made > 0 ? made - 1 : 0)) != SGLLM_OK)
                         die("device sampling step");
                 if (sgllm__gpu_produced(c->gpu, k, &t, &c->diag) != SGLLM_OK) die("device sampling step");
@@ -870,8 +871,8 @@ static void bench_model_step(const char *preset, const char *type) {
     }
     printf("  %s %s decode step: evaluate %.1f us (graph replay alone %.1f us); generate's step with host sampling "
            "%.1f us (greedy), device sampling %.1f us (greedy) / %.1f us (default sampler), with the next step "
-           "enqueued first %.1f us (greedy) = %.0f tok/s\n",
-           preset, type, us[0], us[1], us[2], us[3], us[4], us[5], 1e6 / us[5]);
+           "enqueued first %.1f us (greedy) = %.0f tok/s / %.1f us (default sampler) = %.0f tok/s\n",
+           preset, type, us[0], us[1], us[2], us[3], us[4], us[5], 1e6 / us[5], us[6], 1e6 / us[6]);
     free(lg);
     sgllm_model_free(m);
 }

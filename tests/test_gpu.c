@@ -2010,7 +2010,7 @@ static sgllm_token draw_at(const sgllm__cand *c, int64_t n, double u) {
 
 // A sampler's token into tok[0] only.
 static sgllm__cuda_sample_out smp_out(int32_t *tok) {
-    sgllm__cuda_sample_out o = {tok, NULL, NULL};
+    sgllm__cuda_sample_out o = {tok, NULL, NULL, NULL};
     return o;
 }
 
@@ -2056,7 +2056,7 @@ static void test_sample_greedy(void) {
                    got[1], got[2], want);
             int32_t pos = (int32_t)(test_u64() % 100000), both[2] = {-1, -1}, host = -1;
             const int sl = runs % 2;
-            sgllm__cuda_sample_out o = {d_tok, d_pos, sgllm__cuda_readback_slot(gpu, sl)};
+            sgllm__cuda_sample_out o = {d_tok, d_pos, sgllm__cuda_readback_slot(gpu, sl), NULL};
             CHECK(o.host && sgllm__cuda_upload(gpu, d_pos, &pos, sizeof pos) == SGLLM_OK);
             poison(d_tok, 2 * sizeof(int32_t));
             CHECK(sgllm__cuda_memset(gpu, o.host, 0xff, sizeof(int32_t)) == SGLLM_OK);
@@ -2134,7 +2134,7 @@ static void test_sample(void) {
                 sgllm__cuda_sample_args a;
                 int32_t pen_list[128];
                 sgllm__rng saved = smp->rng;
-                sgllm__sampler_device_args(smp, &a, pen_list, pen_list + 64);
+                sgllm__sampler_device_args(smp, &a, pen_list, pen_list + 64, true);
                 smp->rng = saved;
                 CHECK(sgllm__cuda_upload(gpu, d_x, x, (size_t)n * sizeof(float)) == SGLLM_OK);
                 CHECK(sgllm__cuda_upload(gpu, d_args, &a, sizeof a) == SGLLM_OK);

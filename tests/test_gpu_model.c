@@ -497,6 +497,39 @@ static void generate_case(const char *arch, int n_layer, int window) {
         }
     }
 
+    // Sampled without penalties, the uniforms go to the device in blocks of 32 positions: token
+    // by token the CPU sampler's draws from the GPU's own logits for the same seed (one draw a
+    // token, in order), over more than one block (a run that ends early takes another seed).
+    {
+        sgllm_generate_params sp = gp;
+        sp.sampler.temperature = 0.9f;
+        int compared = 0, differ = 0;
+        for (int attempt = 0; attempt < 8 && compared < 34; attempt++) {
+            sp.sampler.seed = test_u64();
+            sgllm_context *c = context(gpu, 64, 8);
+            CHECK(sgllm_generate(c, "hello", &sp, &st) == SGLLM_OK);
+            sgllm_sampler *cs = NULL;
+            CHECK(sgllm_sampler_init(&sp.sampler, V, &cs) == SGLLM_OK);
+            for (int k = 0; cs && k < st.n_prompt; k++) sgllm_sampler_accept(cs, c->history[k]); // as generate does
+            sgllm_context *e = context(gpu, 64, 8);
+            CHECK(sgllm_evaluate(e, c->history, st.n_prompt, NULL, lg) == SGLLM_OK);
+            compared = differ = 0;
+            for (int i = 0; cs && i < st.n_generated - 1; i++, compared++) {
+                sgllm_token t = sgllm_sampler_sample(cs, lg), got = c->history[st.n_prompt + i];
+                sgllm_sampler_accept(cs, got);
+                differ += t != got;
+                CHECK(sgllm_evaluate(e, &got, 1, NULL, lg) == SGLLM_OK);
+            }
+            sgllm_sampler_free(cs);
+            sgllm_context_free(e);
+            sgllm_context_free(c);
+        }
+        printf("generate %-6s sampled on the device: %d tokens, %d differ from the CPU sampler's draws\n", arch,
+               compared, differ);
+        CHECKF(compared >= 34 && differ == 0, "%s: sampled generate: %d of %d tokens differ from the CPU sampler's",
+               arch, differ, compared);
+    }
+
     gp.sampler.temperature = 1.0f;
     gp.sampler.repeat_penalty = 1.3f;
     gp.sampler.presence_penalty = 0.2f;
