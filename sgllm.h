@@ -772,8 +772,8 @@ sgllm_status sgllm__cuda_argmax(sgllm__cuda *c, const float *x, int64_t rows, in
 // 0 for a bad shape.
 int32_t sgllm__cuda_attn_heads_per_block(sgllm__cuda *c, int32_t n_head, int32_t n_head_kv, int64_t n_q);
 // Device sampling (sgllm_cuda.cu, section 9): the token sgllm_sampler_sample (sgllm_impl.c,
-// section 6) would pick from logits (device, n_vocab) for the uniform u, written to out (device,
-// one int32). args (device) holds the parameters; n_pen distinct tokens pen_tokens (device) that
+// section 6) would pick from logits (device, n_vocab) for the uniform u (or out.uni's), written
+// where out says (below). args (device) holds the parameters; n_pen distinct tokens pen_tokens (device) that
 // occurred pen_counts (device) times in the penalty window are penalized (both may be NULL when
 // n_pen is 0). work (device) holds sgllm__cuda_sample_work_bytes(n_vocab) bytes. Only enqueues
 // kernels and a memset, so a CUDA graph may capture it.

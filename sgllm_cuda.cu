@@ -5231,11 +5231,12 @@ extern "C" void sgllm__cuda_graph_free(sgllm__cuda *c, void *graph) {
 // token. Same semantics: penalties, then greedy argmax when temperature <= 0; else the top-k
 // set or the tokens within SGLLM__SAMPLER_CUT (40) of the top at this temperature, weights
 // exp((logit - max) / temperature) in double rounded to float, min-p, top-p, and a draw with
-// the caller's uniform u. Nothing sorts the vocabulary: a full pass finds the max and a
-// histogram of the top 11 bits of each logit's order key, a second pass collects the few
-// candidates above a threshold, and one block finds every cut (k-th token, top-p prefix, the
-// drawn token) by radix searches over the candidates' 64-bit rank keys (logit descending,
-// then id ascending: the CPU's tie rule), weighted by counts or by mass. The one order the
+// the caller's uniform (the arguments' u, or the position's in sgllm__cuda_sample_out's uni);
+// the token goes where sgllm__cuda_sample_out says. Nothing sorts the vocabulary: a full pass
+// finds the max and a histogram of the top 11 bits of each logit's order key, a second pass
+// collects the few candidates above a threshold, and one block finds every cut (k-th token,
+// top-p prefix, the drawn token) by radix searches over the candidates' 64-bit rank keys (logit
+// descending, then id ascending: the CPU's tie rule), weighted by counts or by mass. The one order the
 // CPU takes from its data structure rather than from the ranking, the top-k heap's order
 // when top-p is off, is reproduced by replaying that heap over the vocabulary in one block.
 // Every kernel reads the parameters from device memory, so the whole sampler is one fixed
@@ -5273,12 +5274,13 @@ typedef struct sgllm__cu_smp_layout {
     sgllm__cu_smp_cand *cand;    // (2, n) candidates and the top-k set copied out of them, or the replayed heap
 } sgllm__cu_smp_layout;
 
-// Where a sampler's token goes (sgllm__cuda_sample_out): tok[0], then tok[1] = *pos + 1 when
-// pos is set, and the host's read-back slot when host is set.
-// The draw's uniform: the ring's entry for the sampled step's position, or the arguments'.
+// The draw's uniform (sgllm__cuda_sample_out): the entry of uni for the sampled step's
+// position, or the arguments'.
 static __device__ double sgllm__cu_smp_u(const sgllm__cuda_sample_args *a, const sgllm__cuda_sample_out &o) {
     return o.uni && o.pos ? o.uni[(uint32_t)*o.pos % SGLLM__CUDA_SAMPLE_UNI] : a->u;
 }
+// Where a sampler's token goes (sgllm__cuda_sample_out): tok[0], then tok[1] = *pos + 1 when
+// pos is set, and the host's read-back slot when host is set.
 static __device__ void sgllm__cu_smp_emit(const sgllm__cuda_sample_out &o, int32_t t) {
     o.tok[0] = t;
     if (o.pos) o.tok[1] = *o.pos + 1;
@@ -5817,7 +5819,8 @@ static __global__ void __launch_bounds__(SMP_THREADS)
 // when every logit is NaN. The writers' fence before their ticket and the last one's after it
 // order the partials (read through L2) before the reduction.
 static __global__ void __launch_bounds__(SMP_THREADS)
-    sgllm__cu_smp_greedy_k(const float *x, int64_t n, float *part_v, int32_t *part_i, unsigned *ticket, sgllm__cuda_sample_out out) {
+    sgllm__cu_smp_greedy_k(const float *x, int64_t n, float *part_v, int32_t *part_i, unsigned *ticket,
+                           sgllm__cuda_sample_out out) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
     __shared__ bool last;
