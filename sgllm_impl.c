@@ -4764,7 +4764,7 @@ SGLLM__MAYBE_UNUSED static int sgllm__dispatch_format(const sgllm__cuda_dispatch
     char mma[96] = "";
     if (d->decode_mma > 0)
         snprintf(mma, sizeof mma, " on the tensor cores (head dims 16k <= 256) from %d-key splits,", d->decode_mma);
-    char wt[48] = "";
+    char wt[96] = "";
     if (d->decode_block_n_wide > 0) snprintf(wt, sizeof wt, " (%d above 128 dims)", d->decode_block_n_wide);
     if (d->decode_group_split) {
         size_t n = strlen(wt);

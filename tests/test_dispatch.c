@@ -171,6 +171,9 @@ static void test_splits_and_tiles(void) {
     d.matvec_wide_warps_per_sm_q4 = 20;
     sgllm__dispatch_format(&d, &p, NULL, line, sizeof line);
     CHECK(strstr(line, "16 warps/SM (4-bit types 20)"));
+    // the sm90 row's attention and streaming choices, whole (no buffer of the line cuts them)
+    CHECK(strstr(line, "64-key tiles (16 above 128 dims), GQA groups split over blocks, merged across a block cluster"));
+    CHECK(strstr(line, "streamed where the wide kernel declines or rows have <= 1024 values;"));
     char small[16];
     n = sgllm__dispatch_format(&d, &p, NULL, small, sizeof small);
     CHECK(n > (int)sizeof small && strlen(small) == sizeof small - 1);
