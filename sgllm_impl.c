@@ -5793,6 +5793,11 @@ static sgllm_status sgllm__gpu_sample_prepare(sgllm__gpu_ctx *c, int32_t cap, sg
     return SGLLM_OK;
 }
 
+// Whether the uniform of position pos is in the window of drawn uniforms (sgllm__gpu_produce).
+static bool sgllm__gpu_uni_holds(const sgllm__gpu_ctx *c, int32_t pos) {
+    return c->smp_uni_lo <= pos && pos < c->smp_uni_hi;
+}
+
 // Whether sampling with these arguments is greedy without penalties (sgllm__cuda_sample_greedy).
 static bool sgllm__gpu_greedy(const sgllm__cuda_sample_args *a) {
     return a->temperature <= 0 && a->repeat_penalty == 1 && a->frequency_penalty == 0 && a->presence_penalty == 0;
@@ -5808,7 +5813,7 @@ static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b, bool gre
     const double *uni = (const double *)(buf + sgllm__smp_bytes(c->smp_cap) - sizeof c->smp_uni);
     sgllm__cuda_sample_out out = {(int32_t *)c->smp[1 - b], (const int32_t *)buf + 1,
                                   sgllm__cuda_readback_slot(c->cu, 1 - b), ring ? uni : NULL};
-    if (!out.host) return SGLLM_ERR_BACKEND;
+    if (!out.host) return SGLLM_ERR_BACKEND; // (a context always has its slots)
     if (greedy) return sgllm__cuda_sample_greedy(c->cu, c->logits, c->m->n_vocab, c->smp_work, out);
     const sgllm__cuda_sample_args *args = (const sgllm__cuda_sample_args *)(buf + SGLLM__SMP_ARGS);
     const int32_t *pen = (const int32_t *)(buf + SGLLM__SMP_ARGS + sizeof *args);
@@ -5836,7 +5841,7 @@ static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos
         return sgllm__fail(d, SGLLM_ERR_INVALID_ARGUMENT, "CUDA sampler: %d penalized tokens, room for %d",
                            (int)args->n_pen, (int)c->smp_cap);
     if (n_uni < 0 || n_uni > SGLLM__CUDA_SAMPLE_UNI / 2 || (n_uni && (!uni || i == 0)) ||
-        (i > 0 && args->temperature > 0 && !n_uni && !(c->smp_uni_lo <= pos && pos < c->smp_uni_hi)))
+        (i > 0 && args->temperature > 0 && !n_uni && !sgllm__gpu_uni_holds(c, pos)))
         return sgllm__fail(d, SGLLM_ERR_INVALID_ARGUMENT, "CUDA sampler: %d uniforms for position %d", n_uni, (int)pos);
     int b = (int)((i + 1) % 2);
     if (n_uni) { // positions before pos are done by the time this production's upload lands
@@ -5856,7 +5861,6 @@ static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos
     unsigned char *shadow = c->smp_host + (size_t)(1 + b) * bytes;
     sgllm_status s = SGLLM_OK;
     if (!c->smp_known[b] || c->smp_pos[b] != pos || memcmp(shadow + 8, c->smp_host + 8, bytes - 8)) {
-        c->smp_known[b] = false;
         s = sgllm__cuda_upload_async(c->cu, (unsigned char *)c->smp[b] + sizeof(int32_t), c->smp_host + sizeof(int32_t),
                                      bytes - sizeof(int32_t));
         if (!s) memcpy(shadow, c->smp_host, bytes);
@@ -6353,7 +6357,7 @@ static sgllm_status sgllm__generate_gpu_produce(sgllm_context *ctx, sgllm_sample
     sgllm__sampler_device_args(smp, &a, smp->pen_tokens, smp->pen_counts, !ahead);
     double uni[SGLLM__CUDA_SAMPLE_UNI / 2];
     int n_uni = 0;
-    if (ahead && !(g->smp_uni_lo <= pos && pos < g->smp_uni_hi))
+    if (ahead && !sgllm__gpu_uni_holds(g, pos))
         for (; n_uni < SGLLM__CUDA_SAMPLE_UNI / 2; n_uni++) uni[n_uni] = sgllm__rng_uniform(&smp->rng);
     return sgllm__gpu_produce(g, i, pos, &a, smp->pen_tokens, smp->pen_counts, uni, n_uni, &ctx->diag);
 }
