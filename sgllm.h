@@ -775,8 +775,10 @@ int32_t sgllm__cuda_attn_heads_per_block(sgllm__cuda *c, int32_t n_head, int32_t
 // section 6) would pick from logits (device, n_vocab) for the uniform u (or out.uni's), written
 // where out says (below). args (device) holds the parameters; n_pen distinct tokens pen_tokens (device) that
 // occurred pen_counts (device) times in the penalty window are penalized (both may be NULL when
-// n_pen is 0). work (device) holds sgllm__cuda_sample_work_bytes(n_vocab) bytes. Only enqueues
-// kernels and a memset, so a CUDA graph may capture it.
+// n_pen is 0; with NULL the kernels read logits as they are). work (device) holds
+// sgllm__cuda_sample_work_bytes(n_vocab) bytes. Only enqueues kernels (two; four with penalty
+// lists), so a CUDA graph may capture it; samplings of one context share its tickets and
+// histogram, in stream order.
 typedef struct sgllm__cuda_sample_args {
     double u; // uniform in [0, 1): the sampler's draw
     float temperature, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty;

@@ -52,6 +52,9 @@
 // Bytes of one slot of the read-back ring (sgllm__cuda_readback_start).
 enum { SGLLM__CU_RING_SLOT = 64 };
 
+// Buckets of the sampler's top-k histogram (section 9: 11-bit digits of the logits' order keys).
+enum { SGLLM__CU_SMP_BUCKETS = 2048 };
+
 // Activation buffer of the direct matrix-vector kernels: up to 8 tokens of MV_XQ_COLS values
 // as int8 codes plus one float2 per 32 values (wider rows take the staged kernel).
 enum { MV_XQ_COLS = 65536, MV_XQ_BYTES = 8 * MV_XQ_COLS + 8 * (MV_XQ_COLS / 32) * 8 };
@@ -81,7 +84,8 @@ struct sgllm__cuda {
     void *mv_xq;          // (MV_XQ_BYTES) int8 activations of the matrix-vector kernels (section 4)
     sgllm__cu_xq_held xq; // what mv_xq holds
     unsigned *att_cnt;    // (ATT_COUNTERS) split arrivals of decode attention (section 6), zeroed at creation
-    unsigned *smp_ticket; // (1) blocks of the greedy sampler done (section 9), zero between launches
+    unsigned *smp_ticket; // (1 + SGLLM__CU_SMP_BUCKETS) blocks of a sampler kernel done (section 9), zero between
+                          // launches; then the top-k histogram, zero between samplings; zeroed at creation
     void *stage;          // (stage_bytes) pinned host memory that small downloads (a token's logits) go through
     size_t stage_bytes;
     void *stage_up;       // (stage_up_bytes) pinned host memory of sgllm__cuda_upload_async
@@ -480,9 +484,10 @@ extern "C" sgllm_status sgllm__cuda_create(int device, const sgllm__cuda_dispatc
     if (s == SGLLM_OK)
         s = sgllm__cu_check(c, cudaMemsetAsync(c->att_cnt, 0, ATT_COUNTERS * sizeof(unsigned), c->stream),
                             "attention counters");
-    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->smp_ticket, sizeof(unsigned)), "sampler counter");
+    const size_t smp_bytes = (1 + SGLLM__CU_SMP_BUCKETS) * sizeof(unsigned);
+    if (s == SGLLM_OK) s = sgllm__cu_check(c, cudaMalloc(&c->smp_ticket, smp_bytes), "sampler counters");
     if (s == SGLLM_OK)
-        s = sgllm__cu_check(c, cudaMemsetAsync(c->smp_ticket, 0, sizeof(unsigned), c->stream), "sampler counter");
+        s = sgllm__cu_check(c, cudaMemsetAsync(c->smp_ticket, 0, smp_bytes, c->stream), "sampler counters");
     if (s == SGLLM_OK && (cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS ||
                           cublasSetWorkspace(c->blas, c->blas_ws, c->blas_ws_bytes) != CUBLAS_STATUS_SUCCESS))
         s = sgllm__cu_fail(c, SGLLM_ERR_BACKEND, "cuBLAS stream/workspace setup failed");
@@ -5239,12 +5244,15 @@ extern "C" void sgllm__cuda_graph_free(sgllm__cuda *c, void *graph) {
 // descending, then id ascending: the CPU's tie rule), weighted by counts or by mass. The one order the
 // CPU takes from its data structure rather than from the ranking, the top-k heap's order
 // when top-p is off, is reproduced by replaying that heap over the vocabulary in one block.
-// Every kernel reads the parameters from device memory, so the whole sampler is one fixed
+// Two launches (four with penalties: a copy of the logits and the penalties first): the full
+// pass, whose last block to finish plans the cut, and the collection, whose last block makes
+// the draw; the tickets and the histogram are the context's (smp_ticket), back at zero after
+// each. Every kernel reads the parameters from device memory, so the whole sampler is one fixed
 // sequence of launches that a CUDA graph can capture. A caller that knows the sampling is
 // greedy without penalties takes sgllm__cuda_sample_greedy instead: the same answer in one
 // launch (blocks' bests, then the last block to finish reduces them).
 
-#define SMP_BUCKETS 2048 // 11-bit digits
+#define SMP_BUCKETS SGLLM__CU_SMP_BUCKETS // 11-bit digits
 #define SMP_STATS_BLOCKS 128
 #define SMP_THREADS 1024
 
@@ -5269,7 +5277,6 @@ typedef struct sgllm__cu_smp_layout {
     float *work;                 // (n) penalized logits
     float *part_v;               // (SMP_STATS_BLOCKS) per-block max
     int32_t *part_i;             // (SMP_STATS_BLOCKS) per-block argmax
-    uint32_t *hist;              // (SMP_BUCKETS) counts of the top 11 key bits
     sgllm__cu_smp_state *state;
     sgllm__cu_smp_cand *cand;    // (2, n) candidates and the top-k set copied out of them, or the replayed heap
 } sgllm__cu_smp_layout;
@@ -5298,7 +5305,6 @@ static size_t sgllm__cu_smp_layout_of(void *base, int64_t n, sgllm__cu_smp_layou
     l->work = (float *)take((size_t)n * 4);
     l->part_v = (float *)take(SMP_STATS_BLOCKS * 4);
     l->part_i = (int32_t *)take(SMP_STATS_BLOCKS * 4);
-    l->hist = (uint32_t *)take(SMP_BUCKETS * 4);
     l->state = (sgllm__cu_smp_state *)take(sizeof(sgllm__cu_smp_state));
     l->cand = (sgllm__cu_smp_cand *)take(2 * (size_t)n * sizeof(sgllm__cu_smp_cand));
     return off;
@@ -5320,13 +5326,11 @@ static __device__ inline uint64_t sgllm__cu_rkey(float logit, int32_t id) {
     return ((uint64_t)(~sgllm__cu_fkey(logit)) << 32) | (uint32_t)id;
 }
 
-// Copies the logits to the work row and zeroes the histogram. Like every sampler kernel it
+// Copies the logits to the work row that the penalties change. Like every sampler kernel it
 // waits for its predecessors first (programmatic dependent launch) and lets the next start.
-static __global__ void sgllm__cu_smp_copy_k(const float *x, float *work, int64_t n, uint32_t *hist) {
+static __global__ void sgllm__cu_smp_copy_k(const float *x, float *work, int64_t n) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
-    if (blockIdx.x == 0)
-        for (int b = threadIdx.x; b < SMP_BUCKETS; b += blockDim.x) hist[b] = 0;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         work[i] = x[i];
 }
@@ -5376,14 +5380,22 @@ static __device__ inline void sgllm__cu_block_better(float &bv, int32_t &bi, int
     }
 }
 
-// Per block: max and its lowest index over a slice (NaN never wins), and the histogram of the
-// top 11 order-key bits of every number.
+static __device__ void sgllm__cu_smp_plan(const sgllm__cuda_sample_args *a, int64_t n, const float *part_v,
+                                          const int32_t *part_i, unsigned n_parts, const uint32_t *hist,
+                                          sgllm__cu_smp_state *st, sgllm__cuda_sample_out out);
+
+// Per block: max and its lowest index over a slice (NaN never wins), and the histogram
+// (ticket + 1, the context's) of the top 11 order-key bits of every number; then the last
+// block to finish plans the cut (sgllm__cu_smp_plan), zeroes the histogram and the ticket.
+// Every thread's fence before the ticket and the last block's after it order the partials and
+// the histogram's sums (read through L2) before the plan.
 static __global__ void __launch_bounds__(SMP_THREADS)
     sgllm__cu_smp_stats_k(const sgllm__cuda_sample_args *a, const float *work, int64_t n, float *part_v, int32_t *part_i,
-                          uint32_t *hist) {
-    // only the top-k path with top-p reads the histogram (sgllm__cu_smp_plan_k)
+                          unsigned *ticket, sgllm__cu_smp_state *st, sgllm__cuda_sample_out out) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
+    uint32_t *hist = ticket + 1;
+    // only the top-k path with top-p reads the histogram (sgllm__cu_smp_plan)
     const bool need_hist = a->temperature > 0 && a->top_k > 0 && a->top_k < n && a->top_p < 1;
     __shared__ uint32_t h[SMP_BUCKETS];
     for (int b = threadIdx.x; b < SMP_BUCKETS; b += blockDim.x) h[b] = 0;
@@ -5407,8 +5419,21 @@ static __global__ void __launch_bounds__(SMP_THREADS)
         part_v[blockIdx.x] = bv;
         part_i[blockIdx.x] = bi;
     }
-    for (int b = threadIdx.x; b < SMP_BUCKETS; b += blockDim.x)
-        if (h[b]) atomicAdd(&hist[b], h[b]);
+    if (need_hist)
+        for (int b = threadIdx.x; b < SMP_BUCKETS; b += blockDim.x)
+            if (h[b]) atomicAdd(&hist[b], h[b]);
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (threadIdx.x < 32) sgllm__cu_smp_plan(a, n, part_v, part_i, gridDim.x, hist, st, out);
+    __syncthreads(); // the plan has read the histogram
+    if (need_hist)
+        for (int b = threadIdx.x; b < SMP_BUCKETS; b += blockDim.x) hist[b] = 0;
+    if (threadIdx.x == 0) *ticket = 0;
 }
 
 // The top-k threshold bucket: the largest b >= 1 whose suffix count (buckets b .. 2047) reaches
@@ -5421,7 +5446,7 @@ static __device__ int sgllm__cu_smp_topk_bucket(const uint32_t *hist, uint32_t k
     const int lane = threadIdx.x % 32;
     uint32_t mine = 0;
 #pragma unroll 16
-    for (int j = 0; j < 64; j++) mine += hist[64 * lane + j];
+    for (int j = 0; j < 64; j++) mine += __ldcg(hist + 64 * lane + j);
     uint32_t suf = mine; // buckets 64 lane .. 2047
     for (int o = 1; o < 32; o <<= 1) {
         uint32_t t = __shfl_down_sync(0xffffffffu, suf, o);
@@ -5432,7 +5457,7 @@ static __device__ int sgllm__cu_smp_topk_bucket(const uint32_t *hist, uint32_t k
     int L = 31 - __clz((int)m);
     uint32_t base = __shfl_sync(0xffffffffu, suf - mine, L); // buckets above lane L's
     for (int h = 1; h >= 0; h--) {
-        uint32_t v = hist[64 * L + 32 * h + lane], s = v;
+        uint32_t v = __ldcg(hist + 64 * L + 32 * h + lane), s = v;
         for (int o = 1; o < 32; o <<= 1) {
             uint32_t t = __shfl_down_sync(0xffffffffu, s, o);
             if (lane + o < 32) s += t;
@@ -5447,17 +5472,15 @@ static __device__ int sgllm__cu_smp_topk_bucket(const uint32_t *hist, uint32_t k
     return 0; // not reached: lane L's buckets reach k
 }
 
-// One warp: the global max (its lanes reduce the blocks' partials: one L2 round trip, not one
-// per block) and the top-k threshold, then one thread: the greedy and degenerate answers and
-// the candidate state.
-static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, int64_t n, const float *part_v,
-                                            const int32_t *part_i, const uint32_t *hist, sgllm__cu_smp_state *st,
-                                            sgllm__cuda_sample_out out) {
-    sgllm__cu_pdl_wait();
-    sgllm__cu_pdl_trigger();
+// One warp (the stats kernel's last block): the global max (its lanes reduce the blocks'
+// partials: one L2 round trip, not one per block) and the top-k threshold, then one thread: the
+// greedy and degenerate answers and the candidate state.
+static __device__ void sgllm__cu_smp_plan(const sgllm__cuda_sample_args *a, int64_t n, const float *part_v,
+                                          const int32_t *part_i, unsigned n_parts, const uint32_t *hist,
+                                          sgllm__cu_smp_state *st, sgllm__cuda_sample_out out) {
     float bv = -INFINITY;
     int32_t bi = (int32_t)n;
-    for (int b = threadIdx.x; b < SMP_STATS_BLOCKS; b += 32) sgllm__cu_better(bv, bi, part_v[b], part_i[b]);
+    for (unsigned b = threadIdx.x; b < n_parts; b += 32) sgllm__cu_better(bv, bi, __ldcg(part_v + b), __ldcg(part_i + b));
     sgllm__cu_warp_better(bv, bi);
     const bool topk = a->top_k > 0 && a->top_k < n;
     // the histogram is there only for top-k with top-p (sgllm__cu_smp_stats_k)
@@ -5491,11 +5514,21 @@ static __global__ void sgllm__cu_smp_plan_k(const sgllm__cuda_sample_args *a, in
     st->mode = SMP_CUT;
 }
 
-static __global__ void sgllm__cu_smp_collect_k(const float *work, int64_t n, sgllm__cu_smp_state *st,
-                                               sgllm__cu_smp_cand *cand) {
+static __device__ void sgllm__cu_heap_final(const sgllm__cuda_sample_args *a, const float *work, int64_t n,
+                                            sgllm__cu_smp_state *st, sgllm__cu_smp_cand *h, sgllm__cuda_sample_out out);
+static __device__ void sgllm__cu_smp_final(const sgllm__cuda_sample_args *a, int64_t n, sgllm__cu_smp_state *st,
+                                           sgllm__cu_smp_cand *cand, sgllm__cuda_sample_out out);
+
+// The plan's candidates into cand (any order: the final searches rank them), then the last
+// block to finish the draw (sgllm__cu_smp_final; the ticket back at zero first); the replayed
+// top-k heap in block 0 alone. Fences around the ticket as in the stats kernel.
+static __global__ void __launch_bounds__(SMP_THREADS, 1)
+    sgllm__cu_smp_collect_k(const sgllm__cuda_sample_args *a, const float *work, int64_t n, sgllm__cu_smp_state *st,
+                            sgllm__cu_smp_cand *cand, unsigned *ticket, sgllm__cuda_sample_out out) {
     sgllm__cu_pdl_wait();
     sgllm__cu_pdl_trigger();
     const int mode = st->mode;
+    if (mode == SMP_HEAP && blockIdx.x == 0) sgllm__cu_heap_final(a, work, n, st, cand, out);
     if (mode != SMP_TOPK && mode != SMP_CUT) return;
     const uint32_t lb = st->key_lb;
     const float cut = st->cut;
@@ -5511,6 +5544,17 @@ static __global__ void sgllm__cu_smp_collect_k(const float *work, int64_t n, sgl
         slot = __shfl_sync(0xffffffffu, slot, leader) + __popc(mask & ((1u << lane) - 1));
         if (take) cand[slot] = sgllm__cu_smp_cand{(int32_t)i, v, 0.0f};
     }
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+        if (last) *ticket = 0; // every block has counted
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    sgllm__cu_smp_final(a, n, st, cand, out);
 }
 
 // Block-wide double sum (every thread gets it); deterministic order.
@@ -5766,19 +5810,12 @@ static __device__ void sgllm__cu_heap_final(const sgllm__cuda_sample_args *a, co
     sgllm__cu_smp_emit(out, h[kept - 1].id);
 }
 
-static __global__ void __launch_bounds__(SMP_THREADS)
-    sgllm__cu_smp_final_k(const sgllm__cuda_sample_args *a, const float *work, int64_t n, sgllm__cu_smp_state *st,
-                          sgllm__cu_smp_cand *cand, sgllm__cuda_sample_out out) {
-    sgllm__cu_pdl_wait();
-    sgllm__cu_pdl_trigger();
+// The draw among the collected candidates (one block of SMP_THREADS; modes SMP_TOPK, SMP_CUT).
+static __device__ void sgllm__cu_smp_final(const sgllm__cuda_sample_args *a, int64_t n, sgllm__cu_smp_state *st,
+                                           sgllm__cu_smp_cand *cand, sgllm__cuda_sample_out out) {
     const int mode = st->mode;
-    if (mode == SMP_HEAP) {
-        sgllm__cu_heap_final(a, work, n, st, cand, out);
-        return;
-    }
-    if (mode != SMP_TOPK && mode != SMP_CUT) return;
     __shared__ sgllm__cu_smp_shared sh;
-    uint32_t m = st->count;
+    uint32_t m = __ldcg(&st->count);
     const float max = st->max, temp = a->temperature;
     for (uint32_t i = threadIdx.x; i < m; i += blockDim.x) cand[i].p = sgllm__cu_smp_weight(cand[i].logit, max, temp);
     __syncthreads();
@@ -5878,20 +5915,18 @@ extern "C" sgllm_status sgllm__cuda_sample(sgllm__cuda *c, const float *logits, 
     int64_t blocks = (n_vocab + 1023) / 1024;
     unsigned grid = (unsigned)(blocks < 4 * c->disp.sm_count ? blocks : 4 * c->disp.sm_count);
     if (grid < 1) grid = 1;
-    if ((s = sgllm__cu_launch(c, "sample: copy", sgllm__cu_smp_copy_k, dim3(grid), dim3(256), 0, logits, l.work, n_vocab,
-                              l.hist)))
+    const bool pen = pen_tokens && pen_counts; // else the passes read the logits themselves
+    if (pen && ((s = sgllm__cu_launch(c, "sample: copy", sgllm__cu_smp_copy_k, dim3(grid), dim3(256), 0, logits, l.work,
+                                      n_vocab)) ||
+                (s = sgllm__cu_launch(c, "sample: penalties", sgllm__cu_smp_pen_k, dim3(1), dim3(256), 0, args, logits,
+                                      pen_tokens, pen_counts, l.work, n_vocab))))
         return s;
-    if (pen_tokens && pen_counts &&
-        (s = sgllm__cu_launch(c, "sample: penalties", sgllm__cu_smp_pen_k, dim3(1), dim3(256), 0, args, logits, pen_tokens,
-                              pen_counts, l.work, n_vocab)))
+    const float *w = pen ? (const float *)l.work : logits;
+    unsigned grid_c = (unsigned)((n_vocab + SMP_THREADS - 1) / SMP_THREADS); // a value a thread, a block an SM at most
+    if (grid_c > (unsigned)c->disp.sm_count) grid_c = (unsigned)c->disp.sm_count;
+    if ((s = sgllm__cu_launch(c, "sample: stats and plan", sgllm__cu_smp_stats_k, dim3(SMP_STATS_BLOCKS), dim3(SMP_THREADS),
+                              0, args, w, n_vocab, l.part_v, l.part_i, c->smp_ticket, l.state, out)))
         return s;
-    if ((s = sgllm__cu_launch(c, "sample: stats", sgllm__cu_smp_stats_k, dim3(SMP_STATS_BLOCKS), dim3(SMP_THREADS), 0, args,
-                              (const float *)l.work, n_vocab, l.part_v, l.part_i, l.hist)) ||
-        (s = sgllm__cu_launch(c, "sample: plan", sgllm__cu_smp_plan_k, dim3(1), dim3(32), 0, args, n_vocab,
-                              (const float *)l.part_v, (const int32_t *)l.part_i, (const uint32_t *)l.hist, l.state, out)) ||
-        (s = sgllm__cu_launch(c, "sample: collect", sgllm__cu_smp_collect_k, dim3(grid), dim3(256), 0, (const float *)l.work,
-                              n_vocab, l.state, l.cand)))
-        return s;
-    return sgllm__cu_launch(c, "sample: final", sgllm__cu_smp_final_k, dim3(1), dim3(SMP_THREADS), 0, args,
-                            (const float *)l.work, n_vocab, l.state, l.cand, out);
+    return sgllm__cu_launch(c, "sample: collect and draw", sgllm__cu_smp_collect_k, dim3(grid_c > 0 ? grid_c : 1),
+                            dim3(SMP_THREADS), 0, args, w, n_vocab, l.state, l.cand, c->smp_ticket, out);
 }

@@ -1997,7 +1997,9 @@ static void test_errors(void) {
 // Device sampler against the CPU sampler (section 6) given the same uniform u, on fresh
 // random logits of both vocabulary sizes: peaked (a few spikes over noise), gaussian, flat
 // (every token within 0.1) and tied (8 distinct values), over random parameters and penalty
-// windows. The device must pick the CPU's token, except where the CPU's own answer moves
+// windows (without one half the time when no penalty applies), each sampled twice in a row
+// (both must agree: the context's tickets and histogram are back at zero after a sampling).
+// The device must pick the CPU's token, except where the CPU's own answer moves
 // under u +- 1e-5 (the device sums the same weights in another order) or the two tokens'
 // penalized logits tie; such cases must stay under 1% of the draws and nothing else may differ.
 static sgllm_token draw_at(const sgllm__cand *c, int64_t n, double u) {
@@ -2099,7 +2101,7 @@ static void test_sample(void) {
     float *d_x = (float *)dev((size_t)NMAX * sizeof(float));
     void *work = dev(sgllm__cuda_sample_work_bytes(NMAX));
     sgllm__cuda_sample_args *d_args = (sgllm__cuda_sample_args *)dev(sizeof *d_args);
-    int32_t *d_pen = (int32_t *)dev(2 * 64 * sizeof(int32_t)), *d_out = (int32_t *)dev(sizeof(int32_t));
+    int32_t *d_pen = (int32_t *)dev(2 * 64 * sizeof(int32_t)), *d_out = (int32_t *)dev(2 * sizeof(int32_t));
     static const float temps[] = {0, 0.3f, 0.8f, 1.5f}, top_ps[] = {1, 0.95f, 0.6f}, min_ps[] = {0, 0.05f, 0.3f};
     static const int32_t top_ks[] = {0, 1, 40, 500, -1};
     int draws = 0, differ = 0, unexplained = 0;
@@ -2139,11 +2141,20 @@ static void test_sample(void) {
                 CHECK(sgllm__cuda_upload(gpu, d_x, x, (size_t)n * sizeof(float)) == SGLLM_OK);
                 CHECK(sgllm__cuda_upload(gpu, d_args, &a, sizeof a) == SGLLM_OK);
                 CHECK(sgllm__cuda_upload(gpu, d_pen, pen_list, sizeof pen_list) == SGLLM_OK);
-                poison(d_out, sizeof(int32_t));
-                sgllm_status st = sgllm__cuda_sample(gpu, d_x, n, d_args, d_pen, d_pen + 64, work, smp_out(d_out));
-                CHECKF(st == SGLLM_OK, "sample: %s", sgllm__cuda_errmsg(gpu));
-                int32_t got = -1;
-                fetch(&got, d_out, sizeof got);
+                poison(d_out, 2 * sizeof(int32_t));
+                // without penalties half the time with no penalty list at all (the passes then
+                // read the logits themselves); twice in a row, the second run on the tickets and
+                // histogram the first left
+                bool lists = pen || test_u64() % 2;
+                for (int r = 0; r < 2; r++) {
+                    sgllm_status st = sgllm__cuda_sample(gpu, d_x, n, d_args, lists ? d_pen : NULL, lists ? d_pen + 64 : NULL,
+                                                         work, smp_out(d_out + r));
+                    CHECKF(st == SGLLM_OK, "sample: %s", sgllm__cuda_errmsg(gpu));
+                }
+                int32_t got = -1, twice[2] = {-1, -1};
+                fetch(twice, d_out, sizeof twice);
+                got = twice[0];
+                CHECKF(twice[1] == twice[0], "sample twice in a row (penalty lists %d): %d then %d", lists, twice[0], twice[1]);
                 sgllm_token want = sgllm_sampler_sample(smp, x);
                 draws++;
                 if (got != want) {
