@@ -385,6 +385,14 @@ static void test_config_files(void) {
     d = base;
     CHECKF(sgllm__dispatch_load_config(&d, "configs", p.name, path, sizeof path, &applied, &dg) == SGLLM_OK, "%s", dg.msg);
     CHECK(applied && !strcmp(path, "configs/NVIDIA_H100_80GB_HBM3.json"));
+    // and the H200's, which changes the sm90 row (measured: docs/PERF.md)
+    sgllm__cuda_props p200 = fake("NVIDIA H200", 9, 0, 132, 227);
+    sgllm__cuda_dispatch base200;
+    CHECK(sgllm__dispatch_select(&p200, &base200, NULL) == SGLLM_OK);
+    d = base200;
+    CHECKF(sgllm__dispatch_load_config(&d, "configs", p200.name, path, sizeof path, &applied, &dg) == SGLLM_OK, "%s", dg.msg);
+    CHECK(applied && !strcmp(path, "configs/NVIDIA_H200.json") && !strcmp(d.row, "sm90"));
+    CHECK(d.decode_min_keys == 16 && base200.decode_min_keys != 16 && d.matvec_wide_warps_per_sm_q4 == 20);
 
     char dir[] = "/tmp/sgllm_dispatch_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
