@@ -5810,6 +5810,102 @@ static __device__ void sgllm__cu_heap_final(const sgllm__cuda_sample_args *a, co
     sgllm__cu_smp_emit(out, h[kept - 1].id);
 }
 
+// Up to 64 kept tokens (all members by rank; weights filled), in one warp: the same cuts as the
+// searches below, on the tokens sorted in registers (two a lane: token i in lane i % 32, slot
+// i / 32) by rank key (top-p) or by id (no top-p), with warp scans for the cumulative weights.
+// Sums run in another order than the searches' (the CPU's is a third): the draws agree except
+// where u sits within rounding of a boundary, as test_sample allows.
+static __device__ void sgllm__cu_smp_final_warp(const sgllm__cuda_sample_args *a, const sgllm__cu_smp_cand *cand,
+                                                uint32_t m, sgllm__cuda_sample_out out) {
+    const int lane = threadIdx.x % 32;
+    const bool by_id = !(a->top_p < 1);
+    uint64_t key[2];
+    float p[2];
+    int32_t id[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        uint32_t i = (uint32_t)lane + 32u * j;
+        if (i < m) {
+            sgllm__cu_smp_cand c = cand[i];
+            key[j] = by_id ? (uint64_t)(uint32_t)c.id : sgllm__cu_rkey(c.logit, c.id);
+            p[j] = c.p, id[j] = c.id;
+        } else {
+            key[j] = ~0ull, p[j] = 0.0f, id[j] = -1; // after every token, never a member
+        }
+    }
+    // bitonic sort of the 64 (key, p, id), ascending
+    for (int k = 2; k <= 64; k <<= 1)
+        for (int s = k >> 1; s > 0; s >>= 1) {
+            if (s == 32) { // partner: the lane's other slot (k is 64: ascending)
+                if (key[0] > key[1]) {
+                    uint64_t tk = key[0];
+                    float tp = p[0];
+                    int32_t ti = id[0];
+                    key[0] = key[1], p[0] = p[1], id[0] = id[1];
+                    key[1] = tk, p[1] = tp, id[1] = ti;
+                }
+                continue;
+            }
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const int i = lane + 32 * j;
+                uint64_t ok = __shfl_xor_sync(0xffffffffu, key[j], s);
+                float op = __shfl_xor_sync(0xffffffffu, p[j], s);
+                int32_t oi = __shfl_xor_sync(0xffffffffu, id[j], s);
+                const bool lower = (lane & s) == 0, up = (i & k) == 0;
+                if (lower == up ? ok < key[j] : ok > key[j]) key[j] = ok, p[j] = op, id[j] = oi;
+            }
+        }
+    // inclusive cumulative weight in order over the tokens that satisfy `in`, and the first
+    // such token (index) whose cumulative weight reaches the target (> when strict), else the
+    // last one, else -1
+    double cum[2];
+    auto scan = [&](const bool in[2]) {
+        double base = 0;
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            double v = in[j] ? (double)p[j] : 0.0;
+            for (int o = 1; o < 32; o <<= 1) {
+                double t = __shfl_up_sync(0xffffffffu, v, o);
+                if (lane >= o) v += t;
+            }
+            cum[j] = base + v;
+            base += __shfl_sync(0xffffffffu, v, 31);
+        }
+        return base;
+    };
+    auto first = [&](const bool in[2], double target, bool strict) {
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            unsigned hit = __ballot_sync(0xffffffffu, in[j] && (strict ? cum[j] > target : cum[j] >= target));
+            if (hit) return 32 * j + __ffs((int)hit) - 1;
+        }
+        for (int j = 1; j >= 0; j--) {
+            unsigned any = __ballot_sync(0xffffffffu, in[j]);
+            if (any) return 32 * j + 31 - __clz((int)any);
+        }
+        return -1;
+    };
+    auto id_at = [&](int i) { return i < 0 ? 0 : __shfl_sync(0xffffffffu, id[i / 32], i % 32); };
+    bool all[2] = {id[0] >= 0, id[1] >= 0};
+    const double total = scan(all); // top-p's fraction is of this mass
+    const float p_min = a->min_p > 0 ? (a->min_p < 1 ? a->min_p : 1) : -INFINITY;
+    bool in[2] = {all[0] && p[0] >= p_min, all[1] && p[1] >= p_min};
+    int32_t t;
+    if (!by_id) {
+        (void)scan(in);
+        const int last = first(in, (double)a->top_p * total, false); // the prefix holding top_p of the mass
+        const double tf = __shfl_sync(0xffffffffu, cum[last < 0 ? 0 : last / 32], last < 0 ? 0 : last % 32);
+#pragma unroll
+        for (int j = 0; j < 2; j++) in[j] = in[j] && lane + 32 * j <= last;
+        t = id_at(first(in, tf - sgllm__cu_smp_u(a, out) * tf, false));
+    } else {
+        const double tk = scan(in);
+        t = id_at(first(in, sgllm__cu_smp_u(a, out) * tk, true));
+    }
+    if (lane == 0) sgllm__cu_smp_emit(out, t);
+}
+
 // The draw among the collected candidates (one block of SMP_THREADS; modes SMP_TOPK, SMP_CUT).
 static __device__ void sgllm__cu_smp_final(const sgllm__cuda_sample_args *a, int64_t n, sgllm__cu_smp_state *st,
                                            sgllm__cu_smp_cand *cand, sgllm__cuda_sample_out out) {
@@ -5831,6 +5927,10 @@ static __device__ void sgllm__cu_smp_final(const sgllm__cuda_sample_args *a, int
         __syncthreads();
         cand = kset;
         m = nk;
+    }
+    if (m <= 64) { // every kept token is a member by rank: one warp finishes (the default sampler's 40)
+        if (threadIdx.x < 32) sgllm__cu_smp_final_warp(a, cand, m, out);
+        return;
     }
     const double total = sgllm__cu_smp_total(cand, m, mem, sh.red); // top-p's fraction is of this mass
     if (a->min_p > 0) mem.p_min = a->min_p < 1 ? a->min_p : 1;
