@@ -527,15 +527,14 @@ sgllm_status sgllm__cuda_download(sgllm__cuda *c, void *dst, const void *src, si
 // caller may reuse it immediately; the device copy runs in stream order (only ops of the same
 // context may rely on it). Sizes over 16 MB, or no pinned memory, take sgllm__cuda_upload.
 sgllm_status sgllm__cuda_upload_async(sgllm__cuda *c, void *dst, const void *src, size_t bytes);
-// A read-back that does not wait for the stream: _start enqueues a copy of up to 64 bytes into
-// slot 0 or 1 of the context's pinned ring; _wait waits for that copy only (work enqueued
-// after it may still run) and copies the bytes out. A slot holds one read-back at a time.
-sgllm_status sgllm__cuda_readback_start(sgllm__cuda *c, int slot, const void *src, size_t bytes);
-sgllm_status sgllm__cuda_readback_wait(sgllm__cuda *c, int slot, void *dst, size_t bytes);
-// A slot's device address, for a kernel that writes its result there itself (the samplers'
-// host argument); _mark enqueues the point after which _wait finds that result (no copy).
+// A read-back that does not wait for the stream: slot 0 or 1 of the context's ring of pinned,
+// mapped host memory (64 bytes each) has a device address, where a kernel writes its result
+// itself (the samplers' host argument); _mark enqueues the point after which _wait finds that
+// result; _wait waits for that point only (work enqueued after it may still run) and copies up to
+// 64 bytes out. A slot holds one read-back at a time.
 int32_t *sgllm__cuda_readback_slot(sgllm__cuda *c, int slot);
 sgllm_status sgllm__cuda_readback_mark(sgllm__cuda *c, int slot);
+sgllm_status sgllm__cuda_readback_wait(sgllm__cuda *c, int slot, void *dst, size_t bytes);
 sgllm_status sgllm__cuda_memset(sgllm__cuda *c, void *dst, int byte, size_t bytes);          // enqueued
 sgllm_status sgllm__cuda_sync(sgllm__cuda *c);
 // Makes the context's scratch buffer at least bytes large (synchronous; outside any graph).

@@ -49,7 +49,7 @@
 // cuBLAS never allocates behind our back, which graph capture forbids), a scratch buffer
 // shared by ops that run one after another on the stream, and the dispatch decisions.
 
-// Bytes of one slot of the read-back ring (sgllm__cuda_readback_start).
+// Bytes of one slot of the read-back ring (sgllm__cuda_readback_slot).
 enum { SGLLM__CU_RING_SLOT = 64 };
 
 // Buckets of the sampler's top-k histogram (section 9: 11-bit digits of the logits' order keys).
@@ -93,7 +93,7 @@ struct sgllm__cuda {
     cudaEvent_t stage_up_done; // recorded after the copy out of stage_up: its next write waits for it
     void *ring;           // (2, SGLLM__CU_RING_SLOT) pinned and mapped: small results read back while the stream runs on
     void *ring_dev;       // the ring's device address (sgllm__cuda_readback_slot)
-    cudaEvent_t ring_ev[2]; // recorded after each slot's copy
+    cudaEvent_t ring_ev[2]; // recorded after each slot's write (sgllm__cuda_readback_mark)
     sgllm__cuda_dispatch disp;
     bool qkv_mma;         // the next q/k/v product comes before a tensor-core attention (sgllm__cuda_qkv_before_mma)
     int smem_optin, smem_sm; // shared memory a block may opt into, and per SM (bytes)
@@ -579,14 +579,6 @@ extern "C" sgllm_status sgllm__cuda_download(sgllm__cuda *c, void *dst, const vo
     }
     sgllm_status s = sgllm__cu_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream), "download");
     return s ? s : sgllm__cu_check(c, cudaStreamSynchronize(c->stream), "download");
-}
-
-extern "C" sgllm_status sgllm__cuda_readback_start(sgllm__cuda *c, int slot, const void *src, size_t bytes) {
-    if (!c || slot < 0 || slot > 1 || !src || !bytes || bytes > SGLLM__CU_RING_SLOT) return SGLLM_ERR_INVALID_ARGUMENT;
-    cudaSetDevice(c->device);
-    sgllm_status s = sgllm__cu_check(c, cudaMemcpyAsync((char *)c->ring + slot * SGLLM__CU_RING_SLOT, src, bytes,
-                                                        cudaMemcpyDeviceToHost, c->stream), "read back");
-    return s ? s : sgllm__cu_check(c, cudaEventRecord(c->ring_ev[slot], c->stream), "read back");
 }
 
 extern "C" int32_t *sgllm__cuda_readback_slot(sgllm__cuda *c, int slot) {

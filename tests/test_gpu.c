@@ -1917,8 +1917,9 @@ static void test_attn_post(void) {
 // right after each call (the staging copy must have been taken), many in a row without a
 // synchronization (each waits for the staging buffer's previous copy), one over the 16 MB
 // staging limit (the synchronous path); downloads of growing sizes (the staging buffer grows,
-// the last one over the limit); read-backs into both ring slots with more work enqueued behind
-// them, waited for in either order, and bad slots or sizes refused. Every byte must arrive.
+// the last one over the limit); read-backs through both ring slots (written on the stream at
+// their device addresses, then marked) with more work enqueued behind them, waited for in either
+// order, and bad slots or sizes refused. Every byte must arrive.
 static void test_transfers(void) {
     const size_t big = (size_t)17 << 20;
     uint8_t *h = (uint8_t *)malloc(big), *back = (uint8_t *)malloc(big), *want = (uint8_t *)malloc(big);
@@ -1943,21 +1944,27 @@ static void test_transfers(void) {
         CHECKF(!memcmp(back, want, down[i]), "download of %zu bytes differs", down[i]);
     }
     for (int round = 0; round < 20; round++) {
-        int32_t vals[2][16], got[2][16];
+        uint8_t vals[2], got[2][64];
         for (int sl = 0; sl < 2; sl++) {
-            for (int j = 0; j < 16; j++) vals[sl][j] = (int32_t)test_u64();
-            CHECK(sgllm__cuda_upload_async(gpu, d + 64 * sl, vals[sl], sizeof vals[sl]) == SGLLM_OK);
-            CHECK(sgllm__cuda_readback_start(gpu, sl, d + 64 * sl, sizeof vals[sl]) == SGLLM_OK);
+            vals[sl] = (uint8_t)test_u64();
+            int32_t *slot = sgllm__cuda_readback_slot(gpu, sl);
+            CHECK(slot && sgllm__cuda_memset(gpu, slot, vals[sl], 64) == SGLLM_OK);
+            CHECK(sgllm__cuda_readback_mark(gpu, sl) == SGLLM_OK);
         }
         CHECK(sgllm__cuda_upload_async(gpu, d, want, 4096) == SGLLM_OK); // behind the read-backs
         for (int k = 0; k < 2; k++) {
             int sl = (round + k) % 2;
             CHECK(sgllm__cuda_readback_wait(gpu, sl, got[sl], sizeof got[sl]) == SGLLM_OK);
-            CHECKF(!memcmp(got[sl], vals[sl], sizeof vals[sl]), "read-back slot %d, round %d differs", sl, round);
+            bool same = true;
+            for (int j = 0; j < 64; j++) same = same && got[sl][j] == vals[sl];
+            CHECKF(same, "read-back slot %d, round %d differs", sl, round);
         }
     }
-    CHECK(sgllm__cuda_readback_start(gpu, 2, d, 4) == SGLLM_ERR_INVALID_ARGUMENT);
-    CHECK(sgllm__cuda_readback_start(gpu, 0, d, 65) == SGLLM_ERR_INVALID_ARGUMENT);
+    CHECK(!sgllm__cuda_readback_slot(gpu, 2) && !sgllm__cuda_readback_slot(gpu, -1));
+    CHECK(sgllm__cuda_readback_mark(gpu, 2) == SGLLM_ERR_INVALID_ARGUMENT);
+    uint8_t sink[65];
+    CHECK(sgllm__cuda_readback_wait(gpu, 0, sink, 65) == SGLLM_ERR_INVALID_ARGUMENT);
+    CHECK(sgllm__cuda_readback_wait(gpu, 2, sink, 4) == SGLLM_ERR_INVALID_ARGUMENT);
     CHECK(sgllm__cuda_sync(gpu) == SGLLM_OK);
     sgllm__cuda_dfree(gpu, d);
     free(h), free(back), free(want);
