@@ -5432,8 +5432,8 @@ typedef struct sgllm__gpu_ctx {
     int32_t smp_pos[2];
     double smp_uni[SGLLM__CUDA_SAMPLE_UNI]; // the draws' uniforms by position that the buffers' ends get
     int32_t smp_uni_lo, smp_uni_hi; // positions [lo, hi) whose uniforms smp_uni holds for this generate
-    void *smp_graph[SGLLM__GPU_TIERS][2][2]; // [tier][greedy][b]: the single-token step reading smp[b] and the
-                                   // sampler (greedy: sgllm__cuda_sample_greedy), or NULL
+    void *smp_graph[SGLLM__GPU_TIERS][3][2]; // [tier][sampler mode][b]: the single-token step reading smp[b]
+                                   // and the sampler (sgllm__gpu_smp_mode), or NULL
     void *smp_graph_last;          // the one the latest production replayed
     bool smp_graph_failed;
 } sgllm__gpu_ctx;
@@ -5442,7 +5442,7 @@ static void sgllm__gpu_ctx_free(sgllm__gpu_ctx *c) {
     if (!c) return;
     for (int t = 0; t < SGLLM__GPU_TIERS; t++) {
         sgllm__cuda_graph_free(c->cu, c->graph[t]);
-        for (int g = 0; g < 2; g++)
+        for (int g = 0; g < 3; g++)
             for (int b = 0; b < 2; b++) sgllm__cuda_graph_free(c->cu, c->smp_graph[t][g][b]);
     }
     sgllm__free(c->smp_host);
@@ -5753,8 +5753,9 @@ static sgllm_status sgllm__gpu_forward(sgllm__gpu_ctx *c, const int32_t *tokens,
 // uploads nothing but the first two productions and, when sampled, the two after each block of
 // uniforms (one every SGLLM__CUDA_SAMPLE_UNI / 2 tokens).
 // The step graphs (one per input buffer, whose token and position the step reads in place, and
-// per sampler: the full one, or the one-launch argmax when the arguments are greedy without
-// penalties) hold the step and the sampler.
+// per sampler: the one-launch argmax when the arguments are greedy without penalties, else the
+// full one, with its penalty launches only when penalties are set: sgllm__gpu_smp_mode) hold the
+// step and the sampler.
 #define SGLLM__SMP_ARGS 16 // byte offset of the arguments in an smp buffer
 
 // Bytes of an smp buffer for penalty lists of up to cap tokens; its uniforms start at
@@ -5781,7 +5782,7 @@ static sgllm_status sgllm__gpu_sample_prepare(sgllm__gpu_ctx *c, int32_t cap, sg
         c->smp_cap = 0;
         c->smp_known[0] = c->smp_known[1] = false;
         for (int t = 0; t < SGLLM__GPU_TIERS; t++)
-            for (int g = 0; g < 2; g++)
+            for (int g = 0; g < 3; g++)
                 for (int b = 0; b < 2; b++) {
                     sgllm__cuda_graph_free(c->cu, c->smp_graph[t][g][b]);
                     c->smp_graph[t][g][b] = NULL;
@@ -5798,34 +5799,38 @@ static bool sgllm__gpu_uni_holds(const sgllm__gpu_ctx *c, int32_t pos) {
     return c->smp_uni_lo <= pos && pos < c->smp_uni_hi;
 }
 
-// Whether sampling with these arguments is greedy without penalties (sgllm__cuda_sample_greedy).
-static bool sgllm__gpu_greedy(const sgllm__cuda_sample_args *a) {
-    return a->temperature <= 0 && a->repeat_penalty == 1 && a->frequency_penalty == 0 && a->presence_penalty == 0;
+// The sampler these arguments take: 0 greedy without penalties (sgllm__cuda_sample_greedy), 1
+// the full sampler without penalties (no penalty list: it reads the logits as they are), 2 the
+// full sampler with its penalty list (a copy of the logits, then the penalties).
+static int sgllm__gpu_smp_mode(const sgllm__cuda_sample_args *a) {
+    bool pen = a->repeat_penalty != 1 || a->frequency_penalty != 0 || a->presence_penalty != 0;
+    return pen ? 2 : a->temperature <= 0 ? 0 : 1;
 }
 
-// Enqueues the sampler over the first row of c->logits with buffer b's arguments (greedy: the
-// one-launch argmax, which reads none); the token goes to the first int of buffer 1 - b and to
-// read-back slot 1 - b, buffer b's position plus one to buffer 1 - b's position. With ring, the
-// draw's uniform is the one for buffer b's position at its end (productions >= 1), else the
-// arguments'.
-static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b, bool greedy, bool ring) {
+// Enqueues the sampler (mode: sgllm__gpu_smp_mode) over the first row of c->logits with buffer
+// b's arguments (greedy: the one-launch argmax, which reads none); the token goes to the first
+// int of buffer 1 - b and to read-back slot 1 - b, buffer b's position plus one to buffer 1 - b's
+// position. With ring, the draw's uniform is the one for buffer b's position at its end
+// (productions >= 1), else the arguments'.
+static sgllm_status sgllm__gpu_sample_enqueue(sgllm__gpu_ctx *c, int b, int mode, bool ring) {
     unsigned char *buf = (unsigned char *)c->smp[b];
     const double *uni = (const double *)(buf + sgllm__smp_bytes(c->smp_cap) - sizeof c->smp_uni);
     sgllm__cuda_sample_out out = {(int32_t *)c->smp[1 - b], (const int32_t *)buf + 1,
                                   sgllm__cuda_readback_slot(c->cu, 1 - b), ring ? uni : NULL};
     if (!out.host) return SGLLM_ERR_BACKEND; // (a context always has its slots)
-    if (greedy) return sgllm__cuda_sample_greedy(c->cu, c->logits, c->m->n_vocab, c->smp_work, out);
+    if (mode == 0) return sgllm__cuda_sample_greedy(c->cu, c->logits, c->m->n_vocab, c->smp_work, out);
     const sgllm__cuda_sample_args *args = (const sgllm__cuda_sample_args *)(buf + SGLLM__SMP_ARGS);
-    const int32_t *pen = (const int32_t *)(buf + SGLLM__SMP_ARGS + sizeof *args);
-    return sgllm__cuda_sample(c->cu, c->logits, c->m->n_vocab, args, pen, pen + c->smp_cap, c->smp_work, out);
+    const int32_t *pen = mode == 2 ? (const int32_t *)(buf + SGLLM__SMP_ARGS + sizeof *args) : NULL;
+    return sgllm__cuda_sample(c->cu, c->logits, c->m->n_vocab, args, pen, pen ? pen + c->smp_cap : NULL, c->smp_work,
+                              out);
 }
 
 // The single-token step reading its token and position from buffer b, then the sampler; the
 // step serves positions of up to horizon keys (a graph tier's, sgllm__gpu_tier).
-static sgllm_status sgllm__gpu_step_sample_enqueue(sgllm__gpu_ctx *c, int b, bool greedy, int64_t horizon) {
+static sgllm_status sgllm__gpu_step_sample_enqueue(sgllm__gpu_ctx *c, int b, int mode, int64_t horizon) {
     const int32_t *src = (const int32_t *)c->smp[b];
     sgllm_status s = sgllm__gpu_enqueue(c, src, src + 1, 1, 1, horizon, sgllm__gpu_step_splits(c, horizon));
-    return s ? s : sgllm__gpu_sample_enqueue(c, b, greedy, true);
+    return s ? s : sgllm__gpu_sample_enqueue(c, b, mode, true);
 }
 
 // Enqueues production i (see above) with its position pos (i >= 1: where token i - 1 goes),
@@ -5867,15 +5872,15 @@ static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos
     }
     c->smp_known[b] = !s;
     c->smp_pos[b] = pos;
-    const bool greedy = sgllm__gpu_greedy(args);
+    const int mode = sgllm__gpu_smp_mode(args);
     int64_t hz;
-    void **graph = &c->smp_graph[sgllm__gpu_tier(c, (int64_t)pos + 1, &hz)][greedy][b];
+    void **graph = &c->smp_graph[sgllm__gpu_tier(c, (int64_t)pos + 1, &hz)][mode][b];
     if (!s && i == 0) {
-        s = sgllm__gpu_sample_enqueue(c, b, greedy, false);
+        s = sgllm__gpu_sample_enqueue(c, b, mode, false);
     } else if (!s) {
         if (!*graph && !c->smp_graph_failed) {
             s = sgllm__cuda_graph_begin(c->cu);
-            sgllm_status se = s ? s : sgllm__gpu_step_sample_enqueue(c, b, greedy, hz);
+            sgllm_status se = s ? s : sgllm__gpu_step_sample_enqueue(c, b, mode, hz);
             if (!s) s = sgllm__cuda_graph_end(c->cu, graph);
             if (se || s) { // capture refused: plain launches from now on
                 sgllm__log(d, SGLLM_LOG_WARN, "CUDA graph capture of the sampling step failed (%s)",
@@ -5885,7 +5890,7 @@ static sgllm_status sgllm__gpu_produce(sgllm__gpu_ctx *c, int64_t i, int32_t pos
             }
         }
         c->smp_graph_last = *graph;
-        s = *graph ? sgllm__cuda_graph_launch(c->cu, *graph) : sgllm__gpu_step_sample_enqueue(c, b, greedy, hz);
+        s = *graph ? sgllm__cuda_graph_launch(c->cu, *graph) : sgllm__gpu_step_sample_enqueue(c, b, mode, hz);
     }
     if (!s) s = sgllm__cuda_readback_mark(c->cu, 1 - b);
     // the sampler writes the position after pos into buffer 1 - b; its other bytes stay

@@ -545,6 +545,17 @@ static void generate_case(const char *arch, int n_layer, int window) {
     }
     CHECKF(len[0] == len[1] && !memcmp(seq[0], seq[1], (size_t)len[0] * sizeof(sgllm_token)),
            "%s: sampled generate with one seed differs between runs", arch);
+    { // the same on a context that sampled without penalties first (its step graphs then hold the
+      // sampler without the penalty launches): the penalized run must not replay those
+        sgllm_context *c = context(gpu, 64, 8);
+        sgllm_generate_params np = gp;
+        np.sampler.repeat_penalty = 1.0f, np.sampler.presence_penalty = 0.0f;
+        CHECK(sgllm_generate(c, "hello", &np, &st) == SGLLM_OK);
+        CHECK(sgllm_generate(c, "hello", &gp, &st) == SGLLM_OK);
+        CHECKF(c->n_past == len[0] && !memcmp(c->history, seq[0], (size_t)len[0] * sizeof(sgllm_token)),
+               "%s: sampled generate with penalties after one without differs from a fresh context's", arch);
+        sgllm_context_free(c);
+    }
 
     gp.sampler.repeat_penalty = 1.0f;
     for (int run = 0; run < 2; run++) { // run 0 enqueued ahead, run 1 one step at a time
