@@ -2158,9 +2158,9 @@ static void test_sample(void) {
                                                          work, smp_out(d_out + r));
                     CHECKF(st == SGLLM_OK, "sample: %s", sgllm__cuda_errmsg(gpu));
                 }
-                int32_t got = -1, twice[2] = {-1, -1};
+                int32_t twice[2] = {-1, -1};
                 fetch(twice, d_out, sizeof twice);
-                got = twice[0];
+                const int32_t got = twice[0];
                 CHECKF(twice[1] == twice[0], "sample twice in a row (penalty lists %d): %d then %d", lists, twice[0], twice[1]);
                 sgllm_token want = sgllm_sampler_sample(smp, x);
                 draws++;
