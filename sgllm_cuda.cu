@@ -1835,8 +1835,10 @@ template <int T> static __device__ inline void sgllm__cu_piece_w(const uint8_t *
 }
 
 // acc += the dot of the decoded piece w with one token's 32 activation codes xk (its values
-// 32g .. 32g+31) and their block's (scale, second value) a.
-template <int T> static __device__ inline void sgllm__cu_piece_dot(const sgllm__cu_pw &w, const int xk[8], float2 a, float &acc) {
+// 32g .. 32g+31) and their block's (scale, second value) a. C2: the integer dot as two chains
+// of four dp4a, added (the same integer; a shorter dependency chain).
+template <int T, bool C2 = false>
+static __device__ inline void sgllm__cu_piece_dot(const sgllm__cu_pw &w, const int xk[8], float2 a, float &acc) {
     if (T == T_Q6_K) {
         int s0 = 0, s1 = 0, b0 = 0, b1 = 0;
 #pragma unroll
@@ -1848,9 +1850,13 @@ template <int T> static __device__ inline void sgllm__cu_piece_dot(const sgllm__
         }
         acc += w.dw * a.x * (float)(w.sc * (s0 - 32 * b0) + w.mn * (s1 - 32 * b1));
     } else {
-        int s = 0;
+        int s = 0, s1 = 0;
 #pragma unroll
-        for (int k = 0; k < 8; k++) s = T == T_Q4_K ? sgllm__cu_dp4a_us(w.c[k], xk[k], s) : __dp4a((int)w.c[k], xk[k], s);
+        for (int k = 0; k < 8; k++) {
+            int &d = C2 && k % 2 ? s1 : s;
+            d = T == T_Q4_K ? sgllm__cu_dp4a_us(w.c[k], xk[k], d) : __dp4a((int)w.c[k], xk[k], d);
+        }
+        s += s1;
         if (T == T_Q4_K) s >>= w.sh; // exact: every term was a multiple of 2^sh
         if (T == T_Q8_0 || T == T_Q4_0 || T == T_Q5_0) acc += w.dw * a.x * (float)(s - w.off * (int)a.y);
         else if (T == T_Q4_1 || T == T_Q5_1) acc += w.dw * a.x * (float)s + w.mw * a.y;
@@ -2737,6 +2743,15 @@ extern "C" sgllm_status sgllm__cuda_matvec_gated(sgllm__cuda *c, int act, uint32
 // addresses took the wide kernel to 170+ registers in some instantiations.)
 // With a.inl (sgllm__cu_mvd_prep) each block quantizes x into shared memory after the slots,
 // once, after the PDL wait, and all its warps meet at one barrier before the first chunk.
+// PX (one token, rows of at least one whole chunk: chosen at launch): a lane loads its next
+// piece's activation codes before it computes the current piece (two register buffers, the
+// next chunk's first piece during the last one), so their L1 latency overlaps a piece's work
+// instead of opening every piece, and adds each dot in two dp4a chains; the sums and their
+// order are unchanged. Measured on the H200 (docs/PERF.md, fifteenth session): Llama-3-8B's
+// products alone Q8_0 72 -> 76% of the floor, Q4_K 53 -> 56% (53% without the two chains),
+// at 110-123 registers a thread instead of 96-106. Gemma 3's and SmolLM2's shorter rows keep
+// the other instance: there a lane has at most a piece or two a row, and the variant made
+// Gemma's step 4.5% longer.
 
 // Values per chunk: 2048 for the 8-bit-ish types, 4096 for the 4-bit ones (~1.1-2.3 KB).
 static __host__ __device__ constexpr int sgllm__cu_mvw_cv(int t) {
@@ -2760,7 +2775,7 @@ enum { MVW_SHORT_CV = 1024, MVW_SHORT_NR = 4, MVW_SHORT_MIN_BYTES = 8 << 20 };
 
 // The kernel's body, for blocks bx of nbx (sgllm__cu_mvw2_k runs two in one grid); CVT: the
 // chunk's values (0: the type's).
-template <int T, int NT, int NR, int CVT = 0>
+template <int T, int NT, int NR, int CVT = 0, bool PX = false>
 static __device__ __forceinline__ void sgllm__cu_mvw_body(const sgllm__cu_mvd &a, int64_t groups, int64_t bx,
                                                           int64_t nbx) {
     constexpr int CV = CVT ? CVT : sgllm__cu_mvw_cv(T), CB = sgllm__cu_mvw_cb(T, CV), CS = CB + 16;
@@ -2847,6 +2862,12 @@ static __device__ __forceinline__ void sgllm__cu_mvw_body(const sgllm__cu_mvd &a
     for (int k = 0; k < NR; k++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[k][t] = 0.0f;
+    // PX: the lane's activations of its next piece (two buffers, alternating)
+    constexpr int NP = CV / 1024; // pieces of a chunk per lane
+    constexpr bool px = PX && NT == 1;
+    int xk[2][8] = {};
+    float2 xa[2] = {};
+    if (px && g < groups) xa[0] = sgllm__cu_piece_x(xq, xd, a.cols, 0, lane, xk[0]);
     while (g < groups) {
         // whole chunks go to the slot (a row's last, shorter chunk leaves stale words past its
         // end, in pieces past cols that are never computed)
@@ -2871,8 +2892,31 @@ static __device__ __forceinline__ void sgllm__cu_mvw_body(const sgllm__cu_mvd &a
         if (++ch == n_ch) ch = 0, g += n_w;
         if (g < groups) load(g, ch);
         int64_t g0 = (int64_t)cch * (CV / 32); // first piece of the chunk in the row
+        if (px) { // activations one piece ahead; the next chunk's first loaded during the last piece
 #pragma unroll
-        for (int i = 0; i < CV / 1024; i++) {
+            for (int i = 0; i < NP; i++) {
+                int p = lane + 32 * i, b = i % 2;
+                if (i + 1 < NP) {
+                    if ((g0 + p + 32) * 32 < a.cols) xa[1 - b] = sgllm__cu_piece_x(xq, xd, a.cols, 0, g0 + p + 32, xk[1 - b]);
+                } else if (g < groups && ((int64_t)ch * (CV / 32) + lane) * 32 < a.cols) {
+                    xa[1 - b] = sgllm__cu_piece_x(xq, xd, a.cols, 0, (int64_t)ch * (CV / 32) + lane, xk[1 - b]);
+                }
+                if ((g0 + p) * 32 < a.cols) {
+                    sgllm__cu_pw pw[NR];
+#pragma unroll
+                    for (int k = 0; k < NR; k++) sgllm__cu_piece_w<T>(slot + k * CS, p, pw[k]);
+#pragma unroll
+                    for (int k = 0; k < NR; k++) sgllm__cu_piece_dot<T, true>(pw[k], xk[b], xa[b], acc[k][0]);
+                }
+            }
+            if (NP % 2) { // the next chunk's first piece went to buffer 1
+#pragma unroll
+                for (int j = 0; j < 8; j++) xk[0][j] = xk[1][j];
+                xa[0] = xa[1];
+            }
+        } else
+#pragma unroll
+        for (int i = 0; i < NP; i++) {
             int p = lane + 32 * i;
             if ((g0 + p) * 32 < a.cols) {
                 sgllm__cu_pw pw[NR];
@@ -2916,9 +2960,9 @@ static __device__ __forceinline__ void sgllm__cu_mvw_body(const sgllm__cu_mvd &a
     }
 }
 
-template <int T, int NT, int NR, int CVT = 0>
+template <int T, int NT, int NR, int CVT = 0, bool PX = false>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(const sgllm__cu_mvd a, int64_t groups) {
-    sgllm__cu_mvw_body<T, NT, NR, CVT>(a, groups, blockIdx.x, gridDim.x);
+    sgllm__cu_mvw_body<T, NT, NR, CVT, PX>(a, groups, blockIdx.x, gridDim.x);
 }
 
 // A one-token q/k/v product that lets a tensor-core decode attention launch early (a.early 2,
@@ -2932,9 +2976,9 @@ static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_k(cons
 // SmolLM2 5% (docs/PERF.md, tenth session), and the other products keep the L1 cache their
 // activations are read through (every kernel at the largest carveout: Llama-3-8B BF16 7
 // points slower).
-template <int T, int NR>
+template <int T, int NR, bool PX>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32) sgllm__cu_mvw_early_k(const sgllm__cu_mvd a, int64_t groups) {
-    sgllm__cu_mvw_body<T, 1, NR, 0>(a, groups, blockIdx.x, gridDim.x);
+    sgllm__cu_mvw_body<T, 1, NR, 0, PX>(a, groups, blockIdx.x, gridDim.x);
 }
 template <typename K> static void sgllm__cu_carveout_max(K kern) {
     if (cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared) !=
@@ -2947,11 +2991,11 @@ template <typename K> static void sgllm__cu_carveout_max(K kern) {
 // [0, b1) run a1 of type T1, the rest a2 of type T2, each exactly as its own launch would, so
 // the bits are the same; one launch, one PDL wait, instead of two in a row. BIG: the instance
 // launched ahead of a tensor-core attention, with the largest carveout (sgllm__cu_mvw_early_k).
-template <int T1, int T2, int NT, bool BIG = false>
+template <int T1, int T2, int NT, bool BIG, bool PX>
 static __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
     sgllm__cu_mvw2_k(const sgllm__cu_mvd a1, int64_t g1, unsigned b1, const sgllm__cu_mvd a2, int64_t g2) {
-    if (blockIdx.x < b1) sgllm__cu_mvw_body<T1, NT, 2>(a1, g1, blockIdx.x, b1);
-    else sgllm__cu_mvw_body<T2, NT, 2>(a2, g2, blockIdx.x - b1, gridDim.x - b1);
+    if (blockIdx.x < b1) sgllm__cu_mvw_body<T1, NT, 2, 0, PX>(a1, g1, blockIdx.x, b1);
+    else sgllm__cu_mvw_body<T2, NT, 2, 0, PX>(a2, g2, blockIdx.x - b1, gridDim.x - b1);
 }
 
 // Whether the wide kernel takes weights of type t at w (row bytes rb): a block-quantized type,
@@ -2999,15 +3043,20 @@ template <int T, int NT, int NR, int CVT = 0>
 static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int64_t groups) {
     int warps = sgllm__cu_mv_warps(c);
     size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T, CVT) + (a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0);
+    // one token over rows of whole chunks: the instance with activations one piece ahead (PX)
+    constexpr bool CAN = NT == 1 && CVT == 0;
+    bool px = CAN && a.cols >= sgllm__cu_mvw_cv(T);
     // persistent grid: the resident blocks, then as few as give every warp the same number of row groups
-    if (NT == 1 && CVT == 0 && a.early == 2) { // ahead of a tensor-core attention: the largest carveout
-        sgllm__cu_carveout_max(sgllm__cu_mvw_early_k<T, NR>);
-        int64_t cap = sgllm__cu_mvw_cap(c, sgllm__cu_mvw_early_k<T, NR>, warps, smem, T);
-        return sgllm__cu_launch(c, "matvec (wide, before tensor-core attention)", sgllm__cu_mvw_early_k<T, NR>,
+    if (CAN && a.early == 2) { // ahead of a tensor-core attention: the largest carveout
+        auto kern = px ? sgllm__cu_mvw_early_k<T, NR, CAN> : sgllm__cu_mvw_early_k<T, NR, false>;
+        sgllm__cu_carveout_max(kern);
+        int64_t cap = sgllm__cu_mvw_cap(c, kern, warps, smem, T);
+        return sgllm__cu_launch(c, "matvec (wide, before tensor-core attention)", kern,
                                 dim3((unsigned)sgllm__cu_mvw_blocks(groups, warps, cap)), dim3(32 * warps), smem, a, groups);
     }
-    int64_t cap = sgllm__cu_mvw_cap(c, sgllm__cu_mvw_k<T, NT, NR, CVT>, warps, smem, CVT ? -1 : T);
-    return sgllm__cu_launch(c, CVT ? "matvec (wide, short rows)" : "matvec (wide)", sgllm__cu_mvw_k<T, NT, NR, CVT>,
+    auto kern = px ? sgllm__cu_mvw_k<T, NT, NR, CVT, CAN> : sgllm__cu_mvw_k<T, NT, NR, CVT, false>;
+    int64_t cap = sgllm__cu_mvw_cap(c, kern, warps, smem, CVT ? -1 : T);
+    return sgllm__cu_launch(c, CVT ? "matvec (wide, short rows)" : "matvec (wide)", kern,
                             dim3((unsigned)sgllm__cu_mvw_blocks(groups, warps, cap)), dim3(32 * warps), smem, a, groups);
 }
 
@@ -3018,17 +3067,17 @@ static sgllm_status sgllm__cu_mvw2_go(sgllm__cuda *c, const sgllm__cu_mvd &a1, c
     int warps = sgllm__cu_mv_warps(c);
     int cs = sgllm__cu_mvw_cs(T1) > sgllm__cu_mvw_cs(T2) ? sgllm__cu_mvw_cs(T1) : sgllm__cu_mvw_cs(T2);
     size_t smem = (size_t)warps * 2 * cs;
-    int64_t cap = sgllm__cu_mvw_cap(c, sgllm__cu_mvw2_k<T1, T2, 1>, warps, smem, -1);
+    bool px = a1.cols >= sgllm__cu_mvw_cv(T1) && a1.cols >= sgllm__cu_mvw_cv(T2); // as in sgllm__cu_mvw_go
+    bool big = a1.early == 2;
+    auto kern = big ? (px ? sgllm__cu_mvw2_k<T1, T2, 1, true, true> : sgllm__cu_mvw2_k<T1, T2, 1, true, false>)
+                    : (px ? sgllm__cu_mvw2_k<T1, T2, 1, false, true> : sgllm__cu_mvw2_k<T1, T2, 1, false, false>);
+    int64_t cap = sgllm__cu_mvw_cap(c, kern, warps, smem, -1);
     int64_t g1 = a1.total_rows / 2, g2 = a2.total_rows / 2, cap1 = cap * g1 / (g1 + g2);
     cap1 = cap1 < 1 ? 1 : cap1 > cap - 1 ? cap - 1 : cap1;
     int64_t b1 = sgllm__cu_mvw_blocks(g1, warps, cap1), b2 = sgllm__cu_mvw_blocks(g2, warps, cap - cap1 > 0 ? cap - cap1 : 1);
-    if (a1.early == 2) { // ahead of a tensor-core attention: the largest carveout, as sgllm__cu_mvw_early_k
-        sgllm__cu_carveout_max(sgllm__cu_mvw2_k<T1, T2, 1, true>);
-        return sgllm__cu_launch(c, "matvec (wide, two types, before tensor-core attention)", sgllm__cu_mvw2_k<T1, T2, 1, true>,
-                                dim3((unsigned)(b1 + b2)), dim3(32 * warps), smem, a1, g1, (unsigned)b1, a2, g2);
-    }
-    return sgllm__cu_launch(c, "matvec (wide, two types)", sgllm__cu_mvw2_k<T1, T2, 1>, dim3((unsigned)(b1 + b2)),
-                            dim3(32 * warps), smem, a1, g1, (unsigned)b1, a2, g2);
+    if (big) sgllm__cu_carveout_max(kern); // ahead of a tensor-core attention: the largest carveout, as sgllm__cu_mvw_early_k
+    return sgllm__cu_launch(c, big ? "matvec (wide, two types, before tensor-core attention)" : "matvec (wide, two types)",
+                            kern, dim3((unsigned)(b1 + b2)), dim3(32 * warps), smem, a1, g1, (unsigned)b1, a2, g2);
 }
 
 // The pairs of weight types one launch takes (same activation format; see sgllm__cu_mvw2_k).

@@ -1682,31 +1682,33 @@ static void test_qkv_before_mma(void) {
     static const uint32_t types[2][3] = {{SGLLM__T_Q8_0, SGLLM__T_Q8_0, SGLLM__T_Q8_0},
                                          {SGLLM__T_Q5_0, SGLLM__T_Q5_0, SGLLM__T_Q8_0}};
     int runs = 0;
-    for (int v = 0; v < 2; v++) {
-        int64_t E = 640, rows[3] = {1024, 256, 256};
+    for (int v = 0; v < 4; v++) { // 4096-value rows: the instances with activations one piece ahead
+        int64_t E = v < 2 ? 640 : 4096, rows[3] = {v < 2 ? 1024 : 256, v < 2 ? 256 : 64, v < 2 ? 256 : 64};
+        int64_t n_out = rows[0] + rows[1] + rows[2];
         size_t wb[3];
         uint8_t *w[3];
         const void *dw[3];
-        for (int k = 0; k < 3; k++) w[k] = rand_weights(types[v][k], rows[k], E, &wb[k]), dw[k] = dev_copy(w[k], wb[k]);
+        for (int k = 0; k < 3; k++) w[k] = rand_weights(types[v % 2][k], rows[k], E, &wb[k]), dw[k] = dev_copy(w[k], wb[k]);
         float *x = rand_floats(E, -1, 1), *dx = (float *)dev_copy(x, (size_t)E * 4);
         float *out[3][3], *host[3];
         for (int r = 0; r < 3; r++) {
             for (int k = 0; k < 3; k++) out[r][k] = (float *)dev((size_t)rows[k] * 4);
-            host[r] = (float *)malloc(1536 * 4);
+            host[r] = (float *)malloc((size_t)n_out * 4);
             if (r == 1) sgllm__cuda_qkv_before_mma(gpu, 1); // run 0: plain, 1: hinted, 2: plain again
-            CHECKF(sgllm__cuda_matvec_multi(gpu, 3, types[v], dw, rows, E, dx, 1, out[r]) == SGLLM_OK, "%s",
+            CHECKF(sgllm__cuda_matvec_multi(gpu, 3, types[v % 2], dw, rows, E, dx, 1, out[r]) == SGLLM_OK, "%s",
                    sgllm__cuda_errmsg(gpu));
             const sgllm__cuda_dispatch *d = sgllm__cuda_get_dispatch(gpu);
             bool hinted = r == 1 && d->pdl && (int64_t)(wb[0] + wb[1] + wb[2]) <= (int64_t)d->matvec_qkv_early_kb * 1024;
             char want[96];
-            snprintf(want, sizeof want, "matvec (wide%s%s)", v ? ", two types" : "", hinted ? ", before tensor-core attention" : "");
+            snprintf(want, sizeof want, "matvec (wide%s%s)", v % 2 ? ", two types" : "", hinted ? ", before tensor-core attention" : "");
             CHECKF(!strcmp(sgllm__cuda_last_launch(gpu), want), "q/k/v run %d: ran '%s', expected '%s'", r,
                    sgllm__cuda_last_launch(gpu), want);
             for (int k = 0, o = 0; k < 3; o += (int)rows[k], k++) fetch(host[r] + o, out[r][k], (size_t)rows[k] * 4);
         }
         for (int r = 1; r < 3; r++) {
-            CHECKF(!memcmp(host[0], host[r], 1536 * 4), "q/k/v %s+%s run %d: differs from the plain launch (rel err %.3g)",
-                   sgllm__type_name(types[v][0]), sgllm__type_name(types[v][2]), r, rel_err(host[r], host[0], 1536));
+            CHECKF(!memcmp(host[0], host[r], (size_t)n_out * 4),
+                   "q/k/v %s+%s cols %lld run %d: differs from the plain launch (rel err %.3g)", sgllm__type_name(types[v % 2][0]),
+                   sgllm__type_name(types[v % 2][2]), (long long)E, r, rel_err(host[r], host[0], n_out));
             runs++;
         }
         for (int r = 0; r < 3; r++) {
@@ -1716,7 +1718,8 @@ static void test_qkv_before_mma(void) {
         for (int k = 0; k < 3; k++) sgllm__cuda_dfree(gpu, (void *)dw[k]), free(w[k]);
         sgllm__cuda_dfree(gpu, dx), free(x);
     }
-    printf("qkv_before_mma: %d runs (one and two weight types) bit for bit the plain launch\n", runs);
+    printf("qkv_before_mma: %d runs (one and two weight types, 640 and 4096 values a row) bit for bit the plain launch\n",
+           runs);
 }
 
 // Attention that does qkv_post's work itself (sgllm__cuda_attn_decode_post, one token): its
@@ -2551,7 +2554,7 @@ static void test_matvec_xq_inline(void) {
     // Q8_0 680 and 2176, Q4_1 360 and 400; rows of 4-byte words, e.g. Q8_0's 612, are not the
     // wide kernel's and are skipped); Q4_K / Q5_K rows are always whole 16-byte words; Q6_K 840
     // and 1680 bytes
-    static const int64_t cols32[4] = {544, 576, 640, 2048}, colsk[4] = {768, 1024, 3072, 0}, cols6[4] = {1024, 2048, 0, 0};
+    static const int64_t cols32[4] = {544, 576, 640, 2048}, colsk[4] = {768, 1024, 3072, 4096}, cols6[4] = {1024, 2048, 0, 0};
     sgllm__cuda_dispatch st = disp, wide[3] = {disp, disp, disp};
     st.matvec_int8 = 1, st.matvec_warps_per_sm = 0; // staged, one warp per row
     for (int v = 0; v < 3; v++) wide[v].matvec_int8 = 3, wide[v].matvec_wide_align = 8, wide[v].matvec_xq_inline = 32768;
