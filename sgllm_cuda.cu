@@ -2763,6 +2763,11 @@ static __host__ __device__ constexpr int sgllm__cu_mvw_cb(int t, int cv = 0) {
            (t == T_Q4_0 ? 18 : t == T_Q4_1 ? 20 : t == T_Q5_0 ? 22 : t == T_Q5_1 ? 24 : t == T_Q8_0 ? 34
             : t == T_Q4_K ? 144 : t == T_Q5_K ? 176 : 210);
 }
+// Whether one token over rows of whole chunks takes the PX instance (below): not Q6_K, whose dot
+// already runs in two chains and which measured slower with it (Llama-3-8B's Q6_K products
+// alone 53.5 -> 52.4% of the floor; Gemma 3's file, whose 2048-value Q6_K down rows took it,
+// 2219 -> 2210 tok/s).
+static __host__ __device__ constexpr bool sgllm__cu_mvw_px(int t) { return t != T_Q6_K; }
 // Shared-memory slot of one row's chunk: 16 bytes beyond it for the over-read of sgllm__cu_ld_a2.
 static __host__ __device__ constexpr int sgllm__cu_mvw_cs(int t, int cv = 0) { return sgllm__cu_mvw_cb(t, cv) + 16; }
 
@@ -3044,7 +3049,7 @@ static sgllm_status sgllm__cu_mvw_go(sgllm__cuda *c, const sgllm__cu_mvd &a, int
     int warps = sgllm__cu_mv_warps(c);
     size_t smem = (size_t)warps * NR * sgllm__cu_mvw_cs(T, CVT) + (a.inl ? sgllm__cu_xq_bytes(a.nt, a.cols) : 0);
     // one token over rows of whole chunks: the instance with activations one piece ahead (PX)
-    constexpr bool CAN = NT == 1 && CVT == 0;
+    constexpr bool CAN = NT == 1 && CVT == 0 && sgllm__cu_mvw_px(T);
     bool px = CAN && a.cols >= sgllm__cu_mvw_cv(T);
     // persistent grid: the resident blocks, then as few as give every warp the same number of row groups
     if (CAN && a.early == 2) { // ahead of a tensor-core attention: the largest carveout
@@ -3067,7 +3072,8 @@ static sgllm_status sgllm__cu_mvw2_go(sgllm__cuda *c, const sgllm__cu_mvd &a1, c
     int warps = sgllm__cu_mv_warps(c);
     int cs = sgllm__cu_mvw_cs(T1) > sgllm__cu_mvw_cs(T2) ? sgllm__cu_mvw_cs(T1) : sgllm__cu_mvw_cs(T2);
     size_t smem = (size_t)warps * 2 * cs;
-    bool px = a1.cols >= sgllm__cu_mvw_cv(T1) && a1.cols >= sgllm__cu_mvw_cv(T2); // as in sgllm__cu_mvw_go
+    // as in sgllm__cu_mvw_go, by the first type (q and k; a Q6_K v is the smaller part)
+    bool px = sgllm__cu_mvw_px(T1) && a1.cols >= sgllm__cu_mvw_cv(T1) && a1.cols >= sgllm__cu_mvw_cv(T2);
     bool big = a1.early == 2;
     auto kern = big ? (px ? sgllm__cu_mvw2_k<T1, T2, 1, true, true> : sgllm__cu_mvw2_k<T1, T2, 1, true, false>)
                     : (px ? sgllm__cu_mvw2_k<T1, T2, 1, false, true> : sgllm__cu_mvw2_k<T1, T2, 1, false, false>);
