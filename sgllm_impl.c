@@ -5402,6 +5402,7 @@ sgllm_status sgllm__device_ceilings(int reps, double *read_bps, double *bf16_flo
 enum { SGLLM__KV_PAGE = 64 };
 
 enum { SGLLM__GPU_TIERS = 2 }; // graph tiers (sgllm__gpu_tier): the short positions, the rest
+enum { SGLLM__GPU_SMP_MODES = 3 }; // sampler modes of the step graphs (sgllm__gpu_smp_mode)
 
 typedef struct sgllm__gpu_ctx {
     const sgllm_model *m;
@@ -5432,7 +5433,7 @@ typedef struct sgllm__gpu_ctx {
     int32_t smp_pos[2];
     double smp_uni[SGLLM__CUDA_SAMPLE_UNI]; // the draws' uniforms by position that the buffers' ends get
     int32_t smp_uni_lo, smp_uni_hi; // positions [lo, hi) whose uniforms smp_uni holds for this generate
-    void *smp_graph[SGLLM__GPU_TIERS][3][2]; // [tier][sampler mode][b]: the single-token step reading smp[b]
+    void *smp_graph[SGLLM__GPU_TIERS][SGLLM__GPU_SMP_MODES][2]; // [tier][sampler mode][b]: the single-token step reading smp[b]
                                    // and the sampler (sgllm__gpu_smp_mode), or NULL
     void *smp_graph_last;          // the one the latest production replayed
     bool smp_graph_failed;
@@ -5442,7 +5443,7 @@ static void sgllm__gpu_ctx_free(sgllm__gpu_ctx *c) {
     if (!c) return;
     for (int t = 0; t < SGLLM__GPU_TIERS; t++) {
         sgllm__cuda_graph_free(c->cu, c->graph[t]);
-        for (int g = 0; g < 3; g++)
+        for (int g = 0; g < SGLLM__GPU_SMP_MODES; g++)
             for (int b = 0; b < 2; b++) sgllm__cuda_graph_free(c->cu, c->smp_graph[t][g][b]);
     }
     sgllm__free(c->smp_host);
@@ -5782,7 +5783,7 @@ static sgllm_status sgllm__gpu_sample_prepare(sgllm__gpu_ctx *c, int32_t cap, sg
         c->smp_cap = 0;
         c->smp_known[0] = c->smp_known[1] = false;
         for (int t = 0; t < SGLLM__GPU_TIERS; t++)
-            for (int g = 0; g < 3; g++)
+            for (int g = 0; g < SGLLM__GPU_SMP_MODES; g++)
                 for (int b = 0; b < 2; b++) {
                     sgllm__cuda_graph_free(c->cu, c->smp_graph[t][g][b]);
                     c->smp_graph[t][g][b] = NULL;
